@@ -1,0 +1,209 @@
+"""Model and GPU catalogs: aliases, HF ids and local config.json files.
+
+All file reading of the planner happens here. Errors are :class:`CatalogError` with one
+clear line and, where it helps, the closest known names.
+"""
+from __future__ import annotations
+
+import difflib
+import json
+from functools import lru_cache
+from pathlib import Path
+
+import data
+
+from .specs import GpuSpec, Linear, ModelSpec
+
+MIB = 1 << 20
+
+# Decoder families whose module layout the planner knows (HF model_type values).
+LLAMA_STYLE = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2"})
+FUSED_STYLE = frozenset({"phi3"})
+SUPPORTED_MODEL_TYPES = tuple(sorted(LLAMA_STYLE | FUSED_STYLE))
+
+
+class CatalogError(ValueError):
+    """Unknown model or GPU, or a config.json the planner cannot read."""
+
+
+def _suggest(name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name.lower(), known, n=3, cutoff=0.5)
+    return f" (did you mean {', '.join(close)}?)" if close else ""
+
+
+@lru_cache(maxsize=None)
+def _models_file() -> dict:
+    return json.loads(data.path("models.json").read_text())
+
+
+@lru_cache(maxsize=None)
+def _gpus_file() -> dict:
+    return json.loads(data.path("gpus.json").read_text())
+
+
+def model_names() -> list[str]:
+    """Canonical names of the catalog models, in catalog order."""
+    return [m["name"] for m in _models_file()["models"]]
+
+
+def gpu_names() -> list[str]:
+    """Canonical names of the catalog GPUs, in catalog order."""
+    return [g["name"] for g in _gpus_file()["gpus"]]
+
+
+def _model_index() -> dict[str, dict]:
+    index = {}
+    for entry in _models_file()["models"]:
+        for key in [entry["name"], entry["hf_id"], *entry["aliases"]]:
+            index[key.lower()] = entry
+    return index
+
+
+def _require_int(config: dict, key: str, source: str) -> int:
+    value = config.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise CatalogError(f"{source}: config field {key!r} must be a positive integer, got {value!r}")
+    return value
+
+
+def model_from_config(config: dict, name: str, hf_id: str | None = None,
+                      published_params: int | None = None) -> ModelSpec:
+    """Build a :class:`ModelSpec` from the fields of an HF config.json.
+
+    Layouts (module names and shapes as in transformers' modeling files):
+    Llama-style (llama, mistral, qwen2, qwen3, gemma, gemma2): q/k/v/o_proj and
+    gate/up/down_proj; Qwen2 has biases on q, k and v; Gemma-2 has four norms per layer.
+    Phi-3: fused qkv_proj and gate_up_proj.
+    """
+    if not isinstance(config, dict):
+        raise CatalogError(f"{name}: a config.json must hold a JSON object")
+    model_type = config.get("model_type")
+    if model_type not in LLAMA_STYLE | FUSED_STYLE:
+        raise CatalogError(f"{name}: unsupported model_type {model_type!r} "
+                           f"(supported: {', '.join(SUPPORTED_MODEL_TYPES)})")
+    vocab = _require_int(config, "vocab_size", name)
+    hidden = _require_int(config, "hidden_size", name)
+    inter = _require_int(config, "intermediate_size", name)
+    layers = _require_int(config, "num_hidden_layers", name)
+    heads = _require_int(config, "num_attention_heads", name)
+    kv_heads = config.get("num_key_value_heads") or heads
+    if not isinstance(kv_heads, int) or kv_heads < 1 or heads % kv_heads:
+        raise CatalogError(f"{name}: num_key_value_heads {kv_heads!r} must divide num_attention_heads {heads}")
+    head_dim = config.get("head_dim") or hidden // heads
+    if not isinstance(head_dim, int) or head_dim < 1:
+        raise CatalogError(f"{name}: head_dim {head_dim!r} must be a positive integer")
+    q_dim, kv_dim = heads * head_dim, kv_heads * head_dim
+    attn_bias = bool(config.get("attention_bias", False))
+    mlp_bias = bool(config.get("mlp_bias", False))
+    if model_type in FUSED_STYLE:
+        linears = (
+            Linear("qkv_proj", hidden, q_dim + 2 * kv_dim, attn_bias),
+            Linear("o_proj", q_dim, hidden, attn_bias),
+            Linear("gate_up_proj", hidden, 2 * inter, mlp_bias),
+            Linear("down_proj", inter, hidden, mlp_bias),
+        )
+    else:
+        qkv_bias = True if model_type == "qwen2" else attn_bias
+        linears = (
+            Linear("q_proj", hidden, q_dim, qkv_bias),
+            Linear("k_proj", hidden, kv_dim, qkv_bias),
+            Linear("v_proj", hidden, kv_dim, qkv_bias),
+            Linear("o_proj", q_dim, hidden, attn_bias),
+            Linear("gate_proj", hidden, inter, mlp_bias),
+            Linear("up_proj", hidden, inter, mlp_bias),
+            Linear("down_proj", inter, hidden, mlp_bias),
+        )
+    tie_default = model_type in {"gemma", "gemma2"}
+    return ModelSpec(
+        name=name,
+        model_type=model_type,
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=inter,
+        num_layers=layers,
+        num_heads=heads,
+        num_kv_heads=kv_heads,
+        head_dim=head_dim,
+        tie_word_embeddings=bool(config.get("tie_word_embeddings", tie_default)),
+        linears=linears,
+        norms_per_layer=4 if model_type == "gemma2" else 2,
+        max_position_embeddings=int(config.get("max_position_embeddings") or 4096),
+        hf_id=hf_id,
+        published_params=published_params,
+        eager_attention=bool(config.get("attn_logit_softcapping")),
+        config_json=json.dumps(config, sort_keys=True),
+    )
+
+
+@lru_cache(maxsize=None)
+def _catalog_model(key: str) -> ModelSpec:
+    entry = _model_index()[key]
+    return model_from_config(entry["config"], entry["name"], entry["hf_id"], entry["published_params"])
+
+
+def get_model(name: str) -> ModelSpec:
+    """A catalog alias ("7b"), a catalog HF id ("meta-llama/Llama-2-7b-hf"), or a path to a
+    local HF config.json (or to a folder holding one)."""
+    key = name.strip().lower()
+    if key in _model_index():
+        return _catalog_model(key)
+    path = Path(name)
+    if path.is_dir():
+        path = path / "config.json"
+    if path.is_file():
+        try:
+            config = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise CatalogError(f"{name}: not a readable JSON config ({exc.__class__.__name__}: {exc})") from None
+        if not isinstance(config, dict):
+            raise CatalogError(f"{name}: a config.json must hold a JSON object")
+        return model_from_config(config, path.parent.name if path.name == "config.json" else path.stem)
+    if "/" in name or name.endswith(".json"):
+        raise CatalogError(f"unknown model {name!r}: not a catalog HF id and no such config.json "
+                           "(the planner works offline: pass a local config.json path)"
+                           + _suggest(name.split("/")[-1], list(_model_index())))
+    raise CatalogError(f"unknown model {name!r}{_suggest(name, list(_model_index()))}; "
+                       "see `plan --list-models`")
+
+
+def _gpu_index() -> dict[str, dict]:
+    index = {}
+    for entry in _gpus_file()["gpus"]:
+        for key in [entry["name"], *entry["aliases"]]:
+            index[key.lower()] = entry
+    return index
+
+
+@lru_cache(maxsize=None)
+def _catalog_gpu(key: str) -> GpuSpec:
+    e = _gpu_index()[key]
+    return GpuSpec(
+        name=e["name"],
+        full_name=e["full_name"],
+        memory_bytes=e["memory_mib"] * MIB,
+        compute_capability=e["compute_capability"],
+        bf16=e["bf16"],
+        bandwidth_gbs=e["bandwidth_gbs"],
+        tflops_dense_16bit=e["tflops_dense_16bit"],
+        family=e["family"],
+        cuda_context_bytes=e["cuda_context_mib"] * MIB,
+    )
+
+
+def get_gpu(name: str) -> GpuSpec:
+    """A catalog GPU by name or alias ("t4", "a100-80gb", "h100")."""
+    key = name.strip().lower()
+    if key not in _gpu_index():
+        raise CatalogError(f"unknown GPU {name!r}{_suggest(key, list(_gpu_index()))}; see `plan --list-gpus`")
+    return _catalog_gpu(key)
+
+
+def get_gpus(names: list[str] | tuple[str, ...]) -> list[GpuSpec]:
+    """Resolve GPU names; ``all`` expands to the whole catalog."""
+    out: list[GpuSpec] = []
+    for n in names:
+        if n.strip().lower() == "all":
+            out.extend(get_gpu(g) for g in gpu_names())
+        else:
+            out.append(get_gpu(n))
+    return out

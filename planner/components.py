@@ -1,0 +1,385 @@
+"""One function per memory component: integer bytes, a formula and its source each.
+
+Every function is pure arithmetic over the specs. How the components combine into the
+phases of a training step (and so into the peak) is in :mod:`planner.methods`.
+
+Notation in the docstrings: T = batch * seq tokens, h = hidden size, I = intermediate
+size, V = vocabulary, L = decoder layers, c = bytes of the compute dtype (2 for bf16/fp16),
+r = LoRA rank, n = number of elements of a weight.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import counts
+from .specs import DTYPE_BYTES, Linear, ModelSpec, TrainSpec
+
+FP32 = 4
+NF4_BLOCK = 64  # bitsandbytes blocksize for 4-bit weights (bnb_4bit default)
+DQ_BLOCK = 256  # blocksize of the second (double) quantization of the absmax values
+NF4_CODE_BYTES = 16 * FP32  # the 16-entry fp32 code table each 4-bit QuantState holds
+BNB8_BLOCK = 256  # bitsandbytes 8-bit optimizers quantize their states blockwise, 256 per block
+BNB8_MIN_SIZE = 4096  # bitsandbytes keeps 32-bit states for tensors smaller than this (min_8bit_size)
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@dataclass(frozen=True)
+class Precision:
+    """Resolved byte sizes of one plan: compute dtype, stored weights, trainable params."""
+
+    compute: int  # activations and matmuls (bf16/fp16: 2, fp32: 4)
+    weight: int  # stored base weights (fp32 master weights under `mixed`)
+    autocast: bool  # the forward runs under torch.autocast
+
+
+def precision(train: TrainSpec, dtype: str) -> Precision:
+    """Byte sizes for a resolved dtype ("bf16", "fp16" or "fp32") and the precision scheme."""
+    compute = DTYPE_BYTES[dtype]
+    weight = FP32 if train.precision == "mixed" else compute
+    return Precision(compute=compute, weight=weight, autocast=train.precision != "pure" and compute != FP32)
+
+
+# ---------------------------------------------------------------- weights
+
+def quantized_weight_bytes(n: int) -> int:
+    """4-bit packed storage of one weight: two codes per byte, ceil(n / 2) bytes (bitsandbytes)."""
+    return ceil_div(n, 2)
+
+
+def weights_base(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
+    """Base model weights.
+
+    16-bit methods: total_params * weight bytes. QLoRA / QDoRA: decoder Linear weights packed
+    to 4 bits (ceil(n/2) bytes each) and every other parameter (embeddings, norms, lm_head,
+    biases) in fp32, because peft's prepare_model_for_kbit_training casts all fp16/bf16
+    parameters that are not Params4bit to fp32.
+    """
+    if not train.is_quantized:
+        return counts.total_params(model) * prec.weight
+    packed = model.num_layers * sum(quantized_weight_bytes(lin.in_features * lin.out_features)
+                                    for lin in model.linears)
+    other = counts.total_params(model) - counts.linear_weight_params(model)
+    return packed + other * FP32
+
+
+def quant_state_per_weight(n: int, double_quant: bool) -> int:
+    """bitsandbytes 4-bit quant state of one weight of n elements (blocks of 64).
+
+    Without double quantization: one fp32 absmax per block, 4 * ceil(n/64) bytes (0.5 bit/param).
+    With it (Dettmers et al. 2023, QLoRA section 3): the absmax values are themselves
+    quantized to uint8 in blocks of 256, ceil(n/64) bytes, plus one fp32 absmax per 256
+    blocks and one fp32 offset (about 0.127 bit/param). Either way the state keeps the
+    16-entry fp32 code table of the 4-bit data type.
+    """
+    blocks = ceil_div(n, NF4_BLOCK)
+    if not double_quant:
+        return blocks * FP32 + NF4_CODE_BYTES
+    return blocks + ceil_div(blocks, DQ_BLOCK) * FP32 + FP32 + NF4_CODE_BYTES
+
+
+def weights_quant_state(model: ModelSpec, train: TrainSpec) -> int:
+    """Quant states of every 4-bit decoder Linear (0 for unquantized methods)."""
+    if not train.is_quantized:
+        return 0
+    per_layer = sum(quant_state_per_weight(lin.in_features * lin.out_features, train.double_quant)
+                    for lin in model.linears)
+    return model.num_layers * per_layer
+
+
+# ---------------------------------------------------------------- trainable state
+
+def adapter_bytes(model: ModelSpec, train: TrainSpec) -> int:
+    """LoRA A, B (and DoRA magnitude) in fp32: 4 bytes per adapter parameter.
+
+    peft keeps adapter weights in fp32 on a 16-bit base (LoraConfig / get_peft_model
+    autocast_adapter_dtype=True, the default).
+    """
+    return counts.adapter_params(model, train) * FP32
+
+
+def trainable_bytes_per_param(train: TrainSpec, prec: Precision) -> int:
+    """Bytes of one trainable parameter: fp32 for adapters, the stored weight dtype for full."""
+    return FP32 if train.is_adapter else prec.weight
+
+
+def grads(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
+    """Gradients of the trainable parameters, in the parameters' dtype: trainable * bytes."""
+    return counts.trainable_params(model, train) * trainable_bytes_per_param(train, prec)
+
+
+def _trainable_tensor_sizes(model: ModelSpec, train: TrainSpec) -> list[tuple[int, int]]:
+    """(numel, count) of the trainable tensors, for optimizers that treat small tensors apart."""
+    if train.is_adapter:
+        sizes: list[tuple[int, int]] = []
+        for lin in counts.targeted_linears(model, train.target_modules):
+            sizes.append((train.rank * lin.in_features, model.num_layers))
+            sizes.append((lin.out_features * train.rank, model.num_layers))
+            if train.is_dora:
+                sizes.append((lin.out_features, model.num_layers))
+        return sizes
+    sizes = [(counts.embedding_params(model), 1), (model.hidden_size, 1 + model.num_layers * model.norms_per_layer)]
+    if counts.lm_head_params(model):
+        sizes.append((counts.lm_head_params(model), 1))
+    for lin in model.linears:
+        sizes.append((lin.in_features * lin.out_features, model.num_layers))
+        if lin.bias:
+            sizes.append((lin.out_features, model.num_layers))
+    return sizes
+
+
+def optimizer_states(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
+    """Optimizer state held on the GPU for the whole step.
+
+    AdamW (torch, fused or not; paged 32-bit): exp_avg and exp_avg_sq, each like the
+    parameter: 2 * trainable * bytes. bitsandbytes 8-bit AdamW: two uint8 states plus one fp32
+    absmax per 256-element block each, for tensors of at least 4096 elements; smaller tensors
+    keep 32-bit states (Dettmers et al. 2022, 8-bit Optimizers). Paged variants allocate the
+    same bytes in CUDA unified memory: the driver can evict them to host RAM under pressure,
+    and torch's allocator does not count them, so they are reported apart
+    (:func:`optimizer_states_paged`) and not here. SGD without momentum keeps no state.
+    """
+    if train.optim == "sgd" or train.optim.startswith("paged_"):
+        return 0
+    if train.optim == "adamw_8bit":
+        return _adamw_8bit_bytes(model, train)
+    return 2 * counts.trainable_params(model, train) * trainable_bytes_per_param(train, prec)
+
+
+def _adamw_8bit_bytes(model: ModelSpec, train: TrainSpec) -> int:
+    total = 0
+    for numel, count in _trainable_tensor_sizes(model, train):
+        if numel >= BNB8_MIN_SIZE:
+            total += count * 2 * (numel + ceil_div(numel, BNB8_BLOCK) * FP32)
+        else:
+            total += count * 2 * numel * FP32
+    return total
+
+
+def optimizer_states_paged(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
+    """Paged AdamW states in CUDA unified memory (see :func:`optimizer_states`)."""
+    if train.optim == "paged_adamw_32bit":
+        return 2 * counts.trainable_params(model, train) * FP32
+    if train.optim == "paged_adamw_8bit":
+        return _adamw_8bit_bytes(model, train)
+    return 0
+
+
+def optimizer_transient(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
+    """Temporaries of optimizer.step().
+
+    torch AdamW's foreach path (the CUDA default, `adamw_torch`) computes
+    sqrt(exp_avg_sq) for all parameters of a dtype group at once with _foreach_sqrt:
+    one parameter-sized list, trainable * bytes. The fused kernel
+    (`adamw_torch_fused`), bitsandbytes' optimizers and plain SGD update in place: 0.
+    """
+    if train.optim == "adamw_torch":
+        return counts.trainable_params(model, train) * trainable_bytes_per_param(train, prec)
+    return 0
+
+
+# ---------------------------------------------------------------- activations
+
+def norm_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
+    """What one RMSNorm keeps for backward, when a gradient flows through it.
+
+    transformers' RMSNorm upcasts its input (x.to(float32): T*h*4, saved by pow and mul)
+    and saves rsqrt(mean(x^2) + eps) (T*4). When the norm weight itself is trainable (full
+    fine-tuning), the mul also saves the normalized input cast back to the compute dtype
+    (T*h*c).
+    """
+    t, h = train.tokens, model.hidden_size
+    saved = t * h * FP32 + t * FP32
+    if train.method == "full":
+        saved += t * h * prec.compute
+    return saved
+
+
+def attention_core_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
+    """Tensors the attention kernel keeps for backward, one layer.
+
+    Flash / memory-efficient SDPA (the kernel a GPU uses for these models): the rotated q and
+    k, v and the output (T*(2*q_dim + 2*kv_dim)*c; GQA is passed natively, no repeat) and
+    the log-sum-exp, batch*heads*seq*4 (Dao et al. 2022, FlashAttention: O(seq) memory).
+    The eager path (Gemma-2, whose logit softcapping SDPA cannot do) also keeps the
+    batch*heads*seq*seq attention probabilities and their pre-softmax scores, each in the
+    compute dtype, and expands k and v to all heads.
+    """
+    t, c = train.tokens, prec.compute
+    saved = t * (2 * model.q_dim + 2 * model.kv_dim) * c
+    lse = train.batch_size * model.num_heads * train.seq_len * FP32
+    if not model.eager_attention:
+        return saved + lse
+    probs = train.batch_size * model.num_heads * train.seq_len * train.seq_len * c
+    repeat = t * 2 * (model.q_dim - model.kv_dim) * c
+    return saved + 2 * probs + repeat
+
+
+def mlp_core_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
+    """The gated MLP keeps gate and up outputs and act(gate) for backward: 3*T*I*c."""
+    return 3 * train.tokens * model.intermediate_size * prec.compute
+
+
+def linear_inputs_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
+    """Inputs the frozen or trainable base Linear layers keep, one layer.
+
+    A Linear keeps its input only when its weight is trainable (full fine-tuning): the
+    attention input (shared by q, k, v), the MLP input (shared by gate, up), the down_proj
+    input (T*I*c). The o_proj input is the attention output, already kept by the kernel.
+    Frozen bases keep nothing beyond their weight.
+    """
+    if train.method != "full":
+        return 0
+    t, c = train.tokens, prec.compute
+    return t * (2 * model.hidden_size + model.intermediate_size) * c
+
+
+def lora_input_bytes(train: TrainSpec, prec: Precision) -> int:
+    """Bytes per element of the input copy each LoRA module keeps for its A gradient.
+
+    peft casts the layer input to the adapter dtype (fp32) per module (`_cast_input_dtype`).
+    Without autocast that fp32 copy is what lora_A keeps: 4 bytes. Under autocast, lora_A's
+    matmul casts it back to the compute dtype and keeps that copy instead: c bytes.
+    """
+    return prec.compute if prec.autocast else FP32
+
+
+def lora_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
+    """What the adapters of one layer keep for backward.
+
+    Per targeted Linear: its own copy of the input (T*in*e, e from
+    :func:`lora_input_bytes`; q, k and v each make one of the same hidden states) and
+    lora_A's output for lora_B's gradient (T*r*e). DoRA also keeps, for the magnitude's
+    gradient, the base output (T*out*c) and the LoRA output (T*out*e), both as products of
+    its forward m/||W + s*BA|| * (...) (peft DoraLinearLayer.forward).
+    """
+    if not train.is_adapter:
+        return 0
+    t, e = train.tokens, lora_input_bytes(train, prec)
+    total = 0
+    for lin in counts.targeted_linears(model, train.target_modules):
+        total += t * lin.in_features * e + t * train.rank * e
+        if train.is_dora:
+            total += t * lin.out_features * (prec.compute + e)
+    return total
+
+
+def layer_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
+    """Everything one decoder layer keeps for backward (the sum of the functions above)."""
+    return (model.norms_per_layer * norm_saved(model, train, prec)
+            + attention_core_saved(model, train, prec)
+            + mlp_core_saved(model, train, prec)
+            + linear_inputs_saved(model, train, prec)
+            + lora_saved(model, train, prec))
+
+
+def model_level_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
+    """Saved tensors outside the decoder layers.
+
+    RoPE cos and sin, computed once per forward and kept by every layer's rotation:
+    2*T*head_dim*c. The final norm (:func:`norm_saved`), and for full fine-tuning the
+    lm_head input (T*h*c).
+    """
+    t = train.tokens
+    rope = 2 * t * model.head_dim * prec.compute
+    final = norm_saved(model, train, prec)
+    head_input = t * model.hidden_size * prec.compute if train.method == "full" else 0
+    return rope + final + head_input
+
+
+def activations_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
+    """All activations alive at the end of the forward.
+
+    Without checkpointing: L * layer_saved + model_level_saved. With gradient checkpointing
+    (Chen et al. 2016) each layer keeps only its input hidden states (T*h*c), and its full
+    set is recomputed one layer at a time during backward (:func:`recompute_transient`).
+    """
+    if train.gradient_checkpointing:
+        per_layer = train.tokens * model.hidden_size * prec.compute
+    else:
+        per_layer = layer_saved(model, train, prec)
+    return model.num_layers * per_layer + model_level_saved(model, train, prec)
+
+
+def recompute_transient(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
+    """With gradient checkpointing, one layer's saved set exists again during its backward."""
+    return layer_saved(model, train, prec) if train.gradient_checkpointing else 0
+
+
+def autocast_weight_copies(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
+    """Compute-dtype copies that autocast makes of fp32 weights, kept for backward.
+
+    Under autocast a matmul with an fp32 weight runs on a c-byte copy of it, which the
+    matmul keeps for the input gradient: adapter weights (adapter_params * c), and under
+    `mixed` precision every Linear weight and the lm_head as well.
+    """
+    if not prec.autocast:
+        return 0
+    copies = counts.adapter_params(model, train) if train.is_adapter else 0
+    if train.is_dora:  # the magnitude vectors are not matmul weights
+        copies -= model.num_layers * sum(lin.out_features
+                                         for lin in counts.targeted_linears(model, train.target_modules))
+    if train.precision == "mixed":
+        copies += counts.linear_weight_params(model) + model.vocab_size * model.hidden_size
+    return copies * prec.compute
+
+
+def logits_forward(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
+    """Logits at the loss, end of forward: the lm_head output (T*V*c), its fp32 upcast for the
+    loss (T*V*4, transformers' ForCausalLMLoss) and log_softmax's output kept for backward
+    (T*V*4): T*V*(c + 8)."""
+    return train.tokens * model.vocab_size * (prec.compute + 2 * FP32)
+
+
+def logits_backward(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
+    """Logits at the start of backward: the kept log_softmax output, the loss gradient
+    w.r.t. it, and the gradient w.r.t. the logits, all fp32: T*V*12."""
+    return train.tokens * model.vocab_size * 3 * FP32
+
+
+# ---------------------------------------------------------------- per-layer transients
+
+def dequant_transient(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
+    """QLoRA / QDoRA: bitsandbytes' training matmul dequantizes the whole 4-bit weight to the
+    compute dtype, one layer at a time: the largest out*in*c (forward and again in backward)."""
+    if not train.is_quantized:
+        return 0
+    return max(lin.in_features * lin.out_features for lin in model.linears) * prec.compute
+
+
+def dora_transient_per_linear(lin: Linear, train: TrainSpec, prec: Precision) -> int:
+    """peft's DoRA forward materializes dense matrices to compute ||W + s*B@A|| per row.
+
+    get_lora_weight runs lora_B(lora_A(eye(in))): the fp32 identity (in*in*4, kept by
+    lora_A's graph while the product lives) and, under autocast, its c-byte copy. Then four
+    dense out*in fp32 tensors coexist: the LoRA product cast to the input dtype, the
+    (dequantized) base weight cast to fp32, s*(B@A) and their sum (peft DoraLinearLayer).
+    """
+    n_in, n_out = lin.in_features, lin.out_features
+    eye = n_in * n_in * (FP32 + (prec.compute if prec.autocast else 0))
+    return eye + 4 * n_out * n_in * FP32
+
+
+def dora_transient(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
+    """The largest DoRA materialization over the targeted Linears (0 without DoRA)."""
+    if not train.is_dora:
+        return 0
+    return max(dora_transient_per_linear(lin, train, prec)
+               for lin in counts.targeted_linears(model, train.target_modules))
+
+
+# ---------------------------------------------------------------- runtime
+
+# PyTorch's caching allocator keeps freed blocks in reserved segments (2 MiB for small
+# blocks, 20 MiB and up for large ones) and cannot always reuse them for a larger request,
+# so reserved memory exceeds allocated memory at the peak. 5% of the allocated peak is an
+# assumption, not a measurement, until real GPU rows in data/probes/ calibrate it per GPU
+# family (see the planner-accuracy work).
+ALLOCATOR_PERCENT = 5
+
+
+def allocator_reserve(peak_allocated: int) -> int:
+    """Reserved beyond allocated at the peak: ceil(5% of the allocated peak) (an estimate)."""
+    return ceil_div(peak_allocated * ALLOCATOR_PERCENT, 100)

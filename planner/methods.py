@@ -1,0 +1,111 @@
+"""How the components live through the phases of one training step.
+
+The peak is the max over phases of what is live in each, not the sum of all components
+(DESIGN.md section 3). A phase is an ordered breakdown {component name: bytes}; every
+method (full, lora, rslora, qlora, dora, qdora) goes through the same three phases, and the
+method only changes which components are non-zero (see planner.components).
+
+- forward: the end of forward, at the loss: persistent state, every saved activation, the
+  logits and their fp32 copies. Per-layer transients (dequantized 4-bit weights, DoRA's
+  dense norm computation) of the last layer coincide with almost all saved activations.
+- backward: the start of backward (logits gradients while every activation is still
+  alive), or its end (all gradients, the first layer's recomputation and transients).
+- optimizer: persistent state, every gradient and the optimizer's temporaries.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import components as C
+from .specs import ModelSpec, TrainSpec
+
+PHASES = ("forward", "backward", "optimizer")
+
+# Every component key, in display order. A phase holds all of them (zeros included), so
+# that tables and JSON have stable keys.
+COMPONENT_KEYS = (
+    "weights/base",
+    "weights/quant_state",
+    "adapters/params",
+    "grads",
+    "optimizer/states",
+    "optimizer/transient",
+    "activations/saved",
+    "activations/autocast_weights",
+    "activations/logits",
+    "transient/dequant",
+    "transient/dora",
+    "transient/recompute",
+)
+
+
+@dataclass(frozen=True)
+class StepMemory:
+    """The live bytes of each phase of one training step, as named breakdowns."""
+
+    phases: dict[str, dict[str, int]]
+    paged_optimizer_bytes: int
+
+    def total(self, phase: str) -> int:
+        return sum(self.phases[phase].values())
+
+    @property
+    def peak_phase(self) -> str:
+        return max(PHASES, key=self.total)
+
+    @property
+    def peak_bytes(self) -> int:
+        return self.total(self.peak_phase)
+
+
+def _breakdown(**values: int) -> dict[str, int]:
+    out = dict.fromkeys(COMPONENT_KEYS, 0)
+    for key, value in values.items():
+        out[key.replace("__", "/")] = value
+    return out
+
+
+def step_memory(model: ModelSpec, train: TrainSpec, dtype: str) -> StepMemory:
+    """The three phases of one measured (post warm-up) step for any method."""
+    prec = C.precision(train, dtype)
+    persistent = dict(
+        weights__base=C.weights_base(model, train, prec),
+        weights__quant_state=C.weights_quant_state(model, train),
+        adapters__params=C.adapter_bytes(model, train),
+        optimizer__states=C.optimizer_states(model, train, prec),
+    )
+    saved = C.activations_saved(model, train, prec)
+    copies = C.autocast_weight_copies(model, train, prec)
+    dequant = C.dequant_transient(model, train, prec)
+    dora = C.dora_transient(model, train, prec)
+    grads = C.grads(model, train, prec)
+    logits_fwd = C.logits_forward(model, train, prec)
+    layer_transient = dequant + dora
+
+    # Forward: the loss moment, or the last layer's transients, whichever is larger.
+    if logits_fwd >= layer_transient:
+        forward = _breakdown(**persistent, activations__saved=saved,
+                             activations__autocast_weights=copies, activations__logits=logits_fwd)
+    else:
+        forward = _breakdown(**persistent, activations__saved=saved,
+                             activations__autocast_weights=copies,
+                             transient__dequant=dequant, transient__dora=dora)
+
+    # Backward start: logits gradients with every activation still kept. Full fine-tuning's
+    # first gradient (lm_head, or the tied embedding at the end) is small beside them.
+    start = _breakdown(**persistent, activations__saved=saved, activations__autocast_weights=copies,
+                       activations__logits=C.logits_backward(model, train, prec))
+    recompute = C.recompute_transient(model, train, prec)
+    # The last layer's backward: its recomputed activations (checkpointing) and transients
+    # while the other layers' activations are still kept.
+    top = _breakdown(**persistent, activations__saved=saved, activations__autocast_weights=copies,
+                     transient__recompute=recompute, transient__dequant=dequant, transient__dora=dora)
+    # Backward end: all gradients, the first layer's recomputed activations and transients.
+    end = _breakdown(**persistent, grads=grads, transient__recompute=recompute,
+                     transient__dequant=dequant, transient__dora=dora)
+    backward = max((start, top, end), key=lambda b: sum(b.values()))
+
+    optimizer = _breakdown(**persistent, grads=grads,
+                           optimizer__transient=C.optimizer_transient(model, train, prec))
+    return StepMemory(phases={"forward": forward, "backward": backward, "optimizer": optimizer},
+                      paged_optimizer_bytes=C.optimizer_states_paged(model, train, prec))

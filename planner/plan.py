@@ -1,0 +1,120 @@
+"""The public entry point: one plan for one model x GPU x method and settings."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from . import components as C
+from . import counts
+from .catalog import get_gpu, get_model
+from .methods import step_memory
+from .specs import GpuSpec, ModelSpec, TrainSpec
+
+# Field names of the JSON contract (README "JSON output"); more may be added, none renamed.
+SETTINGS_KEYS = ("batch_size", "seq_len", "rank", "alpha", "target_modules", "dtype", "optim",
+                 "gradient_checkpointing", "quant_type", "double_quant", "precision")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Predicted memory of one training configuration on one GPU. Bytes are integers."""
+
+    model: str
+    gpu: str
+    method: str
+    settings: dict = field(hash=False)
+    components: dict = field(hash=False)  # breakdown of the peak phase + runtime terms
+    phases: dict = field(hash=False)  # phase -> live bytes
+    peak_allocated_bytes: int
+    peak_reserved_bytes: int
+    device_used_bytes: int
+    gpu_memory_bytes: int
+    fits: bool
+    headroom_bytes: int
+    trainable_params: int
+    total_params: int
+    peak_phase: str
+    notes: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict:
+        """The JSON contract: one object per plan."""
+        return {
+            "model": self.model, "gpu": self.gpu, "method": self.method,
+            "settings": dict(self.settings), "components": dict(self.components),
+            "peak_allocated_bytes": self.peak_allocated_bytes,
+            "peak_reserved_bytes": self.peak_reserved_bytes,
+            "device_used_bytes": self.device_used_bytes,
+            "gpu_memory_bytes": self.gpu_memory_bytes, "fits": self.fits,
+            "headroom_bytes": self.headroom_bytes, "trainable_params": self.trainable_params,
+            "total_params": self.total_params, "peak_phase": self.peak_phase,
+            "phases": dict(self.phases), "notes": list(self.notes),
+        }
+
+
+def resolve_dtype(gpu: GpuSpec, dtype: str) -> tuple[str, tuple[str, ...]]:
+    """The compute dtype actually used on this GPU, and any note about the choice.
+
+    auto: bf16 where the GPU supports it (compute capability 8.0 and up), else fp16.
+    bf16 asked for on a GPU without it (T4, V100) falls back to fp16, with a note.
+    """
+    if dtype == "auto":
+        if gpu.bf16:
+            return "bf16", ()
+        return "fp16", (f"{gpu.name} has no bf16: using fp16 (with a GradScaler, as HF Trainer fp16=True)",)
+    if dtype == "bf16" and not gpu.bf16:
+        return "fp16", (f"bf16 asked for, but {gpu.name} has no bf16: falling back to fp16",)
+    return dtype, ()
+
+
+def _as_model(model: str | ModelSpec) -> ModelSpec:
+    return model if isinstance(model, ModelSpec) else get_model(model)
+
+
+def _as_gpu(gpu: str | GpuSpec) -> GpuSpec:
+    return gpu if isinstance(gpu, GpuSpec) else get_gpu(gpu)
+
+
+def plan(model: str | ModelSpec, gpu: str | GpuSpec, train: TrainSpec | None = None) -> Plan:
+    """Predict the memory of one training step of ``train`` on ``model`` and ``gpu``.
+
+    ``model`` and ``gpu`` are specs or catalog names (or a config.json path for the model).
+    Raises ValueError (CatalogError for names) on impossible settings.
+    """
+    model, gpu = _as_model(model), _as_gpu(gpu)
+    train = train or TrainSpec()
+    counts.check_rank(model, train)
+    dtype, notes = resolve_dtype(gpu, train.dtype)
+    if train.seq_len > model.max_position_embeddings:
+        notes += (f"seq_len {train.seq_len} exceeds {model.name}'s max_position_embeddings "
+                  f"{model.max_position_embeddings}",)
+    if model.eager_attention:
+        notes += (f"{model.name} uses attention logit softcapping: planned with eager attention "
+                  "(seq x seq probabilities kept), not SDPA",)
+    step = step_memory(model, train, dtype)
+    phase = step.peak_phase
+    allocated = step.peak_bytes
+    allocator = C.allocator_reserve(allocated)
+    reserved = allocated + allocator
+    device_used = reserved + gpu.cuda_context_bytes
+    components = dict(step.phases[phase])
+    if step.paged_optimizer_bytes:
+        components["optimizer/states_paged"] = step.paged_optimizer_bytes
+        notes += ("paged optimizer states live in CUDA unified memory: not counted in the "
+                  "allocated or device totals (the driver can page them out to host RAM)",)
+    components["runtime/allocator"] = allocator
+    components["runtime/cuda_context"] = gpu.cuda_context_bytes
+    settings = {
+        "batch_size": train.batch_size, "seq_len": train.seq_len, "rank": train.rank,
+        "alpha": train.lora_alpha, "target_modules": list(train.target_modules), "dtype": dtype,
+        "optim": train.optim, "gradient_checkpointing": train.gradient_checkpointing,
+        "quant_type": train.quant_type, "double_quant": train.double_quant,
+        "precision": train.precision,
+    }
+    return Plan(
+        model=model.name, gpu=gpu.name, method=train.method, settings=settings,
+        components=components, phases={p: step.total(p) for p in step.phases},
+        peak_allocated_bytes=allocated, peak_reserved_bytes=reserved, device_used_bytes=device_used,
+        gpu_memory_bytes=gpu.memory_bytes, fits=device_used <= gpu.memory_bytes,
+        headroom_bytes=gpu.memory_bytes - device_used,
+        trainable_params=counts.trainable_params(model, train),
+        total_params=counts.total_params(model), peak_phase=phase, notes=notes,
+    )

@@ -1,0 +1,171 @@
+"""Frozen descriptions of what is planned: the model, the GPU and the training settings.
+
+Pure data: no arithmetic beyond derived sizes, no I/O (the catalog reads files).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+
+METHODS = ("full", "lora", "rslora", "qlora", "dora", "qdora")
+QUANTIZED_METHODS = frozenset({"qlora", "qdora"})
+DORA_METHODS = frozenset({"dora", "qdora"})
+ADAPTER_METHODS = frozenset({"lora", "rslora", "qlora", "dora", "qdora"})
+
+DTYPES = ("auto", "bf16", "fp16", "fp32")
+DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
+OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit",
+              "paged_adamw_32bit", "sgd")
+QUANT_TYPES = ("nf4", "fp4")
+# How the training loop handles precision (DESIGN.md section 3):
+#   autocast - the HF Trainer path (bf16=True / fp16=True): weights in the compute dtype,
+#              peft adapters in fp32, forward under torch.autocast. The default.
+#   pure     - a plain loop on a model cast to the compute dtype, no autocast.
+#   mixed    - fp32 master weights (model loaded in fp32) and an autocast forward.
+PRECISIONS = ("autocast", "pure", "mixed")
+ALL_LINEAR = "all-linear"
+
+
+@dataclass(frozen=True)
+class Linear:
+    """One nn.Linear inside a decoder layer, named as in the HF module tree."""
+
+    name: str
+    in_features: int
+    out_features: int
+    bias: bool = False
+
+    @property
+    def params(self) -> int:
+        return self.in_features * self.out_features + (self.out_features if self.bias else 0)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A decoder-only transformer, as far as memory is concerned.
+
+    ``linears`` lists the Linear modules of one decoder layer; every layer is the same.
+    ``config_json`` keeps the HF config fields so that probes can build the real model.
+    """
+
+    name: str
+    model_type: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    tie_word_embeddings: bool
+    linears: tuple[Linear, ...]
+    norms_per_layer: int
+    max_position_embeddings: int
+    hf_id: str | None = None
+    published_params: int | None = None
+    eager_attention: bool = False  # attention softcapping (Gemma-2) rules out the SDPA kernels
+    config_json: str = field(default="{}", repr=False, compare=False)
+
+    @property
+    def q_dim(self) -> int:
+        return self.num_heads * self.head_dim
+
+    @property
+    def kv_dim(self) -> int:
+        return self.num_kv_heads * self.head_dim
+
+    @property
+    def linear_names(self) -> tuple[str, ...]:
+        return tuple(lin.name for lin in self.linears)
+
+    def hf_config(self) -> dict:
+        """The HF config.json fields this spec was made from (a fresh dict)."""
+        return json.loads(self.config_json)
+
+
+@dataclass(frozen=True)
+class GpuSpec:
+    """A GPU model, with the memory its driver reports (nvidia-smi), in bytes."""
+
+    name: str
+    full_name: str
+    memory_bytes: int
+    compute_capability: str
+    bf16: bool
+    bandwidth_gbs: float
+    tflops_dense_16bit: float
+    family: str
+    cuda_context_bytes: int
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """The fine-tuning settings of one plan (the same names as the CLI flags)."""
+
+    method: str = "lora"
+    rank: int = 16
+    alpha: float | None = None  # None: 2 * rank
+    target_modules: tuple[str, ...] = (ALL_LINEAR,)
+    batch_size: int = 1
+    seq_len: int = 512
+    gradient_checkpointing: bool = False
+    dtype: str = "auto"
+    precision: str = "autocast"
+    optim: str = "adamw_torch"
+    quant_type: str = "nf4"
+    double_quant: bool = True
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.method not in METHODS:
+            problems.append(f"unknown method {self.method!r} (choose from {', '.join(METHODS)})")
+        if self.rank < 1:
+            problems.append(f"rank must be at least 1, got {self.rank}")
+        if self.batch_size < 1:
+            problems.append(f"batch size must be at least 1, got {self.batch_size}")
+        if self.seq_len < 1:
+            problems.append(f"sequence length must be at least 1, got {self.seq_len}")
+        if self.alpha is not None and self.alpha <= 0:
+            problems.append(f"alpha must be positive, got {self.alpha}")
+        if self.dtype not in DTYPES:
+            problems.append(f"unknown dtype {self.dtype!r} (choose from {', '.join(DTYPES)})")
+        if self.precision not in PRECISIONS:
+            problems.append(f"unknown precision {self.precision!r} (choose from {', '.join(PRECISIONS)})")
+        if self.optim not in OPTIMIZERS:
+            problems.append(f"unknown optimizer {self.optim!r} (choose from {', '.join(OPTIMIZERS)})")
+        if self.quant_type not in QUANT_TYPES:
+            problems.append(f"unknown quant type {self.quant_type!r} (choose from {', '.join(QUANT_TYPES)})")
+        if not self.target_modules:
+            problems.append("target modules must not be empty")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    @property
+    def lora_alpha(self) -> float:
+        return float(2 * self.rank if self.alpha is None else self.alpha)
+
+    @property
+    def scaling(self) -> float:
+        """LoRA scaling: alpha / r, or alpha / sqrt(r) for rsLoRA (Kalajdzievski 2023)."""
+        if self.method == "rslora":
+            return self.lora_alpha / self.rank ** 0.5
+        return self.lora_alpha / self.rank
+
+    @property
+    def tokens(self) -> int:
+        return self.batch_size * self.seq_len
+
+    @property
+    def is_adapter(self) -> bool:
+        return self.method in ADAPTER_METHODS
+
+    @property
+    def is_quantized(self) -> bool:
+        return self.method in QUANTIZED_METHODS
+
+    @property
+    def is_dora(self) -> bool:
+        return self.method in DORA_METHODS
+
+    def with_(self, **changes) -> "TrainSpec":
+        return replace(self, **changes)
