@@ -86,6 +86,9 @@ def plan(model: str | ModelSpec, gpu: str | GpuSpec, train: TrainSpec | None = N
     if train.seq_len > model.max_position_embeddings:
         notes += (f"seq_len {train.seq_len} exceeds {model.name}'s max_position_embeddings "
                   f"{model.max_position_embeddings}",)
+    if train.method == "full" and dtype == "fp16" and train.precision != "mixed":
+        notes += ("full fine-tuning in fp16 needs fp32 master weights to train stably "
+                  "(a GradScaler refuses fp16 gradients): consider --precision mixed",)
     if model.eager_attention:
         notes += (f"{model.name} uses attention logit softcapping: planned with eager attention "
                   "(seq x seq probabilities kept), not SDPA",)

@@ -1,0 +1,124 @@
+"""`plan`: a thin click layer over planner.plan. No arithmetic here."""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from . import render
+from .catalog import CatalogError, get_gpus, get_model, gpu_names, model_names, get_gpu
+from .fit import max_batch_size, max_seq_len, recommend
+from .plan import plan
+from .specs import ALL_LINEAR, DTYPES, METHODS, OPTIMIZERS, PRECISIONS, QUANT_TYPES, TrainSpec
+
+
+def output_options(f):
+    """--table (default), --json, --csv: shared by the project's commands."""
+    f = click.option("--csv", "fmt", flag_value="csv", help="One CSV row per plan.")(f)
+    f = click.option("--json", "fmt", flag_value="json",
+                     help='Print only a JSON object {"plans": [...]} (the stable contract).')(f)
+    f = click.option("--table", "fmt", flag_value="table", default=True, help="A table per GPU (default).")(f)
+    return f
+
+
+def fail(message: str, code: int = 2) -> None:
+    click.echo(f"plan: error: {message}", err=True)
+    sys.exit(code)
+
+
+def parse_targets(value: str) -> tuple[str, ...]:
+    names = tuple(t.strip() for t in value.split(",") if t.strip())
+    return (ALL_LINEAR,) if ALL_LINEAR in names else names
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--model", "models", multiple=True, default=("7b",), show_default=True,
+              help="Catalog alias (7b, llama-3.1-8b, qwen2.5-0.5b, ...), catalog HF id, or a local "
+                   "config.json path. Repeatable.")
+@click.option("--gpu", "gpus", multiple=True, default=("t4",), show_default=True,
+              help="GPU alias (t4, l4, a10g, rtx4090, a100-80gb, h100, ...) or 'all'. Repeatable.")
+@click.option("--method", "methods", multiple=True, type=click.Choice(METHODS + ("all",)),
+              help="Method(s) to plan; default all. rslora has lora's memory.")
+@click.option("--rank", "-r", default=16, show_default=True, type=int, help="LoRA rank.")
+@click.option("--alpha", default=None, type=float, help="LoRA alpha  [default: 2*rank]")
+@click.option("--target-modules", default=ALL_LINEAR, show_default=True,
+              help="Comma list of module names (q_proj,v_proj) or all-linear.")
+@click.option("--batch-size", default=1, show_default=True, type=int)
+@click.option("--seq-len", default=512, show_default=True, type=int)
+@click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=False, show_default=True)
+@click.option("--dtype", default="auto", show_default=True, type=click.Choice(DTYPES),
+              help="auto = bf16 where the GPU has it, else fp16.")
+@click.option("--precision", default="autocast", show_default=True, type=click.Choice(PRECISIONS),
+              help="autocast: HF Trainer bf16/fp16=True on a 16-bit model; pure: plain loop, no "
+                   "autocast; mixed: fp32 master weights + autocast.")
+@click.option("--optim", default="adamw_torch", show_default=True, type=click.Choice(OPTIMIZERS))
+@click.option("--quant-type", default="nf4", show_default=True, type=click.Choice(QUANT_TYPES))
+@click.option("--double-quant/--no-double-quant", default=True, show_default=True)
+@click.option("--max-batch-size", "search_batch", is_flag=True,
+              help="Also search the largest batch size that fits, per method and GPU.")
+@click.option("--max-seq-len", "search_seq", is_flag=True,
+              help="Also search the largest sequence length that fits, per method and GPU.")
+@click.option("--list-models", is_flag=True, help="List the catalog models and exit.")
+@click.option("--list-gpus", is_flag=True, help="List the catalog GPUs and exit.")
+@output_options
+def main(models, gpus, methods, rank, alpha, target_modules, batch_size, seq_len,
+         gradient_checkpointing, dtype, precision, optim, quant_type, double_quant,
+         search_batch, search_seq, list_models, list_gpus, fmt):
+    """Predict the GPU memory of fine-tuning a model with full, LoRA, rsLoRA, QLoRA, DoRA and
+    QDoRA, as a named breakdown, and say what fits and what to use.
+
+    \b
+    Examples:
+      plan --model 7b --gpu t4
+      plan --model llama-3.1-8b --gpu rtx4090 --gpu a100-80gb --method qlora --method lora
+      plan --model qwen2.5-7b --gpu l4 --seq-len 2048 --gradient-checkpointing --max-batch-size
+      plan --model ./config.json --gpu all --method qlora --json
+
+    Sizes are GiB (2^30 bytes), as nvidia-smi reports them.
+    """
+    if list_models:
+        for name in model_names():
+            m = get_model(name)
+            click.echo(f"{name:<16} {m.hf_id}")
+        return
+    if list_gpus:
+        for name in gpu_names():
+            g = get_gpu(name)
+            click.echo(f"{name:<12} {g.memory_bytes / (1 << 30):7.2f} GiB  {g.full_name}")
+        return
+    chosen = METHODS if not methods or "all" in methods else tuple(dict.fromkeys(methods))
+    try:
+        base = TrainSpec(method=chosen[0], rank=rank, alpha=alpha, target_modules=parse_targets(target_modules),
+                         batch_size=batch_size, seq_len=seq_len, gradient_checkpointing=gradient_checkpointing,
+                         dtype=dtype, precision=precision, optim=optim, quant_type=quant_type,
+                         double_quant=double_quant)
+        model_specs = [get_model(m) for m in models]
+        gpu_specs = get_gpus(gpus)
+        reports: list[render.Report] = []
+        blocks: list[str] = []
+        for model in model_specs:
+            for gpu in gpu_specs:
+                group = []
+                for method in chosen:
+                    train = base.with_(method=method)
+                    group.append(render.Report(
+                        plan(model, gpu, train),
+                        max_batch_size(model, gpu, train) if search_batch else None,
+                        max_seq_len(model, gpu, train) if search_seq else None,
+                    ))
+                reports += group
+                if fmt == "table":
+                    advice = recommend(model, gpu, base, [r.plan for r in group])
+                    blocks.append(render.table(model, gpu, base, group, advice))
+    except (CatalogError, ValueError) as exc:
+        fail(str(exc))
+    if fmt == "json":
+        click.echo(render.to_json(reports))
+    elif fmt == "csv":
+        click.echo(render.to_csv(reports), nl=False)
+    else:
+        click.echo("\n\n".join(blocks))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,134 @@
+"""What fits: the largest batch and sequence that fit, and which method to use.
+
+The search relies on the plan being monotone in batch size and sequence length (a
+property test checks it), so a doubling-then-bisection search is exact.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from .catalog import get_gpu, gpu_names
+from .plan import Plan, plan
+from .specs import GpuSpec, ModelSpec, TrainSpec
+
+GIB = 1 << 30
+COMFORT_FRACTION = 0.2  # full fine-tuning is "comfortable" with 20% of the GPU free
+MAX_BATCH_SEARCH = 1 << 16
+
+
+def _largest(fits: Callable[[int], bool], upper: int) -> int:
+    """Largest n in [1, upper] with fits(n), for a monotone predicate; 0 if fits(1) is false."""
+    if not fits(1):
+        return 0
+    lo, hi = 1, 2
+    while hi <= upper and fits(hi):
+        lo, hi = hi, hi * 2
+    hi = min(hi, upper + 1)  # fits(lo) holds, fits(hi) fails or hi is past the bound
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if fits(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def max_batch_size(model: ModelSpec, gpu: GpuSpec, train: TrainSpec, upper: int = MAX_BATCH_SEARCH) -> int:
+    """Largest batch size (at train.seq_len) whose device-used total fits the GPU; 0 if none."""
+    return _largest(lambda b: plan(model, gpu, train.with_(batch_size=b)).fits, upper)
+
+
+def max_seq_len(model: ModelSpec, gpu: GpuSpec, train: TrainSpec, upper: int | None = None) -> int:
+    """Largest sequence length (at train.batch_size), up to the model's context; 0 if none."""
+    bound = upper or model.max_position_embeddings
+    return _largest(lambda s: plan(model, gpu, train.with_(seq_len=s)).fits, bound)
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    method: str | None  # None: nothing fits with these settings
+    text: str
+
+
+def _gib(n: int) -> str:
+    return f"{n / GIB:.1f} GiB"
+
+
+def recommend(model: ModelSpec, gpu: GpuSpec, train: TrainSpec, plans: list[Plan]) -> Recommendation:
+    """Which method to use on this GPU, following the methods' decision logic.
+
+    QLoRA when memory-bound (Dettmers et al. 2023), LoRA when it fits (Hu et al. 2021),
+    DoRA when it fits and quality matters (Liu et al. 2024: better accuracy at the same
+    rank, at the cost of a slower step and more memory), full fine-tuning only when it fits
+    with at least 20% of the GPU to spare.
+    """
+    by = {p.method: p for p in plans}
+    mem = _gib(gpu.memory_bytes)
+    fit = {m for m, p in by.items() if p.fits}
+    parts: list[str] = []
+    choice = None
+    if "full" in by and by["full"].fits and by["full"].headroom_bytes >= COMFORT_FRACTION * gpu.memory_bytes:
+        choice = "full"
+        parts.append(f"Full fine-tuning fits comfortably ({_gib(by['full'].device_used_bytes)} of {mem}): "
+                     "use it when the task needs every weight to move; otherwise LoRA trains faster "
+                     "and keeps checkpoints small.")
+    lora = next((m for m in ("lora", "rslora") if m in fit), None)
+    if lora:
+        choice = choice or lora
+        parts.append(f"{'LoRA' if lora == 'lora' else 'rsLoRA'} fits ({_gib(by[lora].device_used_bytes)} of {mem}, "
+                     f"r={train.rank}, {','.join(train.target_modules)}).")
+        if "dora" in fit:
+            parts.append(f"DoRA fits too ({_gib(by['dora'].device_used_bytes)}): prefer it when quality "
+                         "matters, at the cost of a slower step.")
+        elif "dora" in by:
+            parts.append(f"DoRA does not fit ({_gib(by['dora'].device_used_bytes)} needed): "
+                         "its dense weight-norm computation costs memory LoRA does not need.")
+    elif "qlora" in fit:
+        choice = "qlora"
+        parts.append(f"Memory-bound: use QLoRA ({train.quant_type.upper()}"
+                     f"{', double quant' if train.double_quant else ''}), "
+                     f"{_gib(by['qlora'].device_used_bytes)} of {mem}.")
+        if "lora" in by:
+            parts.append(f"16-bit LoRA needs {_gib(by['lora'].device_used_bytes)}.")
+        if "qdora" in fit:
+            parts.append(f"QDoRA fits too ({_gib(by['qdora'].device_used_bytes)}): prefer it when quality matters.")
+    elif fit:
+        choice = sorted(fit, key=lambda m: by[m].device_used_bytes)[0]
+        parts.append(f"Of the methods planned, {choice} fits ({_gib(by[choice].device_used_bytes)} of {mem}).")
+    if choice is None:
+        parts.append(_nothing_fits(model, gpu, train, by))
+    elif not train.gradient_checkpointing and by[choice].headroom_bytes < 0.1 * gpu.memory_bytes:
+        parts.append("Headroom is thin: gradient checkpointing would leave more room for longer sequences.")
+    return Recommendation(choice, " ".join(parts))
+
+
+def _nothing_fits(model: ModelSpec, gpu: GpuSpec, train: TrainSpec, by: dict[str, Plan]) -> str:
+    """Advice when no planned method fits: checkpointing, a shorter sequence, a larger GPU."""
+    method = "qlora" if "qlora" in by else min(by, key=lambda m: by[m].device_used_bytes)
+    tips = [f"Nothing planned fits {gpu.name} ({_gib(gpu.memory_bytes)}) at batch {train.batch_size}, "
+            f"seq {train.seq_len}; {method} needs {_gib(by[method].device_used_bytes)}."]
+    base = train.with_(method=method)
+    if not train.gradient_checkpointing:
+        gc = plan(model, gpu, base.with_(gradient_checkpointing=True))
+        if gc.fits:
+            return " ".join(tips + [f"With gradient checkpointing {method} fits ({_gib(gc.device_used_bytes)})."])
+        base = base.with_(gradient_checkpointing=True)
+    if train.batch_size == 1:
+        seq = max_seq_len(model, gpu, base)
+        if seq:
+            tips.append(f"{method} with checkpointing fits up to seq {seq}.")
+    else:
+        batch = max_batch_size(model, gpu, base)
+        if batch:
+            tips.append(f"{method} with checkpointing fits up to batch {batch}.")
+    bigger = _smallest_gpu_that_fits(model, base.with_(gradient_checkpointing=train.gradient_checkpointing))
+    if bigger:
+        tips.append(f"The smallest catalog GPU where {method} fits as asked is {bigger.name} "
+                    f"({_gib(bigger.memory_bytes)}).")
+    return " ".join(tips)
+
+
+def _smallest_gpu_that_fits(model: ModelSpec, train: TrainSpec) -> GpuSpec | None:
+    gpus = sorted((get_gpu(n) for n in gpu_names()), key=lambda g: g.memory_bytes)
+    return next((g for g in gpus if plan(model, g, train).fits), None)
