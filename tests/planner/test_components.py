@@ -1,0 +1,134 @@
+"""Each memory component against a value worked out by hand on the tiny model.
+
+tiny: V=10, h=8, I=16, L=2, heads=2 of head_dim 4, 1 kv head (q_dim 8, kv_dim 4).
+Settings unless stated: batch 1, seq 3 (T=3 tokens), rank 2, bf16 (c=2), autocast.
+"""
+import pytest
+
+from planner import TrainSpec
+from planner import components as C
+
+BF16 = "bf16"
+
+
+def spec(**kw):
+    base = dict(method="lora", rank=2, batch_size=1, seq_len=3, dtype=BF16)
+    base.update(kw)
+    return TrainSpec(**base)
+
+
+def prec(train):
+    return C.precision(train, BF16)
+
+
+def test_weights_base_16bit_and_4bit(tiny):
+    t = spec()
+    assert C.weights_base(tiny, t, prec(t)) == 1352 * 2
+    q = spec(method="qlora")
+    # packed: per layer ceil(n/2) of 64, 32, 32, 64, 128, 128, 128 = 288, x2 layers = 576;
+    # everything else (1352 - 2*576 linear weights = 200) in fp32 = 800
+    assert C.weights_base(tiny, q, prec(q)) == 576 + 800
+    mixed = spec(method="full", precision="mixed")
+    assert C.weights_base(tiny, mixed, prec(mixed)) == 1352 * 4
+
+
+def test_quant_state(tiny):
+    # blocks of 64 per weight: q,k,v,o 1 each, gate/up/down 2 each = 10 blocks per layer
+    # double quant: 1 byte per block + 4 (absmax of 256 blocks) + 4 (offset) + 64 (code) per weight
+    assert C.weights_quant_state(tiny, spec(method="qlora")) == 2 * (10 + 7 * 72)
+    # single: 4 bytes per block + 64 (code) per weight
+    assert C.weights_quant_state(tiny, spec(method="qlora", double_quant=False)) == 2 * (40 + 7 * 64)
+    assert C.weights_quant_state(tiny, spec(method="lora")) == 0
+
+
+def test_quant_state_bits_per_param_match_the_qlora_paper():
+    n = 4096 * 4096
+    single = (C.quant_state_per_weight(n, False) - C.NF4_CODE_BYTES) * 8 / n
+    double = (C.quant_state_per_weight(n, True) - C.NF4_CODE_BYTES) * 8 / n
+    assert single == 0.5  # 32 bits per 64 weights
+    # 0.127 bits (Dettmers et al. 2023), plus the one fp32 offset per weight (32 bits / n)
+    assert abs(double - (8 / 64 + 32 / (64 * 256) + 32 / n)) < 1e-12
+
+
+def test_adapters_grads_and_optimizer(tiny):
+    t = spec()
+    p = prec(t)
+    assert C.adapter_bytes(tiny, t) == 512 * 4
+    assert C.grads(tiny, t, p) == 512 * 4
+    assert C.optimizer_states(tiny, t, p) == 2 * 512 * 4
+    assert C.optimizer_transient(tiny, t, p) == 512 * 4
+    fused = spec(optim="adamw_torch_fused")
+    assert C.optimizer_transient(tiny, fused, p) == 0
+    full = spec(method="full")
+    assert C.grads(tiny, full, prec(full)) == 1352 * 2
+    assert C.optimizer_states(tiny, full, prec(full)) == 2 * 1352 * 2
+    assert C.optimizer_states(tiny, spec(optim="sgd"), p) == 0
+    paged = spec(optim="paged_adamw_32bit")
+    assert C.optimizer_states(tiny, paged, p) == 0
+    assert C.optimizer_states_paged(tiny, paged, p) == 2 * 512 * 4
+
+
+def test_adamw_8bit_keeps_small_tensors_in_32bit(tiny):
+    # every tiny adapter tensor is under 4096 elements: 32-bit states, 8 bytes per param
+    t = spec(optim="adamw_8bit")
+    assert C.optimizer_states(tiny, t, prec(t)) == 512 * 8
+
+
+def test_activation_terms(tiny):
+    t = spec()
+    p = prec(t)
+    assert C.norm_saved(tiny, t, p) == 3 * 8 * 4 + 3 * 4  # fp32 input copy + rsqrt
+    full = spec(method="full")
+    assert C.norm_saved(tiny, full, prec(full)) == 108 + 3 * 8 * 2  # + normalized bf16 input
+    # q_rot, k_rot, v, out: 3 * (2*8 + 2*4) * 2 = 144; logsumexp 1 * 2 heads * 3 * 4 = 24
+    assert C.attention_core_saved(tiny, t, p) == 168
+    assert C.mlp_core_saved(tiny, t, p) == 3 * 3 * 16 * 2
+    assert C.linear_inputs_saved(tiny, t, p) == 0
+    assert C.linear_inputs_saved(tiny, full, prec(full)) == 3 * (8 + 8 + 16) * 2
+    # per module: T*in*2 (input copy) + T*r*2 (lora_A out); six with in=8, down with in=16
+    assert C.lora_saved(tiny, t, p) == 6 * (48 + 12) + (96 + 12)
+    pure = spec(precision="pure")
+    assert C.lora_saved(tiny, pure, prec(pure)) == 6 * (96 + 24) + (192 + 24)
+    assert C.layer_saved(tiny, t, p) == 2 * 108 + 168 + 288 + 468
+    assert C.model_level_saved(tiny, t, p) == 2 * 3 * 4 * 2 + 108  # RoPE cos+sin, final norm
+    assert C.activations_saved(tiny, t, p) == 2 * 1140 + 156
+    gc = spec(gradient_checkpointing=True)
+    assert C.activations_saved(tiny, gc, prec(gc)) == 2 * 3 * 8 * 2 + 156
+    assert C.recompute_transient(tiny, gc, prec(gc)) == 1140
+    assert C.recompute_transient(tiny, t, p) == 0
+
+
+def test_eager_attention_keeps_probabilities(tiny):
+    from dataclasses import replace
+
+    eager = replace(tiny, eager_attention=True)
+    t = spec()
+    # q, k, v, out as SDPA (144, no logsumexp) + 2 * (1 * 2 heads * 3 * 3 * 2) probabilities and
+    # scores + k, v repeated to all heads 3 * 2 * (8 - 4) * 2
+    assert C.attention_core_saved(eager, t, prec(t)) == 144 + 72 + 48
+
+
+def test_logits_and_copies(tiny):
+    t = spec()
+    p = prec(t)
+    assert C.logits_forward(tiny, t, p) == 3 * 10 * (2 + 4 + 4)
+    assert C.logits_backward(tiny, t, p) == 3 * 10 * 12
+    assert C.autocast_weight_copies(tiny, t, p) == 512 * 2
+    assert C.autocast_weight_copies(tiny, spec(method="dora"), p) == 512 * 2
+    pure = spec(precision="pure")
+    assert C.autocast_weight_copies(tiny, pure, prec(pure)) == 0
+
+
+def test_transients(tiny):
+    q = spec(method="qlora")
+    assert C.dequant_transient(tiny, q, prec(q)) == 128 * 2
+    assert C.dequant_transient(tiny, spec(), prec(spec())) == 0
+    d = spec(method="dora")
+    # down_proj 16 -> 8: identity 16*16*(4 + 2) + four dense 8x16 fp32 = 1536 + 2048
+    assert C.dora_transient(tiny, d, prec(d)) == 3584
+    assert C.dora_transient(tiny, spec(), prec(spec())) == 0
+
+
+def test_allocator_reserve():
+    assert C.allocator_reserve(100) == 5
+    assert C.allocator_reserve(101) == 6  # rounds up

@@ -1,0 +1,68 @@
+"""Exact parameter counts against published totals and hand counts."""
+import pytest
+
+from planner import TrainSpec, get_model, model_names
+from planner import counts
+
+# Published totals (model cards / safetensors metadata of the HF checkpoints).
+PUBLISHED = {
+    "llama-2-7b": 6_738_415_616,
+    "llama-2-13b": 13_015_864_320,
+    "llama-3.1-8b": 8_030_261_248,
+    "mistral-7b": 7_241_732_096,
+    "qwen2.5-0.5b": 494_032_768,
+    "gemma-2-2b": 2_614_341_888,
+    "phi-3-mini": 3_821_079_552,
+}
+
+
+@pytest.mark.parametrize("name,total", sorted(PUBLISHED.items()))
+def test_published_totals(name, total):
+    assert counts.total_params(get_model(name)) == total
+
+
+@pytest.mark.parametrize("name", model_names())
+def test_every_catalog_model_matches_its_published_total(name):
+    model = get_model(name)
+    assert model.published_params, name
+    assert counts.total_params(model) == model.published_params
+
+
+def test_negative_control_a_wrong_config_misses_the_total():
+    from planner.catalog import model_from_config
+
+    cfg = get_model("7b").hf_config()
+    cfg["intermediate_size"] = 11008 + 1
+    assert counts.total_params(model_from_config(cfg, "broken")) != 6_738_415_616
+
+
+def test_llama2_7b_lora_and_dora_rank8_all_linear():
+    m = get_model("7b")
+    assert counts.adapter_params(m, TrainSpec(method="lora", rank=8)) == 19_988_480
+    assert counts.adapter_params(m, TrainSpec(method="dora", rank=8)) == 21_348_352
+    assert counts.adapter_params(m, TrainSpec(method="rslora", rank=8)) == 19_988_480
+
+
+def test_qwen25_05b_rank8_on_attention():
+    m = get_model("qwen2.5-0.5b")
+    t = ("q_proj", "k_proj", "v_proj", "o_proj")
+    assert counts.adapter_params(m, TrainSpec(method="lora", rank=8, target_modules=t)) == 1_081_344
+    assert counts.adapter_params(m, TrainSpec(method="dora", rank=8, target_modules=t)) == 1_130_496
+
+
+def test_tiny_hand_counts(tiny):
+    # embed 10*8 + lm_head 10*8 + 2 layers * (q 64 + k 32 + v 32 + o 64 + 3 * 128 + norms 16) + final 8
+    assert counts.total_params(tiny) == 80 + 80 + 2 * (64 + 32 + 32 + 64 + 384 + 16) + 8 == 1352
+    # r=2: q 2*16 + k 2*12 + v 2*12 + o 2*16 + gate/up/down 3 * 2*24 = 256 per layer
+    assert counts.adapter_params(tiny, TrainSpec(method="lora", rank=2)) == 512
+    # DoRA adds out_features per Linear: 8 + 4 + 4 + 8 + 16 + 16 + 8 = 64 per layer
+    assert counts.adapter_params(tiny, TrainSpec(method="dora", rank=2)) == 640
+    assert counts.trainable_params(tiny, TrainSpec(method="full")) == 1352
+
+
+def test_unknown_target_and_oversized_rank_are_refused(tiny):
+    with pytest.raises(ValueError, match="did you mean 'q_proj'"):
+        counts.adapter_params(tiny, TrainSpec(method="lora", target_modules=("q_prj",)))
+    with pytest.raises(ValueError, match="larger than k_proj"):
+        counts.check_rank(tiny, TrainSpec(method="lora", rank=5))
+    counts.check_rank(tiny, TrainSpec(method="lora", rank=4))  # min(8, 4) = 4 is allowed

@@ -1,0 +1,90 @@
+"""Plans as a whole: phases, totals, plausibility on Llama-2-7B, dtype resolution."""
+import pytest
+
+from planner import TrainSpec, get_gpu, plan
+from planner.methods import step_memory
+
+GIB = 1 << 30
+
+
+def test_tiny_phases_by_hand(tiny):
+    t = TrainSpec(method="lora", rank=2, batch_size=1, seq_len=3, dtype="bf16")
+    step = step_memory(tiny, t, "bf16")
+    persistent = 2704 + 2048 + 4096  # weights bf16, adapters fp32, AdamW states
+    assert step.total("forward") == persistent + 2436 + 1024 + 300
+    assert step.total("backward") == persistent + 2436 + 1024 + 360
+    assert step.total("optimizer") == persistent + 2048 + 2048
+    assert step.peak_phase == "optimizer"
+
+
+def test_peak_is_a_max_over_phases_not_a_sum():
+    p = plan("7b", "a100-80gb", TrainSpec(method="lora"))
+    assert p.peak_allocated_bytes == max(p.phases.values())
+    assert p.peak_allocated_bytes == p.phases[p.peak_phase]
+    runtime = p.components["runtime/allocator"] + p.components["runtime/cuda_context"]
+    assert sum(p.components.values()) - runtime == p.peak_allocated_bytes
+    assert p.peak_allocated_bytes < sum(p.phases.values())
+    assert p.device_used_bytes == p.peak_reserved_bytes + p.components["runtime/cuda_context"]
+
+
+def test_llama2_7b_on_t4_is_plausible():
+    full = plan("7b", "t4", TrainSpec(method="full"))
+    lora = plan("7b", "t4", TrainSpec(method="lora"))
+    qlora = plan("7b", "t4", TrainSpec(method="qlora"))
+    assert qlora.fits and not full.fits
+    # 16-bit weights of 6.74B params are 12.55 GiB; 4-bit about a quarter of the linears
+    assert 12.5 * GIB < lora.components["weights/base"] < 12.6 * GIB
+    assert 3.5 * GIB < qlora.components["weights/base"] < 4.5 * GIB
+    assert 6 * GIB < qlora.device_used_bytes < 12 * GIB
+    assert full.device_used_bytes > 50 * GIB  # 2 + 2 + 4 bytes/param + foreach temporaries
+
+
+def test_auto_dtype_falls_back_to_fp16_on_t4():
+    p = plan("7b", "t4", TrainSpec(method="lora", dtype="bf16"))
+    assert p.settings["dtype"] == "fp16"
+    assert any("no bf16" in n for n in p.notes)
+    assert plan("7b", "a100-80gb", TrainSpec(method="lora")).settings["dtype"] == "bf16"
+
+
+def test_fits_and_headroom_are_consistent():
+    for gpu in ("t4", "rtx4090", "h100"):
+        p = plan("llama-3.1-8b", gpu, TrainSpec(method="qlora"))
+        assert p.headroom_bytes == get_gpu(gpu).memory_bytes - p.device_used_bytes
+        assert p.fits == (p.headroom_bytes >= 0)
+
+
+def test_json_contract_keys():
+    d = plan("7b", "t4", TrainSpec(method="qlora")).to_dict()
+    required = {"model", "gpu", "method", "settings", "components", "peak_allocated_bytes",
+                "peak_reserved_bytes", "device_used_bytes", "gpu_memory_bytes", "fits",
+                "headroom_bytes", "trainable_params", "total_params", "peak_phase"}
+    assert required <= set(d)
+    assert set(d["settings"]) >= {"batch_size", "seq_len", "rank", "alpha", "target_modules", "dtype",
+                                  "optim", "gradient_checkpointing", "quant_type", "double_quant"}
+    assert all(isinstance(v, int) for v in d["components"].values())
+
+
+def test_paged_optimizer_states_are_reported_apart():
+    p = plan("7b", "a100-80gb", TrainSpec(method="full", optim="paged_adamw_32bit"))
+    assert p.components["optimizer/states"] == 0
+    assert p.components["optimizer/states_paged"] == 2 * 6_738_415_616 * 2 * 2
+
+
+def test_config_json_path(tmp_path):
+    from planner.catalog import CatalogError
+
+    cfg = tmp_path / "config.json"
+    cfg.write_text('{"model_type": "llama", "vocab_size": 100, "hidden_size": 64, '
+                   '"intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4}')
+    p = plan(str(cfg), "t4", TrainSpec(method="lora", rank=4))
+    assert p.model == tmp_path.name
+    assert p.total_params == 100 * 64 * 2 + 2 * (4 * 64 * 64 + 3 * 64 * 128 + 2 * 64) + 64
+    cfg.write_text('{"model_type": "llama", "vocab_size": "many"}')
+    with pytest.raises(CatalogError, match="vocab_size"):
+        plan(str(cfg), "t4")
+    cfg.write_text("{not json")
+    with pytest.raises(CatalogError, match="not a readable JSON config"):
+        plan(str(cfg), "t4")
+    cfg.write_text('{"model_type": "bert"}')
+    with pytest.raises(CatalogError, match="unsupported model_type"):
+        plan(str(cfg), "t4")
