@@ -1,0 +1,109 @@
+"""The `plan` command through click's CliRunner: exact errors, contracts, formats."""
+import csv
+import io
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from planner.cli import main
+from planner.render import CSV_FIELDS
+
+GIB = 1 << 30
+
+
+def run(*args):
+    return CliRunner().invoke(main, list(args))
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--model", "8x"], "plan: error: unknown model '8x' (did you mean 8b?); see `plan --list-models`\n"),
+    (["--gpu", "t5"], "plan: error: unknown GPU 't5' (did you mean t4?); see `plan --list-gpus`\n"),
+    (["--batch-size", "0"], "plan: error: batch size must be at least 1, got 0\n"),
+    (["--seq-len", "-5"], "plan: error: sequence length must be at least 1, got -5\n"),
+    (["--method", "lora", "-r", "5000"], "plan: error: rank 5000 is larger than q_proj (4096 -> 4096) of llama-2-7b\n"),
+    (["--model", "no/such-model"], "plan: error: unknown model 'no/such-model': not a catalog HF id and no such "
+                                   "config.json (the planner works offline: pass a local config.json path)\n"),
+])
+def test_bad_input_is_one_line_exit_2(args, message):
+    result = run(*args)
+    assert result.exit_code == 2
+    assert result.stderr == message
+    assert result.stdout == ""
+
+
+def test_malformed_config_json(tmp_path):
+    cfg = tmp_path / "config.json"
+    cfg.write_text("{oops")
+    result = run("--model", str(cfg))
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"plan: error: {cfg}: not a readable JSON config")
+    assert result.stderr.count("\n") == 1
+
+
+def test_json_is_the_only_output_and_has_one_entry_per_model_gpu_method():
+    result = run("--model", "7b", "--model", "qwen2.5-0.5b", "--gpu", "t4", "--gpu", "a100-80gb", "--json")
+    assert result.exit_code == 0
+    plans = json.loads(result.stdout)["plans"]
+    assert len(plans) == 2 * 2 * 6
+    assert {(p["model"], p["gpu"]) for p in plans} == {
+        ("llama-2-7b", "t4"), ("llama-2-7b", "a100-80gb"), ("qwen2.5-0.5b", "t4"), ("qwen2.5-0.5b", "a100-80gb")}
+    assert [p["method"] for p in plans[:6]] == ["full", "lora", "rslora", "qlora", "dora", "qdora"]
+    for p in plans:
+        assert isinstance(p["peak_allocated_bytes"], int) and isinstance(p["fits"], bool)
+        assert p["settings"]["dtype"] == ("fp16" if p["gpu"] == "t4" else "bf16")
+
+
+def test_json_max_searches_are_consistent_with_plans():
+    result = run("--model", "7b", "--gpu", "a10g", "--method", "qlora", "--max-batch-size", "--max-seq-len", "--json")
+    entry = json.loads(result.stdout)["plans"][0]
+    b = entry["max_batch_size"]
+    fits = lambda *a: json.loads(run("--model", "7b", "--gpu", "a10g", "--method", "qlora", *a, "--json")
+                                 .stdout)["plans"][0]["fits"]
+    assert b >= 1 and fits("--batch-size", str(b)) and not fits("--batch-size", str(b + 1))
+    s = entry["max_seq_len"]
+    assert s == 4096 or not fits("--seq-len", str(s + 1))
+    assert fits("--seq-len", str(s))
+
+
+def test_csv_header_and_rows():
+    result = run("--model", "7b", "--gpu", "t4", "--gpu", "l4", "--method", "qlora", "--csv")
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert result.stdout.splitlines()[0] == ",".join(CSV_FIELDS)
+    assert [r["gpu"] for r in rows] == ["t4", "l4"]
+    assert rows[0]["total_params"] == "6738415616"
+    assert rows[0]["target_modules"] == "all-linear"
+
+
+def test_table_header_states_every_setting_and_counts():
+    result = run("--model", "qwen2.5-0.5b", "--gpu", "a100-80gb", "--method", "lora", "-r", "8",
+                 "--target-modules", "q_proj,k_proj,v_proj,o_proj", "--seq-len", "256")
+    assert result.exit_code == 0
+    lines = result.stdout.splitlines()
+    assert lines[0] == ("plan: model=qwen2.5-0.5b gpu=a100-80gb (80.00 GiB) batch_size=1 seq_len=256 rank=8 "
+                        "alpha=16 target_modules=q_proj,k_proj,v_proj,o_proj dtype=bf16 precision=autocast "
+                        "optim=adamw_torch gradient_checkpointing=off quant_type=nf4 double_quant=on")
+    rows = {line[:30].strip(): line[30:].split() for line in lines if line[:30].strip()}
+    assert rows["trainable params"] == ["1,081,344"]  # published-count check: Qwen2.5-0.5B r8 q,k,v,o
+    assert rows["total params"] == ["494,032,768"]
+    assert rows["weights/base"] == [f"{494_032_768 * 2 / GIB:.2f}"]
+    assert rows["GPU memory"] == ["80.00"]
+    assert rows["fits"] == ["yes"]
+    assert lines[-1].startswith("recommendation: LoRA fits")
+
+
+def test_list_gpus_and_models():
+    gpus = run("--list-gpus").stdout.splitlines()
+    assert gpus[0].split()[:3] == ["t4", "15.00", "GiB"]
+    assert any(line.startswith("h100-80gb") for line in gpus)
+    models = run("--list-models").stdout.splitlines()
+    assert models[0].split() == ["llama-2-7b", "meta-llama/Llama-2-7b-hf"]
+
+
+def test_recommendation_follows_memory():
+    t4 = run("--model", "7b", "--gpu", "t4").stdout
+    assert "recommendation: Memory-bound: use QLoRA" in t4
+    h200 = run("--model", "qwen2.5-0.5b", "--gpu", "h200").stdout
+    assert "recommendation: Full fine-tuning fits comfortably" in h200
+    tiny_gpu = run("--model", "70b", "--gpu", "t4", "--method", "qlora").stdout
+    assert "Nothing planned fits t4" in tiny_gpu and "smallest catalog GPU" in tiny_gpu

@@ -1,0 +1,52 @@
+"""README.md's commands are the ones that work: examples run, output matches, CI agrees."""
+import re
+import shlex
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from planner.cli import main as plan_main
+
+ROOT = Path(__file__).resolve().parents[2]
+README = (ROOT / "README.md").read_text()
+
+
+def console_commands():
+    """Every `$ ...` line of the README's console blocks."""
+    blocks = re.findall(r"```console\n(.*?)```", README, flags=re.S)
+    return [line[2:] for block in blocks for line in block.splitlines() if line.startswith("$ ")]
+
+
+def last_segment(command):
+    return command.split("&&")[-1].strip()
+
+
+def test_readme_has_the_two_setup_commands():
+    commands = console_commands()
+    assert "pip install -e . && plan --model 7b --gpu t4" in commands
+    tests = [c for c in commands if "pytest" in c]
+    assert tests and tests[0].startswith("pip install torch==2.13.0 && ")
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    test_command = last_segment(next(c for c in console_commands() if "pytest" in c))
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert re.search(rf"^{re.escape(test_command)}\b", ci, flags=re.M), test_command
+    assert ci.index("torch==2.13.0") < ci.index("-e '.[torch,test]'")
+
+
+def test_every_plan_example_runs():
+    plan_commands = [last_segment(c) for c in console_commands() if last_segment(c).startswith("plan")]
+    assert len(plan_commands) >= 5
+    for command in plan_commands:
+        result = CliRunner().invoke(plan_main, shlex.split(command)[1:])
+        assert result.exit_code == 0, (command, result.stderr)
+        assert result.stdout
+
+
+def test_example_output_is_what_plan_prints():
+    match = re.search(r"```console\n\$ plan --model 7b --gpu t4\n(.*?)```", README, flags=re.S)
+    assert match, "README lost its example output"
+    shown = match.group(1)
+    actual = CliRunner().invoke(plan_main, ["--model", "7b", "--gpu", "t4"]).stdout
+    assert shown == actual
