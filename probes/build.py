@@ -1,0 +1,240 @@
+"""One model + adapter builder shared by every device backend.
+
+``build(spec, train, device)`` does what a user's fine-tuning script does, in the same order:
+
+1. The base model from its catalog config with random init (``AutoModelForCausalLM.from_config``,
+   seeded), or from local safetensors (``--weights DIR``), in the model dtype: the compute dtype
+   (bf16 / fp16 / fp32), or fp32 master weights under ``precision="mixed"``. SDPA attention
+   (eager for models with attention softcapping), ``use_cache=False``.
+2. QLoRA / QDoRA: ``BitsAndBytesConfig(load_in_4bit, nf4|fp4, double quant, compute dtype)``.
+   Real devices load through ``from_pretrained(quantization_config=...)`` (``from_config`` does not
+   quantize): a random-init model is saved as safetensors to a temporary folder first. The meta
+   device (for the fake tracer) runs transformers' own quantizer (``preprocess_model`` ->
+   ``replace_with_bnb_linear``) and quantizes each weight on meta with bitsandbytes (its ops have
+   fake kernels), like ``from_pretrained`` does with real weights.
+   Then ``prepare_model_for_kbit_training(use_gradient_checkpointing=..., use_reentrant=False)``.
+3. Gradient checkpointing (non-reentrant) for the other methods, and
+   ``enable_input_require_grads`` for adapters.
+4. ``get_peft_model(LoraConfig(r, alpha, target_modules, use_dora, use_rslora))``: peft keeps the
+   adapters in fp32 (``autocast_adapter_dtype=True``, its default).
+5. ``model.train()``; every bitsandbytes ``Linear4bit`` gets ``support_avx512bf16_for_cpu = False``
+   (otherwise some CPUs give wrong results after an eval-mode forward).
+
+Never ``trust_remote_code``; weights only from safetensors.
+"""
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from planner import ModelSpec, TrainSpec
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+SEED = 0
+
+
+@dataclass(frozen=True)
+class Precision:
+    """The resolved dtypes of a run.
+
+    ``compute``: activations / autocast dtype; ``weights``: the dtype the model is loaded in;
+    ``autocast``: whether forward runs under ``torch.autocast``; ``grad_scaler``: fp16 with
+    autocast uses a GradScaler, as HF Trainer ``fp16=True`` does.
+    """
+
+    name: str  # "bf16" / "fp16" / "fp32"
+    compute: torch.dtype
+    weights: torch.dtype
+    autocast: bool
+    grad_scaler: bool
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    """``auto`` -> bf16 where the device has it (CPU, fake, CUDA sm80+), else fp16."""
+    if dtype != "auto":
+        return dtype
+    if device == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16"
+
+
+def resolve_precision(train: TrainSpec, device: str) -> Precision:
+    """The precision scheme of ``train`` (autocast / pure / mixed) on ``device``."""
+    name = resolve_dtype(train.dtype, device)
+    compute = DTYPES[name]
+    weights = torch.float32 if train.precision == "mixed" else compute
+    autocast = train.precision != "pure" and compute != torch.float32
+    return Precision(name=name, compute=compute, weights=weights, autocast=autocast,
+                     grad_scaler=autocast and compute == torch.float16)
+
+
+def hf_config(spec: ModelSpec):
+    """The transformers config of a catalog model (no hub access, no remote code)."""
+    from transformers import AutoConfig
+
+    fields = spec.hf_config()
+    model_type = fields.pop("model_type")
+    fields.pop("architectures", None)
+    fields["use_cache"] = False
+    return AutoConfig.for_model(model_type, **fields)
+
+
+def attn_implementation(spec: ModelSpec) -> str:
+    """SDPA, unless the model needs attention logit softcapping (Gemma-2): then eager."""
+    return "eager" if spec.eager_attention else "sdpa"
+
+
+def bnb_config(train: TrainSpec, precision: Precision):
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type=train.quant_type,
+        bnb_4bit_use_double_quant=train.double_quant, bnb_4bit_compute_dtype=precision.compute,
+    )
+
+
+def lora_config(train: TrainSpec):
+    from peft import LoraConfig
+
+    targets = list(train.target_modules)
+    target_modules = "all-linear" if targets == ["all-linear"] else targets
+    return LoraConfig(
+        r=train.rank, lora_alpha=train.lora_alpha, target_modules=target_modules,
+        lora_dropout=0.0, bias="none", task_type="CAUSAL_LM",
+        use_dora=train.is_dora, use_rslora=train.method == "rslora",
+    )
+
+
+# ---------------------------------------------------------------------- base model
+
+def _from_config(spec: ModelSpec, dtype: torch.dtype, device: str):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(SEED)
+    with torch.device(device):
+        return AutoModelForCausalLM.from_config(
+            hf_config(spec), dtype=dtype, attn_implementation=attn_implementation(spec))
+
+
+def _from_pretrained(path: str | Path, spec: ModelSpec, dtype: torch.dtype, device: str,
+                     quantization_config=None):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(
+        str(path), dtype=dtype, attn_implementation=attn_implementation(spec),
+        device_map={"": device}, quantization_config=quantization_config,
+        use_safetensors=True, trust_remote_code=False, use_cache=False)
+
+
+def _quantize_on_meta(model, train: TrainSpec, precision: Precision) -> None:
+    """What ``from_pretrained(quantization_config=...)`` does, on the meta device.
+
+    transformers' bnb quantizer swaps every Linear (but lm_head) for ``Linear4bit``; each
+    weight, in the load dtype, is then quantized by bitsandbytes (``Params4bit._quantize``),
+    whose ops have fake/meta kernels: the packed uint8 weight and the quant state get their
+    real shapes and dtypes without memory.
+    """
+    import bitsandbytes as bnb
+    from transformers.quantizers import AutoHfQuantizer
+
+    quantizer = AutoHfQuantizer.from_config(bnb_config(train, precision), pre_quantized=False)
+    quantizer.preprocess_model(model=model, dtype=precision.weights, device_map={"": "meta"})
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            old = module.weight
+            dense = torch.empty(old.shape, dtype=precision.weights, device="meta")
+            new = bnb.nn.Params4bit(dense, requires_grad=False, **old.__dict__)
+            module.weight = new._quantize(torch.device("meta"))
+    model.hf_quantizer = quantizer
+    quantizer.postprocess_model(model)
+
+
+def load_base(spec: ModelSpec, train: TrainSpec, precision: Precision, device: str,
+              weights: str | Path | None = None):
+    """The base model on ``device`` ("cpu", "cuda" or "meta"), quantized for qlora/qdora."""
+    dtype = precision.weights
+    quant = bnb_config(train, precision) if train.is_quantized else None
+    if device == "meta":
+        model = _from_config(spec, dtype, "meta")
+        if train.is_quantized:
+            _quantize_on_meta(model, train, precision)
+        return model
+    if weights is not None:
+        return _from_pretrained(weights, spec, dtype, device, quant)
+    if not train.is_quantized:
+        return _from_config(spec, dtype, device)
+    # from_config does not quantize: save the random-init model, load it as a user would.
+    with tempfile.TemporaryDirectory(prefix="probe-model-") as tmp:
+        _from_config(spec, dtype, "cpu").save_pretrained(tmp, safe_serialization=True)
+        return _from_pretrained(tmp, spec, dtype, device, quant)
+
+
+# ---------------------------------------------------------------------- method
+
+def _enable_checkpointing(model) -> None:
+    kwargs = {"use_reentrant": False}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # transformers 5 renamed the method
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def apply_method(model, train: TrainSpec):
+    """Freeze / quantize-prepare / checkpoint / wrap with peft, as a training script does."""
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    if train.is_quantized:
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=train.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False})
+    elif train.gradient_checkpointing:
+        _enable_checkpointing(model)
+    if train.is_adapter:
+        if train.gradient_checkpointing:
+            model.enable_input_require_grads()
+        model = get_peft_model(model, lora_config(train))
+    else:
+        model.requires_grad_(True)
+    model.train()
+    disable_bnb_cpu_fast_path(model)
+    return model
+
+
+def disable_bnb_cpu_fast_path(model) -> None:
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+
+
+def build(spec: ModelSpec, train: TrainSpec, device: str, weights: str | Path | None = None):
+    """The model of ``train`` on ``device`` ("cpu", "cuda", or "meta" for the fake tracer)."""
+    precision = resolve_precision(train, "fake" if device == "meta" else device)
+    with _quiet():
+        model = load_base(spec, train, precision, device, weights)
+        # On meta, tensors peft / bitsandbytes create without a device (e.g. the empty
+        # placeholder of Params4bit.__deepcopy__, used by QDoRA's init) must be meta too.
+        with torch.device("meta") if device == "meta" else contextlib.nullcontext():
+            return apply_method(model, train)
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence the library chatter of a build (progress bars, deprecation notes)."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()

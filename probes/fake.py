@@ -1,0 +1,158 @@
+"""The no-GPU exact tracer: a full-size training step on fake tensors (``--device fake``).
+
+Recipe (DESIGN.md section 5), and why each step is there:
+
+1. Build the model and apply the method on the meta device with the shared builder
+   (:func:`probes.build.build` with ``device="meta"``): transformers' bnb quantizer swaps in
+   ``Linear4bit`` and bitsandbytes quantizes on meta (its ops have fake kernels), then
+   ``prepare_model_for_kbit_training`` and ``get_peft_model`` run as for a real model. peft
+   must run before materializing: inside FakeTensorMode its ``.to()`` fails, and adapters
+   made outside the mode are re-faked on every op (new storages each time: not exact).
+2. :func:`materialize` every parameter, buffer and bitsandbytes quant state as a fake CPU
+   tensor of the same shape, stride and dtype inside one ``FakeTensorMode``: storages with
+   ``nbytes`` and no memory. Tied parameters stay tied (one fake tensor per meta tensor).
+   ``Module.to_empty`` is not used: it unties weights, and it cannot re-create a
+   ``Params4bit`` (``_make_subclass`` refuses a FakeTensor); instead each 4-bit weight
+   becomes a fake tensor whose class is :class:`FakeParams4bit`, a FakeTensor subclass
+   named ``Params4bit`` (peft recognizes bitsandbytes weights by class name, e.g. in
+   ``dequantize_module_weight`` for QDoRA), carrying ``quant_state``, ``blocksize``,
+   ``quant_type`` and the other attributes bitsandbytes reads.
+3. Run warm-up and measured steps of :func:`probes.step.train_step` under the mode with the
+   byte tracker (:mod:`probes.protocol`). transformers' packed-sequence detection reads
+   position-id values (data-dependent, and it treats fake tensors as "tracing" and then
+   builds an explicit seq x seq mask, which would also change the attention kernel):
+   :func:`plain_positions` answers "not packed", which is what it finds on real plain
+   batches (synthetic batches are never packed).
+
+The trace equals a real CPU step measured with the same tracker to the byte (tests), so it
+is exact for torch allocations; what a GPU allocates beyond them is in :mod:`probes.kernels`.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+
+from planner import ModelSpec, TrainSpec
+
+from .build import build
+
+QUANT_ATTRS = ("blocksize", "compress_statistics", "quant_type", "quant_storage",
+               "bnb_quantized", "module")
+
+
+class FakeParams4bit(FakeTensor):
+    """A fake 4-bit weight: bitsandbytes / peft see a ``Params4bit`` by class name."""
+
+
+FakeParams4bit.__name__ = FakeParams4bit.__qualname__ = "Params4bit"
+
+
+def new_fake_mode() -> FakeTensorMode:
+    return FakeTensorMode(allow_non_fake_inputs=False)
+
+
+def _fake_like(t: torch.Tensor) -> torch.Tensor:
+    """An uninitialized fake CPU tensor with ``t``'s shape, stride and dtype (mode active)."""
+    return torch.empty_strided(tuple(t.shape), tuple(t.stride()), dtype=t.dtype, device="cpu")
+
+
+def materialize(model: torch.nn.Module, fake_mode: FakeTensorMode) -> torch.nn.Module:
+    """Replace every meta tensor of ``model`` by a fake CPU tensor, in place (see step 2)."""
+    memo: dict[int, torch.Tensor] = {}
+    states: set[int] = set()
+
+    def fake(t: torch.Tensor) -> torch.Tensor:
+        if id(t) not in memo:
+            memo[id(t)] = _fake_like(t)
+        return memo[id(t)]
+
+    def fake_quant_state(qs) -> None:
+        if qs is None or id(qs) in states:
+            return
+        states.add(id(qs))
+        for name in ("absmax", "code", "offset"):
+            if isinstance(getattr(qs, name, None), torch.Tensor):
+                setattr(qs, name, fake(getattr(qs, name)))
+        nested = getattr(qs, "state2", None)
+        if nested is not None:
+            fake_quant_state(nested)
+
+    with fake_mode:
+        for module in model.modules():
+            for name, p in list(module._parameters.items()):
+                if p is None:
+                    continue
+                if id(p) in memo:
+                    module._parameters[name] = memo[id(p)]
+                    continue
+                new = torch.nn.Parameter(_fake_like(p), requires_grad=p.requires_grad)
+                if type(p).__name__ == "Params4bit":
+                    fake_quant_state(p.quant_state)
+                    new.__class__ = FakeParams4bit
+                    new.quant_state = p.quant_state
+                    for attr in QUANT_ATTRS:
+                        setattr(new, attr, getattr(p, attr, None))
+                memo[id(p)] = new
+                module._parameters[name] = new
+            for name, b in list(module._buffers.items()):
+                if b is not None:
+                    module._buffers[name] = fake(b)
+            fake_quant_state(getattr(module, "quant_state", None))
+            for name, value in list(vars(module).items()):  # plain tensor attributes
+                if isinstance(value, torch.Tensor) and value.device.type == "meta":
+                    setattr(module, name, fake(value))
+    return model
+
+
+@contextlib.contextmanager
+def plain_positions():
+    """transformers' packed-sequence check answers "not packed" (see the module docstring)."""
+    from transformers import masking_utils
+
+    original = masking_utils.find_packed_sequence_indices
+    masking_utils.find_packed_sequence_indices = lambda position_ids: None
+    try:
+        yield
+    finally:
+        masking_utils.find_packed_sequence_indices = original
+
+
+def build_fake(spec: ModelSpec, train: TrainSpec) -> tuple[torch.nn.Module, FakeTensorMode]:
+    """The model of ``train`` with fake parameters, and the mode to run it under."""
+    model = build(spec, train, "meta")
+    mode = new_fake_mode()
+    materialize(model, mode)
+    return model, mode
+
+
+def check_no_meta(model: torch.nn.Module) -> None:
+    """Every parameter and buffer is a fake tensor (none left on meta)."""
+    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()]
+            if not isinstance(t, FakeTensor)]
+    if left:
+        raise RuntimeError(f"not materialized as fake tensors: {', '.join(left[:5])}")
+
+
+def trace(spec: ModelSpec, train: TrainSpec, *, steps: int = 1, warmup: int = 1,
+          tracker=None):
+    """Trace ``steps`` training steps of ``train`` on ``spec`` with no memory.
+
+    Returns a :class:`probes.protocol.Measurement` (no reserved / device / speed figures).
+    """
+    from .build import resolve_precision
+    from .protocol import measure_tracked
+    from .step import make_optimizer, make_scaler, synthetic_batch
+
+    precision = resolve_precision(train, "fake")
+    model, mode = build_fake(spec, train)
+    check_no_meta(model)
+    ids = synthetic_batch(train.batch_size, train.seq_len, spec.vocab_size, "cpu")
+    with mode, plain_positions():
+        fake_ids = mode.from_tensor(ids)
+        optimizer = make_optimizer(model.parameters(), train.optim, "fake")
+        scaler = make_scaler(precision, "fake")
+        return measure_tracked(model, optimizer, fake_ids, precision, steps=steps,
+                               warmup=warmup, scaler=scaler, force_flash=not spec.eager_attention,
+                               timed=False, tracker=tracker)

@@ -1,0 +1,73 @@
+"""Which kernels a step runs, and what they allocate that the byte tracker must see.
+
+Attention. transformers' SDPA path calls ``F.scaled_dot_product_attention(q, k, v,
+is_causal=True)`` with no mask (for plain, unpadded batches) and ``enable_gqa=True`` for
+grouped-query models. On CPU (real or fake tensors) torch 2.13 dispatches that to
+``_scaled_dot_product_flash_attention_for_cpu``, which, like CUDA flash attention, saves
+only the output and a float32 logsumexp of shape (batch, heads, seq) for backward: O(seq),
+never the seq x seq probabilities of the math path. GQA runs in the kernel (no repeated K/V).
+The tracked backends force that kernel with ``sdpa_kernel(FLASH_ATTENTION)`` (an error, not
+a silent fallback, if it cannot run) and record which attention ops ran.
+
+What differs on CUDA (not seen by the tracer, part of the planner's runtime terms):
+flash / memory-efficient kernels also return two small int64 RNG tensors; memory-efficient
+attention pads the logsumexp to a multiple of 32 positions; CUDA flash backward allocates
+an fp32 ``dq`` accumulator and, for GQA, full-head ``dk``/``dv`` before summing them to the
+KV heads, inside the kernel; cuBLAS / cuDNN workspaces.
+
+4-bit matmul. bitsandbytes' ``gemm_4bit`` op is one fused op to a dispatch mode, but on CUDA
+for training-sized inputs (more than 512 rows on every architecture it tunes for, fewer
+on some) it runs as dequantize-to-dense + ``F.linear``: a dense (out x in) weight in the
+compute dtype is allocated for every 4-bit matmul. Its CPU kernel without the optional
+``kernels`` package is the same two steps. :data:`EXPANSIONS` makes the tracker run the op
+as those steps, so the transient weight is counted (on CPU and fake alike).
+"""
+from __future__ import annotations
+
+import torch
+
+FLASH_CPU_OPS = ("_scaled_dot_product_flash_attention_for_cpu",
+                 "_scaled_dot_product_flash_attention_for_cpu_backward")
+# Ops that mean the probabilities were materialized (math SDPA or eager attention).
+MATH_ATTENTION_OPS = ("_softmax", "_safe_softmax", "_scaled_dot_product_attention_math")
+SDPA_BACKENDS = {0: "math", 1: "flash", 2: "efficient", 3: "cudnn", 4: "overrideable"}
+
+
+def expansions() -> dict:
+    """{op overload: python implementation} for :class:`probes.tracker.ByteTracker`."""
+    try:
+        import bitsandbytes  # noqa: F401  (registers the ops)
+        from bitsandbytes.backends.default.ops import _gemm_4bit_default_impl
+    except ImportError:  # pragma: no cover - bitsandbytes is a dependency of probes
+        return {}
+    return {torch.ops.bitsandbytes.gemm_4bit.default: _gemm_4bit_default_impl}
+
+
+def attention_kernel_from_ops(ops: dict) -> str:
+    """The attention kernel a tracked step ran: 'flash', 'math' or 'none'."""
+    if any(ops.get(name) for name in FLASH_CPU_OPS):
+        if any(ops.get(name) for name in MATH_ATTENTION_OPS):
+            return "flash+math"
+        return "flash"
+    if any(ops.get(name) for name in MATH_ATTENTION_OPS):
+        return "math"
+    return "none"
+
+
+def sdpa_choice(heads: int, kv_heads: int, head_dim: int, seq_len: int, dtype: torch.dtype,
+                device: str) -> str:
+    """The SDPA backend torch picks for this attention shape (``torch._fused_sdp_choice``).
+
+    Uses batch 1 (the batch size does not change the choice): three small empty tensors.
+    """
+    q = torch.empty(1, heads, seq_len, head_dim, dtype=dtype, device=device)
+    kv = torch.empty(1, kv_heads, seq_len, head_dim, dtype=dtype, device=device)
+    choice = torch._fused_sdp_choice(q, kv, kv, is_causal=True, enable_gqa=kv_heads != heads)
+    return SDPA_BACKENDS.get(int(choice), str(choice))
+
+
+def force_flash():
+    """Context manager: SDPA must use the flash kernel (raises instead of falling back)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION])

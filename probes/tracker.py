@@ -1,0 +1,246 @@
+"""Byte tracker: the live tensor bytes of a training step, its peak and per-phase peaks.
+
+A :class:`ByteTracker` is a ``TorchDispatchMode``. Every op that runs under it goes through
+:meth:`ByteTracker.__torch_dispatch__`; for each tensor the op returns, the tracker adds the
+``nbytes`` of its *untyped storage* the first time that storage is seen (keyed on the storage,
+so views, in-place ops and ``out=`` results are free) and registers a ``weakref.finalize`` on
+the storage object that subtracts the bytes when the storage dies. Storages are preserved
+Python objects in torch >= 2.1, so the finalizer runs exactly when the last tensor using the
+storage is freed, not when our reference goes away. The peak is the maximum of the live bytes
+after any op; it is kept overall and per phase (``forward``, ``backward``, ``optimizer``).
+
+Tensors that exist before the measured step (weights, quant states, optimizer states, the
+input batch) are registered with :meth:`ByteTracker.register` under a component label.
+Tensors created under the tracker are labelled ``<phase>/<op>`` (``forward/mm``); gradients
+can be relabelled ``grads`` once backward is done. A breakdown by label is snapshotted at the
+overall peak and at each phase's peak: that is the "what is live at the peak" answer.
+
+The same tracker measures real CPU tensors (``--device cpu``) and fake tensors
+(``--device fake``, :mod:`probes.fake`): the storages of fake tensors have shapes, dtypes and
+``nbytes`` but no memory, and they die like real ones, so both give the same numbers.
+
+What it does not see: memory a kernel allocates internally without returning it as a tensor
+(workspaces, the scratch of a fused kernel) and allocator rounding. Custom ops that a GPU
+runs as several allocating steps can be expanded with ``expand`` (see :mod:`probes.fake`).
+"""
+from __future__ import annotations
+
+import weakref
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+PHASES = ("forward", "backward", "optimizer")
+
+
+@dataclass(frozen=True)
+class TrackerResult:
+    """The figures of one tracked span (usually the measured steps).
+
+    ``peak_bytes`` is the maximum live tensor bytes; ``phase_peaks`` the same per phase;
+    ``peak_breakdown`` / ``phase_breakdowns`` are the live bytes by label at those peaks;
+    ``baseline_bytes`` is what was live when the span started; ``ops`` maps op names seen
+    to call counts (used to check which attention kernel ran).
+    """
+
+    peak_bytes: int
+    baseline_bytes: int
+    phase_peaks: dict = field(hash=False)
+    peak_phase: str | None
+    peak_breakdown: dict = field(hash=False)
+    phase_breakdowns: dict = field(hash=False)
+    ops: dict = field(hash=False)
+
+
+def _op_name(func) -> str:
+    """``aten._to_copy.default`` -> ``_to_copy``; custom ops keep their namespace."""
+    name = getattr(func, "__name__", str(func))  # e.g. "_to_copy.default"
+    base = name.split(".")[0]
+    namespace = getattr(func, "namespace", "aten")
+    return base if namespace == "aten" else f"{namespace}.{base}"
+
+
+class ByteTracker(TorchDispatchMode):
+    """Count live tensor bytes by untyped storage (see the module docstring).
+
+    ``expand`` maps an op overload to a Python function that computes the same result with
+    ops the tracker can see (re-entering the tracker); use it for fused custom kernels whose
+    GPU implementation allocates intermediates. ``free_tracking=False`` makes frees invisible:
+    a deliberately broken tracker, kept as the negative control of the tests.
+    """
+
+    def __init__(self, expand: dict | None = None, free_tracking: bool = True):
+        super().__init__()
+        self.expand = dict(expand or {})
+        self.free_tracking = free_tracking
+        self.phase = "setup"
+        self.live = 0
+        self._storages: dict[int, tuple[int, str]] = {}  # storage key -> (nbytes, label)
+        self._finalizers: dict[int, weakref.finalize] = {}
+        self._by_label: dict[str, int] = defaultdict(int)
+        self.ops: dict[str, int] = defaultdict(int)
+        self.reset()
+
+    # ------------------------------------------------------------------ bookkeeping
+    def reset(self) -> None:
+        """Start a new measured span: peaks restart from what is live now."""
+        self.peak = self.live
+        self.baseline = self.live
+        self.peak_phase = self.phase if self.phase in PHASES else None
+        self.peak_breakdown = dict(self._by_label)
+        self.phase_peaks: dict[str, int] = {}
+        self.phase_breakdowns: dict[str, dict] = {}
+        self.ops.clear()
+
+    def set_phase(self, phase: str) -> None:
+        """Enter a phase; its peak starts from what is live now."""
+        self.phase = phase
+        if phase in PHASES and self.live > self.phase_peaks.get(phase, -1):
+            self.phase_peaks[phase] = self.live
+            self.phase_breakdowns[phase] = dict(self._by_label)
+
+    def _add(self, storage, label: str) -> None:
+        key = storage._cdata
+        if key in self._storages:
+            return
+        nbytes = storage.nbytes()
+        self._storages[key] = (nbytes, label)
+        self._by_label[label] += nbytes
+        self.live += nbytes
+        if self.free_tracking:
+            self._finalizers[key] = weakref.finalize(storage, self._free, key)
+        if self.live > self.peak:
+            self.peak = self.live
+            self.peak_phase = self.phase if self.phase in PHASES else None
+            self.peak_breakdown = dict(self._by_label)
+        phase = self.phase
+        if phase in PHASES and self.live > self.phase_peaks.get(phase, -1):
+            self.phase_peaks[phase] = self.live
+            self.phase_breakdowns[phase] = dict(self._by_label)
+
+    def _free(self, key: int) -> None:
+        nbytes, label = self._storages.pop(key)
+        self._finalizers.pop(key, None)
+        self._by_label[label] -= nbytes
+        if not self._by_label[label]:
+            del self._by_label[label]
+        self.live -= nbytes
+
+    def register(self, tensors: Iterable[torch.Tensor], label: str) -> None:
+        """Count tensors that already exist (weights, states, inputs) under ``label``."""
+        for t in tensors:
+            if isinstance(t, torch.Tensor) and t.device.type != "meta" or _is_fake(t):
+                self._add(t.untyped_storage(), label)
+
+    def relabel(self, tensors: Iterable[torch.Tensor], label: str) -> None:
+        """Move the storages of ``tensors`` to another label (e.g. gradients -> ``grads``)."""
+        for t in tensors:
+            key = t.untyped_storage()._cdata
+            if key in self._storages:
+                nbytes, old = self._storages[key]
+                if old == label:
+                    continue
+                self._by_label[old] -= nbytes
+                if not self._by_label[old]:
+                    del self._by_label[old]
+                self._by_label[label] += nbytes
+                self._storages[key] = (nbytes, label)
+
+    def live_bytes_of(self, tensors: Iterable[torch.Tensor]) -> int:
+        """Bytes of the distinct tracked storages among ``tensors``."""
+        keys = {t.untyped_storage()._cdata for t in tensors}
+        return sum(self._storages[k][0] for k in keys if k in self._storages)
+
+    def result(self) -> TrackerResult:
+        return TrackerResult(
+            peak_bytes=self.peak, baseline_bytes=self.baseline,
+            phase_peaks=dict(self.phase_peaks), peak_phase=self.peak_phase,
+            peak_breakdown=_sorted(self.peak_breakdown),
+            phase_breakdowns={p: _sorted(b) for p, b in self.phase_breakdowns.items()},
+            ops=dict(self.ops),
+        )
+
+    def close(self) -> None:
+        """Detach every finalizer (call when done, so late frees do not touch this tracker)."""
+        for fin in list(self._finalizers.values()):
+            fin.detach()
+        self._finalizers.clear()
+
+    # ------------------------------------------------------------------ dispatch
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = _op_name(func)
+        self.ops[name] += 1
+        expansion = self.expand.get(func)
+        if expansion is not None:
+            with self:
+                out = expansion(*args, **kwargs)
+        else:
+            out = func(*args, **kwargs)
+        label = f"{self.phase}/{name}"
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor):
+                self._add(t.untyped_storage(), label)
+        return out
+
+
+def _is_fake(t) -> bool:
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    return isinstance(t, FakeTensor)
+
+
+def _sorted(breakdown: dict) -> dict:
+    return dict(sorted(((k, v) for k, v in breakdown.items() if v), key=lambda kv: -kv[1]))
+
+
+def state_tensors(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
+                  ) -> dict[str, list[torch.Tensor]]:
+    """Every tensor that lives across steps, by component label (see :meth:`register`).
+
+    Trainable parameters are ``adapters/params`` when the model has frozen weights (a peft
+    model) and ``weights/trainable`` otherwise; bitsandbytes quant states (absmax, code,
+    offset, the nested state) are ``weights/quant_state``.
+    """
+    params = list(model.parameters())
+    any_frozen = any(not p.requires_grad for p in params)
+    groups: dict[str, list[torch.Tensor]] = defaultdict(list)
+    for p in params:
+        if p.requires_grad:
+            groups["adapters/params" if any_frozen else "weights/trainable"].append(p)
+        else:
+            groups["weights/base"].append(p)
+        if p.grad is not None:
+            groups["grads"].append(p.grad)
+        quant_state = getattr(p, "quant_state", None)
+        if quant_state is not None:
+            groups["weights/quant_state"].extend(quant_state_tensors(quant_state))
+    groups["buffers"].extend(model.buffers())
+    if optimizer is not None:
+        for state in optimizer.state.values():
+            groups["optimizer/states"].extend(v for v in state.values() if isinstance(v, torch.Tensor))
+    return dict(groups)
+
+
+def quant_state_tensors(quant_state) -> list[torch.Tensor]:
+    """The tensors of a bitsandbytes QuantState, nested state included."""
+    out = [getattr(quant_state, k, None) for k in ("absmax", "code", "offset")]
+    nested = getattr(quant_state, "state2", None)
+    if nested is not None:
+        out += [getattr(nested, k, None) for k in ("absmax", "code")]
+    return [t for t in out if isinstance(t, torch.Tensor)]
+
+
+def register_state(tracker: ByteTracker, model, optimizer, extra: dict | None = None) -> None:
+    """Register everything that lives across steps, plus ``extra`` {label: tensors}."""
+    for label, tensors in state_tensors(model, optimizer).items():
+        tracker.register(tensors, label)
+    for label, tensors in (extra or {}).items():
+        tracker.register(tensors, label)
+
+
+PhaseCallback = Callable[[str], None]
