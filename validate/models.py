@@ -1,0 +1,194 @@
+"""Small models for the invariants: tiny random Llamas (CPU), 4-bit copies, meta catalog models.
+
+Builders are cached per process (the CLI run and a pytest session share them), so every
+function that hands out a model others might change returns a deep copy. Nothing here
+touches the network: models are built from a config with random init, and the 4-bit
+model is saved locally as safetensors and loaded back through bitsandbytes.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import tempfile
+import warnings
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+# A Llama with every Linear shape different (q/o 64x64, k/v 64->32, gate/up 64->96,
+# down 96->64), two layers, small vocabulary: runs a forward in milliseconds.
+TINY_LLAMA = dict(
+    model_type="llama", architectures=["LlamaForCausalLM"], vocab_size=96, hidden_size=64,
+    intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+    head_dim=16, max_position_embeddings=64, rms_norm_eps=1e-6, tie_word_embeddings=False,
+)
+BATCH, SEQ = 2, 8
+ADAPTER = "default"
+
+
+def quiet() -> None:
+    """Silence the deprecation and capability chatter of the torch stack (not errors)."""
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    import logging
+
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+
+
+def hf_config(fields: dict):
+    from transformers import AutoConfig
+
+    fields = dict(fields)
+    config = AutoConfig.for_model(fields.pop("model_type"), **fields)
+    config._attn_implementation = "eager"  # deterministic, the same kernel for every dtype
+    return config
+
+
+def build_tiny(seed: int = 0, dtype: torch.dtype = torch.float32):
+    """A fresh tiny Llama with random weights from ``seed`` (eval mode)."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(hf_config(TINY_LLAMA))
+    return model.to(dtype).eval()
+
+
+def input_ids(seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(10_000 + seed)
+    return torch.randint(0, TINY_LLAMA["vocab_size"], (BATCH, SEQ), generator=g)
+
+
+def logits(model, seed: int = 0) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=input_ids(seed)).logits
+
+
+def lora_config(method: str = "lora", rank: int = 8, alpha: float | None = None,
+                targets="all-linear", **extra):
+    """peft LoraConfig for a planner method name (lora, rslora, dora; q* the same adapters)."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=rank, lora_alpha=2 * rank if alpha is None else alpha,
+                      target_modules=targets, lora_dropout=0.0,
+                      use_rslora=method == "rslora", use_dora=method in ("dora", "qdora"), **extra)
+
+
+@lru_cache(maxsize=None)
+def _adapted(method: str, seed: int, dtype: torch.dtype):
+    from peft import get_peft_model
+
+    base = build_tiny(seed, dtype)
+    base_logits = logits(base)
+    model = get_peft_model(copy.deepcopy(base), lora_config(method)).eval()
+    return base, base_logits, model
+
+
+def adapted(method: str = "lora", seed: int = 0, dtype: torch.dtype = torch.float32):
+    """(base model, base logits, peft model at init): copies, safe to change."""
+    base, base_logits, model = _adapted(method, seed, dtype)
+    return copy.deepcopy(base), base_logits.clone(), copy.deepcopy(model)
+
+
+def adapter_layers(model):
+    """(name, module) of every peft LoRA layer of a model."""
+    from peft.tuners.lora import LoraLayer
+
+    return [(name, module) for name, module in model.named_modules() if isinstance(module, LoraLayer)]
+
+
+def perturb(model, seed: int, std: float = 0.02, magnitude: bool = True):
+    """Give every adapter a random non-zero B (and A, and DoRA magnitude) in place."""
+    g = torch.Generator().manual_seed(20_000 + seed)
+    with torch.no_grad():
+        for _, layer in adapter_layers(model):
+            for weight in (layer.lora_A[ADAPTER].weight, layer.lora_B[ADAPTER].weight):
+                weight.add_(torch.randn(weight.shape, generator=g, dtype=torch.float32).to(weight.dtype) * std)
+            if magnitude and ADAPTER in layer.lora_magnitude_vector:
+                m = layer.lora_magnitude_vector[ADAPTER].weight
+                m.mul_(1 + 0.1 * torch.randn(m.shape, generator=g).to(m.dtype))
+    return model
+
+
+# ---------------------------------------------------------------- 4-bit
+
+@dataclass(frozen=True)
+class Saved:
+    """A tiny model saved as safetensors: its folder and its original fp32 Linear weights."""
+
+    path: Path
+    weights: dict  # module name -> fp32 weight before quantization
+
+
+@lru_cache(maxsize=None)
+def saved_tiny(seed: int = 0) -> Saved:
+    folder = Path(tempfile.mkdtemp(prefix="validate-tiny-"))
+    model = build_tiny(seed)
+    model.save_pretrained(folder, safe_serialization=True)
+    weights = {name: module.weight.detach().clone() for name, module in model.named_modules()
+               if isinstance(module, torch.nn.Linear) and name != "lm_head"}
+    return Saved(folder, weights)
+
+
+def config_json_path(seed: int = 0) -> Path:
+    """The saved tiny model's config.json (what the planner reads for a local model)."""
+    path = saved_tiny(seed).path / "config.json"
+    json.loads(path.read_text())  # fail early if it is not JSON
+    return path
+
+
+@lru_cache(maxsize=None)
+def _four_bit(seed: int, quant_type: str, double_quant: bool):
+    import bitsandbytes as bnb
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant_type,
+                               bnb_4bit_use_double_quant=double_quant,
+                               bnb_4bit_compute_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(saved_tiny(seed).path, device_map="cpu",
+                                                 quantization_config=quant, dtype=torch.float32)
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            # Some CPUs give silently wrong results after an eval-mode forward otherwise.
+            module.support_avx512bf16_for_cpu = False
+    return model.eval()
+
+
+def four_bit(seed: int = 0, quant_type: str = "nf4", double_quant: bool = True):
+    """The saved tiny model loaded in 4 bits through transformers + bitsandbytes (shared: do not change)."""
+    return _four_bit(seed, quant_type, double_quant)
+
+
+def linear4bit_layers(model):
+    import bitsandbytes as bnb
+
+    return [(name, module) for name, module in model.named_modules() if isinstance(module, bnb.nn.Linear4bit)]
+
+
+@lru_cache(maxsize=None)
+def _qdora(seed: int):
+    from peft import get_peft_model
+
+    # A private 4-bit load: peft changes the model it wraps, so never wrap the shared one.
+    model = _four_bit.__wrapped__(seed, "nf4", True)
+    return get_peft_model(model, lora_config("qdora")).eval()
+
+
+def qdora(seed: int = 0):
+    """A QDoRA model: the 4-bit tiny model with DoRA adapters at init (shared: do not change)."""
+    return _qdora(seed)
+
+
+# ---------------------------------------------------------------- meta catalog models
+
+def meta_model(name: str):
+    """A catalog model (planner.get_model name) built on the meta device: shapes, no memory."""
+    from planner import get_model
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(hf_config(get_model(name).hf_config()))
