@@ -1,0 +1,216 @@
+"""`probe`: a thin click layer over probes.run and probes.store. No arithmetic here."""
+from __future__ import annotations
+
+import json
+import sys
+import uuid
+from pathlib import Path
+
+import click
+
+from planner import CatalogError, get_model
+from planner.specs import ALL_LINEAR, DTYPES, METHODS, OPTIMIZERS, PRECISIONS, QUANT_TYPES, TrainSpec
+
+GIB = float(1 << 30)
+DEFAULT_MODEL = "qwen2.5-0.5b"
+
+
+def fail(message: str, code: int = 2) -> None:
+    click.echo(f"probe: error: {message}", err=True)
+    sys.exit(code)
+
+
+def parse_ints(value: str, name: str) -> tuple[int, ...]:
+    """'1,2,4' -> (1, 2, 4); a clear usage error otherwise."""
+    try:
+        values = tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected a comma list of integers, got {value!r}",
+                                 param_hint=name) from None
+    if not values or min(values) < 1:
+        raise click.BadParameter(f"expected positive integers, got {value!r}", param_hint=name)
+    return tuple(dict.fromkeys(values))
+
+
+def parse_targets(value: str) -> tuple[str, ...]:
+    names = tuple(t.strip() for t in value.split(",") if t.strip())
+    return (ALL_LINEAR,) if ALL_LINEAR in names else names
+
+
+def _gib(value) -> str:
+    if value is None:
+        return "-"
+    return f"{value / GIB:.2f}" if value >= GIB / 10 else f"{value / GIB:.4f}"
+
+
+def table(rows: list[dict]) -> str:
+    """The rows as a fixed-width text table (GiB = 2^30 bytes)."""
+    head = ("model", "method", "bs", "seq", "gc", "device", "status", "alloc GiB", "reserved",
+            "used", "fwd", "bwd", "optim", "step s", "tok/s", "planned", "ratio")
+    lines = []
+    for r in rows:
+        lines.append((
+            r["model"], r["method"], str(r["batch_size"]), str(r["seq_len"]),
+            "yes" if r["gradient_checkpointing"] else "no", r["device"], r["status"],
+            _gib(r["peak_allocated_bytes"]), _gib(r["peak_reserved_bytes"]),
+            _gib(r["device_used_bytes"]), _gib(r["forward_peak_bytes"]),
+            _gib(r["backward_peak_bytes"]), _gib(r["optimizer_peak_bytes"]),
+            "-" if r["step_time_s"] is None else f"{r['step_time_s']:.2f}",
+            "-" if r["tokens_per_second"] is None else f"{r['tokens_per_second']:.0f}",
+            _gib(r["planned_peak_allocated_bytes"]),
+            "-" if r["ratio"] is None else f"{r['ratio']:.3f}",
+        ))
+    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(head)]
+    fmt = lambda cells: "  ".join(c.ljust(w) if i < 7 else c.rjust(w)  # noqa: E731
+                                  for i, (c, w) in enumerate(zip(cells, widths)))
+    out = [fmt(head), fmt(tuple("-" * w for w in widths)), *map(fmt, lines)]
+    return "\n".join(out)
+
+
+def notes(rows: list[dict]) -> str:
+    settings = rows[0]
+    text = [f"GiB = 2^30 bytes. alloc = peak torch allocations (tracker peak on cpu/fake); "
+            f"planned = plan on {settings['plan_gpu']} with dtype {settings['dtype']}, "
+            f"precision {settings['precision']} (default autocast = HF Trainer bf16/fp16=True)."]
+    for r in rows:
+        if r["status"] != "ok":
+            text.append(f"{r['model']} {r['method']} bs{r['batch_size']} seq{r['seq_len']}: "
+                        f"{r['status']}: {r['error']}")
+    return "\n".join(text)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--model", "models", multiple=True, default=(DEFAULT_MODEL,), show_default=True,
+              help="Catalog alias (7b, llama-3.1-8b, qwen2.5-0.5b, ...), catalog HF id, or a local "
+                   "config.json path. Repeatable.")
+@click.option("--method", "methods", multiple=True, type=click.Choice(METHODS + ("all",)),
+              help="Method(s) to probe (repeatable, or 'all')  [default: lora]")
+@click.option("--rank", "-r", default=16, show_default=True, type=int, help="LoRA rank.")
+@click.option("--alpha", default=None, type=float, help="LoRA alpha  [default: 2*rank]")
+@click.option("--target-modules", default=ALL_LINEAR, show_default=True,
+              help="Comma list of module names (q_proj,v_proj) or all-linear.")
+@click.option("--batch-size", default="1", show_default=True,
+              help="Batch size, or a comma list for a sweep (1,2,4).")
+@click.option("--seq-len", default="512", show_default=True,
+              help="Sequence length, or a comma list for a sweep (256,512).")
+@click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=False, show_default=True,
+              help="Non-reentrant activation checkpointing of every decoder layer.")
+@click.option("--dtype", default="auto", show_default=True, type=click.Choice(DTYPES),
+              help="auto = bf16 where the device has it (CPU, fake, CUDA sm80+), else fp16.")
+@click.option("--precision", default="autocast", show_default=True, type=click.Choice(PRECISIONS),
+              help="autocast: HF Trainer bf16/fp16=True on a 16-bit model; pure: plain loop, no "
+                   "autocast; mixed: fp32 master weights + autocast.")
+@click.option("--optim", default="adamw_torch", show_default=True, type=click.Choice(OPTIMIZERS),
+              help="bitsandbytes 8-bit / paged optimizers need CUDA (a row with status "
+                   "'unsupported' elsewhere).")
+@click.option("--quant-type", default="nf4", show_default=True, type=click.Choice(QUANT_TYPES))
+@click.option("--double-quant/--no-double-quant", default=True, show_default=True)
+@click.option("--device", default="auto", show_default=True,
+              type=click.Choice(("auto", "cuda", "cpu", "fake")),
+              help="cuda: torch.cuda + NVML; cpu: a real step, byte tracker; fake: the same step "
+                   "traced on fake tensors, no memory (exact; any model size). auto: cuda if "
+                   "present, else cpu.")
+@click.option("--steps", default=None, type=int,
+              help="Measured steps  [default: 3 on cuda, 1 on cpu/fake]")
+@click.option("--warmup", default=None, type=int,
+              help="Warm-up steps, not measured (at least 1)  [default: 2 on cuda, 1 on cpu/fake]")
+@click.option("--weights", default=None, type=click.Path(exists=True, file_okay=False),
+              help="Load local safetensors weights (a save_pretrained folder) instead of random init.")
+@click.option("--output", default=None, type=click.Path(dir_okay=False),
+              help="Results table to append to  [default: data/probes/results.csv]")
+@click.option("--json", "as_json", is_flag=True,
+              help='Print only {"rows": [...]} on stdout (bytes as integers).')
+@click.option("--force", is_flag=True, help="Measure on a GPU that other processes use.")
+def main(models, methods, rank, alpha, target_modules, batch_size, seq_len, gradient_checkpointing,
+         dtype, precision, optim, quant_type, double_quant, device, steps, warmup, weights,
+         output, as_json, force):
+    """Measure what fine-tuning really uses: build the model (random init from its catalog
+    config, or --weights), apply the method with peft / bitsandbytes as a training script
+    does, run warm-up and measured steps on synthetic tokens, and record peak memory
+    (allocated / reserved / device used, per phase: forward, backward, optimizer), speed,
+    and the planner's prediction with the ratio measured / planned.
+
+    \b
+    Examples:
+      probe --method qlora
+      probe --method lora --model 7b --device fake
+      probe --method all --model qwen2.5-0.5b --batch-size 1,2,4 --seq-len 256,512 --device fake
+      probe --method dora --model 8b --device fake --seq-len 2048 --gradient-checkpointing --json
+
+    Every row is appended to the results table (data/probes/results.csv, or --output).
+    Exit codes: 0 done (oom / unsupported rows included), 1 error, 2 bad usage or input.
+    """
+    from planner import plan as planner_plan
+
+    chosen = ("lora",) if not methods else METHODS if "all" in methods else tuple(dict.fromkeys(methods))
+    sizes = parse_ints(batch_size, "--batch-size")
+    lengths = parse_ints(seq_len, "--seq-len")
+    try:
+        specs = [get_model(m) for m in models]
+        trains = [TrainSpec(method=m, rank=rank, alpha=alpha, target_modules=parse_targets(target_modules),
+                            batch_size=b, seq_len=s, gradient_checkpointing=gradient_checkpointing,
+                            dtype=dtype, precision=precision, optim=optim, quant_type=quant_type,
+                            double_quant=double_quant)
+                  for m in chosen for b in sizes for s in lengths]
+        for spec in specs:  # bad settings (rank too large, ...) fail before anything runs
+            for train in trains:
+                planner_plan(spec, "h100-80gb", train.with_(dtype="bf16" if dtype == "auto" else dtype))
+    except (CatalogError, ValueError) as exc:
+        fail(str(exc))
+
+    from . import run as runner
+    from . import store
+    from .cuda import GpuBusy
+
+    resolved = runner.resolve_device(device)
+    if resolved == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            fail("--device cuda: no CUDA GPU is visible (use --device cpu or fake)")
+    try:
+        probes = [runner.make_probe(spec, train, resolved, warmup, steps, weights, force)
+                  for spec in specs for train in trains]
+    except ValueError as exc:
+        fail(str(exc))
+    path = output or store.default_path()
+    if Path(path).exists():
+        try:  # a foreign or malformed table is refused before any measuring
+            store.load_rows(path)
+        except store.StoreError as exc:
+            fail(str(exc), 1)
+
+    _quiet_libraries()
+    run_id = uuid.uuid4().hex[:12]
+    rows = []
+    for i, probe in enumerate(probes, 1):
+        click.echo(f"[{i}/{len(probes)}] {probe.label} ...", err=True)
+        try:
+            row = runner.run(probe, run_id)
+        except GpuBusy as exc:
+            fail(str(exc), 1)
+        except Exception as exc:  # noqa: BLE001 - one line, then the exit code
+            fail(f"{probe.label}: {exc.__class__.__name__}: {exc}", 1)
+        try:
+            store.append([row], path)
+        except store.StoreError as exc:
+            fail(str(exc), 1)
+        rows.append(row)
+    if as_json:
+        click.echo(json.dumps({"rows": rows}, indent=1))
+    else:
+        click.echo(table(rows))
+        click.echo(notes(rows))
+        click.echo(f"appended {len(rows)} row(s) to {path}", err=True)
+
+
+def _quiet_libraries() -> None:
+    """Keep library log chatter (bitsandbytes' optional-kernel notice, ...) off the output."""
+    import logging
+
+    for name in ("bitsandbytes", "transformers", "peft", "accelerate"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
