@@ -57,8 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         values = calibrate(fn, args.seeds)
         mean, sigma = statistics.fmean(values), statistics.stdev(values)
-        print(f"{name:28} {len(values):5d} {mean:11.4g} {sigma:11.3g} {min(values):11.4g} {max(values):11.4g} "
-              f"{mean - args.k * sigma:11.4g} {mean + args.k * sigma:11.4g}  ({time.perf_counter() - start:.1f} s)",
+        print(f"{name:28} {len(values):5d} {mean:11.6g} {sigma:11.3g} {min(values):11.6g} {max(values):11.6g} "
+              f"{mean - args.k * sigma:11.6g} {mean + args.k * sigma:11.6g}  ({time.perf_counter() - start:.1f} s)",
               flush=True)
     return 0
 
