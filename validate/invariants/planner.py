@@ -1,0 +1,165 @@
+"""Planner vs peft: parameter counts on the real module trees.
+
+- trainable and total parameter counts from planner/ equal peft's on the same model built
+  on the meta device, for every catalog model, every method and several target sets and
+  ranks (lora, rslora and qlora add the same adapters; dora and qdora add the magnitude);
+- a 4-bit model's parameter count pitfall is handled: summing numel() over a bitsandbytes
+  model counts packed bytes (two weights per uint8), half of each quantized weight; the
+  true count takes each Params4bit's quant_state.shape.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .. import models as M
+from ..result import InvariantResult, exact
+from . import register
+
+GROUP = "planner"
+
+# planner method -> whether peft's adapter for it carries DoRA's magnitude vector.
+# lora / rslora / qlora create the same A and B (rsLoRA changes only the scaling; QLoRA only
+# the base weights' storage), dora / qdora add one magnitude per output row.
+METHOD_DORA = {"lora": False, "rslora": False, "qlora": False, "dora": True, "qdora": True}
+
+
+def target_sets(spec) -> dict[str, tuple[str, ...]]:
+    """Named target-module sets for a model: all linear layers, attention q/v, the MLP."""
+    names = spec.linear_names
+    attention = tuple(n for n in names if n in ("q_proj", "v_proj", "qkv_proj"))
+    mlp = tuple(n for n in names if n.split("_")[0] in ("gate", "up", "down"))
+    return {"all-linear": ("all-linear",), "attention": attention, "mlp": mlp}
+
+
+@dataclass(frozen=True)
+class Config:
+    """One peft configuration to build: DoRA or not, a target set name, a rank."""
+
+    dora: bool
+    targets: str
+    rank: int
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        return tuple(m for m, d in METHOD_DORA.items() if d == self.dora)
+
+
+# What `validate` runs for every catalog model (about 10 s for the 18 models); the test suite
+# adds WIDE_CONFIGS.
+QUICK_CONFIGS = (Config(False, "all-linear", 16), Config(True, "attention", 8))
+WIDE_CONFIGS = (Config(True, "all-linear", 64), Config(False, "mlp", 8), Config(False, "attention", 64),
+                Config(True, "mlp", 4))
+
+
+@dataclass(frozen=True)
+class Pair:
+    """Planner and peft counts of one (model, method, targets, rank)."""
+
+    label: str
+    planner_trainable: int
+    planner_total: int
+    peft_trainable: int
+    peft_total: int
+
+    @property
+    def equal(self) -> bool:
+        return (self.planner_trainable, self.planner_total) == (self.peft_trainable, self.peft_total)
+
+
+def base_param_count(model) -> int:
+    """Distinct parameters of a torch model (tied weights once), as peft and HF count them."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def peft_counts(name: str, config: Config) -> tuple[int, int]:
+    """(trainable, total) from peft's get_nb_trainable_parameters on the meta-device model."""
+    from peft import get_peft_model
+    from planner import get_model
+
+    spec = get_model(name)
+    model = M.meta_model(name)
+    targets = target_sets(spec)[config.targets]
+    with torch.device("meta"):  # adapters on meta too: no memory, no random init cost
+        peft_model = get_peft_model(model, M.lora_config("dora" if config.dora else "lora", config.rank,
+                                                         targets=list(targets) if targets != ("all-linear",)
+                                                         else "all-linear"))
+    return peft_model.get_nb_trainable_parameters()
+
+
+def count_pairs(names, configs, planner_method_override: str | None = None) -> list[Pair]:
+    """Planner vs peft for each model and config (and the full method, no peft needed)."""
+    from planner import TrainSpec, counts, get_model
+
+    pairs = []
+    for name in names:
+        spec = get_model(name)
+        full = TrainSpec(method="full")
+        base = base_param_count(M.meta_model(name))
+        pairs.append(Pair(f"{name} full", counts.trainable_params(spec, full), counts.total_params(spec), base, base))
+        for config in configs:
+            trainable, total = peft_counts(name, config)
+            targets = target_sets(spec)[config.targets]
+            for method in config.methods:
+                train = TrainSpec(method=planner_method_override or method, rank=config.rank, target_modules=targets)
+                planner_total = counts.total_params(spec) + counts.adapter_params(spec, train)
+                pairs.append(Pair(f"{name} {method} {config.targets} r{config.rank}",
+                                  counts.trainable_params(spec, train), planner_total, trainable, total))
+    return pairs
+
+
+def check_counts(pairs: list[Pair]) -> InvariantResult:
+    bad = [p for p in pairs if not p.equal]
+    detail = f"{len(pairs)} (model, method, targets, rank) combinations"
+    if bad:
+        p = bad[0]
+        detail += (f"; first mismatch {p.label}: trainable planner {p.planner_trainable} vs peft {p.peft_trainable}, "
+                   f"total planner {p.planner_total} vs peft {p.peft_total}")
+    return exact("", len(bad), detail, what="combinations differing")
+
+
+def _catalog():
+    from planner import model_names
+
+    return model_names()
+
+
+register("planner.counts_match_peft", GROUP, check_counts, lambda: count_pairs(_catalog(), QUICK_CONFIGS),
+         lambda: count_pairs(["qwen2.5-0.5b"], (Config(True, "attention", 8),), planner_method_override="lora"),
+         "planner counts a peft DoRA adapter as plain LoRA (no magnitude)")
+
+
+# ---------------------------------------------------------------- the 4-bit count pitfall
+
+def true_param_count(model) -> int:
+    """Parameters of a possibly 4-bit model: a Params4bit counts its unpacked shape."""
+    total = 0
+    for p in model.parameters():
+        state = getattr(p, "quant_state", None)
+        total += math.prod(state.shape) if p.__class__.__name__ == "Params4bit" and state is not None else p.numel()
+    return total
+
+
+def naive_param_count(model) -> int:
+    """sum(numel) over parameters: what a generic torch script counts (the pitfall)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def check_four_bit_count(case: dict) -> InvariantResult:
+    from planner import counts, get_model
+
+    model = case["model"]
+    planner_total = counts.total_params(get_model(str(M.config_json_path())))
+    counted = case["count"](model)
+    return exact("", abs(counted - planner_total),
+                 f"4-bit tiny Llama: {case['how']} {counted} vs planner total {planner_total}; "
+                 f"naive sum(numel) {naive_param_count(model)}, HF num_parameters() {model.num_parameters()}",
+                 what="parameters differing")
+
+
+register("planner.four_bit_param_count", GROUP, check_four_bit_count,
+         lambda: {"model": M.four_bit(), "count": true_param_count, "how": "Params4bit by quant_state.shape"},
+         lambda: {"model": M.four_bit(), "count": naive_param_count, "how": "sum(numel)"},
+         "count by sum(numel) (packed bytes)")
