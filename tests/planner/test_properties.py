@@ -57,12 +57,13 @@ def test_monotone_in_batch_and_sequence(model, method, b, s, extra, gc):
 
 
 @settings(max_examples=60, deadline=None)
-@given(models, st.sampled_from(["lora", "qlora", "dora", "qdora"]), batches, seqs, ranks, flags)
+@given(models, st.sampled_from(["lora", "qlora", "dora", "qdora"]), batches, seqs, st.integers(1, 64), flags)
 def test_monotone_in_rank_and_targets(model, method, b, s, r, gc):
     t = train(method, batch_size=b, seq_len=s, rank=r, gradient_checkpointing=gc)
     sizes = [plan(model, "h100", t.with_(target_modules=targets_for(model, i))).peak_allocated_bytes
              for i in range(3)]
     assert sizes == sorted(sizes)
+    # r + 8 <= 72 stays under every model's smallest targeted dimension (qwen2.5-0.5b k_proj: 128)
     assert plan(model, "h100", t.with_(rank=r + 8)).peak_allocated_bytes >= plan(model, "h100", t).peak_allocated_bytes
 
 
