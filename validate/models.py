@@ -38,6 +38,7 @@ def quiet() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
 
 
 def hf_config(fields: dict):

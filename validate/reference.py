@@ -16,7 +16,10 @@ compared with bitsandbytes bit for bit (validate/invariants/quant.py, tests/vali
   values (the last block may be shorter); each block is scaled by the reciprocal of its
   absolute maximum (``x * (1 / absmax)``, clamped to [-1, 1]) and every value takes the
   nearest level, found by comparing with the midpoints between sorted levels (a value
-  exactly on a midpoint takes the lower level). absmax is kept in fp32.
+  exactly on a midpoint takes the lower level). absmax is kept in fp32. Two details follow
+  bitsandbytes' arithmetic rather than the papers, for bit-exactness: a short last block
+  is divided by its absmax instead, and stores its absmax floored at 1e-38 (see
+  :func:`_blockwise_absmax`).
 - Packing: two 4-bit codes per byte, the first value of a pair in the high nibble; an odd
   count is padded with one zero value.
 - Double quantization (QLoRA section 3): the fp32 absmax values have their mean subtracted
@@ -126,15 +129,23 @@ def _nearest(scaled: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
 
 
 def _blockwise_absmax(flat: torch.Tensor, blocksize: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(absmax per block, values scaled to [-1, 1]); flat is fp32, last block may be short."""
+    """(absmax per block, values scaled to [-1, 1]); flat is fp32, the last block may be short.
+
+    Full blocks are scaled by the reciprocal of their absmax (floored at 1e-38 so that an
+    all-zero block scales to zeros) and keep their absmax as is. A short last block follows
+    bitsandbytes' arithmetic for it: divided by its absmax floored at 1e-38, and that floored
+    value is what it stores (it differs from a reciprocal product by one ulp at times, which
+    moves a value sitting on a midpoint).
+    """
     n = flat.numel()
-    blocks = -(-n // blocksize)
-    padded = torch.zeros(blocks * blocksize, dtype=torch.float32)
-    padded[:n] = flat
-    padded = padded.view(blocks, blocksize)
-    absmax = padded.abs().amax(dim=1)
-    inverse = 1.0 / absmax.clamp(min=1e-38)  # an all-zero block keeps absmax 0
-    scaled = (padded * inverse[:, None]).clamp(-1.0, 1.0).reshape(-1)[:n]
+    full = n - n % blocksize
+    body = flat[:full].view(-1, blocksize)
+    absmax = body.abs().amax(dim=1)
+    scaled = (body * (1.0 / absmax.clamp(min=1e-38))[:, None]).clamp(-1.0, 1.0).reshape(-1)
+    if full < n:
+        tail_max = flat[full:].abs().max().clamp(min=1e-38)
+        absmax = torch.cat([absmax, tail_max.view(1)])
+        scaled = torch.cat([scaled, (flat[full:] / tail_max).clamp(-1.0, 1.0)])
     return absmax, scaled
 
 

@@ -15,8 +15,13 @@ Facts about bitsandbytes 0.50 on CPU that shape these checks (found by these che
   :func:`dequant_exact_domain` keeps the bit-exact comparison off such shapes (Linear4bit
   weights have in_features a multiple of 64 and are not affected);
 - its native CPU 8-bit blockwise quantizer (used for the second level of double
-  quantization) is not round-to-nearest: about 0.2 % of codes are one step off; its portable
-  kernel (CompositeExplicitAutograd) is, and the reference matches that one bit for bit;
+  quantization) is not round-to-nearest: about 0.16 % of codes take the farther neighbour near
+  a midpoint, and an exact 0 becomes code 131 (2.1e-5) instead of the zero code; its portable
+  kernel (CompositeExplicitAutograd) rounds to nearest, and the reference matches that one
+  bit for bit (the native codes are checked for their excess error instead);
+- dequantize_4bit of a tensor of 2 values or fewer (one packed byte) takes the legacy
+  transposed path: a transposed result, a crash for 3-D shapes;
+- its CPU dequantize_4bit returns shape (1, n) for a 1-D input of n values;
 - its native FP4 dequantize returns -0.0 for code 0b1000 where its code table holds +0.0:
   dequantized values are compared as numbers (signed zeros equal), codes and absmax as bits.
 """
@@ -68,8 +73,9 @@ def dequant_exact_domain(shape: tuple[int, ...], blocksize: int = R.BLOCKSIZE) -
 
 
 # Shapes: square and rectangular Linear-like weights, a Qwen2.5-0.5B-like width (896), an odd
-# last dimension (portable fallback), a partial last block, 1-D, a row of zeros; three dtypes.
-BITEXACT_SHAPES = ((64, 64), (96, 128), (8, 896), (7, 33), (3, 5), (1, 4097), (1000,), (16, 192), (2, 1))
+# last dimension (portable fallback), a short last block (all zeros), 1-D, a row of zeros;
+# three dtypes, three scales.
+BITEXACT_SHAPES = ((64, 64), (96, 128), (8, 896), (7, 33), (3, 5), (1, 4097), (1000,), (16, 192), (3, 1))
 
 
 def bitexact_tensors(seed: int = 0) -> list[torch.Tensor]:
@@ -81,6 +87,8 @@ def bitexact_tensors(seed: int = 0) -> list[torch.Tensor]:
         x = torch.randn(shape, generator=g) * scales[i % 3]
         if i == 0:
             x[0] = 0.0  # an all-zero block: absmax 0
+        if i == 5:
+            x[..., -1] = 0.0  # an all-zero short last block
         out.append(x.to(dtypes[i % 3]))
     return out
 
@@ -96,35 +104,39 @@ def _portable_blockwise(x: torch.Tensor, code: torch.Tensor, blocksize: int):
 
 
 def outside_bitexact_domain(x: torch.Tensor, double_quant: bool, blocksize: int = R.BLOCKSIZE) -> str | None:
-    """Why bitsandbytes' kernels disagree among themselves on x (None: x is in the domain).
+    """Why bitsandbytes' own kernels disagree on x (None: x is in the domain).
 
-    An all-zero trailing partial block: the portable kernel stores its absmax floored at
-    1e-38, full blocks store 0 (the definition, and the reference, store 0). With double
-    quantization, an all-zero second-level block (absmax values all equal to their mean, as
-    with a single 4-bit block): the native CPU kernel stores code 0 (0/0) where the portable
-    one stores the zero code.
+    Two values or fewer pack into one byte, a packed tensor of shape (1, 1), which
+    dequantize_4bit takes for a legacy transposed layout: it returns out.t() (a crash for
+    3-D shapes). With double quantization, an all-zero second-level block (absmax values all equal to
+    their mean, as with a single 4-bit block): the native CPU 8-bit kernel stores absmax 0
+    and code 0 (0/0), the portable kernel (and the reference) the 1e-38 floor and the zero code.
     """
-    flat = x.reshape(-1).float()
-    rem = flat.numel() % blocksize
-    if rem and not flat[-rem:].any():
-        return "all-zero trailing partial block"
+    if x.numel() <= 2:
+        return "2 values or fewer (one packed byte: dequantize_4bit transposes)"
     if double_quant:
-        absmax, _ = R._blockwise_absmax(flat, blocksize)
+        absmax, _ = R._blockwise_absmax(x.reshape(-1).float(), blocksize)
         centred = absmax - absmax.mean()
-        pad = (-centred.numel()) % R.DQ_BLOCKSIZE
-        blocks = torch.nn.functional.pad(centred, (0, pad)).view(-1, R.DQ_BLOCKSIZE)
-        counts = torch.full((blocks.shape[0],), R.DQ_BLOCKSIZE)
-        counts[-1] -= pad
-        if any(not blocks[i, : counts[i]].any() for i in range(blocks.shape[0])):
-            return "all-zero second-level block"
+        for start in range(0, centred.numel(), R.DQ_BLOCKSIZE):
+            if not centred[start:start + R.DQ_BLOCKSIZE].any():
+                return "all-zero second-level block"
     return None
 
 
-def _second_level_steps(native_q: torch.Tensor, ref_q: torch.Tensor, absmax2: torch.Tensor, code2: torch.Tensor):
-    """(codes off nearest, all within one neighbouring level?) for the native 8-bit codes."""
-    off = native_q.long() != ref_q.long()
-    near = (native_q.long() - ref_q.long()).abs() <= 1
-    return int(off.sum()), bool(near.all())
+# The native CPU 8-bit kernel is not round-to-nearest: near midpoints it can take the farther
+# neighbour (excess error about 1e-5 of the block's absmax), and it stores an exact 0 as code
+# 131 (2.1e-5) instead of the zero code (excess 2.1e-5). Bound on its excess error over
+# nearest rounding, in units of the second-level block absmax: 1e-4, about three times the
+# largest seen (3.0e-5) over 3000 random tensors (0.16 % of 948,854 codes off nearest), and
+# a fifth of the smallest gap between 8-bit levels above 1e-3 (5.6e-4).
+NATIVE_EXCESS_BOUND = 1e-4
+
+
+def _native_excess(native_q: torch.Tensor, ref_q: torch.Tensor, scaled: torch.Tensor, code2: torch.Tensor):
+    """(codes off nearest, max extra |level - value| of the native codes over nearest rounding)."""
+    native_err = (code2[native_q.long()] - scaled).abs()
+    nearest_err = (code2[ref_q.long()] - scaled).abs()
+    return int((native_q != ref_q).sum()), float((native_err - nearest_err).max())
 
 
 def check_bitexact(case: dict) -> InvariantResult:
@@ -141,7 +153,8 @@ def check_bitexact(case: dict) -> InvariantResult:
     nibbles = case.get("high_nibble_first", True)
     counts = {"codes": 0, "absmax": 0, "second level": 0, "dequant": 0}
     native_off = native_total = 0
-    native_near = portable_checked = True
+    native_excess = 0.0
+    portable_checked = True
     elements, skipped, reshaped = 0, [], 0
     tensors = []
     for x in case["tensors"]:
@@ -172,12 +185,13 @@ def check_bitexact(case: dict) -> InvariantResult:
                 counts["second level"] += _differ(state.state2.absmax, ref.absmax2)
             native_total += ref.absmax.numel()
             if state.absmax.shape == ref.absmax.shape:
-                off, near = _second_level_steps(state.absmax, ref.absmax, ref.absmax2, ref.code2)
+                scaled = R._blockwise_absmax(plain.absmax - state.offset, R.DQ_BLOCKSIZE)[1]
+                off, excess = _native_excess(state.absmax, ref.absmax, scaled, ref.code2)
                 native_off += off
-                native_near = native_near and near
+                native_excess = max(native_excess, excess)
                 decode_with = dataclasses.replace(ref, absmax=state.absmax)  # dequantize the same stored codes
             else:
-                native_near = False
+                native_excess = math.inf
         if dequant_exact_domain(tuple(x.shape)):
             out = F.dequantize_4bit(packed, state)
             reshaped += out.shape != x.shape
@@ -193,12 +207,12 @@ def check_bitexact(case: dict) -> InvariantResult:
     bound = "mismatches == 0"
     passed = mismatches == 0 and bool(tensors)
     if dq:
-        detail += (f"; native CPU 8-bit kernel: {native_off} of {native_total} second-level codes off nearest"
-                   f"{'' if native_near else ', some by more than one step'}")
+        detail += (f"; native 8-bit kernel: {native_off} of {native_total} second-level codes off nearest, "
+                   f"excess error {native_excess:.2g} of the block absmax")
         if not portable_checked:
             detail += " (portable kernel unreachable: second level checked against the native one)"
-        bound += ", native second level within 1 code"
-        passed = passed and native_near
+        bound += f", native excess <= {NATIVE_EXCESS_BOUND:g}"
+        passed = passed and native_excess <= NATIVE_EXCESS_BOUND
     return InvariantResult("", mismatches, bound, passed, detail)
 
 
