@@ -142,6 +142,7 @@ def _quantize_on_meta(model, train: TrainSpec, precision: Precision) -> None:
     import bitsandbytes as bnb
     from transformers.quantizers import AutoHfQuantizer
 
+    _keep_bnb_code_cache_real()
     quantizer = AutoHfQuantizer.from_config(bnb_config(train, precision), pre_quantized=False)
     quantizer.preprocess_model(model=model, dtype=precision.weights, device_map={"": "meta"})
     for module in model.modules():
@@ -152,6 +153,19 @@ def _quantize_on_meta(model, train: TrainSpec, precision: Precision) -> None:
             module.weight = new._quantize(torch.device("meta"))
     model.hf_quantizer = quantizer
     quantizer.postprocess_model(model)
+
+
+def _keep_bnb_code_cache_real() -> None:
+    """bitsandbytes caches its 8-bit "dynamic" code table (used by double quantization) on
+    the device of the first tensor it quantizes. Quantizing on meta first would cache a meta
+    table and break every later real quantization in the process ("Cannot copy out of meta
+    tensor"): fill the cache with the CPU table bitsandbytes would make, before meta work.
+    """
+    import bitsandbytes.functional as F
+
+    cached = F.name2qmap.get("dynamic")
+    if cached is None or cached.device.type == "meta":
+        F.name2qmap["dynamic"] = F.create_dynamic_map()
 
 
 def load_base(spec: ModelSpec, train: TrainSpec, precision: Precision, device: str,

@@ -18,7 +18,7 @@ from typing import Callable
 from planner import ModelSpec, TrainSpec, get_gpu, plan
 
 from .protocol import Measurement
-from .store import SCHEMA_VERSION
+from .store import COLUMNS, SCHEMA_VERSION
 
 DEVICES = ("cuda", "cpu", "fake")
 # (warm-up, measured) steps per backend when not given.
@@ -147,7 +147,7 @@ def measure(probe: Probe) -> tuple[Measurement, dict]:
 
 
 def run(probe: Probe, run_id: str = "",
-        measure_fn: Callable[[Probe], tuple[Measurement, dict]] = measure) -> dict:
+        measure_fn: Callable[[Probe], tuple[Measurement, dict]] | None = None) -> dict:
     """Measure ``probe`` and return its results row.
 
     Out of memory -> status ``oom`` (with what was allocated); an optimizer the device cannot
@@ -159,7 +159,7 @@ def run(probe: Probe, run_id: str = "",
     status, error, where = "ok", "", {}
     measurement = Measurement(peak_allocated_bytes=None)
     try:
-        measurement, where = measure_fn(probe)
+        measurement, where = (measure_fn or measure)(probe)
     except OutOfMemory as exc:
         status, error = "oom", str(exc)
         measurement = Measurement(peak_allocated_bytes=exc.figures.get("peak_allocated_bytes"),
@@ -189,7 +189,7 @@ def make_row(probe: Probe, m: Measurement, where: dict, status: str, error: str,
     p = plan(probe.model, get_gpu(gpu), t.with_(dtype=dtype))
     measured = m.peak_allocated_bytes if status == "ok" else None
     phases = m.phase_peaks or {}
-    return {
+    row = {
         "schema_version": SCHEMA_VERSION,
         "timestamp": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "run_id": run_id,
@@ -225,3 +225,5 @@ def make_row(probe: Probe, m: Measurement, where: dict, status: str, error: str,
         "planned_peak_phase": p.peak_phase,
         "ratio": measured / p.peak_allocated_bytes if measured else None,
     }
+    # Schema order; empty text is a missing value (as the CSV reads it back).
+    return {c: None if row[c] == "" else row[c] for c in COLUMNS}

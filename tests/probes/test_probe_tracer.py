@@ -124,3 +124,18 @@ def test_fake_model_has_no_memory_and_the_real_structure(llama_tiny, torch_stack
     assert all(isinstance(p, FakeTensor) for p in traced.parameters())
     four_bit = [p for p in traced.parameters() if type(p).__name__ == "Params4bit"]
     assert four_bit and all(p.quant_state is not None for p in four_bit)
+
+
+def test_a_fake_4bit_build_does_not_poison_later_real_quantization(llama_tiny, torch_stack):
+    """bitsandbytes caches its double-quant code table on the first device it sees; a meta
+    build must leave a real table behind (regression: 'Cannot copy out of meta tensor')."""
+    import bitsandbytes.functional as F
+
+    from probes import fake
+
+    F.name2qmap.pop("dynamic", None)
+    fake.build_fake(llama_tiny, _train("qlora", False))
+    assert F.name2qmap["dynamic"].device.type == "cpu"
+    packed, state = F.quantize_4bit(torch_stack.randn(64, 64), compress_statistics=True,
+                                    quant_type="nf4")
+    assert packed.device.type == "cpu" and state.state2.code.device.type == "cpu"

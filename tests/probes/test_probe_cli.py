@@ -1,0 +1,117 @@
+"""The `probe` command: JSON contract, exit codes, sweeps that survive OOM, local weights."""
+import json
+
+import pytest
+from click.testing import CliRunner
+
+JSON_KEYS = ("peak_allocated_bytes", "peak_reserved_bytes", "device_used_bytes",
+             "tokens_per_second", "status", "planned_peak_allocated_bytes", "ratio")
+
+
+def invoke(args):
+    from probes.cli import main
+
+    return CliRunner().invoke(main, args)
+
+
+def test_json_prints_only_rows_and_appends_them(llama_tiny_config, tmp_path, torch_stack):
+    out = tmp_path / "r.csv"
+    result = invoke(["--model", str(llama_tiny_config), "--method", "lora", "--method", "qdora",
+                     "--device", "fake", "--batch-size", "1,2", "--seq-len", "32",
+                     "--output", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)["rows"]
+    assert [(r["method"], r["batch_size"]) for r in rows] == [("lora", 1), ("lora", 2),
+                                                             ("qdora", 1), ("qdora", 2)]
+    for row in rows:
+        assert all(key in row for key in JSON_KEYS)
+        assert isinstance(row["peak_allocated_bytes"], int) and row["status"] == "ok"
+    assert len({r["run_id"] for r in rows}) == 1
+    from probes import store
+
+    assert store.load_rows(out) == rows
+    assert "[4/4]" in result.stderr
+
+
+def test_table_output_and_help(llama_tiny_config, tmp_path, torch_stack):
+    result = invoke(["--model", str(llama_tiny_config), "--device", "fake", "--seq-len", "16",
+                     "--output", str(tmp_path / "r.csv")])
+    assert result.exit_code == 0, result.output
+    assert "alloc GiB" in result.stdout and "planned" in result.stdout and " lora " in result.stdout
+    help_text = invoke(["--help"]).stdout
+    for flag in ("--device", "--batch-size", "--weights", "--output", "--json", "--force",
+                 "--precision", "--gradient-checkpointing"):
+        assert flag in help_text
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "llama-9000"], "unknown model"),
+    (["--batch-size", "1,x"], "comma list"),
+    (["--batch-size", "0"], "positive"),
+    (["--rank", "0"], "rank"),
+    (["--device", "fake", "--weights", "."], "--weights"),
+    (["--device", "cpu", "--warmup", "0"], "warmup"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path):
+    result = invoke(args + ["--output", str(tmp_path / "r.csv")])
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "r.csv").exists()
+
+
+def test_a_foreign_results_file_is_an_error_and_left_alone(llama_tiny_config, tmp_path):
+    out = tmp_path / "r.csv"
+    out.write_text("a,b\n1,2\n")
+    result = invoke(["--model", str(llama_tiny_config), "--device", "fake", "--output", str(out)])
+    assert result.exit_code == 1
+    assert "not a probe results table" in result.stderr and len(result.stderr.splitlines()) == 1
+    assert out.read_text() == "a,b\n1,2\n"
+
+
+def test_a_sweep_goes_on_after_an_oom(llama_tiny_config, tmp_path, monkeypatch, torch_stack):
+    from probes import run as runner
+    from probes.cuda import OutOfMemory
+
+    real = runner.measure
+
+    def oom_at_batch_2(probe):
+        if probe.train.batch_size == 2:
+            raise OutOfMemory("CUDA out of memory (simulated)", {"allocated_bytes_at_oom": 1})
+        return real(probe)
+
+    monkeypatch.setattr(runner, "measure", oom_at_batch_2)
+    out = tmp_path / "r.csv"
+    result = invoke(["--model", str(llama_tiny_config), "--device", "fake", "--seq-len", "16",
+                     "--batch-size", "1,2,3", "--output", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    statuses = [r["status"] for r in json.loads(result.stdout)["rows"]]
+    assert statuses == ["ok", "oom", "ok"]
+    from probes import store
+
+    assert [r["status"] for r in store.load_rows(out)] == statuses
+
+
+def test_unsupported_optimizer_on_cpu_is_a_row(llama_tiny_config, tmp_path, torch_stack):
+    result = invoke(["--model", str(llama_tiny_config), "--device", "fake", "--seq-len", "16",
+                     "--optim", "adamw_8bit", "--output", str(tmp_path / "r.csv"), "--json"])
+    assert result.exit_code == 0
+    (row,) = json.loads(result.stdout)["rows"]
+    assert row["status"] == "unsupported" and row["peak_allocated_bytes"] is None
+
+
+@pytest.mark.parametrize("method", ["lora", "qlora"])
+def test_local_safetensors_weights_measure_like_random_init(llama_tiny, tmp_path_factory,
+                                                             method, torch_stack):
+    """--weights loads a save_pretrained folder (safetensors); same shapes, same bytes."""
+    from planner import TrainSpec
+    from probes import build, cpu
+
+    folder = tmp_path_factory.mktemp("weights")
+    build._from_config(llama_tiny, torch_stack.bfloat16, "cpu").save_pretrained(folder)
+    assert any(p.suffix == ".safetensors" for p in folder.iterdir())
+    train = TrainSpec(method=method, batch_size=1, seq_len=32, dtype="bf16")
+    loaded = cpu.measure(llama_tiny, train, weights=folder)
+    fresh = cpu.measure(llama_tiny, train)
+    assert loaded.peak_allocated_bytes == fresh.peak_allocated_bytes
+    assert loaded.phase_peaks == fresh.phase_peaks
