@@ -7,8 +7,10 @@ model is saved locally as safetensors and loaded back through bitsandbytes.
 """
 from __future__ import annotations
 
+import atexit
 import copy
 import json
+import shutil
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -128,6 +130,7 @@ class Saved:
 @lru_cache(maxsize=None)
 def saved_tiny(seed: int = 0) -> Saved:
     folder = Path(tempfile.mkdtemp(prefix="validate-tiny-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
     model = build_tiny(seed)
     model.save_pretrained(folder, safe_serialization=True)
     weights = {name: module.weight.detach().clone() for name, module in model.named_modules()

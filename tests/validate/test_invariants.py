@@ -30,7 +30,7 @@ def test_registry_covers_every_group():
     assert len(NAMES) >= 25
 
 
-@pytest.mark.parametrize("name", _holds_params())
+@pytest.mark.parametrize("name", list(_holds_params()))
 def test_invariant_holds(outcomes, name):
     result = outcomes(name).result
     assert result.name == name

@@ -15,7 +15,9 @@ from validate.invariants import quant as Q
 
 F = pytest.importorskip("bitsandbytes.functional")
 
-SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# derandomize: the same examples on every CI run (a random search of 4 x 500 examples, run
+# while writing these tests, found the domain rules in validate/invariants/quant.py).
+SETTINGS = settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 
 
 def bits(t):
@@ -143,7 +145,7 @@ def test_fp4_double_quant_bitexact(x):
     assert_bitexact(x, "fp4", True)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=25, deadline=None, derandomize=True)
 @given(x=tensors(), quant_type=st.sampled_from(["nf4", "fp4"]), broken=st.sampled_from(["shift", "nibbles"]))
 def test_broken_reference_is_rejected(x, quant_type, broken):
     """Negative control under hypothesis: a shifted codebook or swapped nibbles never pass."""
