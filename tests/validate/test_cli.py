@@ -96,3 +96,11 @@ def test_unexpected_error_is_one_line_and_exit_1(monkeypatch, capsys):
     assert exc.value.code == 1
     err = capsys.readouterr().err
     assert err.strip() == "validate: error: RuntimeError: disk on fire"
+
+
+def test_importing_the_command_imports_no_torch():
+    """Usage errors and --help answer without loading the torch stack."""
+    code = ("import sys, validate.cli, validate.invariants\n"
+            "print(','.join(m for m in ('torch', 'peft', 'bitsandbytes', 'transformers') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() == ""
