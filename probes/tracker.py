@@ -73,13 +73,20 @@ class ByteTracker(TorchDispatchMode):
     a deliberately broken tracker, kept as the negative control of the tests.
     """
 
-    def __init__(self, expand: dict | None = None, free_tracking: bool = True):
+    def __init__(self, expand: dict | None = None, free_tracking: bool = True,
+                 detail_at: dict[str, int] | None = None):
         super().__init__()
         self.expand = dict(expand or {})
         self.free_tracking = free_tracking
+        # {phase: bytes}: when the live bytes first reach that value in that phase, keep the
+        # live storages by (label, shape, dtype) in ``details[phase]`` (a second, slower pass
+        # that explains a peak found by a first one).
+        self.detail_at = dict(detail_at or {})
+        self.details: dict[str, list[tuple]] = {}
         self.phase = "setup"
         self.live = 0
         self._storages: dict[int, tuple[int, str]] = {}  # storage key -> (nbytes, label)
+        self._shapes: dict[int, tuple] = {}  # storage key -> (shape, dtype) of its first tensor
         self._finalizers: dict[int, weakref.finalize] = {}
         self._by_label: dict[str, int] = defaultdict(int)
         self.ops: dict[str, int] = defaultdict(int)
@@ -103,12 +110,14 @@ class ByteTracker(TorchDispatchMode):
             self.phase_peaks[phase] = self.live
             self.phase_breakdowns[phase] = dict(self._by_label)
 
-    def _add(self, storage, label: str) -> None:
+    def _add(self, storage, label: str, tensor: torch.Tensor | None = None) -> None:
         key = storage._cdata
         if key in self._storages:
             return
         nbytes = storage.nbytes()
         self._storages[key] = (nbytes, label)
+        if self.detail_at and tensor is not None:
+            self._shapes[key] = (tuple(tensor.shape), str(tensor.dtype).replace("torch.", ""))
         self._by_label[label] += nbytes
         self.live += nbytes
         if self.free_tracking:
@@ -121,9 +130,22 @@ class ByteTracker(TorchDispatchMode):
         if phase in PHASES and self.live > self.phase_peaks.get(phase, -1):
             self.phase_peaks[phase] = self.live
             self.phase_breakdowns[phase] = dict(self._by_label)
+        if self.detail_at.get(phase) == self.live and phase not in self.details:
+            self.details[phase] = self._detail()
+
+    def _detail(self) -> list[tuple]:
+        """Live storages grouped by (label, shape, dtype): (bytes, count, label, shape, dtype)."""
+        groups: dict[tuple, list[int]] = defaultdict(lambda: [0, 0])
+        for key, (nbytes, label) in self._storages.items():
+            shape, dtype = self._shapes.get(key, ((), "?"))
+            g = groups[(label, shape, dtype)]
+            g[0] += nbytes
+            g[1] += 1
+        return sorted(((b, n, *k) for k, (b, n) in groups.items()), reverse=True)
 
     def _free(self, key: int) -> None:
         nbytes, label = self._storages.pop(key)
+        self._shapes.pop(key, None)
         self._finalizers.pop(key, None)
         self._by_label[label] -= nbytes
         if not self._by_label[label]:
@@ -133,8 +155,8 @@ class ByteTracker(TorchDispatchMode):
     def register(self, tensors: Iterable[torch.Tensor], label: str) -> None:
         """Count tensors that already exist (weights, states, inputs) under ``label``."""
         for t in tensors:
-            if isinstance(t, torch.Tensor) and t.device.type != "meta" or _is_fake(t):
-                self._add(t.untyped_storage(), label)
+            if isinstance(t, torch.Tensor):
+                self._add(t.untyped_storage(), label, t)
 
     def relabel(self, tensors: Iterable[torch.Tensor], label: str) -> None:
         """Move the storages of ``tensors`` to another label (e.g. gradients -> ``grads``)."""
@@ -184,14 +206,8 @@ class ByteTracker(TorchDispatchMode):
         label = f"{self.phase}/{name}"
         for t in tree_flatten(out)[0]:
             if isinstance(t, torch.Tensor):
-                self._add(t.untyped_storage(), label)
+                self._add(t.untyped_storage(), label, t)
         return out
-
-
-def _is_fake(t) -> bool:
-    from torch._subclasses.fake_tensor import FakeTensor
-
-    return isinstance(t, FakeTensor)
 
 
 def _sorted(breakdown: dict) -> dict:
