@@ -33,13 +33,22 @@ class Precision:
     compute: int  # activations and matmuls (bf16/fp16: 2, fp32: 4)
     weight: int  # stored base weights (fp32 master weights under `mixed`)
     autocast: bool  # the forward runs under torch.autocast
+    hidden: int  # the residual stream and Linear outputs between the matmuls
 
 
 def precision(train: TrainSpec, dtype: str) -> Precision:
-    """Byte sizes for a resolved dtype ("bf16", "fp16" or "fp32") and the precision scheme."""
+    """Byte sizes for a resolved dtype ("bf16", "fp16" or "fp32") and the precision scheme.
+
+    The hidden stream is fp32 for QLoRA / QDoRA: prepare_model_for_kbit_training casts the
+    norm weights to fp32, so each norm's output (fp32 weight * input) is fp32, and
+    bitsandbytes' Linear4bit casts its output back to its input's dtype: every Linear4bit
+    fed by a norm, and the MLP between them, produces fp32 tensors (seen in the tracer:
+    Llama-2-7B's gate/up/act outputs take twice LoRA's bytes).
+    """
     compute = DTYPE_BYTES[dtype]
     weight = FP32 if train.precision == "mixed" else compute
-    return Precision(compute=compute, weight=weight, autocast=train.precision != "pure" and compute != FP32)
+    return Precision(compute=compute, weight=weight, autocast=train.precision != "pure" and compute != FP32,
+                     hidden=FP32 if train.is_quantized else compute)
 
 
 # ---------------------------------------------------------------- weights
@@ -218,8 +227,9 @@ def attention_core_saved(model: ModelSpec, train: TrainSpec, prec: Precision) ->
 
 
 def mlp_core_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
-    """The gated MLP keeps gate and up outputs and act(gate) for backward: 3*T*I*c."""
-    return 3 * train.tokens * model.intermediate_size * prec.compute
+    """The gated MLP keeps gate and up outputs and act(gate) for backward: 3*T*I*c
+    (fp32 hidden stream for 4-bit methods: 3*T*I*4, see :func:`precision`)."""
+    return 3 * train.tokens * model.intermediate_size * prec.hidden
 
 
 def linear_inputs_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
@@ -295,9 +305,10 @@ def activations_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> in
     Without checkpointing: L * layer_saved + model_level_saved. With gradient checkpointing
     (Chen et al. 2016) each layer keeps only its input hidden states (T*h*c), and its full
     set is recomputed one layer at a time during backward (:func:`recompute_transient`).
+    The input is in the hidden-stream dtype (fp32 for 4-bit methods, see :func:`precision`).
     """
     if train.gradient_checkpointing:
-        per_layer = train.tokens * model.hidden_size * prec.compute
+        per_layer = train.tokens * model.hidden_size * prec.hidden
     else:
         per_layer = layer_saved(model, train, prec)
     return model.num_layers * per_layer + model_level_saved(model, train, prec)
@@ -312,8 +323,10 @@ def autocast_weight_copies(model: ModelSpec, train: TrainSpec, prec: Precision) 
     """Compute-dtype copies that autocast makes of fp32 weights, kept for backward.
 
     Under autocast a matmul with an fp32 weight runs on a c-byte copy of it, which the
-    matmul keeps for the input gradient: adapter weights (adapter_params * c), and under
-    `mixed` precision every Linear weight and the lm_head as well.
+    matmul keeps for the input gradient: adapter weights (adapter_params * c); the lm_head
+    (V*h*c) when it is fp32, under `mixed` precision or after prepare_model_for_kbit_training
+    (QLoRA / QDoRA; the tracer shows this copy as the whole 0.24 GiB gap on Llama-2-7B);
+    and under `mixed` every Linear weight as well.
     """
     if not prec.autocast:
         return 0
@@ -322,7 +335,9 @@ def autocast_weight_copies(model: ModelSpec, train: TrainSpec, prec: Precision) 
         copies -= model.num_layers * sum(lin.out_features
                                          for lin in counts.targeted_linears(model, train.target_modules))
     if train.precision == "mixed":
-        copies += counts.linear_weight_params(model) + model.vocab_size * model.hidden_size
+        copies += counts.linear_weight_params(model)
+    if train.precision == "mixed" or train.is_quantized:
+        copies += model.vocab_size * model.hidden_size
     return copies * prec.compute
 
 

@@ -6,7 +6,8 @@ a bug: LoRA on every Linear keeps per-module input copies and lora_A outputs, (2
 bytes per token and layer more than full fine-tuning keeps, and rank-128 adapters on a small
 model are large. Hypothesis found qwen2.5-0.5b, batch 3, seq 2633, rank 128: LoRA
 28,307,877,740 bytes against full 28,307,758,956 (both peak at the start of backward, where
-the 151,936-entry vocabulary's logits take 14.4 GB).
+the 151,936-entry vocabulary's logits take 14.4 GB). qlora < lora is asserted for the 7B-class
+models only: see test_qlora_costs_more_than_lora_on_a_small_large_vocabulary_model.
 """
 from hypothesis import given, settings, strategies as st
 
@@ -72,8 +73,21 @@ def test_monotone_in_rank_and_targets(model, method, b, s, r, gc):
 def test_method_ordering(model, b, s, r, gc):
     kw = dict(batch_size=b, seq_len=s, rank=r, gradient_checkpointing=gc)
     peak = {m: plan(model, "h100", train(m, **kw)).peak_allocated_bytes for m in ("qlora", "lora", "dora", "full")}
-    assert peak["qlora"] < peak["lora"] < peak["full"]
+    assert peak["lora"] < peak["full"]
     assert peak["lora"] < peak["dora"]
+    if get_model(model).published_params > 6e9:
+        assert peak["qlora"] < peak["lora"]
+
+
+def test_qlora_costs_more_than_lora_on_a_small_large_vocabulary_model():
+    """Not a bug: prepare_model_for_kbit_training casts the embedding (and tied lm_head) to fp32,
+    and autocast keeps a 16-bit copy of that lm_head for backward; the fp32 hidden stream
+    doubles the MLP activations. On Qwen2.5-0.5B (136M embedding parameters, 358M in Linear
+    layers) that outweighs the 4-bit savings: the tracer measured 2.315 GiB for QLoRA and
+    2.060 GiB for LoRA at batch 1, seq 370, rank 1 (probe --device fake)."""
+    kw = dict(batch_size=1, seq_len=370, rank=1)
+    assert plan("qwen2.5-0.5b", "h100", train("qlora", **kw)).peak_allocated_bytes > \
+        plan("qwen2.5-0.5b", "h100", train("lora", **kw)).peak_allocated_bytes
 
 
 @settings(max_examples=60, deadline=None)
