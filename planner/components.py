@@ -262,8 +262,10 @@ def lora_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
     Per targeted Linear: its own copy of the input (T*in*e, e from
     :func:`lora_input_bytes`; q, k and v each make one of the same hidden states) and
     lora_A's output for lora_B's gradient (T*r*e). DoRA also keeps, for the magnitude's
-    gradient, the base output (T*out*c) and the LoRA output (T*out*e), both as products of
-    its forward m/||W + s*BA|| * (...) (peft DoraLinearLayer.forward).
+    gradient, the base output and the LoRA output (T*out*e), both as products of its
+    forward m/||W + s*BA|| * (...) (peft DoraLinearLayer.forward). The base output is in
+    the dtype of the Linear's input: the hidden stream (:func:`precision`) for every Linear
+    but o_proj, which reads the attention output (compute dtype).
     """
     if not train.is_adapter:
         return 0
@@ -272,7 +274,8 @@ def lora_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
     for lin in counts.targeted_linears(model, train.target_modules):
         total += t * lin.in_features * e + t * train.rank * e
         if train.is_dora:
-            total += t * lin.out_features * (prec.compute + e)
+            base = prec.compute if lin.name == "o_proj" else prec.hidden
+            total += t * lin.out_features * (base + e)
     return total
 
 
@@ -323,10 +326,8 @@ def autocast_weight_copies(model: ModelSpec, train: TrainSpec, prec: Precision) 
     """Compute-dtype copies that autocast makes of fp32 weights, kept for backward.
 
     Under autocast a matmul with an fp32 weight runs on a c-byte copy of it, which the
-    matmul keeps for the input gradient: adapter weights (adapter_params * c); the lm_head
-    (V*h*c) when it is fp32, under `mixed` precision or after prepare_model_for_kbit_training
-    (QLoRA / QDoRA; the tracer shows this copy as the whole 0.24 GiB gap on Llama-2-7B);
-    and under `mixed` every Linear weight as well.
+    matmul keeps for the input gradient: adapter weights (adapter_params * c), and under
+    `mixed` every Linear weight as well. The lm_head's copy is :func:`lm_head_autocast_copy`.
     """
     if not prec.autocast:
         return 0
@@ -336,9 +337,18 @@ def autocast_weight_copies(model: ModelSpec, train: TrainSpec, prec: Precision) 
                                          for lin in counts.targeted_linears(model, train.target_modules))
     if train.precision == "mixed":
         copies += counts.linear_weight_params(model)
-    if train.precision == "mixed" or train.is_quantized:
-        copies += model.vocab_size * model.hidden_size
     return copies * prec.compute
+
+
+def lm_head_autocast_copy(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
+    """The c-byte copy autocast makes of an fp32 lm_head (V*h*c), kept from the loss until
+    lm_head's backward: under `mixed` precision, and for QLoRA / QDoRA, whose lm_head
+    prepare_model_for_kbit_training casts to fp32 (the tracer shows this copy as the whole
+    0.24 GiB gap an earlier formula left on Llama-2-7B QLoRA). It does not exist yet while
+    the decoder layers run, nor after lm_head's backward."""
+    if prec.autocast and (train.precision == "mixed" or train.is_quantized):
+        return model.vocab_size * model.hidden_size * prec.compute
+    return 0
 
 
 def logits_forward(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
@@ -367,14 +377,28 @@ def dequant_transient(model: ModelSpec, train: TrainSpec, prec: Precision) -> in
 def dora_transient_per_linear(lin: Linear, train: TrainSpec, prec: Precision) -> int:
     """peft's DoRA forward materializes dense matrices to compute ||W + s*B@A|| per row.
 
-    get_lora_weight runs lora_B(lora_A(eye(in))): the fp32 identity (in*in*4, kept by
-    lora_A's graph while the product lives) and, under autocast, its c-byte copy. Then four
-    dense out*in fp32 tensors coexist: the LoRA product cast to the input dtype, the
-    (dequantized) base weight cast to fp32, s*(B@A) and their sum (peft DoraLinearLayer).
+    get_lora_weight runs lora_B(lora_A(eye(in))): lora_A keeps its input for A's gradient
+    while the product lives, the fp32 identity itself (in*in*4) or, under autocast, the
+    c-byte copy autocast made of it (the fp32 one is then freed: the tracer shows one
+    11008 x 11008 bf16 identity live at Llama-2-7B's DoRA peak). Then four dense out*in
+    fp32 tensors coexist: the LoRA product cast to the input dtype, the (dequantized) base
+    weight cast to fp32, s*(B@A) and their sum (peft DoraLinearLayer).
     """
     n_in, n_out = lin.in_features, lin.out_features
-    eye = n_in * n_in * (FP32 + (prec.compute if prec.autocast else 0))
+    eye = n_in * n_in * (prec.compute if prec.autocast else FP32)
     return eye + 4 * n_out * n_in * FP32
+
+
+def layer_transient(model: ModelSpec, train: TrainSpec, prec: Precision) -> tuple[int, int]:
+    """(dequant, dora) bytes live at once inside one adapted layer's forward.
+
+    QDoRA casts the dequantized weight to fp32 before the norm computation and drops it, so
+    the two never coexist: the larger counts, the other is reported as 0.
+    """
+    dequant, dora = dequant_transient(model, train, prec), dora_transient(model, train, prec)
+    if dequant and dora:
+        return (dequant, 0) if dequant > dora else (0, dora)
+    return dequant, dora
 
 
 def dora_transient(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:

@@ -75,21 +75,17 @@ def step_memory(model: ModelSpec, train: TrainSpec, dtype: str) -> StepMemory:
         optimizer__states=C.optimizer_states(model, train, prec),
     )
     saved = C.activations_saved(model, train, prec)
-    copies = C.autocast_weight_copies(model, train, prec)
-    dequant = C.dequant_transient(model, train, prec)
-    dora = C.dora_transient(model, train, prec)
+    layer_copies = C.autocast_weight_copies(model, train, prec)
+    copies = layer_copies + C.lm_head_autocast_copy(model, train, prec)
+    dequant, dora = C.layer_transient(model, train, prec)
     grads = C.grads(model, train, prec)
-    logits_fwd = C.logits_forward(model, train, prec)
-    layer_transient = dequant + dora
 
-    # Forward: the loss moment, or the last layer's transients, whichever is larger.
-    if logits_fwd >= layer_transient:
-        forward = _breakdown(**persistent, activations__saved=saved,
-                             activations__autocast_weights=copies, activations__logits=logits_fwd)
-    else:
-        forward = _breakdown(**persistent, activations__saved=saved,
-                             activations__autocast_weights=copies,
-                             transient__dequant=dequant, transient__dora=dora)
+    # Forward: the loss moment, or the last layer's transients (before lm_head has run).
+    at_loss = _breakdown(**persistent, activations__saved=saved, activations__autocast_weights=copies,
+                         activations__logits=C.logits_forward(model, train, prec))
+    in_layer = _breakdown(**persistent, activations__saved=saved, activations__autocast_weights=layer_copies,
+                          transient__dequant=dequant, transient__dora=dora)
+    forward = max((at_loss, in_layer), key=lambda b: sum(b.values()))
 
     # Backward start: logits gradients with every activation still kept. Full fine-tuning's
     # first gradient (lm_head, or the tied embedding at the end) is small beside them.
@@ -97,8 +93,8 @@ def step_memory(model: ModelSpec, train: TrainSpec, dtype: str) -> StepMemory:
                        activations__logits=C.logits_backward(model, train, prec))
     recompute = C.recompute_transient(model, train, prec)
     # The last layer's backward: its recomputed activations (checkpointing) and transients
-    # while the other layers' activations are still kept.
-    top = _breakdown(**persistent, activations__saved=saved, activations__autocast_weights=copies,
+    # while the other layers' activations are still kept (lm_head's copy is gone by then).
+    top = _breakdown(**persistent, activations__saved=saved, activations__autocast_weights=layer_copies,
                      transient__recompute=recompute, transient__dequant=dequant, transient__dora=dora)
     # Backward end: all gradients, the first layer's recomputed activations and transients.
     end = _breakdown(**persistent, grads=grads, transient__recompute=recompute,

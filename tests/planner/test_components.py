@@ -124,8 +124,10 @@ def test_transients(tiny):
     assert C.dequant_transient(tiny, q, prec(q)) == 128 * 2
     assert C.dequant_transient(tiny, spec(), prec(spec())) == 0
     d = spec(method="dora")
-    # down_proj 16 -> 8: identity 16*16*(4 + 2) + four dense 8x16 fp32 = 1536 + 2048
-    assert C.dora_transient(tiny, d, prec(d)) == 3584
+    # down_proj 16 -> 8: bf16 identity 16*16*2 + four dense 8x16 fp32 = 512 + 2048
+    assert C.dora_transient(tiny, d, prec(d)) == 2560
+    pure = spec(method="dora", precision="pure")
+    assert C.dora_transient(tiny, pure, prec(pure)) == 16 * 16 * 4 + 2048  # fp32 identity
     assert C.dora_transient(tiny, spec(), prec(spec())) == 0
 
 

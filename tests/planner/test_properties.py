@@ -7,7 +7,7 @@ bytes per token and layer more than full fine-tuning keeps, and rank-128 adapter
 model are large. Hypothesis found qwen2.5-0.5b, batch 3, seq 2633, rank 128: LoRA
 28,307,877,740 bytes against full 28,307,758,956 (both peak at the start of backward, where
 the 151,936-entry vocabulary's logits take 14.4 GB). qlora < lora is asserted for the 7B-class
-models only: see test_qlora_costs_more_than_lora_on_a_small_large_vocabulary_model.
+models up to 1024 tokens only: see the two tests at the end, both confirmed by the tracer.
 """
 from hypothesis import given, settings, strategies as st
 
@@ -75,8 +75,21 @@ def test_method_ordering(model, b, s, r, gc):
     peak = {m: plan(model, "h100", train(m, **kw)).peak_allocated_bytes for m in ("qlora", "lora", "dora", "full")}
     assert peak["lora"] < peak["full"]
     assert peak["lora"] < peak["dora"]
-    if get_model(model).published_params > 6e9:
+    if get_model(model).published_params > 6e9 and b * s <= 1024:
         assert peak["qlora"] < peak["lora"]
+
+
+def test_qlora_loses_its_advantage_at_long_sequences():
+    """Not a bug: QLoRA's fp32 hidden stream (prepare_model_for_kbit_training) doubles the MLP
+    activations, which grow with tokens while the 4-bit weight savings stay fixed. The tracer
+    measured Llama-3.1-8B at batch 3, seq 873: LoRA 36.231 GiB, QLoRA 36.234 GiB
+    (probe --device fake); the planner gave 36.272 and 36.275."""
+    kw = dict(batch_size=3, seq_len=873)
+    lora = plan("llama-3.1-8b", "h100", train("lora", **kw)).peak_allocated_bytes
+    qlora = plan("llama-3.1-8b", "h100", train("qlora", **kw)).peak_allocated_bytes
+    assert qlora > lora
+    assert plan("llama-3.1-8b", "h100", train("qlora")).peak_allocated_bytes < \
+        plan("llama-3.1-8b", "h100", train("lora")).peak_allocated_bytes
 
 
 def test_qlora_costs_more_than_lora_on_a_small_large_vocabulary_model():
