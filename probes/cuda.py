@@ -56,7 +56,8 @@ def is_oom(exc: BaseException) -> bool:
         return True
     text = str(exc)
     return isinstance(exc, RuntimeError) and ("out of memory" in text.lower()
-                                             or "can't allocate memory" in text)
+                                             or "can't allocate memory" in text
+                                             or "CUBLAS_STATUS_ALLOC_FAILED" in text)
 
 
 # ---------------------------------------------------------------------- NVML
@@ -180,6 +181,7 @@ def measure_steps(run_step: Callable[[Callable[[str], None]], None], cuda, *, st
     """
     gc.collect()
     cuda.empty_cache()
+    oom = None
     try:
         for _ in range(warmup):
             run_step(lambda phase: None)
@@ -196,10 +198,14 @@ def measure_steps(run_step: Callable[[Callable[[str], None]], None], cuda, *, st
     except Exception as exc:  # noqa: BLE001 - only OOM is a result; the rest is re-raised
         if not is_oom(exc):
             raise
-        figures = {"allocated_bytes_at_oom": int(cuda.memory_allocated()),
-                   "peak_allocated_bytes": int(cuda.max_memory_allocated()),
-                   "reserved_bytes_at_oom": int(cuda.memory_reserved())}
-        raise OutOfMemory(str(exc).splitlines()[0] if str(exc) else "out of memory", figures) from None
+        oom = (str(exc).splitlines()[0] if str(exc) else "out of memory",
+               {"allocated_bytes_at_oom": int(cuda.memory_allocated()),
+                "peak_allocated_bytes": int(cuda.max_memory_allocated()),
+                "reserved_bytes_at_oom": int(cuda.memory_reserved())})
+    if oom is not None:
+        # Raised outside the except block: the OOM's traceback (whose frames hold the
+        # step's activations) is gone, so the caller can free the memory.
+        raise OutOfMemory(*oom)
     peak_phase = max(meter.allocated, key=meter.allocated.get) if meter.allocated else None
     step_time = elapsed / steps if steps else None
     device_used = None
@@ -258,7 +264,7 @@ def measure(spec, train, *, steps: int = 3, warmup: int = 2, weights: str | Path
     check_idle(info, own_bytes=own, force=force)
     before, context = context_figures(torch.cuda, nvml, handle)
     precision = resolve_precision(train, "cuda")
-    model = optimizer = None
+    model = optimizer = oom = None
     try:
         model = build(spec, train, "cuda", weights)
         optimizer = make_optimizer(model.parameters(), train.optim, "cuda")
@@ -272,16 +278,18 @@ def measure(spec, train, *, steps: int = 3, warmup: int = 2, weights: str | Path
                                     tokens_per_step=ids.numel(),
                                     sampler=NvmlSampler(nvml, handle),
                                     used_before_context=before, context_bytes=context)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - an OOM while building is a result too
         if isinstance(exc, OutOfMemory) or not is_oom(exc):
             raise
-        raise OutOfMemory(str(exc).splitlines()[0], {
+        oom = (str(exc).splitlines()[0], {
             "allocated_bytes_at_oom": int(torch.cuda.memory_allocated()),
-            "peak_allocated_bytes": int(torch.cuda.max_memory_allocated())}) from None
+            "peak_allocated_bytes": int(torch.cuda.max_memory_allocated())})
     finally:
         del model, optimizer
         gc.collect()
         torch.cuda.empty_cache()
+    if oom is not None:
+        raise OutOfMemory(*oom)
     from .kernels import sdpa_choice
 
     kernel = "eager" if spec.eager_attention else sdpa_choice(
