@@ -18,6 +18,7 @@ FP32 = 4
 NF4_BLOCK = 64  # bitsandbytes blocksize for 4-bit weights (bnb_4bit default)
 DQ_BLOCK = 256  # blocksize of the second (double) quantization of the absmax values
 NF4_CODE_BYTES = 16 * FP32  # the 16-entry fp32 code table each 4-bit QuantState holds
+DQ_CODE_BYTES = 256 * FP32  # the 256-entry fp32 8-bit code table each nested (double-quant) state holds
 BNB8_BLOCK = 256  # bitsandbytes 8-bit optimizers quantize their states blockwise, 256 per block
 BNB8_MIN_SIZE = 4096  # bitsandbytes keeps 32-bit states for tensors smaller than this (min_8bit_size)
 
@@ -80,13 +81,15 @@ def quant_state_per_weight(n: int, double_quant: bool) -> int:
     Without double quantization: one fp32 absmax per block, 4 * ceil(n/64) bytes (0.5 bit/param).
     With it (Dettmers et al. 2023, QLoRA section 3): the absmax values are themselves
     quantized to uint8 in blocks of 256, ceil(n/64) bytes, plus one fp32 absmax per 256
-    blocks and one fp32 offset (about 0.127 bit/param). Either way the state keeps the
-    16-entry fp32 code table of the 4-bit data type.
+    blocks and one fp32 offset (about 0.127 bit/param), and the nested state keeps its own
+    copy of the 256-entry fp32 8-bit code table (1024 bytes per weight: measured on
+    bitsandbytes' QuantState.state2.code by validate's storage invariant). Either way the
+    state keeps the 16-entry fp32 code table of the 4-bit data type.
     """
     blocks = ceil_div(n, NF4_BLOCK)
     if not double_quant:
         return blocks * FP32 + NF4_CODE_BYTES
-    return blocks + ceil_div(blocks, DQ_BLOCK) * FP32 + FP32 + NF4_CODE_BYTES
+    return blocks + ceil_div(blocks, DQ_BLOCK) * FP32 + FP32 + DQ_CODE_BYTES + NF4_CODE_BYTES
 
 
 def weights_quant_state(model: ModelSpec, train: TrainSpec) -> int:

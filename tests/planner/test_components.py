@@ -34,8 +34,9 @@ def test_weights_base_16bit_and_4bit(tiny):
 
 def test_quant_state(tiny):
     # blocks of 64 per weight: q,k,v,o 1 each, gate/up/down 2 each = 10 blocks per layer
-    # double quant: 1 byte per block + 4 (absmax of 256 blocks) + 4 (offset) + 64 (code) per weight
-    assert C.weights_quant_state(tiny, spec(method="qlora")) == 2 * (10 + 7 * 72)
+    # double quant: 1 byte per block + 4 (absmax of 256 blocks) + 4 (offset) + 1024 (8-bit code)
+    # + 64 (4-bit code) per weight
+    assert C.weights_quant_state(tiny, spec(method="qlora")) == 2 * (10 + 7 * 1096)
     # single: 4 bytes per block + 64 (code) per weight
     assert C.weights_quant_state(tiny, spec(method="qlora", double_quant=False)) == 2 * (40 + 7 * 64)
     assert C.weights_quant_state(tiny, spec(method="lora")) == 0
@@ -44,7 +45,7 @@ def test_quant_state(tiny):
 def test_quant_state_bits_per_param_match_the_qlora_paper():
     n = 4096 * 4096
     single = (C.quant_state_per_weight(n, False) - C.NF4_CODE_BYTES) * 8 / n
-    double = (C.quant_state_per_weight(n, True) - C.NF4_CODE_BYTES) * 8 / n
+    double = (C.quant_state_per_weight(n, True) - C.NF4_CODE_BYTES - C.DQ_CODE_BYTES) * 8 / n
     assert single == 0.5  # 32 bits per 64 weights
     # 0.127 bits (Dettmers et al. 2023), plus the one fp32 offset per weight (32 bits / n)
     assert abs(double - (8 / 64 + 32 / (64 * 256) + 32 / n)) < 1e-12
