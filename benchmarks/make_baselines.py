@@ -1,0 +1,56 @@
+"""Trace the baseline matrix (or the regression set) with the exact no-GPU tracer.
+
+    python benchmarks/make_baselines.py --set regression     # data/baselines/regression.csv, seconds
+    python benchmarks/make_baselines.py --set matrix         # data/baselines/traced.csv, hours on 2 cores
+    python benchmarks/make_baselines.py --set matrix --limit 50
+
+Resumable: configurations already in the output file are skipped, so a run can be stopped
+and continued, and a later session can extend a partial matrix. Each row records the
+torch / transformers / peft / bitsandbytes versions that traced it. Progress on stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+import warnings
+from pathlib import Path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--set", choices=("matrix", "regression"), default="matrix")
+    parser.add_argument("--limit", type=int, default=None, help="trace at most this many new configurations")
+    parser.add_argument("--output", default=None, help="CSV to append to (default: the committed file)")
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    for name in ("bitsandbytes", "transformers", "peft"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+    from probes.fake import trace
+    from probes.run import versions
+    from validate import baselines as B
+
+    configs = B.matrix() if args.set == "matrix" else B.regression_configs()
+    out = Path(args.output) if args.output else B.path("traced.csv" if args.set == "matrix" else "regression.csv")
+    done = {B.config_of(r).key() for r in B.load(str(out.resolve()))} if out.exists() else set()
+    todo = [c for c in configs if c.key() not in done]
+    if args.limit is not None:
+        todo = todo[:args.limit]
+    vers = versions()
+    print(f"{len(done)} done, tracing {len(todo)} of {len(configs)} into {out}", file=sys.stderr)
+    start = time.perf_counter()
+    for i, cfg in enumerate(todo, 1):
+        t0 = time.perf_counter()
+        m = trace(B.spec_for(cfg.model), cfg.train)
+        B.append(B.row_from_trace(cfg, m, vers), out)
+        print(f"[{i}/{len(todo)} {time.perf_counter() - start:6.0f} s] {cfg.model} {cfg.train.method} "
+              f"bs{cfg.train.batch_size} seq{cfg.train.seq_len} r{cfg.train.rank} "
+              f"{','.join(cfg.train.target_modules)} gc={int(cfg.train.gradient_checkpointing)}: "
+              f"{m.peak_allocated_bytes / 2**30:.3f} GiB ({time.perf_counter() - t0:.1f} s)",
+              file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,158 @@
+"""The baseline matrix: traced training-step peaks that the planner and CI are held to.
+
+A baseline row is one configuration traced with the exact no-GPU tracer
+(``probe --device fake``): its settings, the peak allocated bytes, the peak of each phase,
+and the versions that made it. Rows live in ``data/baselines/traced.csv`` (the planner
+matrix) and ``data/baselines/regression.csv`` (a small fixed set that CI re-traces).
+
+The matrix (planner-accuracy issue): the catalog's 0.5B-8B models x every method x batch
+{1, 4} x seq {512, 2048} x checkpointing {off, on} x rank {8, 64} x targets {attention
+q,v ; all-linear}, and 13B / 70B under QLoRA. It is ordered by tier so that a partial run
+is still a spread over models and methods: tier 1 is rank 8 on all-linear; tier 2 adds
+rank 64 and the q,v targets; tier 3 the 13B and 70B QLoRA rows.
+"""
+from __future__ import annotations
+
+import csv
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+
+import data
+from planner import TrainSpec, get_model
+
+MATRIX_MODELS = ("qwen2.5-0.5b", "llama-3.2-1b", "qwen2.5-1.5b", "gemma-2-2b", "llama-3.2-3b", "qwen2.5-3b",
+                 "phi-3-mini", "llama-2-7b", "mistral-7b", "qwen2.5-7b", "llama-3.1-8b")
+LARGE_QLORA_MODELS = ("llama-2-13b", "llama-2-70b")
+METHODS = ("full", "lora", "qlora", "dora", "qdora")
+BATCHES = (1, 4)
+SEQS = (512, 2048)
+RANKS = (8, 64)
+ALL_LINEAR = ("all-linear",)
+PHASES = ("forward", "backward", "optimizer")
+
+FIELDS = ("model", "method", "batch_size", "seq_len", "rank", "target_modules", "gradient_checkpointing",
+          "dtype", "precision", "optim", "peak_allocated_bytes", "forward_bytes", "backward_bytes",
+          "optimizer_bytes", "peak_phase", "torch", "transformers", "peft", "bitsandbytes")
+
+# A small fixed set CI re-traces in seconds: a 4-layer Llama-shaped model (hidden 256,
+# GQA 8/4 heads, vocabulary 4096), every method, with and without checkpointing.
+REGRESSION_CONFIG = {
+    "model_type": "llama", "vocab_size": 4096, "hidden_size": 256, "intermediate_size": 688,
+    "num_hidden_layers": 4, "num_attention_heads": 8, "num_key_value_heads": 4,
+    "max_position_embeddings": 2048, "tie_word_embeddings": False,
+}
+REGRESSION_MODEL = "regression-llama-4l"
+
+
+def attention_targets(model_name: str) -> tuple[str, ...]:
+    """The attention subset of the matrix: q_proj,v_proj (Phi-3's fused qkv_proj)."""
+    return ("qkv_proj",) if get_model(model_name).model_type == "phi3" else ("q_proj", "v_proj")
+
+
+@dataclass(frozen=True)
+class Config:
+    model: str
+    train: TrainSpec
+
+    def key(self) -> tuple:
+        t = self.train
+        return (self.model, t.method, t.batch_size, t.seq_len, t.rank if t.is_adapter else 0,
+                ",".join(t.target_modules) if t.is_adapter else "", t.gradient_checkpointing)
+
+
+def _grid(models, methods, ranks_targets) -> list[Config]:
+    out, seen = [], set()
+    for b, s, gc, method, (rank, targets), model in itertools.product(
+            BATCHES, SEQS, (False, True), methods, ranks_targets, models):
+        tg = attention_targets(model) if targets == "attention" else ALL_LINEAR
+        cfg = Config(model, TrainSpec(method=method, rank=rank, target_modules=tg, batch_size=b, seq_len=s,
+                                      gradient_checkpointing=gc, dtype="bf16"))
+        if cfg.key() not in seen:  # full fine-tuning does not depend on rank or targets
+            seen.add(cfg.key())
+            out.append(cfg)
+    return out
+
+
+def matrix() -> list[Config]:
+    """The whole baseline matrix, tier by tier (see the module docstring)."""
+    tier1 = _grid(MATRIX_MODELS, METHODS, [(8, "all")])
+    tier2 = _grid(MATRIX_MODELS, [m for m in METHODS if m != "full"], [(64, "all"), (8, "attention"), (64, "attention")])
+    tier3 = _grid(LARGE_QLORA_MODELS, ("qlora",), [(8, "all"), (64, "all")])
+    return tier1 + tier2 + tier3
+
+
+def regression_configs() -> list[Config]:
+    return [Config(REGRESSION_MODEL, TrainSpec(method=m, rank=8, batch_size=2, seq_len=128,
+                                               gradient_checkpointing=gc, dtype="bf16"))
+            for m in METHODS for gc in (False, True)]
+
+
+def regression_spec():
+    from planner.catalog import model_from_config
+
+    return model_from_config(dict(REGRESSION_CONFIG), REGRESSION_MODEL)
+
+
+def spec_for(model: str):
+    return regression_spec() if model == REGRESSION_MODEL else get_model(model)
+
+
+def row_from_trace(cfg: Config, measurement, versions: dict) -> dict:
+    t = cfg.train
+    phases = measurement.phase_peaks
+    return {
+        "model": cfg.model, "method": t.method, "batch_size": t.batch_size, "seq_len": t.seq_len,
+        "rank": t.rank if t.is_adapter else 0,
+        "target_modules": ",".join(t.target_modules) if t.is_adapter else "",
+        "gradient_checkpointing": int(t.gradient_checkpointing), "dtype": t.dtype, "precision": t.precision,
+        "optim": t.optim, "peak_allocated_bytes": measurement.peak_allocated_bytes,
+        **{f"{p}_bytes": phases.get(p) for p in PHASES}, "peak_phase": measurement.peak_phase,
+        **{k: versions.get(f"{k}_version", "") for k in ("torch", "transformers", "peft", "bitsandbytes")},
+    }
+
+
+def config_of(row: dict) -> Config:
+    """The configuration a baseline row was traced with."""
+    is_full = row["method"] == "full"
+    targets = tuple(row["target_modules"].split(",")) if row["target_modules"] else ALL_LINEAR
+    train = TrainSpec(method=row["method"], rank=int(row["rank"]) if not is_full else 16, target_modules=targets,
+                      batch_size=int(row["batch_size"]), seq_len=int(row["seq_len"]),
+                      gradient_checkpointing=bool(int(row["gradient_checkpointing"])), dtype=row["dtype"],
+                      precision=row["precision"], optim=row["optim"])
+    return Config(row["model"], train)
+
+
+def path(name: str) -> Path:
+    return data.path("baselines", name)
+
+
+class BaselineError(ValueError):
+    """A baseline file that is missing, malformed or of another schema."""
+
+
+def load(name: str) -> list[dict]:
+    """Rows of a committed baseline file, with the integer fields as ints."""
+    p = path(name) if not Path(name).is_absolute() else Path(name)
+    try:
+        with open(p, newline="") as f:
+            reader = csv.DictReader(f)
+            if tuple(reader.fieldnames or ()) != FIELDS:
+                raise BaselineError(f"{p.name}: not a baseline table (columns {reader.fieldnames})")
+            rows = list(reader)
+    except OSError as exc:
+        raise BaselineError(f"{p}: cannot read the baseline ({exc.strerror})") from None
+    for row in rows:
+        for k in ("peak_allocated_bytes", *(f"{ph}_bytes" for ph in PHASES)):
+            row[k] = int(row[k])
+    return rows
+
+
+def append(row: dict, p: Path) -> None:
+    """Append one row (creating the file with its header)."""
+    new = not p.exists()
+    with open(p, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS, lineterminator="\n")
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
