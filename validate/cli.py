@@ -78,8 +78,19 @@ def run(groups: tuple[str, ...], progress) -> list:
 @click.option("--json", "fmt", flag_value="json", help='Print {"results": [...], "passed": bool} only.')
 @click.option("--table", "fmt", flag_value="table", default=True, help="Print a table (the default).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines on stderr.")
-def validate(groups: tuple[str, ...], fmt: str, quiet: bool) -> None:
-    """Check the maths: LoRA, DoRA and NF4/FP4 invariants and planner parameter counts."""
+@click.option("--gates", "run_gates", is_flag=True,
+              help="Run the CI regression gates (memory: planner vs traced baselines; regression: a fresh "
+                   "trace of the fixed set equals its baseline; accuracy: every invariant) instead.")
+@click.option("--gate", "gate_names", multiple=True, metavar="GATE",
+              help="With --gates: run only this gate (repeatable): memory, regression, accuracy.")
+@click.option("--report", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="With --gates: also write a markdown report (ratio tables per method) to this file.")
+def validate(groups: tuple[str, ...], fmt: str, quiet: bool, run_gates: bool, gate_names: tuple[str, ...],
+             report: str | None) -> None:
+    """Check the maths: LoRA, DoRA and NF4/FP4 invariants and planner parameter counts.
+
+    With --gates: the CI regression gates on memory and accuracy.
+    """
     from .invariants import Errored, UnknownGroup
 
     unknown = [g for g in groups if g not in GROUPS]
@@ -92,6 +103,9 @@ def validate(groups: tuple[str, ...], fmt: str, quiet: bool) -> None:
     def progress(line: str) -> None:
         if not quiet:
             click.echo(f"[{time.perf_counter() - start:5.1f} s] {line}", err=True)
+
+    if run_gates or gate_names or report:
+        sys.exit(_run_gates(gate_names, groups, fmt, report, progress))
 
     progress(f"importing torch, transformers, peft, bitsandbytes; groups: {', '.join(groups or GROUPS)}")
     try:
@@ -109,6 +123,50 @@ def validate(groups: tuple[str, ...], fmt: str, quiet: bool) -> None:
     if errors:
         sys.exit(EXIT_ERROR)
     sys.exit(EXIT_OK if n_ok == len(outcomes) else EXIT_FAILED)
+
+
+def _run_gates(names: tuple[str, ...], groups: tuple[str, ...], fmt: str, report: str | None, progress) -> int:
+    from . import baselines
+    from . import gates as G
+
+    unknown = [n for n in names if n not in G.GATES]
+    if unknown:
+        click.echo(f"validate: unknown gate {', '.join(map(repr, unknown))}; valid gates: {', '.join(G.GATES)}",
+                   err=True)
+        return EXIT_USAGE
+    try:
+        traced = baselines.load("traced.csv") if not names or "memory" in names else []
+        regression = baselines.load("regression.csv") if not names or "regression" in names else []
+    except baselines.BaselineError as exc:
+        click.echo(f"validate: {exc}", err=True)
+        return EXIT_ERROR
+    results = []
+    for name in names or G.GATES:
+        progress(f"gate {name}")
+        if name == "memory":
+            results.append(G.memory_gate(traced))
+        elif name == "regression":
+            from . import models
+
+            models.quiet()
+            results.append(G.regression_gate(regression, progress=progress))
+        else:
+            results.append(G.accuracy_gate(lambda: run(groups, progress)))
+    if fmt == "json":
+        click.echo(json.dumps({"gates": [r.to_dict() for r in results], "passed": all(r.passed for r in results)},
+                              indent=2))
+    else:
+        rows = [("gate", "passed", "measured", "bound")] + [
+            (r.name, "yes" if r.passed else "NO", r.measured, r.bound) for r in results]
+        widths = [max(len(row[i]) for row in rows) for i in range(4)]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+        lines += [f"FAILED {r.name}: {f}" for r in results for f in r.failures]
+        click.echo("\n".join(lines))
+    if report:
+        with open(report, "w") as f:
+            f.write(G.markdown_report(results))
+        progress(f"report written to {report}")
+    return EXIT_OK if all(r.passed for r in results) else EXIT_FAILED
 
 
 def main(argv: list[str] | None = None) -> None:
