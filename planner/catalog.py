@@ -131,6 +131,7 @@ def model_from_config(config: dict, name: str, hf_id: str | None = None,
         hf_id=hf_id,
         published_params=published_params,
         eager_attention=bool(config.get("attn_logit_softcapping")),
+        logit_softcapping=bool(config.get("final_logit_softcapping")),
         config_json=json.dumps(config, sort_keys=True),
     )
 

@@ -215,18 +215,24 @@ def attention_core_saved(model: ModelSpec, train: TrainSpec, prec: Precision) ->
     Flash / memory-efficient SDPA (the kernel a GPU uses for these models): the rotated q and
     k, v and the output (T*(2*q_dim + 2*kv_dim)*c; GQA is passed natively, no repeat) and
     the log-sum-exp, batch*heads*seq*4 (Dao et al. 2022, FlashAttention: O(seq) memory).
-    The eager path (Gemma-2, whose logit softcapping SDPA cannot do) also keeps the
-    batch*heads*seq*seq attention probabilities and their pre-softmax scores, each in the
-    compute dtype, and expands k and v to all heads.
+    With a fused qkv_proj, the whole qkv output stays alive behind v.
+    The eager path (Gemma-2, whose logit softcapping SDPA cannot do) keeps, per
+    batch*heads*seq*seq score: the softcapped scores (tanh output, c bytes), the fp32 softmax
+    output (4) and its copy in the compute dtype that multiplies v (c); and it expands k and
+    v to all heads (transformers' eager_attention_forward, Gemma-2 modeling).
     """
     t, c = train.tokens, prec.compute
     saved = t * (2 * model.q_dim + 2 * model.kv_dim) * c
+    if "qkv_proj" in model.linear_names:
+        # Fused qkv (Phi-3): v is a slice of the qkv output, so keeping v keeps the whole
+        # T*(q_dim + 2*kv_dim) storage alive (the tracker counts storages, as the allocator does).
+        saved += t * (model.q_dim + model.kv_dim) * c
     lse = train.batch_size * model.num_heads * train.seq_len * FP32
     if not model.eager_attention:
         return saved + lse
-    probs = train.batch_size * model.num_heads * train.seq_len * train.seq_len * c
+    scores = train.batch_size * model.num_heads * train.seq_len * train.seq_len
     repeat = t * 2 * (model.q_dim - model.kv_dim) * c
-    return saved + 2 * probs + repeat
+    return saved + scores * (2 * c + FP32) + repeat
 
 
 def mlp_core_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
@@ -354,17 +360,24 @@ def lm_head_autocast_copy(model: ModelSpec, train: TrainSpec, prec: Precision) -
     return 0
 
 
+def softcap_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
+    """Final-logit softcapping (Gemma-2: cap * tanh(logits / cap)) keeps tanh's output for
+    backward, T*V*c, from the loss until lm_head's backward; 0 for other models."""
+    return train.tokens * model.vocab_size * prec.compute if model.logit_softcapping else 0
+
+
 def logits_forward(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
     """Logits at the loss, end of forward: the lm_head output (T*V*c), its fp32 upcast for the
     loss (T*V*4, transformers' ForCausalLMLoss) and log_softmax's output kept for backward
-    (T*V*4): T*V*(c + 8)."""
-    return train.tokens * model.vocab_size * (prec.compute + 2 * FP32)
+    (T*V*4): T*V*(c + 8), plus :func:`softcap_saved`."""
+    return train.tokens * model.vocab_size * (prec.compute + 2 * FP32) + softcap_saved(model, train, prec)
 
 
 def logits_backward(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
     """Logits at the start of backward: the kept log_softmax output, the loss gradient
-    w.r.t. it, and the gradient w.r.t. the logits, all fp32: T*V*12."""
-    return train.tokens * model.vocab_size * 3 * FP32
+    w.r.t. it, and the gradient w.r.t. the logits, all fp32: T*V*12, plus
+    :func:`softcap_saved`."""
+    return train.tokens * model.vocab_size * 3 * FP32 + softcap_saved(model, train, prec)
 
 
 # ---------------------------------------------------------------- per-layer transients

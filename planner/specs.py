@@ -64,6 +64,7 @@ class ModelSpec:
     hf_id: str | None = None
     published_params: int | None = None
     eager_attention: bool = False  # attention softcapping (Gemma-2) rules out the SDPA kernels
+    logit_softcapping: bool = False  # final logits pass through cap * tanh(logits / cap) (Gemma-2)
     config_json: str = field(default="{}", repr=False, compare=False)
 
     @property

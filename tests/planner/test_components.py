@@ -104,9 +104,21 @@ def test_eager_attention_keeps_probabilities(tiny):
 
     eager = replace(tiny, eager_attention=True)
     t = spec()
-    # q, k, v, out as SDPA (144, no logsumexp) + 2 * (1 * 2 heads * 3 * 3 * 2) probabilities and
-    # scores + k, v repeated to all heads 3 * 2 * (8 - 4) * 2
-    assert C.attention_core_saved(eager, t, prec(t)) == 144 + 72 + 48
+    # q, k, v, out as SDPA (144, no logsumexp) + 1 * 2 heads * 3 * 3 scores, each kept as
+    # softcapped bf16 (2), fp32 softmax (4) and bf16 probabilities (2) + k, v repeated to all
+    # heads 3 * 2 * (8 - 4) * 2
+    assert C.attention_core_saved(eager, t, prec(t)) == 144 + 18 * 8 + 48
+
+
+def test_final_logit_softcapping_keeps_tanh(tiny):
+    from dataclasses import replace
+
+    capped = replace(tiny, logit_softcapping=True)
+    t = spec()
+    assert C.softcap_saved(capped, t, prec(t)) == 3 * 10 * 2
+    assert C.logits_forward(capped, t, prec(t)) == 300 + 60
+    assert C.logits_backward(capped, t, prec(t)) == 360 + 60
+    assert C.softcap_saved(tiny, t, prec(t)) == 0
 
 
 def test_logits_and_copies(tiny):
@@ -135,3 +147,12 @@ def test_transients(tiny):
 def test_allocator_reserve():
     assert C.allocator_reserve(100) == 5
     assert C.allocator_reserve(101) == 6  # rounds up
+
+
+def test_fused_qkv_keeps_the_whole_qkv_output(tiny):
+    from planner.catalog import model_from_config
+
+    fused = model_from_config({**tiny.hf_config(), "model_type": "phi3"}, "tiny-phi3")
+    t = spec()
+    # as the Llama layout (168) + the q and k parts of the fused output kept behind v: 3 * (8 + 4) * 2
+    assert C.attention_core_saved(fused, t, prec(t)) == 168 + 72
