@@ -204,9 +204,21 @@ def append(rows: list[dict], path: str | Path | None = None) -> Path:
     return path
 
 
+def _file_mode(path: Path) -> int:
+    """The mode the table keeps: its current one, or what a new file gets (0666 - umask)."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
 def _write_atomic(frame, path: Path) -> None:
+    mode = _file_mode(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, mode)  # mkstemp makes 0600 files: keep the table readable as before
         with os.fdopen(fd, "w", newline="", encoding="utf-8") as handle:
             frame.to_csv(handle, index=False, lineterminator="\n")
             handle.flush()

@@ -150,3 +150,17 @@ def test_the_committed_results_table_loads_and_is_valid():
     assert all(r["attention_kernel"] == "flash" for r in fake_rows)
     assert json.dumps(rows)  # JSON-serializable as --json prints them
     assert os.sep not in "".join(str(r["model"]) for r in rows)
+
+
+def test_the_table_keeps_its_file_mode(fake_row, tmp_path):
+    """The temp file is 0600; the renamed table must keep the mode it had (or 0666-umask)."""
+    from probes import store
+
+    path = tmp_path / "results.csv"
+    store.append([fake_row], path)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+    path.chmod(0o640)
+    store.append([fake_row], path)
+    assert path.stat().st_mode & 0o777 == 0o640
