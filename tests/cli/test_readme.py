@@ -50,3 +50,29 @@ def test_example_output_is_what_plan_prints():
     shown = match.group(1)
     actual = CliRunner().invoke(plan_main, ["--model", "7b", "--gpu", "t4"]).stdout
     assert shown == actual
+
+
+def torch_examples():
+    return [last_segment(c) for c in console_commands() if last_segment(c).split()[0] in ("probe", "validate")]
+
+
+def test_probe_and_validate_examples_run(tmp_path):
+    """Every `probe` and `validate` example, as a process; files go to a temporary folder so
+    that the committed results table is never touched (about 2 minutes)."""
+    import subprocess
+    import sys
+
+    examples = torch_examples()
+    assert {e.split()[0] for e in examples} == {"probe", "validate"}
+    for i, command in enumerate(examples):
+        args = shlex.split(command)
+        for j, arg in enumerate(args):
+            if arg.startswith("/tmp/"):
+                args[j] = str(tmp_path / f"{i}-{Path(arg).name}")
+        if args[0] == "probe" and "--output" not in args:
+            args += ["--output", str(tmp_path / f"{i}-rows.csv")]
+        module = {"probe": "probes.cli", "validate": "validate.cli"}[args[0]]
+        result = subprocess.run([sys.executable, "-m", module, *args[1:]], capture_output=True, text=True,
+                                cwd=tmp_path)
+        assert result.returncode == 0, (command, result.stderr[-2000:])
+        assert result.stdout.strip(), command
