@@ -24,5 +24,5 @@ def measure(spec: ModelSpec, train: TrainSpec, *, steps: int = 1, warmup: int = 
     optimizer = make_optimizer(model.parameters(), train.optim, "cpu")
     ids = synthetic_batch(train.batch_size, train.seq_len, spec.vocab_size, "cpu")
     return measure_tracked(model, optimizer, ids, precision, steps=steps, warmup=warmup,
-                           scaler=make_scaler(precision, "cpu"),
+                           scaler=make_scaler(precision, "cpu", model.parameters()),
                            force_flash=not spec.eager_attention, tracker=tracker)

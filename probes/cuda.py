@@ -268,7 +268,7 @@ def measure(spec, train, *, steps: int = 3, warmup: int = 2, weights: str | Path
     try:
         model = build(spec, train, "cuda", weights)
         optimizer = make_optimizer(model.parameters(), train.optim, "cuda")
-        scaler = make_scaler(precision, "cuda")
+        scaler = make_scaler(precision, "cuda", model.parameters())
         ids = synthetic_batch(train.batch_size, train.seq_len, spec.vocab_size, "cuda")
 
         def run_step(on_phase):

@@ -152,7 +152,7 @@ def trace(spec: ModelSpec, train: TrainSpec, *, steps: int = 1, warmup: int = 1,
     with mode, plain_positions():
         fake_ids = mode.from_tensor(ids)
         optimizer = make_optimizer(model.parameters(), train.optim, "fake")
-        scaler = make_scaler(precision, "fake")
+        scaler = make_scaler(precision, "fake", model.parameters())
         return measure_tracked(model, optimizer, fake_ids, precision, steps=steps,
                                warmup=warmup, scaler=scaler, force_flash=not spec.eager_attention,
                                timed=False, tracker=tracker)

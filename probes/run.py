@@ -154,7 +154,7 @@ def run(probe: Probe, run_id: str = "",
     run -> ``unsupported``. Any other error propagates: it is a bug, not a result.
     """
     from .cuda import GpuBusy, OutOfMemory, is_oom
-    from .step import UnsupportedOptimizer
+    from .step import Unsupported
 
     status, error, where = "ok", "", {}
     measurement = Measurement(peak_allocated_bytes=None)
@@ -164,7 +164,7 @@ def run(probe: Probe, run_id: str = "",
         status, error = "oom", str(exc)
         measurement = Measurement(peak_allocated_bytes=exc.figures.get("peak_allocated_bytes"),
                                   extra=dict(exc.figures))
-    except UnsupportedOptimizer as exc:
+    except Unsupported as exc:
         status, error = "unsupported", str(exc)
     except GpuBusy:
         raise

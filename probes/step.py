@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+from torch._subclasses.fake_tensor import is_fake
 
 from .build import Precision
 
@@ -27,8 +28,12 @@ BNB_OPTIMIZERS = {"adamw_8bit": "AdamW8bit", "paged_adamw_8bit": "PagedAdamW8bit
 LR = 1e-4
 
 
-class UnsupportedOptimizer(ValueError):
-    """The optimizer cannot run on this device (bitsandbytes 8-bit / paged ones need CUDA)."""
+class Unsupported(ValueError):
+    """The settings cannot run here: bitsandbytes 8-bit / paged optimizers off CUDA, or fp16
+    autocast with fp16 trainable weights (a GradScaler cannot unscale fp16 gradients)."""
+
+
+UnsupportedOptimizer = Unsupported
 
 
 def make_optimizer(params, optim: str, device: str) -> torch.optim.Optimizer:
@@ -47,7 +52,7 @@ def make_optimizer(params, optim: str, device: str) -> torch.optim.Optimizer:
         return torch.optim.SGD(params, lr=LR)
     if optim in BNB_OPTIMIZERS:
         if device != "cuda":
-            raise UnsupportedOptimizer(f"{optim} needs a CUDA GPU (bitsandbytes paged / 8-bit "
+            raise Unsupported(f"{optim} needs a CUDA GPU (bitsandbytes paged / 8-bit "
                                        f"optimizer states); not measurable on {device}")
         import bitsandbytes as bnb
 
@@ -55,10 +60,17 @@ def make_optimizer(params, optim: str, device: str) -> torch.optim.Optimizer:
     raise ValueError(f"unknown optimizer {optim!r}")
 
 
-def make_scaler(precision: Precision, device: str):
-    """A GradScaler for fp16 autocast (HF Trainer ``fp16=True``); None otherwise."""
+def make_scaler(precision: Precision, device: str, params=()):
+    """A GradScaler for fp16 autocast (HF Trainer ``fp16=True``); None otherwise.
+
+    Raises :class:`Unsupported` when a trainable parameter is fp16 (full fine-tuning of an
+    fp16 model): the scaler refuses to unscale fp16 gradients, as HF Trainer does.
+    """
     if not precision.grad_scaler:
         return None
+    if any(p.requires_grad and p.dtype == torch.float16 for p in params):
+        raise Unsupported("fp16 autocast needs fp32 trainable weights (GradScaler cannot unscale "
+                          "fp16 gradients): use --precision mixed (fp32 master weights) or pure")
     return torch.amp.GradScaler("cuda" if device == "cuda" else "cpu")
 
 
@@ -93,7 +105,13 @@ def train_step(model, optimizer, ids: torch.Tensor, precision: Precision, scaler
     on_phase("backward")
     (scaler.scale(loss) if scaler is not None else loss).backward()
     on_phase("optimizer")
-    if scaler is not None:
+    if scaler is not None and is_fake(loss):
+        # scaler.step reads found_inf with .item(), which a fake tensor has no value for;
+        # these are the same ops, assuming no inf/nan (the only case a trace can describe).
+        scaler.unscale_(optimizer)
+        optimizer.step()
+        scaler.update()
+    elif scaler is not None:
         scaler.step(optimizer)
         scaler.update()
     else:

@@ -48,12 +48,25 @@ def test_tied_embeddings_and_biases_trace_exactly(qwen_tiny, method):
     _same(cpu.measure(qwen_tiny, train), fake.trace(qwen_tiny, train))
 
 
-def test_pure_and_mixed_precision_trace_exactly(llama_tiny):
+@pytest.mark.parametrize("method, dtype, precision", [
+    ("lora", "bf16", "pure"), ("lora", "bf16", "mixed"),
+    ("lora", "fp16", "autocast"),   # GradScaler: unscale + step on fake tensors
+    ("full", "fp16", "mixed"),
+])
+def test_other_precision_schemes_trace_exactly(llama_tiny, method, dtype, precision):
     from probes import cpu, fake
 
-    for precision in ("pure", "mixed"):
-        train = _train("lora", False, precision=precision)
-        _same(cpu.measure(llama_tiny, train), fake.trace(llama_tiny, train))
+    train = _train(method, False, dtype=dtype, precision=precision, seq_len=32)
+    _same(cpu.measure(llama_tiny, train), fake.trace(llama_tiny, train))
+
+
+def test_fp16_autocast_on_fp16_trainable_weights_is_unsupported(llama_tiny):
+    """HF Trainer fp16=True on an fp16 model fails (GradScaler cannot unscale fp16 grads)."""
+    from probes import fake
+    from probes.step import Unsupported
+
+    with pytest.raises(Unsupported, match="precision mixed"):
+        fake.trace(llama_tiny, _train("full", False, dtype="fp16", seq_len=16))
 
 
 def test_a_tracker_that_ignores_frees_breaks_the_equality(llama_tiny):
