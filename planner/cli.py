@@ -9,7 +9,8 @@ from . import render
 from .catalog import CatalogError, get_gpus, get_model, gpu_names, model_names, get_gpu
 from .fit import max_batch_size, max_seq_len, recommend
 from .plan import plan
-from .specs import ALL_LINEAR, DTYPES, METHODS, OPTIMIZERS, PRECISIONS, QUANT_TYPES, TrainSpec
+from .options import adapter_options, parse_targets, training_options
+from .specs import DTYPES, METHODS, OPTIMIZERS, TrainSpec
 
 
 def output_options(f):
@@ -26,11 +27,6 @@ def fail(message: str, code: int = 2) -> None:
     sys.exit(code)
 
 
-def parse_targets(value: str) -> tuple[str, ...]:
-    names = tuple(t.strip() for t in value.split(",") if t.strip())
-    return (ALL_LINEAR,) if ALL_LINEAR in names else names
-
-
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--model", "models", multiple=True, default=("7b",), show_default=True,
               help="Catalog alias (7b, llama-3.1-8b, qwen2.5-0.5b, ...), catalog HF id, or a local "
@@ -39,21 +35,13 @@ def parse_targets(value: str) -> tuple[str, ...]:
               help="GPU alias (t4, l4, a10g, rtx4090, a100-80gb, h100, ...) or 'all'. Repeatable.")
 @click.option("--method", "methods", multiple=True, type=click.Choice(METHODS + ("all",)),
               help="Method(s) to plan; default all. rslora has lora's memory.")
-@click.option("--rank", "-r", default=16, show_default=True, type=int, help="LoRA rank.")
-@click.option("--alpha", default=None, type=float, help="LoRA alpha  [default: 2*rank]")
-@click.option("--target-modules", default=ALL_LINEAR, show_default=True,
-              help="Comma list of module names (q_proj,v_proj) or all-linear.")
+@adapter_options
 @click.option("--batch-size", default=1, show_default=True, type=int)
 @click.option("--seq-len", default=512, show_default=True, type=int)
-@click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=False, show_default=True)
+@training_options
 @click.option("--dtype", default="auto", show_default=True, type=click.Choice(DTYPES),
               help="auto = bf16 where the GPU has it, else fp16.")
-@click.option("--precision", default="autocast", show_default=True, type=click.Choice(PRECISIONS),
-              help="autocast: HF Trainer bf16/fp16=True on a 16-bit model; pure: plain loop, no "
-                   "autocast; mixed: fp32 master weights + autocast.")
 @click.option("--optim", default="adamw_torch", show_default=True, type=click.Choice(OPTIMIZERS))
-@click.option("--quant-type", default="nf4", show_default=True, type=click.Choice(QUANT_TYPES))
-@click.option("--double-quant/--no-double-quant", default=True, show_default=True)
 @click.option("--max-batch-size", "search_batch", is_flag=True,
               help="Also search the largest batch size that fits, per method and GPU.")
 @click.option("--max-seq-len", "search_seq", is_flag=True,

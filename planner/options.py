@@ -1,0 +1,34 @@
+"""Click options shared by `plan` and `probe`: the training settings, named the same in both,
+so that any plan can be probed as it is. Torch-free (the planner imports it)."""
+from __future__ import annotations
+
+import click
+
+from .specs import ALL_LINEAR, PRECISIONS, QUANT_TYPES
+
+
+def parse_targets(value: str) -> tuple[str, ...]:
+    """'q_proj, v_proj' -> ('q_proj', 'v_proj'); any mention of all-linear means all-linear."""
+    names = tuple(t.strip() for t in value.split(",") if t.strip())
+    return (ALL_LINEAR,) if ALL_LINEAR in names else names
+
+
+def adapter_options(f):
+    """--rank/-r, --alpha, --target-modules."""
+    f = click.option("--target-modules", default=ALL_LINEAR, show_default=True,
+                     help="Comma list of module names (q_proj,v_proj) or all-linear.")(f)
+    f = click.option("--alpha", default=None, type=float, help="LoRA alpha  [default: 2*rank]")(f)
+    f = click.option("--rank", "-r", default=16, show_default=True, type=int, help="LoRA rank.")(f)
+    return f
+
+
+def training_options(f):
+    """--gradient-checkpointing, --precision, --quant-type, --double-quant."""
+    f = click.option("--double-quant/--no-double-quant", default=True, show_default=True)(f)
+    f = click.option("--quant-type", default="nf4", show_default=True, type=click.Choice(QUANT_TYPES))(f)
+    f = click.option("--precision", default="autocast", show_default=True, type=click.Choice(PRECISIONS),
+                     help="autocast: HF Trainer bf16/fp16=True on a 16-bit model; pure: plain loop, no "
+                          "autocast; mixed: fp32 master weights + autocast.")(f)
+    f = click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=False, show_default=True,
+                     help="Non-reentrant activation checkpointing of every decoder layer.")(f)
+    return f
