@@ -115,3 +115,10 @@ def test_local_safetensors_weights_measure_like_random_init(llama_tiny, tmp_path
     fresh = cpu.measure(llama_tiny, train)
     assert loaded.peak_allocated_bytes == fresh.peak_allocated_bytes
     assert loaded.phase_peaks == fresh.phase_peaks
+
+
+def test_device_cuda_without_a_gpu_is_a_usage_error(tmp_path, torch_stack):
+    if torch_stack.cuda.is_available():
+        pytest.skip("a GPU is present")
+    result = invoke(["--device", "cuda", "--output", str(tmp_path / "r.csv")])
+    assert result.exit_code == 2 and "no CUDA GPU" in result.stderr

@@ -152,3 +152,11 @@ def test_a_fake_4bit_build_does_not_poison_later_real_quantization(llama_tiny, t
     packed, state = F.quantize_4bit(torch_stack.randn(64, 64), compress_statistics=True,
                                     quant_type="nf4")
     assert packed.device.type == "cpu" and state.state2.code.device.type == "cpu"
+
+
+@pytest.mark.parametrize("optim", ["adamw_torch_fused", "sgd"])
+def test_other_optimizers_trace_exactly(llama_tiny, optim):
+    from probes import cpu, fake
+
+    train = _train("lora", False, optim=optim, seq_len=32)
+    _same(cpu.measure(llama_tiny, train), fake.trace(llama_tiny, train))
