@@ -13,7 +13,7 @@ all rows to the results table in this order:
 
     python benchmarks/probe_results.py              # everything (about 40 min on 2 cores)
     python benchmarks/probe_results.py --only cpu   # or: fake-small, fake-7b
-    python benchmarks/probe_results.py --jobs 2 --output /tmp/results.csv
+    python benchmarks/probe_results.py --jobs 2 --output new-results.csv
 """
 from __future__ import annotations
 
