@@ -15,6 +15,18 @@ attention pads the logsumexp to a multiple of 32 positions; CUDA flash backward 
 an fp32 ``dq`` accumulator and, for GQA, full-head ``dk``/``dv`` before summing them to the
 KV heads, inside the kernel; cuBLAS / cuDNN workspaces.
 
+Other differences from a CUDA step (each small; the planner's runtime terms cover them):
+``max_memory_allocated`` counts every block rounded up to 512 bytes (the tracer counts
+exact ``nbytes``: up to 0.5 KiB per live tensor, ~1-2 MiB at a 7B peak); AdamW's ``step``
+counters are CPU scalars on CUDA too (capturable=False) but count 4 bytes each here; the
+CUDA context, cuBLAS workspaces and the caching allocator's reserve are not tensors.
+Autocast: CPU and CUDA autocast lists agree on the ops these models run (linear / matmul /
+SDPA in the compute dtype; transformers upcasts logits to fp32 itself before the loss;
+RMSNorm and rotary embeddings compute in fp32 explicitly), so dtypes match.
+On a GPU without flash attention for the shape (T4 / V100, or head_dim > 256), CUDA may fall
+back to memory-efficient or, with GQA, the math kernel: the row's ``attention_kernel``
+records what torch chose there (``torch._fused_sdp_choice``).
+
 4-bit matmul. bitsandbytes' ``gemm_4bit`` op is one fused op to a dispatch mode, but on CUDA
 for training-sized inputs (more than 512 rows on every architecture it tunes for, fewer
 on some) it runs as dequantize-to-dense + ``F.linear``: a dense (out x in) weight in the
