@@ -9,7 +9,8 @@ from pathlib import Path
 import click
 
 from planner import CatalogError, get_model
-from planner.specs import ALL_LINEAR, DTYPES, METHODS, OPTIMIZERS, PRECISIONS, QUANT_TYPES, TrainSpec
+from planner.options import adapter_options, parse_targets, training_options
+from planner.specs import DTYPES, METHODS, OPTIMIZERS, TrainSpec
 
 GIB = float(1 << 30)
 DEFAULT_MODEL = "qwen2.5-0.5b"
@@ -30,11 +31,6 @@ def parse_ints(value: str, name: str) -> tuple[int, ...]:
     if not values or min(values) < 1:
         raise click.BadParameter(f"expected positive integers, got {value!r}", param_hint=name)
     return tuple(dict.fromkeys(values))
-
-
-def parse_targets(value: str) -> tuple[str, ...]:
-    names = tuple(t.strip() for t in value.split(",") if t.strip())
-    return (ALL_LINEAR,) if ALL_LINEAR in names else names
 
 
 def _gib(value) -> str:
@@ -85,26 +81,17 @@ def notes(rows: list[dict]) -> str:
                    "config.json path. Repeatable.")
 @click.option("--method", "methods", multiple=True, type=click.Choice(METHODS + ("all",)),
               help="Method(s) to probe (repeatable, or 'all')  [default: lora]")
-@click.option("--rank", "-r", default=16, show_default=True, type=int, help="LoRA rank.")
-@click.option("--alpha", default=None, type=float, help="LoRA alpha  [default: 2*rank]")
-@click.option("--target-modules", default=ALL_LINEAR, show_default=True,
-              help="Comma list of module names (q_proj,v_proj) or all-linear.")
+@adapter_options
 @click.option("--batch-size", default="1", show_default=True,
               help="Batch size, or a comma list for a sweep (1,2,4).")
 @click.option("--seq-len", default="512", show_default=True,
               help="Sequence length, or a comma list for a sweep (256,512).")
-@click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=False, show_default=True,
-              help="Non-reentrant activation checkpointing of every decoder layer.")
 @click.option("--dtype", default="auto", show_default=True, type=click.Choice(DTYPES),
               help="auto = bf16 where the device has it (CPU, fake, CUDA sm80+), else fp16.")
-@click.option("--precision", default="autocast", show_default=True, type=click.Choice(PRECISIONS),
-              help="autocast: HF Trainer bf16/fp16=True on a 16-bit model; pure: plain loop, no "
-                   "autocast; mixed: fp32 master weights + autocast.")
 @click.option("--optim", default="adamw_torch", show_default=True, type=click.Choice(OPTIMIZERS),
               help="bitsandbytes 8-bit / paged optimizers need CUDA (a row with status "
                    "'unsupported' elsewhere).")
-@click.option("--quant-type", default="nf4", show_default=True, type=click.Choice(QUANT_TYPES))
-@click.option("--double-quant/--no-double-quant", default=True, show_default=True)
+@training_options
 @click.option("--device", default="auto", show_default=True,
               type=click.Choice(("auto", "cuda", "cpu", "fake")),
               help="cuda: torch.cuda + NVML; cpu: a real step, byte tracker; fake: the same step "
