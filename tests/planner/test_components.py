@@ -137,11 +137,21 @@ def test_transients(tiny):
     assert C.dequant_transient(tiny, q, prec(q)) == 128 * 2
     assert C.dequant_transient(tiny, spec(), prec(spec())) == 0
     d = spec(method="dora")
-    # down_proj 16 -> 8: bf16 identity 16*16*2 + four dense 8x16 fp32 = 512 + 2048
+    # down_proj 16 -> 8: bf16 identity 16*16*2 + four dense 8x16 fp32 = 512 + 2048, larger than
+    # the product moment: fp32 + bf16 identity 16*16*6 + B's output 16*8*2 = 1792
     assert C.dora_transient(tiny, d, prec(d)) == 2560
     pure = spec(method="dora", precision="pure")
     assert C.dora_transient(tiny, pure, prec(pure)) == 16 * 16 * 4 + 2048  # fp32 identity
     assert C.dora_transient(tiny, spec(), prec(spec())) == 0
+
+
+def test_dora_product_moment_wins_when_in_is_much_larger_than_out():
+    from planner.specs import Linear
+
+    lin = Linear("down_proj", 64, 4)
+    t = spec(method="dora")
+    # at the norm: 64*64*2 + 4*4*64*4 = 12288; at the product: 64*64*(4+2) + 64*4*2 = 25088
+    assert C.dora_transient_per_linear(lin, t, prec(t)) == 25088
 
 
 def test_allocator_reserve():
