@@ -200,12 +200,13 @@ def norm_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
     transformers' RMSNorm upcasts its input (x.to(float32): T*h*4, saved by pow and mul)
     and saves rsqrt(mean(x^2) + eps) (T*4). When the norm weight itself is trainable (full
     fine-tuning), the mul also saves the normalized input cast back to the compute dtype
-    (T*h*c).
+    (T*h*c); Gemma's norm multiplies in fp32 (x_norm * (1 + w.float())) and saves it as
+    fp32 (T*h*4).
     """
     t, h = train.tokens, model.hidden_size
     saved = t * h * FP32 + t * FP32
     if train.method == "full":
-        saved += t * h * prec.compute
+        saved += t * h * (FP32 if model.norm_fp32_output else prec.compute)
     return saved
 
 

@@ -65,6 +65,7 @@ class ModelSpec:
     published_params: int | None = None
     eager_attention: bool = False  # attention softcapping (Gemma-2) rules out the SDPA kernels
     logit_softcapping: bool = False  # final logits pass through cap * tanh(logits / cap) (Gemma-2)
+    norm_fp32_output: bool = False  # Gemma's RMSNorm scales in fp32: x_norm * (1 + w.float())
     config_json: str = field(default="{}", repr=False, compare=False)
 
     @property

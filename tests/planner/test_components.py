@@ -81,6 +81,11 @@ def test_activation_terms(tiny):
     assert C.norm_saved(tiny, t, p) == 3 * 8 * 4 + 3 * 4  # fp32 input copy + rsqrt
     full = spec(method="full")
     assert C.norm_saved(tiny, full, prec(full)) == 108 + 3 * 8 * 2  # + normalized bf16 input
+    from dataclasses import replace
+
+    gemma_norm = replace(tiny, norm_fp32_output=True)
+    assert C.norm_saved(gemma_norm, full, prec(full)) == 108 + 3 * 8 * 4  # + normalized fp32 product
+    assert C.norm_saved(gemma_norm, t, p) == 108
     # q_rot, k_rot, v, out: 3 * (2*8 + 2*4) * 2 = 144; logsumexp 1 * 2 heads * 3 * 4 = 24
     assert C.attention_core_saved(tiny, t, p) == 168
     assert C.mlp_core_saved(tiny, t, p) == 3 * 3 * 16 * 2
