@@ -224,9 +224,10 @@ def attention_core_saved(model: ModelSpec, train: TrainSpec, prec: Precision) ->
     """
     t, c = train.tokens, prec.compute
     saved = t * (2 * model.q_dim + 2 * model.kv_dim) * c
-    if "qkv_proj" in model.linear_names:
+    if "qkv_proj" in model.linear_names and prec.hidden == c:
         # Fused qkv (Phi-3): v is a slice of the qkv output, so keeping v keeps the whole
         # T*(q_dim + 2*kv_dim) storage alive (the tracker counts storages, as the allocator does).
+        # With an fp32 hidden stream (4-bit methods) SDPA keeps autocast copies instead.
         saved += t * (model.q_dim + model.kv_dim) * c
     lse = train.batch_size * model.num_heads * train.seq_len * FP32
     if not model.eager_attention:
