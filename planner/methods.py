@@ -33,6 +33,7 @@ COMPONENT_KEYS = (
     "activations/saved",
     "activations/autocast_weights",
     "activations/logits",
+    "activations/input_leaf",
     "transient/dequant",
     "transient/dora",
     "transient/recompute",
@@ -97,11 +98,12 @@ def step_memory(model: ModelSpec, train: TrainSpec, dtype: str) -> StepMemory:
     top = _breakdown(**persistent, activations__saved=saved, activations__autocast_weights=layer_copies,
                      transient__recompute=recompute, transient__dequant=dequant, transient__dora=dora)
     # Backward end: all gradients, the first layer's recomputed activations and transients.
-    end = _breakdown(**persistent, grads=grads, transient__recompute=recompute,
+    leaf = C.checkpoint_input_leaf(model, train, prec)
+    end = _breakdown(**persistent, grads=grads, activations__input_leaf=leaf, transient__recompute=recompute,
                      transient__dequant=dequant, transient__dora=dora)
     backward = max((start, top, end), key=lambda b: sum(b.values()))
 
-    optimizer = _breakdown(**persistent, grads=grads,
+    optimizer = _breakdown(**persistent, grads=grads, activations__input_leaf=leaf,
                            optimizer__transient=C.optimizer_transient(model, train, prec))
     return StepMemory(phases={"forward": forward, "backward": backward, "optimizer": optimizer},
                       paged_optimizer_bytes=C.optimizer_states_paged(model, train, prec))

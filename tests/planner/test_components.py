@@ -159,6 +159,16 @@ def test_dora_product_moment_wins_when_in_is_much_larger_than_out():
     assert C.dora_transient_per_linear(lin, t, prec(t)) == 25088
 
 
+def test_checkpoint_input_leaf(tiny):
+    gc = spec(gradient_checkpointing=True)
+    assert C.checkpoint_input_leaf(tiny, gc, prec(gc)) == 2 * 3 * 8 * 2
+    q = spec(method="qlora", gradient_checkpointing=True)
+    assert C.checkpoint_input_leaf(tiny, q, prec(q)) == 2 * 3 * 8 * 4  # fp32 hidden stream
+    assert C.checkpoint_input_leaf(tiny, spec(), prec(spec())) == 0
+    full = spec(method="full", gradient_checkpointing=True)
+    assert C.checkpoint_input_leaf(tiny, full, prec(full)) == 0
+
+
 def test_allocator_reserve():
     assert C.allocator_reserve(100) == 5
     assert C.allocator_reserve(101) == 6  # rounds up

@@ -106,6 +106,11 @@ def test_qlora_costs_more_than_lora_on_a_small_large_vocabulary_model():
 @settings(max_examples=60, deadline=None)
 @given(models, methods, batches, seqs, ranks)
 def test_checkpointing_never_increases_the_peak(model, method, b, s, r):
+    """Up to the embedding-output leaf and its grad that enable_input_require_grads keeps
+    through the optimizer step: with a short sequence and a large rank the optimizer phase is
+    the peak, and checkpointing adds exactly that (tracer, llama-3.2-1b LoRA r52 seq64:
+    2.984 GiB without, 2.985 GiB with)."""
     t = train(method, batch_size=b, seq_len=s, rank=r)
-    on = plan(model, "h100", t.with_(gradient_checkpointing=True)).peak_allocated_bytes
-    assert on <= plan(model, "h100", t).peak_allocated_bytes
+    on = plan(model, "h100", t.with_(gradient_checkpointing=True))
+    leaf = on.components.get("activations/input_leaf", 0) if on.peak_phase == "optimizer" else 0
+    assert on.peak_allocated_bytes <= plan(model, "h100", t).peak_allocated_bytes + leaf
