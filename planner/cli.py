@@ -46,12 +46,15 @@ def fail(message: str, code: int = 2) -> None:
               help="Also search the largest batch size that fits, per method and GPU.")
 @click.option("--max-seq-len", "search_seq", is_flag=True,
               help="Also search the largest sequence length that fits, per method and GPU.")
+@click.option("--calibrated/--no-calibrated", default=True, show_default=True,
+              help="Use CUDA context and allocator terms calibrated from real GPU rows in data/probes "
+                   "where the GPU family has any (the output says so); else the documented estimates.")
 @click.option("--list-models", is_flag=True, help="List the catalog models and exit.")
 @click.option("--list-gpus", is_flag=True, help="List the catalog GPUs and exit.")
 @output_options
 def main(models, gpus, methods, rank, alpha, target_modules, batch_size, seq_len,
          gradient_checkpointing, dtype, precision, optim, quant_type, double_quant,
-         search_batch, search_seq, list_models, list_gpus, fmt):
+         search_batch, search_seq, calibrated, list_models, list_gpus, fmt):
     """Predict the GPU memory of fine-tuning a model with full, LoRA, rsLoRA, QLoRA, DoRA and
     QDoRA, as a named breakdown, and say what fits and what to use.
 
@@ -75,6 +78,7 @@ def main(models, gpus, methods, rank, alpha, target_modules, batch_size, seq_len
             click.echo(f"{name:<12} {g.memory_bytes / (1 << 30):7.2f} GiB  {g.full_name}")
         return
     chosen = METHODS if not methods or "all" in methods else tuple(dict.fromkeys(methods))
+    cals = None if calibrated else {}
     try:
         base = TrainSpec(method=chosen[0], rank=rank, alpha=alpha, target_modules=parse_targets(target_modules),
                          batch_size=batch_size, seq_len=seq_len, gradient_checkpointing=gradient_checkpointing,
@@ -90,9 +94,9 @@ def main(models, gpus, methods, rank, alpha, target_modules, batch_size, seq_len
                 for method in chosen:
                     train = base.with_(method=method)
                     group.append(render.Report(
-                        plan(model, gpu, train),
-                        max_batch_size(model, gpu, train) if search_batch else None,
-                        max_seq_len(model, gpu, train) if search_seq else None,
+                        plan(model, gpu, train, cals),
+                        max_batch_size(model, gpu, train, calibrations=cals) if search_batch else None,
+                        max_seq_len(model, gpu, train, calibrations=cals) if search_seq else None,
                     ))
                 reports += group
                 if fmt == "table":

@@ -9,6 +9,7 @@ r = LoRA rank, n = number of elements of a weight.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from . import counts
@@ -457,6 +458,9 @@ def dora_transient(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
 ALLOCATOR_PERCENT = 5
 
 
-def allocator_reserve(peak_allocated: int) -> int:
-    """Reserved beyond allocated at the peak: ceil(5% of the allocated peak) (an estimate)."""
-    return ceil_div(peak_allocated * ALLOCATOR_PERCENT, 100)
+def allocator_reserve(peak_allocated: int, fraction: float | None = None) -> int:
+    """Reserved beyond allocated at the peak: ceil(5% of the allocated peak) (an estimate), or
+    ceil(fraction * allocated) with a fraction calibrated from GPU rows (planner.calibration)."""
+    if fraction is None:
+        return ceil_div(peak_allocated * ALLOCATOR_PERCENT, 100)
+    return math.ceil(peak_allocated * fraction)

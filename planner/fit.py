@@ -34,15 +34,17 @@ def _largest(fits: Callable[[int], bool], upper: int) -> int:
     return lo
 
 
-def max_batch_size(model: ModelSpec, gpu: GpuSpec, train: TrainSpec, upper: int = MAX_BATCH_SEARCH) -> int:
+def max_batch_size(model: ModelSpec, gpu: GpuSpec, train: TrainSpec, upper: int = MAX_BATCH_SEARCH,
+                   calibrations: dict | None = None) -> int:
     """Largest batch size (at train.seq_len) whose device-used total fits the GPU; 0 if none."""
-    return _largest(lambda b: plan(model, gpu, train.with_(batch_size=b)).fits, upper)
+    return _largest(lambda b: plan(model, gpu, train.with_(batch_size=b), calibrations).fits, upper)
 
 
-def max_seq_len(model: ModelSpec, gpu: GpuSpec, train: TrainSpec, upper: int | None = None) -> int:
+def max_seq_len(model: ModelSpec, gpu: GpuSpec, train: TrainSpec, upper: int | None = None,
+                calibrations: dict | None = None) -> int:
     """Largest sequence length (at train.batch_size), up to the model's context; 0 if none."""
     bound = upper or model.max_position_embeddings
-    return _largest(lambda s: plan(model, gpu, train.with_(seq_len=s)).fits, bound)
+    return _largest(lambda s: plan(model, gpu, train.with_(seq_len=s), calibrations).fits, bound)
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from . import calibration
 from . import components as C
 from . import counts
 from .catalog import get_gpu, get_model
@@ -73,10 +74,13 @@ def _as_gpu(gpu: str | GpuSpec) -> GpuSpec:
     return gpu if isinstance(gpu, GpuSpec) else get_gpu(gpu)
 
 
-def plan(model: str | ModelSpec, gpu: str | GpuSpec, train: TrainSpec | None = None) -> Plan:
+def plan(model: str | ModelSpec, gpu: str | GpuSpec, train: TrainSpec | None = None,
+         calibrations: dict | None = None) -> Plan:
     """Predict the memory of one training step of ``train`` on ``model`` and ``gpu``.
 
     ``model`` and ``gpu`` are specs or catalog names (or a config.json path for the model).
+    ``calibrations`` (family -> planner.calibration.Calibration) replaces the runtime
+    estimates; None loads them from the committed CUDA rows, {} turns them off.
     Raises ValueError (CatalogError for names) on impossible settings.
     """
     model, gpu = _as_model(model), _as_gpu(gpu)
@@ -95,16 +99,21 @@ def plan(model: str | ModelSpec, gpu: str | GpuSpec, train: TrainSpec | None = N
     step = step_memory(model, train, dtype)
     phase = step.peak_phase
     allocated = step.peak_bytes
-    allocator = C.allocator_reserve(allocated)
+    cal = (calibration.load() if calibrations is None else calibrations).get(gpu.family)
+    if cal is None:
+        allocator, context = C.allocator_reserve(allocated), gpu.cuda_context_bytes
+    else:
+        allocator, context = C.allocator_reserve(allocated, cal.allocator_fraction), cal.cuda_context_bytes
+        notes += (cal.describe(),)
     reserved = allocated + allocator
-    device_used = reserved + gpu.cuda_context_bytes
+    device_used = reserved + context
     components = dict(step.phases[phase])
     if step.paged_optimizer_bytes:
         components["optimizer/states_paged"] = step.paged_optimizer_bytes
         notes += ("paged optimizer states live in CUDA unified memory: not counted in the "
                   "allocated or device totals (the driver can page them out to host RAM)",)
     components["runtime/allocator"] = allocator
-    components["runtime/cuda_context"] = gpu.cuda_context_bytes
+    components["runtime/cuda_context"] = context
     settings = {
         "batch_size": train.batch_size, "seq_len": train.seq_len, "rank": train.rank,
         "alpha": train.lora_alpha, "target_modules": list(train.target_modules), "dtype": dtype,
