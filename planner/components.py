@@ -281,23 +281,50 @@ def lora_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
     """
     if not train.is_adapter:
         return 0
+    return sum(lora_saved_per_linear(lin, train, prec) for lin in counts.targeted_linears(model, train.target_modules))
+
+
+def lora_saved_per_linear(lin: Linear, train: TrainSpec, prec: Precision) -> int:
+    """One targeted Linear's share of :func:`lora_saved`."""
     t, e = train.tokens, lora_input_bytes(train, prec)
-    total = 0
-    for lin in counts.targeted_linears(model, train.target_modules):
-        total += t * lin.in_features * e + t * train.rank * e
-        if train.is_dora:
-            base = prec.compute if lin.name == "o_proj" else prec.hidden
-            total += t * lin.out_features * (base + e)
-    return total
+    saved = t * lin.in_features * e + t * train.rank * e
+    if train.is_dora:
+        base = prec.compute if lin.name == "o_proj" else prec.hidden
+        saved += t * lin.out_features * (base + e)
+    return saved
+
+
+ATTENTION_INPUTS = ("q_proj", "k_proj", "v_proj", "qkv_proj")
+
+
+def layer_saved_sequence(model: ModelSpec, train: TrainSpec, prec: Precision) -> list[tuple[str, int]]:
+    """What one decoder layer keeps for backward, in the order its forward creates it:
+    input norm, the q/k/v adapters, attention, o_proj, the other norms, gate/up adapters, the
+    MLP's activations, down_proj, and (full fine-tuning) the base Linear inputs. Its sum is
+    :func:`layer_saved`; its prefixes say what exists when a per-module transient happens."""
+    targeted = {lin.name for lin in counts.targeted_linears(model, train.target_modules)} if train.is_adapter else set()
+    by_name = {lin.name: lin for lin in model.linears}
+
+    def adapters(names):
+        return [(n, lora_saved_per_linear(by_name[n], train, prec)) for n in names if n in targeted]
+
+    norm = norm_saved(model, train, prec)
+    seq = [("norm", norm)]
+    seq += adapters([n for n in model.linear_names if n in ATTENTION_INPUTS])
+    seq.append(("attention", attention_core_saved(model, train, prec)))
+    seq += adapters(["o_proj"])
+    seq += [("norm", norm)] * (model.norms_per_layer - 1)
+    seq += adapters([n for n in model.linear_names if n in ("gate_proj", "up_proj", "gate_up_proj")])
+    seq.append(("mlp", mlp_core_saved(model, train, prec)))
+    seq += adapters(["down_proj"])
+    seq.append(("linear_inputs", linear_inputs_saved(model, train, prec)))
+    return seq
 
 
 def layer_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
-    """Everything one decoder layer keeps for backward (the sum of the functions above)."""
-    return (model.norms_per_layer * norm_saved(model, train, prec)
-            + attention_core_saved(model, train, prec)
-            + mlp_core_saved(model, train, prec)
-            + linear_inputs_saved(model, train, prec)
-            + lora_saved(model, train, prec))
+    """Everything one decoder layer keeps for backward: norms, attention, MLP, base Linear
+    inputs and adapters (the sum of :func:`layer_saved_sequence`)."""
+    return sum(size for _, size in layer_saved_sequence(model, train, prec))
 
 
 def model_level_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
@@ -428,16 +455,36 @@ def dora_transient_per_linear(lin: Linear, train: TrainSpec, prec: Precision) ->
     return max(at_norm, at_product)
 
 
-def layer_transient(model: ModelSpec, train: TrainSpec, prec: Precision) -> tuple[int, int]:
-    """(dequant, dora) bytes live at once inside one adapted layer's forward.
+def layer_transient(model: ModelSpec, train: TrainSpec, prec: Precision) -> tuple[int, int, int, int]:
+    """The worst moment inside one layer's forward: (module input live, saved so far in this
+    layer, dequant, dora).
 
+    A per-module transient (QLoRA's dequantized weight, DoRA's dense norm computation)
+    happens while the layer has kept only what its forward created before that module
+    (:func:`layer_saved_sequence`): for a large gate_up_proj, not yet the MLP's activations.
+    The module's input is live, with peft's fp32 cast of it for the adapter
+    (_cast_input_dtype), which lives through the whole DoRA forward: T*in*(hidden [+ 4]).
     QDoRA casts the dequantized weight to fp32 before the norm computation and drops it, so
-    the two never coexist: the larger counts, the other is reported as 0.
+    the two never coexist: the larger counts. All zeros without per-module transients.
     """
-    dequant, dora = dequant_transient(model, train, prec), dora_transient(model, train, prec)
-    if dequant and dora:
-        return (dequant, 0) if dequant > dora else (0, dora)
-    return dequant, dora
+    if not (train.is_quantized or train.is_dora):
+        return 0, 0, 0, 0
+    seq = layer_saved_sequence(model, train, prec)
+    targeted = {lin.name for lin in counts.targeted_linears(model, train.target_modules)}
+    best = (0, 0, 0, 0)
+    for lin in model.linears:
+        dequant = lin.in_features * lin.out_features * prec.compute if train.is_quantized else 0
+        dora = dora_transient_per_linear(lin, train, prec) if train.is_dora and lin.name in targeted else 0
+        dequant, dora = (dequant, 0) if dequant > dora else (0, dora)
+        live = train.tokens * lin.in_features * (prec.hidden + (FP32 if prec.hidden != FP32 else 0))
+        before = 0
+        for name, size in seq:
+            if name == lin.name:
+                break
+            before += size
+        if live + before + dequant + dora > sum(best):
+            best = (live, before, dequant, dora)
+    return best
 
 
 def dora_transient(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:

@@ -78,13 +78,19 @@ def step_memory(model: ModelSpec, train: TrainSpec, dtype: str) -> StepMemory:
     saved = C.activations_saved(model, train, prec)
     layer_copies = C.autocast_weight_copies(model, train, prec)
     copies = layer_copies + C.lm_head_autocast_copy(model, train, prec)
-    dequant, dora = C.layer_transient(model, train, prec)
+    live, before, dequant, dora = C.layer_transient(model, train, prec)
     grads = C.grads(model, train, prec)
+    per_layer = C.layer_saved(model, train, prec)
+    recompute = C.recompute_transient(model, train, prec)
+    gc = train.gradient_checkpointing
 
-    # Forward: the loss moment, or the last layer's transients (before lm_head has run).
+    # Forward: the loss moment, or the last layer's worst per-module transient (before
+    # lm_head has run). That layer has kept only what came before the module; a
+    # checkpointed layer keeps nothing during its forward.
     at_loss = _breakdown(**persistent, activations__saved=saved, activations__autocast_weights=copies,
                          activations__logits=C.logits_forward(model, train, prec))
-    in_layer = _breakdown(**persistent, activations__saved=saved, activations__autocast_weights=layer_copies,
+    in_layer_saved = saved + live + (0 if gc else before - per_layer)
+    in_layer = _breakdown(**persistent, activations__saved=in_layer_saved, activations__autocast_weights=layer_copies,
                           transient__dequant=dequant, transient__dora=dora)
     forward = max((at_loss, in_layer), key=lambda b: sum(b.values()))
 
@@ -92,15 +98,19 @@ def step_memory(model: ModelSpec, train: TrainSpec, dtype: str) -> StepMemory:
     # first gradient (lm_head, or the tied embedding at the end) is small beside them.
     start = _breakdown(**persistent, activations__saved=saved, activations__autocast_weights=copies,
                        activations__logits=C.logits_backward(model, train, prec))
-    recompute = C.recompute_transient(model, train, prec)
-    # The last layer's backward: its recomputed activations (checkpointing) and transients
-    # while the other layers' activations are still kept (lm_head's copy is gone by then).
-    top = _breakdown(**persistent, activations__saved=saved, activations__autocast_weights=layer_copies,
-                     transient__recompute=recompute, transient__dequant=dequant, transient__dora=dora)
-    # Backward end: all gradients, the first layer's recomputed activations and transients.
+    # The last layer's backward: with checkpointing its recomputation (the whole layer, or the
+    # part before the worst per-module transient, with that transient) while the other
+    # layers' inputs are still kept (lm_head's copy is gone by then).
+    # Without checkpointing no forward runs again: only bitsandbytes' backward dequantizes.
+    moments = [dict(transient__recompute=recompute),
+               dict(transient__recompute=live + before, transient__dequant=dequant, transient__dora=dora) if gc
+               else dict(transient__dequant=C.dequant_transient(model, train, prec))]
+    top = max((_breakdown(**persistent, activations__saved=saved, activations__autocast_weights=layer_copies, **m)
+               for m in moments), key=lambda b: sum(b.values()))
+    # Backward end: all gradients, the first layer's recomputation and transients.
     leaf = C.checkpoint_input_leaf(model, train, prec)
-    end = _breakdown(**persistent, grads=grads, activations__input_leaf=leaf, transient__recompute=recompute,
-                     transient__dequant=dequant, transient__dora=dora)
+    end = max((_breakdown(**persistent, grads=grads, activations__input_leaf=leaf, **m) for m in moments),
+              key=lambda b: sum(b.values()))
     backward = max((start, top, end), key=lambda b: sum(b.values()))
 
     optimizer = _breakdown(**persistent, grads=grads, activations__input_leaf=leaf,

@@ -181,3 +181,14 @@ def test_fused_qkv_keeps_the_whole_qkv_output(tiny):
     t = spec()
     # as the Llama layout (168) + the q and k parts of the fused output kept behind v: 3 * (8 + 4) * 2
     assert C.attention_core_saved(fused, t, prec(t)) == 168 + 72
+
+
+def test_layer_transient_worst_moment(tiny):
+    d = spec(method="dora")
+    p = prec(d)
+    # down_proj's moment wins: its input (16) and fp32 cast live, 3*16*(2+4) = 288; what the
+    # layer kept before it: norm 108, q 156, k 108, v 108, attention 168, o 156, norm 108,
+    # gate 252, up 252, MLP 288 = 1704; its DoRA transient 2560 (see test_transients)
+    assert C.layer_transient(tiny, d, p) == (288, 1704, 0, 2560)
+    assert C.layer_saved(tiny, d, p) == 1704 + 204  # + down's own: 3*16*2 + 3*2*2 + 3*8*(2+2)
+    assert C.layer_transient(tiny, spec(), prec(spec())) == (0, 0, 0, 0)
