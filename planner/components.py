@@ -487,14 +487,6 @@ def layer_transient(model: ModelSpec, train: TrainSpec, prec: Precision) -> tupl
     return best
 
 
-def dora_transient(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
-    """The largest DoRA materialization over the targeted Linears (0 without DoRA)."""
-    if not train.is_dora:
-        return 0
-    return max(dora_transient_per_linear(lin, train, prec)
-               for lin in counts.targeted_linears(model, train.target_modules))
-
-
 # ---------------------------------------------------------------- runtime
 
 # PyTorch's caching allocator keeps freed blocks in reserved segments (2 MiB for small

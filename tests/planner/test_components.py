@@ -144,10 +144,10 @@ def test_transients(tiny):
     d = spec(method="dora")
     # down_proj 16 -> 8: bf16 identity 16*16*2 + four dense 8x16 fp32 = 512 + 2048, larger than
     # the product moment: fp32 + bf16 identity 16*16*6 + B's output 16*8*2 = 1792
-    assert C.dora_transient(tiny, d, prec(d)) == 2560
+    down = tiny.linears[-1]
+    assert C.dora_transient_per_linear(down, d, prec(d)) == 2560
     pure = spec(method="dora", precision="pure")
-    assert C.dora_transient(tiny, pure, prec(pure)) == 16 * 16 * 4 + 2048  # fp32 identity
-    assert C.dora_transient(tiny, spec(), prec(spec())) == 0
+    assert C.dora_transient_per_linear(down, pure, prec(pure)) == 16 * 16 * 4 + 2048  # fp32 identity
 
 
 def test_dora_product_moment_wins_when_in_is_much_larger_than_out():
