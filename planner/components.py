@@ -423,6 +423,38 @@ def logits_backward(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
 
 # ---------------------------------------------------------------- per-layer transients
 
+def dora_backward_moment(model: ModelSpec, train: TrainSpec, prec: Precision) -> tuple[int, int]:
+    """The worst moment of a DoRA layer's backward: (what the layer still keeps, workspace).
+
+    peft's DoRA output (m/||W + s*BA|| - 1) * base + m/||W + s*BA|| * lora * s multiplies by
+    an fp32 scale, so its backward makes fp32 gradients the size of the module's output: the
+    incoming one and those for the base and LoRA results, 3*T*out*4 (tracer: three
+    [4, 2048, 16384] fp32 tensors at Phi-3's gate_up_proj). By then the layer's later modules
+    have been through backward: it still keeps what came up to and including this module.
+    With checkpointing, the recomputed module's input, its fp32 cast and the two dense fp32
+    weight casts of its norm computation are still alive there too (tracer, Phi-3 gate_up:
+    two [16384, 3072] fp32 tensors and four [4, 2048, 3072] fp32 ones): T*in*(hidden + 4) +
+    2*out*in*4 more. (0, 0) without DoRA.
+    """
+    if not train.is_dora:
+        return 0, 0
+    seq = layer_saved_sequence(model, train, prec)
+    best = (0, 0)
+    for lin in counts.targeted_linears(model, train.target_modules):
+        kept = 0
+        for name, size in seq:
+            kept += size
+            if name == lin.name:
+                break
+        workspace = 3 * train.tokens * lin.out_features * FP32
+        if train.gradient_checkpointing:
+            workspace += (train.tokens * lin.in_features * (prec.hidden + (FP32 if prec.hidden != FP32 else 0))
+                          + 2 * lin.out_features * lin.in_features * FP32)
+        if kept + workspace > sum(best):
+            best = (kept, workspace)
+    return best
+
+
 def dequant_transient(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
     """QLoRA / QDoRA: bitsandbytes' training matmul dequantizes the whole 4-bit weight to the
     compute dtype, one layer at a time: the largest out*in*c (forward and again in backward)."""

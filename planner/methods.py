@@ -36,6 +36,7 @@ COMPONENT_KEYS = (
     "activations/input_leaf",
     "transient/dequant",
     "transient/dora",
+    "transient/dora_backward",
     "transient/recompute",
 )
 
@@ -105,8 +106,14 @@ def step_memory(model: ModelSpec, train: TrainSpec, dtype: str) -> StepMemory:
     moments = [dict(transient__recompute=recompute),
                dict(transient__recompute=live + before, transient__dequant=dequant, transient__dora=dora) if gc
                else dict(transient__dequant=C.dequant_transient(model, train, prec))]
-    top = max((_breakdown(**persistent, activations__saved=saved, activations__autocast_weights=layer_copies, **m)
-               for m in moments), key=lambda b: sum(b.values()))
+    kept, workspace = C.dora_backward_moment(model, train, prec)
+    dora_back = (dict(transient__recompute=kept, transient__dora_backward=workspace) if gc
+                 else dict(activations__saved=saved - per_layer + kept, transient__dora_backward=workspace))
+    top = max([_breakdown(**persistent, activations__saved=saved, activations__autocast_weights=layer_copies, **m)
+               for m in moments]
+              + [_breakdown(**{**persistent, "activations__saved": saved, "activations__autocast_weights": layer_copies,
+                               **dora_back})],
+              key=lambda b: sum(b.values()))
     # Backward end: all gradients, the first layer's recomputation and transients.
     leaf = C.checkpoint_input_leaf(model, train, prec)
     end = max((_breakdown(**persistent, grads=grads, activations__input_leaf=leaf, **m) for m in moments),

@@ -192,3 +192,14 @@ def test_layer_transient_worst_moment(tiny):
     assert C.layer_transient(tiny, d, p) == (288, 1704, 0, 2560)
     assert C.layer_saved(tiny, d, p) == 1704 + 204  # + down's own: 3*16*2 + 3*2*2 + 3*8*(2+2)
     assert C.layer_transient(tiny, spec(), prec(spec())) == (0, 0, 0, 0)
+
+
+def test_dora_backward_moment(tiny):
+    d = spec(method="dora")
+    # up_proj's backward: the layer keeps norm..up (1164 + 252 = 1416 before up, + up's 252) and
+    # three fp32 gradients of its output, 3 * 3 * 16 * 4 = 576 (beats down: 1908 + 288)
+    assert C.dora_backward_moment(tiny, d, prec(d)) == (1668, 576)
+    gc = spec(method="dora", gradient_checkpointing=True)
+    # + up's input and its fp32 cast 3*8*(2+4) = 144 and two dense fp32 casts 2*16*8*4 = 1024
+    assert C.dora_backward_moment(tiny, gc, prec(gc)) == (1668, 576 + 144 + 1024)
+    assert C.dora_backward_moment(tiny, spec(), prec(spec())) == (0, 0)
