@@ -196,10 +196,10 @@ def test_layer_transient_worst_moment(tiny):
 
 def test_dora_backward_moment(tiny):
     d = spec(method="dora")
-    # up_proj's backward: the layer keeps norm..up (1164 + 252 = 1416 before up, + up's 252) and
-    # three fp32 gradients of its output, 3 * 3 * 16 * 4 = 576 (beats down: 1908 + 288)
-    assert C.dora_backward_moment(tiny, d, prec(d)) == (1668, 576)
+    # down_proj's backward: the layer keeps all it saved (1908) and three fp32 gradients of
+    # down's output, 3 * 3 * 8 * 4 = 288; it beats up_proj: norm..up (1416) + 3 * 3 * 16 * 4 = 576
+    assert C.dora_backward_moment(tiny, d, prec(d)) == (1908, 288)
     gc = spec(method="dora", gradient_checkpointing=True)
-    # + up's input and its fp32 cast 3*8*(2+4) = 144 and two dense fp32 casts 2*16*8*4 = 1024
-    assert C.dora_backward_moment(tiny, gc, prec(gc)) == (1668, 576 + 144 + 1024)
+    # + down's input and its fp32 cast 3*16*(2+4) = 288 and two dense fp32 casts 2*8*16*4 = 1024
+    assert C.dora_backward_moment(tiny, gc, prec(gc)) == (1908, 288 + 288 + 1024)
     assert C.dora_backward_moment(tiny, spec(), prec(spec())) == (0, 0)
