@@ -441,15 +441,10 @@ def dora_backward_moment(model: ModelSpec, train: TrainSpec, prec: Precision) ->
     seq = layer_saved_sequence(model, train, prec)
     best = (0, 0)
     for lin in counts.targeted_linears(model, train.target_modules):
-        kept = 0
-        for name, size in seq:
-            kept += size
-            if name == lin.name:
-                break
+        kept = saved_before(seq, lin.name) + lora_saved_per_linear(lin, train, prec)
         workspace = 3 * train.tokens * lin.out_features * FP32
         if train.gradient_checkpointing:
-            workspace += (train.tokens * lin.in_features * (prec.hidden + (FP32 if prec.hidden != FP32 else 0))
-                          + 2 * lin.out_features * lin.in_features * FP32)
+            workspace += module_input_live(lin, train, prec) + 2 * lin.out_features * lin.in_features * FP32
         if kept + workspace > sum(best):
             best = (kept, workspace)
     return best
@@ -487,6 +482,23 @@ def dora_transient_per_linear(lin: Linear, train: TrainSpec, prec: Precision) ->
     return max(at_norm, at_product)
 
 
+def module_input_live(lin: Linear, train: TrainSpec, prec: Precision) -> int:
+    """A module's input while it runs, with peft's fp32 cast of it for the adapter
+    (_cast_input_dtype; no copy when the hidden stream is already fp32): T*in*(hidden [+ 4])."""
+    return train.tokens * lin.in_features * (prec.hidden + (FP32 if prec.hidden != FP32 else 0))
+
+
+def saved_before(seq: list[tuple[str, int]], name: str) -> int:
+    """What a layer has kept when module ``name`` starts: the sum of the earlier entries of
+    :func:`layer_saved_sequence`."""
+    total = 0
+    for entry, size in seq:
+        if entry == name:
+            break
+        total += size
+    return total
+
+
 def layer_transient(model: ModelSpec, train: TrainSpec, prec: Precision) -> tuple[int, int, int, int]:
     """The worst moment inside one layer's forward: (module input live, saved so far in this
     layer, dequant, dora).
@@ -508,12 +520,7 @@ def layer_transient(model: ModelSpec, train: TrainSpec, prec: Precision) -> tupl
         dequant = lin.in_features * lin.out_features * prec.compute if train.is_quantized else 0
         dora = dora_transient_per_linear(lin, train, prec) if train.is_dora and lin.name in targeted else 0
         dequant, dora = (dequant, 0) if dequant > dora else (0, dora)
-        live = train.tokens * lin.in_features * (prec.hidden + (FP32 if prec.hidden != FP32 else 0))
-        before = 0
-        for name, size in seq:
-            if name == lin.name:
-                break
-            before += size
+        live, before = module_input_live(lin, train, prec), saved_before(seq, lin.name)
         if live + before + dequant + dora > sum(best):
             best = (live, before, dequant, dora)
     return best

@@ -60,6 +60,11 @@ class StepMemory:
         return self.total(self.peak_phase)
 
 
+def _largest(breakdowns) -> dict[str, int]:
+    """The breakdown with the most live bytes."""
+    return max(breakdowns, key=lambda b: sum(b.values()))
+
+
 def _breakdown(**values: int) -> dict[str, int]:
     out = dict.fromkeys(COMPONENT_KEYS, 0)
     for key, value in values.items():
@@ -93,7 +98,7 @@ def step_memory(model: ModelSpec, train: TrainSpec, dtype: str) -> StepMemory:
     in_layer_saved = saved + live + (0 if gc else before - per_layer)
     in_layer = _breakdown(**persistent, activations__saved=in_layer_saved, activations__autocast_weights=layer_copies,
                           transient__dequant=dequant, transient__dora=dora)
-    forward = max((at_loss, in_layer), key=lambda b: sum(b.values()))
+    forward = _largest((at_loss, in_layer))
 
     # Backward start: logits gradients with every activation still kept. Full fine-tuning's
     # first gradient (lm_head, or the tied embedding at the end) is small beside them.
@@ -107,18 +112,15 @@ def step_memory(model: ModelSpec, train: TrainSpec, dtype: str) -> StepMemory:
                dict(transient__recompute=live + before, transient__dequant=dequant, transient__dora=dora) if gc
                else dict(transient__dequant=C.dequant_transient(model, train, prec))]
     kept, workspace = C.dora_backward_moment(model, train, prec)
-    dora_back = (dict(transient__recompute=kept, transient__dora_backward=workspace) if gc
-                 else dict(activations__saved=saved - per_layer + kept, transient__dora_backward=workspace))
-    top = max([_breakdown(**persistent, activations__saved=saved, activations__autocast_weights=layer_copies, **m)
-               for m in moments]
-              + [_breakdown(**{**persistent, "activations__saved": saved, "activations__autocast_weights": layer_copies,
-                               **dora_back})],
-              key=lambda b: sum(b.values()))
+    dora_back = _breakdown(**persistent, activations__saved=saved if gc else saved - per_layer + kept,
+                           activations__autocast_weights=layer_copies, transient__recompute=kept if gc else 0,
+                           transient__dora_backward=workspace)
+    top = _largest([_breakdown(**persistent, activations__saved=saved, activations__autocast_weights=layer_copies, **m)
+                    for m in moments] + [dora_back])
     # Backward end: all gradients, the first layer's recomputation and transients.
     leaf = C.checkpoint_input_leaf(model, train, prec)
-    end = max((_breakdown(**persistent, grads=grads, activations__input_leaf=leaf, **m) for m in moments),
-              key=lambda b: sum(b.values()))
-    backward = max((start, top, end), key=lambda b: sum(b.values()))
+    end = _largest(_breakdown(**persistent, grads=grads, activations__input_leaf=leaf, **m) for m in moments)
+    backward = _largest((start, top, end))
 
     optimizer = _breakdown(**persistent, grads=grads, activations__input_leaf=leaf,
                            optimizer__transient=C.optimizer_transient(model, train, prec))

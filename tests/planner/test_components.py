@@ -3,7 +3,6 @@
 tiny: V=10, h=8, I=16, L=2, heads=2 of head_dim 4, 1 kv head (q_dim 8, kv_dim 4).
 Settings unless stated: batch 1, seq 3 (T=3 tokens), rank 2, bf16 (c=2), autocast.
 """
-import pytest
 
 from planner import TrainSpec
 from planner import components as C
