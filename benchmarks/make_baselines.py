@@ -3,6 +3,7 @@
     python benchmarks/make_baselines.py --set regression     # data/baselines/regression.csv, seconds
     python benchmarks/make_baselines.py --set matrix         # data/baselines/traced.csv, hours on 2 cores
     python benchmarks/make_baselines.py --set matrix --limit 50
+    python benchmarks/make_baselines.py --set matrix --shard 1/2 --output shard1.csv   # one of two processes
 
 Resumable: configurations already in the output file are skipped, so a run can be stopped
 and continued, and a later session can extend a partial matrix. Each row records the
@@ -23,6 +24,9 @@ def main() -> None:
     parser.add_argument("--set", choices=("matrix", "regression"), default="matrix")
     parser.add_argument("--limit", type=int, default=None, help="trace at most this many new configurations")
     parser.add_argument("--output", default=None, help="CSV to append to (default: the committed file)")
+    parser.add_argument("--shard", default="1/1", metavar="K/N",
+                        help="trace only every N-th remaining configuration, starting at the K-th: run N processes "
+                             "(each with its own --output) to use N cores, then append their rows to the committed file")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     for name in ("bitsandbytes", "transformers", "peft"):
@@ -34,8 +38,10 @@ def main() -> None:
 
     configs = B.matrix() if args.set == "matrix" else B.regression_configs()
     out = Path(args.output) if args.output else B.path("traced.csv" if args.set == "matrix" else "regression.csv")
-    done = {B.config_of(r).key() for r in B.load(str(out.resolve()))} if out.exists() else set()
-    todo = [c for c in configs if c.key() not in done]
+    committed = B.path("traced.csv" if args.set == "matrix" else "regression.csv")
+    done = {B.config_of(r).key() for p in {out.resolve(), committed} if p.exists() for r in B.load(str(p))}
+    k, n = (int(x) for x in args.shard.split("/"))
+    todo = [c for c in configs if c.key() not in done][k - 1::n]
     if args.limit is not None:
         todo = todo[:args.limit]
     vers = versions()

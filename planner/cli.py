@@ -49,12 +49,15 @@ def fail(message: str, code: int = 2) -> None:
 @click.option("--calibrated/--no-calibrated", default=True, show_default=True,
               help="Use CUDA context and allocator terms calibrated from real GPU rows in data/probes "
                    "where the GPU family has any (the output says so); else the documented estimates.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Also draw the breakdowns as stacked bars per method, the GPU's memory as a line, "
+                   "into this file (.png, .svg or .pdf). Needs matplotlib (pip install 'ftmem[plot]').")
 @click.option("--list-models", is_flag=True, help="List the catalog models and exit.")
 @click.option("--list-gpus", is_flag=True, help="List the catalog GPUs and exit.")
 @output_options
 def main(models, gpus, methods, rank, alpha, target_modules, batch_size, seq_len,
          gradient_checkpointing, dtype, precision, optim, quant_type, double_quant,
-         search_batch, search_seq, calibrated, list_models, list_gpus, fmt):
+         search_batch, search_seq, calibrated, plot_path, list_models, list_gpus, fmt):
     """Predict the GPU memory of fine-tuning a model with full, LoRA, rsLoRA, QLoRA, DoRA and
     QDoRA, as a named breakdown, and say what fits and what to use.
 
@@ -64,6 +67,7 @@ def main(models, gpus, methods, rank, alpha, target_modules, batch_size, seq_len
       plan --model llama-3.1-8b --gpu rtx4090 --gpu a100-80gb --method qlora --method lora
       plan --model qwen2.5-7b --gpu l4 --seq-len 2048 --gradient-checkpointing --max-batch-size
       plan --model ./config.json --gpu all --method qlora --json
+      plan --model 7b --gpu t4 --gpu rtx4090 --plot breakdown.png
 
     Sizes are GiB (2^30 bytes), as nvidia-smi reports them.
     """
@@ -104,6 +108,14 @@ def main(models, gpus, methods, rank, alpha, target_modules, batch_size, seq_len
                     blocks.append(render.table(model, gpu, base, group, advice))
     except (CatalogError, ValueError) as exc:
         fail(str(exc))
+    if plot_path:
+        from . import plot
+
+        try:
+            plot.save([r.plan for r in reports], plot_path)
+        except plot.PlotError as exc:
+            fail(str(exc))
+        click.echo(f"plan: wrote the plot to {plot_path}", err=True)
     if fmt == "json":
         click.echo(render.to_json(reports))
     elif fmt == "csv":

@@ -32,14 +32,15 @@ def test_ci_runs_exactly_the_readme_test_command():
     test_command = last_segment(next(c for c in console_commands() if "pytest" in c))
     ci = (ROOT / ".ci" / "run").read_text()
     assert re.search(rf"^{re.escape(test_command)}\b", ci, flags=re.M), test_command
-    assert ci.index("torch==2.13.0") < ci.index("-e '.[torch,test]'")
+    assert ci.index("torch==2.13.0") < ci.index("-e '.[torch,test,plot]'")
 
 
-def test_every_plan_example_runs():
+def test_every_plan_example_runs(tmp_path):
     plan_commands = [last_segment(c) for c in console_commands() if last_segment(c).startswith("plan")]
     assert len(plan_commands) >= 5
     for command in plan_commands:
-        result = CliRunner().invoke(plan_main, shlex.split(command)[1:])
+        args = [str(tmp_path / Path(a).name) if a.startswith("/tmp/") else a for a in shlex.split(command)[1:]]
+        result = CliRunner().invoke(plan_main, args)
         assert result.exit_code == 0, (command, result.stderr)
         assert result.stdout
 
@@ -76,3 +77,10 @@ def test_probe_and_validate_examples_run(tmp_path):
                                 cwd=tmp_path)
         assert result.returncode == 0, (command, result.stderr[-2000:])
         assert result.stdout.strip(), command
+
+
+def test_readme_images_exist():
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", README)
+    assert images
+    for image in images:
+        assert (ROOT / image).is_file(), image
