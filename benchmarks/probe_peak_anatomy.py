@@ -23,6 +23,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--target-modules", default="all-linear", help="all-linear or a comma list")
     parser.add_argument("--top", type=int, default=15)
     args = parser.parse_args()
     for name in ("bitsandbytes", "transformers", "peft"):
@@ -33,7 +35,8 @@ def main() -> None:
     from probes.tracker import ByteTracker
 
     spec = get_model(args.model)
-    train = TrainSpec(method=args.method, batch_size=args.batch_size, seq_len=args.seq_len,
+    train = TrainSpec(method=args.method, rank=args.rank, target_modules=tuple(args.target_modules.split(",")),
+                      batch_size=args.batch_size, seq_len=args.seq_len,
                       gradient_checkpointing=args.gradient_checkpointing, dtype="bf16")
     first = fake.trace(spec, train)
     tracker = ByteTracker(expand=kernels.expansions(), detail_at=first.phase_peaks)

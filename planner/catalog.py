@@ -133,6 +133,7 @@ def model_from_config(config: dict, name: str, hf_id: str | None = None,
         eager_attention=bool(config.get("attn_logit_softcapping")),
         logit_softcapping=bool(config.get("final_logit_softcapping")),
         norm_fp32_output=model_type in {"gemma", "gemma2"},
+        rotary_concat=model_type == "phi3",
         config_json=json.dumps(config, sort_keys=True),
     )
 

@@ -83,7 +83,9 @@ def step_memory(model: ModelSpec, train: TrainSpec, dtype: str) -> StepMemory:
     )
     saved = C.activations_saved(model, train, prec)
     layer_copies = C.autocast_weight_copies(model, train, prec)
-    copies = layer_copies + C.lm_head_autocast_copy(model, train, prec)
+    head_copy = C.lm_head_autocast_copy(model, train, prec)
+    copies = layer_copies + head_copy
+    back_copies = C.backward_autocast_copies(model, train, prec)
     live, before, dequant, dora = C.layer_transient(model, train, prec)
     grads = C.grads(model, train, prec)
     per_layer = C.layer_saved(model, train, prec)
@@ -102,7 +104,8 @@ def step_memory(model: ModelSpec, train: TrainSpec, dtype: str) -> StepMemory:
 
     # Backward start: logits gradients with every activation still kept. Full fine-tuning's
     # first gradient (lm_head, or the tied embedding at the end) is small beside them.
-    start = _breakdown(**persistent, activations__saved=saved, activations__autocast_weights=copies,
+    start = _breakdown(**persistent, activations__saved=saved,
+                       activations__autocast_weights=(0 if gc else back_copies) + head_copy,
                        activations__logits=C.logits_backward(model, train, prec))
     # The last layer's backward: with checkpointing its recomputation (the whole layer, or the
     # part before the worst per-module transient, with that transient) while the other
@@ -113,9 +116,9 @@ def step_memory(model: ModelSpec, train: TrainSpec, dtype: str) -> StepMemory:
                else dict(transient__dequant=C.dequant_transient(model, train, prec))]
     kept, workspace = C.dora_backward_moment(model, train, prec)
     dora_back = _breakdown(**persistent, activations__saved=saved if gc else saved - per_layer + kept,
-                           activations__autocast_weights=layer_copies, transient__recompute=kept if gc else 0,
+                           activations__autocast_weights=back_copies, transient__recompute=kept if gc else 0,
                            transient__dora_backward=workspace)
-    top = _largest([_breakdown(**persistent, activations__saved=saved, activations__autocast_weights=layer_copies, **m)
+    top = _largest([_breakdown(**persistent, activations__saved=saved, activations__autocast_weights=back_copies, **m)
                     for m in moments] + [dora_back])
     # Backward end: all gradients, the first layer's recomputation and transients.
     leaf = C.checkpoint_input_leaf(model, train, prec)

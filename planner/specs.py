@@ -66,6 +66,7 @@ class ModelSpec:
     eager_attention: bool = False  # attention softcapping (Gemma-2) rules out the SDPA kernels
     logit_softcapping: bool = False  # final logits pass through cap * tanh(logits / cap) (Gemma-2)
     norm_fp32_output: bool = False  # Gemma's RMSNorm scales in fp32: x_norm * (1 + w.float())
+    rotary_concat: bool = False  # RoPE joins rotated and pass-through dims with torch.cat (Phi-3)
     config_json: str = field(default="{}", repr=False, compare=False)
 
     @property

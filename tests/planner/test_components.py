@@ -136,6 +136,16 @@ def test_logits_and_copies(tiny):
     assert C.autocast_weight_copies(tiny, pure, prec(pure)) == 0
 
 
+def test_backward_autocast_copies_under_checkpointing_are_one_layers(tiny):
+    t = spec()
+    p = prec(t)
+    assert C.backward_autocast_copies(tiny, t, p) == 512 * 2  # all layers' copies, kept by the matmuls
+    gc = spec(gradient_checkpointing=True)
+    assert C.backward_autocast_copies(tiny, gc, prec(gc)) == 512 * 2 // 2  # the recomputed layer's (L=2)
+    pure = spec(precision="pure", gradient_checkpointing=True)
+    assert C.backward_autocast_copies(tiny, pure, prec(pure)) == 0
+
+
 def test_transients(tiny):
     q = spec(method="qlora")
     assert C.dequant_transient(tiny, q, prec(q)) == 128 * 2
@@ -180,6 +190,17 @@ def test_fused_qkv_keeps_the_whole_qkv_output(tiny):
     t = spec()
     # as the Llama layout (168) + the q and k parts of the fused output kept behind v: 3 * (8 + 4) * 2
     assert C.attention_core_saved(fused, t, prec(t)) == 168 + 72
+
+
+def test_rotary_concat_makes_o_proj_keep_a_copy_of_the_attention_output(tiny):
+    from planner.catalog import model_from_config
+
+    phi3 = model_from_config({**tiny.hf_config(), "model_type": "phi3"}, "tiny-phi3")
+    assert phi3.rotary_concat and not tiny.rotary_concat
+    full = spec(method="full")
+    # the Llama layout's 3 * (8 + 8 + 16) * 2, and the contiguous copy before o_proj: 3 * 8 * 2
+    assert C.linear_inputs_saved(phi3, full, prec(full)) == 192 + 48
+    assert C.linear_inputs_saved(phi3, spec(), prec(spec())) == 0  # a frozen o_proj keeps no input
 
 
 def test_layer_transient_worst_moment(tiny):
