@@ -4,6 +4,7 @@
     python benchmarks/make_baselines.py --set matrix         # data/baselines/traced.csv, hours on 2 cores
     python benchmarks/make_baselines.py --set matrix --limit 50
     python benchmarks/make_baselines.py --set matrix --shard 1/2 --output shard1.csv   # one of two processes
+    python benchmarks/make_baselines.py --set matrix --merge shard1.csv shard2.csv      # then join them
 
 Resumable: configurations already in the output file are skipped, so a run can be stopped
 and continued, and a later session can extend a partial matrix. Each row records the
@@ -27,6 +28,9 @@ def main() -> None:
     parser.add_argument("--shard", default="1/1", metavar="K/N",
                         help="trace only every N-th remaining configuration, starting at the K-th: run N processes "
                              "(each with its own --output) to use N cores, then append their rows to the committed file")
+    parser.add_argument("--merge", nargs="+", metavar="CSV", default=None,
+                        help="append the rows of these files (e.g. shard outputs) that the committed file lacks, "
+                             "in matrix order, and exit")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     for name in ("bitsandbytes", "transformers", "peft"):
@@ -37,6 +41,10 @@ def main() -> None:
     from validate import baselines as B
 
     configs = B.matrix() if args.set == "matrix" else B.regression_configs()
+    if args.merge:
+        merge(B, configs, [Path(p).resolve() for p in args.merge],
+              B.path("traced.csv" if args.set == "matrix" else "regression.csv"))
+        return
     out = Path(args.output) if args.output else B.path("traced.csv" if args.set == "matrix" else "regression.csv")
     committed = B.path("traced.csv" if args.set == "matrix" else "regression.csv")
     done = {B.config_of(r).key() for p in {out.resolve(), committed} if p.exists() for r in B.load(str(p))}
@@ -56,6 +64,21 @@ def main() -> None:
               f"{','.join(cfg.train.target_modules)} gc={int(cfg.train.gradient_checkpointing)}: "
               f"{m.peak_allocated_bytes / 2**30:.3f} GiB ({time.perf_counter() - t0:.1f} s)",
               file=sys.stderr, flush=True)
+
+
+def merge(B, configs, sources: list[Path], target: Path) -> None:
+    """Append to ``target`` the rows of ``sources`` it lacks, in the order of ``configs``."""
+    have = {B.config_of(r).key() for r in B.load(str(target))} if target.exists() else set()
+    new = {}
+    for source in sources:
+        for row in B.load(str(source)):
+            key = B.config_of(row).key()
+            if key not in have:
+                new.setdefault(key, row)
+    order = {c.key(): i for i, c in enumerate(configs)}
+    for key in sorted(new, key=lambda k: order.get(k, len(order))):
+        B.append(new[key], target)
+    print(f"appended {len(new)} rows to {target}", file=sys.stderr)
 
 
 if __name__ == "__main__":
