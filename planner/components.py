@@ -372,6 +372,27 @@ def checkpoint_input_leaf(model: ModelSpec, train: TrainSpec, prec: Precision) -
     return 2 * train.tokens * model.hidden_size * prec.hidden
 
 
+def recompute_incoming_grads(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
+    """Gradients in flight while checkpointing recomputes a layer.
+
+    Recomputation starts lazily, at the first backward node of the layer that needs one of its
+    saved tensors; the gradients made before it are alive through it: the gradient of the
+    layer's output (T*h in the hidden dtype), and when DoRA targets down_proj, the last module,
+    the fp32 gradients its output ops made before lora_B's backward asked for the
+    recomputation: the magnitude scale's (T*h*4) and, when the hidden stream is 16-bit, the
+    cast of the output back from fp32 (T*h*4 more). Tracer, Mistral-7B r8 all-linear, batch 4,
+    seq 2048: DoRA one bf16 and two fp32 [4, 2048, 4096] gradients made before the
+    recomputation and live at its peak; QDoRA (fp32 hidden stream) one fp32 fewer.
+    0 without checkpointing."""
+    if not train.gradient_checkpointing:
+        return 0
+    t, h = train.tokens, model.hidden_size
+    grads = t * h * prec.hidden
+    if train.is_dora and "down_proj" in {lin.name for lin in counts.targeted_linears(model, train.target_modules)}:
+        grads += t * h * FP32 * (1 if prec.hidden == FP32 else 2)
+    return grads
+
+
 def recompute_transient(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
     """With gradient checkpointing, one layer's saved set exists again during its backward."""
     return layer_saved(model, train, prec) if train.gradient_checkpointing else 0

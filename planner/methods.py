@@ -90,6 +90,7 @@ def step_memory(model: ModelSpec, train: TrainSpec, dtype: str) -> StepMemory:
     grads = C.grads(model, train, prec)
     per_layer = C.layer_saved(model, train, prec)
     recompute = C.recompute_transient(model, train, prec)
+    in_flight = C.recompute_incoming_grads(model, train, prec)
     gc = train.gradient_checkpointing
 
     # Forward: the loss moment, or the last layer's worst per-module transient (before
@@ -111,8 +112,8 @@ def step_memory(model: ModelSpec, train: TrainSpec, dtype: str) -> StepMemory:
     # part before the worst per-module transient, with that transient) while the other
     # layers' inputs are still kept (lm_head's copy is gone by then).
     # Without checkpointing no forward runs again: only bitsandbytes' backward dequantizes.
-    moments = [dict(transient__recompute=recompute),
-               dict(transient__recompute=live + before, transient__dequant=dequant, transient__dora=dora) if gc
+    moments = [dict(transient__recompute=recompute + in_flight),
+               dict(transient__recompute=live + before + in_flight, transient__dequant=dequant, transient__dora=dora) if gc
                else dict(transient__dequant=C.dequant_transient(model, train, prec))]
     kept, workspace = C.dora_backward_moment(model, train, prec)
     dora_back = _breakdown(**persistent, activations__saved=saved if gc else saved - per_layer + kept,

@@ -136,6 +136,20 @@ def test_logits_and_copies(tiny):
     assert C.autocast_weight_copies(tiny, pure, prec(pure)) == 0
 
 
+def test_recompute_incoming_grads(tiny):
+    assert C.recompute_incoming_grads(tiny, spec(), prec(spec())) == 0  # no checkpointing, no recomputation
+    gc = spec(gradient_checkpointing=True)
+    assert C.recompute_incoming_grads(tiny, gc, prec(gc)) == 3 * 8 * 2  # the layer output's bf16 gradient
+    dora = spec(method="dora", gradient_checkpointing=True)
+    # + DoRA on down_proj: the magnitude scale's and the cast's fp32 gradients, 2 * T*h*4
+    assert C.recompute_incoming_grads(tiny, dora, prec(dora)) == 48 + 2 * 3 * 8 * 4
+    qdora = spec(method="qdora", gradient_checkpointing=True)
+    # fp32 hidden stream: an fp32 output gradient and no cast: T*h*4 + T*h*4
+    assert C.recompute_incoming_grads(tiny, qdora, prec(qdora)) == 96 + 96
+    attention_only = spec(method="dora", gradient_checkpointing=True, target_modules=("q_proj", "v_proj"))
+    assert C.recompute_incoming_grads(tiny, attention_only, prec(attention_only)) == 48
+
+
 def test_backward_autocast_copies_under_checkpointing_are_one_layers(tiny):
     t = spec()
     p = prec(t)
