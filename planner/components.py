@@ -220,8 +220,11 @@ def attention_core_saved(model: ModelSpec, train: TrainSpec, prec: Precision) ->
     With a fused qkv_proj, the whole qkv output stays alive behind v.
     The eager path (Gemma-2, whose logit softcapping SDPA cannot do) keeps, per
     batch*heads*seq*seq score: the softcapped scores (tanh output, c bytes), the fp32 softmax
-    output (4) and its copy in the compute dtype that multiplies v (c); and it expands k and
-    v to all heads (transformers' eager_attention_forward, Gemma-2 modeling).
+    output (4) and its copy in the compute dtype that multiplies v (c); and for its two
+    matmuls q (the contiguous copy the batched matmul makes of it) and k and v expanded to
+    all heads (repeat_kv's copies), 3*T*q_dim*c, but not its output, which no op keeps
+    (transformers' eager_attention_forward; tracer, Gemma-2-2B: per layer one [4, 8, 2048,
+    256] q copy, two [4, 4, 2, 2048, 256] k / v copies, and the three score tensors).
     """
     t, c = train.tokens, prec.compute
     saved = t * (2 * model.q_dim + 2 * model.kv_dim) * c
@@ -234,8 +237,7 @@ def attention_core_saved(model: ModelSpec, train: TrainSpec, prec: Precision) ->
     if not model.eager_attention:
         return saved + lse
     scores = train.batch_size * model.num_heads * train.seq_len * train.seq_len
-    repeat = t * 2 * (model.q_dim - model.kv_dim) * c
-    return saved + scores * (2 * c + FP32) + repeat
+    return 3 * t * model.q_dim * c + scores * (2 * c + FP32)
 
 
 def mlp_core_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
@@ -250,16 +252,18 @@ def linear_inputs_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> 
     A Linear keeps its input only when its weight is trainable (full fine-tuning): the
     attention input (shared by q, k, v), the MLP input (shared by gate, up), the down_proj
     input (T*I*c). The o_proj input is the attention output, already kept by the kernel,
-    except where RoPE ends in torch.cat (Phi-3's partial-rotary code): q then has the
-    (batch, heads, seq, dim) layout, the kernel's output takes q's layout, and transformers'
+    except where that output has the (batch, heads, seq, dim) layout, so that transformers'
     ``transpose(1, 2).contiguous()`` before o_proj is a real copy, T*q_dim*c, that o_proj
-    keeps (the tracer: 1.5 GiB, the whole 2.4% gap, on Phi-3-mini full, batch 4, seq 2048).
+    keeps: the eager path's matmul output (which keeps nothing else of it), and SDPA's where
+    RoPE ends in torch.cat (Phi-3's partial-rotary code), since q then has that layout and the
+    kernel's output takes q's (the tracer: 1.5 GiB, the whole 2.4% gap, on Phi-3-mini full,
+    batch 4, seq 2048).
     Frozen bases keep nothing beyond their weight.
     """
     if train.method != "full":
         return 0
     t, c = train.tokens, prec.compute
-    attention_output_copy = t * model.q_dim * c if model.rotary_concat else 0
+    attention_output_copy = t * model.q_dim * c if model.rotary_concat or model.eager_attention else 0
     return t * (2 * model.hidden_size + model.intermediate_size) * c + attention_output_copy
 
 
@@ -335,12 +339,13 @@ def layer_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
 def model_level_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
     """Saved tensors outside the decoder layers.
 
-    RoPE cos and sin, computed once per forward and kept by every layer's rotation:
-    2*T*head_dim*c. The final norm (:func:`norm_saved`), and for full fine-tuning the
-    lm_head input (T*h*c).
+    RoPE cos and sin, computed once per forward for positions of shape (1, seq) and so
+    broadcast over the batch, in the hidden stream's dtype, kept by every layer's rotation:
+    2*seq*head_dim*hidden (tracer: two [1, 2048, 128] tensors, bf16 for LoRA, fp32 for QLoRA).
+    The final norm (:func:`norm_saved`), and for full fine-tuning the lm_head input (T*h*c).
     """
     t = train.tokens
-    rope = 2 * t * model.head_dim * prec.compute
+    rope = 2 * train.seq_len * model.head_dim * prec.hidden
     final = norm_saved(model, train, prec)
     head_input = t * model.hidden_size * prec.compute if train.method == "full" else 0
     return rope + final + head_input
@@ -355,10 +360,22 @@ def activations_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> in
     The input is in the hidden-stream dtype (fp32 for 4-bit methods, see :func:`precision`).
     """
     if train.gradient_checkpointing:
-        per_layer = train.tokens * model.hidden_size * prec.hidden
+        layers = model.num_layers * train.tokens * model.hidden_size * prec.hidden
     else:
-        per_layer = layer_saved(model, train, prec)
-    return model.num_layers * per_layer + model_level_saved(model, train, prec)
+        layers = model.num_layers * layer_saved(model, train, prec) - first_norm_unrecorded(model, train, prec)
+    return layers + model_level_saved(model, train, prec)
+
+
+def first_norm_unrecorded(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
+    """What the first layer's input norm does not keep: autograd records an op only when an
+    input needs a gradient, and with a frozen embedding and no checkpointing nothing before
+    the first adapter does (enable_input_require_grads runs only with checkpointing), so the
+    first norm keeps nothing (tracer: layer 0 has no fp32 norm input, every later layer one).
+    Its :func:`norm_saved`, or 0 when the embedding output needs a gradient (full
+    fine-tuning, or checkpointing)."""
+    if train.method == "full" or train.gradient_checkpointing:
+        return 0
+    return norm_saved(model, train, prec)
 
 
 def checkpoint_input_leaf(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
@@ -447,8 +464,14 @@ def softcap_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
 def logits_forward(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
     """Logits at the loss, end of forward: the lm_head output (T*V*c), its fp32 upcast for the
     loss (T*V*4, transformers' ForCausalLMLoss) and log_softmax's output kept for backward
-    (T*V*4): T*V*(c + 8), plus :func:`softcap_saved`."""
-    return train.tokens * model.vocab_size * (prec.compute + 2 * FP32) + softcap_saved(model, train, prec)
+    (T*V*4): T*V*(c + 8), plus :func:`softcap_saved`. With them the final norm's output, the
+    lm_head's input, which the model's output object holds until the forward returns:
+    T*h*hidden (tracer: the final norm's bf16 [4, 2048, 4096] for LoRA, fp32 for QLoRA; the
+    whole -2 and -4 bytes per token*hidden gap at the loss under checkpointing). Full
+    fine-tuning's lm_head keeps that input anyway (:func:`model_level_saved`): not again."""
+    final_hidden = 0 if train.method == "full" else train.tokens * model.hidden_size * prec.hidden
+    return (train.tokens * model.vocab_size * (prec.compute + 2 * FP32) + softcap_saved(model, train, prec)
+            + final_hidden)
 
 
 def logits_backward(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:

@@ -96,9 +96,16 @@ def test_activation_terms(tiny):
     assert C.lora_saved(tiny, pure, prec(pure)) == 6 * (96 + 24) + (192 + 24)
     assert C.layer_saved(tiny, t, p) == 2 * 108 + 168 + 288 + 468
     assert C.model_level_saved(tiny, t, p) == 2 * 3 * 4 * 2 + 108  # RoPE cos+sin, final norm
-    assert C.activations_saved(tiny, t, p) == 2 * 1140 + 156
+    # the first layer's input norm keeps nothing: the frozen embedding's output needs no gradient
+    assert C.first_norm_unrecorded(tiny, t, p) == 108
+    assert C.activations_saved(tiny, t, p) == 2 * 1140 - 108 + 156
+    batch2 = spec(batch_size=2)
+    # RoPE's cos and sin are (1, seq, head_dim): 2*3*4*2 = 48 at any batch; final norm 6*8*4 + 6*4
+    assert C.model_level_saved(tiny, batch2, prec(batch2)) == 48 + 216
     gc = spec(gradient_checkpointing=True)
     assert C.activations_saved(tiny, gc, prec(gc)) == 2 * 3 * 8 * 2 + 156
+    assert C.first_norm_unrecorded(tiny, gc, prec(gc)) == 0  # enable_input_require_grads
+    assert C.first_norm_unrecorded(tiny, full, prec(full)) == 0  # the embedding trains
     assert C.recompute_transient(tiny, gc, prec(gc)) == 1140
     assert C.recompute_transient(tiny, t, p) == 0
 
@@ -108,10 +115,13 @@ def test_eager_attention_keeps_probabilities(tiny):
 
     eager = replace(tiny, eager_attention=True)
     t = spec()
-    # q, k, v, out as SDPA (144, no logsumexp) + 1 * 2 heads * 3 * 3 scores, each kept as
-    # softcapped bf16 (2), fp32 softmax (4) and bf16 probabilities (2) + k, v repeated to all
-    # heads 3 * 2 * (8 - 4) * 2
-    assert C.attention_core_saved(eager, t, prec(t)) == 144 + 18 * 8 + 48
+    # q's copy and k, v expanded to both heads, 3 * 3 * 8 * 2 = 144 (no output, no
+    # logsumexp) + 1 * 2 heads * 3 * 3 scores, each kept as softcapped bf16 (2), fp32 softmax
+    # (4) and bf16 probabilities (2)
+    assert C.attention_core_saved(eager, t, prec(t)) == 144 + 18 * 8
+    full = spec(method="full")
+    # and a trainable o_proj keeps the copy of the output transformers makes: 3 * 8 * 2 more
+    assert C.linear_inputs_saved(eager, full, prec(full)) == 3 * (8 + 8 + 16) * 2 + 48
 
 
 def test_final_logit_softcapping_keeps_tanh(tiny):
@@ -120,7 +130,7 @@ def test_final_logit_softcapping_keeps_tanh(tiny):
     capped = replace(tiny, logit_softcapping=True)
     t = spec()
     assert C.softcap_saved(capped, t, prec(t)) == 3 * 10 * 2
-    assert C.logits_forward(capped, t, prec(t)) == 300 + 60
+    assert C.logits_forward(capped, t, prec(t)) == 300 + 60 + 48
     assert C.logits_backward(capped, t, prec(t)) == 360 + 60
     assert C.softcap_saved(tiny, t, prec(t)) == 0
 
@@ -128,7 +138,12 @@ def test_final_logit_softcapping_keeps_tanh(tiny):
 def test_logits_and_copies(tiny):
     t = spec()
     p = prec(t)
-    assert C.logits_forward(tiny, t, p) == 3 * 10 * (2 + 4 + 4)
+    # + the final norm's output, lm_head's input, T*h*c
+    assert C.logits_forward(tiny, t, p) == 3 * 10 * (2 + 4 + 4) + 3 * 8 * 2
+    full = spec(method="full")
+    assert C.logits_forward(tiny, full, prec(full)) == 300  # counted as lm_head's saved input
+    q = spec(method="qlora")
+    assert C.logits_forward(tiny, q, prec(q)) == 300 + 3 * 8 * 4  # fp32 hidden stream
     assert C.logits_backward(tiny, t, p) == 3 * 10 * 12
     assert C.autocast_weight_copies(tiny, t, p) == 512 * 2
     assert C.autocast_weight_copies(tiny, spec(method="dora"), p) == 512 * 2
