@@ -35,7 +35,8 @@ class Precision:
     compute: int  # activations and matmuls (bf16/fp16: 2, fp32: 4)
     weight: int  # stored base weights (fp32 master weights under `mixed`)
     autocast: bool  # the forward runs under torch.autocast
-    hidden: int  # the residual stream and Linear outputs between the matmuls
+    hidden: int  # Linear outputs and the MLP between the matmuls
+    stream: int  # the residual stream between the layers (embedding and norm outputs)
 
 
 def precision(train: TrainSpec, dtype: str) -> Precision:
@@ -46,11 +47,17 @@ def precision(train: TrainSpec, dtype: str) -> Precision:
     bitsandbytes' Linear4bit casts its output back to its input's dtype: every Linear4bit
     fed by a norm, and the MLP between them, produces fp32 tensors (seen in the tracer:
     Llama-2-7B's gate/up/act outputs take twice LoRA's bytes).
+    The residual stream is fp32 for them and under `mixed` precision too: the embedding and
+    norm weights are fp32, so the embedding output, every norm output and every residual sum
+    is fp32, while an nn.Linear under autocast still returns the compute dtype (tracer,
+    full fine-tuning in mixed precision: fp32 residual sums and norm outputs, bf16 q/k/v and
+    MLP outputs).
     """
     compute = DTYPE_BYTES[dtype]
     weight = FP32 if train.precision == "mixed" else compute
+    hidden = FP32 if train.is_quantized else compute
     return Precision(compute=compute, weight=weight, autocast=train.precision != "pure" and compute != FP32,
-                     hidden=FP32 if train.is_quantized else compute)
+                     hidden=hidden, stream=FP32 if train.precision == "mixed" else hidden)
 
 
 # ---------------------------------------------------------------- weights
@@ -200,14 +207,14 @@ def norm_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
 
     transformers' RMSNorm upcasts its input (x.to(float32): T*h*4, saved by pow and mul)
     and saves rsqrt(mean(x^2) + eps) (T*4). When the norm weight itself is trainable (full
-    fine-tuning), the mul also saves the normalized input cast back to the compute dtype
-    (T*h*c); Gemma's norm multiplies in fp32 (x_norm * (1 + w.float())) and saves it as
-    fp32 (T*h*4).
+    fine-tuning), the mul also saves the normalized input cast back to the input's dtype,
+    the residual stream's (T*h*c; fp32 under `mixed`); Gemma's norm multiplies in fp32
+    (x_norm * (1 + w.float())) and saves it as fp32 (T*h*4).
     """
     t, h = train.tokens, model.hidden_size
     saved = t * h * FP32 + t * FP32
     if train.method == "full":
-        saved += t * h * (FP32 if model.norm_fp32_output else prec.compute)
+        saved += t * h * (FP32 if model.norm_fp32_output else prec.stream)
     return saved
 
 
@@ -258,13 +265,20 @@ def linear_inputs_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> 
     RoPE ends in torch.cat (Phi-3's partial-rotary code), since q then has that layout and the
     kernel's output takes q's (the tracer: 1.5 GiB, the whole 2.4% gap, on Phi-3-mini full,
     batch 4, seq 2048).
+    With an fp32 residual stream under autocast (`mixed`), the norm outputs are fp32 and each
+    Linear reading one casts it to the compute dtype itself and keeps its own copy: q, k and
+    v three (tracer: three bf16 [4, 2048, 1024] input copies per layer), gate and up two.
     Frozen bases keep nothing beyond their weight.
     """
     if train.method != "full":
         return 0
     t, c = train.tokens, prec.compute
+    if prec.autocast and prec.stream != c:
+        readers = sum(1 for n in model.linear_names if n in ATTENTION_INPUTS + ("gate_proj", "up_proj", "gate_up_proj"))
+    else:
+        readers = 2  # one attention input and one MLP input, shared
     attention_output_copy = t * model.q_dim * c if model.rotary_concat or model.eager_attention else 0
-    return t * (2 * model.hidden_size + model.intermediate_size) * c + attention_output_copy
+    return t * (readers * model.hidden_size + model.intermediate_size) * c + attention_output_copy
 
 
 def lora_input_bytes(train: TrainSpec, prec: Precision) -> int:
@@ -345,7 +359,7 @@ def model_level_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> in
     The final norm (:func:`norm_saved`), and for full fine-tuning the lm_head input (T*h*c).
     """
     t = train.tokens
-    rope = 2 * train.seq_len * model.head_dim * prec.hidden
+    rope = 2 * train.seq_len * model.head_dim * prec.stream
     final = norm_saved(model, train, prec)
     head_input = t * model.hidden_size * prec.compute if train.method == "full" else 0
     return rope + final + head_input
@@ -357,10 +371,11 @@ def activations_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> in
     Without checkpointing: L * layer_saved + model_level_saved. With gradient checkpointing
     (Chen et al. 2016) each layer keeps only its input hidden states (T*h*c), and its full
     set is recomputed one layer at a time during backward (:func:`recompute_transient`).
-    The input is in the hidden-stream dtype (fp32 for 4-bit methods, see :func:`precision`).
+    The input is in the residual stream's dtype (fp32 for 4-bit methods and `mixed`, see
+    :func:`precision`).
     """
     if train.gradient_checkpointing:
-        layers = model.num_layers * train.tokens * model.hidden_size * prec.hidden
+        layers = model.num_layers * train.tokens * model.hidden_size * prec.stream
     else:
         layers = model.num_layers * layer_saved(model, train, prec) - first_norm_unrecorded(model, train, prec)
     return layers + model_level_saved(model, train, prec)
@@ -386,7 +401,7 @@ def checkpoint_input_leaf(model: ModelSpec, train: TrainSpec, prec: Precision) -
     (tracer: Llama-3.1-8B QLoRA, batch 4, seq 2048: 0.25 GiB). 0 otherwise."""
     if not (train.gradient_checkpointing and train.is_adapter):
         return 0
-    return 2 * train.tokens * model.hidden_size * prec.hidden
+    return 2 * train.tokens * model.hidden_size * prec.stream
 
 
 def recompute_incoming_grads(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
@@ -404,7 +419,7 @@ def recompute_incoming_grads(model: ModelSpec, train: TrainSpec, prec: Precision
     if not train.gradient_checkpointing:
         return 0
     t, h = train.tokens, model.hidden_size
-    grads = t * h * prec.hidden
+    grads = t * h * prec.stream
     if train.is_dora and "down_proj" in {lin.name for lin in counts.targeted_linears(model, train.target_modules)}:
         grads += t * h * FP32 * (1 if prec.hidden == FP32 else 2)
     return grads
@@ -469,7 +484,7 @@ def logits_forward(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
     T*h*hidden (tracer: the final norm's bf16 [4, 2048, 4096] for LoRA, fp32 for QLoRA; the
     whole -2 and -4 bytes per token*hidden gap at the loss under checkpointing). Full
     fine-tuning's lm_head keeps that input anyway (:func:`model_level_saved`): not again."""
-    final_hidden = 0 if train.method == "full" else train.tokens * model.hidden_size * prec.hidden
+    final_hidden = 0 if train.method == "full" else train.tokens * model.hidden_size * prec.stream
     return (train.tokens * model.vocab_size * (prec.compute + 2 * FP32) + softcap_saved(model, train, prec)
             + final_hidden)
 

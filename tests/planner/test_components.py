@@ -110,6 +110,24 @@ def test_activation_terms(tiny):
     assert C.recompute_transient(tiny, t, p) == 0
 
 
+def test_mixed_precision_keeps_an_fp32_residual_stream(tiny):
+    mixed = spec(method="full", precision="mixed")
+    p = prec(mixed)
+    assert (p.compute, p.weight, p.hidden, p.stream) == (2, 4, 2, 4)
+    q = spec(method="qlora")
+    assert (prec(q).hidden, prec(q).stream) == (4, 4)
+    assert (prec(spec()).hidden, prec(spec()).stream) == (2, 2)
+    # the norm's fp32 input (96) and rsqrt (12), and the normalized input kept in fp32 (96)
+    assert C.norm_saved(tiny, mixed, p) == 96 + 12 + 96
+    # q, k, v, gate and up each keep their own bf16 cast of the fp32 norm output, + down's input
+    assert C.linear_inputs_saved(tiny, mixed, p) == 3 * (5 * 8 + 16) * 2
+    # RoPE in the stream's dtype: 2 * 3 * 4 * 4; the final norm as above
+    assert C.model_level_saved(tiny, mixed, p) == 96 + 204 + 3 * 8 * 2
+    gc = spec(method="full", precision="mixed", gradient_checkpointing=True)
+    # checkpointed layers keep their fp32 inputs: 2 layers * 3 * 8 * 4
+    assert C.activations_saved(tiny, gc, prec(gc)) == 2 * 96 + 96 + 204 + 48
+
+
 def test_eager_attention_keeps_probabilities(tiny):
     from dataclasses import replace
 
