@@ -9,7 +9,10 @@ The matrix (planner-accuracy issue): the catalog's 0.5B-8B models x every method
 {1, 4} x seq {512, 2048} x checkpointing {off, on} x rank {8, 64} x targets {attention
 q,v ; all-linear}, and 13B / 70B under QLoRA. It is ordered by tier so that a partial run
 is still a spread over models and methods: tier 1 is rank 8 on all-linear; tier 2 adds
-rank 64 and the q,v targets; tier 3 the 13B and 70B QLoRA rows.
+rank 64 and the q,v targets; tier 3 the 13B and 70B QLoRA rows. Tiers 1-3 run in bf16 under
+autocast; tier 4 adds the other precisions a user gets: fp16 (every GPU without bf16, the
+T4 among them), full fine-tuning with fp32 master weights (`mixed`, what `plan` advises for
+full fine-tuning in fp16) and without autocast (`pure`), on three models.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from planner import TrainSpec, get_model
 MATRIX_MODELS = ("qwen2.5-0.5b", "llama-3.2-1b", "qwen2.5-1.5b", "gemma-2-2b", "llama-3.2-3b", "qwen2.5-3b",
                  "phi-3-mini", "llama-2-7b", "mistral-7b", "qwen2.5-7b", "llama-3.1-8b")
 LARGE_QLORA_MODELS = ("llama-2-13b", "llama-2-70b")
+PRECISION_MODELS = ("qwen2.5-0.5b", "llama-3.2-1b", "llama-2-7b")
 METHODS = ("full", "lora", "qlora", "dora", "qdora")
 BATCHES = (1, 4)
 SEQS = (512, 2048)
@@ -58,16 +62,16 @@ class Config:
     def key(self) -> tuple:
         t = self.train
         return (self.model, t.method, t.batch_size, t.seq_len, t.rank if t.is_adapter else 0,
-                ",".join(t.target_modules) if t.is_adapter else "", t.gradient_checkpointing)
+                ",".join(t.target_modules) if t.is_adapter else "", t.gradient_checkpointing, t.dtype, t.precision)
 
 
-def _grid(models, methods, ranks_targets) -> list[Config]:
+def _grid(models, methods, ranks_targets, dtype="bf16", precision="autocast") -> list[Config]:
     out, seen = [], set()
     for b, s, gc, method, (rank, targets), model in itertools.product(
             BATCHES, SEQS, (False, True), methods, ranks_targets, models):
         tg = attention_targets(model) if targets == "attention" else ALL_LINEAR
         cfg = Config(model, TrainSpec(method=method, rank=rank, target_modules=tg, batch_size=b, seq_len=s,
-                                      gradient_checkpointing=gc, dtype="bf16"))
+                                      gradient_checkpointing=gc, dtype=dtype, precision=precision))
         if cfg.key() not in seen:  # full fine-tuning does not depend on rank or targets
             seen.add(cfg.key())
             out.append(cfg)
@@ -79,7 +83,10 @@ def matrix() -> list[Config]:
     tier1 = _grid(MATRIX_MODELS, METHODS, [(8, "all")])
     tier2 = _grid(MATRIX_MODELS, [m for m in METHODS if m != "full"], [(64, "all"), (8, "attention"), (64, "attention")])
     tier3 = _grid(LARGE_QLORA_MODELS, ("qlora",), [(8, "all"), (64, "all")])
-    return tier1 + tier2 + tier3
+    tier4 = (_grid(PRECISION_MODELS, METHODS, [(8, "all")], dtype="fp16")
+             + _grid(PRECISION_MODELS, ("full",), [(8, "all")], dtype="fp16", precision="mixed")
+             + _grid(PRECISION_MODELS, ("full",), [(8, "all")], dtype="bf16", precision="pure"))
+    return tier1 + tier2 + tier3 + tier4
 
 
 def regression_configs() -> list[Config]:

@@ -1,0 +1,36 @@
+"""The baseline matrix: its size by hand, unique keys, and rows that round-trip to their config."""
+from types import SimpleNamespace
+
+from validate import baselines as B
+
+
+def test_matrix_size_by_hand():
+    configs = B.matrix()
+    # tier 1: 11 models x 5 methods x (2 batches x 2 seqs x 2 checkpointing) = 440
+    # tier 2: 11 models x 4 adapter methods x 3 rank/target pairs x 8 = 1056
+    # tier 3: 2 large models x QLoRA x 2 ranks x 8 = 32
+    # tier 4: 3 models x (5 methods in fp16 + full mixed + full pure) x 8 = 168
+    assert len(configs) == 440 + 1056 + 32 + 168
+    assert len({c.key() for c in configs}) == len(configs)
+
+
+def test_precision_tier():
+    tier4 = [c for c in B.matrix() if (c.train.dtype, c.train.precision) != ("bf16", "autocast")]
+    assert {(c.train.dtype, c.train.precision) for c in tier4} == {
+        ("fp16", "autocast"), ("fp16", "mixed"), ("bf16", "pure")}
+    assert {c.model for c in tier4} == set(B.PRECISION_MODELS)
+    assert {c.train.method for c in tier4 if c.train.precision != "autocast"} == {"full"}
+
+
+def test_rows_round_trip_to_their_config():
+    measurement = SimpleNamespace(peak_allocated_bytes=3, phase_peaks={"forward": 1, "backward": 3, "optimizer": 2},
+                                  peak_phase="backward")
+    for cfg in B.matrix()[::97] + B.regression_configs():
+        row = B.row_from_trace(cfg, measurement, {})
+        assert B.config_of(row).key() == cfg.key()
+
+
+def test_key_tells_precisions_apart():
+    cfg = B.matrix()[0]
+    other = B.Config(cfg.model, cfg.train.with_(dtype="fp16"))
+    assert other.key() != cfg.key()
