@@ -574,30 +574,109 @@ def saved_before(seq: list[tuple[str, int]], name: str) -> int:
     return total
 
 
-def layer_transient(model: ModelSpec, train: TrainSpec, prec: Precision) -> tuple[int, int, int, int]:
-    """The worst moment inside one layer's forward: (module input live, saved so far in this
-    layer, dequant, dora).
+def layer_locals(model: ModelSpec, train: TrainSpec, prec: Precision, name: str) -> int:
+    """What a decoder layer's forward holds in Python variables while module ``name`` runs,
+    beyond what autograd keeps (transformers' decoder-layer and model forward):
 
-    A per-module transient (QLoRA's dequantized weight, DoRA's dense norm computation)
-    happens while the layer has kept only what its forward created before that module
-    (:func:`layer_saved_sequence`): for a large gate_up_proj, not yet the MLP's activations.
-    The module's input is live, with peft's fp32 cast of it for the adapter
-    (_cast_input_dtype), which lives through the whole DoRA forward: T*in*(hidden [+ 4]).
-    QDoRA casts the dequantized weight to fp32 before the norm computation and drops it, so
-    the two never coexist: the larger counts. All zeros without per-module transients.
+    - the layer's input, which the model's decoder loop and the attention's residual hold
+      through the whole layer, and during the MLP the attention block's sum (T*h each, in the
+      stream's dtype), unless something keeps them already: checkpointing (the layer's input),
+      or a norm whose fp32 "copy" is the fp32 tensor itself;
+    - the norm output passed to the block while o_proj / down_proj run (T*h*stream; for the
+      other modules it is their input, :func:`module_input_live`);
+    - with checkpointing, act(gate) while up_proj runs (T*I*hidden; without it the MLP keeps it);
+    - without checkpointing, the embedding output (``inputs_embeds``, T*h*stream), which the
+      model's forward holds through the decoder loop; with it, it is layer 0's kept input.
+
+    Tracer, toy Llama with a 512-token vocabulary, LoRA, batch 4, seq 2048: at the last
+    layer's down_proj, its input, the attention sum, the post-attention norm output and the
+    embedding output are live besides the saved set.
     """
-    if not (train.is_quantized or train.is_dora):
-        return 0, 0, 0, 0
+    t, h, s = train.tokens, model.hidden_size, prec.stream
+    gc = train.gradient_checkpointing
+    in_attention = name in ATTENTION_INPUTS or name == "o_proj"
+    total = 0 if gc else t * h * s  # inputs_embeds
+    if not gc and s != FP32:
+        total += t * h * s  # the layer's input (the input norm kept an fp32 copy, not it)
+    if not in_attention and (gc or s != FP32):
+        total += t * h * s  # the attention block's sum
+    if name in ("o_proj", "down_proj"):
+        total += t * h * s
+    if gc and name == "up_proj":
+        total += t * model.intermediate_size * prec.hidden
+    return total
+
+
+def module_working_set(lin: Linear, train: TrainSpec, prec: Precision, targeted: bool) -> int:
+    """The outputs a Linear is forming while it runs: its base output (T*out*hidden), and for a
+    LoRA module lora_B's output and its scaled copy (T*out*e each, e from
+    :func:`lora_input_bytes`), or the scaled copy and the sum: T*out*max(hidden + 2e, 2*hidden + e).
+    Tracer: at the toy Llama's last down_proj, the base output, lora_B's output and the scaled
+    one are live together."""
+    t, out = train.tokens, lin.out_features
+    if not targeted:
+        return t * out * prec.hidden
+    e = lora_input_bytes(train, prec)
+    return t * out * max(prec.hidden + 2 * e, 2 * prec.hidden + e)
+
+
+@dataclass(frozen=True)
+class LayerMoment:
+    """The worst moment inside one layer's forward, in parts (bytes)."""
+
+    live: int = 0  # the module's input and peft's fp32 cast of it
+    before: int = 0  # what the layer has kept so far (without checkpointing)
+    locals: int = 0  # :func:`layer_locals`
+    working: int = 0  # :func:`module_working_set`, when neither transient below is running
+    dequant: int = 0  # the dense weight of a 4-bit matmul
+    dora: int = 0  # DoRA's weight-norm computation
+
+    @property
+    def total(self) -> int:
+        return self.live + self.before + self.locals + self.working + self.dequant + self.dora
+
+
+def layer_transient(model: ModelSpec, train: TrainSpec, prec: Precision, recompute: bool = False) -> LayerMoment:
+    """The worst moment inside one layer's forward (``recompute``: its recomputation in
+    backward under checkpointing), over its modules.
+
+    At each module the layer has kept what its forward created before that module
+    (:func:`layer_saved_sequence`; nothing in a checkpointed forward, all of it when
+    recomputing for backward), holds its locals
+    (:func:`layer_locals`) and the module's input, with peft's fp32 cast of it for the adapter
+    (_cast_input_dtype), which lives through the whole DoRA forward: T*in*(hidden [+ 4]).
+    The module is then at one of its moments: forming its outputs (:func:`module_working_set`),
+    a 4-bit matmul's dense weight (QLoRA / QDoRA), or DoRA's norm computation. QDoRA casts the
+    dequantized weight to fp32 before the norm computation and drops it, so the two never
+    coexist: the larger counts.
+    In a recomputation the worst moment comes once the module's backward has begun, with the
+    gradients of the module's input beside the recomputed set; that backward working set is
+    not modelled here: the recomputation counts only the transients (dequant, DoRA) and no
+    locals or working set (tracer: Mistral-7B QLoRA's peak at down_proj's backward holds
+    three fp32 [4, 2048, 14336] input gradients).
+    """
     seq = layer_saved_sequence(model, train, prec)
-    targeted = {lin.name for lin in counts.targeted_linears(model, train.target_modules)}
-    best = (0, 0, 0, 0)
+    targeted = ({lin.name for lin in counts.targeted_linears(model, train.target_modules)}
+                if train.is_adapter else set())
+    best = LayerMoment()
     for lin in model.linears:
+        live = module_input_live(lin, train, prec) if lin.name in targeted else train.tokens * lin.in_features * prec.hidden
+        keeps = recompute or not train.gradient_checkpointing
+        context = dict(live=live, before=saved_before(seq, lin.name) if keeps else 0,
+                       locals=0 if recompute else layer_locals(model, train, prec, lin.name))
         dequant = lin.in_features * lin.out_features * prec.compute if train.is_quantized else 0
         dora = dora_transient_per_linear(lin, train, prec) if train.is_dora and lin.name in targeted else 0
-        dequant, dora = (dequant, 0) if dequant > dora else (0, dora)
-        live, before = module_input_live(lin, train, prec), saved_before(seq, lin.name)
-        if live + before + dequant + dora > sum(best):
-            best = (live, before, dequant, dora)
+        # While lora_B runs, lora_A has kept its input copy (unless checkpointing drops it)
+        own = lora_saved_per_linear(lin, train, prec) if keeps and lin.name in targeted and not train.is_dora else 0
+        working = module_working_set(lin, train, prec, lin.name in targeted)
+        moments = [] if recompute else [LayerMoment(**{**context, "before": context["before"] + own}, working=working)]
+        if dequant > dora:
+            moments.append(LayerMoment(**context, dequant=dequant))
+        elif dora:
+            moments.append(LayerMoment(**context, dora=dora))
+        for m in moments:
+            if m.total > best.total:
+                best = m
     return best
 
 

@@ -34,6 +34,7 @@ COMPONENT_KEYS = (
     "activations/autocast_weights",
     "activations/logits",
     "activations/input_leaf",
+    "transient/module",
     "transient/dequant",
     "transient/dora",
     "transient/dora_backward",
@@ -86,7 +87,9 @@ def step_memory(model: ModelSpec, train: TrainSpec, dtype: str) -> StepMemory:
     head_copy = C.lm_head_autocast_copy(model, train, prec)
     copies = layer_copies + head_copy
     back_copies = C.backward_autocast_copies(model, train, prec)
-    live, before, dequant, dora = C.layer_transient(model, train, prec)
+    fwd = C.layer_transient(model, train, prec)
+    rec = C.layer_transient(model, train, prec, recompute=True)
+    final_norm = C.norm_saved(model, train, prec)  # not run yet in the layers' forward
     grads = C.grads(model, train, prec)
     per_layer = C.layer_saved(model, train, prec)
     recompute = C.recompute_transient(model, train, prec)
@@ -98,9 +101,10 @@ def step_memory(model: ModelSpec, train: TrainSpec, dtype: str) -> StepMemory:
     # checkpointed layer keeps nothing during its forward.
     at_loss = _breakdown(**persistent, activations__saved=saved, activations__autocast_weights=copies,
                          activations__logits=C.logits_forward(model, train, prec))
-    in_layer_saved = saved + live + (0 if gc else before - per_layer)
+    in_layer_saved = saved - final_norm + fwd.live + (0 if gc else fwd.before - per_layer)
     in_layer = _breakdown(**persistent, activations__saved=in_layer_saved, activations__autocast_weights=layer_copies,
-                          transient__dequant=dequant, transient__dora=dora)
+                          transient__module=fwd.locals + fwd.working, transient__dequant=fwd.dequant,
+                          transient__dora=fwd.dora)
     forward = _largest((at_loss, in_layer))
 
     # Backward start: logits gradients with every activation still kept. Full fine-tuning's
@@ -113,7 +117,8 @@ def step_memory(model: ModelSpec, train: TrainSpec, dtype: str) -> StepMemory:
     # layers' inputs are still kept (lm_head's copy is gone by then).
     # Without checkpointing no forward runs again: only bitsandbytes' backward dequantizes.
     moments = [dict(transient__recompute=recompute + in_flight),
-               dict(transient__recompute=live + before + in_flight, transient__dequant=dequant, transient__dora=dora) if gc
+               dict(transient__recompute=rec.live + rec.before + in_flight, transient__module=rec.locals + rec.working,
+                    transient__dequant=rec.dequant, transient__dora=rec.dora) if gc
                else dict(transient__dequant=C.dequant_transient(model, train, prec))]
     kept, workspace = C.dora_backward_moment(model, train, prec)
     dora_back = _breakdown(**persistent, activations__saved=saved if gc else saved - per_layer + kept,

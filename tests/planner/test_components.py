@@ -255,10 +255,49 @@ def test_layer_transient_worst_moment(tiny):
     p = prec(d)
     # down_proj's moment wins: its input (16) and fp32 cast live, 3*16*(2+4) = 288; what the
     # layer kept before it: norm 108, q 156, k 108, v 108, attention 168, o 156, norm 108,
-    # gate 252, up 252, MLP 288 = 1704; its DoRA transient 2560 (see test_transients)
-    assert C.layer_transient(tiny, d, p) == (288, 1704, 0, 2560)
+    # gate 252, up 252, MLP 288 = 1704; the locals, 4 * 3*8*2 = 192 (the embedding output, the
+    # layer's input, the attention block's sum, the post-attention norm output); its DoRA
+    # transient 2560 (see test_transients)
+    assert C.layer_transient(tiny, d, p) == C.LayerMoment(live=288, before=1704, locals=192, dora=2560)
     assert C.layer_saved(tiny, d, p) == 1704 + 204  # + down's own: 3*16*2 + 3*2*2 + 3*8*(2+2)
-    assert C.layer_transient(tiny, spec(), prec(spec())) == (0, 0, 0, 0)
+    # LoRA: down_proj forming its output, the base output, lora_B's and the scaled one
+    # 3 * 3*8*2 = 144, after it kept the whole layer: 1032 before it + its own 3*16*2 + 3*2*2
+    assert C.layer_transient(tiny, spec(), prec(spec())) == C.LayerMoment(live=288, before=1140, locals=192,
+                                                                          working=144)
+    gc = spec(gradient_checkpointing=True)
+    # checkpointed: nothing kept in the layer, and up_proj wins: its input and fp32 cast
+    # 3*8*6 = 144, the attention sum 48 and act(gate) 3*16*2 = 96, its three outputs 3*16*6 =
+    # 288 (down_proj: 288 + 96 + 144 = 528 < 576)
+    assert C.layer_transient(tiny, gc, prec(gc)) == C.LayerMoment(live=144, locals=48 + 96, working=288)
+    # recomputed in backward: the whole saved prefix, and no working set (see the docstring)
+    assert C.layer_transient(tiny, gc, prec(gc), recompute=True) == C.LayerMoment()
+
+
+def test_layer_locals(tiny):
+    t = spec()
+    p = prec(t)
+    th = 3 * 8 * 2
+    # the embedding output and the layer's input; o_proj also the input norm's output
+    assert [C.layer_locals(tiny, t, p, n) for n in ("q_proj", "o_proj")] == [2 * th, 3 * th]
+    # MLP: + the attention block's sum; down_proj also the post-attention norm's output
+    assert [C.layer_locals(tiny, t, p, n) for n in ("gate_proj", "down_proj")] == [3 * th, 4 * th]
+    q = spec(method="qlora")
+    # fp32 stream: the norms' saved inputs are those tensors themselves: only the embedding
+    # output and the norm output remain, 3*8*4 each
+    assert C.layer_locals(tiny, q, prec(q), "down_proj") == 2 * 96
+    gc = spec(gradient_checkpointing=True)
+    # checkpointed: the attention sum, and act(gate) while up_proj runs (3*16*2)
+    assert C.layer_locals(tiny, gc, prec(gc), "up_proj") == th + 96
+
+
+def test_module_working_set(tiny):
+    lin = {lin.name: lin for lin in tiny.linears}["up_proj"]
+    t = spec()
+    assert C.module_working_set(lin, t, prec(t), targeted=False) == 3 * 16 * 2
+    assert C.module_working_set(lin, t, prec(t), targeted=True) == 3 * 16 * 6  # base, lora_B, scaled
+    q = spec(method="qlora")
+    # fp32 base output: the scaled copy and the fp32 sum beside it win, 3*16*(4 + 4 + 2)
+    assert C.module_working_set(lin, q, prec(q), targeted=True) == 3 * 16 * 10
 
 
 def test_dora_backward_moment(tiny):
