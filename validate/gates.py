@@ -110,15 +110,24 @@ def accuracy_gate(run_invariants: Callable[[], list]) -> GateResult:
                       "all hold, all controls rejected", failures)
 
 
-def ratio_table(pairs: list[tuple[dict, float]]) -> list[dict]:
-    """Per method: configurations, median and worst |planned/traced - 1|, min and max ratio."""
+def ratio_table(pairs: list[tuple[dict, float]], group: Callable[[dict], str] = lambda row: row["method"]
+                ) -> list[dict]:
+    """Per group (method by default): configurations, median and worst |planned/traced - 1|,
+    min and max ratio. The group's name is under "method"."""
     out = []
-    for method in dict.fromkeys(row["method"] for row, _ in pairs):
-        rs = [r for row, r in pairs if row["method"] == method]
+    for name in dict.fromkeys(group(row) for row, _ in pairs):
+        rs = [r for row, r in pairs if group(row) == name]
         errs = [abs(r - 1) for r in rs]
-        out.append({"method": method, "n": len(rs), "median_abs_error": statistics.median(errs),
+        out.append({"method": name, "n": len(rs), "median_abs_error": statistics.median(errs),
                     "worst_abs_error": max(errs), "min_ratio": min(rs), "max_ratio": max(rs)})
     return out
+
+
+REPORT_GROUPS = (
+    ("method", lambda row: row["method"]),
+    ("precision", lambda row: f"{row['dtype']} {row['precision']}"),
+    ("checkpointing", lambda row: "on" if int(row["gradient_checkpointing"]) else "off"),
+)
 
 
 def markdown_report(results: list[GateResult]) -> str:
@@ -130,10 +139,11 @@ def markdown_report(results: list[GateResult]) -> str:
             lines += ["", f"## {r.name}: what failed", ""] + [f"- {f}" for f in r.failures]
     memory = next((r for r in results if r.name == "memory" and "pairs" in r.details), None)
     if memory:
-        lines += ["", "## Planner / traced peak allocated, per method", "",
-                  "| method | configurations | median abs error | worst abs error | min ratio | max ratio |",
-                  "|---|---|---|---|---|---|"]
-        for t in ratio_table(memory.details["pairs"]):
-            lines.append(f"| {t['method']} | {t['n']} | {t['median_abs_error']:.2%} | {t['worst_abs_error']:.2%} "
-                         f"| {t['min_ratio']:.4f} | {t['max_ratio']:.4f} |")
+        for title, group in REPORT_GROUPS:
+            lines += ["", f"## Planner / traced peak allocated, per {title}", "",
+                      f"| {title} | configurations | median abs error | worst abs error | min ratio | max ratio |",
+                      "|---|---|---|---|---|---|"]
+            for t in ratio_table(memory.details["pairs"], group):
+                lines.append(f"| {t['method']} | {t['n']} | {t['median_abs_error']:.2%} | "
+                             f"{t['worst_abs_error']:.2%} | {t['min_ratio']:.4f} | {t['max_ratio']:.4f} |")
     return "\n".join(lines) + "\n"

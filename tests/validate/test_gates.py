@@ -90,3 +90,19 @@ def test_cli_gates_json_and_bad_gate(tmp_path):
     bad = CliRunner().invoke(validate_cmd, ["--gates", "--gate", "speed"])
     assert bad.exit_code == 2
     assert bad.stderr == "validate: unknown gate 'speed'; valid gates: memory, regression, accuracy\n"
+
+
+def test_ratio_table_by_hand():
+    rows = [{"method": "lora", "dtype": "bf16", "precision": "autocast", "gradient_checkpointing": 0},
+            {"method": "lora", "dtype": "fp16", "precision": "autocast", "gradient_checkpointing": 1},
+            {"method": "full", "dtype": "fp16", "precision": "mixed", "gradient_checkpointing": 1}]
+    pairs = list(zip(rows, [1.02, 0.99, 1.0]))
+    by_method = G.ratio_table(pairs)
+    assert [(t["method"], t["n"], t["min_ratio"], t["max_ratio"]) for t in by_method] == [
+        ("lora", 2, 0.99, 1.02), ("full", 1, 1.0, 1.0)]
+    assert by_method[0]["median_abs_error"] == pytest.approx(0.015)
+    assert by_method[0]["worst_abs_error"] == pytest.approx(0.02)
+    groups = dict(G.REPORT_GROUPS)
+    assert [t["method"] for t in G.ratio_table(pairs, groups["precision"])] == [
+        "bf16 autocast", "fp16 autocast", "fp16 mixed"]
+    assert [(t["method"], t["n"]) for t in G.ratio_table(pairs, groups["checkpointing"])] == [("off", 1), ("on", 2)]
