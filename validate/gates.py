@@ -68,7 +68,7 @@ def memory_gate(rows: list[dict], planned: Callable[[B.Config], int] = planned_p
     if median >= MEDIAN_BOUND:
         failures = (f"median |planned/traced - 1| is {median:.2%}",) + failures
     return GateResult("memory", median < MEDIAN_BOUND and worst < WORST_BOUND,
-                      f"median {median:.2%}, worst {worst:.2%} over {len(pairs)} configurations", bound,
+                      f"median {median:.3%}, worst {worst:.2%} over {len(pairs)} configurations", bound,
                       failures, {"pairs": pairs})
 
 
@@ -144,6 +144,6 @@ def markdown_report(results: list[GateResult]) -> str:
                       f"| {title} | configurations | median abs error | worst abs error | min ratio | max ratio |",
                       "|---|---|---|---|---|---|"]
             for t in ratio_table(memory.details["pairs"], group):
-                lines.append(f"| {t['method']} | {t['n']} | {t['median_abs_error']:.2%} | "
+                lines.append(f"| {t['method']} | {t['n']} | {t['median_abs_error']:.3%} | "
                              f"{t['worst_abs_error']:.2%} | {t['min_ratio']:.4f} | {t['max_ratio']:.4f} |")
     return "\n".join(lines) + "\n"
