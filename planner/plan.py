@@ -93,6 +93,11 @@ def plan(model: str | ModelSpec, gpu: str | GpuSpec, train: TrainSpec | None = N
     if train.method == "full" and dtype == "fp16" and train.precision != "mixed":
         notes += ("full fine-tuning in fp16 needs fp32 master weights to train stably "
                   "(a GradScaler refuses fp16 gradients): consider --precision mixed",)
+    if model.vocab_size < model.intermediate_size:
+        notes += (f"{model.name}'s vocabulary ({model.vocab_size}) is smaller than its MLP width "
+                  f"({model.intermediate_size}): a layer's backward can then outgrow the logits, a moment the "
+                  "planner does not model in full; the plan may be low (by 25% with a 512-token vocabulary): "
+                  "check it with probe --device fake",)
     if model.eager_attention:
         notes += (f"{model.name} uses attention logit softcapping: planned with eager attention "
                   "(seq x seq probabilities kept), not SDPA",)

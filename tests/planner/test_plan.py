@@ -93,3 +93,18 @@ def test_config_json_path(tmp_path):
     cfg.write_text('{"model_type": "bert"}')
     with pytest.raises(CatalogError, match="unsupported model_type"):
         plan(str(cfg), "t4")
+
+
+def test_small_vocabulary_note(tmp_path):
+    import json
+
+    config = {"model_type": "llama", "vocab_size": 512, "hidden_size": 1024, "intermediate_size": 3584,
+              "num_hidden_layers": 3, "num_attention_heads": 8, "num_key_value_heads": 2,
+              "max_position_embeddings": 4096, "tie_word_embeddings": False}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    p = plan(str(path), "a100-80gb", TrainSpec(method="lora"))
+    assert any("vocabulary (512) is smaller than its MLP width (3584)" in n for n in p.notes)
+    # every catalog model has a vocabulary wider than its MLP: no note
+    for name in ("llama-2-70b", "mistral-7b", "qwen2.5-0.5b"):
+        assert not any("vocabulary" in n for n in plan(name, "a100-80gb", TrainSpec(method="lora")).notes)
