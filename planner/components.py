@@ -425,6 +425,24 @@ def recompute_incoming_grads(model: ModelSpec, train: TrainSpec, prec: Precision
     return grads
 
 
+def recompute_stop_extra(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
+    """What else is live when a checkpointed layer's recomputation stops, beside its whole
+    saved set: non-reentrant checkpointing stops at the layer's last saved tensor (torch's
+    checkpoint early stop), inside the last module, while the forward still references the
+    layer's variables (:func:`layer_locals`), that module's input (with peft's fp32 cast) and,
+    for an adapter module, its base output (peft runs the base layer first; lora_A's output is
+    the last tensor saved). Tracer, toy Llama (512-token vocabulary) LoRA, batch 4, seq 2048:
+    down_proj's input and fp32 cast, its base output and the post-attention norm output are
+    live at the backward peak. 0 without checkpointing."""
+    if not train.gradient_checkpointing:
+        return 0
+    last = model.linears[-1]
+    targeted = train.is_adapter and last.name in {lin.name for lin in counts.targeted_linears(model, train.target_modules)}
+    live = module_input_live(last, train, prec) if targeted else train.tokens * last.in_features * prec.hidden
+    base = train.tokens * last.out_features * prec.hidden if targeted else 0
+    return live + layer_locals(model, train, prec, last.name) + base
+
+
 def recompute_transient(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
     """With gradient checkpointing, one layer's saved set exists again during its backward."""
     return layer_saved(model, train, prec) if train.gradient_checkpointing else 0

@@ -116,7 +116,7 @@ def step_memory(model: ModelSpec, train: TrainSpec, dtype: str) -> StepMemory:
     # part before the worst per-module transient, with that transient) while the other
     # layers' inputs are still kept (lm_head's copy is gone by then).
     # Without checkpointing no forward runs again: only bitsandbytes' backward dequantizes.
-    moments = [dict(transient__recompute=recompute + in_flight),
+    moments = [dict(transient__recompute=recompute + in_flight + C.recompute_stop_extra(model, train, prec)),
                dict(transient__recompute=rec.live + rec.before + in_flight, transient__module=rec.locals + rec.working,
                     transient__dequant=rec.dequant, transient__dora=rec.dora) if gc
                else dict(transient__dequant=C.dequant_transient(model, train, prec))]
@@ -124,7 +124,7 @@ def step_memory(model: ModelSpec, train: TrainSpec, dtype: str) -> StepMemory:
     dora_back = _breakdown(**persistent, activations__saved=saved if gc else saved - per_layer + kept,
                            activations__autocast_weights=back_copies, transient__recompute=kept if gc else 0,
                            transient__dora_backward=workspace)
-    top = _largest([_breakdown(**persistent, activations__saved=saved, activations__autocast_weights=back_copies, **m)
+    top = _largest([_breakdown(**persistent, activations__saved=saved - final_norm, activations__autocast_weights=back_copies, **m)
                     for m in moments] + [dora_back])
     # Backward end: all gradients, the first layer's recomputation and transients.
     leaf = C.checkpoint_input_leaf(model, train, prec)

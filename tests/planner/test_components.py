@@ -273,6 +273,17 @@ def test_layer_transient_worst_moment(tiny):
     assert C.layer_transient(tiny, gc, prec(gc), recompute=True) == C.LayerMoment()
 
 
+def test_recompute_stop_extra(tiny):
+    assert C.recompute_stop_extra(tiny, spec(), prec(spec())) == 0  # no checkpointing
+    gc = spec(gradient_checkpointing=True)
+    # down_proj's input and fp32 cast 3*16*6 = 288, the attention sum and the post-attention
+    # norm output 2 * 3*8*2 = 96, down's base output 3*8*2 = 48
+    assert C.recompute_stop_extra(tiny, gc, prec(gc)) == 288 + 96 + 48
+    full = spec(method="full", gradient_checkpointing=True)
+    # full fine-tuning stops when down_proj saves its input: no cast, no output yet
+    assert C.recompute_stop_extra(tiny, full, prec(full)) == 3 * 16 * 2 + 96
+
+
 def test_layer_locals(tiny):
     t = spec()
     p = prec(t)
