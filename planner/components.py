@@ -628,13 +628,20 @@ def layer_locals(model: ModelSpec, train: TrainSpec, prec: Precision, name: str)
 def module_working_set(lin: Linear, train: TrainSpec, prec: Precision, targeted: bool) -> int:
     """The outputs a Linear is forming while it runs: its base output (T*out*hidden), and for a
     LoRA module lora_B's output and its scaled copy (T*out*e each, e from
-    :func:`lora_input_bytes`), or the scaled copy and the sum: T*out*max(hidden + 2e, 2*hidden + e).
+    :func:`lora_input_bytes`), or the scaled copy and the sum: T*out*max(hidden + 2e, 2*hidden + e);
+    for a DoRA module its magnitude-scaled combination (below).
     Tracer: at the toy Llama's last down_proj, the base output, lora_B's output and the scaled
     one are live together."""
     t, out = train.tokens, lin.out_features
     if not targeted:
         return t * out * prec.hidden
     e = lora_input_bytes(train, prec)
+    if train.is_dora:
+        # DoRA combines base and LoRA outputs with its fp32 magnitude scale: three fp32
+        # T*out temporaries beside the base output and lora_B's, while the two dense fp32
+        # casts of its norm computation are still referenced (tracer, toy Llama DoRA with
+        # checkpointing, up_proj: three fp32 [4, 2048, 3584] products, two fp32 [3584, 1024]).
+        return t * out * (prec.hidden + e + 3 * FP32) + 2 * out * lin.in_features * FP32
     return t * out * max(prec.hidden + 2 * e, 2 * prec.hidden + e)
 
 
@@ -684,8 +691,12 @@ def layer_transient(model: ModelSpec, train: TrainSpec, prec: Precision, recompu
                        locals=0 if recompute else layer_locals(model, train, prec, lin.name))
         dequant = lin.in_features * lin.out_features * prec.compute if train.is_quantized else 0
         dora = dora_transient_per_linear(lin, train, prec) if train.is_dora and lin.name in targeted else 0
-        # While lora_B runs, lora_A has kept its input copy (unless checkpointing drops it)
-        own = lora_saved_per_linear(lin, train, prec) if keeps and lin.name in targeted and not train.is_dora else 0
+        # While lora_B runs, lora_A has kept its input copy and output (unless checkpointing
+        # drops them); DoRA's kept base and LoRA outputs are the working set's own
+        own = 0
+        if keeps and lin.name in targeted:
+            e = lora_input_bytes(train, prec)
+            own = train.tokens * (lin.in_features + train.rank) * e if train.is_dora else lora_saved_per_linear(lin, train, prec)
         working = module_working_set(lin, train, prec, lin.name in targeted)
         moments = [] if recompute else [LayerMoment(**{**context, "before": context["before"] + own}, working=working)]
         if dequant > dora:

@@ -96,7 +96,7 @@ def plan(model: str | ModelSpec, gpu: str | GpuSpec, train: TrainSpec | None = N
     if model.vocab_size < model.intermediate_size:
         notes += (f"{model.name}'s vocabulary ({model.vocab_size}) is smaller than its MLP width "
                   f"({model.intermediate_size}): a layer's backward can then outgrow the logits, a moment the "
-                  "planner does not model in full; the plan may be low (by up to 6% with a 512-token vocabulary): "
+                  "planner does not model in full; the plan may be low (by up to 5% with a 512-token vocabulary): "
                   "check it with probe --device fake",)
     if model.eager_attention:
         notes += (f"{model.name} uses attention logit softcapping: planned with eager attention "

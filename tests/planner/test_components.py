@@ -309,6 +309,10 @@ def test_module_working_set(tiny):
     q = spec(method="qlora")
     # fp32 base output: the scaled copy and the fp32 sum beside it win, 3*16*(4 + 4 + 2)
     assert C.module_working_set(lin, q, prec(q), targeted=True) == 3 * 16 * 10
+    d = spec(method="dora")
+    # base and lora_B outputs (2 + 2), three fp32 products of the magnitude scale (12), and
+    # the two dense fp32 casts of the norm computation, 2 * 16*8*4
+    assert C.module_working_set(lin, d, prec(d), targeted=True) == 3 * 16 * 16 + 1024
 
 
 def test_dora_backward_moment(tiny):
