@@ -13,11 +13,21 @@ torch / transformers / peft / bitsandbytes versions that traced it. Progress on 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import time
 import warnings
 from pathlib import Path
+
+
+def shard(text: str) -> tuple[int, int]:
+    """--shard K/N: 1 <= K <= N."""
+    try:
+        k, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not K/N") from None
+    if not 1 <= k <= n:
+        raise argparse.ArgumentTypeError(f"{text!r}: K must be from 1 to N")
+    return k, n
 
 
 def main() -> None:
@@ -25,7 +35,7 @@ def main() -> None:
     parser.add_argument("--set", choices=("matrix", "regression"), default="matrix")
     parser.add_argument("--limit", type=int, default=None, help="trace at most this many new configurations")
     parser.add_argument("--output", default=None, help="CSV to append to (default: the committed file)")
-    parser.add_argument("--shard", default="1/1", metavar="K/N",
+    parser.add_argument("--shard", type=shard, default=(1, 1), metavar="K/N",
                         help="trace only every N-th remaining configuration, starting at the K-th: run N processes "
                              "(each with its own --output) to use N cores, then append their rows to the committed file")
     parser.add_argument("--merge", nargs="+", metavar="CSV", default=None,
@@ -33,22 +43,21 @@ def main() -> None:
                              "in matrix order, and exit")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
-    for name in ("bitsandbytes", "transformers", "peft"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    from probes import quiet_libraries
 
+    quiet_libraries()  # before the torch stack is imported: its import-time notices too
     from probes.fake import trace
     from probes.run import versions
     from validate import baselines as B
 
     configs = B.matrix() if args.set == "matrix" else B.regression_configs()
-    if args.merge:
-        merge(B, configs, [Path(p).resolve() for p in args.merge],
-              B.path("traced.csv" if args.set == "matrix" else "regression.csv"))
-        return
-    out = Path(args.output) if args.output else B.path("traced.csv" if args.set == "matrix" else "regression.csv")
     committed = B.path("traced.csv" if args.set == "matrix" else "regression.csv")
+    if args.merge:
+        merge(B, configs, [Path(p).resolve() for p in args.merge], committed)
+        return
+    out = Path(args.output) if args.output else committed
     done = {B.config_of(r).key() for p in {out.resolve(), committed} if p.exists() for r in B.load(str(p))}
-    k, n = (int(x) for x in args.shard.split("/"))
+    k, n = args.shard
     todo = [c for c in configs if c.key() not in done][k - 1::n]
     if args.limit is not None:
         todo = todo[:args.limit]

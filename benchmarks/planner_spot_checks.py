@@ -11,7 +11,6 @@ the figures to watch when a planner term changes.
 from __future__ import annotations
 
 import argparse
-import logging
 import warnings
 
 GIB = 1 << 30
@@ -46,9 +45,9 @@ def main() -> None:
     parser.add_argument("--only", choices=tuple(CHECKS), default=None)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
-    for name in ("bitsandbytes", "transformers", "peft"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    from probes import quiet_libraries
 
+    quiet_libraries()  # before the torch stack is imported: its import-time notices too
     from planner import TrainSpec, get_model
     from planner.catalog import model_from_config
     from planner.methods import step_memory

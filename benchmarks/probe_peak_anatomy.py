@@ -11,7 +11,6 @@ tensor, or the component it was registered as). Labels: ``forward/_to_copy`` are
 from __future__ import annotations
 
 import argparse
-import logging
 
 GIB = float(1 << 30)
 
@@ -27,9 +26,9 @@ def main() -> None:
     parser.add_argument("--target-modules", default="all-linear", help="all-linear or a comma list")
     parser.add_argument("--top", type=int, default=15)
     args = parser.parse_args()
-    for name in ("bitsandbytes", "transformers", "peft"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    from probes import quiet_libraries
 
+    quiet_libraries()  # before the torch stack is imported: its import-time notices too
     from planner import TrainSpec, get_model, plan
     from probes import fake, kernels
     from probes.tracker import ByteTracker

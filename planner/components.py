@@ -325,7 +325,7 @@ def layer_saved_sequence(model: ModelSpec, train: TrainSpec, prec: Precision) ->
     input norm, the q/k/v adapters, attention, o_proj, the other norms, gate/up adapters, the
     MLP's activations, down_proj, and (full fine-tuning) the base Linear inputs. Its sum is
     :func:`layer_saved`; its prefixes say what exists when a per-module transient happens."""
-    targeted = {lin.name for lin in counts.targeted_linears(model, train.target_modules)} if train.is_adapter else set()
+    targeted = counts.targeted_names(model, train)
     by_name = {lin.name: lin for lin in model.linears}
 
     def adapters(names):
@@ -354,8 +354,8 @@ def model_level_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> in
     """Saved tensors outside the decoder layers.
 
     RoPE cos and sin, computed once per forward for positions of shape (1, seq) and so
-    broadcast over the batch, in the hidden stream's dtype, kept by every layer's rotation:
-    2*seq*head_dim*hidden (tracer: two [1, 2048, 128] tensors, bf16 for LoRA, fp32 for QLoRA).
+    broadcast over the batch, in the residual stream's dtype, kept by every layer's rotation:
+    2*seq*head_dim*stream (tracer: two [1, 2048, 128] tensors, bf16 for LoRA, fp32 for QLoRA).
     The final norm (:func:`norm_saved`), and for full fine-tuning the lm_head input (T*h*c).
     """
     t = train.tokens
@@ -409,7 +409,7 @@ def recompute_incoming_grads(model: ModelSpec, train: TrainSpec, prec: Precision
 
     Recomputation starts lazily, at the first backward node of the layer that needs one of its
     saved tensors; the gradients made before it are alive through it: the gradient of the
-    layer's output (T*h in the hidden dtype), and when DoRA targets down_proj, the last module,
+    layer's output (T*h in the residual stream's dtype), and when DoRA targets down_proj, the last module,
     the fp32 gradients its output ops made before lora_B's backward asked for the
     recomputation: the magnitude scale's (T*h*4) and, when the hidden stream is 16-bit, the
     cast of the output back from fp32 (T*h*4 more). Tracer, Mistral-7B r8 all-linear, batch 4,
@@ -420,7 +420,7 @@ def recompute_incoming_grads(model: ModelSpec, train: TrainSpec, prec: Precision
         return 0
     t, h = train.tokens, model.hidden_size
     grads = t * h * prec.stream
-    if train.is_dora and "down_proj" in {lin.name for lin in counts.targeted_linears(model, train.target_modules)}:
+    if train.is_dora and "down_proj" in counts.targeted_names(model, train):
         grads += t * h * FP32 * (1 if prec.hidden == FP32 else 2)
     return grads
 
@@ -437,8 +437,8 @@ def recompute_stop_extra(model: ModelSpec, train: TrainSpec, prec: Precision) ->
     if not train.gradient_checkpointing:
         return 0
     last = model.linears[-1]
-    targeted = train.is_adapter and last.name in {lin.name for lin in counts.targeted_linears(model, train.target_modules)}
-    live = module_input_live(last, train, prec) if targeted else train.tokens * last.in_features * prec.hidden
+    targeted = last.name in counts.targeted_names(model, train)
+    live = module_input_live(last, train, prec, targeted)
     base = train.tokens * last.out_features * prec.hidden if targeted else 0
     return live + layer_locals(model, train, prec, last.name) + base
 
@@ -499,7 +499,7 @@ def logits_forward(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
     loss (T*V*4, transformers' ForCausalLMLoss) and log_softmax's output kept for backward
     (T*V*4): T*V*(c + 8), plus :func:`softcap_saved`. With them the final norm's output, the
     lm_head's input, which the model's output object holds until the forward returns:
-    T*h*hidden (tracer: the final norm's bf16 [4, 2048, 4096] for LoRA, fp32 for QLoRA; the
+    T*h*stream (tracer: the final norm's bf16 [4, 2048, 4096] for LoRA, fp32 for QLoRA; the
     whole -2 and -4 bytes per token*hidden gap at the loss under checkpointing). Full
     fine-tuning's lm_head keeps that input anyway (:func:`model_level_saved`): not again."""
     final_hidden = 0 if train.method == "full" else train.tokens * model.hidden_size * prec.stream
@@ -575,10 +575,12 @@ def dora_transient_per_linear(lin: Linear, train: TrainSpec, prec: Precision) ->
     return max(at_norm, at_product)
 
 
-def module_input_live(lin: Linear, train: TrainSpec, prec: Precision) -> int:
-    """A module's input while it runs, with peft's fp32 cast of it for the adapter
-    (_cast_input_dtype; no copy when the hidden stream is already fp32): T*in*(hidden [+ 4])."""
-    return train.tokens * lin.in_features * (prec.hidden + (FP32 if prec.hidden != FP32 else 0))
+def module_input_live(lin: Linear, train: TrainSpec, prec: Precision, targeted: bool = True) -> int:
+    """A module's input while it runs, with peft's fp32 cast of it for the adapter of a
+    ``targeted`` module (_cast_input_dtype; no copy when the hidden stream is already fp32):
+    T*in*(hidden [+ 4])."""
+    cast = FP32 if targeted and prec.hidden != FP32 else 0
+    return train.tokens * lin.in_features * (prec.hidden + cast)
 
 
 def saved_before(seq: list[tuple[str, int]], name: str) -> int:
@@ -650,7 +652,7 @@ class LayerMoment:
     """The worst moment inside one layer's forward, in parts (bytes)."""
 
     live: int = 0  # the module's input and peft's fp32 cast of it
-    before: int = 0  # what the layer has kept so far (without checkpointing)
+    before: int = 0  # what the layer has kept so far (none in a checkpointed forward)
     locals: int = 0  # :func:`layer_locals`
     working: int = 0  # :func:`module_working_set`, when neither transient below is running
     dequant: int = 0  # the dense weight of a 4-bit matmul
@@ -681,24 +683,26 @@ def layer_transient(model: ModelSpec, train: TrainSpec, prec: Precision, recompu
     three fp32 [4, 2048, 14336] input gradients).
     """
     seq = layer_saved_sequence(model, train, prec)
-    targeted = ({lin.name for lin in counts.targeted_linears(model, train.target_modules)}
-                if train.is_adapter else set())
+    targeted = counts.targeted_names(model, train)
+    keeps = recompute or not train.gradient_checkpointing
     best = LayerMoment()
     for lin in model.linears:
-        live = module_input_live(lin, train, prec) if lin.name in targeted else train.tokens * lin.in_features * prec.hidden
-        keeps = recompute or not train.gradient_checkpointing
-        context = dict(live=live, before=saved_before(seq, lin.name) if keeps else 0,
+        is_target = lin.name in targeted
+        context = dict(live=module_input_live(lin, train, prec, is_target),
+                       before=saved_before(seq, lin.name) if keeps else 0,
                        locals=0 if recompute else layer_locals(model, train, prec, lin.name))
         dequant = lin.in_features * lin.out_features * prec.compute if train.is_quantized else 0
-        dora = dora_transient_per_linear(lin, train, prec) if train.is_dora and lin.name in targeted else 0
-        # While lora_B runs, lora_A has kept its input copy and output (unless checkpointing
-        # drops them); DoRA's kept base and LoRA outputs are the working set's own
-        own = 0
-        if keeps and lin.name in targeted:
-            e = lora_input_bytes(train, prec)
-            own = train.tokens * (lin.in_features + train.rank) * e if train.is_dora else lora_saved_per_linear(lin, train, prec)
-        working = module_working_set(lin, train, prec, lin.name in targeted)
-        moments = [] if recompute else [LayerMoment(**{**context, "before": context["before"] + own}, working=working)]
+        dora = dora_transient_per_linear(lin, train, prec) if train.is_dora and is_target else 0
+        moments = []
+        if not recompute:
+            # While lora_B runs, lora_A has kept its input copy and output (unless checkpointing
+            # drops them); DoRA's kept base and LoRA outputs are the working set's own
+            own = 0
+            if keeps and is_target:
+                own = (train.tokens * (lin.in_features + train.rank) * lora_input_bytes(train, prec)
+                       if train.is_dora else lora_saved_per_linear(lin, train, prec))
+            moments.append(LayerMoment(**{**context, "before": context["before"] + own},
+                                       working=module_working_set(lin, train, prec, is_target)))
         if dequant > dora:
             moments.append(LayerMoment(**context, dequant=dequant))
         elif dora:

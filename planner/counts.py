@@ -64,6 +64,13 @@ def targeted_linears(model: ModelSpec, targets: tuple[str, ...]) -> tuple[Linear
     return tuple(lin for lin in model.linears if lin.name in targets)
 
 
+def targeted_names(model: ModelSpec, train: TrainSpec) -> frozenset[str]:
+    """The names of the Linear modules ``train``'s adapter targets; none for full fine-tuning."""
+    if not train.is_adapter:
+        return frozenset()
+    return frozenset(lin.name for lin in targeted_linears(model, train.target_modules))
+
+
 def lora_params_per_linear(lin: Linear, rank: int, dora: bool) -> int:
     """LoRA A (r x in) and B (out x r): r * (in + out); DoRA adds the magnitude vector (out).
 

@@ -117,8 +117,8 @@ def step_memory(model: ModelSpec, train: TrainSpec, dtype: str) -> StepMemory:
     # layers' inputs are still kept (lm_head's copy is gone by then).
     # Without checkpointing no forward runs again: only bitsandbytes' backward dequantizes.
     moments = [dict(transient__recompute=recompute + in_flight + C.recompute_stop_extra(model, train, prec)),
-               dict(transient__recompute=rec.live + rec.before + in_flight, transient__module=rec.locals + rec.working,
-                    transient__dequant=rec.dequant, transient__dora=rec.dora) if gc
+               dict(transient__recompute=rec.live + rec.before + in_flight, transient__dequant=rec.dequant,
+                    transient__dora=rec.dora) if gc
                else dict(transient__dequant=C.dequant_transient(model, train, prec))]
     kept, workspace = C.dora_backward_moment(model, train, prec)
     dora_back = _breakdown(**persistent, activations__saved=saved if gc else saved - per_layer + kept,

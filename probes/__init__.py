@@ -17,3 +17,11 @@ prediction; :mod:`probes.store` keeps the rows in data/probes/results.csv.
     >>> m = fake.trace(get_model("7b"), TrainSpec(method="qlora", dtype="bf16"))
     >>> m.peak_allocated_bytes, m.phase_peaks
 """
+
+
+def quiet_libraries() -> None:
+    """Keep library log chatter (bitsandbytes' optional-kernel notice, ...) off the output."""
+    import logging
+
+    for name in ("bitsandbytes", "transformers", "peft", "accelerate"):
+        logging.getLogger(name).setLevel(logging.ERROR)

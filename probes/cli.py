@@ -12,6 +12,8 @@ from planner import CatalogError, get_model
 from planner.options import adapter_options, parse_targets, training_options
 from planner.specs import DTYPES, METHODS, OPTIMIZERS, TrainSpec
 
+from . import quiet_libraries
+
 GIB = float(1 << 30)
 DEFAULT_MODEL = "qwen2.5-0.5b"
 
@@ -167,7 +169,7 @@ def main(models, methods, rank, alpha, target_modules, batch_size, seq_len, grad
         except store.StoreError as exc:
             fail(str(exc), 1)
 
-    _quiet_libraries()
+    quiet_libraries()
     run_id = uuid.uuid4().hex[:12]
     rows = []
     for i, probe in enumerate(probes, 1):
@@ -189,14 +191,6 @@ def main(models, methods, rank, alpha, target_modules, batch_size, seq_len, grad
         click.echo(table(rows))
         click.echo(notes(rows))
         click.echo(f"appended {len(rows)} row(s) to {path}", err=True)
-
-
-def _quiet_libraries() -> None:
-    """Keep library log chatter (bitsandbytes' optional-kernel notice, ...) off the output."""
-    import logging
-
-    for name in ("bitsandbytes", "transformers", "peft", "accelerate"):
-        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,11 +1,11 @@
 """Small model configs for the probe tests, and session-scoped imports (peft and
 bitsandbytes take seconds to import)."""
 import json
-import logging
 
 import pytest
 
 from planner.catalog import model_from_config
+from probes import quiet_libraries
 
 # Llama layout with grouped-query attention (4 heads, 2 KV heads), 2 layers, hidden 128.
 LLAMA_TINY = {
@@ -26,8 +26,7 @@ QWEN_TINY = {
 @pytest.fixture(scope="session")
 def torch_stack():
     """Import the heavy libraries once per session; keep their log notices quiet."""
-    for name in ("bitsandbytes", "transformers", "peft"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    quiet_libraries()
     import bitsandbytes  # noqa: F401
     import peft  # noqa: F401
     import torch
