@@ -26,6 +26,19 @@ class CatalogError(ValueError):
     """Unknown model or GPU, or a config.json the planner cannot read."""
 
 
+class UnknownArchitecture(CatalogError):
+    """A readable decoder config.json whose model_type the architecture table lacks.
+
+    ``config`` holds the config's fields, so that a caller which can build any model from its
+    config (``probe --device fake``) can still go on without the planner.
+    """
+
+    def __init__(self, message: str, name: str, config: dict):
+        super().__init__(message)
+        self.name = name
+        self.config = config
+
+
 def _suggest(name: str, known: list[str]) -> str:
     close = difflib.get_close_matches(name.lower(), known, n=3, cutoff=0.5)
     return f" (did you mean {', '.join(close)}?)" if close else ""
@@ -79,8 +92,8 @@ def model_from_config(config: dict, name: str, hf_id: str | None = None,
         raise CatalogError(f"{name}: a config.json must hold a JSON object")
     model_type = config.get("model_type")
     if model_type not in LLAMA_STYLE | FUSED_STYLE:
-        raise CatalogError(f"{name}: unsupported model_type {model_type!r} "
-                           f"(supported: {', '.join(SUPPORTED_MODEL_TYPES)})")
+        raise UnknownArchitecture(f"{name}: unsupported model_type {model_type!r} "
+                                  f"(supported: {', '.join(SUPPORTED_MODEL_TYPES)})", name, config)
     vocab = _require_int(config, "vocab_size", name)
     hidden = _require_int(config, "hidden_size", name)
     inter = _require_int(config, "intermediate_size", name)
