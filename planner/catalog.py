@@ -12,14 +12,11 @@ from pathlib import Path
 
 import data
 
-from .specs import GpuSpec, Linear, ModelSpec
+from .architectures import SUPPORTED_MODEL_TYPES, TABLE, Dims, describe
+from .specs import GpuSpec, ModelSpec
 
 MIB = 1 << 20
 
-# Decoder families whose module layout the planner knows (HF model_type values).
-LLAMA_STYLE = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2"})
-FUSED_STYLE = frozenset({"phi3"})
-SUPPORTED_MODEL_TYPES = tuple(sorted(LLAMA_STYLE | FUSED_STYLE))
 
 
 class CatalogError(ValueError):
@@ -81,17 +78,13 @@ def _require_int(config: dict, key: str, source: str) -> int:
 
 def model_from_config(config: dict, name: str, hf_id: str | None = None,
                       published_params: int | None = None) -> ModelSpec:
-    """Build a :class:`ModelSpec` from the fields of an HF config.json.
-
-    Layouts (module names and shapes as in transformers' modeling files):
-    Llama-style (llama, mistral, qwen2, qwen3, gemma, gemma2): q/k/v/o_proj and
-    gate/up/down_proj; Qwen2 has biases on q, k and v; Gemma-2 has four norms per layer.
-    Phi-3: fused qkv_proj and gate_up_proj.
-    """
+    """Build a :class:`ModelSpec` from the fields of an HF config.json, through the
+    architecture table (:mod:`planner.architectures`)."""
     if not isinstance(config, dict):
         raise CatalogError(f"{name}: a config.json must hold a JSON object")
     model_type = config.get("model_type")
-    if model_type not in LLAMA_STYLE | FUSED_STYLE:
+    arch = TABLE.get(model_type)
+    if arch is None:
         raise UnknownArchitecture(f"{name}: unsupported model_type {model_type!r} "
                                   f"(supported: {', '.join(SUPPORTED_MODEL_TYPES)})", name, config)
     vocab = _require_int(config, "vocab_size", name)
@@ -105,28 +98,7 @@ def model_from_config(config: dict, name: str, hf_id: str | None = None,
     head_dim = config.get("head_dim") or hidden // heads
     if not isinstance(head_dim, int) or head_dim < 1:
         raise CatalogError(f"{name}: head_dim {head_dim!r} must be a positive integer")
-    q_dim, kv_dim = heads * head_dim, kv_heads * head_dim
-    attn_bias = bool(config.get("attention_bias", False))
-    mlp_bias = bool(config.get("mlp_bias", False))
-    if model_type in FUSED_STYLE:
-        linears = (
-            Linear("qkv_proj", hidden, q_dim + 2 * kv_dim, attn_bias),
-            Linear("o_proj", q_dim, hidden, attn_bias),
-            Linear("gate_up_proj", hidden, 2 * inter, mlp_bias),
-            Linear("down_proj", inter, hidden, mlp_bias),
-        )
-    else:
-        qkv_bias = True if model_type == "qwen2" else attn_bias
-        linears = (
-            Linear("q_proj", hidden, q_dim, qkv_bias),
-            Linear("k_proj", hidden, kv_dim, qkv_bias),
-            Linear("v_proj", hidden, kv_dim, qkv_bias),
-            Linear("o_proj", q_dim, hidden, attn_bias),
-            Linear("gate_proj", hidden, inter, mlp_bias),
-            Linear("up_proj", hidden, inter, mlp_bias),
-            Linear("down_proj", inter, hidden, mlp_bias),
-        )
-    tie_default = model_type in {"gemma", "gemma2"}
+    dims = Dims(hidden=hidden, intermediate=inter, heads=heads, kv_heads=kv_heads, head_dim=head_dim)
     return ModelSpec(
         name=name,
         model_type=model_type,
@@ -137,16 +109,11 @@ def model_from_config(config: dict, name: str, hf_id: str | None = None,
         num_heads=heads,
         num_kv_heads=kv_heads,
         head_dim=head_dim,
-        tie_word_embeddings=bool(config.get("tie_word_embeddings", tie_default)),
-        linears=linears,
-        norms_per_layer=4 if model_type == "gemma2" else 2,
+        tie_word_embeddings=bool(config.get("tie_word_embeddings", arch.tie_default)),
+        layer=describe(arch, config, dims),
         max_position_embeddings=int(config.get("max_position_embeddings") or 4096),
         hf_id=hf_id,
         published_params=published_params,
-        eager_attention=bool(config.get("attn_logit_softcapping")),
-        logit_softcapping=bool(config.get("final_logit_softcapping")),
-        norm_fp32_output=model_type in {"gemma", "gemma2"},
-        rotary_concat=model_type == "phi3",
         config_json=json.dumps(config, sort_keys=True),
     )
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import difflib
 
-from .specs import ALL_LINEAR, Linear, ModelSpec, TrainSpec
+from .architectures import Linear
+from .specs import ALL_LINEAR, ModelSpec, TrainSpec
 
 
 def embedding_params(model: ModelSpec) -> int:
@@ -21,8 +22,8 @@ def lm_head_params(model: ModelSpec) -> int:
 
 
 def norm_params(model: ModelSpec) -> int:
-    """RMSNorm weights: norms_per_layer per decoder layer plus the final norm, hidden_size each."""
-    return (model.num_layers * model.norms_per_layer + 1) * model.hidden_size
+    """Norm weights (and LayerNorm biases): each decoder layer's norms, plus the final norm (hidden_size)."""
+    return model.num_layers * sum(norm.params for norm in model.layer.norms) + model.hidden_size
 
 
 def linear_params(model: ModelSpec) -> int:

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from . import components as C
+from . import moments as M
 from .specs import ModelSpec, TrainSpec
 
 PHASES = ("forward", "backward", "optimizer")
@@ -87,8 +88,8 @@ def step_memory(model: ModelSpec, train: TrainSpec, dtype: str) -> StepMemory:
     head_copy = C.lm_head_autocast_copy(model, train, prec)
     copies = layer_copies + head_copy
     back_copies = C.backward_autocast_copies(model, train, prec)
-    fwd = C.layer_transient(model, train, prec)
-    rec = C.layer_transient(model, train, prec, recompute=True)
+    fwd = M.layer_transient(model, train, prec)
+    rec = M.layer_transient(model, train, prec, recompute=True)
     final_norm = C.norm_saved(model, train, prec)  # not run yet in the layers' forward
     grads = C.grads(model, train, prec)
     per_layer = C.layer_saved(model, train, prec)
@@ -116,11 +117,11 @@ def step_memory(model: ModelSpec, train: TrainSpec, dtype: str) -> StepMemory:
     # part before the worst per-module transient, with that transient) while the other
     # layers' inputs are still kept (lm_head's copy is gone by then).
     # Without checkpointing no forward runs again: only bitsandbytes' backward dequantizes.
-    moments = [dict(transient__recompute=recompute + in_flight + C.recompute_stop_extra(model, train, prec)),
+    moments = [dict(transient__recompute=recompute + in_flight + M.recompute_stop_extra(model, train, prec)),
                dict(transient__recompute=rec.live + rec.before + in_flight, transient__dequant=rec.dequant,
                     transient__dora=rec.dora) if gc
                else dict(transient__dequant=C.dequant_transient(model, train, prec))]
-    kept, workspace = C.dora_backward_moment(model, train, prec)
+    kept, workspace = M.dora_backward_moment(model, train, prec)
     dora_back = _breakdown(**persistent, activations__saved=saved if gc else saved - per_layer + kept,
                            activations__autocast_weights=back_copies, transient__recompute=kept if gc else 0,
                            transient__dora_backward=workspace)

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, replace
 
+from .architectures import Layer, Linear, Traits
+
 METHODS = ("full", "lora", "rslora", "qlora", "dora", "qdora")
 QUANTIZED_METHODS = frozenset({"qlora", "qdora"})
 DORA_METHODS = frozenset({"dora", "qdora"})
@@ -27,24 +29,11 @@ ALL_LINEAR = "all-linear"
 
 
 @dataclass(frozen=True)
-class Linear:
-    """One nn.Linear inside a decoder layer, named as in the HF module tree."""
-
-    name: str
-    in_features: int
-    out_features: int
-    bias: bool = False
-
-    @property
-    def params(self) -> int:
-        return self.in_features * self.out_features + (self.out_features if self.bias else 0)
-
-
-@dataclass(frozen=True)
 class ModelSpec:
     """A decoder-only transformer, as far as memory is concerned.
 
-    ``linears`` lists the Linear modules of one decoder layer; every layer is the same.
+    ``layer`` describes one decoder layer (every layer is the same): its Linear modules with
+    their roles, its norms and its traits (planner.architectures).
     ``config_json`` keeps the HF config fields so that probes can build the real model.
     """
 
@@ -58,15 +47,10 @@ class ModelSpec:
     num_kv_heads: int
     head_dim: int
     tie_word_embeddings: bool
-    linears: tuple[Linear, ...]
-    norms_per_layer: int
+    layer: Layer
     max_position_embeddings: int
     hf_id: str | None = None
     published_params: int | None = None
-    eager_attention: bool = False  # attention softcapping (Gemma-2) rules out the SDPA kernels
-    logit_softcapping: bool = False  # final logits pass through cap * tanh(logits / cap) (Gemma-2)
-    norm_fp32_output: bool = False  # Gemma's RMSNorm scales in fp32: x_norm * (1 + w.float())
-    rotary_concat: bool = False  # RoPE joins rotated and pass-through dims with torch.cat (Phi-3)
     config_json: str = field(default="{}", repr=False, compare=False)
 
     @property
@@ -78,8 +62,24 @@ class ModelSpec:
         return self.num_kv_heads * self.head_dim
 
     @property
+    def linears(self) -> tuple[Linear, ...]:
+        return self.layer.linears
+
+    @property
     def linear_names(self) -> tuple[str, ...]:
         return tuple(lin.name for lin in self.linears)
+
+    @property
+    def traits(self) -> Traits:
+        return self.layer.traits
+
+    @property
+    def eager_attention(self) -> bool:
+        return self.layer.traits.eager_attention
+
+    def with_traits(self, **changes) -> "ModelSpec":
+        """This model with some layer traits changed (for tests and what-if plans)."""
+        return replace(self, layer=replace(self.layer, traits=replace(self.layer.traits, **changes)))
 
     def hf_config(self) -> dict:
         """The HF config.json fields this spec was made from (a fresh dict)."""

@@ -6,6 +6,7 @@ Settings unless stated: batch 1, seq 3 (T=3 tokens), rank 2, bf16 (c=2), autocas
 
 from planner import TrainSpec
 from planner import components as C
+from planner import moments as M
 
 BF16 = "bf16"
 
@@ -82,7 +83,7 @@ def test_activation_terms(tiny):
     assert C.norm_saved(tiny, full, prec(full)) == 108 + 3 * 8 * 2  # + normalized bf16 input
     from dataclasses import replace
 
-    gemma_norm = replace(tiny, norm_fp32_output=True)
+    gemma_norm = tiny.with_traits(norm="rms_fp32_out")
     assert C.norm_saved(gemma_norm, full, prec(full)) == 108 + 3 * 8 * 4  # + normalized fp32 product
     assert C.norm_saved(gemma_norm, t, p) == 108
     # q_rot, k_rot, v, out: 3 * (2*8 + 2*4) * 2 = 144; logsumexp 1 * 2 heads * 3 * 4 = 24
@@ -131,7 +132,7 @@ def test_mixed_precision_keeps_an_fp32_residual_stream(tiny):
 def test_eager_attention_keeps_probabilities(tiny):
     from dataclasses import replace
 
-    eager = replace(tiny, eager_attention=True)
+    eager = tiny.with_traits(eager_attention=True)
     t = spec()
     # q's copy and k, v expanded to both heads, 3 * 3 * 8 * 2 = 144 (no output, no
     # logsumexp) + 1 * 2 heads * 3 * 3 scores, each kept as softcapped bf16 (2), fp32 softmax
@@ -145,7 +146,7 @@ def test_eager_attention_keeps_probabilities(tiny):
 def test_final_logit_softcapping_keeps_tanh(tiny):
     from dataclasses import replace
 
-    capped = replace(tiny, logit_softcapping=True)
+    capped = tiny.with_traits(logit_softcapping=True)
     t = spec()
     assert C.softcap_saved(capped, t, prec(t)) == 3 * 10 * 2
     assert C.logits_forward(capped, t, prec(t)) == 300 + 60 + 48
@@ -201,9 +202,9 @@ def test_transients(tiny):
     # down_proj 16 -> 8: bf16 identity 16*16*2 + four dense 8x16 fp32 = 512 + 2048, larger than
     # the product moment: fp32 + bf16 identity 16*16*6 + B's output 16*8*2 = 1792
     down = tiny.linears[-1]
-    assert C.dora_transient_per_linear(down, d, prec(d)) == 2560
+    assert M.dora_transient_per_linear(down, d, prec(d)) == 2560
     pure = spec(method="dora", precision="pure")
-    assert C.dora_transient_per_linear(down, pure, prec(pure)) == 16 * 16 * 4 + 2048  # fp32 identity
+    assert M.dora_transient_per_linear(down, pure, prec(pure)) == 16 * 16 * 4 + 2048  # fp32 identity
 
 
 def test_dora_product_moment_wins_when_in_is_much_larger_than_out():
@@ -212,7 +213,7 @@ def test_dora_product_moment_wins_when_in_is_much_larger_than_out():
     lin = Linear("down_proj", 64, 4)
     t = spec(method="dora")
     # at the norm: 64*64*2 + 4*4*64*4 = 12288; at the product: 64*64*(4+2) + 64*4*2 = 25088
-    assert C.dora_transient_per_linear(lin, t, prec(t)) == 25088
+    assert M.dora_transient_per_linear(lin, t, prec(t)) == 25088
 
 
 def test_checkpoint_input_leaf(tiny):
@@ -243,7 +244,7 @@ def test_rotary_concat_makes_o_proj_keep_a_copy_of_the_attention_output(tiny):
     from planner.catalog import model_from_config
 
     phi3 = model_from_config({**tiny.hf_config(), "model_type": "phi3"}, "tiny-phi3")
-    assert phi3.rotary_concat and not tiny.rotary_concat
+    assert phi3.traits.rotary_concat and not tiny.traits.rotary_concat
     full = spec(method="full")
     # the Llama layout's 3 * (8 + 8 + 16) * 2, and the contiguous copy before o_proj: 3 * 8 * 2
     assert C.linear_inputs_saved(phi3, full, prec(full)) == 192 + 48
@@ -258,69 +259,70 @@ def test_layer_transient_worst_moment(tiny):
     # gate 252, up 252, MLP 288 = 1704; the locals, 4 * 3*8*2 = 192 (the embedding output, the
     # layer's input, the attention block's sum, the post-attention norm output); its DoRA
     # transient 2560 (see test_transients)
-    assert C.layer_transient(tiny, d, p) == C.LayerMoment(live=288, before=1704, locals=192, dora=2560)
+    assert M.layer_transient(tiny, d, p) == M.LayerMoment(live=288, before=1704, locals=192, dora=2560)
     assert C.layer_saved(tiny, d, p) == 1704 + 204  # + down's own: 3*16*2 + 3*2*2 + 3*8*(2+2)
     # LoRA: down_proj forming its output, the base output, lora_B's and the scaled one
     # 3 * 3*8*2 = 144, after it kept the whole layer: 1032 before it + its own 3*16*2 + 3*2*2
-    assert C.layer_transient(tiny, spec(), prec(spec())) == C.LayerMoment(live=288, before=1140, locals=192,
+    assert M.layer_transient(tiny, spec(), prec(spec())) == M.LayerMoment(live=288, before=1140, locals=192,
                                                                           working=144)
     gc = spec(gradient_checkpointing=True)
     # checkpointed: nothing kept in the layer, and up_proj wins: its input and fp32 cast
     # 3*8*6 = 144, the attention sum 48 and act(gate) 3*16*2 = 96, its three outputs 3*16*6 =
     # 288 (down_proj: 288 + 96 + 144 = 528 < 576)
-    assert C.layer_transient(tiny, gc, prec(gc)) == C.LayerMoment(live=144, locals=48 + 96, working=288)
+    assert M.layer_transient(tiny, gc, prec(gc)) == M.LayerMoment(live=144, locals=48 + 96, working=288)
     # recomputed in backward: the whole saved prefix, and no working set (see the docstring)
-    assert C.layer_transient(tiny, gc, prec(gc), recompute=True) == C.LayerMoment()
+    assert M.layer_transient(tiny, gc, prec(gc), recompute=True) == M.LayerMoment()
 
 
 def test_recompute_stop_extra(tiny):
-    assert C.recompute_stop_extra(tiny, spec(), prec(spec())) == 0  # no checkpointing
+    assert M.recompute_stop_extra(tiny, spec(), prec(spec())) == 0  # no checkpointing
     gc = spec(gradient_checkpointing=True)
     # down_proj's input and fp32 cast 3*16*6 = 288, the attention sum and the post-attention
     # norm output 2 * 3*8*2 = 96, down's base output 3*8*2 = 48
-    assert C.recompute_stop_extra(tiny, gc, prec(gc)) == 288 + 96 + 48
+    assert M.recompute_stop_extra(tiny, gc, prec(gc)) == 288 + 96 + 48
     full = spec(method="full", gradient_checkpointing=True)
     # full fine-tuning stops when down_proj saves its input: no cast, no output yet
-    assert C.recompute_stop_extra(tiny, full, prec(full)) == 3 * 16 * 2 + 96
+    assert M.recompute_stop_extra(tiny, full, prec(full)) == 3 * 16 * 2 + 96
 
 
 def test_layer_locals(tiny):
+    lin = {lin.name: lin for lin in tiny.linears}
     t = spec()
     p = prec(t)
     th = 3 * 8 * 2
     # the embedding output and the layer's input; o_proj also the input norm's output
-    assert [C.layer_locals(tiny, t, p, n) for n in ("q_proj", "o_proj")] == [2 * th, 3 * th]
+    assert [M.layer_locals(tiny, t, p, lin[n]) for n in ("q_proj", "o_proj")] == [2 * th, 3 * th]
     # MLP: + the attention block's sum; down_proj also the post-attention norm's output
-    assert [C.layer_locals(tiny, t, p, n) for n in ("gate_proj", "down_proj")] == [3 * th, 4 * th]
+    assert [M.layer_locals(tiny, t, p, lin[n]) for n in ("gate_proj", "down_proj")] == [3 * th, 4 * th]
     q = spec(method="qlora")
     # fp32 stream: the norms' saved inputs are those tensors themselves: only the embedding
     # output and the norm output remain, 3*8*4 each
-    assert C.layer_locals(tiny, q, prec(q), "down_proj") == 2 * 96
+    assert M.layer_locals(tiny, q, prec(q), lin["down_proj"]) == 2 * 96
     gc = spec(gradient_checkpointing=True)
     # checkpointed: the attention sum, and act(gate) while up_proj runs (3*16*2)
-    assert C.layer_locals(tiny, gc, prec(gc), "up_proj") == th + 96
+    assert M.layer_locals(tiny, gc, prec(gc), lin["up_proj"]) == th + 96
 
 
 def test_module_working_set(tiny):
     lin = {lin.name: lin for lin in tiny.linears}["up_proj"]
     t = spec()
-    assert C.module_working_set(lin, t, prec(t), targeted=False) == 3 * 16 * 2
-    assert C.module_working_set(lin, t, prec(t), targeted=True) == 3 * 16 * 6  # base, lora_B, scaled
+    assert M.module_working_set(lin, t, prec(t), targeted=False) == 3 * 16 * 2
+    assert M.module_working_set(lin, t, prec(t), targeted=True) == 3 * 16 * 6  # base, lora_B, scaled
     q = spec(method="qlora")
     # fp32 base output: the scaled copy and the fp32 sum beside it win, 3*16*(4 + 4 + 2)
-    assert C.module_working_set(lin, q, prec(q), targeted=True) == 3 * 16 * 10
+    assert M.module_working_set(lin, q, prec(q), targeted=True) == 3 * 16 * 10
     d = spec(method="dora")
     # base and lora_B outputs (2 + 2), three fp32 products of the magnitude scale (12), and
     # the two dense fp32 casts of the norm computation, 2 * 16*8*4
-    assert C.module_working_set(lin, d, prec(d), targeted=True) == 3 * 16 * 16 + 1024
+    assert M.module_working_set(lin, d, prec(d), targeted=True) == 3 * 16 * 16 + 1024
 
 
 def test_dora_backward_moment(tiny):
     d = spec(method="dora")
     # down_proj's backward: the layer keeps all it saved (1908) and three fp32 gradients of
     # down's output, 3 * 3 * 8 * 4 = 288; it beats up_proj: norm..up (1416) + 3 * 3 * 16 * 4 = 576
-    assert C.dora_backward_moment(tiny, d, prec(d)) == (1908, 288)
+    assert M.dora_backward_moment(tiny, d, prec(d)) == (1908, 288)
     gc = spec(method="dora", gradient_checkpointing=True)
     # + down's input and its fp32 cast 3*16*(2+4) = 288 and two dense fp32 casts 2*8*16*4 = 1024
-    assert C.dora_backward_moment(tiny, gc, prec(gc)) == (1908, 288 + 288 + 1024)
-    assert C.dora_backward_moment(tiny, spec(), prec(spec())) == (0, 0)
+    assert M.dora_backward_moment(tiny, gc, prec(gc)) == (1908, 288 + 288 + 1024)
+    assert M.dora_backward_moment(tiny, spec(), prec(spec())) == (0, 0)
