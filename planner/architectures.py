@@ -54,12 +54,18 @@ class Linear:
 
 @dataclass(frozen=True)
 class Norm:
-    """One normalization module of a decoder layer: where it runs and its parameters."""
+    """One normalization module of a decoder layer: where it runs and its parameters.
+
+    ``size`` is the width it normalizes over (and its weight's length): the hidden size, the
+    whole q or k projection (OLMo-2's qk-norm), or one head (``per_head``: Qwen3, Gemma-3,
+    applied to every head of every token).
+    """
 
     name: str
     site: str
-    size: int  # weight elements (hidden size, or head_dim for a per-head qk-norm)
+    size: int
     bias: bool = False  # LayerNorm with a bias
+    per_head: bool = False
 
     @property
     def params(self) -> int:
@@ -70,11 +76,42 @@ class Norm:
 class Traits:
     """How a decoder layer computes, as far as memory is concerned."""
 
-    norm: str = "rms"  # "rms"; "rms_fp32_out": Gemma's RMSNorm, x_norm * (1 + w.float()) in fp32
-    placement: str = "pre"  # "pre", "sandwich" (pre and post), "post" (OLMo-2)
+    # "rms"; "rms_fp32_out": the weight multiplies the fp32 normalized input (Gemma's
+    # x_norm * (1 + w.float()), OLMo-2's (w * x_norm).to(dtype)), so that product is fp32
+    norm: str = "rms"
+    placement: str = "pre"  # "pre", "sandwich" (pre and post), "post" (OLMo-2: after each block only)
+    qk_norm: str = "none"  # "none", "head" (over head_dim, after the reshape), "full" (over q_dim / kv_dim)
     eager_attention: bool = False  # attention logit softcapping (Gemma-2) rules out the SDPA kernels
     logit_softcapping: bool = False  # final logits pass through cap * tanh(logits / cap) (Gemma-2)
     rotary_concat: bool = False  # RoPE joins rotated and pass-through dims with torch.cat (Phi-3)
+    attention_sinks: bool = False  # a learned sink logit per head joins the softmax (gpt-oss)
+    rotary_fraction: float = 1.0  # partial_rotary_factor: the share of head_dim RoPE rotates
+    rope_tables: int = 1  # distinct cos/sin pairs per forward (Gemma-3: one per attention type)
+    rope_fp32: bool = False  # the rotary embedding returns fp32 cos / sin (OLMo-2)
+    sliding_window: int | None = None  # the window of the sliding-attention layers
+    sliding_layers: int = 0  # how many layers attend within the window
+
+
+@dataclass(frozen=True)
+class MoE:
+    """A mixture-of-experts MLP (transformers 5.x): a router and fused 3-D expert weights.
+
+    The experts are two parameters, not Linear modules: gate_up (E, 2I, h) and down (E, h, I)
+    (gpt-oss: transposed, with biases). Each token goes to its top-k experts; transformers'
+    default ``grouped_mm`` path sorts the T*k (token, expert) pairs by expert and runs two
+    grouped matmuls, so its tensors do not depend on how balanced the routing is.
+    """
+
+    experts: int  # E
+    top_k: int  # k
+    intermediate: int  # I of one expert
+    router: str = "gate"  # the router module's name inside the MLP ("gate", gpt-oss "router")
+    router_bias: bool = False
+    expert_bias: bool = False  # gpt-oss: gate_up_proj_bias (E, 2I), down_proj_bias (E, h)
+    renormalize: bool = False  # the top-k weights are divided by their sum (Mixtral always)
+    weights_fp32: bool = False  # the routing weights stay fp32 (Mixtral) instead of the compute dtype
+    activation: str = "swiglu"  # "swiglu", "clamped_swiglu" (gpt-oss: clamp, sigmoid, (up + 1))
+    peft_converts: bool = False  # peft's all-linear also adapts router and experts (target_parameters)
 
 
 @dataclass(frozen=True)
@@ -84,6 +121,7 @@ class Layer:
     linears: tuple[Linear, ...]
     norms: tuple[Norm, ...]
     traits: Traits = field(default_factory=Traits)
+    moe: MoE | None = None
 
     def by_role(self, *roles: str) -> tuple[Linear, ...]:
         return tuple(lin for lin in self.linears if lin.role in roles)
@@ -110,21 +148,46 @@ class Architecture:
                                                ("post_attention_layernorm", "mlp_in"))
     traits: Traits = field(default_factory=Traits)
     tie_default: bool = False
+    # which layers slide when the config has no layer_types: "all" (Mistral), "pattern"
+    # (every sliding_window_pattern-th layer is full: Gemma-3), "alternate" (even layers: Gemma-2),
+    # "flag" (all, when use_sliding_window is set: Qwen2/3), or "none"
+    sliding: str = "none"
+    attention_bias_default: bool = False  # attention_bias when the config omits it
+    # mixture of experts: "mixtral", "qwen" (Qwen3-MoE) or "gpt_oss" (see :func:`_moe`)
+    moe: str | None = None
 
 
 SANDWICH = (("input_layernorm", "attn_in"), ("post_attention_layernorm", "attn_out"),
             ("pre_feedforward_layernorm", "mlp_in"), ("post_feedforward_layernorm", "mlp_out"))
 
 # model_type -> layout (transformers 5.23 modeling files).
+POST_NORM = (("post_attention_layernorm", "attn_out"), ("post_feedforward_layernorm", "mlp_out"))
+
 TABLE: dict[str, Architecture] = {
     "llama": Architecture(),
-    "mistral": Architecture(),
-    "qwen2": Architecture(qkv_bias=True),
-    "qwen3": Architecture(),
+    "mistral": Architecture(sliding="all"),
+    "qwen2": Architecture(qkv_bias=True, sliding="flag"),
+    "qwen3": Architecture(traits=Traits(qk_norm="head"), sliding="flag"),
     "gemma": Architecture(traits=Traits(norm="rms_fp32_out"), tie_default=True),
     "gemma2": Architecture(norm_sites=SANDWICH, traits=Traits(norm="rms_fp32_out", placement="sandwich"),
-                           tie_default=True),
+                           tie_default=True, sliding="alternate"),
+    "gemma3_text": Architecture(norm_sites=SANDWICH, tie_default=True, sliding="pattern",
+                                traits=Traits(norm="rms_fp32_out", placement="sandwich", qk_norm="head",
+                                              rope_tables=2)),
+    "olmo2": Architecture(norm_sites=POST_NORM, traits=Traits(norm="rms_fp32_out", placement="post",
+                                                                  qk_norm="full", rope_fp32=True)),
+    # Granite's embedding, residual, attention and logits multipliers are scalar products that
+    # keep nothing for backward (tracer: the same saved set as Llama).
+    "granite": Architecture(),
+    # SmolLM3's no-RoPE layers keep the q_proj output instead of the rotated q: the same bytes.
+    "smollm3": Architecture(tie_default=True),
     "phi3": Architecture(attention="fused", mlp="fused_gated", traits=Traits(rotary_concat=True)),
+    "mixtral": Architecture(sliding="all", moe="mixtral"),
+    "qwen3_moe": Architecture(traits=Traits(qk_norm="head"), sliding="flag", moe="qwen"),
+    # gpt-oss has no SDPA path in transformers (its sinks need the eager softmax), and its
+    # norms multiply the weight in fp32 ((w * x_fp32).to(dtype)).
+    "gpt_oss": Architecture(traits=Traits(norm="rms_fp32_out", eager_attention=True, attention_sinks=True),
+                            sliding="alternate", attention_bias_default=True, moe="gpt_oss"),
 }
 SUPPORTED_MODEL_TYPES = tuple(sorted(TABLE))
 
@@ -138,6 +201,7 @@ class Dims:
     heads: int
     kv_heads: int
     head_dim: int
+    layers: int
 
     @property
     def q_dim(self) -> int:
@@ -151,7 +215,7 @@ class Dims:
 def describe(arch: Architecture, config: dict, dims: Dims) -> Layer:
     """The decoder layer of ``arch`` for a config's fields (already validated into ``dims``)."""
     h, inter, q_dim, kv_dim = dims.hidden, dims.intermediate, dims.q_dim, dims.kv_dim
-    attn_bias = bool(config.get("attention_bias", False))
+    attn_bias = bool(config.get("attention_bias", arch.attention_bias_default))
     mlp_bias = bool(config.get("mlp_bias", False))
     qkv_bias = arch.qkv_bias or attn_bias
     if arch.attention == "fused":
@@ -160,18 +224,79 @@ def describe(arch: Architecture, config: dict, dims: Dims) -> Layer:
         attention = (Linear("q_proj", h, q_dim, qkv_bias, "q"), Linear("k_proj", h, kv_dim, qkv_bias, "k"),
                      Linear("v_proj", h, kv_dim, qkv_bias, "v"))
     attention += (Linear("o_proj", q_dim, h, attn_bias, "o"),)
-    if arch.mlp == "fused_gated":
+    moe = _moe(arch.moe, config, dims) if arch.moe else None
+    if moe is not None:
+        mlp = ()
+    elif arch.mlp == "fused_gated":
         mlp = (Linear("gate_up_proj", h, 2 * inter, mlp_bias, "gate_up"),)
     else:
         mlp = (Linear("gate_proj", h, inter, mlp_bias, "gate"), Linear("up_proj", h, inter, mlp_bias, "up"))
-    mlp += (Linear("down_proj", inter, h, mlp_bias, "down"),)
+    if moe is None:
+        mlp += (Linear("down_proj", inter, h, mlp_bias, "down"),)
     norms = tuple(Norm(name, site, h) for name, site in arch.norm_sites)
     traits = arch.traits
+    if traits.qk_norm == "head":
+        norms += (Norm("q_norm", "q", dims.head_dim, per_head=True), Norm("k_norm", "k", dims.head_dim, per_head=True))
+    elif traits.qk_norm == "full":
+        norms += (Norm("q_norm", "q", q_dim), Norm("k_norm", "k", kv_dim))
+    rotary = config.get("partial_rotary_factor") or (config.get("rope_parameters") or {}).get("partial_rotary_factor")
+    if rotary:
+        traits = _with(traits, rotary_fraction=float(rotary))
+    window = config.get("sliding_window")
+    sliding = _sliding_layers(arch, config, dims.layers) if isinstance(window, int) and window > 0 else 0
+    if sliding:
+        traits = _with(traits, sliding_window=window, sliding_layers=sliding)
     if config.get("attn_logit_softcapping"):
         traits = _with(traits, eager_attention=True)
     if config.get("final_logit_softcapping"):
         traits = _with(traits, logit_softcapping=True)
-    return Layer(linears=attention + mlp, norms=norms, traits=traits)
+    return Layer(linears=attention + mlp, norms=norms, traits=traits, moe=moe)
+
+
+class LayoutError(ValueError):
+    """A config the architecture table cannot describe (the message names the field)."""
+
+
+def _moe(kind: str, config: dict, dims: Dims) -> MoE:
+    """The mixture of experts of a Mixtral, Qwen3-MoE or gpt-oss config (transformers 5.23 defaults).
+
+    peft's all-linear reaches the router and the experts only for the families whose
+    checkpoint-conversion pattern it knows (Mixtral, Qwen3-MoE: it rewrites the targets to
+    ``target_parameters``); for gpt-oss it adapts the attention Linears only."""
+    experts = config.get("num_local_experts") or config.get("num_experts")
+    top_k = config.get("num_experts_per_tok") or config.get("experts_per_token")
+    inter = config.get("moe_intermediate_size") if kind == "qwen" else dims.intermediate
+    for field_name, value in (("num_local_experts / num_experts", experts), ("num_experts_per_tok", top_k),
+                              ("moe_intermediate_size", inter)):
+        if not isinstance(value, int) or value < 1:
+            raise LayoutError(f"config field {field_name!r} must be a positive integer, got {value!r}")
+    if kind == "qwen" and (config.get("mlp_only_layers") or (config.get("decoder_sparse_step") or 1) != 1):
+        raise LayoutError("dense layers between the MoE layers (mlp_only_layers, decoder_sparse_step) are not "
+                          "planned yet: use probe --device fake")
+    if kind == "mixtral":
+        return MoE(experts, top_k, inter, renormalize=True, weights_fp32=True, peft_converts=True)
+    if kind == "qwen":
+        return MoE(experts, top_k, inter, renormalize=bool(config.get("norm_topk_prob", False)), peft_converts=True)
+    return MoE(experts, top_k, inter, router="router", router_bias=True, expert_bias=True,
+               activation="clamped_swiglu")
+
+
+def _sliding_layers(arch: Architecture, config: dict, layers: int) -> int:
+    """How many layers use sliding-window attention: the config's layer_types where given,
+    else the family's rule (transformers' config defaults)."""
+    types = config.get("layer_types")
+    if isinstance(types, list) and types:
+        return sum(1 for t in types[:layers] if t == "sliding_attention")
+    if arch.sliding == "all":
+        return layers
+    if arch.sliding == "flag":
+        return layers if config.get("use_sliding_window") else 0
+    if arch.sliding == "alternate":
+        return (layers + 1) // 2
+    if arch.sliding == "pattern":
+        pattern = config.get("sliding_window_pattern") or 6
+        return layers - layers // pattern
+    return 0
 
 
 def _with(traits: Traits, **changes) -> Traits:

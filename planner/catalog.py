@@ -12,7 +12,7 @@ from pathlib import Path
 
 import data
 
-from .architectures import SUPPORTED_MODEL_TYPES, TABLE, Dims, describe
+from .architectures import SUPPORTED_MODEL_TYPES, TABLE, Dims, LayoutError, describe
 from .specs import GpuSpec, ModelSpec
 
 MIB = 1 << 20
@@ -98,7 +98,7 @@ def model_from_config(config: dict, name: str, hf_id: str | None = None,
     head_dim = config.get("head_dim") or hidden // heads
     if not isinstance(head_dim, int) or head_dim < 1:
         raise CatalogError(f"{name}: head_dim {head_dim!r} must be a positive integer")
-    dims = Dims(hidden=hidden, intermediate=inter, heads=heads, kv_heads=kv_heads, head_dim=head_dim)
+    dims = Dims(hidden=hidden, intermediate=inter, heads=heads, kv_heads=kv_heads, head_dim=head_dim, layers=layers)
     return ModelSpec(
         name=name,
         model_type=model_type,
@@ -110,12 +110,19 @@ def model_from_config(config: dict, name: str, hf_id: str | None = None,
         num_kv_heads=kv_heads,
         head_dim=head_dim,
         tie_word_embeddings=bool(config.get("tie_word_embeddings", arch.tie_default)),
-        layer=describe(arch, config, dims),
+        layer=_describe(arch, config, dims, name),
         max_position_embeddings=int(config.get("max_position_embeddings") or 4096),
         hf_id=hf_id,
         published_params=published_params,
         config_json=json.dumps(config, sort_keys=True),
     )
+
+
+def _describe(arch, config: dict, dims: Dims, name: str):
+    try:
+        return describe(arch, config, dims)
+    except LayoutError as exc:
+        raise CatalogError(f"{name}: {exc}") from None
 
 
 @lru_cache(maxsize=None)

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 
 from . import counts
-from .architectures import ATTENTION_INPUT_ROLES, MLP_INPUT_ROLES, NORM_READER_ROLES, Linear
+from .architectures import ATTENTION_INPUT_ROLES, MLP_INPUT_ROLES, NORM_READER_ROLES, Linear, Norm
 from .specs import DTYPE_BYTES, ModelSpec, TrainSpec
 
 FP32 = 4
@@ -140,6 +140,9 @@ def _trainable_tensor_sizes(model: ModelSpec, train: TrainSpec) -> list[tuple[in
             sizes.append((lin.out_features * train.rank, model.num_layers))
             if train.is_dora:
                 sizes.append((lin.out_features, model.num_layers))
+        for tg in counts.targeted_parameters(model, train):
+            sizes += [(tg.rank * tg.experts * tg.in_features, model.num_layers),
+                      (tg.out_features * tg.rank * tg.experts, model.num_layers)]
         return sizes
     sizes = [(counts.embedding_params(model), 1), (model.hidden_size, 1)]
     sizes += [(norm.size, model.num_layers) for norm in model.layer.norms]
@@ -204,19 +207,30 @@ def optimizer_transient(model: ModelSpec, train: TrainSpec, prec: Precision) -> 
 
 # ---------------------------------------------------------------- activations
 
-def norm_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
-    """What one RMSNorm keeps for backward, when a gradient flows through it.
+def norm_saved(model: ModelSpec, train: TrainSpec, prec: Precision, norm: Norm | None = None) -> int:
+    """What one RMSNorm keeps for backward, when a gradient flows through it (``norm``: a
+    layer's norm; None: one over the hidden size, as the final norm).
 
-    transformers' RMSNorm upcasts its input (x.to(float32): T*h*4, saved by pow and mul)
-    and saves rsqrt(mean(x^2) + eps) (T*4). When the norm weight itself is trainable (full
-    fine-tuning), the mul also saves the normalized input cast back to the input's dtype,
-    the residual stream's (T*h*c; fp32 under `mixed`); Gemma's norm multiplies in fp32
-    (x_norm * (1 + w.float())) and saves it as fp32 (T*h*4).
+    transformers' RMSNorm upcasts its input (x.to(float32): rows*width*4, saved by pow and mul)
+    and saves rsqrt(mean(x^2) + eps) (rows*4), for rows = T tokens of width h (a hidden norm,
+    or OLMo-2's qk-norm over the whole q / k projection) or T*heads rows of head_dim (a
+    per-head qk-norm: Qwen3, Gemma-3). When the norm weight itself is trainable (full
+    fine-tuning), the mul also saves the normalized input cast back to the input's dtype
+    (rows*width*c; the residual stream's for a hidden norm, fp32 under `mixed`; the Linear
+    output's for a qk-norm); a norm whose weight multiplies in fp32 (Gemma's
+    x_norm * (1 + w.float()), OLMo-2's) saves it as fp32 (rows*width*4). Tracer, tiny models
+    (h 128, 4 heads of 24, 2 kv heads): Qwen3 LoRA keeps 4Tq + 4T*heads + 4Tkv + 4T*kv_heads
+    more than Llama per layer, OLMo-2 4Tq + 4Tkv + 8T.
     """
-    t, h = train.tokens, model.hidden_size
-    saved = t * h * FP32 + t * FP32
+    t = train.tokens
+    if norm is None or norm.site not in ("q", "k"):
+        rows, width, kept = t, model.hidden_size, prec.stream
+    else:
+        heads = model.num_heads if norm.site == "q" else model.num_kv_heads
+        rows, width, kept = (t * heads if norm.per_head else t), norm.size, prec.hidden
+    saved = rows * width * FP32 + rows * FP32
     if train.method == "full":
-        saved += t * h * (FP32 if model.traits.norm == "rms_fp32_out" else prec.stream)
+        saved += rows * width * (FP32 if model.traits.norm == "rms_fp32_out" else kept)
     return saved
 
 
@@ -252,7 +266,58 @@ def attention_core_saved(model: ModelSpec, train: TrainSpec, prec: Precision) ->
 def mlp_core_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
     """The gated MLP keeps gate and up outputs and act(gate) for backward: 3*T*I*c
     (fp32 hidden stream for 4-bit methods: 3*T*I*4, see :func:`precision`)."""
+    if model.layer.moe is not None:
+        return moe_saved(model, train, prec)
     return 3 * train.tokens * model.intermediate_size * prec.hidden
+
+
+def moe_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
+    """What one mixture-of-experts MLP keeps for backward, with transformers' default
+    ``grouped_mm`` experts path (its tensors do not depend on routing balance; balanced
+    routing assumed otherwise). S = T*k (token, expert) pairs, x = bytes of the MLP's input
+    (the residual stream's dtype), E experts of width I.
+
+    - Router: its fp32 softmax (T*E*4) and top-k indices (T*k*8), and when the top-k
+      weights are renormalized their fp32 values and sum (T*k*4 + T*4); gpt-oss instead keeps
+      the indices and a c-byte softmax over the k values (T*k*(8 + c)). Its input (T*h*x)
+      when the router weight or its LoRA is trainable.
+    - Experts: the sort and its inverse (three int64 S-vectors, 24*S), int32 group offsets
+      (4*E), the gate_up output (S*2I*x), act(gate) (S*I*x), the routing weights (S*w, w = 4
+      for Mixtral's fp32 ones, else c) and the down output (S*h*x); when the expert weights
+      are trainable (full fine-tuning, or LoRA on them) also the gathered input (S*h*x) and
+      act(gate)*up (S*I*x). gpt-oss's clamped SwiGLU keeps three more S*I*x (its
+      clamp / sigmoid / (up + 1) chain) and, trainable, the sorted expert ids (8*S).
+    - LoRA on a fused weight (peft's ParamWrapper): the merged weight W + s*B@A, a whole new
+      E*in*out tensor in the weight's dtype, which the grouped matmul keeps (Qwen3-30B-A3B:
+      1.2 GB per layer), and the factors' copies in that dtype (E*r*(in + out)).
+    Tracer, tiny Qwen3-MoE / Mixtral / gpt-oss (h 128, I 48, 8 experts, top-2, T 40, forced
+    balanced routing): these sums to the byte, per layer, for full fine-tuning and LoRA.
+    """
+    moe = model.layer.moe
+    t, h, i, x, c = train.tokens, model.hidden_size, moe.intermediate, prec.stream, prec.compute
+    pairs = t * moe.top_k
+    targets = counts.targeted_parameters(model, train)
+    parts = {tg.part for tg in targets}
+    experts_train = train.method == "full" or bool(parts & {"gate_up", "down"})
+    router_train = train.method == "full" or "router" in parts
+    if moe.activation == "clamped_swiglu":
+        router = pairs * (8 + c)
+        per_pair = (2 * h + 7 * i) * x + 24 + c + 8 if experts_train else (h + 6 * i) * x + 24 + c
+    else:
+        router = t * moe.experts * FP32 + pairs * 8 + ((pairs + t) * FP32 if moe.renormalize else 0)
+        w = FP32 if moe.weights_fp32 else c
+        per_pair = (2 * h + 4 * i) * x + 24 + w if experts_train else (h + 3 * i) * x + 24 + w
+    router += t * h * x if router_train else 0
+    merged = sum((tg.weight + tg.experts * tg.rank * (tg.in_features + tg.out_features)) * expert_weight_bytes(train, prec)
+                 for tg in targets)
+    return router + pairs * per_pair + 4 * moe.experts + merged
+
+
+def expert_weight_bytes(train: TrainSpec, prec: Precision) -> int:
+    """Bytes of a fused expert weight: the stored weight dtype, or fp32 for QLoRA / QDoRA, whose
+    experts bitsandbytes does not quantize (it swaps nn.Linear modules only) and
+    prepare_model_for_kbit_training then casts to fp32 with every other 16-bit parameter."""
+    return FP32 if train.is_quantized else prec.weight
 
 
 def linear_inputs_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
@@ -275,12 +340,14 @@ def linear_inputs_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> 
     if train.method != "full":
         return 0
     t, c = train.tokens, prec.compute
+    moe = model.layer.moe is not None  # the MoE's input is counted in moe_saved
     if prec.autocast and prec.stream != c:
         readers = len(model.layer.by_role(*NORM_READER_ROLES))
     else:
-        readers = 2  # one attention input and one MLP input, shared
+        readers = 1 if moe else 2  # one attention input and one MLP input, shared
+    mlp_inner = 0 if moe else model.intermediate_size
     attention_output_copy = t * model.q_dim * c if model.traits.rotary_concat or model.eager_attention else 0
-    return t * (readers * model.hidden_size + model.intermediate_size) * c + attention_output_copy
+    return t * (readers * model.hidden_size + mlp_inner) * c + attention_output_copy
 
 
 def lora_input_bytes(train: TrainSpec, prec: Precision) -> int:
@@ -321,8 +388,8 @@ def lora_saved_per_linear(lin: Linear, train: TrainSpec, prec: Precision) -> int
 
 def layer_saved_sequence(model: ModelSpec, train: TrainSpec, prec: Precision) -> list[tuple[str, int]]:
     """What one decoder layer keeps for backward, in the order its forward creates it:
-    input norm, the q/k/v adapters, attention, o_proj, the other norms, gate/up adapters, the
-    MLP's activations, down_proj, and (full fine-tuning) the base Linear inputs. Its sum is
+    input norm, the q/k/v adapters, the qk-norms, attention, o_proj, the other norms, gate/up
+    adapters, the MLP's activations, down_proj, and (full fine-tuning) the base Linear inputs. Its sum is
     :func:`layer_saved`; its prefixes say what exists when a per-module transient happens."""
     targeted = counts.targeted_names(model, train)
     layer = model.layer
@@ -331,12 +398,15 @@ def layer_saved_sequence(model: ModelSpec, train: TrainSpec, prec: Precision) ->
         return [(lin.name, lora_saved_per_linear(lin, train, prec)) for lin in layer.by_role(*roles)
                 if lin.name in targeted]
 
-    norm = norm_saved(model, train, prec)
-    seq = [("norm", norm)]
+    def norms(*sites):
+        return [("norm", norm_saved(model, train, prec, n)) for n in layer.norms_at(*sites)]
+
+    seq = norms("attn_in")
     seq += adapters(*ATTENTION_INPUT_ROLES)
+    seq += norms("q", "k")
     seq.append(("attention", attention_core_saved(model, train, prec)))
     seq += adapters("o")
-    seq += [("norm", norm)] * (len(layer.norms) - 1)
+    seq += norms("attn_out", "mlp_in", "mlp_out")
     seq += adapters(*MLP_INPUT_ROLES)
     seq.append(("mlp", mlp_core_saved(model, train, prec)))
     seq += adapters("down")
@@ -355,14 +425,34 @@ def model_level_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> in
 
     RoPE cos and sin, computed once per forward for positions of shape (1, seq) and so
     broadcast over the batch, in the residual stream's dtype, kept by every layer's rotation:
-    2*seq*head_dim*stream (tracer: two [1, 2048, 128] tensors, bf16 for LoRA, fp32 for QLoRA).
+    2*seq*rot*stream for rot rotated dims per head (head_dim, or partial_rotary_factor of it)
+    (tracer: two [1, 2048, 128] tensors, bf16 for LoRA, fp32 for QLoRA); one pair per
+    attention type where they differ (Gemma-3's local and global RoPE), fp32 where the
+    rotary embedding returns fp32 (OLMo-2).
     The final norm (:func:`norm_saved`), and for full fine-tuning the lm_head input (T*h*c).
     """
-    t = train.tokens
-    rope = 2 * train.seq_len * model.head_dim * prec.stream
+    t, traits = train.tokens, model.traits
+    rot = int(model.head_dim * traits.rotary_fraction)
+    rope = traits.rope_tables * 2 * train.seq_len * rot * (FP32 if traits.rope_fp32 else prec.stream)
     final = norm_saved(model, train, prec)
     head_input = t * model.hidden_size * prec.compute if train.method == "full" else 0
     return rope + final + head_input
+
+
+def sliding_mask_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
+    """Sliding-window layers once the sequence reaches the window: transformers then builds an
+    explicit (batch, 1, seq, seq) mask, SDPA turns it into a c-byte additive bias per call and
+    the kernel keeps it, and with a mask SDPA no longer takes grouped k / v natively, so k
+    and v are repeated to all heads (repeat_kv): per sliding layer B*S*S*c + 2*T*(q_dim -
+    kv_dim)*c more (transformers' masking_utils skips the mask only while kv_length <
+    sliding_window; tracer, tiny Mistral with window 16 at seq 40: exactly these two terms).
+    0 for eager attention, whose scores are counted whole (:func:`attention_core_saved`)."""
+    traits = model.traits
+    if not traits.sliding_layers or model.eager_attention or train.seq_len < traits.sliding_window:
+        return 0
+    s = train.seq_len
+    per_layer = train.batch_size * s * s * prec.compute + 2 * train.tokens * (model.q_dim - model.kv_dim) * prec.compute
+    return traits.sliding_layers * per_layer
 
 
 def activations_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
@@ -377,7 +467,8 @@ def activations_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> in
     if train.gradient_checkpointing:
         layers = model.num_layers * train.tokens * model.hidden_size * prec.stream
     else:
-        layers = model.num_layers * layer_saved(model, train, prec) - first_norm_unrecorded(model, train, prec)
+        layers = (model.num_layers * layer_saved(model, train, prec) - first_norm_unrecorded(model, train, prec)
+                  + sliding_mask_saved(model, train, prec))
     return layers + model_level_saved(model, train, prec)
 
 
@@ -387,8 +478,9 @@ def first_norm_unrecorded(model: ModelSpec, train: TrainSpec, prec: Precision) -
     the first adapter does (enable_input_require_grads runs only with checkpointing), so the
     first norm keeps nothing (tracer: layer 0 has no fp32 norm input, every later layer one).
     Its :func:`norm_saved`, or 0 when the embedding output needs a gradient (full
-    fine-tuning, or checkpointing)."""
-    if train.method == "full" or train.gradient_checkpointing:
+    fine-tuning, or checkpointing) or the layer has no input norm (OLMo-2's post-norm
+    layers: both norms read block outputs, which need gradients)."""
+    if train.method == "full" or train.gradient_checkpointing or not model.layer.norms_at("attn_in"):
         return 0
     return norm_saved(model, train, prec)
 
@@ -440,6 +532,8 @@ def autocast_weight_copies(model: ModelSpec, train: TrainSpec, prec: Precision) 
     if not prec.autocast:
         return 0
     copies = counts.adapter_params(model, train) if train.is_adapter else 0
+    # LoRA on fused parameters copies its factors itself (moe_saved), outside autocast
+    copies -= model.num_layers * sum(t.params for t in counts.targeted_parameters(model, train))
     if train.is_dora:  # the magnitude vectors are not matmul weights
         copies -= model.num_layers * sum(lin.out_features
                                          for lin in counts.targeted_linears(model, train.target_modules))

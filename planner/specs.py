@@ -109,6 +109,8 @@ class TrainSpec:
     rank: int = 16
     alpha: float | None = None  # None: 2 * rank
     target_modules: tuple[str, ...] = (ALL_LINEAR,)
+    # peft's target_parameters: fused expert weights ("experts.gate_up_proj", "experts.down_proj")
+    target_parameters: tuple[str, ...] = ()
     batch_size: int = 1
     seq_len: int = 512
     gradient_checkpointing: bool = False
