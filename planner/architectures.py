@@ -266,8 +266,10 @@ def _moe(kind: str, config: dict, dims: Dims) -> MoE:
     experts = config.get("num_local_experts") or config.get("num_experts")
     top_k = config.get("num_experts_per_tok") or config.get("experts_per_token")
     inter = config.get("moe_intermediate_size") if kind == "qwen" else dims.intermediate
-    for field_name, value in (("num_local_experts / num_experts", experts), ("num_experts_per_tok", top_k),
+    for field_name, value in (("num_local_experts", experts), ("num_experts_per_tok", top_k),
                               ("moe_intermediate_size", inter)):
+        if value is None:
+            raise LayoutError(f"config.json lacks the field {field_name!r}, which the architecture table needs")
         if not isinstance(value, int) or value < 1:
             raise LayoutError(f"config field {field_name!r} must be a positive integer, got {value!r}")
     if kind == "qwen" and (config.get("mlp_only_layers") or (config.get("decoder_sparse_step") or 1) != 1):

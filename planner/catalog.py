@@ -71,9 +71,35 @@ def _model_index() -> dict[str, dict]:
 
 def _require_int(config: dict, key: str, source: str) -> int:
     value = config.get(key)
+    if value is None:
+        raise CatalogError(f"{source}: config.json lacks the field {key!r}, which the architecture table needs")
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise CatalogError(f"{source}: config field {key!r} must be a positive integer, got {value!r}")
     return value
+
+
+# Common model types that are not decoder-only language models, for configs that do not
+# declare their architectures (the planner does not import transformers to ask it).
+NOT_DECODERS = frozenset({
+    "bert", "roberta", "xlm-roberta", "distilbert", "deberta", "deberta-v2", "electra", "albert",
+    "modernbert", "t5", "mt5", "umt5", "bart", "mbart", "pegasus", "vit", "clip", "clip_vision_model",
+    "siglip", "siglip_vision_model", "dinov2", "whisper", "wav2vec2", "hubert",
+})
+
+
+def _not_a_decoder(config: dict) -> str:
+    """Why a config is not a decoder-only causal LM, or "" (by its own declarations: the
+    planner does not import transformers)."""
+    if "model_type" not in config:
+        return "config has no 'model_type' field"
+    if config["model_type"] in NOT_DECODERS:
+        return f"model_type {config['model_type']!r} is not a decoder-only language model"
+    if config.get("is_encoder_decoder"):
+        return f"model_type {config['model_type']!r} is an encoder-decoder"
+    archs = config.get("architectures")
+    if isinstance(archs, list) and archs and not any(str(a).endswith("ForCausalLM") for a in archs):
+        return f"architectures {', '.join(map(str, archs))} are not decoder-only causal LMs (no *ForCausalLM)"
+    return ""
 
 
 def model_from_config(config: dict, name: str, hf_id: str | None = None,
@@ -83,10 +109,19 @@ def model_from_config(config: dict, name: str, hf_id: str | None = None,
     if not isinstance(config, dict):
         raise CatalogError(f"{name}: a config.json must hold a JSON object")
     model_type = config.get("model_type")
+    text = config.get("text_config")
+    if model_type not in TABLE and isinstance(text, dict) and text.get("model_type") in TABLE:
+        # a multimodal checkpoint (Gemma-3 4B and up): plan its text decoder, as Gemma3ForCausalLM loads it
+        return model_from_config({"architectures": [], **text}, name, hf_id, published_params)
+    not_decoder = _not_a_decoder(config)
+    if not_decoder:
+        raise CatalogError(f"{name}: {not_decoder}; the planner plans decoder-only causal language models")
     arch = TABLE.get(model_type)
     if arch is None:
-        raise UnknownArchitecture(f"{name}: unsupported model_type {model_type!r} "
-                                  f"(supported: {', '.join(SUPPORTED_MODEL_TYPES)})", name, config)
+        raise UnknownArchitecture(
+            f"{name}: the planner's architecture table has no entry for model_type {model_type!r} "
+            f"(it has {', '.join(SUPPORTED_MODEL_TYPES)}); `probe --device fake --model CONFIG` traces "
+            "any decoder transformers can build, exactly", name, config)
     vocab = _require_int(config, "vocab_size", name)
     hidden = _require_int(config, "hidden_size", name)
     inter = _require_int(config, "intermediate_size", name)

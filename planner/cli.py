@@ -9,7 +9,8 @@ from . import render
 from .catalog import CatalogError, get_gpus, get_model, gpu_names, model_names, get_gpu
 from .fit import max_batch_size, max_seq_len, recommend
 from .plan import plan
-from .options import adapter_options, parse_targets, training_options
+from .counts import UnsupportedMethod
+from .options import adapter_options, parse_names, parse_targets, training_options
 from .specs import DTYPES, METHODS, OPTIMIZERS, TrainSpec
 
 
@@ -55,7 +56,7 @@ def fail(message: str, code: int = 2) -> None:
 @click.option("--list-models", is_flag=True, help="List the catalog models and exit.")
 @click.option("--list-gpus", is_flag=True, help="List the catalog GPUs and exit.")
 @output_options
-def main(models, gpus, methods, rank, alpha, target_modules, batch_size, seq_len,
+def main(models, gpus, methods, rank, alpha, target_modules, target_parameters, batch_size, seq_len,
          gradient_checkpointing, dtype, precision, optim, quant_type, double_quant,
          search_batch, search_seq, calibrated, plot_path, list_models, list_gpus, fmt):
     """Predict the GPU memory of fine-tuning a model with full, LoRA, rsLoRA, QLoRA, DoRA and
@@ -85,6 +86,7 @@ def main(models, gpus, methods, rank, alpha, target_modules, batch_size, seq_len
     cals = None if calibrated else {}
     try:
         base = TrainSpec(method=chosen[0], rank=rank, alpha=alpha, target_modules=parse_targets(target_modules),
+                         target_parameters=parse_names(target_parameters),
                          batch_size=batch_size, seq_len=seq_len, gradient_checkpointing=gradient_checkpointing,
                          dtype=dtype, precision=precision, optim=optim, quant_type=quant_type,
                          double_quant=double_quant)
@@ -92,13 +94,21 @@ def main(models, gpus, methods, rank, alpha, target_modules, batch_size, seq_len
         gpu_specs = get_gpus(gpus)
         reports: list[render.Report] = []
         blocks: list[str] = []
+        skipped: dict[str, None] = {}  # methods left out of "all", with why
         for model in model_specs:
             for gpu in gpu_specs:
                 group = []
                 for method in chosen:
                     train = base.with_(method=method)
+                    try:
+                        planned = plan(model, gpu, train, cals)
+                    except UnsupportedMethod as exc:
+                        if methods and "all" not in methods:
+                            raise  # asked for by name: an error
+                        skipped.setdefault(str(exc), None)
+                        continue
                     group.append(render.Report(
-                        plan(model, gpu, train, cals),
+                        planned,
                         max_batch_size(model, gpu, train, calibrations=cals) if search_batch else None,
                         max_seq_len(model, gpu, train, calibrations=cals) if search_seq else None,
                     ))
@@ -108,6 +118,8 @@ def main(models, gpus, methods, rank, alpha, target_modules, batch_size, seq_len
                     blocks.append(render.table(model, gpu, base, group, advice))
     except (CatalogError, ValueError) as exc:
         fail(str(exc))
+    for why in skipped:
+        click.echo(f"plan: skipped: {why}", err=True)
     if plot_path:
         from . import plot
 

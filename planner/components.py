@@ -260,6 +260,13 @@ def attention_core_saved(model: ModelSpec, train: TrainSpec, prec: Precision) ->
     if not model.eager_attention:
         return saved + lse
     scores = train.batch_size * model.num_heads * train.seq_len * train.seq_len
+    if model.traits.attention_sinks:
+        # gpt-oss: the softmax runs over the scores and a sink column, in the compute dtype:
+        # the probabilities (seq + 1 columns), the row maxima's int64 indices and the output
+        # (tracer, tiny gpt-oss: q, repeated k and v, [b, heads, s, s + 1] probabilities,
+        # int64 [b, heads, s, 1] indices, the attention output).
+        probs = scores + train.batch_size * model.num_heads * train.seq_len
+        return 4 * t * model.q_dim * c + probs * c + train.batch_size * model.num_heads * train.seq_len * 8
     return 3 * t * model.q_dim * c + scores * (2 * c + FP32)
 
 
@@ -293,6 +300,11 @@ def moe_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
     Tracer, tiny Qwen3-MoE / Mixtral / gpt-oss (h 128, I 48, 8 experts, top-2, T 40, forced
     balanced routing): these sums to the byte, per layer, for full fine-tuning and LoRA.
     """
+    return sum(moe_saved_parts(model, train, prec).values())
+
+
+def moe_saved_parts(model: ModelSpec, train: TrainSpec, prec: Precision) -> dict[str, int]:
+    """:func:`moe_saved` by part: router, experts and the LoRA-merged expert weights."""
     moe = model.layer.moe
     t, h, i, x, c = train.tokens, model.hidden_size, moe.intermediate, prec.stream, prec.compute
     pairs = t * moe.top_k
@@ -310,7 +322,24 @@ def moe_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
     router += t * h * x if router_train else 0
     merged = sum((tg.weight + tg.experts * tg.rank * (tg.in_features + tg.out_features)) * expert_weight_bytes(train, prec)
                  for tg in targets)
-    return router + pairs * per_pair + 4 * moe.experts + merged
+    return {"router": router, "experts": pairs * per_pair + 4 * moe.experts, "merged": merged}
+
+
+def moe_backward_workspace(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
+    """The backward of a LoRA-wrapped fused expert weight: the grouped matmul's gradient with
+    respect to the merged weight (E*in*out in the weight's dtype), which exists whole before
+    peft turns it into the factors' gradients, and the gradient of its input (S*I*x for
+    down, the layer's last). Down's (or gate_up's when only it is adapted) runs first in backward: the
+    moment is the last MoE layer's, with every saved activation still alive (tracer,
+    Mixtral-8x7B 2 layers, LoRA all-linear: 0.77 GB above the logits' moment, which its
+    32k vocabulary keeps small). 0 without LoRA on the experts (full fine-tuning's expert
+    gradients are :func:`grads`)."""
+    moe = model.layer.moe
+    targets = {t.part: t for t in counts.targeted_parameters(model, train)}
+    first = targets.get("down") or targets.get("gate_up")
+    if moe is None or first is None:
+        return 0
+    return first.weight * expert_weight_bytes(train, prec) + train.tokens * moe.top_k * moe.intermediate * prec.stream
 
 
 def expert_weight_bytes(train: TrainSpec, prec: Precision) -> int:
@@ -515,6 +544,18 @@ def recompute_incoming_grads(model: ModelSpec, train: TrainSpec, prec: Precision
     if train.is_dora and any(lin.role == "down" for lin in counts.targeted_linears(model, train.target_modules)):
         grads += t * h * FP32 * (1 if prec.hidden == FP32 else 2)
     return grads
+
+
+def embedding_backward_workspace(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
+    """A trainable embedding tied to lm_head (full fine-tuning): when the embedding's backward
+    runs, lm_head's gradient of the same weight is already in .grad, and the embedding's own
+    gradient and their sum exist beside it, 2*V*h*weight bytes above the gradients counted
+    (tracer, Phi-4-mini full, 4 layers, 200k-token tied embedding: two bf16 V x h tensors
+    above the end of backward; with untied weights, Llama-3.1-8B and Qwen2.5-7B, none).
+    0 for adapters (the embedding is frozen) and untied embeddings."""
+    if train.method != "full" or not model.tie_word_embeddings:
+        return 0
+    return 2 * model.vocab_size * model.hidden_size * prec.weight
 
 
 def recompute_transient(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:

@@ -127,6 +127,10 @@ class ParamTarget:
 EXPERT_PARAMETERS = ("experts.gate_up_proj", "experts.down_proj")
 
 
+class UnsupportedMethod(ValueError):
+    """A method the libraries refuse for this model and these targets (not a bad number)."""
+
+
 def targeted_parameters(model: ModelSpec, train: TrainSpec) -> tuple[ParamTarget, ...]:
     """The fused parameters an adapter targets.
 
@@ -162,7 +166,7 @@ def targeted_parameters(model: ModelSpec, train: TrainSpec) -> tuple[ParamTarget
             n, fan_in, fan_out, name = shapes[part]
             out.append(ParamTarget(name, part, wanted[part], n, fan_in, fan_out))
     if out and train.is_dora:
-        raise ValueError(f"peft refuses DoRA on fused expert parameters ({model.name}: "
+        raise UnsupportedMethod(f"peft refuses DoRA on fused expert parameters ({model.name}: "
                          f"{', '.join(t.name for t in out)}); adapt the attention only, e.g. "
                          f"--target-modules {','.join(model.linear_names)}")
     return tuple(out)

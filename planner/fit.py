@@ -107,7 +107,7 @@ def recommend(model: ModelSpec, gpu: GpuSpec, train: TrainSpec, plans: list[Plan
 
 def _nothing_fits(model: ModelSpec, gpu: GpuSpec, train: TrainSpec, by: dict[str, Plan]) -> str:
     """Advice when no planned method fits: checkpointing, a shorter sequence, a larger GPU."""
-    method = "qlora" if "qlora" in by else min(by, key=lambda m: by[m].device_used_bytes)
+    method = min(by, key=lambda m: by[m].device_used_bytes)  # the least memory-hungry planned method
     tips = [f"Nothing planned fits {gpu.name} ({_gib(gpu.memory_bytes)}) at batch {train.batch_size}, "
             f"seq {train.seq_len}; {method} needs {_gib(by[method].device_used_bytes)}."]
     base = train.with_(method=method)

@@ -40,6 +40,8 @@ COMPONENT_KEYS = (
     "transient/dora",
     "transient/dora_backward",
     "transient/recompute",
+    "transient/embedding_backward",
+    "transient/moe_backward",
 )
 
 
@@ -121,6 +123,9 @@ def step_memory(model: ModelSpec, train: TrainSpec, dtype: str) -> StepMemory:
                dict(transient__recompute=rec.live + rec.before + in_flight, transient__dequant=rec.dequant,
                     transient__dora=rec.dora) if gc
                else dict(transient__dequant=C.dequant_transient(model, train, prec))]
+    moe_back = C.moe_backward_workspace(model, train, prec)
+    if moe_back:
+        moments.append(dict(transient__recompute=recompute + in_flight if gc else 0, transient__moe_backward=moe_back))
     kept, workspace = M.dora_backward_moment(model, train, prec)
     dora_back = _breakdown(**persistent, activations__saved=saved if gc else saved - per_layer + kept,
                            activations__autocast_weights=back_copies, transient__recompute=kept if gc else 0,
@@ -129,7 +134,9 @@ def step_memory(model: ModelSpec, train: TrainSpec, dtype: str) -> StepMemory:
                     for m in moments] + [dora_back])
     # Backward end: all gradients, the first layer's recomputation and transients.
     leaf = C.checkpoint_input_leaf(model, train, prec)
-    end = _largest(_breakdown(**persistent, grads=grads, activations__input_leaf=leaf, **m) for m in moments)
+    end = _largest([_breakdown(**persistent, grads=grads, activations__input_leaf=leaf, **m) for m in moments]
+                   + [_breakdown(**persistent, grads=grads, transient__embedding_backward=C.embedding_backward_workspace(
+                       model, train, prec))])
     backward = _largest((start, top, end))
 
     optimizer = _breakdown(**persistent, grads=grads, activations__input_leaf=leaf,

@@ -9,12 +9,20 @@ from .specs import ALL_LINEAR, PRECISIONS, QUANT_TYPES
 
 def parse_targets(value: str) -> tuple[str, ...]:
     """'q_proj, v_proj' -> ('q_proj', 'v_proj'); any mention of all-linear means all-linear."""
-    names = tuple(t.strip() for t in value.split(",") if t.strip())
+    names = parse_names(value)
     return (ALL_LINEAR,) if ALL_LINEAR in names else names
 
 
+def parse_names(value: str) -> tuple[str, ...]:
+    """'a, b' -> ('a', 'b'); '' -> ()."""
+    return tuple(t.strip() for t in value.split(",") if t.strip())
+
+
 def adapter_options(f):
-    """--rank/-r, --alpha, --target-modules."""
+    """--rank/-r, --alpha, --target-modules, --target-parameters."""
+    f = click.option("--target-parameters", default="", show_default=False,
+                     help="Comma list of fused parameters to adapt as well (peft target_parameters), e.g. "
+                          "experts.gate_up_proj,experts.down_proj for a mixture of experts.")(f)
     f = click.option("--target-modules", default=ALL_LINEAR, show_default=True,
                      help="Comma list of module names (q_proj,v_proj) or all-linear.")(f)
     f = click.option("--alpha", default=None, type=float, help="LoRA alpha  [default: 2*rank]")(f)

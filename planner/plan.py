@@ -66,6 +66,35 @@ def resolve_dtype(gpu: GpuSpec, dtype: str) -> tuple[str, tuple[str, ...]]:
     return dtype, ()
 
 
+def moe_notes(model: ModelSpec, train: TrainSpec, dtype: str) -> tuple[str, ...]:
+    """What a plan of a mixture-of-experts model assumes and what changes its answer most."""
+    moe = model.layer.moe
+    if moe is None:
+        return ()
+    gib = 1 << 30
+    notes = (f"mixture of experts ({moe.experts} experts, top-{moe.top_k}): balanced routing assumed "
+             "(transformers' grouped_mm experts keep the same tensors however tokens are routed); "
+             "the load-balancing loss is off, as in transformers' configs (output_router_logits=False)",)
+    expert_params = counts.moe_params(model)
+    if train.is_quantized:
+        notes += (f"bitsandbytes 4-bit quantizes nn.Linear modules only: the fused experts and routers "
+                  f"({expert_params / 1e9:.1f}B parameters) stay unquantized, and prepare_model_for_kbit_training "
+                  f"casts them to fp32 ({expert_params * 4 / gib:.1f} GiB): QLoRA saves little on this model",)
+    targets = counts.targeted_parameters(model, train)
+    experts = [t for t in targets if t.part != "router"]
+    if experts:
+        merged = sum(t.weight for t in experts) * C.expert_weight_bytes(train, C.precision(train, dtype))
+        how = ("peft's all-linear also adapts the router and the fused experts (target_parameters; "
+               "gate_up at rank 2r)" if not train.target_parameters else "LoRA on the fused experts")
+        notes += (f"{how}: every forward materializes the merged expert weights, {merged / gib:.2f} GiB per "
+                  f"layer kept for backward; --target-modules {','.join(model.linear_names)} adapts the "
+                  "attention only",)
+    if model.model_type == "gpt_oss":
+        notes += ("gpt-oss checkpoints ship MXFP4 experts, which bitsandbytes cannot load and which do not "
+                  "train: planned with the experts dequantized to the compute dtype",)
+    return notes
+
+
 def _as_model(model: str | ModelSpec) -> ModelSpec:
     return model if isinstance(model, ModelSpec) else get_model(model)
 
@@ -99,8 +128,10 @@ def plan(model: str | ModelSpec, gpu: str | GpuSpec, train: TrainSpec | None = N
                   "planner does not model in full; the plan may be low (by up to 5% with a 512-token vocabulary): "
                   "check it with probe --device fake",)
     if model.eager_attention:
-        notes += (f"{model.name} uses attention logit softcapping: planned with eager attention "
-                  "(seq x seq probabilities kept), not SDPA",)
+        why = "attention sinks" if model.traits.attention_sinks else "attention logit softcapping"
+        notes += (f"{model.name} uses {why}: planned with eager attention (seq x seq probabilities kept), "
+                  "not SDPA",)
+    notes += moe_notes(model, train, dtype)
     step = step_memory(model, train, dtype)
     phase = step.peak_phase
     allocated = step.peak_bytes

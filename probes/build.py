@@ -105,6 +105,7 @@ def lora_config(train: TrainSpec):
     target_modules = "all-linear" if targets == ["all-linear"] else targets
     return LoraConfig(
         r=train.rank, lora_alpha=train.lora_alpha, target_modules=target_modules,
+        target_parameters=list(train.target_parameters) or None,
         lora_dropout=0.0, bias="none", task_type="CAUSAL_LM",
         use_dora=train.is_dora, use_rslora=train.method == "rslora",
     )

@@ -135,6 +135,31 @@ def check_no_meta(model: torch.nn.Module) -> None:
         raise RuntimeError(f"not materialized as fake tensors: {', '.join(left[:5])}")
 
 
+_GROUPED_MM_LIBRARY = []
+
+
+def allow_grouped_mm_in_any_dtype() -> None:
+    """Let fake tensors run ``aten._grouped_mm`` (transformers' default MoE experts path) in fp32.
+
+    torch's meta kernel for it accepts bf16 inputs only (its fast CUTLASS path), but QLoRA's
+    experts are fp32: bitsandbytes leaves fused expert weights unquantized and
+    prepare_model_for_kbit_training casts them to fp32. The real kernels take fp32 (the CPU
+    kernel directly; CUDA falls back to a loop of matmuls) and return the input dtype, so the
+    meta kernel is replaced by one that gives the same output shape in the input dtype.
+    Idempotent; the replacement lives for the process.
+    """
+    if _GROUPED_MM_LIBRARY:
+        return
+    from torch._meta_registrations import _create_grouped_mm_output_tensor
+
+    def grouped_mm(a, b, offs=None, bias=None, out_dtype=None):
+        return _create_grouped_mm_output_tensor(a, b, offs, out_dtype or a.dtype)
+
+    library = torch.library.Library("aten", "IMPL")
+    library.impl("_grouped_mm", grouped_mm, "Meta", allow_override=True)
+    _GROUPED_MM_LIBRARY.append(library)
+
+
 def trace(spec: ModelSpec, train: TrainSpec, *, steps: int = 1, warmup: int = 1,
           tracker=None):
     """Trace ``steps`` training steps of ``train`` on ``spec`` with no memory.
@@ -146,6 +171,7 @@ def trace(spec: ModelSpec, train: TrainSpec, *, steps: int = 1, warmup: int = 1,
     from .step import make_optimizer, make_scaler, synthetic_batch
 
     precision = resolve_precision(train, "fake")
+    allow_grouped_mm_in_any_dtype()
     model, mode = build_fake(spec, train)
     check_no_meta(model)
     ids = synthetic_batch(train.batch_size, train.seq_len, spec.vocab_size, "cpu")

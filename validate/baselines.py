@@ -80,6 +80,20 @@ def _grid(models, methods, ranks_targets, dtype="bf16", precision="autocast") ->
     return out
 
 
+# Tier 5: one model of each architecture the table added, at its real dimensions but with
+# fewer layers (the planner takes the layer count from the config, and a trace's time grows
+# with it): "name@NL" is the catalog model cut to N decoder layers.
+ARCHITECTURE_MODELS = ("qwen3-0.6b@4L", "gemma-3-1b@4L", "phi-4-mini@4L", "smollm3-3b@4L", "olmo-2-7b@4L",
+                       "granite-3.3-8b@4L", "qwen3-30b-a3b@2L", "mixtral-8x7b@2L", "gpt-oss-20b@2L")
+
+
+def supports(model_name: str, method: str) -> bool:
+    """Whether peft can apply ``method`` with all-linear targets: it refuses DoRA on fused
+    expert parameters, which its all-linear conversion targets on Mixtral and Qwen3-MoE."""
+    moe = spec_for(model_name).layer.moe
+    return not (method in ("dora", "qdora") and moe is not None and moe.peft_converts)
+
+
 def matrix() -> list[Config]:
     """The whole baseline matrix, tier by tier (see the module docstring)."""
     tier1 = _grid(MATRIX_MODELS, METHODS, [(8, "all")])
@@ -89,7 +103,8 @@ def matrix() -> list[Config]:
     tier4 = (_grid(PRECISION_MODELS, ADAPTER_METHODS, [(8, "all")], dtype="fp16")
              + _grid(PRECISION_MODELS, ("full",), [(8, "all")], dtype="fp16", precision="mixed")
              + _grid(PRECISION_MODELS, ("full",), [(8, "all")], dtype="bf16", precision="pure"))
-    return tier1 + tier2 + tier3 + tier4
+    tier5 = [c for c in _grid(ARCHITECTURE_MODELS, METHODS, [(8, "all")]) if supports(c.model, c.train.method)]
+    return tier1 + tier2 + tier3 + tier4 + tier5
 
 
 def regression_configs() -> list[Config]:
@@ -105,7 +120,26 @@ def regression_spec():
 
 
 def spec_for(model: str):
-    return regression_spec() if model == REGRESSION_MODEL else get_model(model)
+    """The spec of a baseline's model: the regression model, a catalog model, or a catalog
+    model cut to fewer layers ("name@NL")."""
+    if model == REGRESSION_MODEL:
+        return regression_spec()
+    name, _, layers = model.partition("@")
+    if not layers:
+        return get_model(model)
+    return with_layers(get_model(name), int(layers.rstrip("L")), model)
+
+
+def with_layers(spec, layers: int, name: str):
+    """``spec`` with ``layers`` decoder layers (per-layer lists in its config cut to match)."""
+    from planner.catalog import model_from_config
+
+    config = spec.hf_config()
+    config["num_hidden_layers"] = layers
+    for key in ("layer_types", "no_rope_layers"):
+        if isinstance(config.get(key), list):
+            config[key] = config[key][:layers]
+    return model_from_config(config, name, spec.hf_id)
 
 
 def row_from_trace(cfg: Config, measurement, versions: dict) -> dict:

@@ -91,7 +91,7 @@ def test_config_json_path(tmp_path):
     with pytest.raises(CatalogError, match="not a readable JSON config"):
         plan(str(cfg), "t4")
     cfg.write_text('{"model_type": "bert"}')
-    with pytest.raises(CatalogError, match="unsupported model_type"):
+    with pytest.raises(CatalogError, match="'bert' is not a decoder-only language model"):
         plan(str(cfg), "t4")
 
 

@@ -1,0 +1,195 @@
+"""The architecture table: layouts, parameter counts and the memory terms that depend on them.
+
+Expected values are worked out by hand from transformers' modeling files, or are bytes the
+exact tracer measured on tiny models (saved-for-backward tensors, each storage once, forward
+under bf16 autocast), as each test says.
+"""
+import pytest
+
+from planner import TrainSpec, components as C, counts
+from planner.architectures import TABLE
+from planner.catalog import CatalogError, UnknownArchitecture, model_from_config
+
+TINY = dict(vocab_size=512, hidden_size=128, intermediate_size=320, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=24, max_position_embeddings=4096)
+
+
+def spec(model_type, **fields):
+    return model_from_config({"model_type": model_type, **TINY, **fields}, f"tiny-{model_type}")
+
+
+def train(**kw):
+    base = dict(method="lora", rank=8, batch_size=1, seq_len=40, dtype="bf16")
+    base.update(kw)
+    return TrainSpec(**base)
+
+
+def layout(model):
+    return [(lin.name, lin.role, lin.in_features, lin.out_features, lin.bias) for lin in model.linears]
+
+
+def test_every_entry_builds_a_layer_with_roles():
+    for model_type in TABLE:
+        fields = {"moe_intermediate_size": 48, "num_experts": 8, "num_experts_per_tok": 2}
+        model = spec(model_type, **fields)
+        roles = {lin.role for lin in model.linears}
+        assert roles >= {"o"}, model_type
+        assert model.layer.norms_at("q", "k") or model.traits.qk_norm == "none"
+        assert (model.layer.moe is None) == ("down" in roles), model_type
+
+
+def test_split_fused_and_biased_layouts():
+    assert layout(spec("llama"))[:2] == [("q_proj", "q", 128, 96, False), ("k_proj", "k", 128, 48, False)]
+    assert [r[:2] for r in layout(spec("phi3"))] == [("qkv_proj", "qkv"), ("o_proj", "o"),
+                                                      ("gate_up_proj", "gate_up"), ("down_proj", "down")]
+    assert layout(spec("qwen2"))[0][4] and not layout(spec("qwen2"))[3][4]  # q/k/v biases, none on o
+    assert all(r[4] for r in layout(moe("gpt_oss")))  # gpt-oss: attention_bias defaults to True
+
+
+def test_norm_sites_and_qk_norms():
+    """Qwen3 / Gemma-3: per-head q_norm and k_norm (head_dim wide); OLMo-2: over the whole q
+    and k projections and no input norm (post-norm); Gemma-2/3: four hidden norms."""
+    qwen3 = spec("qwen3")
+    assert [(n.site, n.size, n.per_head) for n in qwen3.layer.norms] == [
+        ("attn_in", 128, False), ("mlp_in", 128, False), ("q", 24, True), ("k", 24, True)]
+    olmo2 = spec("olmo2")
+    assert [(n.site, n.size) for n in olmo2.layer.norms] == [("attn_out", 128), ("mlp_out", 128), ("q", 96), ("k", 48)]
+    assert len(spec("gemma3_text").layer.norms) == 6 and len(spec("gemma2").layer.norms) == 4
+    # parameter counts: llama's plus the qk-norm weights, per layer
+    llama = spec("llama")
+    assert counts.norm_params(qwen3) - counts.norm_params(llama) == 2 * (24 + 24)
+    assert counts.norm_params(olmo2) - counts.norm_params(llama) == 2 * (96 + 48)
+
+
+def test_qk_norm_saved_bytes_as_traced():
+    """Tracer (tiny bf16 models, h 128, 4 heads of 24, 2 kv heads, T 40, LoRA all-linear):
+    Qwen3 keeps 4Tq + 4T*heads + 4Tkv + 4T*kv_heads bytes more per layer than Llama,
+    OLMo-2 4Tq + 4Tkv + 8T (its norms are over the whole projection: T rows)."""
+    t = train()
+    p = C.precision(t, "bf16")
+    tq, tkv, T = 40 * 96, 40 * 48, 40
+    assert C.layer_saved(spec("qwen3"), t, p) - C.layer_saved(spec("llama"), t, p) == 4 * tq + 4 * T * 4 + 4 * tkv + 4 * T * 2
+    # OLMo-2 has no input norm but a post-attention one: the hidden norms are as many as Llama's
+    assert C.layer_saved(spec("olmo2"), t, p) - C.layer_saved(spec("llama"), t, p) == 4 * tq + 4 * tkv + 8 * T
+    # full fine-tuning: Qwen3's norm weights keep the bf16 normalized q and k as well (6Tq + 6Tkv)
+    f = train(method="full")
+    pf = C.precision(f, "bf16")
+    assert (C.layer_saved(spec("qwen3"), f, pf) - C.layer_saved(spec("llama"), f, pf)
+            == 6 * tq + 4 * T * 4 + 6 * tkv + 4 * T * 2)
+
+
+def test_post_norm_layer_zero_keeps_its_norms():
+    """OLMo-2 has no input norm: nothing is left unrecorded in layer 0 (both its norms read
+    block outputs, which need gradients); Llama's layer 0 input norm keeps nothing."""
+    t = train()
+    p = C.precision(t, "bf16")
+    assert C.first_norm_unrecorded(spec("olmo2"), t, p) == 0
+    assert C.first_norm_unrecorded(spec("llama"), t, p) == C.norm_saved(spec("llama"), t, p) > 0
+
+
+def test_sliding_window_mask_and_rope_tables():
+    """Gemma-3: sliding layers at seq >= window keep a (b, 1, s, s) bias and repeated k / v;
+    one RoPE pair per attention type; the first 5 of every 6 layers slide."""
+    g3 = spec("gemma3_text", sliding_window=16, num_hidden_layers=7)
+    assert g3.traits.sliding_layers == 6 and g3.traits.rope_tables == 2
+    t = train(seq_len=40)
+    p = C.precision(t, "bf16")
+    assert C.sliding_mask_saved(g3, t, p) == 6 * (40 * 40 * 2 + 2 * 40 * (96 - 48) * 2)
+    assert C.sliding_mask_saved(g3, train(seq_len=15), p) == 0  # shorter than the window: no mask
+    mistral = spec("mistral", sliding_window=4096)
+    assert mistral.traits.sliding_layers == 2 and C.sliding_mask_saved(mistral, t, p) == 0
+    assert spec("qwen3", sliding_window=16).traits.sliding_layers == 0  # use_sliding_window off
+
+
+MOE = {
+    "qwen3_moe": dict(intermediate_size=256, moe_intermediate_size=48, num_experts=8, num_experts_per_tok=2,
+                      norm_topk_prob=True),
+    "mixtral": dict(intermediate_size=48, num_local_experts=8, num_experts_per_tok=2),
+    "gpt_oss": dict(intermediate_size=48, num_local_experts=8, num_experts_per_tok=2),
+}
+
+
+def moe(model_type):
+    return spec(model_type, **MOE[model_type])
+
+
+def test_moe_parameter_counts():
+    """Router E*h (+E), experts E*(2I*h + I*h) (+E*(2I + h) biases), gpt-oss sinks: one per head."""
+    q = moe("qwen3_moe")
+    assert counts.moe_params(q) == 2 * (8 * 128 + 8 * 3 * 48 * 128)
+    g = moe("gpt_oss")
+    assert counts.moe_params(g) == 2 * (8 * 128 + 8 + 8 * 3 * 48 * 128 + 8 * (96 + 128))
+    assert counts.sink_params(g) == 2 * 4 and counts.sink_params(q) == 0
+
+
+def test_all_linear_on_moe_follows_peft():
+    """peft rewrites all-linear on Mixtral / Qwen3-MoE to the router (r), gate_up (2r) and down
+    (r), each per expert; on gpt-oss it stays on the attention Linears."""
+    q, t = moe("qwen3_moe"), train()
+    parts = [(p.part, p.rank, p.experts, p.params) for p in counts.targeted_parameters(q, t)]
+    assert parts == [("router", 8, 1, 8 * (128 + 8)), ("gate_up", 16, 8, 8 * 16 * (128 + 96)),
+                     ("down", 8, 8, 8 * 8 * (48 + 128))]
+    assert counts.targeted_parameters(moe("gpt_oss"), t) == ()
+    explicit = train(target_modules=("q_proj",), target_parameters=("mlp.experts.gate_up_proj",))
+    assert [(p.part, p.rank) for p in counts.targeted_parameters(moe("gpt_oss"), explicit)] == [("gate_up", 8)]
+    with pytest.raises(counts.UnsupportedMethod, match="DoRA"):
+        counts.adapter_params(q, train(method="dora"))
+    with pytest.raises(ValueError, match="no fused expert parameters"):
+        counts.adapter_params(spec("llama"), explicit)
+
+
+def test_moe_saved_bytes_as_traced():
+    """Bytes the tracer measured for one MoE block (parameters excluded), tiny models above at
+    T = 40 tokens, top-2 of 8 experts, bf16, forced balanced routing. Router and experts:
+    Qwen3-MoE full 86,432 (12,640 + 73,792); LoRA all-linear 465,440 with the merged expert
+    weights and their factors' copies. The experts alone: Qwen3-MoE with LoRA on the
+    attention only 45,632; gpt-oss full 97,472, LoRA (attention only) 68,672."""
+    def parts(model, **kw):
+        t = train(**kw)
+        return C.moe_saved_parts(model, t, C.precision(t, "bf16"))
+
+    attention = ("q_proj", "k_proj", "v_proj", "o_proj")
+    assert sum(parts(moe("qwen3_moe"), method="full").values()) == 86_432
+    assert sum(parts(moe("qwen3_moe")).values()) == 465_440
+    assert parts(moe("qwen3_moe"), target_modules=attention)["experts"] == 45_632
+    assert parts(moe("gpt_oss"), method="full")["experts"] == 97_472
+    assert parts(moe("gpt_oss"))["experts"] == 68_672
+
+
+def test_quantized_moe_keeps_fp32_experts():
+    """bitsandbytes quantizes nn.Linear only: QLoRA packs the attention, and the experts are
+    counted in fp32 (prepare_model_for_kbit_training); the plan says so."""
+    from planner import plan
+
+    q = moe("qwen3_moe")
+    t = train(method="qlora", target_modules=("q_proj", "k_proj", "v_proj", "o_proj"))
+    p = C.precision(t, "bf16")
+    packed = 2 * sum(C.quantized_weight_bytes(lin.in_features * lin.out_features) for lin in q.linears)
+    assert C.weights_base(q, t, p) == packed + (counts.total_params(q) - counts.linear_weight_params(q)) * 4
+    notes = plan(q, "h100", t).notes
+    assert any("stay unquantized" in n for n in notes) and any("balanced routing" in n for n in notes)
+
+
+def test_bad_configs_name_the_problem():
+    with pytest.raises(UnknownArchitecture, match="probe --device fake --model CONFIG") as info:
+        model_from_config({"model_type": "olmoe", **TINY}, "x")
+    assert info.value.config["model_type"] == "olmoe"
+    with pytest.raises(CatalogError, match="not decoder-only causal LMs"):
+        model_from_config({"model_type": "llama", "architectures": ["LlamaForSequenceClassification"], **TINY}, "x")
+    with pytest.raises(CatalogError, match="encoder-decoder"):
+        model_from_config({"model_type": "llama", "is_encoder_decoder": True, **TINY}, "x")
+    with pytest.raises(CatalogError, match="lacks the field 'num_experts_per_tok'"):
+        fields = dict(MOE["mixtral"])
+        del fields["num_experts_per_tok"]
+        spec("mixtral", **fields)
+    missing = dict(TINY)
+    del missing["hidden_size"]
+    with pytest.raises(CatalogError, match="lacks the field 'hidden_size'"):
+        model_from_config({"model_type": "llama", **missing}, "x")
+
+
+def test_multimodal_config_plans_its_text_decoder():
+    text = {"model_type": "gemma3_text", **TINY}
+    model = model_from_config({"model_type": "gemma3", "architectures": ["Gemma3ForConditionalGeneration"],
+                               "text_config": text}, "gemma-mm")
+    assert model.model_type == "gemma3_text" and len(model.layer.norms) == 6
