@@ -266,7 +266,13 @@ def attention_core_saved(model: ModelSpec, train: TrainSpec, prec: Precision) ->
         # (tracer, tiny gpt-oss: q, repeated k and v, [b, heads, s, s + 1] probabilities,
         # int64 [b, heads, s, 1] indices, the attention output).
         probs = scores + train.batch_size * model.num_heads * train.seq_len
-        return 4 * t * model.q_dim * c + probs * c + train.batch_size * model.num_heads * train.seq_len * 8
+        saved = 4 * t * model.q_dim * c + probs * c + train.batch_size * model.num_heads * train.seq_len * 8
+        if train.is_quantized or train.precision == "mixed":
+            # fp32 sinks (prepare_model_for_kbit_training, or fp32 master weights) make the joined
+            # scores fp32, and they are kept too (tracer, gpt-oss 2 layers, QLoRA, seq 2048:
+            # about 4 bytes per score per layer more than LoRA)
+            saved += probs * FP32
+        return saved
     return 3 * t * model.q_dim * c + scores * (2 * c + FP32)
 
 
