@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 from . import counts
 from .architectures import ATTENTION_INPUT_ROLES, MLP_INPUT_ROLES, NORM_READER_ROLES, Linear, Norm
@@ -421,7 +422,8 @@ def lora_saved_per_linear(lin: Linear, train: TrainSpec, prec: Precision) -> int
     return saved
 
 
-def layer_saved_sequence(model: ModelSpec, train: TrainSpec, prec: Precision) -> list[tuple[str, int]]:
+@lru_cache(maxsize=256)
+def layer_saved_sequence(model: ModelSpec, train: TrainSpec, prec: Precision) -> tuple[tuple[str, int], ...]:
     """What one decoder layer keeps for backward, in the order its forward creates it:
     input norm, the q/k/v adapters, the qk-norms, attention, o_proj, the other norms, gate/up
     adapters, the MLP's activations, down_proj, and (full fine-tuning) the base Linear inputs. Its sum is
@@ -446,7 +448,7 @@ def layer_saved_sequence(model: ModelSpec, train: TrainSpec, prec: Precision) ->
     seq.append(("mlp", mlp_core_saved(model, train, prec)))
     seq += adapters("down")
     seq.append(("linear_inputs", linear_inputs_saved(model, train, prec)))
-    return seq
+    return tuple(seq)
 
 
 def layer_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
+from functools import lru_cache
 
 from .architectures import Linear
 from .specs import ALL_LINEAR, ModelSpec, TrainSpec
@@ -65,6 +66,7 @@ def total_params(model: ModelSpec) -> int:
             + moe_params(model) + sink_params(model))
 
 
+@lru_cache(maxsize=256)
 def targeted_linears(model: ModelSpec, targets: tuple[str, ...]) -> tuple[Linear, ...]:
     """The decoder Linear modules an adapter targets.
 
@@ -85,6 +87,7 @@ def targeted_linears(model: ModelSpec, targets: tuple[str, ...]) -> tuple[Linear
     return tuple(lin for lin in model.linears if lin.name in targets)
 
 
+@lru_cache(maxsize=256)
 def targeted_names(model: ModelSpec, train: TrainSpec) -> frozenset[str]:
     """The names of the Linear modules ``train``'s adapter targets; none for full fine-tuning."""
     if not train.is_adapter:
@@ -131,6 +134,7 @@ class UnsupportedMethod(ValueError):
     """A method the libraries refuse for this model and these targets (not a bad number)."""
 
 
+@lru_cache(maxsize=256)
 def targeted_parameters(model: ModelSpec, train: TrainSpec) -> tuple[ParamTarget, ...]:
     """The fused parameters an adapter targets.
 
@@ -172,6 +176,7 @@ def targeted_parameters(model: ModelSpec, train: TrainSpec) -> tuple[ParamTarget
     return tuple(out)
 
 
+@lru_cache(maxsize=256)
 def adapter_params(model: ModelSpec, train: TrainSpec) -> int:
     """Trainable adapter parameters over all decoder layers (0 for full fine-tuning): LoRA on
     the targeted Linears and on the targeted fused parameters."""

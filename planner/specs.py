@@ -61,6 +61,10 @@ class ModelSpec:
     def kv_dim(self) -> int:
         return self.num_kv_heads * self.head_dim
 
+    def __hash__(self) -> int:
+        # a few compared fields: consistent with ==, and cheap (plans are cached per model)
+        return hash((self.name, self.vocab_size, self.hidden_size, self.num_layers, self.intermediate_size))
+
     @property
     def linears(self) -> tuple[Linear, ...]:
         return self.layer.linears
