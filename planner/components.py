@@ -503,6 +503,11 @@ def activations_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> in
     """
     if train.gradient_checkpointing:
         layers = model.num_layers * train.tokens * model.hidden_size * prec.stream
+        if model.traits.embedding_multiplier and checkpoint_input_leaf(model, train, prec):
+            # the embedding output that requires grad (autograd's leaf) stays beside its scaled
+            # copy, layer 0's input (tracer, Granite-3.3-8B 4 layers, LoRA with checkpointing:
+            # one bf16 [4, 2048, 4096] more at the loss; QLoRA one fp32)
+            layers += train.tokens * model.hidden_size * prec.stream
     else:
         layers = (model.num_layers * layer_saved(model, train, prec) - first_norm_unrecorded(model, train, prec)
                   + sliding_mask_saved(model, train, prec))
