@@ -11,6 +11,7 @@ from .fit import max_batch_size, max_seq_len, recommend
 from .plan import plan
 from .options import adapter_options, parse_targets, training_options
 from .specs import DTYPES, METHODS, OPTIMIZERS, TrainSpec
+from .units import GIB
 
 
 def output_options(f):
@@ -79,7 +80,7 @@ def main(models, gpus, methods, rank, alpha, target_modules, batch_size, seq_len
     if list_gpus:
         for name in gpu_names():
             g = get_gpu(name)
-            click.echo(f"{name:<12} {g.memory_bytes / (1 << 30):7.2f} GiB  {g.full_name}")
+            click.echo(f"{name:<12} {g.memory_bytes / GIB:7.2f} GiB  {g.full_name}")
         return
     chosen = METHODS if not methods or "all" in methods else tuple(dict.fromkeys(methods))
     cals = None if calibrated else {}

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from . import components as C
 from .specs import ModelSpec, TrainSpec
 
-PHASES = ("forward", "backward", "optimizer")
+from .units import PHASES
 
 # Every component key, in display order. A phase holds all of them (zeros included), so
 # that tables and JSON have stable keys.

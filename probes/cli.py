@@ -11,10 +11,10 @@ import click
 from planner import CatalogError, get_model
 from planner.options import adapter_options, parse_targets, training_options
 from planner.specs import DTYPES, METHODS, OPTIMIZERS, TrainSpec
+from planner.units import GIB
 
 from . import quiet_libraries
 
-GIB = float(1 << 30)
 DEFAULT_MODEL = "qwen2.5-0.5b"
 
 

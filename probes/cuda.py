@@ -30,9 +30,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from .protocol import PHASES, Measurement
+from planner.units import MIB, PHASES
 
-BUSY_BYTES = 500 * 2**20
+from .protocol import Measurement
+
+BUSY_BYTES = 500 * MIB
 _CONTEXT: dict = {}  # per process: NVML used before / after this process' CUDA context
 
 
@@ -104,7 +106,7 @@ def check_idle(info: DeviceInfo, own_bytes: int = 0, force: bool = False) -> Non
     """
     others = max(info.other_processes_bytes, info.used_bytes - own_bytes)
     if others > BUSY_BYTES and not force:
-        raise GpuBusy(f"{info.name}: {others / 2**20:.0f} MiB already used by other processes; "
+        raise GpuBusy(f"{info.name}: {others / MIB:.0f} MiB already used by other processes; "
                       "measurements would be wrong (use --force to measure anyway)")
 
 

@@ -23,11 +23,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from planner.units import PHASES
+
 from . import kernels
 from .step import train_step
 from .tracker import ByteTracker, register_state
-
-PHASES = ("forward", "backward", "optimizer")
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-PHASES = ("forward", "backward", "optimizer")
+from planner.units import PHASES
 
 
 @dataclass(frozen=True)
