@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 from planner import ModelSpec, TrainSpec
+from planner.precision import resolve_dtype, scheme
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 SEED = 0
@@ -40,7 +41,7 @@ SEED = 0
 
 @dataclass(frozen=True)
 class Precision:
-    """The resolved dtypes of a run.
+    """The resolved dtypes of a run: :class:`planner.precision.Scheme` as torch dtypes.
 
     ``compute``: activations / autocast dtype; ``weights``: the dtype the model is loaded in;
     ``autocast``: whether forward runs under ``torch.autocast``; ``grad_scaler``: fp16 with
@@ -54,23 +55,21 @@ class Precision:
     grad_scaler: bool
 
 
-def resolve_dtype(dtype: str, device: str) -> str:
-    """``auto`` -> bf16 where the device has it (CPU, fake, CUDA sm80+), else fp16."""
-    if dtype != "auto":
-        return dtype
+def device_dtype(dtype: str, device: str) -> tuple[str, tuple[str, ...]]:
+    """The compute dtype ``dtype`` resolves to on ``device`` ("cuda", "cpu", "fake" or
+    "meta"), and any note: :func:`planner.precision.resolve_dtype`. The CPU (and so the
+    fake tracer) has bf16; a CUDA GPU has it natively from compute capability 8.0 on, as the
+    planner's GPU catalog says (torch's default check also counts the emulated bf16 of a T4)."""
     if device == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16"
+        return resolve_dtype(dtype, torch.cuda.is_bf16_supported(including_emulation=False), "this GPU")
+    return resolve_dtype(dtype, True, device)
 
 
 def resolve_precision(train: TrainSpec, device: str) -> Precision:
     """The precision scheme of ``train`` (autocast / pure / mixed) on ``device``."""
-    name = resolve_dtype(train.dtype, device)
-    compute = DTYPES[name]
-    weights = torch.float32 if train.precision == "mixed" else compute
-    autocast = train.precision != "pure" and compute != torch.float32
-    return Precision(name=name, compute=compute, weights=weights, autocast=autocast,
-                     grad_scaler=autocast and compute == torch.float16)
+    s = scheme(train, device_dtype(train.dtype, device)[0])
+    return Precision(name=s.compute, compute=DTYPES[s.compute], weights=DTYPES[s.weights],
+                     autocast=s.autocast, grad_scaler=s.grad_scaler)
 
 
 def hf_config(spec: ModelSpec):

@@ -143,7 +143,7 @@ def main(models, methods, rank, alpha, target_modules, batch_size, seq_len, grad
                   for m in chosen for b in sizes for s in lengths]
         for spec in specs:  # bad settings (rank too large, ...) fail before anything runs
             for train in trains:
-                planner_plan(spec, "h100-80gb", train.with_(dtype="bf16" if dtype == "auto" else dtype))
+                planner_plan(spec, "h100-80gb", train)  # a bf16 GPU: auto resolves as on cpu / fake
     except (CatalogError, ValueError) as exc:
         fail(str(exc))
 

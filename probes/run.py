@@ -181,10 +181,10 @@ def run(probe: Probe, run_id: str = "",
 def make_row(probe: Probe, m: Measurement, where: dict, status: str, error: str,
              run_id: str) -> dict:
     """The results row (schema: :data:`probes.store.SCHEMA`)."""
-    from .build import resolve_dtype
+    from .build import device_dtype
 
     t = probe.train
-    dtype = resolve_dtype(t.dtype, probe.device)
+    dtype, _ = device_dtype(t.dtype, probe.device)
     gpu = plan_gpu(probe.device, where.get("device_name", ""))
     p = plan(probe.model, get_gpu(gpu), t.with_(dtype=dtype))
     measured = m.peak_allocated_bytes if status == "ok" else None
