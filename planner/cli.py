@@ -1,12 +1,11 @@
 """`plan`: a thin click layer over planner.plan. No arithmetic here."""
 from __future__ import annotations
 
-import sys
-
 import click
 
 from . import render
 from .catalog import CatalogError, get_gpus, get_model, gpu_names, model_names, get_gpu
+from .exits import fail
 from .fit import max_batch_size, max_seq_len, recommend
 from .plan import plan
 from .options import adapter_options, parse_targets, training_options
@@ -21,11 +20,6 @@ def output_options(f):
                      help='Print only a JSON object {"plans": [...]} (the stable contract).')(f)
     f = click.option("--table", "fmt", flag_value="table", default=True, help="A table per GPU (default).")(f)
     return f
-
-
-def fail(message: str, code: int = 2) -> None:
-    click.echo(f"plan: error: {message}", err=True)
-    sys.exit(code)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -108,14 +102,14 @@ def main(models, gpus, methods, rank, alpha, target_modules, batch_size, seq_len
                     advice = recommend(model, gpu, base, [r.plan for r in group])
                     blocks.append(render.table(model, gpu, base, group, advice))
     except (CatalogError, ValueError) as exc:
-        fail(str(exc))
+        fail(str(exc), prog="plan")
     if plot_path:
         from . import plot
 
         try:
             plot.save([r.plan for r in reports], plot_path)
         except plot.PlotError as exc:
-            fail(str(exc))
+            fail(str(exc), prog="plan")
         click.echo(f"plan: wrote the plot to {plot_path}", err=True)
     if fmt == "json":
         click.echo(render.to_json(reports))

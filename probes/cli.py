@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import json
-import sys
 import uuid
 from pathlib import Path
 
 import click
 
 from planner import CatalogError, get_model
+from planner.exits import ERROR, fail
 from planner.options import adapter_options, parse_targets, training_options
 from planner.specs import DTYPES, METHODS, OPTIMIZERS, TrainSpec
 from planner.units import GIB
@@ -16,11 +16,6 @@ from planner.units import GIB
 from . import quiet_libraries
 
 DEFAULT_MODEL = "qwen2.5-0.5b"
-
-
-def fail(message: str, code: int = 2) -> None:
-    click.echo(f"probe: error: {message}", err=True)
-    sys.exit(code)
 
 
 def parse_ints(value: str, name: str) -> tuple[int, ...]:
@@ -145,7 +140,7 @@ def main(models, methods, rank, alpha, target_modules, batch_size, seq_len, grad
             for train in trains:
                 planner_plan(spec, "h100-80gb", train)  # a bf16 GPU: auto resolves as on cpu / fake
     except (CatalogError, ValueError) as exc:
-        fail(str(exc))
+        fail(str(exc), prog="probe")
 
     from . import run as runner
     from . import store
@@ -156,18 +151,18 @@ def main(models, methods, rank, alpha, target_modules, batch_size, seq_len, grad
         import torch
 
         if not torch.cuda.is_available():
-            fail("--device cuda: no CUDA GPU is visible (use --device cpu or fake)")
+            fail("--device cuda: no CUDA GPU is visible (use --device cpu or fake)", prog="probe")
     try:
         probes = [runner.make_probe(spec, train, resolved, warmup, steps, weights, force)
                   for spec in specs for train in trains]
     except ValueError as exc:
-        fail(str(exc))
+        fail(str(exc), prog="probe")
     path = output or store.default_path()
     if Path(path).exists():
         try:  # a foreign or malformed table is refused before any measuring
             store.load_rows(path)
         except store.StoreError as exc:
-            fail(str(exc), 1)
+            fail(str(exc), ERROR, prog="probe")
 
     quiet_libraries()
     run_id = uuid.uuid4().hex[:12]
@@ -177,13 +172,13 @@ def main(models, methods, rank, alpha, target_modules, batch_size, seq_len, grad
         try:
             row = runner.run(probe, run_id)
         except GpuBusy as exc:
-            fail(str(exc), 1)
+            fail(str(exc), ERROR, prog="probe")
         except Exception as exc:  # noqa: BLE001 - one line, then the exit code
-            fail(f"{probe.label}: {exc.__class__.__name__}: {exc}", 1)
+            fail(f"{probe.label}: {exc.__class__.__name__}: {exc}", ERROR, prog="probe")
         try:
             store.append([row], path)
         except store.StoreError as exc:
-            fail(str(exc), 1)
+            fail(str(exc), ERROR, prog="probe")
         rows.append(row)
     if as_json:
         click.echo(json.dumps({"rows": rows}, indent=1))
