@@ -37,6 +37,7 @@ from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 from planner import ModelSpec, TrainSpec
 
 from .build import build
+from .quant_state import replace_parts
 
 QUANT_ATTRS = ("blocksize", "compress_statistics", "quant_type", "quant_storage",
                "bnb_quantized", "module")
@@ -72,12 +73,7 @@ def materialize(model: torch.nn.Module, fake_mode: FakeTensorMode) -> torch.nn.M
         if qs is None or id(qs) in states:
             return
         states.add(id(qs))
-        for name in ("absmax", "code", "offset"):
-            if isinstance(getattr(qs, name, None), torch.Tensor):
-                setattr(qs, name, fake(getattr(qs, name)))
-        nested = getattr(qs, "state2", None)
-        if nested is not None:
-            fake_quant_state(nested)
+        replace_parts(qs, fake)  # its tensors and its nested state's
 
     with fake_mode:
         for module in model.modules():

@@ -36,6 +36,8 @@ from torch.utils._pytree import tree_flatten
 
 from planner.units import PHASES
 
+from .quant_state import parts as quant_state_parts
+
 
 @dataclass(frozen=True)
 class TrackerResult:
@@ -219,8 +221,8 @@ def state_tensors(model: torch.nn.Module, optimizer: torch.optim.Optimizer | Non
     """Every tensor that lives across steps, by component label (see :meth:`register`).
 
     Trainable parameters are ``adapters/params`` when the model has frozen weights (a peft
-    model) and ``weights/trainable`` otherwise; bitsandbytes quant states (absmax, code,
-    offset, the nested state) are ``weights/quant_state``.
+    model) and ``weights/trainable`` otherwise; bitsandbytes quant states (every tensor of
+    :data:`probes.quant_state.PARTS`) are ``weights/quant_state``.
     """
     params = list(model.parameters())
     any_frozen = any(not p.requires_grad for p in params)
@@ -243,12 +245,9 @@ def state_tensors(model: torch.nn.Module, optimizer: torch.optim.Optimizer | Non
 
 
 def quant_state_tensors(quant_state) -> list[torch.Tensor]:
-    """The tensors of a bitsandbytes QuantState, nested state included."""
-    out = [getattr(quant_state, k, None) for k in ("absmax", "code", "offset")]
-    nested = getattr(quant_state, "state2", None)
-    if nested is not None:
-        out += [getattr(nested, k, None) for k in ("absmax", "code")]
-    return [t for t in out if isinstance(t, torch.Tensor)]
+    """The tensors of a bitsandbytes QuantState, nested state included
+    (:data:`probes.quant_state.PARTS`)."""
+    return list(quant_state_parts(quant_state).values())
 
 
 def register_state(tracker: ByteTracker, model, optimizer, extra: dict | None = None) -> None:
