@@ -251,12 +251,14 @@ def context_figures(cuda, nvml, handle) -> tuple[int, int]:
 
 def measure(spec, train, *, steps: int = 3, warmup: int = 2, weights: str | Path | None = None,
             force: bool = False, nvml=None) -> tuple[Measurement, DeviceInfo]:
-    """Build on the GPU and run the protocol. Raises GpuBusy / OutOfMemory."""
+    """Build ``spec`` (a planner model or a :class:`probes.build.ProbeModel`) on the GPU and
+    run the protocol. Raises GpuBusy / OutOfMemory."""
     import torch
 
-    from .build import build, resolve_precision
+    from .build import build, probe_model, resolve_precision
     from .step import make_optimizer, make_scaler, synthetic_batch, train_step
 
+    spec = probe_model(spec)
     if nvml is None:
         import pynvml as nvml
     index = torch.cuda.current_device() if torch.cuda.is_initialized() else 0
@@ -294,6 +296,6 @@ def measure(spec, train, *, steps: int = 3, warmup: int = 2, weights: str | Path
         raise OutOfMemory(*oom)
     from .kernels import sdpa_choice
 
-    kernel = "eager" if spec.eager_attention else sdpa_choice(
-        spec.num_heads, spec.num_kv_heads, spec.head_dim, train.seq_len, precision.compute, "cuda")
+    kernel = "eager" if spec.eager else sdpa_choice(
+        *spec.attention_shape(), train.seq_len, precision.compute, "cuda")
     return replace(measurement, attention_kernel=kernel), info

@@ -36,7 +36,7 @@ from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 
 from planner import ModelSpec, TrainSpec
 
-from .build import build
+from .build import ProbeModel, build, probe_model
 from .quant_state import replace_parts
 
 QUANT_ATTRS = ("blocksize", "compress_statistics", "quant_type", "quant_storage",
@@ -115,9 +115,9 @@ def plain_positions():
         masking_utils.find_packed_sequence_indices = original
 
 
-def build_fake(spec: ModelSpec, train: TrainSpec) -> tuple[torch.nn.Module, FakeTensorMode]:
+def build_fake(model: ModelSpec | ProbeModel, train: TrainSpec) -> tuple[torch.nn.Module, FakeTensorMode]:
     """The model of ``train`` with fake parameters, and the mode to run it under."""
-    model = build(spec, train, "meta")
+    model = build(model, train, "meta")
     mode = new_fake_mode()
     materialize(model, mode)
     return model, mode
@@ -131,9 +131,10 @@ def check_no_meta(model: torch.nn.Module) -> None:
         raise RuntimeError(f"not materialized as fake tensors: {', '.join(left[:5])}")
 
 
-def trace(spec: ModelSpec, train: TrainSpec, *, steps: int = 1, warmup: int = 1,
+def trace(spec: ModelSpec | ProbeModel, train: TrainSpec, *, steps: int = 1, warmup: int = 1,
           tracker=None):
-    """Trace ``steps`` training steps of ``train`` on ``spec`` with no memory.
+    """Trace ``steps`` training steps of ``train`` on ``spec`` (a planner model or any
+    :class:`probes.build.ProbeModel`) with no memory.
 
     Returns a :class:`probes.protocol.Measurement` (no reserved / device / speed figures).
     """
@@ -141,6 +142,7 @@ def trace(spec: ModelSpec, train: TrainSpec, *, steps: int = 1, warmup: int = 1,
     from .protocol import measure_tracked
     from .step import make_optimizer, make_scaler, synthetic_batch
 
+    spec = probe_model(spec)
     precision = resolve_precision(train, "fake")
     model, mode = build_fake(spec, train)
     check_no_meta(model)
@@ -150,5 +152,5 @@ def trace(spec: ModelSpec, train: TrainSpec, *, steps: int = 1, warmup: int = 1,
         optimizer = make_optimizer(model.parameters(), train.optim, "fake")
         scaler = make_scaler(precision, "fake", model.parameters())
         return measure_tracked(model, optimizer, fake_ids, precision, steps=steps,
-                               warmup=warmup, scaler=scaler, force_flash=not spec.eager_attention,
+                               warmup=warmup, scaler=scaler, force_flash=not spec.eager,
                                timed=False, tracker=tracker)

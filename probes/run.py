@@ -17,6 +17,7 @@ from typing import Callable
 
 from planner import ModelSpec, TrainSpec, get_gpu, plan
 
+from .build import ProbeModel, device_dtype, from_spec
 from .protocol import Measurement
 from .store import COLUMNS, SCHEMA_VERSION
 
@@ -29,17 +30,25 @@ REFERENCE_GPU = "h100-80gb"
 
 @dataclass(frozen=True)
 class Probe:
-    """What to measure: a model, its training settings, the backend and the protocol counts."""
+    """What to measure: a model, its training settings, the backend and the protocol counts.
 
-    model: ModelSpec
+    ``model`` is what the builder builds; ``spec`` is the planner's model, for the planned
+    figures. A planner :class:`~planner.ModelSpec` given as ``model`` fills both.
+    """
+
+    model: ProbeModel
     train: TrainSpec
     device: str
     warmup: int
     steps: int
     weights: str | None = None
     force: bool = False
+    spec: ModelSpec | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.model, ModelSpec):
+            object.__setattr__(self, "spec", self.model)
+            object.__setattr__(self, "model", from_spec(self.model))
         if self.device not in DEVICES:
             raise ValueError(f"unknown device {self.device!r} (one of {', '.join(DEVICES)})")
         if self.steps < 1:
@@ -69,6 +78,7 @@ def resolve_device(device: str) -> str:
 
 def make_probe(model: ModelSpec, train: TrainSpec, device: str, warmup: int | None = None,
                steps: int | None = None, weights: str | None = None, force: bool = False) -> Probe:
+    """A probe of ``model``, a planner spec."""
     default_warmup, default_steps = DEFAULT_STEPS[device] if device in DEFAULT_STEPS else (1, 1)
     return Probe(model=model, train=train, device=device,
                  warmup=default_warmup if warmup is None else warmup,
@@ -181,12 +191,10 @@ def run(probe: Probe, run_id: str = "",
 def make_row(probe: Probe, m: Measurement, where: dict, status: str, error: str,
              run_id: str) -> dict:
     """The results row (schema: :data:`probes.store.SCHEMA`)."""
-    from .build import device_dtype
-
     t = probe.train
     dtype, _ = device_dtype(t.dtype, probe.device)
     gpu = plan_gpu(probe.device, where.get("device_name", ""))
-    p = plan(probe.model, get_gpu(gpu), t.with_(dtype=dtype))
+    p = plan(probe.spec, get_gpu(gpu), t.with_(dtype=dtype))
     measured = m.peak_allocated_bytes if status == "ok" else None
     phases = m.phase_peaks or {}
     row = {

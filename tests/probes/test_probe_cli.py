@@ -108,7 +108,7 @@ def test_local_safetensors_weights_measure_like_random_init(llama_tiny, tmp_path
     from probes import build, cpu
 
     folder = tmp_path_factory.mktemp("weights")
-    build._from_config(llama_tiny, torch_stack.bfloat16, "cpu").save_pretrained(folder)
+    build.random_init(llama_tiny, torch_stack.bfloat16, "cpu").save_pretrained(folder)
     assert any(p.suffix == ".safetensors" for p in folder.iterdir())
     train = TrainSpec(method=method, batch_size=1, seq_len=32, dtype="bf16")
     loaded = cpu.measure(llama_tiny, train, weights=folder)
