@@ -2,8 +2,9 @@
 
 What it builds is a :class:`ProbeModel`: a name, the HF config.json fields and the attention
 implementation, nothing of the planner's layout, so that any decoder transformers can build
-is measurable (a planner :class:`~planner.ModelSpec` converts with :func:`from_spec`).
-Every function that takes a model takes either.
+is measurable (a planner :class:`~planner.ModelSpec` converts with :func:`from_spec`, a config
+whose model_type the planner lacks with :func:`from_unknown`). Every function that takes a
+model takes either.
 
 ``build(model, train, device)`` does what a user's fine-tuning script does, in the same order:
 
@@ -39,6 +40,7 @@ from pathlib import Path
 import torch
 
 from planner import ModelSpec, TrainSpec
+from planner.catalog import UnknownArchitecture
 from planner.precision import resolve_dtype, scheme
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -116,6 +118,33 @@ def from_spec(spec: ModelSpec) -> ProbeModel:
     return ProbeModel(name=spec.name, config=spec.hf_config(),
                       attn_implementation="eager" if spec.eager_attention else "sdpa",
                       vocab_size=spec.vocab_size)
+
+
+def from_unknown(exc: UnknownArchitecture) -> ProbeModel:
+    """A config whose model_type the planner lacks, if transformers builds it as a decoder.
+
+    Raises ValueError (one line) when transformers does not know the model_type, when its
+    causal-LM class is not a decoder-only model (an encoder such as BERT, whose causal-LM head
+    sits on a bidirectional encoder, or a vision-only model), or without a vocab_size.
+    """
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+    from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+                                                        MODEL_FOR_MASKED_LM_MAPPING_NAMES)
+
+    config, name = exc.config, exc.name
+    model_type = config.get("model_type")
+    if model_type not in CONFIG_MAPPING_NAMES:
+        raise ValueError(f"{name}: unknown model_type {model_type!r}: neither the planner nor "
+                         "transformers knows it")
+    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+        raise ValueError(f"{name}: not a decoder: model_type {model_type!r} is not a decoder-only "
+                         "causal LM in transformers (probe measures decoder fine-tuning)")
+    vocab = config.get("vocab_size")
+    if not isinstance(vocab, int) or isinstance(vocab, bool) or vocab < 1:
+        raise ValueError(f"{name}: config field 'vocab_size' must be a positive integer, got {vocab!r}")
+    return ProbeModel(name=name, config=dict(config),
+                      attn_implementation="eager" if config.get("attn_logit_softcapping") else "sdpa",
+                      vocab_size=vocab)
 
 
 def probe_model(model: ModelSpec | ProbeModel) -> ProbeModel:

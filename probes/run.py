@@ -3,7 +3,9 @@
 :func:`run` measures (cuda / cpu / fake), turns out-of-memory and unsupported settings into
 rows with a status instead of crashes, adds the environment (device, driver, versions, git
 commit) and the planner's prediction for the same configuration, and returns the row
-(the schema is :data:`probes.store.SCHEMA`).
+(the schema is :data:`probes.store.SCHEMA`). A model whose architecture the planner lacks
+(a :class:`probes.build.ProbeModel` with no planner spec) is measured all the same; its
+row's planned columns stay empty, and :attr:`Probe.notes` says why.
 """
 from __future__ import annotations
 
@@ -33,7 +35,8 @@ class Probe:
     """What to measure: a model, its training settings, the backend and the protocol counts.
 
     ``model`` is what the builder builds; ``spec`` is the planner's model, for the planned
-    figures. A planner :class:`~planner.ModelSpec` given as ``model`` fills both.
+    figures (None: the planner's architecture table lacks the model_type). A planner
+    :class:`~planner.ModelSpec` given as ``model`` fills both.
     """
 
     model: ProbeModel
@@ -61,6 +64,15 @@ class Probe:
                              "shapes only): pass the folder's config.json as --model instead")
 
     @property
+    def notes(self) -> tuple[str, ...]:
+        """What the output should say about this probe's row: a dtype fallback, no plan."""
+        out = device_dtype(self.train.dtype, self.device)[1]
+        if self.spec is None:
+            out += (f"the planner's architecture table lacks model_type {self.model.model_type}: "
+                    "no planned figure",)
+        return out
+
+    @property
     def label(self) -> str:
         t = self.train
         return (f"{self.model.name} {t.method} bs{t.batch_size} seq{t.seq_len}"
@@ -76,9 +88,9 @@ def resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def make_probe(model: ModelSpec, train: TrainSpec, device: str, warmup: int | None = None,
+def make_probe(model: ModelSpec | ProbeModel, train: TrainSpec, device: str, warmup: int | None = None,
                steps: int | None = None, weights: str | None = None, force: bool = False) -> Probe:
-    """A probe of ``model``, a planner spec."""
+    """A probe of ``model`` (a planner spec, or a :class:`ProbeModel` the planner cannot plan)."""
     default_warmup, default_steps = DEFAULT_STEPS[device] if device in DEFAULT_STEPS else (1, 1)
     return Probe(model=model, train=train, device=device,
                  warmup=default_warmup if warmup is None else warmup,
@@ -193,8 +205,19 @@ def make_row(probe: Probe, m: Measurement, where: dict, status: str, error: str,
     """The results row (schema: :data:`probes.store.SCHEMA`)."""
     t = probe.train
     dtype, _ = device_dtype(t.dtype, probe.device)
-    gpu = plan_gpu(probe.device, where.get("device_name", ""))
-    p = plan(probe.spec, get_gpu(gpu), t.with_(dtype=dtype))
+    gpu = p = None
+    if probe.spec is not None:
+        gpu = plan_gpu(probe.device, where.get("device_name", ""))
+        p = plan(probe.spec, get_gpu(gpu), t.with_(dtype=dtype))
+    planned = dict.fromkeys(c for c in COLUMNS if c.startswith("planned_")) if p is None else {
+        "planned_peak_allocated_bytes": p.peak_allocated_bytes,
+        "planned_peak_reserved_bytes": p.peak_reserved_bytes,
+        "planned_device_used_bytes": p.device_used_bytes,
+        "planned_forward_bytes": p.phases.get("forward"),
+        "planned_backward_bytes": p.phases.get("backward"),
+        "planned_optimizer_bytes": p.phases.get("optimizer"),
+        "planned_peak_phase": p.peak_phase,
+    }
     measured = m.peak_allocated_bytes if status == "ok" else None
     phases = m.phase_peaks or {}
     row = {
@@ -223,15 +246,8 @@ def make_row(probe: Probe, m: Measurement, where: dict, status: str, error: str,
         "step_time_s": m.step_time_s, "tokens_per_second": m.tokens_per_second,
         "attention_kernel": m.attention_kernel or None,
         "peak_breakdown": m.breakdown or (dict(m.extra) if status == "oom" else None),
-        "plan_gpu": gpu,
-        "planned_peak_allocated_bytes": p.peak_allocated_bytes,
-        "planned_peak_reserved_bytes": p.peak_reserved_bytes,
-        "planned_device_used_bytes": p.device_used_bytes,
-        "planned_forward_bytes": p.phases.get("forward"),
-        "planned_backward_bytes": p.phases.get("backward"),
-        "planned_optimizer_bytes": p.phases.get("optimizer"),
-        "planned_peak_phase": p.peak_phase,
-        "ratio": measured / p.peak_allocated_bytes if measured else None,
+        "plan_gpu": gpu, **planned,
+        "ratio": measured / p.peak_allocated_bytes if measured and p is not None else None,
     }
     # Schema order; empty text is a missing value (as the CSV reads it back).
     return {c: None if row[c] == "" else row[c] for c in COLUMNS}
