@@ -11,10 +11,6 @@ from .methods import step_memory
 from .precision import resolve_dtype
 from .specs import GpuSpec, ModelSpec, TrainSpec
 
-# Field names of the JSON contract (README "JSON output"); more may be added, none renamed.
-SETTINGS_KEYS = ("batch_size", "seq_len", "rank", "alpha", "target_modules", "dtype", "optim",
-                 "gradient_checkpointing", "quant_type", "double_quant", "precision")
-
 
 @dataclass(frozen=True)
 class Plan:

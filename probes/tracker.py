@@ -28,7 +28,7 @@ from __future__ import annotations
 import weakref
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Iterable
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -174,11 +174,6 @@ class ByteTracker(TorchDispatchMode):
                 self._by_label[label] += nbytes
                 self._storages[key] = (nbytes, label)
 
-    def live_bytes_of(self, tensors: Iterable[torch.Tensor]) -> int:
-        """Bytes of the distinct tracked storages among ``tensors``."""
-        keys = {t.untyped_storage()._cdata for t in tensors}
-        return sum(self._storages[k][0] for k in keys if k in self._storages)
-
     def result(self) -> TrackerResult:
         return TrackerResult(
             peak_bytes=self.peak, baseline_bytes=self.baseline,
@@ -256,6 +251,3 @@ def register_state(tracker: ByteTracker, model, optimizer, extra: dict | None = 
         tracker.register(tensors, label)
     for label, tensors in (extra or {}).items():
         tracker.register(tensors, label)
-
-
-PhaseCallback = Callable[[str], None]

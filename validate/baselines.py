@@ -34,7 +34,6 @@ METHODS = ("full", "lora", "qlora", "dora", "qdora")
 ADAPTER_METHODS = METHODS[1:]
 BATCHES = (1, 4)
 SEQS = (512, 2048)
-RANKS = (8, 64)
 ALL_LINEAR = ("all-linear",)
 
 FIELDS = ("model", "method", "batch_size", "seq_len", "rank", "target_modules", "gradient_checkpointing",
