@@ -1,6 +1,6 @@
 """``--device cuda``: the real GPU probe (torch.cuda statistics and NVML device memory).
 
-Protocol (DESIGN.md section 4), in :func:`measure_steps`:
+Protocol (docs/design.md, "The measurement protocol"), in :func:`measure_steps`:
 
 1. Refuse a GPU that other processes already use (more than 500 MiB), unless forced: their
    memory would be in the device figures (:func:`check_idle`).

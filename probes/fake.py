@@ -1,6 +1,6 @@
 """The no-GPU exact tracer: a full-size training step on fake tensors (``--device fake``).
 
-Recipe (DESIGN.md section 5), and why each step is there:
+Recipe (docs/design.md, "The no-GPU tracer"), and why each step is there:
 
 1. Build the model and apply the method on the meta device with the shared builder
    (:func:`probes.build.build` with ``device="meta"``): transformers' bnb quantizer swaps in
