@@ -18,6 +18,8 @@ import time
 import warnings
 from pathlib import Path
 
+from planner.units import GIB
+
 
 def shard(text: str) -> tuple[int, int]:
     """--shard K/N: 1 <= K <= N."""
@@ -71,7 +73,7 @@ def main() -> None:
         print(f"[{i}/{len(todo)} {time.perf_counter() - start:6.0f} s] {cfg.model} {cfg.train.method} "
               f"bs{cfg.train.batch_size} seq{cfg.train.seq_len} r{cfg.train.rank} "
               f"{','.join(cfg.train.target_modules)} gc={int(cfg.train.gradient_checkpointing)}: "
-              f"{m.peak_allocated_bytes / 2**30:.3f} GiB ({time.perf_counter() - t0:.1f} s)",
+              f"{m.peak_allocated_bytes / GIB:.3f} GiB ({time.perf_counter() - t0:.1f} s)",
               file=sys.stderr, flush=True)
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import warnings
 
-GIB = 1 << 30
+from planner.units import GIB
 
 # A 3-layer Llama-shaped model with a 512-token vocabulary (the catalog models have 32k+).
 TOY_CONFIG = {

@@ -18,7 +18,8 @@ import json
 import subprocess
 import sys
 
-GIB = float(1 << 30)
+from planner.units import GIB
+
 CHILD = r"""
 import json, resource, sys, time
 t0 = time.perf_counter()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-GIB = float(1 << 30)
+from planner.units import GIB
 
 
 def main() -> None:

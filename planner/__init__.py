@@ -5,7 +5,8 @@
     >>> p.fits, p.peak_phase
 """
 from .catalog import CatalogError, get_gpu, get_gpus, get_model, gpu_names, model_names
-from .plan import Plan, plan, resolve_dtype
+from .plan import Plan, plan
+from .precision import resolve_dtype
 from .specs import METHODS, GpuSpec, ModelSpec, TrainSpec
 
 __all__ = ["CatalogError", "GpuSpec", "METHODS", "ModelSpec", "Plan", "TrainSpec", "get_gpu",

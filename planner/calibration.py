@@ -23,6 +23,7 @@ from pathlib import Path
 import data
 
 from .catalog import get_gpu, gpu_names
+from .units import MIB
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ class Calibration:
     def describe(self) -> str:
         return (f"runtime terms calibrated from {self.rows} CUDA row(s) of the {self.family} family "
                 f"({', '.join(self.devices)}) in data/probes: CUDA context "
-                f"{self.cuda_context_bytes / (1 << 20):.0f} MiB, allocator reserve "
+                f"{self.cuda_context_bytes / MIB:.0f} MiB, allocator reserve "
                 f"{self.allocator_fraction:.1%} of allocated")
 
 

@@ -1,17 +1,17 @@
 """`plan`: a thin click layer over planner.plan. No arithmetic here."""
 from __future__ import annotations
 
-import sys
-
 import click
 
 from . import render
 from .catalog import CatalogError, get_gpus, get_model, gpu_names, model_names, get_gpu
+from .exits import fail
 from .fit import max_batch_size, max_seq_len, recommend
 from .plan import plan
 from .counts import UnsupportedMethod
 from .options import adapter_options, parse_names, parse_targets, training_options
 from .specs import DTYPES, METHODS, OPTIMIZERS, TrainSpec
+from .units import GIB
 
 
 def output_options(f):
@@ -21,11 +21,6 @@ def output_options(f):
                      help='Print only a JSON object {"plans": [...]} (the stable contract).')(f)
     f = click.option("--table", "fmt", flag_value="table", default=True, help="A table per GPU (default).")(f)
     return f
-
-
-def fail(message: str, code: int = 2) -> None:
-    click.echo(f"plan: error: {message}", err=True)
-    sys.exit(code)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -80,7 +75,7 @@ def main(models, gpus, methods, rank, alpha, target_modules, target_parameters, 
     if list_gpus:
         for name in gpu_names():
             g = get_gpu(name)
-            click.echo(f"{name:<12} {g.memory_bytes / (1 << 30):7.2f} GiB  {g.full_name}")
+            click.echo(f"{name:<12} {g.memory_bytes / GIB:7.2f} GiB  {g.full_name}")
         return
     chosen = METHODS if not methods or "all" in methods else tuple(dict.fromkeys(methods))
     cals = None if calibrated else {}
@@ -117,7 +112,7 @@ def main(models, gpus, methods, rank, alpha, target_modules, target_parameters, 
                     advice = recommend(model, gpu, base, [r.plan for r in group])
                     blocks.append(render.table(model, gpu, base, group, advice))
     except (CatalogError, ValueError) as exc:
-        fail(str(exc))
+        fail(str(exc), prog="plan")
     for why in skipped:
         click.echo(f"plan: skipped: {why}", err=True)
     if plot_path:
@@ -126,7 +121,7 @@ def main(models, gpus, methods, rank, alpha, target_modules, target_parameters, 
         try:
             plot.save([r.plan for r in reports], plot_path)
         except plot.PlotError as exc:
-            fail(str(exc))
+            fail(str(exc), prog="plan")
         click.echo(f"plan: wrote the plot to {plot_path}", err=True)
     if fmt == "json":
         click.echo(render.to_json(reports))

@@ -44,6 +44,8 @@ class Precision:
 def precision(train: TrainSpec, dtype: str) -> Precision:
     """Byte sizes for a resolved dtype ("bf16", "fp16" or "fp32") and the precision scheme.
 
+    Compute dtype, stored weights (fp32 master weights under `mixed`) and autocast come from
+    the one precision rule, :func:`planner.precision.scheme`; bytes from DTYPE_BYTES.
     The hidden stream is fp32 for QLoRA / QDoRA: prepare_model_for_kbit_training casts the
     norm weights to fp32, so each norm's output (fp32 weight * input) is fp32, and
     bitsandbytes' Linear4bit casts its output back to its input's dtype: every Linear4bit
@@ -55,10 +57,12 @@ def precision(train: TrainSpec, dtype: str) -> Precision:
     full fine-tuning in mixed precision: fp32 residual sums and norm outputs, bf16 q/k/v and
     MLP outputs).
     """
-    compute = DTYPE_BYTES[dtype]
-    weight = FP32 if train.precision == "mixed" else compute
+    from .precision import scheme
+
+    s = scheme(train, dtype)
+    compute, weight = DTYPE_BYTES[s.compute], DTYPE_BYTES[s.weights]
     hidden = FP32 if train.is_quantized else compute
-    return Precision(compute=compute, weight=weight, autocast=train.precision != "pure" and compute != FP32,
+    return Precision(compute=compute, weight=weight, autocast=s.autocast,
                      hidden=hidden, stream=FP32 if train.precision == "mixed" else hidden)
 
 

@@ -11,8 +11,8 @@ from typing import Callable
 from .catalog import get_gpu, gpu_names
 from .plan import Plan, plan
 from .specs import GpuSpec, ModelSpec, TrainSpec
+from .units import GIB
 
-GIB = 1 << 30
 COMFORT_FRACTION = 0.2  # full fine-tuning is "comfortable" with 20% of the GPU free
 MAX_BATCH_SEARCH = 1 << 16
 

@@ -1,7 +1,7 @@
 """How the components live through the phases of one training step.
 
 The peak is the max over phases of what is live in each, not the sum of all components
-(DESIGN.md section 3). A phase is an ordered breakdown {component name: bytes}; every
+(docs/design.md, "Phases"). A phase is an ordered breakdown {component name: bytes}; every
 method (full, lora, rslora, qlora, dora, qdora) goes through the same three phases, and the
 method only changes which components are non-zero (see planner.components).
 
@@ -20,7 +20,7 @@ from . import components as C
 from . import moments as M
 from .specs import ModelSpec, TrainSpec
 
-PHASES = ("forward", "backward", "optimizer")
+from .units import PHASES
 
 # Every component key, in display order. A phase holds all of them (zeros included), so
 # that tables and JSON have stable keys.

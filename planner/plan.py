@@ -8,11 +8,8 @@ from . import components as C
 from . import counts
 from .catalog import get_gpu, get_model
 from .methods import step_memory
+from .precision import resolve_dtype
 from .specs import GpuSpec, ModelSpec, TrainSpec
-
-# Field names of the JSON contract (README "JSON output"); more may be added, none renamed.
-SETTINGS_KEYS = ("batch_size", "seq_len", "rank", "alpha", "target_modules", "dtype", "optim",
-                 "gradient_checkpointing", "quant_type", "double_quant", "precision")
 
 
 @dataclass(frozen=True)
@@ -49,21 +46,6 @@ class Plan:
             "total_params": self.total_params, "peak_phase": self.peak_phase,
             "phases": dict(self.phases), "notes": list(self.notes),
         }
-
-
-def resolve_dtype(gpu: GpuSpec, dtype: str) -> tuple[str, tuple[str, ...]]:
-    """The compute dtype actually used on this GPU, and any note about the choice.
-
-    auto: bf16 where the GPU supports it (compute capability 8.0 and up), else fp16.
-    bf16 asked for on a GPU without it (T4, V100) falls back to fp16, with a note.
-    """
-    if dtype == "auto":
-        if gpu.bf16:
-            return "bf16", ()
-        return "fp16", (f"{gpu.name} has no bf16: using fp16 (with a GradScaler, as HF Trainer fp16=True)",)
-    if dtype == "bf16" and not gpu.bf16:
-        return "fp16", (f"bf16 asked for, but {gpu.name} has no bf16: falling back to fp16",)
-    return dtype, ()
 
 
 def moe_notes(model: ModelSpec, train: TrainSpec, dtype: str) -> tuple[str, ...]:
@@ -115,7 +97,7 @@ def plan(model: str | ModelSpec, gpu: str | GpuSpec, train: TrainSpec | None = N
     model, gpu = _as_model(model), _as_gpu(gpu)
     train = train or TrainSpec()
     counts.check_rank(model, train)
-    dtype, notes = resolve_dtype(gpu, train.dtype)
+    dtype, notes = resolve_dtype(train.dtype, gpu.bf16, gpu.name)
     if train.seq_len > model.max_position_embeddings:
         notes += (f"seq_len {train.seq_len} exceeds {model.name}'s max_position_embeddings "
                   f"{model.max_position_embeddings}",)

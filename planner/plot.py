@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .plan import Plan
+from .units import GIB
 
-GIB = 1 << 30
 # Not part of the device totals (unified memory the driver can page out): never stacked.
 OFF_DEVICE = ("optimizer/states_paged",)
 

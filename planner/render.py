@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from .fit import Recommendation
 from .plan import Plan
 from .specs import GpuSpec, ModelSpec, TrainSpec
+from .units import GIB
 
-GIB = 1 << 30
 CSV_FIELDS = ("model", "gpu", "method", "batch_size", "seq_len", "rank", "alpha", "target_modules",
               "dtype", "precision", "optim", "gradient_checkpointing", "quant_type", "double_quant",
               "peak_allocated_bytes", "peak_reserved_bytes", "device_used_bytes", "gpu_memory_bytes",

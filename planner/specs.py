@@ -19,7 +19,7 @@ DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit",
               "paged_adamw_32bit", "sgd")
 QUANT_TYPES = ("nf4", "fp4")
-# How the training loop handles precision (DESIGN.md section 3):
+# How the training loop handles precision (docs/design.md, "Precision schemes"):
 #   autocast - the HF Trainer path (bf16=True / fp16=True): weights in the compute dtype,
 #              peft adapters in fp32, forward under torch.autocast. The default.
 #   pure     - a plain loop on a model cast to the compute dtype, no autocast.

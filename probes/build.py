@@ -1,11 +1,18 @@
-"""One model + adapter builder shared by every device backend.
+"""One model + adapter builder shared by every device backend and by the validator.
 
-``build(spec, train, device)`` does what a user's fine-tuning script does, in the same order:
+What it builds is a :class:`ProbeModel`: a name, the HF config.json fields and the attention
+implementation, nothing of the planner's layout, so that any decoder transformers can build
+is measurable (a planner :class:`~planner.ModelSpec` converts with :func:`from_spec`, a config
+whose model_type the planner lacks with :func:`from_unknown`). Every function that takes a
+model takes either.
 
-1. The base model from its catalog config with random init (``AutoModelForCausalLM.from_config``,
-   seeded), or from local safetensors (``--weights DIR``), in the model dtype: the compute dtype
-   (bf16 / fp16 / fp32), or fp32 master weights under ``precision="mixed"``. SDPA attention
-   (eager for models with attention softcapping), ``use_cache=False``.
+``build(model, train, device)`` does what a user's fine-tuning script does, in the same order:
+
+1. The base model from its config with random init (``AutoModelForCausalLM.from_config``,
+   seeded: :func:`random_init`), or from local safetensors (``--weights DIR``:
+   :func:`load_pretrained`), in the model dtype: the compute dtype (bf16 / fp16 / fp32), or
+   fp32 master weights under ``precision="mixed"``. SDPA attention (eager for models with
+   attention softcapping), ``use_cache=False``.
 2. QLoRA / QDoRA: ``BitsAndBytesConfig(load_in_4bit, nf4|fp4, double quant, compute dtype)``.
    Real devices load through ``from_pretrained(quantization_config=...)`` (``from_config`` does not
    quantize): a random-init model is saved as safetensors to a temporary folder first. The meta
@@ -27,12 +34,14 @@ from __future__ import annotations
 import contextlib
 import tempfile
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from planner import ModelSpec, TrainSpec
+from planner.catalog import UnknownArchitecture
+from planner.precision import resolve_dtype, scheme
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 SEED = 0
@@ -40,7 +49,7 @@ SEED = 0
 
 @dataclass(frozen=True)
 class Precision:
-    """The resolved dtypes of a run.
+    """The resolved dtypes of a run: :class:`planner.precision.Scheme` as torch dtypes.
 
     ``compute``: activations / autocast dtype; ``weights``: the dtype the model is loaded in;
     ``autocast``: whether forward runs under ``torch.autocast``; ``grad_scaler``: fp16 with
@@ -54,39 +63,104 @@ class Precision:
     grad_scaler: bool
 
 
-def resolve_dtype(dtype: str, device: str) -> str:
-    """``auto`` -> bf16 where the device has it (CPU, fake, CUDA sm80+), else fp16."""
-    if dtype != "auto":
-        return dtype
+def device_dtype(dtype: str, device: str) -> tuple[str, tuple[str, ...]]:
+    """The compute dtype ``dtype`` resolves to on ``device`` ("cuda", "cpu", "fake" or
+    "meta"), and any note: :func:`planner.precision.resolve_dtype`. The CPU (and so the
+    fake tracer) has bf16; a CUDA GPU has it natively from compute capability 8.0 on, as the
+    planner's GPU catalog says (torch's default check also counts the emulated bf16 of a T4)."""
     if device == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16"
+        return resolve_dtype(dtype, torch.cuda.is_bf16_supported(including_emulation=False), "this GPU")
+    return resolve_dtype(dtype, True, device)
 
 
 def resolve_precision(train: TrainSpec, device: str) -> Precision:
     """The precision scheme of ``train`` (autocast / pure / mixed) on ``device``."""
-    name = resolve_dtype(train.dtype, device)
-    compute = DTYPES[name]
-    weights = torch.float32 if train.precision == "mixed" else compute
-    autocast = train.precision != "pure" and compute != torch.float32
-    return Precision(name=name, compute=compute, weights=weights, autocast=autocast,
-                     grad_scaler=autocast and compute == torch.float16)
+    s = scheme(train, device_dtype(train.dtype, device)[0])
+    return Precision(name=s.compute, compute=DTYPES[s.compute], weights=DTYPES[s.weights],
+                     autocast=s.autocast, grad_scaler=s.grad_scaler)
 
 
-def hf_config(spec: ModelSpec):
-    """The transformers config of a catalog model (no hub access, no remote code)."""
+# ---------------------------------------------------------------------- the model
+
+@dataclass(frozen=True)
+class ProbeModel:
+    """What the builder and the measurements read of a model, and nothing more.
+
+    ``config``: the HF config.json fields (``model_type`` included); ``attn_implementation``:
+    "sdpa", or "eager" where attention logit softcapping rules SDPA out (Gemma-2) or where
+    the validator wants one kernel for every dtype; ``vocab_size``: for the synthetic tokens.
+    """
+
+    name: str
+    config: dict = field(hash=False, repr=False)
+    attn_implementation: str
+    vocab_size: int
+
+    @property
+    def model_type(self) -> str:
+        return self.config["model_type"]
+
+    @property
+    def eager(self) -> bool:
+        return self.attn_implementation == "eager"
+
+    def attention_shape(self) -> tuple[int, int, int]:
+        """(heads, KV heads, head dim) from the config, as the HF decoders read them."""
+        heads = self.config["num_attention_heads"]
+        kv_heads = self.config.get("num_key_value_heads") or heads
+        head_dim = self.config.get("head_dim") or self.config["hidden_size"] // heads
+        return heads, kv_heads, head_dim
+
+
+def from_spec(spec: ModelSpec) -> ProbeModel:
+    """The probe's view of a planner model: its config, SDPA unless the planner plans it with
+    eager attention (softcapping)."""
+    return ProbeModel(name=spec.name, config=spec.hf_config(),
+                      attn_implementation="eager" if spec.eager_attention else "sdpa",
+                      vocab_size=spec.vocab_size)
+
+
+def from_unknown(exc: UnknownArchitecture) -> ProbeModel:
+    """A config whose model_type the planner lacks, if transformers builds it as a decoder.
+
+    Raises ValueError (one line) when transformers does not know the model_type, when its
+    causal-LM class is not a decoder-only model (an encoder such as BERT, whose causal-LM head
+    sits on a bidirectional encoder, or a vision-only model), or without a vocab_size.
+    """
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+    from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+                                                        MODEL_FOR_MASKED_LM_MAPPING_NAMES)
+
+    config, name = exc.config, exc.name
+    model_type = config.get("model_type")
+    if model_type not in CONFIG_MAPPING_NAMES:
+        raise ValueError(f"{name}: unknown model_type {model_type!r}: neither the planner nor "
+                         "transformers knows it")
+    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+        raise ValueError(f"{name}: not a decoder: model_type {model_type!r} is not a decoder-only "
+                         "causal LM in transformers (probe measures decoder fine-tuning)")
+    vocab = config.get("vocab_size")
+    if not isinstance(vocab, int) or isinstance(vocab, bool) or vocab < 1:
+        raise ValueError(f"{name}: config field 'vocab_size' must be a positive integer, got {vocab!r}")
+    return ProbeModel(name=name, config=dict(config),
+                      attn_implementation="eager" if config.get("attn_logit_softcapping") else "sdpa",
+                      vocab_size=vocab)
+
+
+def probe_model(model: ModelSpec | ProbeModel) -> ProbeModel:
+    """``model`` as a :class:`ProbeModel` (a planner spec is converted)."""
+    return model if isinstance(model, ProbeModel) else from_spec(model)
+
+
+def hf_config(model: ModelSpec | ProbeModel):
+    """The transformers config of a model (no hub access, no remote code), ``use_cache=False``."""
     from transformers import AutoConfig
 
-    fields = spec.hf_config()
+    fields = dict(probe_model(model).config)
     model_type = fields.pop("model_type")
     fields.pop("architectures", None)
     fields["use_cache"] = False
     return AutoConfig.for_model(model_type, **fields)
-
-
-def attn_implementation(spec: ModelSpec) -> str:
-    """SDPA, unless the model needs attention logit softcapping (Gemma-2): then eager."""
-    return "eager" if spec.eager_attention else "sdpa"
 
 
 def bnb_config(train: TrainSpec, precision: Precision):
@@ -113,21 +187,25 @@ def lora_config(train: TrainSpec):
 
 # ---------------------------------------------------------------------- base model
 
-def _from_config(spec: ModelSpec, dtype: torch.dtype, device: str):
+def random_init(model: ModelSpec | ProbeModel, dtype: torch.dtype, device: str, seed: int = SEED):
+    """The base model from its config, random weights drawn from ``seed``, on ``device``
+    ("cpu", "cuda", or "meta": shapes only), in training mode as transformers makes it."""
     from transformers import AutoModelForCausalLM
 
-    torch.manual_seed(SEED)
+    model = probe_model(model)
+    torch.manual_seed(seed)
     with torch.device(device):
         return AutoModelForCausalLM.from_config(
-            hf_config(spec), dtype=dtype, attn_implementation=attn_implementation(spec))
+            hf_config(model), dtype=dtype, attn_implementation=model.attn_implementation)
 
 
-def _from_pretrained(path: str | Path, spec: ModelSpec, dtype: torch.dtype, device: str,
-                     quantization_config=None):
+def load_pretrained(path: str | Path, model: ModelSpec | ProbeModel, dtype: torch.dtype, device: str,
+                    quantization_config=None):
+    """The base model from a local save_pretrained folder (safetensors only, no remote code)."""
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(
-        str(path), dtype=dtype, attn_implementation=attn_implementation(spec),
+        str(path), dtype=dtype, attn_implementation=probe_model(model).attn_implementation,
         device_map={"": device}, quantization_config=quantization_config,
         use_safetensors=True, trust_remote_code=False, use_cache=False)
 
@@ -169,24 +247,25 @@ def _keep_bnb_code_cache_real() -> None:
         F.name2qmap["dynamic"] = F.create_dynamic_map()
 
 
-def load_base(spec: ModelSpec, train: TrainSpec, precision: Precision, device: str,
+def load_base(model: ModelSpec | ProbeModel, train: TrainSpec, precision: Precision, device: str,
               weights: str | Path | None = None):
-    """The base model on ``device`` ("cpu", "cuda" or "meta"), quantized for qlora/qdora."""
+    """The base model on ``device`` ("cpu", "cuda" or "meta"), quantized for qlora/qdora;
+    from the safetensors in ``weights`` when given, else random init."""
     dtype = precision.weights
     quant = bnb_config(train, precision) if train.is_quantized else None
     if device == "meta":
-        model = _from_config(spec, dtype, "meta")
+        base = random_init(model, dtype, "meta")
         if train.is_quantized:
-            _quantize_on_meta(model, train, precision)
-        return model
+            _quantize_on_meta(base, train, precision)
+        return base
     if weights is not None:
-        return _from_pretrained(weights, spec, dtype, device, quant)
+        return load_pretrained(weights, model, dtype, device, quant)
     if not train.is_quantized:
-        return _from_config(spec, dtype, device)
+        return random_init(model, dtype, device)
     # from_config does not quantize: save the random-init model, load it as a user would.
     with tempfile.TemporaryDirectory(prefix="probe-model-") as tmp:
-        _from_config(spec, dtype, "cpu").save_pretrained(tmp, safe_serialization=True)
-        return _from_pretrained(tmp, spec, dtype, device, quant)
+        random_init(model, dtype, "cpu").save_pretrained(tmp, safe_serialization=True)
+        return load_pretrained(tmp, model, dtype, device, quant)
 
 
 # ---------------------------------------------------------------------- method
@@ -220,16 +299,18 @@ def apply_method(model, train: TrainSpec):
 
 
 def disable_bnb_cpu_fast_path(model) -> None:
+    """Every bitsandbytes Linear4bit off its CPU AVX-512 bf16 path (wrong results after an
+    eval-mode forward on some CPUs)."""
     for module in model.modules():
         if hasattr(module, "support_avx512bf16_for_cpu"):
             module.support_avx512bf16_for_cpu = False
 
 
-def build(spec: ModelSpec, train: TrainSpec, device: str, weights: str | Path | None = None):
+def build(model: ModelSpec | ProbeModel, train: TrainSpec, device: str, weights: str | Path | None = None):
     """The model of ``train`` on ``device`` ("cpu", "cuda", or "meta" for the fake tracer)."""
     precision = resolve_precision(train, "fake" if device == "meta" else device)
     with _quiet():
-        model = load_base(spec, train, precision, device, weights)
+        model = load_base(model, train, precision, device, weights)
         # On meta, tensors peft / bitsandbytes create without a device (e.g. the empty
         # placeholder of Params4bit.__deepcopy__, used by QDoRA's init) must be meta too.
         with torch.device("meta") if device == "meta" else contextlib.nullcontext():

@@ -2,25 +2,21 @@
 from __future__ import annotations
 
 import json
-import sys
 import uuid
 from pathlib import Path
 
 import click
 
-from planner import CatalogError, get_model
-from planner.options import adapter_options, parse_targets, training_options
+from planner import CatalogError, ModelSpec, get_model
+from planner.catalog import UnknownArchitecture
+from planner.exits import ERROR, fail
+from planner.options import adapter_options, parse_names, parse_targets, training_options
 from planner.specs import DTYPES, METHODS, OPTIMIZERS, TrainSpec
+from planner.units import GIB
 
 from . import quiet_libraries
 
-GIB = float(1 << 30)
 DEFAULT_MODEL = "qwen2.5-0.5b"
-
-
-def fail(message: str, code: int = 2) -> None:
-    click.echo(f"probe: error: {message}", err=True)
-    sys.exit(code)
 
 
 def parse_ints(value: str, name: str) -> tuple[int, ...]:
@@ -65,22 +61,39 @@ def table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
-def notes(rows: list[dict]) -> str:
-    settings = rows[0]
-    text = [f"GiB = 2^30 bytes. alloc = peak torch allocations (tracker peak on cpu/fake); "
-            f"planned = plan on {settings['plan_gpu']} with dtype {settings['dtype']}, "
-            f"precision {settings['precision']} (default autocast = HF Trainer bf16/fp16=True)."]
+def resolve_model(name: str):
+    """``--model``: the planner's model (a ModelSpec), or, for a config whose model_type the
+    planner's architecture table lacks, what the builder needs to build it anyway (a
+    probes.build.ProbeModel, measured with no planned figure). ValueError / CatalogError
+    (one line) for anything else: an unknown name, a config that is not a decoder."""
+    try:
+        return get_model(name)
+    except UnknownArchitecture as exc:
+        from .build import from_unknown
+
+        return from_unknown(exc)
+
+
+def notes(rows: list[dict], extra: tuple[str, ...] = ()) -> str:
+    """The lines under the table: units, what was planned, each row's problem, then ``extra``."""
+    settings = next((r for r in rows if r["plan_gpu"]), rows[0])
+    planned = (f"planned = plan on {settings['plan_gpu']} with dtype {settings['dtype']}, "
+               f"precision {settings['precision']} (default autocast = HF Trainer bf16/fp16=True)."
+               if settings["plan_gpu"] else "planned: none (see the notes below).")
+    text = [f"GiB = 2^30 bytes. alloc = peak torch allocations (tracker peak on cpu/fake); {planned}"]
     for r in rows:
         if r["status"] != "ok":
             text.append(f"{r['model']} {r['method']} bs{r['batch_size']} seq{r['seq_len']}: "
                         f"{r['status']}: {r['error']}")
+    text += [f"note: {n}" for n in extra]
     return "\n".join(text)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--model", "models", multiple=True, default=(DEFAULT_MODEL,), show_default=True,
               help="Catalog alias (7b, llama-3.1-8b, qwen2.5-0.5b, ...), catalog HF id, or a local "
-                   "config.json path. Repeatable.")
+                   "config.json path (any decoder transformers builds; one the planner cannot plan "
+                   "is measured with no planned figure). Repeatable.")
 @click.option("--method", "methods", multiple=True, type=click.Choice(METHODS + ("all",)),
               help="Method(s) to probe (repeatable, or 'all')  [default: lora]")
 @adapter_options
@@ -110,11 +123,11 @@ def notes(rows: list[dict]) -> str:
 @click.option("--json", "as_json", is_flag=True,
               help='Print only {"rows": [...]} on stdout (bytes as integers).')
 @click.option("--force", is_flag=True, help="Measure on a GPU that other processes use.")
-def main(models, methods, rank, alpha, target_modules, batch_size, seq_len, gradient_checkpointing,
+def main(models, methods, rank, alpha, target_modules, target_parameters, batch_size, seq_len, gradient_checkpointing,
          dtype, precision, optim, quant_type, double_quant, device, steps, warmup, weights,
          output, as_json, force):
-    """Measure what fine-tuning really uses: build the model (random init from its catalog
-    config, or --weights), apply the method with peft / bitsandbytes as a training script
+    """Measure what fine-tuning really uses: build the model (random init from its config,
+    or --weights), apply the method with peft / bitsandbytes as a training script
     does, run warm-up and measured steps on synthetic tokens, and record peak memory
     (allocated / reserved / device used, per phase: forward, backward, optimizer), speed,
     and the planner's prediction with the ratio measured / planned.
@@ -135,17 +148,18 @@ def main(models, methods, rank, alpha, target_modules, batch_size, seq_len, grad
     sizes = parse_ints(batch_size, "--batch-size")
     lengths = parse_ints(seq_len, "--seq-len")
     try:
-        specs = [get_model(m) for m in models]
+        specs = [resolve_model(m) for m in models]
         trains = [TrainSpec(method=m, rank=rank, alpha=alpha, target_modules=parse_targets(target_modules),
+                            target_parameters=parse_names(target_parameters),
                             batch_size=b, seq_len=s, gradient_checkpointing=gradient_checkpointing,
                             dtype=dtype, precision=precision, optim=optim, quant_type=quant_type,
                             double_quant=double_quant)
                   for m in chosen for b in sizes for s in lengths]
-        for spec in specs:  # bad settings (rank too large, ...) fail before anything runs
-            for train in trains:
-                planner_plan(spec, "h100-80gb", train.with_(dtype="bf16" if dtype == "auto" else dtype))
+        for spec in (s for s in specs if isinstance(s, ModelSpec)):  # bad settings (rank too
+            for train in trains:  # large, ...) fail before anything runs
+                planner_plan(spec, "h100-80gb", train)  # a bf16 GPU: auto resolves as on cpu / fake
     except (CatalogError, ValueError) as exc:
-        fail(str(exc))
+        fail(str(exc), prog="probe")
 
     from . import run as runner
     from . import store
@@ -156,18 +170,18 @@ def main(models, methods, rank, alpha, target_modules, batch_size, seq_len, grad
         import torch
 
         if not torch.cuda.is_available():
-            fail("--device cuda: no CUDA GPU is visible (use --device cpu or fake)")
+            fail("--device cuda: no CUDA GPU is visible (use --device cpu or fake)", prog="probe")
     try:
         probes = [runner.make_probe(spec, train, resolved, warmup, steps, weights, force)
                   for spec in specs for train in trains]
     except ValueError as exc:
-        fail(str(exc))
+        fail(str(exc), prog="probe")
     path = output or store.default_path()
     if Path(path).exists():
         try:  # a foreign or malformed table is refused before any measuring
             store.load_rows(path)
         except store.StoreError as exc:
-            fail(str(exc), 1)
+            fail(str(exc), ERROR, prog="probe")
 
     quiet_libraries()
     run_id = uuid.uuid4().hex[:12]
@@ -177,19 +191,22 @@ def main(models, methods, rank, alpha, target_modules, batch_size, seq_len, grad
         try:
             row = runner.run(probe, run_id)
         except GpuBusy as exc:
-            fail(str(exc), 1)
+            fail(str(exc), ERROR, prog="probe")
         except Exception as exc:  # noqa: BLE001 - one line, then the exit code
-            fail(f"{probe.label}: {exc.__class__.__name__}: {exc}", 1)
+            fail(f"{probe.label}: {exc.__class__.__name__}: {exc}", ERROR, prog="probe")
         try:
             store.append([row], path)
         except store.StoreError as exc:
-            fail(str(exc), 1)
+            fail(str(exc), ERROR, prog="probe")
         rows.append(row)
+    extra = tuple(dict.fromkeys(n for probe in probes for n in probe.notes))
     if as_json:
         click.echo(json.dumps({"rows": rows}, indent=1))
+        for line in extra:
+            click.echo(f"probe: note: {line}", err=True)
     else:
         click.echo(table(rows))
-        click.echo(notes(rows))
+        click.echo(notes(rows, extra))
         click.echo(f"appended {len(rows)} row(s) to {path}", err=True)
 
 

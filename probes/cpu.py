@@ -11,18 +11,19 @@ from pathlib import Path
 
 from planner import ModelSpec, TrainSpec
 
-from .build import build, resolve_precision
+from .build import ProbeModel, build, probe_model, resolve_precision
 from .protocol import Measurement, measure_tracked
 from .step import make_optimizer, make_scaler, synthetic_batch
 
 
-def measure(spec: ModelSpec, train: TrainSpec, *, steps: int = 1, warmup: int = 1,
+def measure(spec: ModelSpec | ProbeModel, train: TrainSpec, *, steps: int = 1, warmup: int = 1,
             weights: str | Path | None = None, tracker=None) -> Measurement:
     """Build on CPU, warm up, and measure ``steps`` real steps with the byte tracker."""
+    spec = probe_model(spec)
     precision = resolve_precision(train, "cpu")
     model = build(spec, train, "cpu", weights)
     optimizer = make_optimizer(model.parameters(), train.optim, "cpu")
     ids = synthetic_batch(train.batch_size, train.seq_len, spec.vocab_size, "cpu")
     return measure_tracked(model, optimizer, ids, precision, steps=steps, warmup=warmup,
                            scaler=make_scaler(precision, "cpu", model.parameters()),
-                           force_flash=not spec.eager_attention, tracker=tracker)
+                           force_flash=not spec.eager, tracker=tracker)

@@ -1,6 +1,6 @@
 """``--device cuda``: the real GPU probe (torch.cuda statistics and NVML device memory).
 
-Protocol (DESIGN.md section 4), in :func:`measure_steps`:
+Protocol (docs/design.md, "The measurement protocol"), in :func:`measure_steps`:
 
 1. Refuse a GPU that other processes already use (more than 500 MiB), unless forced: their
    memory would be in the device figures (:func:`check_idle`).
@@ -30,9 +30,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from .protocol import PHASES, Measurement
+from planner.units import MIB, PHASES
 
-BUSY_BYTES = 500 * 2**20
+from .protocol import Measurement
+
+BUSY_BYTES = 500 * MIB
 _CONTEXT: dict = {}  # per process: NVML used before / after this process' CUDA context
 
 
@@ -104,7 +106,7 @@ def check_idle(info: DeviceInfo, own_bytes: int = 0, force: bool = False) -> Non
     """
     others = max(info.other_processes_bytes, info.used_bytes - own_bytes)
     if others > BUSY_BYTES and not force:
-        raise GpuBusy(f"{info.name}: {others / 2**20:.0f} MiB already used by other processes; "
+        raise GpuBusy(f"{info.name}: {others / MIB:.0f} MiB already used by other processes; "
                       "measurements would be wrong (use --force to measure anyway)")
 
 
@@ -249,12 +251,14 @@ def context_figures(cuda, nvml, handle) -> tuple[int, int]:
 
 def measure(spec, train, *, steps: int = 3, warmup: int = 2, weights: str | Path | None = None,
             force: bool = False, nvml=None) -> tuple[Measurement, DeviceInfo]:
-    """Build on the GPU and run the protocol. Raises GpuBusy / OutOfMemory."""
+    """Build ``spec`` (a planner model or a :class:`probes.build.ProbeModel`) on the GPU and
+    run the protocol. Raises GpuBusy / OutOfMemory."""
     import torch
 
-    from .build import build, resolve_precision
+    from .build import build, probe_model, resolve_precision
     from .step import make_optimizer, make_scaler, synthetic_batch, train_step
 
+    spec = probe_model(spec)
     if nvml is None:
         import pynvml as nvml
     index = torch.cuda.current_device() if torch.cuda.is_initialized() else 0
@@ -292,6 +296,6 @@ def measure(spec, train, *, steps: int = 3, warmup: int = 2, weights: str | Path
         raise OutOfMemory(*oom)
     from .kernels import sdpa_choice
 
-    kernel = "eager" if spec.eager_attention else sdpa_choice(
-        spec.num_heads, spec.num_kv_heads, spec.head_dim, train.seq_len, precision.compute, "cuda")
+    kernel = "eager" if spec.eager else sdpa_choice(
+        *spec.attention_shape(), train.seq_len, precision.compute, "cuda")
     return replace(measurement, attention_kernel=kernel), info

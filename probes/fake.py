@@ -1,6 +1,6 @@
 """The no-GPU exact tracer: a full-size training step on fake tensors (``--device fake``).
 
-Recipe (DESIGN.md section 5), and why each step is there:
+Recipe (docs/design.md, "The no-GPU tracer"), and why each step is there:
 
 1. Build the model and apply the method on the meta device with the shared builder
    (:func:`probes.build.build` with ``device="meta"``): transformers' bnb quantizer swaps in
@@ -36,7 +36,8 @@ from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 
 from planner import ModelSpec, TrainSpec
 
-from .build import build
+from .build import ProbeModel, build, probe_model
+from .quant_state import replace_parts
 
 QUANT_ATTRS = ("blocksize", "compress_statistics", "quant_type", "quant_storage",
                "bnb_quantized", "module")
@@ -72,12 +73,7 @@ def materialize(model: torch.nn.Module, fake_mode: FakeTensorMode) -> torch.nn.M
         if qs is None or id(qs) in states:
             return
         states.add(id(qs))
-        for name in ("absmax", "code", "offset"):
-            if isinstance(getattr(qs, name, None), torch.Tensor):
-                setattr(qs, name, fake(getattr(qs, name)))
-        nested = getattr(qs, "state2", None)
-        if nested is not None:
-            fake_quant_state(nested)
+        replace_parts(qs, fake)  # its tensors and its nested state's
 
     with fake_mode:
         for module in model.modules():
@@ -119,9 +115,9 @@ def plain_positions():
         masking_utils.find_packed_sequence_indices = original
 
 
-def build_fake(spec: ModelSpec, train: TrainSpec) -> tuple[torch.nn.Module, FakeTensorMode]:
+def build_fake(model: ModelSpec | ProbeModel, train: TrainSpec) -> tuple[torch.nn.Module, FakeTensorMode]:
     """The model of ``train`` with fake parameters, and the mode to run it under."""
-    model = build(spec, train, "meta")
+    model = build(model, train, "meta")
     mode = new_fake_mode()
     materialize(model, mode)
     return model, mode
@@ -160,9 +156,10 @@ def allow_grouped_mm_in_any_dtype() -> None:
     _GROUPED_MM_LIBRARY.append(library)
 
 
-def trace(spec: ModelSpec, train: TrainSpec, *, steps: int = 1, warmup: int = 1,
+def trace(spec: ModelSpec | ProbeModel, train: TrainSpec, *, steps: int = 1, warmup: int = 1,
           tracker=None):
-    """Trace ``steps`` training steps of ``train`` on ``spec`` with no memory.
+    """Trace ``steps`` training steps of ``train`` on ``spec`` (a planner model or any
+    :class:`probes.build.ProbeModel`) with no memory.
 
     Returns a :class:`probes.protocol.Measurement` (no reserved / device / speed figures).
     """
@@ -170,6 +167,7 @@ def trace(spec: ModelSpec, train: TrainSpec, *, steps: int = 1, warmup: int = 1,
     from .protocol import measure_tracked
     from .step import make_optimizer, make_scaler, synthetic_batch
 
+    spec = probe_model(spec)
     precision = resolve_precision(train, "fake")
     allow_grouped_mm_in_any_dtype()
     model, mode = build_fake(spec, train)
@@ -180,5 +178,5 @@ def trace(spec: ModelSpec, train: TrainSpec, *, steps: int = 1, warmup: int = 1,
         optimizer = make_optimizer(model.parameters(), train.optim, "fake")
         scaler = make_scaler(precision, "fake", model.parameters())
         return measure_tracked(model, optimizer, fake_ids, precision, steps=steps,
-                               warmup=warmup, scaler=scaler, force_flash=not spec.eager_attention,
+                               warmup=warmup, scaler=scaler, force_flash=not spec.eager,
                                timed=False, tracker=tracker)

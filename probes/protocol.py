@@ -1,7 +1,8 @@
 """The measurement protocol of the tracked backends (``cpu`` and ``fake``), and its result.
 
-Every backend follows DESIGN.md section 4: build, clean up, warm-up steps (not measured),
-reset the peaks and record the baseline, measured steps, one :class:`Measurement`.
+Every backend follows the protocol of docs/design.md, "The measurement protocol": build,
+clean up, warm-up steps (not measured), reset the peaks and record the baseline, measured
+steps, one :class:`Measurement`.
 
 For ``cpu`` and ``fake`` the meter is the byte tracker (:mod:`probes.tracker`):
 
@@ -23,11 +24,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from planner.units import PHASES
+
 from . import kernels
 from .step import train_step
 from .tracker import ByteTracker, register_state
-
-PHASES = ("forward", "backward", "optimizer")
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,9 @@
 :func:`run` measures (cuda / cpu / fake), turns out-of-memory and unsupported settings into
 rows with a status instead of crashes, adds the environment (device, driver, versions, git
 commit) and the planner's prediction for the same configuration, and returns the row
-(the schema is :data:`probes.store.SCHEMA`).
+(the schema is :data:`probes.store.SCHEMA`). A model whose architecture the planner lacks
+(a :class:`probes.build.ProbeModel` with no planner spec) is measured all the same; its
+row's planned columns stay empty, and :attr:`Probe.notes` says why.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from typing import Callable
 
 from planner import ModelSpec, TrainSpec, get_gpu, plan
 
+from .build import ProbeModel, device_dtype, from_spec
 from .protocol import Measurement
 from .store import COLUMNS, SCHEMA_VERSION
 
@@ -29,17 +32,26 @@ REFERENCE_GPU = "h100-80gb"
 
 @dataclass(frozen=True)
 class Probe:
-    """What to measure: a model, its training settings, the backend and the protocol counts."""
+    """What to measure: a model, its training settings, the backend and the protocol counts.
 
-    model: ModelSpec
+    ``model`` is what the builder builds; ``spec`` is the planner's model, for the planned
+    figures (None: the planner's architecture table lacks the model_type). A planner
+    :class:`~planner.ModelSpec` given as ``model`` fills both.
+    """
+
+    model: ProbeModel
     train: TrainSpec
     device: str
     warmup: int
     steps: int
     weights: str | None = None
     force: bool = False
+    spec: ModelSpec | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.model, ModelSpec):
+            object.__setattr__(self, "spec", self.model)
+            object.__setattr__(self, "model", from_spec(self.model))
         if self.device not in DEVICES:
             raise ValueError(f"unknown device {self.device!r} (one of {', '.join(DEVICES)})")
         if self.steps < 1:
@@ -50,6 +62,15 @@ class Probe:
         if self.weights is not None and self.device == "fake":
             raise ValueError("--weights has no effect with --device fake (a trace needs "
                              "shapes only): pass the folder's config.json as --model instead")
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        """What the output should say about this probe's row: a dtype fallback, no plan."""
+        out = device_dtype(self.train.dtype, self.device)[1]
+        if self.spec is None:
+            out += (f"the planner's architecture table lacks model_type {self.model.model_type}: "
+                    "no planned figure",)
+        return out
 
     @property
     def label(self) -> str:
@@ -67,8 +88,9 @@ def resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def make_probe(model: ModelSpec, train: TrainSpec, device: str, warmup: int | None = None,
+def make_probe(model: ModelSpec | ProbeModel, train: TrainSpec, device: str, warmup: int | None = None,
                steps: int | None = None, weights: str | None = None, force: bool = False) -> Probe:
+    """A probe of ``model`` (a planner spec, or a :class:`ProbeModel` the planner cannot plan)."""
     default_warmup, default_steps = DEFAULT_STEPS[device] if device in DEFAULT_STEPS else (1, 1)
     return Probe(model=model, train=train, device=device,
                  warmup=default_warmup if warmup is None else warmup,
@@ -181,12 +203,21 @@ def run(probe: Probe, run_id: str = "",
 def make_row(probe: Probe, m: Measurement, where: dict, status: str, error: str,
              run_id: str) -> dict:
     """The results row (schema: :data:`probes.store.SCHEMA`)."""
-    from .build import resolve_dtype
-
     t = probe.train
-    dtype = resolve_dtype(t.dtype, probe.device)
-    gpu = plan_gpu(probe.device, where.get("device_name", ""))
-    p = plan(probe.model, get_gpu(gpu), t.with_(dtype=dtype))
+    dtype, _ = device_dtype(t.dtype, probe.device)
+    gpu = p = None
+    if probe.spec is not None:
+        gpu = plan_gpu(probe.device, where.get("device_name", ""))
+        p = plan(probe.spec, get_gpu(gpu), t.with_(dtype=dtype))
+    planned = dict.fromkeys(c for c in COLUMNS if c.startswith("planned_")) if p is None else {
+        "planned_peak_allocated_bytes": p.peak_allocated_bytes,
+        "planned_peak_reserved_bytes": p.peak_reserved_bytes,
+        "planned_device_used_bytes": p.device_used_bytes,
+        "planned_forward_bytes": p.phases.get("forward"),
+        "planned_backward_bytes": p.phases.get("backward"),
+        "planned_optimizer_bytes": p.phases.get("optimizer"),
+        "planned_peak_phase": p.peak_phase,
+    }
     measured = m.peak_allocated_bytes if status == "ok" else None
     phases = m.phase_peaks or {}
     row = {
@@ -215,15 +246,8 @@ def make_row(probe: Probe, m: Measurement, where: dict, status: str, error: str,
         "step_time_s": m.step_time_s, "tokens_per_second": m.tokens_per_second,
         "attention_kernel": m.attention_kernel or None,
         "peak_breakdown": m.breakdown or (dict(m.extra) if status == "oom" else None),
-        "plan_gpu": gpu,
-        "planned_peak_allocated_bytes": p.peak_allocated_bytes,
-        "planned_peak_reserved_bytes": p.peak_reserved_bytes,
-        "planned_device_used_bytes": p.device_used_bytes,
-        "planned_forward_bytes": p.phases.get("forward"),
-        "planned_backward_bytes": p.phases.get("backward"),
-        "planned_optimizer_bytes": p.phases.get("optimizer"),
-        "planned_peak_phase": p.peak_phase,
-        "ratio": measured / p.peak_allocated_bytes if measured else None,
+        "plan_gpu": gpu, **planned,
+        "ratio": measured / p.peak_allocated_bytes if measured and p is not None else None,
     }
     # Schema order; empty text is a missing value (as the CSV reads it back).
     return {c: None if row[c] == "" else row[c] for c in COLUMNS}

@@ -33,9 +33,6 @@ class Unsupported(ValueError):
     autocast with fp16 trainable weights (a GradScaler cannot unscale fp16 gradients)."""
 
 
-UnsupportedOptimizer = Unsupported
-
-
 def make_optimizer(params, optim: str, device: str) -> torch.optim.Optimizer:
     """The optimizer named as in HF ``TrainingArguments.optim``.
 

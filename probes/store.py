@@ -1,8 +1,8 @@
 """The probe results table: schema, atomic append, typed load (pandas, CSV).
 
-One row per probed configuration, self-describing (DESIGN.md section 4): when, what
-(model, method and every setting), where (device, driver, library versions, git commit),
-the measured figures, the status, and the planner's prediction with the ratio.
+One row per probed configuration, self-describing (docs/design.md, "The results table"):
+when, what (model, method and every setting), where (device, driver, library versions, git
+commit), the measured figures, the status, and the planner's prediction with the ratio.
 
 Appending never damages what is there:
 

@@ -28,13 +28,15 @@ from __future__ import annotations
 import weakref
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Iterable
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-PHASES = ("forward", "backward", "optimizer")
+from planner.units import PHASES
+
+from .quant_state import parts as quant_state_parts
 
 
 @dataclass(frozen=True)
@@ -172,11 +174,6 @@ class ByteTracker(TorchDispatchMode):
                 self._by_label[label] += nbytes
                 self._storages[key] = (nbytes, label)
 
-    def live_bytes_of(self, tensors: Iterable[torch.Tensor]) -> int:
-        """Bytes of the distinct tracked storages among ``tensors``."""
-        keys = {t.untyped_storage()._cdata for t in tensors}
-        return sum(self._storages[k][0] for k in keys if k in self._storages)
-
     def result(self) -> TrackerResult:
         return TrackerResult(
             peak_bytes=self.peak, baseline_bytes=self.baseline,
@@ -219,8 +216,8 @@ def state_tensors(model: torch.nn.Module, optimizer: torch.optim.Optimizer | Non
     """Every tensor that lives across steps, by component label (see :meth:`register`).
 
     Trainable parameters are ``adapters/params`` when the model has frozen weights (a peft
-    model) and ``weights/trainable`` otherwise; bitsandbytes quant states (absmax, code,
-    offset, the nested state) are ``weights/quant_state``.
+    model) and ``weights/trainable`` otherwise; bitsandbytes quant states (every tensor of
+    :data:`probes.quant_state.PARTS`) are ``weights/quant_state``.
     """
     params = list(model.parameters())
     any_frozen = any(not p.requires_grad for p in params)
@@ -243,12 +240,9 @@ def state_tensors(model: torch.nn.Module, optimizer: torch.optim.Optimizer | Non
 
 
 def quant_state_tensors(quant_state) -> list[torch.Tensor]:
-    """The tensors of a bitsandbytes QuantState, nested state included."""
-    out = [getattr(quant_state, k, None) for k in ("absmax", "code", "offset")]
-    nested = getattr(quant_state, "state2", None)
-    if nested is not None:
-        out += [getattr(nested, k, None) for k in ("absmax", "code")]
-    return [t for t in out if isinstance(t, torch.Tensor)]
+    """The tensors of a bitsandbytes QuantState, nested state included
+    (:data:`probes.quant_state.PARTS`)."""
+    return list(quant_state_parts(quant_state).values())
 
 
 def register_state(tracker: ByteTracker, model, optimizer, extra: dict | None = None) -> None:
@@ -257,6 +251,3 @@ def register_state(tracker: ByteTracker, model, optimizer, extra: dict | None = 
         tracker.register(tensors, label)
     for label, tensors in (extra or {}).items():
         tracker.register(tensors, label)
-
-
-PhaseCallback = Callable[[str], None]

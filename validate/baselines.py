@@ -24,6 +24,7 @@ from pathlib import Path
 
 import data
 from planner import TrainSpec, get_model
+from planner.units import PHASES
 
 MATRIX_MODELS = ("qwen2.5-0.5b", "llama-3.2-1b", "qwen2.5-1.5b", "gemma-2-2b", "llama-3.2-3b", "qwen2.5-3b",
                  "phi-3-mini", "llama-2-7b", "mistral-7b", "qwen2.5-7b", "llama-3.1-8b")
@@ -33,9 +34,7 @@ METHODS = ("full", "lora", "qlora", "dora", "qdora")
 ADAPTER_METHODS = METHODS[1:]
 BATCHES = (1, 4)
 SEQS = (512, 2048)
-RANKS = (8, 64)
 ALL_LINEAR = ("all-linear",)
-PHASES = ("forward", "backward", "optimizer")
 
 FIELDS = ("model", "method", "batch_size", "seq_len", "rank", "target_modules", "gradient_checkpointing",
           "dtype", "precision", "optim", "peak_allocated_bytes", "forward_bytes", "backward_bytes",

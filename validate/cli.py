@@ -17,9 +17,9 @@ import time
 
 import click
 
-from .invariants import GROUPS
+from planner.exits import ERROR, GATE_FAILED, OK, USAGE, fail
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_FAILED = 0, 1, 2, 3
+from .invariants import GROUPS
 
 
 def _fmt(value) -> str:
@@ -95,9 +95,7 @@ def validate(groups: tuple[str, ...], fmt: str, quiet: bool, run_gates: bool, ga
 
     unknown = [g for g in groups if g not in GROUPS]
     if unknown:
-        click.echo(f"validate: unknown group {', '.join(map(repr, unknown))}; valid groups: {', '.join(GROUPS)}",
-                   err=True)
-        sys.exit(EXIT_USAGE)
+        fail(f"validate: unknown group {', '.join(map(repr, unknown))}; valid groups: {', '.join(GROUPS)}", USAGE)
     start = time.perf_counter()
 
     def progress(line: str) -> None:
@@ -111,8 +109,7 @@ def validate(groups: tuple[str, ...], fmt: str, quiet: bool, run_gates: bool, ga
     try:
         outcomes = run(groups, progress)
     except UnknownGroup as exc:  # pragma: no cover - caught above
-        click.echo(f"validate: {exc}", err=True)
-        sys.exit(EXIT_USAGE)
+        fail(f"validate: {exc}", USAGE)
     click.echo(render_json(outcomes) if fmt == "json" else render_table(outcomes))
     errors = [o for o in outcomes if isinstance(o, Errored)]
     for o in errors:
@@ -121,8 +118,8 @@ def validate(groups: tuple[str, ...], fmt: str, quiet: bool, run_gates: bool, ga
     progress(f"{n_ok}/{len(outcomes)} invariants hold with their controls rejected, "
              f"{time.perf_counter() - start:.1f} s")
     if errors:
-        sys.exit(EXIT_ERROR)
-    sys.exit(EXIT_OK if n_ok == len(outcomes) else EXIT_FAILED)
+        sys.exit(ERROR)
+    sys.exit(OK if n_ok == len(outcomes) else GATE_FAILED)
 
 
 def _run_gates(names: tuple[str, ...], groups: tuple[str, ...], fmt: str, report: str | None, progress) -> int:
@@ -131,15 +128,12 @@ def _run_gates(names: tuple[str, ...], groups: tuple[str, ...], fmt: str, report
 
     unknown = [n for n in names if n not in G.GATES]
     if unknown:
-        click.echo(f"validate: unknown gate {', '.join(map(repr, unknown))}; valid gates: {', '.join(G.GATES)}",
-                   err=True)
-        return EXIT_USAGE
+        fail(f"validate: unknown gate {', '.join(map(repr, unknown))}; valid gates: {', '.join(G.GATES)}", USAGE)
     try:
         traced = baselines.load("traced.csv") if not names or "memory" in names else []
         regression = baselines.load("regression.csv") if not names or "regression" in names else []
     except baselines.BaselineError as exc:
-        click.echo(f"validate: {exc}", err=True)
-        return EXIT_ERROR
+        fail(f"validate: {exc}", ERROR)
     results = []
     for name in names or G.GATES:
         progress(f"gate {name}")
@@ -166,7 +160,7 @@ def _run_gates(names: tuple[str, ...], groups: tuple[str, ...], fmt: str, report
         with open(report, "w") as f:
             f.write(G.markdown_report(results))
         progress(f"report written to {report}")
-    return EXIT_OK if all(r.passed for r in results) else EXIT_FAILED
+    return OK if all(r.passed for r in results) else GATE_FAILED
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -176,8 +170,7 @@ def main(argv: list[str] | None = None) -> None:
     except SystemExit:
         raise
     except Exception as exc:  # one line, no traceback
-        click.echo(f"validate: error: {type(exc).__name__}: {exc}", err=True)
-        sys.exit(EXIT_ERROR)
+        fail(f"{type(exc).__name__}: {exc}", ERROR, prog="validate")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Callable
 
+from planner.units import PHASES
+
 from . import baselines as B
 
 MEDIAN_BOUND = 0.02  # planner-accuracy issue: median |planned/traced - 1| < 2%
@@ -77,7 +79,7 @@ def traced_phases(cfg: B.Config) -> dict:
 
     m = trace(B.spec_for(cfg.model), cfg.train)
     return {"peak_allocated_bytes": m.peak_allocated_bytes,
-            **{f"{p}_bytes": m.phase_peaks.get(p) for p in B.PHASES}}
+            **{f"{p}_bytes": m.phase_peaks.get(p) for p in PHASES}}
 
 
 def regression_gate(rows: list[dict], traced: Callable[[B.Config], dict] = traced_phases,
@@ -90,7 +92,7 @@ def regression_gate(rows: list[dict], traced: Callable[[B.Config], dict] = trace
     for row in rows:
         progress(f"re-tracing {describe(row)}")
         fresh = traced(B.config_of(row))
-        for key in ("peak_allocated_bytes", *(f"{p}_bytes" for p in B.PHASES)):
+        for key in ("peak_allocated_bytes", *(f"{p}_bytes" for p in PHASES)):
             moved = fresh[key] - row[key]
             if moved:
                 failures.append(f"{describe(row)}: {key.removesuffix('_bytes')} moved by {moved:+,} bytes "

@@ -1,5 +1,9 @@
 """Small models for the invariants: tiny random Llamas (CPU), 4-bit copies, meta catalog models.
 
+Every model is built by the probes' builder (:mod:`probes.build`), so that the validator
+checks the models `probe` measures: the same config handling, random init, local
+safetensors loading with the same BitsAndBytesConfig, the same peft LoraConfig.
+
 Builders are cached per process (the CLI run and a pytest session share them), so every
 function that hands out a model others might change returns a deep copy. Nothing here
 touches the network: models are built from a config with random init, and the 4-bit
@@ -43,22 +47,20 @@ def quiet() -> None:
     hf_logging.disable_progress_bar()
 
 
-def hf_config(fields: dict):
-    from transformers import AutoConfig
+def tiny_model():
+    """TINY_LLAMA for the builder, with eager attention: deterministic, the same kernel for
+    every dtype."""
+    from probes.build import ProbeModel
 
-    fields = dict(fields)
-    config = AutoConfig.for_model(fields.pop("model_type"), **fields)
-    config._attn_implementation = "eager"  # deterministic, the same kernel for every dtype
-    return config
+    return ProbeModel(name="validate-tiny-llama", config=dict(TINY_LLAMA), attn_implementation="eager",
+                      vocab_size=TINY_LLAMA["vocab_size"])
 
 
 def build_tiny(seed: int = 0, dtype: torch.dtype = torch.float32):
-    """A fresh tiny Llama with random weights from ``seed`` (eval mode)."""
-    from transformers import AutoModelForCausalLM
+    """A fresh tiny Llama with random weights from ``seed`` (drawn in fp32, then cast), eval mode."""
+    from probes.build import random_init
 
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(hf_config(TINY_LLAMA))
-    return model.to(dtype).eval()
+    return random_init(tiny_model(), torch.float32, "cpu", seed=seed).to(dtype).eval()
 
 
 def input_ids(seed: int = 0) -> torch.Tensor:
@@ -72,13 +74,14 @@ def logits(model, seed: int = 0) -> torch.Tensor:
 
 
 def lora_config(method: str = "lora", rank: int = 8, alpha: float | None = None,
-                targets="all-linear", **extra):
-    """peft LoraConfig for a planner method name (lora, rslora, dora; q* the same adapters)."""
-    from peft import LoraConfig
+                targets="all-linear"):
+    """The probes' peft LoraConfig for a planner method name (lora, rslora, dora; q* the same
+    adapters); ``targets``: "all-linear" or a list of module names."""
+    from planner import TrainSpec
+    from probes.build import lora_config as probe_lora_config
 
-    return LoraConfig(r=rank, lora_alpha=2 * rank if alpha is None else alpha,
-                      target_modules=targets, lora_dropout=0.0,
-                      use_rslora=method == "rslora", use_dora=method in ("dora", "qdora"), **extra)
+    target_modules = (targets,) if isinstance(targets, str) else tuple(targets)
+    return probe_lora_config(TrainSpec(method=method, rank=rank, alpha=alpha, target_modules=target_modules))
 
 
 @lru_cache(maxsize=None)
@@ -147,18 +150,14 @@ def config_json_path(seed: int = 0) -> Path:
 
 @lru_cache(maxsize=None)
 def _four_bit(seed: int, quant_type: str, double_quant: bool):
-    import bitsandbytes as bnb
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    """The saved tiny model loaded as `probe --weights` loads QLoRA's base, in fp32."""
+    from planner import TrainSpec
+    from probes import build
 
-    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant_type,
-                               bnb_4bit_use_double_quant=double_quant,
-                               bnb_4bit_compute_dtype=torch.float32)
-    model = AutoModelForCausalLM.from_pretrained(saved_tiny(seed).path, device_map="cpu",
-                                                 quantization_config=quant, dtype=torch.float32)
-    for module in model.modules():
-        if isinstance(module, bnb.nn.Linear4bit):
-            # Some CPUs give silently wrong results after an eval-mode forward otherwise.
-            module.support_avx512bf16_for_cpu = False
+    train = TrainSpec(method="qlora", quant_type=quant_type, double_quant=double_quant, dtype="fp32")
+    model = build.load_base(tiny_model(), train, build.resolve_precision(train, "cpu"), "cpu",
+                            weights=saved_tiny(seed).path)
+    build.disable_bnb_cpu_fast_path(model)
     return model.eval()
 
 
@@ -192,7 +191,6 @@ def qdora(seed: int = 0):
 def meta_model(name: str):
     """A catalog model (planner.get_model name) built on the meta device: shapes, no memory."""
     from planner import get_model
-    from transformers import AutoModelForCausalLM
+    from probes.build import random_init
 
-    with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(hf_config(get_model(name).hf_config()))
+    return random_init(get_model(name), torch.float32, "meta")

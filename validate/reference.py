@@ -188,13 +188,6 @@ class Quantized4bit:
     def nested(self) -> bool:
         return self.offset is not None
 
-    def storage_bytes(self) -> dict[str, int]:
-        """Bytes of each stored tensor (packed data and quant state)."""
-        parts = {"packed": self.packed.nbytes, "absmax": self.absmax.nbytes, "code": self.code.nbytes}
-        if self.nested:
-            parts |= {"offset": self.offset.nbytes, "absmax2": self.absmax2.nbytes, "code2": self.code2.nbytes}
-        return parts
-
 
 def quantize_blockwise(x: torch.Tensor, code: torch.Tensor,
                        blocksize: int = DQ_BLOCKSIZE) -> tuple[torch.Tensor, torch.Tensor]:

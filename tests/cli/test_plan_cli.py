@@ -8,8 +8,7 @@ from click.testing import CliRunner
 
 from planner.cli import main
 from planner.render import CSV_FIELDS
-
-GIB = 1 << 30
+from planner.units import GIB
 
 
 def run(*args):

@@ -4,8 +4,8 @@ import csv
 from planner import TrainSpec, plan
 from planner import calibration
 from planner import components as C
+from planner.units import MIB
 
-MIB = 1 << 20
 FIELDS = ["device", "device_name", "status", "peak_allocated_bytes", "peak_reserved_bytes", "cuda_context_bytes"]
 
 

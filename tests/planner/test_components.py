@@ -81,8 +81,6 @@ def test_activation_terms(tiny):
     assert C.norm_saved(tiny, t, p) == 3 * 8 * 4 + 3 * 4  # fp32 input copy + rsqrt
     full = spec(method="full")
     assert C.norm_saved(tiny, full, prec(full)) == 108 + 3 * 8 * 2  # + normalized bf16 input
-    from dataclasses import replace
-
     gemma_norm = tiny.with_traits(norm="rms_fp32_out")
     assert C.norm_saved(gemma_norm, full, prec(full)) == 108 + 3 * 8 * 4  # + normalized fp32 product
     assert C.norm_saved(gemma_norm, t, p) == 108
@@ -130,8 +128,6 @@ def test_mixed_precision_keeps_an_fp32_residual_stream(tiny):
 
 
 def test_eager_attention_keeps_probabilities(tiny):
-    from dataclasses import replace
-
     eager = tiny.with_traits(eager_attention=True)
     t = spec()
     # q's copy and k, v expanded to both heads, 3 * 3 * 8 * 2 = 144 (no output, no
@@ -144,8 +140,6 @@ def test_eager_attention_keeps_probabilities(tiny):
 
 
 def test_final_logit_softcapping_keeps_tanh(tiny):
-    from dataclasses import replace
-
     capped = tiny.with_traits(logit_softcapping=True)
     t = spec()
     assert C.softcap_saved(capped, t, prec(t)) == 3 * 10 * 2

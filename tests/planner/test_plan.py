@@ -3,8 +3,7 @@ import pytest
 
 from planner import TrainSpec, get_gpu, plan
 from planner.methods import step_memory
-
-GIB = 1 << 30
+from planner.units import GIB
 
 
 def test_tiny_phases_by_hand(tiny):

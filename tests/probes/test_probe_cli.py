@@ -108,7 +108,7 @@ def test_local_safetensors_weights_measure_like_random_init(llama_tiny, tmp_path
     from probes import build, cpu
 
     folder = tmp_path_factory.mktemp("weights")
-    build._from_config(llama_tiny, torch_stack.bfloat16, "cpu").save_pretrained(folder)
+    build.random_init(llama_tiny, torch_stack.bfloat16, "cpu").save_pretrained(folder)
     assert any(p.suffix == ".safetensors" for p in folder.iterdir())
     train = TrainSpec(method=method, batch_size=1, seq_len=32, dtype="bf16")
     loaded = cpu.measure(llama_tiny, train, weights=folder)
@@ -122,3 +122,70 @@ def test_device_cuda_without_a_gpu_is_a_usage_error(tmp_path, torch_stack):
         pytest.skip("a GPU is present")
     result = invoke(["--device", "cuda", "--output", str(tmp_path / "r.csv")])
     assert result.exit_code == 2 and "no CUDA GPU" in result.stderr
+
+
+# A decoder whose model_type the planner's architecture table lacks (transformers builds it).
+OLMO2_TINY = {
+    "model_type": "olmo2", "vocab_size": 256, "hidden_size": 64, "intermediate_size": 128,
+    "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+    "max_position_embeddings": 256, "tie_word_embeddings": False,
+}
+LACKS_NOTE = "the planner's architecture table lacks model_type olmo2: no planned figure"
+
+
+def write_config(folder, config):
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "config.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def test_a_decoder_the_planner_lacks_is_measured_without_a_plan(tmp_path, torch_stack):
+    from planner.catalog import SUPPORTED_MODEL_TYPES
+
+    assert OLMO2_TINY["model_type"] not in SUPPORTED_MODEL_TYPES
+    config = write_config(tmp_path / "olmo2-tiny", OLMO2_TINY)
+    out = tmp_path / "r.csv"
+    args = ["--model", str(config), "--device", "fake", "--seq-len", "16", "--output", str(out)]
+    result = invoke(args)
+    assert result.exit_code == 0, result.output
+    assert f"note: {LACKS_NOTE}" in result.stdout
+    from probes import store
+
+    (row,) = store.load_rows(out)
+    assert row["model"] == "olmo2-tiny" and row["status"] == "ok"
+    assert row["peak_allocated_bytes"] > 0 and row["forward_peak_bytes"] > 0
+    assert row["planned_peak_allocated_bytes"] is None and row["plan_gpu"] is None
+    assert row["ratio"] is None
+    # --json: stdout stays the rows alone; the note goes to stderr
+    result = invoke(args + ["--json"])
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(result.stdout)["rows"]
+    assert row["peak_allocated_bytes"] > 0 and row["planned_peak_allocated_bytes"] is None
+    assert f"probe: note: {LACKS_NOTE}" in result.stderr
+
+
+def test_a_catalog_model_beside_it_keeps_its_plan(llama_tiny_config, tmp_path, torch_stack):
+    config = write_config(tmp_path / "olmo2-tiny", OLMO2_TINY)
+    result = invoke(["--model", str(llama_tiny_config), "--model", str(config), "--device", "fake",
+                     "--seq-len", "16", "--output", str(tmp_path / "r.csv"), "--json"])
+    assert result.exit_code == 0, result.output
+    llama, olmo = json.loads(result.stdout)["rows"]
+    assert llama["planned_peak_allocated_bytes"] > 0 and llama["ratio"] > 0
+    assert olmo["planned_peak_allocated_bytes"] is None
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"model_type": "bert", "vocab_size": 256, "hidden_size": 64, "intermediate_size": 128,
+      "num_hidden_layers": 2, "num_attention_heads": 4}, "not a decoder"),
+    ({"model_type": "vit", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4},
+     "not a decoder"),
+    ({"model_type": "no-such-arch", "vocab_size": 256}, "unknown model_type"),
+])
+def test_a_config_that_is_not_a_decoder_is_one_line_and_exit_2(config, message, tmp_path, torch_stack):
+    path = write_config(tmp_path / "other", config)
+    result = invoke(["--model", str(path), "--device", "fake", "--output", str(tmp_path / "r.csv")])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("probe: error: ") and message in result.stderr
+    assert len(result.stderr.splitlines()) == 1 and not result.stdout
+    assert not (tmp_path / "r.csv").exists()

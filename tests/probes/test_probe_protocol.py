@@ -10,8 +10,7 @@ import time
 import pytest
 
 from planner import TrainSpec
-
-MIB = 1 << 20
+from planner.units import MIB
 
 
 # ---------------------------------------------------------------------- tracked backends

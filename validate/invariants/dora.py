@@ -11,8 +11,6 @@ Bands: ``python -m validate.calibrate dora`` (seeds 0-29, band = mean + k * sigm
 """
 from __future__ import annotations
 
-import copy
-
 import torch
 
 from .. import guards

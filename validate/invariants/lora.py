@@ -13,8 +13,6 @@ Tolerance bands sit next to their checks, with how they were calibrated
 """
 from __future__ import annotations
 
-import copy
-
 import torch
 
 from .. import models as M

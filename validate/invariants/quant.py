@@ -32,6 +32,8 @@ import math
 
 import torch
 
+from probes.quant_state import parts as quant_state_parts
+
 from .. import models as M
 from .. import reference as R
 from ..result import InvariantResult, at_most, exact, within
@@ -380,11 +382,7 @@ DQ_SAVED_BAND = (0.365, 0.375)
 
 def state_bytes(state) -> dict[str, int]:
     """Bytes of every tensor a bitsandbytes QuantState holds (the packed data not included)."""
-    parts = {"absmax": state.absmax.nbytes, "code": state.code.nbytes}
-    if state.nested:
-        parts |= {"offset": state.offset.nbytes, "absmax2": state.state2.absmax.nbytes,
-                  "code2": state.state2.code.nbytes}
-    return parts
+    return {name: t.nbytes for name, t in quant_state_parts(state).items()}
 
 
 def check_dq_saved(case: dict) -> InvariantResult:
@@ -414,10 +412,7 @@ def model_storage(model) -> dict[str, int]:
     seen, parts = set(), {"packed": 0}
     for _, module in M.linear4bit_layers(model):
         weight = module.weight
-        tensors = [("packed", weight.data)]
-        tensors += [(k, getattr(weight.quant_state, k) if k in ("absmax", "code", "offset") else
-                     getattr(weight.quant_state.state2, k.removesuffix("2")))
-                    for k in state_bytes(weight.quant_state)]
+        tensors = [("packed", weight.data), *quant_state_parts(weight.quant_state).items()]
         for key, t in tensors:
             storage = t.untyped_storage()
             if storage.data_ptr() in seen:

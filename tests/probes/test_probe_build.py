@@ -1,0 +1,42 @@
+"""The builder's model description: what it takes from a planner spec or a bare config."""
+import pytest
+
+from planner import get_model, model_names
+from planner.catalog import UnknownArchitecture
+
+
+def test_from_spec_keeps_what_the_measurements_read(torch_stack):
+    from probes.build import from_spec
+
+    for name in model_names():
+        spec = get_model(name)
+        model = from_spec(spec)
+        assert model.config == spec.hf_config() and model.vocab_size == spec.vocab_size
+        assert model.attention_shape() == (spec.num_heads, spec.num_kv_heads, spec.head_dim)
+        assert model.eager == spec.eager_attention  # Gemma-2: softcapping, eager attention
+    assert from_spec(get_model("gemma-2-2b")).attn_implementation == "eager"
+    assert from_spec(get_model("7b")).attn_implementation == "sdpa"
+
+
+def test_from_unknown_takes_the_config_of_a_decoder(torch_stack):
+    from probes.build import from_unknown
+
+    config = {"model_type": "starcoder2", "vocab_size": 100, "hidden_size": 32, "num_attention_heads": 4}
+    model = from_unknown(UnknownArchitecture("x", "sc2", config))
+    assert (model.name, model.vocab_size, model.attn_implementation) == ("sc2", 100, "sdpa")
+    assert model.attention_shape() == (4, 4, 8)
+    soft = from_unknown(UnknownArchitecture("x", "g", {**config, "attn_logit_softcapping": 50.0}))
+    assert soft.attn_implementation == "eager"
+    with pytest.raises(ValueError, match="vocab_size"):
+        from_unknown(UnknownArchitecture("x", "sc2", {**config, "vocab_size": None}))
+
+
+def test_validate_builds_its_tiny_model_with_the_probes_builder(torch_stack):
+    from probes.build import random_init
+    from validate import models as M
+
+    built = M.build_tiny(seed=3)
+    direct = random_init(M.tiny_model(), torch_stack.float32, "cpu", seed=3)
+    assert built.config._attn_implementation == "eager"
+    for (name, a), (_, b) in zip(built.state_dict().items(), direct.state_dict().items()):
+        assert torch_stack.equal(a, b), name
