@@ -1,6 +1,7 @@
 """`probe`: a thin click layer over probes.run and probes.store. No arithmetic here."""
 from __future__ import annotations
 
+import functools
 import json
 import uuid
 from pathlib import Path
@@ -61,6 +62,28 @@ def table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def warn_emulated_bf16(probes) -> None:
+    """On a CPU without native bf16 a real bf16 step is emulated, about 100 times slower: say so
+    before starting, with a rough time per probe, and point to the exact trace."""
+    from planner import counts
+
+    from .build import device_dtype
+    from .cpu import emulated_step_seconds, has_native_bf16
+
+    slow = [p for p in probes if device_dtype(p.train.dtype, "cpu")[0] == "bf16"]
+    if not slow or has_native_bf16():
+        return
+    for p in slow:
+        if p.spec is None:
+            estimate = "an unknown time"
+        else:
+            seconds = emulated_step_seconds(counts.total_params(p.spec), p.train.tokens) * (p.warmup + p.steps)
+            estimate = f"about {seconds / 60:.0f} min" if seconds >= 90 else f"about {seconds:.0f} s"
+        click.echo(f"probe: warning: this CPU has no native bf16 (AVX512-BF16 or AMX): torch emulates it, and "
+                   f"{p.label} ({p.warmup + p.steps} steps) may take {estimate}; --device fake traces the same "
+                   "step's memory exactly in seconds", err=True)
+
+
 def resolve_model(name: str):
     """``--model``: the planner's model (a ModelSpec), or, for a config whose model_type the
     planner's architecture table lacks, what the builder needs to build it anyway (a
@@ -111,7 +134,7 @@ def notes(rows: list[dict], extra: tuple[str, ...] = ()) -> str:
               type=click.Choice(("auto", "cuda", "cpu", "fake")),
               help="cuda: torch.cuda + NVML; cpu: a real step, byte tracker; fake: the same step "
                    "traced on fake tensors, no memory (exact; any model size). auto: cuda if "
-                   "present, else cpu.")
+                   "present, else fake.")
 @click.option("--steps", default=None, type=int,
               help="Measured steps  [default: 3 on cuda, 1 on cpu/fake]")
 @click.option("--warmup", default=None, type=int,
@@ -166,6 +189,9 @@ def main(models, methods, rank, alpha, target_modules, target_parameters, batch_
     from .cuda import GpuBusy
 
     resolved = runner.resolve_device(device)
+    if device == "auto" and resolved == "fake":
+        click.echo("probe: no CUDA GPU is visible: tracing the step on fake tensors (exact torch "
+                   "allocations, no timing); --device cpu runs a real CPU step", err=True)
     if resolved == "cuda":
         import torch
 
@@ -186,10 +212,17 @@ def main(models, methods, rank, alpha, target_modules, target_parameters, batch_
     quiet_libraries()
     run_id = uuid.uuid4().hex[:12]
     rows = []
+    if resolved == "cpu":
+        warn_emulated_bf16(probes)
+
+    def progress(kind: str, k: int, n: int, seconds: float) -> None:
+        click.echo(f"  {kind} step {k}/{n}: {seconds:.1f} s", err=True)
+
+    measure_fn = functools.partial(runner.measure, on_step=progress) if resolved == "cpu" else None
     for i, probe in enumerate(probes, 1):
         click.echo(f"[{i}/{len(probes)}] {probe.label} ...", err=True)
         try:
-            row = runner.run(probe, run_id)
+            row = runner.run(probe, run_id, measure_fn)
         except GpuBusy as exc:
             fail(str(exc), ERROR, prog="probe")
         except Exception as exc:  # noqa: BLE001 - one line, then the exit code

@@ -78,19 +78,26 @@ def _grad_labels(model, tracker: ByteTracker):
 
 def measure_tracked(model, optimizer, ids: torch.Tensor, precision, *, steps: int, warmup: int,
                     scaler=None, force_flash: bool = True, timed: bool = True,
-                    tracker: ByteTracker | None = None) -> Measurement:
+                    tracker: ByteTracker | None = None, on_step=None) -> Measurement:
     """Warm-up, then ``steps`` measured steps under the byte tracker (module docstring).
 
     ``tracker`` may be passed in (tests use a deliberately broken one); ``timed=False`` leaves
-    step time and throughput empty (a fake trace has no meaningful speed).
+    step time and throughput empty (a fake trace has no meaningful speed); ``on_step(kind, k,
+    n, seconds)`` is told of each finished step ("warm-up" or "measured"), for progress.
     """
+    def done(kind: str, k: int, n: int, since: float) -> None:
+        if on_step is not None:
+            on_step(kind, k, n, time.perf_counter() - since)
+
     def attention():
         return kernels.force_flash() if force_flash else contextlib.nullcontext()
 
     gc.collect()
     with attention():
-        for _ in range(warmup):
+        for k in range(warmup):
+            t0 = time.perf_counter()
             train_step(model, optimizer, ids, precision, scaler)
+            done("warm-up", k + 1, warmup, t0)
     gc.collect()
     tracker = tracker or ByteTracker(expand=kernels.expansions())
     register_state(tracker, model, optimizer, {"inputs": [ids]})
@@ -98,8 +105,10 @@ def measure_tracked(model, optimizer, ids: torch.Tensor, precision, *, steps: in
     start = time.perf_counter()
     try:
         with _grad_labels(model, tracker), attention(), tracker:
-            for _ in range(steps):
+            for k in range(steps):
+                t0 = time.perf_counter()
                 train_step(model, optimizer, ids, precision, scaler, on_phase=tracker.set_phase)
+                done("measured", k + 1, steps, t0)
         elapsed = time.perf_counter() - start
         result = tracker.result()
     finally:

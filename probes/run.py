@@ -80,12 +80,14 @@ class Probe:
 
 
 def resolve_device(device: str) -> str:
-    """``auto`` -> cuda when a GPU is visible, else cpu."""
+    """``auto`` -> cuda when a GPU is visible, else fake: with no GPU the exact trace answers
+    the memory question in seconds, where a real CPU step of a full-size model can take hours
+    on a CPU without native bf16 (``--device cpu`` asks for one explicitly)."""
     if device != "auto":
         return device
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return "cuda" if torch.cuda.is_available() else "fake"
 
 
 def make_probe(model: ModelSpec | ProbeModel, train: TrainSpec, device: str, warmup: int | None = None,
@@ -148,8 +150,9 @@ def plan_gpu(device: str, device_name: str) -> str:
 
 # ---------------------------------------------------------------------- measuring
 
-def measure(probe: Probe) -> tuple[Measurement, dict]:
-    """Run the probe's backend; returns the measurement and {device_name, driver}."""
+def measure(probe: Probe, on_step=None) -> tuple[Measurement, dict]:
+    """Run the probe's backend; returns the measurement and {device_name, driver}.
+    ``on_step`` hears of each finished CPU step (progress for slow real steps)."""
     if probe.device == "fake":
         from . import fake
 
@@ -159,7 +162,7 @@ def measure(probe: Probe) -> tuple[Measurement, dict]:
         from . import cpu
 
         m = cpu.measure(probe.model, probe.train, steps=probe.steps, warmup=probe.warmup,
-                        weights=probe.weights)
+                        weights=probe.weights, on_step=on_step)
         return m, {"device_name": cpu_name(), "driver": ""}
     from . import cuda
 

@@ -125,12 +125,12 @@ def test_device_cuda_without_a_gpu_is_a_usage_error(tmp_path, torch_stack):
 
 
 # A decoder whose model_type the planner's architecture table lacks (transformers builds it).
-OLMO2_TINY = {
-    "model_type": "olmo2", "vocab_size": 256, "hidden_size": 64, "intermediate_size": 128,
+STARCODER2_TINY = {
+    "model_type": "starcoder2", "vocab_size": 256, "hidden_size": 64, "intermediate_size": 128,
     "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
     "max_position_embeddings": 256, "tie_word_embeddings": False,
 }
-LACKS_NOTE = "the planner's architecture table lacks model_type olmo2: no planned figure"
+LACKS_NOTE = "the planner's architecture table lacks model_type starcoder2: no planned figure"
 
 
 def write_config(folder, config):
@@ -143,8 +143,8 @@ def write_config(folder, config):
 def test_a_decoder_the_planner_lacks_is_measured_without_a_plan(tmp_path, torch_stack):
     from planner.catalog import SUPPORTED_MODEL_TYPES
 
-    assert OLMO2_TINY["model_type"] not in SUPPORTED_MODEL_TYPES
-    config = write_config(tmp_path / "olmo2-tiny", OLMO2_TINY)
+    assert STARCODER2_TINY["model_type"] not in SUPPORTED_MODEL_TYPES
+    config = write_config(tmp_path / "starcoder2-tiny", STARCODER2_TINY)
     out = tmp_path / "r.csv"
     args = ["--model", str(config), "--device", "fake", "--seq-len", "16", "--output", str(out)]
     result = invoke(args)
@@ -153,7 +153,7 @@ def test_a_decoder_the_planner_lacks_is_measured_without_a_plan(tmp_path, torch_
     from probes import store
 
     (row,) = store.load_rows(out)
-    assert row["model"] == "olmo2-tiny" and row["status"] == "ok"
+    assert row["model"] == "starcoder2-tiny" and row["status"] == "ok"
     assert row["peak_allocated_bytes"] > 0 and row["forward_peak_bytes"] > 0
     assert row["planned_peak_allocated_bytes"] is None and row["plan_gpu"] is None
     assert row["ratio"] is None
@@ -166,7 +166,7 @@ def test_a_decoder_the_planner_lacks_is_measured_without_a_plan(tmp_path, torch_
 
 
 def test_a_catalog_model_beside_it_keeps_its_plan(llama_tiny_config, tmp_path, torch_stack):
-    config = write_config(tmp_path / "olmo2-tiny", OLMO2_TINY)
+    config = write_config(tmp_path / "starcoder2-tiny", STARCODER2_TINY)
     result = invoke(["--model", str(llama_tiny_config), "--model", str(config), "--device", "fake",
                      "--seq-len", "16", "--output", str(tmp_path / "r.csv"), "--json"])
     assert result.exit_code == 0, result.output
@@ -189,3 +189,42 @@ def test_a_config_that_is_not_a_decoder_is_one_line_and_exit_2(config, message, 
     assert result.stderr.startswith("probe: error: ") and message in result.stderr
     assert len(result.stderr.splitlines()) == 1 and not result.stdout
     assert not (tmp_path / "r.csv").exists()
+
+
+def test_auto_without_a_gpu_traces_on_fake_tensors_and_says_so(llama_tiny_config, tmp_path, torch_stack):
+    if torch_stack.cuda.is_available():
+        pytest.skip("a GPU is present")
+    result = invoke(["--model", str(llama_tiny_config), "--method", "lora", "--seq-len", "32",
+                     "--output", str(tmp_path / "r.csv"), "--json"])
+    assert result.exit_code == 0, result.output
+    row = json.loads(result.stdout)["rows"][0]
+    assert row["device"] == "fake" and row["step_time_s"] is None and row["tokens_per_second"] is None
+    assert "no CUDA GPU is visible: tracing the step on fake tensors" in result.stderr
+
+
+def test_cpu_without_native_bf16_warns_with_an_estimate_and_shows_progress(llama_tiny_config, tmp_path,
+                                                                            monkeypatch, torch_stack):
+    from probes import cpu
+
+    monkeypatch.setattr(cpu, "has_native_bf16", lambda: False)
+    result = invoke(["--model", str(llama_tiny_config), "--method", "lora", "--seq-len", "16", "--device", "cpu",
+                     "--output", str(tmp_path / "r.csv")])
+    assert result.exit_code == 0, result.output
+    assert "this CPU has no native bf16" in result.stderr and "may take about" in result.stderr
+    assert "warm-up step 1/1:" in result.stderr and "measured step 1/1:" in result.stderr
+    # the same probe in fp32 is not emulated: no warning
+    monkeypatch.setattr(cpu, "has_native_bf16", lambda: False)
+    quiet = invoke(["--model", str(llama_tiny_config), "--method", "lora", "--seq-len", "16", "--device", "cpu",
+                    "--dtype", "fp32", "--output", str(tmp_path / "r.csv")])
+    assert quiet.exit_code == 0 and "no native bf16" not in quiet.stderr
+
+
+def test_native_bf16_detection():
+    from probes.cpu import emulated_step_seconds, has_native_bf16
+
+    flags = "flags : fpu avx2 avx512f avx512_bf16 amx_tile"
+    assert has_native_bf16(flags, "AVX512")
+    assert not has_native_bf16(flags, "AVX2")  # torch runs at AVX2 (e.g. ATEN_CPU_CAPABILITY=avx2)
+    assert not has_native_bf16("flags : fpu avx2 avx512f", "AVX512")
+    # the warning's estimate: 6 FLOP per parameter and token at 1.4 GFLOP/s
+    assert emulated_step_seconds(494_032_768, 64) == pytest.approx(135.5, abs=0.1)
