@@ -74,14 +74,16 @@ def logits(model, seed: int = 0) -> torch.Tensor:
 
 
 def lora_config(method: str = "lora", rank: int = 8, alpha: float | None = None,
-                targets="all-linear"):
+                targets="all-linear", parameters: tuple[str, ...] = ()):
     """The probes' peft LoraConfig for a planner method name (lora, rslora, dora; q* the same
-    adapters); ``targets``: "all-linear" or a list of module names."""
+    adapters); ``targets``: "all-linear" or a list of module names; ``parameters``: fused
+    parameters to adapt (peft's target_parameters)."""
     from planner import TrainSpec
     from probes.build import lora_config as probe_lora_config
 
     target_modules = (targets,) if isinstance(targets, str) else tuple(targets)
-    return probe_lora_config(TrainSpec(method=method, rank=rank, alpha=alpha, target_modules=target_modules))
+    return probe_lora_config(TrainSpec(method=method, rank=rank, alpha=alpha, target_modules=target_modules,
+                                       target_parameters=tuple(parameters)))
 
 
 @lru_cache(maxsize=None)

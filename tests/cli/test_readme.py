@@ -57,17 +57,23 @@ def torch_examples():
     return [last_segment(c) for c in console_commands() if last_segment(c).split()[0] in ("probe", "validate")]
 
 
-# A real CPU step of a catalog model takes minutes on a CPU without native bf16 (a bf16 step
-# is emulated there): the test runs such examples in a fast form, on this tiny Llama config
-# instead of the named model; benchmarks/readme_examples.py runs them verbatim and times them.
+# Two README examples take minutes on a 2-core CPU without native bf16: a real CPU step of a
+# catalog model (a bf16 step is emulated there) and a sweep of every method (12 traces of a
+# 24-layer model, about 2.5 minutes). The test runs them in a fast form, on this tiny Llama
+# config instead of the named model; benchmarks/readme_examples.py runs them verbatim and
+# times them.
 TINY_LLAMA = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": 512, "hidden_size": 64,
               "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
               "max_position_embeddings": 512, "tie_word_embeddings": False}
 
 
 def fast_form(args: list[str], tiny_config: Path) -> list[str]:
-    """``args`` of a README example, with a real CPU probe's --model swapped for the tiny config."""
-    if args[0] != "probe" or "--device" not in args or args[args.index("--device") + 1] != "cpu":
+    """``args`` of a README example, with --model swapped for the tiny config in a real CPU
+    probe or a sweep of every method."""
+    def value(flag):
+        return args[args.index(flag) + 1] if flag in args else None
+
+    if args[0] != "probe" or (value("--device") != "cpu" and value("--method") != "all"):
         return args
     out = list(args)
     out[out.index("--model") + 1] = str(tiny_config)
@@ -78,6 +84,7 @@ def test_fast_form_swaps_only_real_cpu_probes(tmp_path):
     tiny = tmp_path / "config.json"
     fake = ["probe", "--model", "7b", "--device", "fake"]
     assert fast_form(fake, tiny) == fake
+    assert fast_form(["probe", "--method", "all", "--model", "7b"], tiny)[-1] == str(tiny)
     assert fast_form(["probe", "--model", "7b", "--device", "cpu"], tiny) == ["probe", "--model", str(tiny),
                                                                             "--device", "cpu"]
 
@@ -95,10 +102,11 @@ def test_probe_and_validate_examples_run(tmp_path):
     examples = torch_examples()
     assert {e.split()[0] for e in examples} == {"probe", "validate"}
     for i, command in enumerate(examples):
-        args = fast_form(shlex.split(command), tiny)
+        args = shlex.split(command)
         for j, arg in enumerate(args):
             if arg.startswith("/tmp/"):
                 args[j] = str(tmp_path / f"{i}-{Path(arg).name}")
+        args = fast_form(args, tiny)
         if args[0] == "probe" and "--output" not in args:
             args += ["--output", str(tmp_path / f"{i}-rows.csv")]
         module = {"probe": "probes.cli", "validate": "validate.cli"}[args[0]]

@@ -27,11 +27,21 @@ METHOD_DORA = {"lora": False, "rslora": False, "qlora": False, "dora": True, "qd
 
 
 def target_sets(spec) -> dict[str, tuple[str, ...]]:
-    """Named target-module sets for a model: all linear layers, attention q/v, the MLP."""
+    """Named target-module sets for a model: all linear layers, attention q/v, the MLP (for a
+    mixture of experts, whose MLP has no Linear, o_proj: its experts are in
+    :func:`target_parameter_sets`)."""
     names = spec.linear_names
     attention = tuple(n for n in names if n in ("q_proj", "v_proj", "qkv_proj"))
-    mlp = tuple(n for n in names if n.split("_")[0] in ("gate", "up", "down"))
+    mlp = tuple(n for n in names if n.split("_")[0] in ("gate", "up", "down")) or ("o_proj",)
     return {"all-linear": ("all-linear",), "attention": attention, "mlp": mlp}
+
+
+def target_parameter_sets(spec) -> dict[str, tuple[str, ...]]:
+    """The fused parameters each named set adapts too: a mixture of experts' "mlp" set is its
+    experts (peft's target_parameters)."""
+    from planner.counts import EXPERT_PARAMETERS
+
+    return {"mlp": EXPERT_PARAMETERS} if spec.layer.moe is not None else {}
 
 
 @dataclass(frozen=True)
@@ -82,10 +92,14 @@ def peft_counts(name: str, config: Config) -> tuple[int, int]:
     spec = get_model(name)
     model = M.meta_model(name)
     targets = target_sets(spec)[config.targets]
-    with torch.device("meta"):  # adapters on meta too: no memory, no random init cost
-        peft_model = get_peft_model(model, M.lora_config("dora" if config.dora else "lora", config.rank,
-                                                         targets=list(targets) if targets != ("all-linear",)
-                                                         else "all-linear"))
+    parameters = target_parameter_sets(spec).get(config.targets, ())
+    try:
+        with torch.device("meta"):  # adapters on meta too: no memory, no random init cost
+            peft_model = get_peft_model(model, M.lora_config("dora" if config.dora else "lora", config.rank,
+                                                             targets=list(targets) if targets != ("all-linear",)
+                                                             else "all-linear", parameters=parameters))
+    except ValueError:  # peft refuses the method here (DoRA on fused expert parameters)
+        return None
     return peft_model.get_nb_trainable_parameters()
 
 
@@ -100,13 +114,23 @@ def count_pairs(names, configs, planner_method_override: str | None = None) -> l
         base = base_param_count(M.meta_model(name))
         pairs.append(Pair(f"{name} full", counts.trainable_params(spec, full), counts.total_params(spec), base, base))
         for config in configs:
-            trainable, total = peft_counts(name, config)
+            peft = peft_counts(name, config)
             targets = target_sets(spec)[config.targets]
+            parameters = target_parameter_sets(spec).get(config.targets, ())
             for method in config.methods:
-                train = TrainSpec(method=planner_method_override or method, rank=config.rank, target_modules=targets)
-                planner_total = counts.total_params(spec) + counts.adapter_params(spec, train)
-                pairs.append(Pair(f"{name} {method} {config.targets} r{config.rank}",
-                                  counts.trainable_params(spec, train), planner_total, trainable, total))
+                train = TrainSpec(method=planner_method_override or method, rank=config.rank, target_modules=targets,
+                                  target_parameters=parameters)
+                label = f"{name} {method} {config.targets} r{config.rank}"
+                try:
+                    planned = (counts.trainable_params(spec, train),
+                               counts.total_params(spec) + counts.adapter_params(spec, train))
+                except counts.UnsupportedMethod:
+                    planned = None
+                if planned is None or peft is None:  # refused: both must refuse (-1 marks a refusal)
+                    planned, peft_pair = planned or (-1, -1), peft or (-1, -1)
+                    pairs.append(Pair(f"{label} (refused)", *planned, *peft_pair))
+                    continue
+                pairs.append(Pair(label, *planned, *peft))
     return pairs
 
 
