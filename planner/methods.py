@@ -69,10 +69,18 @@ def _largest(breakdowns) -> dict[str, int]:
     return max(breakdowns, key=lambda b: sum(b.values()))
 
 
+_KNOWN = frozenset(COMPONENT_KEYS)
+
+
 def _breakdown(**values: int) -> dict[str, int]:
+    """A phase's breakdown over every component key (``weights__base`` names
+    ``weights/base``); a name that is not a component key is a bug, refused."""
     out = dict.fromkeys(COMPONENT_KEYS, 0)
     for key, value in values.items():
-        out[key.replace("__", "/")] = value
+        name = key.replace("__", "/")
+        if name not in _KNOWN:
+            raise KeyError(f"{name!r} is not a component key (planner.methods.COMPONENT_KEYS)")
+        out[name] = value
     return out
 
 

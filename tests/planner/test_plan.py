@@ -107,3 +107,11 @@ def test_small_vocabulary_note(tmp_path):
     # every catalog model has a vocabulary wider than its MLP: no note
     for name in ("llama-2-70b", "mistral-7b", "qwen2.5-0.5b"):
         assert not any("vocabulary" in n for n in plan(name, "a100-80gb", TrainSpec(method="lora")).notes)
+
+
+def test_a_breakdown_refuses_an_unknown_component():
+    from planner.methods import COMPONENT_KEYS, _breakdown
+
+    assert _breakdown(weights__base=3)["weights/base"] == 3 and set(_breakdown()) == set(COMPONENT_KEYS)
+    with pytest.raises(KeyError, match="activations/typo"):
+        _breakdown(activations__typo=1)
