@@ -1,11 +1,28 @@
-"""Planner parameter counts vs peft on every catalog model, a wider matrix than `validate` runs."""
+"""Planner parameter counts vs peft, a wider matrix than `validate` runs: on the smallest
+catalog model of each architecture (`validate`'s own invariant, run by test_invariants.py,
+covers every catalog model with its quicker configurations)."""
 import pytest
 
-from planner import model_names
+from planner import counts, get_model, model_names
 from validate.invariants import planner as P
 
 
-@pytest.mark.parametrize("name", model_names())
+def smallest_of_each_architecture() -> list[str]:
+    chosen: dict[str, str] = {}
+    for name in model_names():
+        spec = get_model(name)
+        best = chosen.get(spec.model_type)
+        if best is None or counts.total_params(spec) < counts.total_params(get_model(best)):
+            chosen[spec.model_type] = name
+    return sorted(chosen.values())
+
+
+def test_every_architecture_is_represented():
+    assert {get_model(n).model_type for n in smallest_of_each_architecture()} == {
+        get_model(n).model_type for n in model_names()}
+
+
+@pytest.mark.parametrize("name", smallest_of_each_architecture())
 def test_counts_match_peft_wide(name):
     pairs = P.count_pairs([name], P.WIDE_CONFIGS)
     assert len(pairs) == 1 + sum(len(c.methods) for c in P.WIDE_CONFIGS)
