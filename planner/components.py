@@ -239,6 +239,14 @@ def norm_saved(model: ModelSpec, train: TrainSpec, prec: Precision, norm: Norm |
     return saved
 
 
+def uses_eager(model: ModelSpec, train: TrainSpec) -> bool:
+    """Whether attention runs transformers' eager path: the model needs it (softcapping,
+    sinks) or the training script asks for it (``attn_implementation="eager"``). Anything
+    else is planned as the flash / memory-efficient kernel, flash_attention_2 included (it keeps
+    what SDPA's flash kernel keeps)."""
+    return model.eager_attention or train.attn_implementation == "eager"
+
+
 def attention_core_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
     """Tensors the attention kernel keeps for backward, one layer.
 
@@ -262,7 +270,7 @@ def attention_core_saved(model: ModelSpec, train: TrainSpec, prec: Precision) ->
         # With an fp32 hidden stream (4-bit methods) SDPA keeps autocast copies instead.
         saved += t * (model.q_dim + model.kv_dim) * c
     lse = train.batch_size * model.num_heads * train.seq_len * FP32
-    if not model.eager_attention:
+    if not uses_eager(model, train):
         return saved + lse
     scores = train.batch_size * model.num_heads * train.seq_len * train.seq_len
     if model.traits.attention_sinks:
@@ -278,7 +286,11 @@ def attention_core_saved(model: ModelSpec, train: TrainSpec, prec: Precision) ->
             # about 4 bytes per score per layer more than LoRA)
             saved += probs * FP32
         return saved
-    return 3 * t * model.q_dim * c + scores * (2 * c + FP32)
+    # the fp32 softmax and its c-byte copy, and with logit softcapping (Gemma-2) the tanh output
+    # (tracer, tiny Llama asked for eager: 6*B*H*S^2 + c*T*(q_dim - 2*kv_dim) - 4*B*H*S more
+    # than SDPA per layer, for lora, qlora and dora alike)
+    softcapped = model.eager_attention
+    return 3 * t * model.q_dim * c + scores * (c + FP32 + (c if softcapped else 0))
 
 
 def mlp_core_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
@@ -386,7 +398,7 @@ def linear_inputs_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> 
     else:
         readers = 1 if moe else 2  # one attention input and one MLP input, shared
     mlp_inner = 0 if moe else model.intermediate_size
-    attention_output_copy = t * model.q_dim * c if model.traits.rotary_concat or model.eager_attention else 0
+    attention_output_copy = t * model.q_dim * c if model.traits.rotary_concat or uses_eager(model, train) else 0
     return t * (readers * model.hidden_size + mlp_inner) * c + attention_output_copy
 
 
@@ -423,6 +435,26 @@ def lora_saved_per_linear(lin: Linear, train: TrainSpec, prec: Precision) -> int
     if train.is_dora:
         base = prec.compute if lin.role == "o" else prec.hidden
         saved += t * lin.out_features * (base + e)
+    saved += lora_dropout_saved(lin, train, prec)
+    return saved
+
+
+def lora_dropout_saved(lin: Linear, train: TrainSpec, prec: Precision) -> int:
+    """What LoRA dropout (peft's lora_dropout > 0, applied to the module input before lora_A)
+    adds to one adapted module's saved set: its mask, one byte per input element, as CUDA's
+    native_dropout keeps it (T*in; the dropped copy replaces the input copy lora_A keeps).
+    DoRA then computes the base output again on the dropped input and keeps a c-byte copy of
+    the (dequantized) weight (out*in*c); QDoRA keeps 2*T*out less where the module reads the
+    fp32 stream (every module but o_proj). Tracer, tiny Llama, dropout 0.05, on the
+    native_dropout path: these to the byte for lora, qlora, dora and qdora."""
+    if train.lora_dropout <= 0 or not train.is_adapter:
+        return 0
+    t = train.tokens
+    saved = t * lin.in_features
+    if train.is_dora:
+        saved += lin.in_features * lin.out_features * prec.compute
+        if train.is_quantized and lin.role != "o":
+            saved -= 2 * t * lin.out_features
     return saved
 
 
@@ -489,7 +521,7 @@ def sliding_mask_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> i
     sliding_window; tracer, tiny Mistral with window 16 at seq 40: exactly these two terms).
     0 for eager attention, whose scores are counted whole (:func:`attention_core_saved`)."""
     traits = model.traits
-    if not traits.sliding_layers or model.eager_attention or train.seq_len < traits.sliding_window:
+    if not traits.sliding_layers or uses_eager(model, train) or train.seq_len < traits.sliding_window:
         return 0
     s = train.seq_len
     per_layer = train.batch_size * s * s * prec.compute + 2 * train.tokens * (model.q_dim - model.kv_dim) * prec.compute
@@ -507,6 +539,11 @@ def activations_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> in
     """
     if train.gradient_checkpointing:
         layers = model.num_layers * train.tokens * model.hidden_size * prec.stream
+        if train.attn_implementation == "eager":
+            # the eager path's explicit (batch, 1, seq, seq) mask in the residual stream's dtype,
+            # made once per forward: the checkpoints hold it until the end of backward (tracer,
+            # tiny Llama asked for eager with checkpointing: 2*B*S^2 bf16, 4*B*S^2 under QLoRA)
+            layers += train.batch_size * train.seq_len * train.seq_len * prec.stream
         if model.traits.embedding_multiplier and checkpoint_input_leaf(model, train, prec):
             # the embedding output that requires grad (autograd's leaf) stays beside its scaled
             # copy, layer 0's input (tracer, Granite-3.3-8B 4 layers, LoRA with checkpointing:
@@ -526,9 +563,12 @@ def first_norm_unrecorded(model: ModelSpec, train: TrainSpec, prec: Precision) -
     Its :func:`norm_saved`, or 0 when the embedding output needs a gradient (full
     fine-tuning, or checkpointing) or the layer has no input norm (OLMo-2's post-norm
     layers: both norms read block outputs, which need gradients)."""
-    if train.method == "full" or train.gradient_checkpointing or not model.layer.norms_at("attn_in"):
+    if train.method == "full" or train.gradient_checkpointing:
         return 0
-    return norm_saved(model, train, prec)
+    # nor do the first layer's q/k/v adapters keep dropout masks: their input needs no gradient
+    dropout = sum(lora_dropout_saved(lin, train, prec) for lin in counts.targeted_linears(model, train.target_modules)
+                  if lin.role in ATTENTION_INPUT_ROLES)
+    return (norm_saved(model, train, prec) if model.layer.norms_at("attn_in") else 0) + dropout
 
 
 def checkpoint_input_leaf(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:

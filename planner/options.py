@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .specs import ALL_LINEAR, PRECISIONS, QUANT_TYPES
+from .specs import ALL_LINEAR, ATTN_IMPLEMENTATIONS, PRECISIONS, QUANT_TYPES
 
 
 def parse_targets(value: str) -> tuple[str, ...]:
@@ -19,7 +19,10 @@ def parse_names(value: str) -> tuple[str, ...]:
 
 
 def adapter_options(f):
-    """--rank/-r, --alpha, --target-modules, --target-parameters."""
+    """--rank/-r, --alpha, --target-modules, --target-parameters, --lora-dropout."""
+    f = click.option("--lora-dropout", default=0.0, show_default=True, type=click.FloatRange(0.0, 1.0, max_open=True),
+                     help="peft's lora_dropout (recipes use 0.05-0.1): each adapted module keeps a dropout "
+                          "mask of its input.")(f)
     f = click.option("--target-parameters", default="", show_default=False,
                      help="Comma list of fused parameters to adapt as well (peft target_parameters), e.g. "
                           "experts.gate_up_proj,experts.down_proj for a mixture of experts.")(f)
@@ -31,7 +34,11 @@ def adapter_options(f):
 
 
 def training_options(f):
-    """--gradient-checkpointing, --precision, --quant-type, --double-quant."""
+    """--gradient-checkpointing, --precision, --quant-type, --double-quant, --attn-implementation."""
+    f = click.option("--attn-implementation", default="auto", show_default=True, type=click.Choice(ATTN_IMPLEMENTATIONS),
+                     help="auto: what transformers picks for the model (SDPA; eager where the model needs it). "
+                          "eager keeps seq x seq probabilities per layer; flash_attention_2 is planned as the "
+                          "flash kernel (traced with SDPA's flash kernel on a CPU).")(f)
     f = click.option("--double-quant/--no-double-quant", default=True, show_default=True)(f)
     f = click.option("--quant-type", default="nf4", show_default=True, type=click.Choice(QUANT_TYPES))(f)
     f = click.option("--precision", default="autocast", show_default=True, type=click.Choice(PRECISIONS),

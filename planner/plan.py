@@ -113,6 +113,12 @@ def plan(model: str | ModelSpec, gpu: str | GpuSpec, train: TrainSpec | None = N
         why = "attention sinks" if model.traits.attention_sinks else "attention logit softcapping"
         notes += (f"{model.name} uses {why}: planned with eager attention (seq x seq probabilities kept), "
                   "not SDPA",)
+    elif train.attn_implementation == "eager":
+        notes += ("eager attention keeps the seq x seq probabilities of every layer for backward "
+                  "(fp32 and a 16-bit copy): sdpa or flash_attention_2 keep O(seq)",)
+    elif train.attn_implementation == "flash_attention_2":
+        notes += ("flash_attention_2 planned as the flash kernel keeps its memory (O(seq) per head), "
+                  "as SDPA's flash kernel does",)
     notes += moe_notes(model, train, dtype)
     step = step_memory(model, train, dtype)
     phase = step.peak_phase
@@ -137,7 +143,8 @@ def plan(model: str | ModelSpec, gpu: str | GpuSpec, train: TrainSpec | None = N
         "alpha": train.lora_alpha, "target_modules": list(train.target_modules), "dtype": dtype,
         "optim": train.optim, "gradient_checkpointing": train.gradient_checkpointing,
         "quant_type": train.quant_type, "double_quant": train.double_quant,
-        "precision": train.precision,
+        "precision": train.precision, "lora_dropout": train.lora_dropout,
+        "attn_implementation": train.attn_implementation,
     }
     return Plan(
         model=model.name, gpu=gpu.name, method=train.method, settings=settings,

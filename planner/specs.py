@@ -25,6 +25,9 @@ QUANT_TYPES = ("nf4", "fp4")
 #   pure     - a plain loop on a model cast to the compute dtype, no autocast.
 #   mixed    - fp32 master weights (model loaded in fp32) and an autocast forward.
 PRECISIONS = ("autocast", "pure", "mixed")
+# attention kernels a training script can ask transformers for; "auto" is what transformers
+# picks for the model (SDPA, or eager where the model needs it: softcapping, sinks)
+ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "eager", "flash_attention_2")
 ALL_LINEAR = "all-linear"
 
 
@@ -123,6 +126,8 @@ class TrainSpec:
     optim: str = "adamw_torch"
     quant_type: str = "nf4"
     double_quant: bool = True
+    lora_dropout: float = 0.0  # peft's default
+    attn_implementation: str = "auto"
 
     def __post_init__(self) -> None:
         problems = []
@@ -146,6 +151,11 @@ class TrainSpec:
             problems.append(f"unknown quant type {self.quant_type!r} (choose from {', '.join(QUANT_TYPES)})")
         if not self.target_modules:
             problems.append("target modules must not be empty")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            problems.append(f"lora dropout must be in [0, 1), got {self.lora_dropout}")
+        if self.attn_implementation not in ATTN_IMPLEMENTATIONS:
+            problems.append(f"unknown attention implementation {self.attn_implementation!r} "
+                            f"(choose from {', '.join(ATTN_IMPLEMENTATIONS)})")
         if problems:
             raise ValueError("; ".join(problems))
 

@@ -32,6 +32,7 @@ Never ``trust_remote_code``; weights only from safetensors.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import tempfile
 import warnings
 from dataclasses import dataclass, field
@@ -147,9 +148,14 @@ def from_unknown(exc: UnknownArchitecture) -> ProbeModel:
                       vocab_size=vocab)
 
 
-def probe_model(model: ModelSpec | ProbeModel) -> ProbeModel:
-    """``model`` as a :class:`ProbeModel` (a planner spec is converted)."""
-    return model if isinstance(model, ProbeModel) else from_spec(model)
+def probe_model(model: ModelSpec | ProbeModel, train: TrainSpec | None = None) -> ProbeModel:
+    """``model`` as a :class:`ProbeModel` (a planner spec is converted), with the attention
+    kernel ``train`` asks for: eager when asked (a model that needs eager keeps it), and SDPA
+    for flash_attention_2, which a CPU cannot run: SDPA's flash kernel keeps what it keeps."""
+    out = model if isinstance(model, ProbeModel) else from_spec(model)
+    if train is not None and train.attn_implementation == "eager" and not out.eager:
+        out = dataclasses.replace(out, attn_implementation="eager")
+    return out
 
 
 def hf_config(model: ModelSpec | ProbeModel):
@@ -180,7 +186,7 @@ def lora_config(train: TrainSpec):
     return LoraConfig(
         r=train.rank, lora_alpha=train.lora_alpha, target_modules=target_modules,
         target_parameters=list(train.target_parameters) or None,
-        lora_dropout=0.0, bias="none", task_type="CAUSAL_LM",
+        lora_dropout=train.lora_dropout, bias="none", task_type="CAUSAL_LM",
         use_dora=train.is_dora, use_rslora=train.method == "rslora",
     )
 

@@ -54,7 +54,7 @@ def measure(spec: ModelSpec | ProbeModel, train: TrainSpec, *, steps: int = 1, w
             on_step: Callable[[str, int, int, float], None] | None = None) -> Measurement:
     """Build on CPU, warm up, and measure ``steps`` real steps with the byte tracker;
     ``on_step(kind, k, n, seconds)`` after each warm-up and measured step (progress)."""
-    spec = probe_model(spec)
+    spec = probe_model(spec, train)
     precision = resolve_precision(train, "cpu")
     model = build(spec, train, "cpu", weights)
     optimizer = make_optimizer(model.parameters(), train.optim, "cpu")

@@ -258,7 +258,7 @@ def measure(spec, train, *, steps: int = 3, warmup: int = 2, weights: str | Path
     from .build import build, probe_model, resolve_precision
     from .step import make_optimizer, make_scaler, synthetic_batch, train_step
 
-    spec = probe_model(spec)
+    spec = probe_model(spec, train)
     if nvml is None:
         import pynvml as nvml
     index = torch.cuda.current_device() if torch.cuda.is_initialized() else 0

@@ -156,6 +156,28 @@ def allow_grouped_mm_in_any_dtype() -> None:
     _GROUPED_MM_LIBRARY.append(library)
 
 
+@contextlib.contextmanager
+def cuda_dropout():
+    """Dropout as CUDA runs it: ``native_dropout``, which keeps a one-byte bool mask for
+    backward. On the CPU, ``F.dropout`` draws a noise tensor in the input's dtype and keeps
+    that (four times the bytes for fp32), so a trace that should show a GPU's memory swaps it in
+    (torch's dropout dispatches to native_dropout on CUDA for 0 < p < 1 in training)."""
+    import torch.nn.functional as F
+
+    original = F.dropout
+
+    def dropout(input, p=0.5, training=True, inplace=False):
+        if not training or p == 0.0 or p == 1.0:
+            return original(input, p, training, inplace)
+        return torch.native_dropout(input, p, True)[0]
+
+    F.dropout = dropout
+    try:
+        yield
+    finally:
+        F.dropout = original
+
+
 def trace(spec: ModelSpec | ProbeModel, train: TrainSpec, *, steps: int = 1, warmup: int = 1,
           tracker=None):
     """Trace ``steps`` training steps of ``train`` on ``spec`` (a planner model or any
@@ -167,13 +189,13 @@ def trace(spec: ModelSpec | ProbeModel, train: TrainSpec, *, steps: int = 1, war
     from .protocol import measure_tracked
     from .step import make_optimizer, make_scaler, synthetic_batch
 
-    spec = probe_model(spec)
+    spec = probe_model(spec, train)
     precision = resolve_precision(train, "fake")
     allow_grouped_mm_in_any_dtype()
     model, mode = build_fake(spec, train)
     check_no_meta(model)
     ids = synthetic_batch(train.batch_size, train.seq_len, spec.vocab_size, "cpu")
-    with mode, plain_positions():
+    with mode, plain_positions(), cuda_dropout():
         fake_ids = mode.from_tensor(ids)
         optimizer = make_optimizer(model.parameters(), train.optim, "fake")
         scaler = make_scaler(precision, "fake", model.parameters())

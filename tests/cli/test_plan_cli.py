@@ -106,3 +106,21 @@ def test_recommendation_follows_memory():
     assert "recommendation: Full fine-tuning fits comfortably" in h200
     tiny_gpu = run("--model", "70b", "--gpu", "t4", "--method", "qlora").stdout
     assert "Nothing planned fits t4" in tiny_gpu and "smallest catalog GPU" in tiny_gpu
+
+
+def test_training_settings_reach_the_plan():
+    import json
+
+    from click.testing import CliRunner
+
+    from planner.cli import main
+
+    args = ["--model", "7b", "--gpu", "a100-80gb", "--method", "lora", "--json", "--seq-len", "1024"]
+    base = json.loads(CliRunner().invoke(main, args).stdout)["plans"][0]
+    result = CliRunner().invoke(main, args + ["--lora-dropout", "0.05", "--attn-implementation", "eager"])
+    plan = json.loads(result.stdout)["plans"][0]
+    assert plan["settings"]["lora_dropout"] == 0.05 and plan["settings"]["attn_implementation"] == "eager"
+    assert plan["components"]["activations/saved"] > base["components"]["activations/saved"]
+    assert any("eager attention keeps" in n for n in plan["notes"])
+    bad = CliRunner().invoke(main, args + ["--lora-dropout", "1.5"])
+    assert bad.exit_code == 2

@@ -193,3 +193,37 @@ def test_multimodal_config_plans_its_text_decoder():
     model = model_from_config({"model_type": "gemma3", "architectures": ["Gemma3ForConditionalGeneration"],
                                "text_config": text}, "gemma-mm")
     assert model.model_type == "gemma3_text" and len(model.layer.norms) == 6
+
+
+def test_lora_dropout_keeps_a_mask_per_adapted_input():
+    """peft's lora_dropout: one byte per input element per adapted module (CUDA's
+    native_dropout mask); DoRA also keeps a c-byte copy of each adapted weight. Layer 0's
+    q/k/v inputs need no gradient: no masks there."""
+    llama = spec("llama")
+    t0, t1 = train(), train(lora_dropout=0.05)
+    p = C.precision(t1, "bf16")
+    sigma_in = sum(lin.in_features for lin in llama.linears)  # 5h + q_dim + I
+    assert C.layer_saved(llama, t1, p) - C.layer_saved(llama, t0, p) == 40 * sigma_in
+    d0, d1 = train(method="dora"), train(method="dora", lora_dropout=0.1)
+    weights = sum(lin.in_features * lin.out_features for lin in llama.linears)
+    assert C.layer_saved(llama, d1, p) - C.layer_saved(llama, d0, p) == 40 * sigma_in + 2 * weights
+    qkv_in = 3 * 128
+    assert C.first_norm_unrecorded(llama, t1, p) - C.first_norm_unrecorded(llama, t0, p) == 40 * qkv_in
+    with pytest.raises(ValueError, match="lora dropout"):
+        train(lora_dropout=1.0)
+
+
+def test_eager_attention_asked_for_keeps_the_probabilities():
+    """Tracer, tiny Llama asked for eager: per layer 6*B*H*S^2 + c*T*(q_dim - 2*kv_dim) -
+    4*B*H*S bytes more than SDPA (fp32 softmax and its bf16 copy; k and v repeated to every
+    head; no log-sum-exp), for the adapter methods."""
+    llama = spec("llama")
+    for method in ("lora", "qlora", "dora"):
+        sdpa, eager = train(method=method), train(method=method, attn_implementation="eager")
+        p = C.precision(sdpa, "bf16")
+        b, h, s, t = 1, 4, 40, 40
+        assert (C.layer_saved(llama, eager, p) - C.layer_saved(llama, sdpa, p)
+                == 6 * b * h * s * s + 2 * t * (96 - 2 * 48) - 4 * b * h * s), method
+    # flash_attention_2 keeps what SDPA's flash kernel keeps
+    fa2 = train(attn_implementation="flash_attention_2")
+    assert C.layer_saved(llama, fa2, C.precision(fa2, "bf16")) == C.layer_saved(llama, train(), C.precision(fa2, "bf16"))
