@@ -26,7 +26,7 @@ sandwich and post-norm layers), ``mlp_in``, ``mlp_out``, and ``q`` / ``k`` (qk-n
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 ATTENTION_INPUT_ROLES = frozenset({"q", "k", "v", "qkv"})
 MLP_INPUT_ROLES = frozenset({"gate", "up", "gate_up", "fc_in"})
@@ -236,23 +236,24 @@ def describe(arch: Architecture, config: dict, dims: Dims) -> Layer:
     if moe is None:
         mlp += (Linear("down_proj", inter, h, mlp_bias, "down"),)
     norms = tuple(Norm(name, site, h) for name, site in arch.norm_sites)
-    traits = arch.traits
-    if traits.qk_norm == "head":
+    if arch.traits.qk_norm == "head":
         norms += (Norm("q_norm", "q", dims.head_dim, per_head=True), Norm("k_norm", "k", dims.head_dim, per_head=True))
-    elif traits.qk_norm == "full":
+    elif arch.traits.qk_norm == "full":
         norms += (Norm("q_norm", "q", q_dim), Norm("k_norm", "k", kv_dim))
+    # the traits a config sets on top of its family's
+    changes: dict = {}
     rotary = config.get("partial_rotary_factor") or (config.get("rope_parameters") or {}).get("partial_rotary_factor")
     if rotary:
-        traits = _with(traits, rotary_fraction=float(rotary))
+        changes["rotary_fraction"] = float(rotary)
     window = config.get("sliding_window")
     sliding = _sliding_layers(arch, config, dims.layers) if isinstance(window, int) and window > 0 else 0
     if sliding:
-        traits = _with(traits, sliding_window=window, sliding_layers=sliding)
+        changes.update(sliding_window=window, sliding_layers=sliding)
     if config.get("attn_logit_softcapping"):
-        traits = _with(traits, eager_attention=True)
+        changes["eager_attention"] = True
     if config.get("final_logit_softcapping"):
-        traits = _with(traits, logit_softcapping=True)
-    return Layer(linears=attention + mlp, norms=norms, traits=traits, moe=moe)
+        changes["logit_softcapping"] = True
+    return Layer(linears=attention + mlp, norms=norms, traits=replace(arch.traits, **changes), moe=moe)
 
 
 class LayoutError(ValueError):
@@ -302,8 +303,3 @@ def _sliding_layers(arch: Architecture, config: dict, layers: int) -> int:
         return layers - layers // pattern
     return 0
 
-
-def _with(traits: Traits, **changes) -> Traits:
-    from dataclasses import replace
-
-    return replace(traits, **changes)
