@@ -51,7 +51,7 @@ def output_options(f):
 @click.option("--list-models", is_flag=True, help="List the catalog models and exit.")
 @click.option("--list-gpus", is_flag=True, help="List the catalog GPUs and exit.")
 @output_options
-def main(models, gpus, methods, rank, alpha, target_modules, target_parameters, lora_dropout, batch_size, seq_len,
+def main(models, gpus, methods, rank, alpha, target_modules, target_parameters, lora_dropout, modules_to_save, batch_size, seq_len,
          gradient_checkpointing, dtype, precision, optim, quant_type, double_quant, attn_implementation,
          search_batch, search_seq, calibrated, plot_path, list_models, list_gpus, fmt):
     """Predict the GPU memory of fine-tuning a model with full, LoRA, rsLoRA, QLoRA, DoRA and
@@ -83,6 +83,7 @@ def main(models, gpus, methods, rank, alpha, target_modules, target_parameters, 
         base = TrainSpec(method=chosen[0], rank=rank, alpha=alpha, target_modules=parse_targets(target_modules),
                          target_parameters=parse_names(target_parameters),
                          lora_dropout=lora_dropout, attn_implementation=attn_implementation,
+                         modules_to_save=parse_names(modules_to_save),
                          batch_size=batch_size, seq_len=seq_len, gradient_checkpointing=gradient_checkpointing,
                          dtype=dtype, precision=precision, optim=optim, quant_type=quant_type,
                          double_quant=double_quant)

@@ -126,14 +126,27 @@ def adapter_bytes(model: ModelSpec, train: TrainSpec) -> int:
     return counts.adapter_params(model, train) * FP32
 
 
-def trainable_bytes_per_param(train: TrainSpec, prec: Precision) -> int:
-    """Bytes of one trainable parameter: fp32 for adapters, the stored weight dtype for full."""
-    return FP32 if train.is_adapter else prec.weight
+def saved_module_bytes(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
+    """peft's modules_to_save copies (embed_tokens, lm_head: V*h each), in the dtype of the
+    module they copy: the weight dtype, or fp32 for QLoRA / QDoRA, whose embedding and lm_head
+    prepare_model_for_kbit_training has cast to fp32 before peft copies them (tracer, tiny
+    Llama: one V x h bf16 tensor more for LoRA, fp32 for QLoRA). The original stays, frozen,
+    in weights/base."""
+    return counts.saved_module_params(model, train) * (FP32 if train.is_quantized else prec.weight)
+
+
+def trainable_bytes(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
+    """Bytes of all trainable parameters, each in its own dtype: full fine-tuning's in the
+    stored weight dtype; adapters in fp32 (peft's autocast_adapter_dtype); modules_to_save
+    copies as :func:`saved_module_bytes`."""
+    if not train.is_adapter:
+        return counts.total_params(model) * prec.weight
+    return adapter_bytes(model, train) + saved_module_bytes(model, train, prec)
 
 
 def grads(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
-    """Gradients of the trainable parameters, in the parameters' dtype: trainable * bytes."""
-    return counts.trainable_params(model, train) * trainable_bytes_per_param(train, prec)
+    """Gradients of the trainable parameters, each in its parameter's dtype: :func:`trainable_bytes`."""
+    return trainable_bytes(model, train, prec)
 
 
 def _trainable_tensor_sizes(model: ModelSpec, train: TrainSpec) -> list[tuple[int, int]]:
@@ -148,6 +161,7 @@ def _trainable_tensor_sizes(model: ModelSpec, train: TrainSpec) -> list[tuple[in
         for tg in counts.targeted_parameters(model, train):
             sizes += [(tg.rank * tg.experts * tg.in_features, model.num_layers),
                       (tg.out_features * tg.rank * tg.experts, model.num_layers)]
+        sizes += [(model.vocab_size * model.hidden_size, 1)] * len(train.modules_to_save)
         return sizes
     sizes = [(counts.embedding_params(model), 1), (model.hidden_size, 1)]
     sizes += [(norm.size, model.num_layers) for norm in model.layer.norms]
@@ -175,7 +189,7 @@ def optimizer_states(model: ModelSpec, train: TrainSpec, prec: Precision) -> int
         return 0
     if train.optim == "adamw_8bit":
         return _adamw_8bit_bytes(model, train)
-    return 2 * counts.trainable_params(model, train) * trainable_bytes_per_param(train, prec)
+    return 2 * trainable_bytes(model, train, prec)
 
 
 def _adamw_8bit_bytes(model: ModelSpec, train: TrainSpec) -> int:
@@ -202,11 +216,15 @@ def optimizer_transient(model: ModelSpec, train: TrainSpec, prec: Precision) -> 
 
     torch AdamW's foreach path (the CUDA default, `adamw_torch`) computes
     sqrt(exp_avg_sq) for all parameters of a dtype group at once with _foreach_sqrt:
-    one parameter-sized list, trainable * bytes. The fused kernel
+    one parameter-sized list, trainable * bytes. torch groups the parameters by dtype and
+    frees one group's list only once the next group's exists, so with two groups (fp32
+    adapters and 16-bit modules_to_save copies) both lists are live: the sum (tracer, tiny
+    Llama LoRA with lm_head saved: 5 V x h bf16 tensors above the plain optimizer step:
+    copy, gradient, two states and this list). The fused kernel
     (`adamw_torch_fused`), bitsandbytes' optimizers and plain SGD update in place: 0.
     """
     if train.optim == "adamw_torch":
-        return counts.trainable_params(model, train) * trainable_bytes_per_param(train, prec)
+        return trainable_bytes(model, train, prec)
     return 0
 
 
@@ -502,13 +520,15 @@ def model_level_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> in
     (tracer: two [1, 2048, 128] tensors, bf16 for LoRA, fp32 for QLoRA); one pair per
     attention type where they differ (Gemma-3's local and global RoPE), fp32 where the
     rotary embedding returns fp32 (OLMo-2).
-    The final norm (:func:`norm_saved`), and for full fine-tuning the lm_head input (T*h*c).
+    The final norm (:func:`norm_saved`), and the lm_head input (T*h*c) where lm_head is
+    trained (full fine-tuning, or lm_head in modules_to_save: tracer, tiny Llama LoRA, one
+    bf16 T x h more at the start of backward).
     """
     t, traits = train.tokens, model.traits
     rot = int(model.head_dim * traits.rotary_fraction)
     rope = traits.rope_tables * 2 * train.seq_len * rot * (FP32 if traits.rope_fp32 else prec.stream)
     final = norm_saved(model, train, prec)
-    head_input = t * model.hidden_size * prec.compute if train.method == "full" else 0
+    head_input = t * model.hidden_size * prec.compute if counts.trains_lm_head(train) else 0
     return rope + final + head_input
 
 
@@ -561,9 +581,9 @@ def first_norm_unrecorded(model: ModelSpec, train: TrainSpec, prec: Precision) -
     the first adapter does (enable_input_require_grads runs only with checkpointing), so the
     first norm keeps nothing (tracer: layer 0 has no fp32 norm input, every later layer one).
     Its :func:`norm_saved`, or 0 when the embedding output needs a gradient (full
-    fine-tuning, or checkpointing) or the layer has no input norm (OLMo-2's post-norm
-    layers: both norms read block outputs, which need gradients)."""
-    if train.method == "full" or train.gradient_checkpointing:
+    fine-tuning, embed_tokens in modules_to_save, or checkpointing) or the layer has no input
+    norm (OLMo-2's post-norm layers: both norms read block outputs, which need gradients)."""
+    if counts.trains_embedding(train) or train.gradient_checkpointing:
         return 0
     # nor do the first layer's q/k/v adapters keep dropout masks: their input needs no gradient
     dropout = sum(lora_dropout_saved(lin, train, prec) for lin in counts.targeted_linears(model, train.target_modules)
@@ -576,8 +596,9 @@ def checkpoint_input_leaf(model: ModelSpec, train: TrainSpec, prec: Precision) -
     (also called by prepare_model_for_kbit_training) makes the embedding output a tensor that
     requires grad; backward fills its .grad, and both (2*T*h in the hidden dtype) live until
     the training loop drops the step's references, through optimizer.step() in a plain loop
-    (tracer: Llama-3.1-8B QLoRA, batch 4, seq 2048: 0.25 GiB). 0 otherwise."""
-    if not (train.gradient_checkpointing and train.is_adapter):
+    (tracer: Llama-3.1-8B QLoRA, batch 4, seq 2048: 0.25 GiB). 0 otherwise, and 0 when
+    embed_tokens is in modules_to_save: its output is then no leaf and keeps no .grad."""
+    if not (train.gradient_checkpointing and train.is_adapter) or counts.trains_embedding(train):
         return 0
     return 2 * train.tokens * model.hidden_size * prec.stream
 
@@ -674,9 +695,12 @@ def logits_forward(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
     (T*V*4): T*V*(c + 8), plus :func:`softcap_saved`. With them the final norm's output, the
     lm_head's input, which the model's output object holds until the forward returns:
     T*h*stream (tracer: the final norm's bf16 [4, 2048, 4096] for LoRA, fp32 for QLoRA; the
-    whole -2 and -4 bytes per token*hidden gap at the loss under checkpointing). Full
-    fine-tuning's lm_head keeps that input anyway (:func:`model_level_saved`): not again."""
-    final_hidden = 0 if train.method == "full" else train.tokens * model.hidden_size * prec.stream
+    whole -2 and -4 bytes per token*hidden gap at the loss under checkpointing). A trained
+    lm_head keeps its input anyway (:func:`model_level_saved`): not again for full
+    fine-tuning, nor for a saved lm_head on a 16-bit stream, where that input is this same
+    tensor (under QLoRA the kept input is autocast's 16-bit copy of the fp32 one: both)."""
+    same_tensor = counts.trains_lm_head(train) and (train.method == "full" or prec.stream == prec.compute)
+    final_hidden = 0 if same_tensor else train.tokens * model.hidden_size * prec.stream
     return (train.tokens * model.vocab_size * (prec.compute + 2 * FP32) + softcap_saved(model, train, prec)
             + final_hidden)
 

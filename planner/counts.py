@@ -188,9 +188,32 @@ def adapter_params(model: ModelSpec, train: TrainSpec) -> int:
     return model.num_layers * per_layer
 
 
+def saved_module_params(model: ModelSpec, train: TrainSpec) -> int:
+    """Parameters of peft's modules_to_save copies: vocab_size x hidden_size for each of
+    embed_tokens and lm_head. peft deep-copies each named module and trains the copy, so a
+    tied embedding and lm_head both named become two independent matrices (peft's default
+    ensure_weight_tying=False). 0 for full fine-tuning, which trains the modules themselves."""
+    if not train.is_adapter:
+        return 0
+    return len(train.modules_to_save) * model.vocab_size * model.hidden_size
+
+
 def trainable_params(model: ModelSpec, train: TrainSpec) -> int:
-    """Parameters that receive gradients: every parameter for full fine-tuning, else the adapters."""
-    return total_params(model) if train.method == "full" else adapter_params(model, train)
+    """Parameters that receive gradients: every parameter for full fine-tuning, else the
+    adapters and the modules_to_save copies (what peft's print_trainable_parameters counts)."""
+    if train.method == "full":
+        return total_params(model)
+    return adapter_params(model, train) + saved_module_params(model, train)
+
+
+def trains_embedding(train: TrainSpec) -> bool:
+    """Whether the input embedding gets a gradient: full fine-tuning, or embed_tokens in modules_to_save."""
+    return train.method == "full" or "embed_tokens" in train.modules_to_save
+
+
+def trains_lm_head(train: TrainSpec) -> bool:
+    """Whether the output projection gets a gradient: full fine-tuning, or lm_head in modules_to_save."""
+    return train.method == "full" or "lm_head" in train.modules_to_save
 
 
 def check_rank(model: ModelSpec, train: TrainSpec) -> None:

@@ -28,6 +28,7 @@ COMPONENT_KEYS = (
     "weights/base",
     "weights/quant_state",
     "adapters/params",
+    "adapters/modules",
     "grads",
     "optimizer/states",
     "optimizer/transient",
@@ -91,6 +92,7 @@ def step_memory(model: ModelSpec, train: TrainSpec, dtype: str) -> StepMemory:
         weights__base=C.weights_base(model, train, prec),
         weights__quant_state=C.weights_quant_state(model, train),
         adapters__params=C.adapter_bytes(model, train),
+        adapters__modules=C.saved_module_bytes(model, train, prec),
         optimizer__states=C.optimizer_states(model, train, prec),
     )
     saved = C.activations_saved(model, train, prec)

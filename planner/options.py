@@ -19,7 +19,11 @@ def parse_names(value: str) -> tuple[str, ...]:
 
 
 def adapter_options(f):
-    """--rank/-r, --alpha, --target-modules, --target-parameters, --lora-dropout."""
+    """--rank/-r, --alpha, --target-modules, --target-parameters, --lora-dropout, --modules-to-save."""
+    f = click.option("--modules-to-save", default="", show_default=False,
+                     help="Comma list of whole modules to train beside the adapters (peft modules_to_save): "
+                          "embed_tokens, lm_head, as after adding tokens. Each is a trainable copy with its "
+                          "gradient and optimizer states.")(f)
     f = click.option("--lora-dropout", default=0.0, show_default=True, type=click.FloatRange(0.0, 1.0, max_open=True),
                      help="peft's lora_dropout (recipes use 0.05-0.1): each adapted module keeps a dropout "
                           "mask of its input.")(f)

@@ -104,6 +104,9 @@ def plan(model: str | ModelSpec, gpu: str | GpuSpec, train: TrainSpec | None = N
     if train.method == "full" and dtype == "fp16" and train.precision != "mixed":
         notes += ("full fine-tuning in fp16 needs fp32 master weights to train stably "
                   "(a GradScaler refuses fp16 gradients): consider --precision mixed",)
+    elif train.modules_to_save and dtype == "fp16" and train.precision == "autocast" and not train.is_quantized:
+        notes += ("modules_to_save copies an fp16 model's modules in fp16, whose gradients a GradScaler "
+                  "refuses: consider --precision mixed (fp32 weights)",)
     if model.vocab_size < model.intermediate_size:
         notes += (f"{model.name}'s vocabulary ({model.vocab_size}) is smaller than its MLP width "
                   f"({model.intermediate_size}): a layer's backward can then outgrow the logits, a moment the "
@@ -120,6 +123,11 @@ def plan(model: str | ModelSpec, gpu: str | GpuSpec, train: TrainSpec | None = N
         notes += ("flash_attention_2 planned as the flash kernel keeps its memory (O(seq) per head), "
                   "as SDPA's flash kernel does",)
     notes += moe_notes(model, train, dtype)
+    if train.modules_to_save and train.method == "full":
+        notes += ("full fine-tuning trains every module: modules_to_save adds nothing to it",)
+    elif model.tie_word_embeddings and len(train.modules_to_save) == 2:
+        notes += (f"{model.name} ties embed_tokens and lm_head: peft trains them as two independent copies "
+                  "(planned so); its ensure_weight_tying=True keeps them tied",)
     step = step_memory(model, train, dtype)
     phase = step.peak_phase
     allocated = step.peak_bytes
@@ -144,7 +152,7 @@ def plan(model: str | ModelSpec, gpu: str | GpuSpec, train: TrainSpec | None = N
         "optim": train.optim, "gradient_checkpointing": train.gradient_checkpointing,
         "quant_type": train.quant_type, "double_quant": train.double_quant,
         "precision": train.precision, "lora_dropout": train.lora_dropout,
-        "attn_implementation": train.attn_implementation,
+        "attn_implementation": train.attn_implementation, "modules_to_save": list(train.modules_to_save),
     }
     return Plan(
         model=model.name, gpu=gpu.name, method=train.method, settings=settings,

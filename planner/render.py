@@ -13,7 +13,7 @@ from .units import GIB
 
 CSV_FIELDS = ("model", "gpu", "method", "batch_size", "seq_len", "rank", "alpha", "target_modules",
               "dtype", "precision", "optim", "gradient_checkpointing", "quant_type", "double_quant",
-              "peak_allocated_bytes", "peak_reserved_bytes", "device_used_bytes", "gpu_memory_bytes",
+              "lora_dropout", "attn_implementation", "modules_to_save", "peak_allocated_bytes", "peak_reserved_bytes", "device_used_bytes", "gpu_memory_bytes",
               "fits", "headroom_bytes", "trainable_params", "total_params", "peak_phase",
               "max_batch_size", "max_seq_len")
 
@@ -40,13 +40,18 @@ def gib(n: int) -> str:
 
 
 def header(model: ModelSpec, gpu: GpuSpec, train: TrainSpec, plan: Plan) -> str:
-    """One line stating every setting used, so that the output is reproducible."""
+    """One line stating every setting used, so that the output is reproducible (the settings
+    a training script adds, dropout, attention and modules_to_save, where not the default)."""
     s = plan.settings
+    extra = "".join(f" {k}={v}" for k, v in (("lora_dropout", f"{s['lora_dropout']:g}"),
+                                             ("attn_implementation", s["attn_implementation"]),
+                                             ("modules_to_save", ",".join(s["modules_to_save"])))
+                    if v not in ("0", "auto", ""))
     return (f"plan: model={model.name} gpu={gpu.name} ({gib(gpu.memory_bytes)} GiB) "
             f"batch_size={s['batch_size']} seq_len={s['seq_len']} rank={s['rank']} alpha={s['alpha']:g} "
             f"target_modules={','.join(s['target_modules'])} dtype={s['dtype']} precision={s['precision']} "
             f"optim={s['optim']} gradient_checkpointing={'on' if s['gradient_checkpointing'] else 'off'} "
-            f"quant_type={s['quant_type']} double_quant={'on' if s['double_quant'] else 'off'}")
+            f"quant_type={s['quant_type']} double_quant={'on' if s['double_quant'] else 'off'}{extra}")
 
 
 def _row(label: str, cells: list[str], width: int) -> str:
@@ -104,5 +109,6 @@ def to_csv(reports: list[Report]) -> str:
         row = {k: v for k, v in d.items() if k in CSV_FIELDS}
         row.update({k: v for k, v in d["settings"].items() if k in CSV_FIELDS})
         row["target_modules"] = ",".join(d["settings"]["target_modules"])
+        row["modules_to_save"] = ",".join(d["settings"]["modules_to_save"])
         writer.writerow(row)
     return buf.getvalue()

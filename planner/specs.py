@@ -29,6 +29,9 @@ PRECISIONS = ("autocast", "pure", "mixed")
 # picks for the model (SDPA, or eager where the model needs it: softcapping, sinks)
 ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "eager", "flash_attention_2")
 ALL_LINEAR = "all-linear"
+# The modules a decoder's fine-tuning script trains whole beside the adapters (peft's
+# modules_to_save), each a vocab_size x hidden_size matrix.
+SAVABLE_MODULES = ("embed_tokens", "lm_head")
 
 
 @dataclass(frozen=True)
@@ -128,6 +131,8 @@ class TrainSpec:
     double_quant: bool = True
     lora_dropout: float = 0.0  # peft's default
     attn_implementation: str = "auto"
+    # peft's modules_to_save: whole modules trained beside the adapters ("embed_tokens", "lm_head")
+    modules_to_save: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         problems = []
@@ -153,6 +158,11 @@ class TrainSpec:
             problems.append("target modules must not be empty")
         if not 0.0 <= self.lora_dropout < 1.0:
             problems.append(f"lora dropout must be in [0, 1), got {self.lora_dropout}")
+        unknown = [m for m in self.modules_to_save if m not in SAVABLE_MODULES]
+        if unknown:
+            problems.append(f"modules to save must be among {', '.join(SAVABLE_MODULES)}, got {', '.join(unknown)}")
+        if len(set(self.modules_to_save)) != len(self.modules_to_save):
+            problems.append(f"modules to save are named twice: {', '.join(self.modules_to_save)}")
         if self.attn_implementation not in ATTN_IMPLEMENTATIONS:
             problems.append(f"unknown attention implementation {self.attn_implementation!r} "
                             f"(choose from {', '.join(ATTN_IMPLEMENTATIONS)})")

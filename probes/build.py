@@ -187,6 +187,7 @@ def lora_config(train: TrainSpec):
         r=train.rank, lora_alpha=train.lora_alpha, target_modules=target_modules,
         target_parameters=list(train.target_parameters) or None,
         lora_dropout=train.lora_dropout, bias="none", task_type="CAUSAL_LM",
+        modules_to_save=list(train.modules_to_save) or None,
         use_dora=train.is_dora, use_rslora=train.method == "rslora",
     )
 

@@ -146,7 +146,7 @@ def notes(rows: list[dict], extra: tuple[str, ...] = ()) -> str:
 @click.option("--json", "as_json", is_flag=True,
               help='Print only {"rows": [...]} on stdout (bytes as integers).')
 @click.option("--force", is_flag=True, help="Measure on a GPU that other processes use.")
-def main(models, methods, rank, alpha, target_modules, target_parameters, lora_dropout, batch_size, seq_len, gradient_checkpointing,
+def main(models, methods, rank, alpha, target_modules, target_parameters, lora_dropout, modules_to_save, batch_size, seq_len, gradient_checkpointing,
          dtype, precision, optim, quant_type, double_quant, attn_implementation, device, steps, warmup, weights,
          output, as_json, force):
     """Measure what fine-tuning really uses: build the model (random init from its config,
@@ -175,6 +175,7 @@ def main(models, methods, rank, alpha, target_modules, target_parameters, lora_d
         trains = [TrainSpec(method=m, rank=rank, alpha=alpha, target_modules=parse_targets(target_modules),
                             target_parameters=parse_names(target_parameters),
                             lora_dropout=lora_dropout, attn_implementation=attn_implementation,
+                         modules_to_save=parse_names(modules_to_save),
                             batch_size=b, seq_len=s, gradient_checkpointing=gradient_checkpointing,
                             dtype=dtype, precision=precision, optim=optim, quant_type=quant_type,
                             double_quant=double_quant)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import data
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # (column, type) in file order. Types: str, int, float, bool, json (a JSON text cell).
 SCHEMA: tuple[tuple[str, str], ...] = (
@@ -46,6 +46,10 @@ SCHEMA: tuple[tuple[str, str], ...] = (
     ("optim", "str"),
     ("quant_type", "str"),
     ("double_quant", "bool"),
+    ("target_parameters", "str"),
+    ("lora_dropout", "float"),
+    ("attn_implementation", "str"),
+    ("modules_to_save", "str"),
     ("init", "str"),
     ("steps", "int"),
     ("warmup", "int"),
@@ -90,6 +94,11 @@ SCHEMA: tuple[tuple[str, str], ...] = (
 )
 COLUMNS = tuple(name for name, _ in SCHEMA)
 TYPES = dict(SCHEMA)
+# Schema 2 added four settings. Schema-1 rows were all made with their defaults, which an
+# older table gets on reading (as text; its other cells, schema_version included, unchanged).
+ADDED_IN_2 = {"target_parameters": "", "lora_dropout": "0.0", "attn_implementation": "auto",
+              "modules_to_save": ""}
+COLUMNS_1 = tuple(c for c in COLUMNS if c not in ADDED_IN_2)
 STATUSES = ("ok", "oom", "unsupported", "error")
 
 
@@ -173,6 +182,10 @@ def _read_text_table(path: Path):
         raise StoreError(f"{path.name}: not a readable probe results table "
                          f"({exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
                          "left unchanged (use --output to write elsewhere)") from None
+    if tuple(frame.columns) == COLUMNS_1 and set(frame["schema_version"]) <= {"1"}:
+        for name, default in ADDED_IN_2.items():
+            frame[name] = default
+        frame = frame[list(COLUMNS)]
     if tuple(frame.columns) != COLUMNS:
         missing = [c for c in COLUMNS if c not in frame.columns]
         extra = [c for c in frame.columns if c not in COLUMNS]
@@ -181,8 +194,8 @@ def _read_text_table(path: Path):
                          f"{', '.join(map(str, extra[:5])) or 'none'}); left unchanged "
                          "(use --output to write elsewhere)")
     versions = set(frame["schema_version"])
-    if versions - {str(SCHEMA_VERSION)}:
-        raise StoreError(f"{path.name}: schema_version {sorted(versions)} is not {SCHEMA_VERSION}; "
+    if versions - {"1", str(SCHEMA_VERSION)}:
+        raise StoreError(f"{path.name}: schema_version {sorted(versions)} is not 1 or {SCHEMA_VERSION}; "
                          "left unchanged")
     return frame
 

@@ -124,3 +124,26 @@ def test_training_settings_reach_the_plan():
     assert any("eager attention keeps" in n for n in plan["notes"])
     bad = CliRunner().invoke(main, args + ["--lora-dropout", "1.5"])
     assert bad.exit_code == 2
+
+
+def test_modules_to_save_reach_the_plan_and_bad_names_exit_2():
+    import json
+
+    from click.testing import CliRunner
+
+    from planner.cli import main
+
+    args = ["--model", "qwen2.5-0.5b", "--gpu", "a100-80gb", "--method", "lora"]
+    base = json.loads(CliRunner().invoke(main, args + ["--json"]).stdout)["plans"][0]
+    result = CliRunner().invoke(main, args + ["--json", "--modules-to-save", "embed_tokens, lm_head"])
+    plan = json.loads(result.stdout)["plans"][0]
+    assert plan["settings"]["modules_to_save"] == ["embed_tokens", "lm_head"]
+    v, h = 151936, 896  # Qwen2.5-0.5B: tied, so two independent copies, bf16
+    assert plan["components"]["adapters/modules"] == 2 * v * h * 2
+    assert plan["trainable_params"] - base["trainable_params"] == 2 * v * h
+    assert any("two independent copies" in n for n in plan["notes"])
+    table = CliRunner().invoke(main, args + ["--modules-to-save", "lm_head"]).stdout
+    assert table.splitlines()[0].endswith(" modules_to_save=lm_head")
+    bad = CliRunner().invoke(main, args + ["--modules-to-save", "norm"])
+    assert bad.exit_code == 2
+    assert bad.stderr.strip() == "plan: error: modules to save must be among embed_tokens, lm_head, got norm"

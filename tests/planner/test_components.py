@@ -320,3 +320,43 @@ def test_dora_backward_moment(tiny):
     # + down's input and its fp32 cast 3*16*(2+4) = 288 and two dense fp32 casts 2*8*16*4 = 1024
     assert M.dora_backward_moment(tiny, gc, prec(gc)) == (1908, 288 + 288 + 1024)
     assert M.dora_backward_moment(tiny, spec(), prec(spec())) == (0, 0)
+
+
+def test_modules_to_save_copies_and_their_training_state(tiny):
+    """peft's modules_to_save: each saved module a V x h copy (80 here) in the weight dtype
+    (fp32 under QLoRA), with its gradient and two AdamW states; the adapters' 512 in fp32."""
+    both = spec(modules_to_save=("embed_tokens", "lm_head"))
+    p = prec(both)
+    assert C.saved_module_bytes(tiny, both, p) == 2 * 80 * 2
+    assert C.trainable_bytes(tiny, both, p) == 512 * 4 + 2 * 80 * 2
+    assert C.grads(tiny, both, p) == 512 * 4 + 320
+    assert C.optimizer_states(tiny, both, p) == 2 * (512 * 4 + 320)
+    assert C.optimizer_transient(tiny, both, p) == 512 * 4 + 320  # both dtype groups' sqrt lists
+    q = spec(method="qlora", modules_to_save=("lm_head",))
+    assert C.saved_module_bytes(tiny, q, prec(q)) == 80 * 4
+    assert C.saved_module_bytes(tiny, spec(), p) == 0
+    full = spec(method="full", modules_to_save=("lm_head",))
+    assert C.saved_module_bytes(tiny, full, prec(full)) == 0  # full trains the module itself
+    # 8-bit AdamW: an 80-element copy is below its 4096-element threshold: 32-bit states
+    eight = spec(optim="adamw_8bit", modules_to_save=("lm_head",))
+    plain = spec(optim="adamw_8bit")
+    assert C.optimizer_states(tiny, eight, p) - C.optimizer_states(tiny, plain, p) == 2 * 80 * 4
+
+
+def test_a_trained_lm_head_keeps_its_input_and_a_trained_embedding_makes_layer_0_record(tiny):
+    head = spec(modules_to_save=("lm_head",))
+    p = prec(head)
+    plain = spec()
+    # lm_head's input, T*h*c, kept to the lm_head's backward
+    assert C.model_level_saved(tiny, head, p) - C.model_level_saved(tiny, plain, p) == 3 * 8 * 2
+    # ... which on a bf16 stream is the final norm's output the logits term counted: not twice
+    assert C.logits_forward(tiny, head, p) == 3 * 10 * (2 + 4 + 4)
+    q_head = spec(method="qlora", modules_to_save=("lm_head",))
+    q = spec(method="qlora")
+    # under QLoRA the kept input is autocast's bf16 copy of the fp32 output: both
+    assert C.logits_forward(tiny, q_head, prec(q_head)) == C.logits_forward(tiny, q, prec(q))
+    embed = spec(modules_to_save=("embed_tokens",))
+    assert C.first_norm_unrecorded(tiny, embed, p) == 0
+    assert C.first_norm_unrecorded(tiny, plain, p) == C.norm_saved(tiny, plain, p) > 0
+    gc_embed = spec(modules_to_save=("embed_tokens",), gradient_checkpointing=True)
+    assert C.checkpoint_input_leaf(tiny, gc_embed, prec(gc_embed)) == 0  # the output is no leaf

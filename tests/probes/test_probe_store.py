@@ -1,4 +1,5 @@
 """The results table: row schema, atomic append, refusal of foreign or malformed files."""
+import csv
 import json
 import os
 
@@ -164,3 +165,35 @@ def test_the_table_keeps_its_file_mode(fake_row, tmp_path):
     path.chmod(0o640)
     store.append([fake_row], path)
     assert path.stat().st_mode & 0o777 == 0o640
+
+
+def test_a_schema_1_table_reads_with_the_settings_its_rows_used_and_upgrades_on_append(fake_row, tmp_path):
+    """Schema 2 added target_parameters, lora_dropout, attn_implementation and
+    modules_to_save; schema-1 rows were made with their defaults and read back so, their own
+    cells (schema_version 1 included) unchanged."""
+    from probes import store
+
+    path = tmp_path / "results.csv"
+    row = {**fake_row, "lora_dropout": 0.1, "modules_to_save": "lm_head"}
+    store.append([row], path)
+    record = {k: v for k, v in store.to_record({**fake_row, "schema_version": 1}).items()
+              if k not in store.ADDED_IN_2}
+    v1 = tmp_path / "v1.csv"
+
+    def write_v1(cells):
+        with v1.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(cells), lineterminator="\n")
+            writer.writeheader()
+            writer.writerow(cells)
+
+    write_v1(record)
+    (old,) = store.load_rows(v1)
+    assert old["schema_version"] == 1 and old["lora_dropout"] == 0.0 and old["attn_implementation"] == "auto"
+    assert old["modules_to_save"] is None and old["peak_allocated_bytes"] == fake_row["peak_allocated_bytes"]
+    store.append([row], v1)
+    old, new = store.load_rows(v1)
+    assert old["schema_version"] == 1 and new["schema_version"] == 2
+    assert (new["lora_dropout"], new["modules_to_save"]) == (0.1, "lm_head")
+    write_v1({**record, "schema_version": "2"})  # negative control: a schema-2 row lacking columns
+    with pytest.raises(store.StoreError, match="not a probe results table"):
+        store.load_rows(v1)
