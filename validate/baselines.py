@@ -38,7 +38,10 @@ ALL_LINEAR = ("all-linear",)
 
 FIELDS = ("model", "method", "batch_size", "seq_len", "rank", "target_modules", "gradient_checkpointing",
           "dtype", "precision", "optim", "peak_allocated_bytes", "forward_bytes", "backward_bytes",
-          "optimizer_bytes", "peak_phase", "torch", "transformers", "peft", "bitsandbytes")
+          "optimizer_bytes", "peak_phase", "torch", "transformers", "peft", "bitsandbytes",
+          "lora_dropout", "attn_implementation", "modules_to_save")
+# The settings columns added with tier 6, and what the rows made before them used.
+SETTINGS_DEFAULTS = {"lora_dropout": "0.0", "attn_implementation": "auto", "modules_to_save": ""}
 
 # A small fixed set CI re-traces in seconds: a 4-layer Llama-shaped model (hidden 256,
 # GQA 8/4 heads, vocabulary 4096), every method, with and without checkpointing.
@@ -63,7 +66,9 @@ class Config:
     def key(self) -> tuple:
         t = self.train
         return (self.model, t.method, t.batch_size, t.seq_len, t.rank if t.is_adapter else 0,
-                ",".join(t.target_modules) if t.is_adapter else "", t.gradient_checkpointing, t.dtype, t.precision)
+                ",".join(t.target_modules) if t.is_adapter else "", t.gradient_checkpointing, t.dtype, t.precision,
+                t.lora_dropout if t.is_adapter else 0.0, t.attn_implementation,
+                ",".join(t.modules_to_save) if t.is_adapter else "")
 
 
 def _grid(models, methods, ranks_targets, dtype="bf16", precision="autocast") -> list[Config]:
@@ -103,7 +108,31 @@ def matrix() -> list[Config]:
              + _grid(PRECISION_MODELS, ("full",), [(8, "all")], dtype="fp16", precision="mixed")
              + _grid(PRECISION_MODELS, ("full",), [(8, "all")], dtype="bf16", precision="pure"))
     tier5 = [c for c in _grid(ARCHITECTURE_MODELS, METHODS, [(8, "all")]) if supports(c.model, c.train.method)]
-    return tier1 + tier2 + tier3 + tier4 + tier5
+    return tier1 + tier2 + tier3 + tier4 + tier5 + settings_tier()
+
+
+# Tier 6: the settings a training script sets, on an untied and a tied model at their real
+# dimensions, cut to 4 layers: LoRA dropout 0.05 and 0.1, eager attention from 512 to 4096
+# tokens, and embed_tokens / lm_head trained whole (peft's modules_to_save).
+SETTINGS_MODELS = ("llama-3.1-8b@4L", "qwen2.5-1.5b@4L")
+
+
+def settings_tier() -> list[Config]:
+    out = []
+    for model, gc, method, p, seq in itertools.product(SETTINGS_MODELS, (False, True), ("lora", "qlora", "dora"),
+                                                       (0.05, 0.1), SEQS):
+        out.append(Config(model, TrainSpec(method=method, rank=8, batch_size=4, seq_len=seq, gradient_checkpointing=gc,
+                                           dtype="bf16", lora_dropout=p)))
+    for model, gc, method, seq in itertools.product(SETTINGS_MODELS, (False, True), ("full", "lora", "qlora", "dora"),
+                                                    (512, 1024, 2048, 4096)):
+        out.append(Config(model, TrainSpec(method=method, rank=8, batch_size=1, seq_len=seq, gradient_checkpointing=gc,
+                                           dtype="bf16", attn_implementation="eager")))
+    for model, gc, method, modules, b in itertools.product(
+            SETTINGS_MODELS, (False, True), ("lora", "qlora", "dora"), (("lm_head",), ("embed_tokens", "lm_head")),
+            BATCHES):
+        out.append(Config(model, TrainSpec(method=method, rank=8, batch_size=b, seq_len=2048, gradient_checkpointing=gc,
+                                           dtype="bf16", modules_to_save=modules)))
+    return out
 
 
 def regression_configs() -> list[Config]:
@@ -150,6 +179,8 @@ def row_from_trace(cfg: Config, measurement, versions: dict) -> dict:
         "target_modules": ",".join(t.target_modules) if t.is_adapter else "",
         "gradient_checkpointing": int(t.gradient_checkpointing), "dtype": t.dtype, "precision": t.precision,
         "optim": t.optim, "peak_allocated_bytes": measurement.peak_allocated_bytes,
+        "lora_dropout": t.lora_dropout if t.is_adapter else 0.0, "attn_implementation": t.attn_implementation,
+        "modules_to_save": ",".join(t.modules_to_save) if t.is_adapter else "",
         **{f"{p}_bytes": phases.get(p) for p in PHASES}, "peak_phase": measurement.peak_phase,
         **{k: versions.get(f"{k}_version", "") for k in ("torch", "transformers", "peft", "bitsandbytes")},
     }
@@ -162,7 +193,9 @@ def config_of(row: dict) -> Config:
     train = TrainSpec(method=row["method"], rank=int(row["rank"]) if not is_full else 16, target_modules=targets,
                       batch_size=int(row["batch_size"]), seq_len=int(row["seq_len"]),
                       gradient_checkpointing=bool(int(row["gradient_checkpointing"])), dtype=row["dtype"],
-                      precision=row["precision"], optim=row["optim"])
+                      precision=row["precision"], optim=row["optim"], lora_dropout=float(row["lora_dropout"]),
+                      attn_implementation=row["attn_implementation"],
+                      modules_to_save=tuple(row["modules_to_save"].split(",")) if row["modules_to_save"] else ())
     return Config(row["model"], train)
 
 

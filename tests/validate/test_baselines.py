@@ -12,7 +12,9 @@ def test_matrix_size_by_hand():
     # tier 4: 3 models x (4 adapter methods in fp16 + full mixed + full pure) x 8 = 144
     # tier 5: 9 architectures x 5 methods x 8 = 360, less DoRA and QDoRA on the two MoE families
     #         whose all-linear peft converts to fused experts (2 x 2 x 8 = 32) = 328
-    assert len(configs) == 440 + 1056 + 32 + 144 + 328
+    # tier 6: 2 models x 2 checkpointing x (3 methods x 2 dropouts x 2 seqs + 4 methods x 4 eager seqs
+    #         + 3 methods x 2 module sets x 2 batches) = 4 x (12 + 16 + 12) = 160
+    assert len(configs) == 440 + 1056 + 32 + 144 + 328 + 160
     assert len({c.key() for c in configs}) == len(configs)
 
 
