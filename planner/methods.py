@@ -43,6 +43,7 @@ COMPONENT_KEYS = (
     "transient/recompute",
     "transient/embedding_backward",
     "transient/moe_backward",
+    "transient/attention",
 )
 
 
@@ -118,7 +119,11 @@ def step_memory(model: ModelSpec, train: TrainSpec, dtype: str) -> StepMemory:
     in_layer = _breakdown(**persistent, activations__saved=in_layer_saved, activations__autocast_weights=layer_copies,
                           transient__module=fwd.locals + fwd.working, transient__dequant=fwd.dequant,
                           transient__dora=fwd.dora)
-    forward = _largest((at_loss, in_layer))
+    eager = M.eager_forward_moment(model, train, prec)
+    at_softmax = _breakdown(**persistent, activations__saved=saved - final_norm + eager.live + eager.before
+                            + (0 if gc else -per_layer), activations__autocast_weights=layer_copies,
+                            transient__module=eager.locals, transient__attention=eager.working)
+    forward = _largest((at_loss, in_layer, at_softmax))
 
     # Backward start: logits gradients with every activation still kept. Full fine-tuning's
     # first gradient (lm_head, or the tied embedding at the end) is small beside them.
@@ -140,10 +145,17 @@ def step_memory(model: ModelSpec, train: TrainSpec, dtype: str) -> StepMemory:
     dora_back = _breakdown(**persistent, activations__saved=saved if gc else saved - per_layer + kept,
                            activations__autocast_weights=back_copies, transient__recompute=kept if gc else 0,
                            transient__dora_backward=workspace)
+    kept, workspace = M.eager_backward_moment(model, train, prec)
+    softmax_back = _breakdown(**persistent, activations__saved=saved - final_norm - (0 if gc else per_layer - kept),
+                              activations__autocast_weights=back_copies, transient__recompute=(kept + in_flight) if gc else 0,
+                              transient__attention=workspace)
     top = _largest([_breakdown(**persistent, activations__saved=saved - final_norm, activations__autocast_weights=back_copies, **m)
-                    for m in moments] + [dora_back])
+                    for m in moments] + [dora_back, softmax_back])
     # Backward end: all gradients, the first layer's recomputation and transients.
     leaf = C.checkpoint_input_leaf(model, train, prec)
+    # (the first layer's eager softmax backward, every later gradient made: what full fine-tuning peaks at)
+    moments.append(dict(transient__recompute=kept + in_flight, transient__attention=workspace) if gc
+                   else dict(activations__saved=kept, transient__attention=workspace))
     end = _largest([_breakdown(**persistent, grads=grads, activations__input_leaf=leaf, **m) for m in moments]
                    + [_breakdown(**persistent, grads=grads, transient__embedding_backward=C.embedding_backward_workspace(
                        model, train, prec))])

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 from . import counts
 from .architectures import ATTENTION_ROLES, Linear
-from .components import (FP32, Precision, layer_saved_sequence, lora_input_bytes, lora_saved_per_linear)
+from .components import (FP32, Precision, attention_core_saved, layer_saved_sequence, lora_input_bytes,
+                         lora_saved_per_linear, uses_eager)
 from .specs import ModelSpec, TrainSpec
 
 
@@ -224,6 +225,49 @@ def layer_transient(model: ModelSpec, train: TrainSpec, prec: Precision, recompu
             if m.total > best.total:
                 best = m
     return best
+
+
+def eager_scores(model: ModelSpec, train: TrainSpec) -> int:
+    """batch * heads * seq * seq: the number of attention scores of one eager layer."""
+    return train.batch_size * model.num_heads * train.seq_len * train.seq_len
+
+
+def eager_forward_moment(model: ModelSpec, train: TrainSpec, prec: Precision) -> LayerMoment:
+    """Eager attention's softmax in a layer's forward (transformers' eager_attention_forward,
+    ``softmax(scores + mask, dtype=float32)``): the masked scores (c bytes each), softmax's
+    fp32 upcast of them and its fp32 output, (c + 8) bytes per score, beside q and the
+    repeated k and v the matmuls use (the non-score part of :func:`attention_core_saved`),
+    what the layer has kept before attention and its locals. Tracer, tiny Llama asked for
+    eager with checkpointing, batch 1, seq 1024: the bf16 sum, the fp32 copy and the fp32
+    softmax, 10 bytes per score, at the forward peak. Zero moment for SDPA / flash and for
+    attention with sinks (gpt-oss's own path, :func:`attention_core_saved`)."""
+    if not uses_eager(model, train) or model.traits.attention_sinks:
+        return LayerMoment()
+    scores = eager_scores(model, train)
+    keeps = not train.gradient_checkpointing
+    seq = layer_saved_sequence(model, train, prec)
+    q = model.layer.by_role("q", "qkv")[0]
+    return LayerMoment(live=attention_core_saved(model, train, prec) - scores * (prec.compute + FP32),
+                       before=saved_before(seq, "attention") if keeps else 0,
+                       locals=layer_locals(model, train, prec, q),
+                       working=scores * (prec.compute + 2 * FP32))
+
+
+def eager_backward_moment(model: ModelSpec, train: TrainSpec, prec: Precision) -> tuple[int, int]:
+    """Eager attention's softmax backward: (what the layer still keeps, workspace). The layer
+    keeps what came before attention and attention's own saved set but the c-byte
+    probabilities (freed once the probabilities-times-v matmul's backward is done); the
+    workspace is the fp32 gradient of the probabilities (the backward of their cast to c
+    bytes) and softmax's fp32 input gradient, 8 bytes per score (tracer, tiny Llama asked for
+    eager with checkpointing, batch 1, seq 1024: the recomputed fp32 softmax and these two
+    fp32 gradients, 12 bytes per score, at the backward peak). (0, 0) where
+    :func:`eager_forward_moment` is zero."""
+    if not uses_eager(model, train) or model.traits.attention_sinks:
+        return 0, 0
+    scores = eager_scores(model, train)
+    seq = layer_saved_sequence(model, train, prec)
+    kept = saved_before(seq, "attention") + attention_core_saved(model, train, prec) - scores * prec.compute
+    return kept, 2 * scores * FP32
 
 
 # ---------------------------------------------------------------- runtime
