@@ -174,6 +174,19 @@ def _trainable_tensor_sizes(model: ModelSpec, train: TrainSpec) -> list[tuple[in
     return sizes
 
 
+def embedding_grad_pending(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
+    """The trained input embedding's gradient, made last in backward (the embedding is the
+    first op of the forward): V*h in its dtype, not yet there while the first decoder layer's
+    backward runs; 0 when nothing trains the embedding, or when full fine-tuning ties it to
+    lm_head, whose backward made the shared gradient long before (tracer, Llama-3.1-8B 4
+    layers, full fine-tuning with eager attention at seq 4096: the first layer's softmax
+    backward, the backward peak, has every gradient but the embedding's)."""
+    if not counts.trains_embedding(train) or (train.method == "full" and model.tie_word_embeddings):
+        return 0
+    per_param = prec.weight if train.method == "full" else (FP32 if train.is_quantized else prec.weight)
+    return counts.embedding_params(model) * per_param
+
+
 def optimizer_states(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
     """Optimizer state held on the GPU for the whole step.
 
