@@ -57,9 +57,10 @@ def _train(row: dict) -> TrainSpec:
                      double_quant=_flag(row.get("double_quant", "true")))
 
 
-def planned_seconds(row: dict) -> tuple[str, float] | None:
-    """(family, planned step seconds with the default factors) of a CUDA row, or None where
-    the row cannot be planned (unknown model or GPU, fp32, bad settings)."""
+def planned_step(row: dict):
+    """(catalog GPU, planned StepTime with the default factors) of a probe row, planned on the
+    GPU the row names (plan_gpu), or None where the row cannot be planned (unknown model or
+    GPU, fp32, bad settings)."""
     try:
         gpu = get_gpu(row["plan_gpu"])
         model = get_model(row["model"])
@@ -68,7 +69,24 @@ def planned_seconds(row: dict) -> tuple[str, float] | None:
         st = step_time(model, gpu, train, dtype)
     except (CatalogError, KeyError, TypeError, ValueError):
         return None
-    return (gpu.family, st.step_seconds) if st else None
+    return (gpu, st) if st else None
+
+
+def measured_speed(row: dict) -> tuple[float, float] | None:
+    """(planned tokens per second, measured MFU) of a successful CUDA row with a step time:
+    the planner's model FLOPs of the step over (measured step seconds * the GPU's dense
+    16-bit peak). None for any other row (a CPU step is not comparable to a GPU's)."""
+    if row.get("device") != "cuda" or row.get("status") != "ok":
+        return None
+    try:
+        measured = float(row["step_time_s"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    planned = planned_step(row) if measured > 0 else None
+    if planned is None:
+        return None
+    gpu, st = planned
+    return st.tokens_per_second, st.model_flops / (measured * gpu.tflops_dense_16bit * 1e12)
 
 
 def from_rows(rows: list[dict]) -> dict[str, SpeedCalibration]:
@@ -81,9 +99,10 @@ def from_rows(rows: list[dict]) -> dict[str, SpeedCalibration]:
             measured = float(row["step_time_s"])
         except (KeyError, TypeError, ValueError):
             continue
-        planned = planned_seconds(row) if measured > 0 else None
+        planned = planned_step(row) if measured > 0 else None
         if planned:
-            ratios.setdefault(planned[0], []).append(planned[1] / measured)
+            gpu, st = planned
+            ratios.setdefault(gpu.family, []).append(st.step_seconds / measured)
     return {f: SpeedCalibration(f, statistics.median(rs), len(rs)) for f, rs in ratios.items()}
 
 
