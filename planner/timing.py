@@ -323,3 +323,12 @@ def total_hours(step: StepTime, train: TrainSpec, dataset_tokens: int, epochs: i
         raise ValueError(f"epochs must be at least 1, got {epochs}")
     steps = math.ceil(dataset_tokens * epochs / train.tokens)
     return steps * step.step_seconds / 3600
+
+
+def iteration_seconds(step: StepTime, accumulation: int = 1) -> float:
+    """Seconds of one optimizer iteration over ``accumulation`` micro-batches: every
+    micro-batch's forward and backward, one optimizer step (gradient accumulation)."""
+    if accumulation < 1:
+        raise ValueError(f"gradient accumulation must be at least 1, got {accumulation}")
+    optimizer = step.terms.get("optimizer/step", {}).get("seconds", 0.0)
+    return accumulation * (step.step_seconds - optimizer) + optimizer
