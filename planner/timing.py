@@ -37,8 +37,11 @@ Terms (keys):
   again (Chen et al. 2016; lm_head and the loss are not checkpointed).
 - ``dora/weight_norm``: every forward, per adapted Linear, peft's DoRA builds the dense
   W + s*B@A (through an identity matrix: 2*r*in*(in + out) FLOPs) and its row norms:
-  in*in*(4 + c) + in*out*(c + 16) bytes (Liu et al. 2024; peft's DoraLinearLayer), plus its
-  magnitude scaling of the outputs, 4*T*out*c bytes forward and backward.
+  in*in*(4 + c) + in*out*(c + 28) bytes (the weight cast to fp32, B@A, the scaled sum, the
+  norm; QDoRA dequantizes the weight once more) (Liu et al. 2024; peft's DoraLinearLayer),
+  plus its magnitude scaling of the outputs, 4*T*out*c bytes forward and backward.
+- ``dora/dropout_matmul``: with lora_dropout > 0, peft's DoRA runs the base matmul again on
+  the dropped input, 2*T*n forward and 2*T*n for its input gradient.
 - ``qlora/dequant``: bitsandbytes dequantizes each 4-bit weight to 16 bits before its
   matmul, in forward and again in backward: n*(0.5 + 1/64 + c) bytes per pass (read the
   packed codes and absmax, write 16-bit) (Dettmers et al. 2023, QLoRA; bitsandbytes
@@ -62,7 +65,7 @@ from .specs import GpuSpec, ModelSpec, TrainSpec
 
 TERMS = ("forward/matmul", "backward/input_grad", "backward/weight_grad", "adapters/matmul",
          "adapters/elementwise", "attention/core", "elementwise/layers", "loss/cross_entropy",
-         "recompute/forward", "dora/weight_norm", "qlora/dequant", "optimizer/step")
+         "recompute/forward", "dora/weight_norm", "dora/dropout_matmul", "qlora/dequant", "optimizer/step")
 DEQUANT_BYTES_PER_WEIGHT = 0.5 + 1 / 64  # a 4-bit code and one absmax byte per 64-weight block
 # eager PyTorch ops per decoder layer forward (HF Llama layout: two unfused RMSNorms of 7
 # ops, 7 projections, rotary 10, attention 2, activation 2, residual adds 2, views and casts
@@ -196,17 +199,26 @@ def elementwise_work(model: ModelSpec, train: TrainSpec, prec: Precision) -> lis
 
 
 def dora_work(model: ModelSpec, train: TrainSpec, prec: Precision) -> list[Work]:
-    """dora/weight_norm (module docstring): per forward, so twice under checkpointing."""
+    """dora/weight_norm and dora/dropout_matmul (module docstring): per forward, so twice
+    under checkpointing. peft's DoraLinearLayer.forward casts the weight to the fp32 input's
+    dtype, builds B@A through an identity, adds and takes row norms; QDoRA dequantizes the
+    weight again for it. With lora_dropout > 0 the dropped input is not the base layer's, so
+    peft runs the base matmul again on it (F.linear(x, W)), and its input gradient."""
     if not train.is_dora:
         return []
     t, c, r, L = train.tokens, prec.compute, train.rank, model.num_layers
     out: list[Work] = []
     for lin in counts.targeted_linears(model, train.target_modules):
         i, o = lin.in_features, lin.out_features
+        dense = i * o * (c + 24) + (i * o * (DEQUANT_BYTES_PER_WEIGHT + c) if train.is_quantized else 0)
         out.append(Work("dora/weight_norm", L * 2 * r * i * (i + o), L * (i * i * (FP32 + c) + i * o * FP32),
                         R.SMALL_MATMUL, True, r))
-        out.append(Work("dora/weight_norm", 0, L * (i * o * (c + 12) + 4 * t * o * c), R.MEMORY, layer=True))
+        out.append(Work("dora/weight_norm", 0, L * (dense + 4 * t * o * c), R.MEMORY, layer=True))
         out.append(Work("dora/weight_norm", 0, L * 4 * t * o * c, R.MEMORY))
+        if train.lora_dropout:
+            flops, nbytes = L * 2 * t * i * o, L * (i * o * c + t * (i + o) * c)
+            out.append(Work("dora/dropout_matmul", flops, nbytes, R.MATMUL, layer=True))
+            out.append(Work("dora/dropout_matmul", flops, nbytes, R.MATMUL))
     return out
 
 
@@ -259,7 +271,7 @@ class StepTime:
     ``gpu_seconds``: their sum; ``dispatch_seconds``: the host's launch time of the step's
     eager ops; ``step_seconds``: the larger of the two (the GPU hides dispatch behind
     longer kernels, and waits for it otherwise); ``model_flops``: the step's FLOPs without
-    recomputation and DoRA's weight norm (what MFU counts); ``mfu``: model_flops /
+    recomputation and DoRA's extra work (what MFU counts); ``mfu``: model_flops /
     (step_seconds * dense 16-bit peak).
     """
 
@@ -306,7 +318,8 @@ def step_time(model: ModelSpec, gpu: GpuSpec, train: TrainSpec, dtype: str,
     gpu_s = sum(e["seconds"] for e in terms.values())
     dispatch_s = dispatched_ops(model, train) * eff.dispatch_seconds
     step = max(gpu_s, dispatch_s)
-    model_flops = sum(w.flops for w in pieces if w.term not in ("recompute/forward", "dora/weight_norm"))
+    model_flops = sum(w.flops for w in pieces
+                      if w.term not in ("recompute/forward", "dora/weight_norm", "dora/dropout_matmul"))
     bound = "dispatch" if dispatch_s > gpu_s else ("compute" if compute_s >= memory_s else "memory")
     ordered = {k: terms[k] for k in TERMS if k in terms}
     return StepTime(step_seconds=step, tokens_per_second=train.tokens / step,

@@ -76,6 +76,9 @@ def test_dora_and_qlora_terms_only_where_they_belong(tiny):
     per_layer = sum(2 * 2 * i * (i + o) for i, o in
                     ((8, 8), (8, 4), (8, 4), (8, 8), (8, 16), (8, 16), (16, 8)))
     assert flops(dora, "dora/weight_norm") == 2 * per_layer
+    assert "dora/dropout_matmul" not in dora.terms  # dropout 0: peft reuses the base result
+    dropped = timing.step_time(tiny, T4, TrainSpec(method="dora", rank=2, seq_len=4, lora_dropout=0.1), "fp16")
+    assert flops(dropped, "dora/dropout_matmul") == 2 * (2 * 4 * TINY_N)  # the base matmul again, and its dX
     # QLoRA: each weight dequantized in forward and backward, n*(0.5 + 1/64 + 2) bytes, plus the
     # fp32 <-> fp16 casts of the hidden stream, T*(in + out)*(4 + 2)
     per_pass = TINY_N * (0.5 + 1 / 64 + 2) + 4 * TINY_IN_OUT * 6
