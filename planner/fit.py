@@ -63,7 +63,7 @@ def _speed(by: dict[str, Plan], method: str, reference: str) -> str:
     a, b = by.get(method), by.get(reference)
     if a is None or b is None or not a.tokens_per_second or not b.tokens_per_second:
         return ""
-    name = {"lora": "LoRA", "qlora": "QLoRA", "rslora": "rsLoRA"}.get(reference, reference)
+    name = {"lora": "LoRA", "qlora": "QLoRA", "rslora": "rsLoRA", "full": "full fine-tuning"}.get(reference, reference)
     return f"about {a.tokens_per_second / b.tokens_per_second:.2f}x {name}'s speed"
 
 
@@ -83,9 +83,13 @@ def recommend(model: ModelSpec, gpu: GpuSpec, train: TrainSpec, plans: list[Plan
     choice = None
     if "full" in by and by["full"].fits and by["full"].headroom_bytes >= COMFORT_FRACTION * gpu.memory_bytes:
         choice = "full"
+        speed = _speed(by, "lora", "full")
+        ratio = by["lora"].tokens_per_second / by["full"].tokens_per_second if speed else None
+        lora_says = ("otherwise LoRA keeps checkpoints small" + (f" and trains at {speed}" if speed else "")
+                     if ratio is None or ratio < 1 else
+                     f"otherwise LoRA trains faster ({speed}) and keeps checkpoints small")
         parts.append(f"Full fine-tuning fits comfortably ({_gib(by['full'].device_used_bytes)} of {mem}): "
-                     "use it when the task needs every weight to move; otherwise LoRA trains faster "
-                     "and keeps checkpoints small.")
+                     f"use it when the task needs every weight to move; {lora_says}.")
     lora = next((m for m in ("lora", "rslora") if m in fit), None)
     if lora:
         choice = choice or lora
