@@ -194,3 +194,13 @@ def test_measured_speed_only_for_cuda_rows():
     assert mfu == pytest.approx(st.model_flops / (0.5 * 989e12))
     assert S.measured_speed(row(0.5, device="cpu")) is None
     assert S.measured_speed(row(0.5, gpu="no-such-gpu")) is None
+
+
+def test_dispatch_by_hand(tiny):
+    """Eager ops: per layer 40, + 8 per adapted Linear; forward, backward (2x), recompute;
+    lm_head and loss 3 x 10; the optimizer 10. At 10 us each, a tiny model is dispatch-bound."""
+    train = TrainSpec(method="lora", rank=2, seq_len=4)
+    assert timing.dispatched_ops(tiny, train) == 2 * (40 + 7 * 8) * 3 + 30 + 10
+    assert timing.dispatched_ops(tiny, train.with_(gradient_checkpointing=True)) == 2 * (40 + 7 * 8) * 4 + 40
+    st = timing.step_time(tiny, H100, train, "bf16")
+    assert st.bound == "dispatch" and st.step_seconds == pytest.approx((2 * 96 * 3 + 40) * 10e-6)
