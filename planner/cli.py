@@ -8,6 +8,7 @@ from .catalog import CatalogError, get_gpus, get_model, gpu_names, model_names, 
 from .exits import fail
 from .fit import max_batch_size, max_seq_len, recommend
 from .plan import plan
+from .timing import total_hours
 from .counts import UnsupportedMethod
 from .options import adapter_options, parse_names, parse_targets, training_options
 from .specs import DTYPES, METHODS, OPTIMIZERS, TrainSpec
@@ -42,9 +43,13 @@ def output_options(f):
               help="Also search the largest batch size that fits, per method and GPU.")
 @click.option("--max-seq-len", "search_seq", is_flag=True,
               help="Also search the largest sequence length that fits, per method and GPU.")
+@click.option("--dataset-tokens", type=int, default=None,
+              help="Tokens in the training set: also plan the hours for the whole run (with --epochs).")
+@click.option("--epochs", type=int, default=1, show_default=True, help="Passes over --dataset-tokens.")
 @click.option("--calibrated/--no-calibrated", default=True, show_default=True,
-              help="Use CUDA context and allocator terms calibrated from real GPU rows in data/probes "
-                   "where the GPU family has any (the output says so); else the documented estimates.")
+              help="Use CUDA context and allocator terms, and the time model's efficiency factors, calibrated "
+                   "from real GPU rows in data/probes where the GPU family has any (the output says so); else "
+                   "the documented estimates.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Also draw the breakdowns as stacked bars per method, the GPU's memory as a line, "
                    "into this file (.png, .svg or .pdf). Needs matplotlib (pip install 'ftmem[plot]').")
@@ -53,9 +58,10 @@ def output_options(f):
 @output_options
 def main(models, gpus, methods, rank, alpha, target_modules, target_parameters, lora_dropout, modules_to_save, batch_size, seq_len,
          gradient_checkpointing, dtype, precision, optim, quant_type, double_quant, attn_implementation,
-         search_batch, search_seq, calibrated, plot_path, list_models, list_gpus, fmt):
+         search_batch, search_seq, dataset_tokens, epochs, calibrated, plot_path, list_models, list_gpus, fmt):
     """Predict the GPU memory of fine-tuning a model with full, LoRA, rsLoRA, QLoRA, DoRA and
-    QDoRA, as a named breakdown, and say what fits and what to use.
+    QDoRA, as a named breakdown, the step time and tokens per second, and say what fits and
+    what to use.
 
     \b
     Examples:
@@ -64,6 +70,7 @@ def main(models, gpus, methods, rank, alpha, target_modules, target_parameters, 
       plan --model qwen2.5-7b --gpu l4 --seq-len 2048 --gradient-checkpointing --max-batch-size
       plan --model ./config.json --gpu all --method qlora --json
       plan --model 7b --gpu t4 --gpu rtx4090 --plot breakdown.png
+      plan --model 7b --gpu a100-80gb --dataset-tokens 50000000 --epochs 3
 
     Sizes are GiB (2^30 bytes), as nvidia-smi reports them.
     """
@@ -79,6 +86,10 @@ def main(models, gpus, methods, rank, alpha, target_modules, target_parameters, 
         return
     chosen = METHODS if not methods or "all" in methods else tuple(dict.fromkeys(methods))
     cals = None if calibrated else {}
+    if dataset_tokens is not None and dataset_tokens < 1:
+        fail(f"--dataset-tokens must be at least 1, got {dataset_tokens}", prog="plan")
+    if epochs < 1:
+        fail(f"--epochs must be at least 1, got {epochs}", prog="plan")
     try:
         base = TrainSpec(method=chosen[0], rank=rank, alpha=alpha, target_modules=parse_targets(target_modules),
                          target_parameters=parse_names(target_parameters),
@@ -98,16 +109,19 @@ def main(models, gpus, methods, rank, alpha, target_modules, target_parameters, 
                 for method in chosen:
                     train = base.with_(method=method)
                     try:
-                        planned = plan(model, gpu, train, cals)
+                        planned = plan(model, gpu, train, cals, cals)
                     except UnsupportedMethod as exc:
                         if methods and "all" not in methods:
                             raise  # asked for by name: an error
                         skipped.setdefault(str(exc), None)
                         continue
+                    hours = (total_hours(planned.time, train, dataset_tokens, epochs)
+                             if dataset_tokens and planned.time else None)
                     group.append(render.Report(
                         planned,
                         max_batch_size(model, gpu, train, calibrations=cals) if search_batch else None,
                         max_seq_len(model, gpu, train, calibrations=cals) if search_seq else None,
+                        hours, (dataset_tokens, epochs) if dataset_tokens else None,
                     ))
                 reports += group
                 if fmt == "table":

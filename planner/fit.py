@@ -57,13 +57,24 @@ def _gib(n: int) -> str:
     return f"{n / GIB:.1f} GiB"
 
 
+def _speed(by: dict[str, Plan], method: str, reference: str) -> str:
+    """"about 0.7x LoRA's speed": planned tokens per second of ``method`` over ``reference``'s,
+    or "" where either has no planned time."""
+    a, b = by.get(method), by.get(reference)
+    if a is None or b is None or not a.tokens_per_second or not b.tokens_per_second:
+        return ""
+    name = {"lora": "LoRA", "qlora": "QLoRA", "rslora": "rsLoRA", "full": "full fine-tuning"}.get(reference, reference)
+    return f"about {a.tokens_per_second / b.tokens_per_second:.2f}x {name}'s speed"
+
+
 def recommend(model: ModelSpec, gpu: GpuSpec, train: TrainSpec, plans: list[Plan]) -> Recommendation:
     """Which method to use on this GPU, following the methods' decision logic.
 
     QLoRA when memory-bound (Dettmers et al. 2023), LoRA when it fits (Hu et al. 2021),
     DoRA when it fits and quality matters (Liu et al. 2024: better accuracy at the same
     rank, at the cost of a slower step and more memory), full fine-tuning only when it fits
-    with at least 20% of the GPU to spare.
+    with at least 20% of the GPU to spare. Where the plans have a time, the text gives each
+    alternative's planned speed against the method it replaces (planner.timing).
     """
     by = {p.method: p for p in plans}
     mem = _gib(gpu.memory_bytes)
@@ -72,17 +83,22 @@ def recommend(model: ModelSpec, gpu: GpuSpec, train: TrainSpec, plans: list[Plan
     choice = None
     if "full" in by and by["full"].fits and by["full"].headroom_bytes >= COMFORT_FRACTION * gpu.memory_bytes:
         choice = "full"
+        speed = _speed(by, "lora", "full")
+        ratio = by["lora"].tokens_per_second / by["full"].tokens_per_second if speed else None
+        lora_says = ("otherwise LoRA keeps checkpoints small" + (f" and trains at {speed}" if speed else "")
+                     if ratio is None or ratio < 1 else
+                     f"otherwise LoRA trains faster ({speed}) and keeps checkpoints small")
         parts.append(f"Full fine-tuning fits comfortably ({_gib(by['full'].device_used_bytes)} of {mem}): "
-                     "use it when the task needs every weight to move; otherwise LoRA trains faster "
-                     "and keeps checkpoints small.")
+                     f"use it when the task needs every weight to move; {lora_says}.")
     lora = next((m for m in ("lora", "rslora") if m in fit), None)
     if lora:
         choice = choice or lora
         parts.append(f"{'LoRA' if lora == 'lora' else 'rsLoRA'} fits ({_gib(by[lora].device_used_bytes)} of {mem}, "
                      f"r={train.rank}, {','.join(train.target_modules)}).")
         if "dora" in fit:
+            speed = _speed(by, "dora", lora)
             parts.append(f"DoRA fits too ({_gib(by['dora'].device_used_bytes)}): prefer it when quality "
-                         "matters, at the cost of a slower step.")
+                         f"matters, at {speed or 'the cost of a slower step'}.")
         elif "dora" in by:
             parts.append(f"DoRA does not fit ({_gib(by['dora'].device_used_bytes)} needed): "
                          "its dense weight-norm computation costs memory LoRA does not need.")
@@ -92,9 +108,13 @@ def recommend(model: ModelSpec, gpu: GpuSpec, train: TrainSpec, plans: list[Plan
                      f"{', double quant' if train.double_quant else ''}), "
                      f"{_gib(by['qlora'].device_used_bytes)} of {mem}.")
         if "lora" in by:
-            parts.append(f"16-bit LoRA needs {_gib(by['lora'].device_used_bytes)}.")
+            speed = _speed(by, "qlora", "lora")
+            parts.append((f"It runs at {speed}; " if speed else "")
+                         + f"16-bit LoRA needs {_gib(by['lora'].device_used_bytes)}.")
         if "qdora" in fit:
-            parts.append(f"QDoRA fits too ({_gib(by['qdora'].device_used_bytes)}): prefer it when quality matters.")
+            speed = _speed(by, "qdora", "qlora")
+            parts.append(f"QDoRA fits too ({_gib(by['qdora'].device_used_bytes)}): prefer it when quality matters"
+                         + (f", at {speed}." if speed else "."))
     elif fit:
         choice = sorted(fit, key=lambda m: by[m].device_used_bytes)[0]
         parts.append(f"Of the methods planned, {choice} fits ({_gib(by[choice].device_used_bytes)} of {mem}).")

@@ -6,6 +6,9 @@ from dataclasses import dataclass, field
 from . import calibration
 from . import components as C
 from . import counts
+from . import roofline
+from . import speed_calibration
+from . import timing
 from .catalog import get_gpu, get_model
 from .methods import step_memory
 from .precision import resolve_dtype
@@ -32,6 +35,19 @@ class Plan:
     total_params: int
     peak_phase: str
     notes: tuple[str, ...] = ()
+    time: timing.StepTime | None = field(default=None, hash=False, compare=False)  # None: fp32
+
+    @property
+    def step_seconds(self) -> float | None:
+        return self.time.step_seconds if self.time else None
+
+    @property
+    def tokens_per_second(self) -> float | None:
+        return self.time.tokens_per_second if self.time else None
+
+    @property
+    def mfu(self) -> float | None:
+        return self.time.mfu if self.time else None
 
     def to_dict(self) -> dict:
         """The JSON contract: one object per plan."""
@@ -45,6 +61,11 @@ class Plan:
             "headroom_bytes": self.headroom_bytes, "trainable_params": self.trainable_params,
             "total_params": self.total_params, "peak_phase": self.peak_phase,
             "phases": dict(self.phases), "notes": list(self.notes),
+            "step_seconds": self.step_seconds, "tokens_per_second": self.tokens_per_second, "mfu": self.mfu,
+            "time": None if self.time is None else {
+                "bound": self.time.bound, "gpu_seconds": self.time.gpu_seconds,
+                "dispatch_seconds": self.time.dispatch_seconds, "model_flops": self.time.model_flops,
+                "terms": {k: dict(v) for k, v in self.time.terms.items()}},
         }
 
 
@@ -86,12 +107,14 @@ def _as_gpu(gpu: str | GpuSpec) -> GpuSpec:
 
 
 def plan(model: str | ModelSpec, gpu: str | GpuSpec, train: TrainSpec | None = None,
-         calibrations: dict | None = None) -> Plan:
+         calibrations: dict | None = None, speed: dict | None = None) -> Plan:
     """Predict the memory of one training step of ``train`` on ``model`` and ``gpu``.
 
     ``model`` and ``gpu`` are specs or catalog names (or a config.json path for the model).
     ``calibrations`` (family -> planner.calibration.Calibration) replaces the runtime
-    estimates; None loads them from the committed CUDA rows, {} turns them off.
+    estimates; None loads them from the committed CUDA rows, {} turns them off. ``speed``
+    (family -> planner.speed_calibration.SpeedCalibration) does the same for the time
+    model's efficiency factors.
     Raises ValueError (CatalogError for names) on impossible settings.
     """
     model, gpu = _as_model(model), _as_gpu(gpu)
@@ -144,6 +167,8 @@ def plan(model: str | ModelSpec, gpu: str | GpuSpec, train: TrainSpec | None = N
         components["optimizer/states_paged"] = step.paged_optimizer_bytes
         notes += ("paged optimizer states live in CUDA unified memory: not counted in the "
                   "allocated or device totals (the driver can page them out to host RAM)",)
+    time, time_note = _step_time(model, gpu, train, dtype, speed)
+    notes += time_note
     components["runtime/allocator"] = allocator
     components["runtime/cuda_context"] = context
     settings = {
@@ -161,5 +186,18 @@ def plan(model: str | ModelSpec, gpu: str | GpuSpec, train: TrainSpec | None = N
         gpu_memory_bytes=gpu.memory_bytes, fits=device_used <= gpu.memory_bytes,
         headroom_bytes=gpu.memory_bytes - device_used,
         trainable_params=counts.trainable_params(model, train),
-        total_params=counts.total_params(model), peak_phase=phase, notes=notes,
+        total_params=counts.total_params(model), peak_phase=phase, notes=notes, time=time,
     )
+
+
+def _step_time(model: ModelSpec, gpu: GpuSpec, train: TrainSpec, dtype: str,
+               speed: dict | None) -> tuple[timing.StepTime | None, tuple[str, ...]]:
+    """The planned step time (planner.timing) with the efficiency factors calibrated for the
+    GPU's family where CUDA rows exist, and the note that says which factors were used."""
+    if dtype == "fp32":
+        return None, ("no time planned in fp32: the catalog holds 16-bit peaks only",)
+    cals = speed_calibration.load() if speed is None else speed
+    cal = cals.get(gpu.family)
+    eff = roofline.DEFAULT.scaled(cal.factor) if cal else roofline.DEFAULT
+    note = (cal.describe(),) if cal else ((speed_calibration.none_note(gpu.family),) if speed is None else ())
+    return timing.step_time(model, gpu, train, dtype, eff), note

@@ -32,6 +32,13 @@ class Panel:
     segments: tuple[tuple[int, ...], ...]  # segments[i][j]: bytes of keys[i] in methods[j]
     device_used: tuple[int, ...]
     gpu_memory_bytes: int
+    tokens_per_second: tuple[float | None, ...] = ()  # planned, per method (None: no time planned)
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """Each bar's label: the method and, where planned, its tokens per second."""
+        speeds = self.tokens_per_second or (None,) * len(self.methods)
+        return tuple(m if t is None else f"{m}\n{t:,.0f} tok/s" for m, t in zip(self.methods, speeds))
 
     @property
     def title(self) -> str:
@@ -64,7 +71,7 @@ def panels(plans: list[Plan]) -> list[Panel]:
                 raise PlotError(f"{model} {group[j].method}: components sum to {stacked} bytes, "
                                 f"device used is {total}")
         out.append(Panel(model, gpu, tuple(p.method for p in group), keys, segments, used,
-                         group[0].gpu_memory_bytes))
+                         group[0].gpu_memory_bytes, tuple(p.tokens_per_second for p in group)))
     return out
 
 
@@ -103,7 +110,7 @@ def figure(plans: list[Plan]):
                 ha="right", va="bottom", fontsize=8)
         for j, used in enumerate(panel.device_used):
             ax.annotate(f"{used / GIB:.1f}", (j, used / GIB), ha="center", va="bottom", fontsize=8)
-        ax.set_xticks(list(x), panel.methods, rotation=30)
+        ax.set_xticks(list(x), panel.labels, rotation=30, fontsize=8)
         ax.set_title(panel.title, fontsize=10)
         ax.set_ylabel("GiB (device used, as nvidia-smi)")
     handles, labels = {}, []

@@ -15,7 +15,7 @@ CSV_FIELDS = ("model", "gpu", "method", "batch_size", "seq_len", "rank", "alpha"
               "dtype", "precision", "optim", "gradient_checkpointing", "quant_type", "double_quant",
               "lora_dropout", "attn_implementation", "modules_to_save", "peak_allocated_bytes", "peak_reserved_bytes", "device_used_bytes", "gpu_memory_bytes",
               "fits", "headroom_bytes", "trainable_params", "total_params", "peak_phase",
-              "max_batch_size", "max_seq_len")
+              "max_batch_size", "max_seq_len", "step_seconds", "tokens_per_second", "mfu", "total_hours")
 
 
 @dataclass(frozen=True)
@@ -25,9 +25,15 @@ class Report:
     plan: Plan
     max_batch_size: int | None = None
     max_seq_len: int | None = None
+    total_hours: float | None = None  # with --dataset-tokens: hours for the whole run
+    dataset: tuple[int, int] | None = None  # (dataset tokens, epochs) the hours are for
 
     def to_dict(self) -> dict:
         out = self.plan.to_dict()
+        if self.total_hours is not None:
+            out["total_hours"] = self.total_hours
+        if self.dataset is not None:
+            out["dataset_tokens"], out["epochs"] = self.dataset
         if self.max_batch_size is not None:
             out["max_batch_size"] = self.max_batch_size
         if self.max_seq_len is not None:
@@ -56,6 +62,10 @@ def header(model: ModelSpec, gpu: GpuSpec, train: TrainSpec, plan: Plan) -> str:
 
 def _row(label: str, cells: list[str], width: int) -> str:
     return f"{label:<30}" + "".join(f"{c:>{width}}" for c in cells)
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else spec.format(value)
 
 
 def table(model: ModelSpec, gpu: GpuSpec, train: TrainSpec, reports: list[Report],
@@ -89,6 +99,15 @@ def table(model: ModelSpec, gpu: GpuSpec, train: TrainSpec, reports: list[Report
     if any(r.max_seq_len is not None for r in reports):
         lines.append(_row(f"max seq len (batch {train.batch_size})",
                           [str(r.max_seq_len) for r in reports], width))
+    if any(p.time is not None for p in plans):
+        lines.append(_row("step time (s)", [_fmt(p.step_seconds, "{:.3f}") for p in plans], width))
+        lines.append(_row("tokens / s", [_fmt(p.tokens_per_second, "{:,.0f}") for p in plans], width))
+        lines.append(_row("MFU", [_fmt(p.mfu, "{:.0%}") for p in plans], width))
+        lines.append(_row("time bound by", [p.time.bound if p.time else "-" for p in plans], width))
+    run = next((r.dataset for r in reports if r.dataset is not None), None)
+    if run is not None:
+        lines.append(_row(f"hours for {run[0]:,} tok x {run[1]}", [_fmt(r.total_hours, "{:,.1f}") for r in reports],
+                          width))
     if recommendation is not None:
         lines += ["", f"recommendation: {recommendation.text}"]
     return "\n".join(lines)

@@ -12,6 +12,7 @@ from planner import CatalogError, ModelSpec, get_model
 from planner.catalog import UnknownArchitecture
 from planner.exits import ERROR, fail
 from planner.options import adapter_options, parse_names, parse_targets, training_options
+from planner.speed_calibration import measured_speed
 from planner.specs import DTYPES, METHODS, OPTIMIZERS, TrainSpec
 from planner.units import GIB
 
@@ -41,9 +42,10 @@ def _gib(value) -> str:
 def table(rows: list[dict]) -> str:
     """The rows as a fixed-width text table (GiB = 2^30 bytes)."""
     head = ("model", "method", "bs", "seq", "gc", "device", "status", "alloc GiB", "reserved",
-            "used", "fwd", "bwd", "optim", "step s", "tok/s", "planned", "ratio")
+            "used", "fwd", "bwd", "optim", "step s", "tok/s", "planned", "ratio", "plan tok/s", "MFU")
     lines = []
     for r in rows:
+        speed = measured_speed(r)
         lines.append((
             r["model"], r["method"], str(r["batch_size"]), str(r["seq_len"]),
             "yes" if r["gradient_checkpointing"] else "no", r["device"], r["status"],
@@ -54,6 +56,8 @@ def table(rows: list[dict]) -> str:
             "-" if r["tokens_per_second"] is None else f"{r['tokens_per_second']:.0f}",
             _gib(r["planned_peak_allocated_bytes"]),
             "-" if r["ratio"] is None else f"{r['ratio']:.3f}",
+            f"{speed[0]:.0f}" if speed else ("n/c" if r["device"] == "cpu" else "-"),
+            f"{speed[1]:.0%}" if speed else ("n/c" if r["device"] == "cpu" else "-"),
         ))
     widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(head)]
     fmt = lambda cells: "  ".join(c.ljust(w) if i < 7 else c.rjust(w)  # noqa: E731
@@ -104,6 +108,9 @@ def notes(rows: list[dict], extra: tuple[str, ...] = ()) -> str:
                f"precision {settings['precision']} (default autocast = HF Trainer bf16/fp16=True)."
                if settings["plan_gpu"] else "planned: none (see the notes below).")
     text = [f"GiB = 2^30 bytes. alloc = peak torch allocations (tracker peak on cpu/fake); {planned}"]
+    if any(r["device"] == "cpu" and r["step_time_s"] is not None for r in rows):
+        text.append("step s and tok/s of cpu rows time a CPU step: not comparable to a GPU plan "
+                    "(n/c: no planned speed, no MFU).")
     for r in rows:
         if r["status"] != "ok":
             text.append(f"{r['model']} {r['method']} bs{r['batch_size']} seq{r['seq_len']}: "

@@ -84,7 +84,8 @@ def run(groups: tuple[str, ...], progress) -> list:
 @click.option("--gate", "gate_names", multiple=True, metavar="GATE",
               help="With --gates: run only this gate (repeatable): memory, regression, accuracy.")
 @click.option("--report", type=click.Path(dir_okay=False, writable=True), default=None,
-              help="With --gates: also write a markdown report (ratio tables per method) to this file.")
+              help="With --gates: also write a markdown report (ratio tables per method, and planned against "
+                   "published tokens per second) to this file.")
 def validate(groups: tuple[str, ...], fmt: str, quiet: bool, run_gates: bool, gate_names: tuple[str, ...],
              report: str | None) -> None:
     """Check the maths: LoRA, DoRA and NF4/FP4 invariants and planner parameter counts.
@@ -157,8 +158,10 @@ def _run_gates(names: tuple[str, ...], groups: tuple[str, ...], fmt: str, report
         lines += [f"FAILED {r.name}: {f}" for r in results for f in r.failures]
         click.echo("\n".join(lines))
     if report:
+        from . import throughput
+
         with open(report, "w") as f:
-            f.write(G.markdown_report(results))
+            f.write(G.markdown_report(results) + throughput.markdown())
         progress(f"report written to {report}")
     return OK if all(r.passed for r in results) else GATE_FAILED
 

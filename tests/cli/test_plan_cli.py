@@ -147,3 +147,53 @@ def test_modules_to_save_reach_the_plan_and_bad_names_exit_2():
     bad = CliRunner().invoke(main, args + ["--modules-to-save", "norm"])
     assert bad.exit_code == 2
     assert bad.stderr.strip() == "plan: error: modules to save must be among embed_tokens, lm_head, got norm"
+
+
+def test_time_rows_and_hours_exactly():
+    """The time rows of a table: planner.timing's figures, formatted; hours for the dataset."""
+    result = run("--model", "7b", "--gpu", "t4", "--method", "lora", "--method", "qlora",
+                 "--dataset-tokens", "10000000", "--epochs", "2")
+    assert result.exit_code == 0
+    lines = result.stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("step time (s)"))
+    assert lines[start:start + 5] == [
+        "step time (s)                           0.577          0.845",
+        "tokens / s                                887            606",
+        "MFU                                       37%            25%",
+        "time bound by                         compute         memory",
+        "hours for 10,000,000 tok x 2              6.3            9.2",
+    ]
+    assert lines[-1] == ("recommendation: Memory-bound: use QLoRA (NF4, double quant), 10.1 GiB of 15.0 GiB. "
+                         "It runs at about 0.68x LoRA's speed; 16-bit LoRA needs 17.7 GiB.")
+    assert ("note: time planned with the default efficiency factors: data/probes has no CUDA rows of the turing "
+            "family with a step time") in lines
+    # hours by hand: ceil(2e7 / 512) steps of the planned step
+    payload = json.loads(run("--model", "7b", "--gpu", "t4", "--method", "qlora", "--json",
+                             "--dataset-tokens", "10000000", "--epochs", "2").stdout)["plans"][0]
+    assert payload["total_hours"] == pytest.approx(39063 * payload["step_seconds"] / 3600)
+    assert (payload["dataset_tokens"], payload["epochs"]) == (10_000_000, 2)
+    assert payload["tokens_per_second"] == pytest.approx(512 / payload["step_seconds"])
+    assert payload["time"]["bound"] == "memory" and "qlora/dequant" in payload["time"]["terms"]
+
+
+def test_time_columns_in_csv_and_no_time_without_hours():
+    rows = list(csv.DictReader(io.StringIO(run("--model", "7b", "--gpu", "t4", "--method", "lora", "--csv").stdout)))
+    assert float(rows[0]["step_seconds"]) == pytest.approx(0.577, abs=5e-4)
+    assert float(rows[0]["mfu"]) == pytest.approx(0.37, abs=5e-3)
+    assert rows[0]["total_hours"] == ""
+    assert "hours for" not in run("--model", "7b", "--gpu", "t4", "--method", "lora").stdout
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--dataset-tokens", "0"], "plan: error: --dataset-tokens must be at least 1, got 0\n"),
+    (["--epochs", "0"], "plan: error: --epochs must be at least 1, got 0\n"),
+])
+def test_bad_time_input_is_one_line_exit_2(args, message):
+    result = run(*args)
+    assert result.exit_code == 2
+    assert result.stderr == message
+
+
+def test_no_calibration_drops_the_time_note():
+    out = run("--model", "7b", "--gpu", "t4", "--method", "lora", "--no-calibrated").stdout
+    assert "efficiency factors" not in out and "step time (s)" in out

@@ -78,7 +78,8 @@ def test_figure_draws_those_segments_and_the_gpu_line(plans):
                 [u / GIB for u in panel.device_used], rel=1e-12)
             (line,) = ax.get_lines()
             assert line.get_ydata()[0] == pytest.approx(panel.gpu_memory_bytes / GIB)
-            assert [t.get_text() for t in ax.get_xticklabels()] == list(panel.methods)
+            assert [t.get_text() for t in ax.get_xticklabels()] == [
+                f"{m}\n{t:,.0f} tok/s" for m, t in zip(panel.methods, panel.tokens_per_second)]
     finally:
         plt.close(fig)
 

@@ -228,3 +228,28 @@ def test_native_bf16_detection():
     assert not has_native_bf16("flags : fpu avx2 avx512f", "AVX512")
     # the warning's estimate: 6 FLOP per parameter and token at 1.4 GFLOP/s
     assert emulated_step_seconds(494_032_768, 64) == pytest.approx(135.5, abs=0.1)
+
+
+def test_speed_columns_cuda_rows_only():
+    """CUDA rows get the planned tokens per second and the measured MFU; a CPU row's time is
+    marked not comparable (n/c), in the table and in a note; a fake trace has no time."""
+    from planner.speed_calibration import measured_speed
+    from probes.cli import notes, table
+
+    base = dict(model="qwen2.5-0.5b", method="lora", rank=16, alpha=32.0, target_modules="all-linear",
+                batch_size=1, seq_len=512, gradient_checkpointing=False, dtype="bf16", precision="autocast",
+                optim="adamw_torch", quant_type="nf4", double_quant=True, status="ok", error="",
+                peak_allocated_bytes=1, peak_reserved_bytes=None, device_used_bytes=None,
+                forward_peak_bytes=None, backward_peak_bytes=None, optimizer_peak_bytes=None,
+                planned_peak_allocated_bytes=1, ratio=1.0, plan_gpu="h100-80gb", tokens_per_second=None)
+    cuda = dict(base, device="cuda", device_name="NVIDIA H100 80GB HBM3", step_time_s=0.25)
+    cpu = dict(base, device="cpu", device_name="cpu", step_time_s=9.0)
+    fake = dict(base, device="fake", device_name="fake", step_time_s=None)
+    planned, mfu = measured_speed(cuda)
+    lines = table([cuda, cpu, fake]).splitlines()
+    assert lines[0].endswith("ratio  plan tok/s  MFU")
+    assert lines[2].split()[-2:] == [f"{planned:.0f}", f"{mfu:.0%}"]
+    assert lines[3].split()[-2:] == ["n/c", "n/c"]
+    assert lines[4].split()[-2:] == ["-", "-"]
+    assert ("step s and tok/s of cpu rows time a CPU step: not comparable to a GPU plan "
+            "(n/c: no planned speed, no MFU).") in notes([cuda, cpu, fake])

@@ -87,6 +87,7 @@ def test_cli_gates_json_and_bad_gate(tmp_path):
     payload = json.loads(result.stdout)
     assert payload["passed"] is True and [g["name"] for g in payload["gates"]] == ["memory"]
     assert "| method | configurations |" in report.read_text()
+    assert "## Planned / published tokens per second (a report, not a gate)" in report.read_text()
     bad = CliRunner().invoke(validate_cmd, ["--gates", "--gate", "speed"])
     assert bad.exit_code == 2
     assert bad.stderr == "validate: unknown gate 'speed'; valid gates: memory, regression, accuracy\n"

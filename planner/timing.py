@@ -1,0 +1,347 @@
+"""How long one training step takes: FLOPs and bytes moved per named term, and a roofline.
+
+Each function below is one term of a step: the FLOPs and bytes of its kernels, with the
+formula and where it comes from. :func:`step_time` sums the terms' roofline times
+(:mod:`planner.roofline`) into ``step_seconds``, ``tokens_per_second`` and ``mfu``.
+
+Notation as in :mod:`planner.components`: T = batch * seq tokens, b = batch, s = seq,
+h = hidden size, V = vocabulary, L = decoder layers, r = LoRA rank, c = bytes of the
+compute dtype, n = in * out elements of a Linear weight. A matmul of an (m x k) by a
+(k x n) matrix is 2*m*k*n FLOPs. A mixture of experts counts the top-k experts each token
+runs through (FLOPs), and reads every expert's weights (bytes).
+
+Terms (keys):
+
+- ``forward/matmul``: the base Linears and lm_head, 2*T*n each (Kaplan et al. 2020, 2*N
+  FLOPs per token forward).
+- ``backward/input_grad``: dX = dY @ W, 2*T*n per Linear: every Linear, frozen or not,
+  passes the gradient to its input (the adapters below it need it).
+- ``backward/weight_grad``: dW = dY^T @ X, 2*T*n, for trainable weights only: full
+  fine-tuning; none for a frozen base. Together 6*N*T for full, 4*N*T for a frozen base
+  (Kaplan et al. 2020; Hu et al. 2021: LoRA needs no gradients of the frozen weights).
+- ``adapters/matmul``: LoRA's A and B, 2*T*r*(in + out) forward, twice that backward
+  (input and weight gradients), as small matmuls.
+- ``adapters/elementwise``: peft casts the input to fp32 (the adapter dtype) and autocast
+  back, scales and adds the output: T*in*(hidden + 8 + c) + 5*T*out*c bytes forward, the
+  same backward.
+- ``attention/core``: flash / SDPA: 2*b*s^2*q_dim forward (causal: half of QK^T and AV
+  skipped), 2.5x that backward (Dao 2023: five matmuls backward against two forward);
+  eager: 4*b*s^2*q_dim forward, twice backward, at matmul speed, plus its seq x seq tensors
+  written and read, b*heads*s^2*(6c + 8) bytes forward, twice backward.
+- ``elementwise/layers``: HF's unfused RMSNorm (fp32 upcast: size*(4c + 28) bytes per norm),
+  rotary (9 accesses of q and k), the gated activation (5*T*I) and the two residual adds
+  (6*T*h), forward; twice that backward.
+- ``loss/cross_entropy``: logits upcast to fp32 and log-softmax, T*V*(c + 16) forward,
+  T*V*(c + 12) backward.
+- ``recompute/forward``: under gradient checkpointing, each decoder layer's forward terms
+  again (Chen et al. 2016; lm_head and the loss are not checkpointed).
+- ``dora/weight_norm``: every forward, per adapted Linear, peft's DoRA builds the dense
+  W + s*B@A (through an identity matrix: 2*r*in*(in + out) FLOPs) and its row norms:
+  in*in*(4 + c) + in*out*(c + 28) bytes (the weight cast to fp32, B@A, the scaled sum, the
+  norm; QDoRA dequantizes the weight once more) (Liu et al. 2024; peft's DoraLinearLayer),
+  plus its magnitude scaling of the outputs, 4*T*out*c bytes forward and backward.
+- ``dora/dropout_matmul``: with lora_dropout > 0, peft's DoRA runs the base matmul again on
+  the dropped input, 2*T*n forward and 2*T*n for its input gradient.
+- ``qlora/dequant``: bitsandbytes dequantizes each 4-bit weight to 16 bits before its
+  matmul, in forward and again in backward: n*(0.5 + 1/64 + c) bytes per pass (read the
+  packed codes and absmax, write 16-bit) (Dettmers et al. 2023, QLoRA; bitsandbytes
+  MatMul4Bit), and casts the fp32 hidden stream to and from the compute dtype,
+  T*(in + out)*(4 + c) bytes per pass.
+- ``optimizer/step``: AdamW reads and writes parameters, gradients and two states:
+  torch's foreach path makes 8 passes (4p + 2g + 14s bytes per parameter), the fused
+  kernel one (2p + g + 4s); 8-bit states s = 1; SGD 2p + g. fp16's GradScaler unscales
+  and checks the gradients (3g).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from . import counts
+from . import roofline as R
+from .components import FP32, Precision, precision, uses_eager
+from .precision import scheme
+from .specs import GpuSpec, ModelSpec, TrainSpec
+
+TERMS = ("forward/matmul", "backward/input_grad", "backward/weight_grad", "adapters/matmul",
+         "adapters/elementwise", "attention/core", "elementwise/layers", "loss/cross_entropy",
+         "recompute/forward", "dora/weight_norm", "dora/dropout_matmul", "qlora/dequant", "optimizer/step")
+DEQUANT_BYTES_PER_WEIGHT = 0.5 + 1 / 64  # a 4-bit code and one absmax byte per 64-weight block
+# eager PyTorch ops per decoder layer forward (HF Llama layout: two unfused RMSNorms of 7
+# ops, 7 projections, rotary 10, attention 2, activation 2, residual adds 2, views and casts
+# about 10); backward about twice; each adapted Linear adds 8 (cast, autocast casts, A, B,
+# scale, add), dropout 2, DoRA's weight norm and scaling 15, a 4-bit Linear 3 (dequantize,
+# casts).
+OPS_LAYER, OPS_MOE, OPS_ADAPTER, OPS_DROPOUT, OPS_DORA, OPS_QUANT, OPS_HEAD = 40, 20, 8, 2, 15, 3, 10
+
+
+@dataclass(frozen=True)
+class Work:
+    """One piece of a step: FLOPs and bytes of one kernel class, under a term's key.
+
+    ``layer``: part of a decoder layer's forward (what checkpointing recomputes);
+    ``narrow``: a small matmul's small dimension (the rank), for tile quantization.
+    """
+
+    term: str
+    flops: float
+    nbytes: float
+    kind: str
+    layer: bool = False
+    narrow: int | None = None
+
+
+def _linears(model: ModelSpec):
+    return model.layer.linears
+
+
+def base_matmuls(model: ModelSpec, train: TrainSpec, prec: Precision) -> list[Work]:
+    """forward/matmul, backward/input_grad, backward/weight_grad of the base Linears, the
+    experts and lm_head (module docstring). Bytes: the weight (c per element: a 16-bit
+    copy, dequantized or autocast) and the input and output activations."""
+    t, c, L = train.tokens, prec.compute, model.num_layers
+    shapes = [(lin.in_features, lin.out_features, 1) for lin in _linears(model)]
+    moe = model.layer.moe
+    if moe is not None:  # router, then the top-k experts' gate_up and down per token
+        h, i = model.hidden_size, moe.intermediate
+        shapes += [(h, moe.experts, 1), (h, 2 * i, moe.top_k), (i, h, moe.top_k)]
+    full = train.method == "full"
+    out: list[Work] = []
+    for fan_in, fan_out, k in shapes:
+        weights = fan_in * fan_out * (moe.experts if k > 1 else 1)
+        flops = L * 2 * t * k * fan_in * fan_out
+        nbytes = L * (weights * c + t * k * (fan_in + fan_out) * c)
+        out.append(Work("forward/matmul", flops, nbytes, R.MATMUL, layer=True))
+        out.append(Work("backward/input_grad", flops, nbytes, R.MATMUL))
+        if full:
+            out.append(Work("backward/weight_grad", flops, nbytes + L * weights * (prec.weight - c), R.MATMUL))
+    h, v = model.hidden_size, model.vocab_size
+    head = 2 * t * h * v, h * v * c + t * (h + v) * c
+    out.append(Work("forward/matmul", *head, R.MATMUL))
+    out.append(Work("backward/input_grad", *head, R.MATMUL))
+    if full:
+        out.append(Work("backward/weight_grad", *head, R.MATMUL))
+    return out
+
+
+def adapter_work(model: ModelSpec, train: TrainSpec, prec: Precision) -> list[Work]:
+    """adapters/matmul and adapters/elementwise of every adapted Linear (and of fused expert
+    parameters: peft's ParamWrapper merges W + B@A each forward, 2*r*E*in*out FLOPs)."""
+    if not train.is_adapter:
+        return []
+    t, c, r, L, hid = train.tokens, prec.compute, train.rank, model.num_layers, prec.hidden
+    out: list[Work] = []
+    for lin in counts.targeted_linears(model, train.target_modules):
+        i, o = lin.in_features, lin.out_features
+        fwd_bytes = c * t * (i + o + 2 * r)
+        out.append(Work("adapters/matmul", L * 2 * t * r * (i + o), L * fwd_bytes, R.SMALL_MATMUL, True, r))
+        out.append(Work("adapters/matmul", L * 4 * t * r * (i + o), L * (2 * fwd_bytes + FP32 * r * (i + o)),
+                        R.SMALL_MATMUL, narrow=r))
+        ew = t * i * (hid + 8 + c) + 5 * t * o * c
+        if train.lora_dropout:
+            ew += t * i * (2 * FP32 + 1)  # the mask (bool) and the dropped fp32 input
+        out.append(Work("adapters/elementwise", 0, L * ew, R.MEMORY, layer=True))
+        out.append(Work("adapters/elementwise", 0, L * ew, R.MEMORY))
+    for p in counts.targeted_parameters(model, train):
+        merged = p.weight
+        out.append(Work("adapters/matmul", L * 2 * p.rank * merged, L * merged * 3 * c, R.SMALL_MATMUL, True, p.rank))
+        out.append(Work("adapters/matmul", L * 4 * p.rank * merged, L * merged * 6 * c, R.SMALL_MATMUL,
+                        narrow=p.rank))
+    return out
+
+
+def _attended_pairs(model: ModelSpec, train: TrainSpec) -> float:
+    """Causal (query, key) pairs per sequence summed over layers: s^2/2 for a full layer,
+    about s*w - w^2/2 for a layer attending within a sliding window w < s."""
+    s, L = train.seq_len, model.num_layers
+    full = s * s / 2
+    w = model.traits.sliding_window
+    sliding = model.traits.sliding_layers if w and w < s else 0
+    windowed = s * w - w * w / 2 if sliding else 0.0
+    return (L - sliding) * full + sliding * windowed
+
+
+def attention_work(model: ModelSpec, train: TrainSpec, prec: Precision) -> list[Work]:
+    """attention/core (module docstring)."""
+    b, s, c, L = train.batch_size, train.seq_len, prec.compute, model.num_layers
+    qd, kvd, t = model.q_dim, model.kv_dim, train.tokens
+    io = L * t * (2 * qd + 2 * kvd) * c
+    if not uses_eager(model, train):
+        fwd = 4 * b * _attended_pairs(model, train) * qd  # = 2*b*s^2*q_dim per full layer
+        return [Work("attention/core", fwd, io, R.ATTENTION, layer=True),
+                Work("attention/core", 2.5 * fwd, 2 * io, R.ATTENTION)]
+    fwd = L * 4 * b * s * s * qd
+    scores = L * b * model.num_heads * s * s * (6 * c + 2 * FP32)
+    return [Work("attention/core", fwd, io, R.MATMUL, layer=True),
+            Work("attention/core", 0, scores, R.MEMORY, layer=True),
+            Work("attention/core", 2 * fwd, 2 * io, R.MATMUL),
+            Work("attention/core", 0, 2 * scores, R.MEMORY)]
+
+
+def elementwise_work(model: ModelSpec, train: TrainSpec, prec: Precision) -> list[Work]:
+    """elementwise/layers and loss/cross_entropy (module docstring)."""
+    t, c, L = train.tokens, prec.compute, model.num_layers
+    h, hid, stream = model.hidden_size, prec.hidden, prec.stream
+    heads = {"q": model.num_heads, "k": model.num_kv_heads}
+    norms = sum(t * n.size * (heads.get(n.site, 1) if n.per_head else 1) for n in model.layer.norms)
+    norm_bytes = norms * (4 * stream + 28)
+    rope = t * (model.q_dim + model.kv_dim) * model.traits.rotary_fraction * 9 * hid
+    moe = model.layer.moe
+    inter = (moe.top_k * moe.intermediate) if moe is not None else model.intermediate_size
+    act = 5 * t * inter * hid
+    residual = 6 * t * h * stream
+    per_layer = norm_bytes + rope + act + residual
+    final_norm = t * h * (4 * stream + 28)
+    v = model.vocab_size
+    return [Work("elementwise/layers", 0, L * per_layer, R.MEMORY, layer=True),
+            Work("elementwise/layers", 0, 2 * L * per_layer + 3 * final_norm, R.MEMORY),
+            Work("loss/cross_entropy", 0, t * v * (c + 16) + t * v * (c + 12), R.MEMORY)]
+
+
+def dora_work(model: ModelSpec, train: TrainSpec, prec: Precision) -> list[Work]:
+    """dora/weight_norm and dora/dropout_matmul (module docstring): per forward, so twice
+    under checkpointing. peft's DoraLinearLayer.forward casts the weight to the fp32 input's
+    dtype, builds B@A through an identity, adds and takes row norms; QDoRA dequantizes the
+    weight again for it. With lora_dropout > 0 the dropped input is not the base layer's, so
+    peft runs the base matmul again on it (F.linear(x, W)), and its input gradient."""
+    if not train.is_dora:
+        return []
+    t, c, r, L = train.tokens, prec.compute, train.rank, model.num_layers
+    out: list[Work] = []
+    for lin in counts.targeted_linears(model, train.target_modules):
+        i, o = lin.in_features, lin.out_features
+        dense = i * o * (c + 24) + (i * o * (DEQUANT_BYTES_PER_WEIGHT + c) if train.is_quantized else 0)
+        out.append(Work("dora/weight_norm", L * 2 * r * i * (i + o), L * (i * i * (FP32 + c) + i * o * FP32),
+                        R.SMALL_MATMUL, True, r))
+        out.append(Work("dora/weight_norm", 0, L * (dense + 4 * t * o * c), R.MEMORY, layer=True))
+        out.append(Work("dora/weight_norm", 0, L * 4 * t * o * c, R.MEMORY))
+        if train.lora_dropout:
+            flops, nbytes = L * 2 * t * i * o, L * (i * o * c + t * (i + o) * c)
+            out.append(Work("dora/dropout_matmul", flops, nbytes, R.MATMUL, layer=True))
+            out.append(Work("dora/dropout_matmul", flops, nbytes, R.MATMUL))
+    return out
+
+
+def dequant_work(model: ModelSpec, train: TrainSpec, prec: Precision) -> list[Work]:
+    """qlora/dequant (module docstring): one forward pass, one backward pass."""
+    if not train.is_quantized:
+        return []
+    t, c, L = train.tokens, prec.compute, model.num_layers
+    per_pass = 0.0
+    for lin in _linears(model):
+        n = lin.in_features * lin.out_features
+        per_pass += n * (DEQUANT_BYTES_PER_WEIGHT + c) + t * (lin.in_features + lin.out_features) * (FP32 + c)
+    return [Work("qlora/dequant", 0, L * per_pass, R.MEMORY, layer=True),
+            Work("qlora/dequant", 0, L * per_pass, R.MEMORY)]
+
+
+def optimizer_work(model: ModelSpec, train: TrainSpec, prec: Precision, grad_scaler: bool) -> list[Work]:
+    """optimizer/step (module docstring)."""
+    n = counts.trainable_params(model, train)
+    p = FP32 if train.is_adapter else prec.weight
+    s = 1 if train.optim in ("adamw_8bit", "paged_adamw_8bit") else p
+    if train.optim == "sgd":
+        moved = 2 * p + p
+    elif train.optim == "adamw_torch":
+        moved = 4 * p + 2 * p + 14 * s
+    else:
+        moved = 2 * p + p + 4 * s
+    if grad_scaler:
+        moved += 3 * p
+    return [Work("optimizer/step", 0, n * moved, R.MEMORY)]
+
+
+def dispatched_ops(model: ModelSpec, train: TrainSpec) -> int:
+    """Eager ops one step launches (see OPS_*): forward, backward (2x), the recomputed
+    forward under checkpointing, and the optimizer's foreach kernels (about 10)."""
+    adapted = len(counts.targeted_linears(model, train.target_modules)) if train.is_adapter else 0
+    per_linear = OPS_ADAPTER + (OPS_DROPOUT if train.lora_dropout else 0) + (OPS_DORA if train.is_dora else 0)
+    layer = OPS_LAYER + (OPS_MOE if model.layer.moe is not None else 0) + adapted * per_linear
+    if train.is_quantized:
+        layer += OPS_QUANT * len(_linears(model))
+    passes = 3 + (1 if train.gradient_checkpointing else 0)
+    return model.num_layers * layer * passes + 3 * OPS_HEAD + 10
+
+
+@dataclass(frozen=True)
+class StepTime:
+    """The planned time of one step on one GPU.
+
+    ``terms``: key -> {"flops", "bytes", "seconds"} (GPU time of that term);
+    ``gpu_seconds``: their sum; ``dispatch_seconds``: the host's launch time of the step's
+    eager ops; ``step_seconds``: the larger of the two (the GPU hides dispatch behind
+    longer kernels, and waits for it otherwise); ``model_flops``: the step's FLOPs without
+    recomputation and DoRA's extra work (what MFU counts); ``mfu``: model_flops /
+    (step_seconds * dense 16-bit peak).
+    """
+
+    step_seconds: float
+    tokens_per_second: float
+    mfu: float
+    gpu_seconds: float
+    dispatch_seconds: float
+    model_flops: float
+    bound: str  # "compute", "memory" or "dispatch": what the largest share of the step waits on
+    terms: dict = field(hash=False)
+
+
+def work(model: ModelSpec, train: TrainSpec, dtype: str) -> list[Work]:
+    """Every piece of work of one step, recomputation included."""
+    prec = precision(train, dtype)
+    pieces = (base_matmuls(model, train, prec) + adapter_work(model, train, prec)
+              + attention_work(model, train, prec) + elementwise_work(model, train, prec)
+              + dora_work(model, train, prec) + dequant_work(model, train, prec)
+              + optimizer_work(model, train, prec, scheme(train, dtype).grad_scaler))
+    if train.gradient_checkpointing:
+        pieces += [Work("recompute/forward", w.flops, w.nbytes, w.kind, narrow=w.narrow)
+                   for w in pieces if w.layer]
+    return pieces
+
+
+def step_time(model: ModelSpec, gpu: GpuSpec, train: TrainSpec, dtype: str,
+              eff: R.Efficiency = R.DEFAULT) -> StepTime | None:
+    """The roofline time of one step of ``train`` (resolved compute dtype ``dtype``) on
+    ``gpu``; None for an fp32 compute dtype (the catalog has 16-bit peaks only)."""
+    if dtype == "fp32":
+        return None
+    pieces = work(model, train, dtype)
+    terms: dict[str, dict] = {}
+    compute_s = memory_s = 0.0
+    for w in pieces:
+        sec = R.seconds(w.flops, w.nbytes, w.kind, gpu, eff, w.narrow)
+        entry = terms.setdefault(w.term, {"flops": 0.0, "bytes": 0.0, "seconds": 0.0})
+        entry["flops"] += w.flops
+        entry["bytes"] += w.nbytes
+        entry["seconds"] += sec
+        by_flops = R.seconds(w.flops, 0, w.kind, gpu, eff, w.narrow)
+        compute_s, memory_s = (compute_s + sec, memory_s) if by_flops >= sec else (compute_s, memory_s + sec)
+    gpu_s = sum(e["seconds"] for e in terms.values())
+    dispatch_s = dispatched_ops(model, train) * eff.dispatch_seconds
+    step = max(gpu_s, dispatch_s)
+    model_flops = sum(w.flops for w in pieces
+                      if w.term not in ("recompute/forward", "dora/weight_norm", "dora/dropout_matmul"))
+    bound = "dispatch" if dispatch_s > gpu_s else ("compute" if compute_s >= memory_s else "memory")
+    ordered = {k: terms[k] for k in TERMS if k in terms}
+    return StepTime(step_seconds=step, tokens_per_second=train.tokens / step,
+                    mfu=model_flops / (step * gpu.tflops_dense_16bit * 1e12), gpu_seconds=gpu_s,
+                    dispatch_seconds=dispatch_s, model_flops=model_flops, bound=bound, terms=ordered)
+
+
+def total_hours(step: StepTime, train: TrainSpec, dataset_tokens: int, epochs: int = 1) -> float:
+    """Hours to train ``epochs`` passes over ``dataset_tokens`` tokens: the steps
+    (ceil(tokens * epochs / tokens per step)) times the step time."""
+    if dataset_tokens < 1:
+        raise ValueError(f"dataset tokens must be at least 1, got {dataset_tokens}")
+    if epochs < 1:
+        raise ValueError(f"epochs must be at least 1, got {epochs}")
+    steps = math.ceil(dataset_tokens * epochs / train.tokens)
+    return steps * step.step_seconds / 3600
+
+
+def iteration_seconds(step: StepTime, accumulation: int = 1) -> float:
+    """Seconds of one optimizer iteration over ``accumulation`` micro-batches: every
+    micro-batch's forward and backward, one optimizer step (gradient accumulation)."""
+    if accumulation < 1:
+        raise ValueError(f"gradient accumulation must be at least 1, got {accumulation}")
+    optimizer = step.terms.get("optimizer/step", {}).get("seconds", 0.0)
+    return accumulation * (step.step_seconds - optimizer) + optimizer

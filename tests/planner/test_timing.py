@@ -1,0 +1,206 @@
+"""The time model: FLOPs per named term worked by hand, the roofline, calibration, totals."""
+import csv
+import math
+
+import pytest
+
+from planner import TrainSpec, plan
+from planner import roofline as R
+from planner import speed_calibration as S
+from planner import timing
+from planner.catalog import get_gpu, get_model
+from planner.counts import linear_weight_params
+
+T4, H100 = get_gpu("t4"), get_gpu("h100-80gb")
+
+# tiny (tests/planner/conftest.py): per layer q 8x8, k 8x4, v 8x4, o 8x8, gate 8x16, up 8x16,
+# down 16x8: sum(in*out) = 64+32+32+64+128+128+128 = 576, sum(in+out) = 16+12+12+16+24+24+24 = 128;
+# two layers; lm_head 8x10 = 80.
+TINY_N, TINY_IN_OUT, TINY_HEAD = 2 * 576, 2 * 128, 80
+
+
+def flops(st, key):
+    return st.terms.get(key, {}).get("flops", 0)
+
+
+def test_full_fine_tuning_is_six_n_t(tiny):
+    """6*N*T: forward 2NT, input gradients 2NT, weight gradients 2NT (Kaplan et al. 2020)."""
+    st = timing.step_time(tiny, T4, TrainSpec(method="full", seq_len=4), "fp16")
+    t = 4
+    assert flops(st, "forward/matmul") == 2 * t * (TINY_N + TINY_HEAD)
+    assert flops(st, "backward/input_grad") == 2 * t * (TINY_N + TINY_HEAD)
+    assert flops(st, "backward/weight_grad") == 2 * t * (TINY_N + TINY_HEAD)
+    assert "adapters/matmul" not in st.terms and "qlora/dequant" not in st.terms
+
+
+def test_frozen_base_lora_is_four_n_t_plus_adapters(tiny):
+    """A frozen base has no weight gradients: 4*N*T, plus the adapters' 6*T*r*sum(in + out)."""
+    st = timing.step_time(tiny, T4, TrainSpec(method="lora", rank=2, seq_len=4), "fp16")
+    t = 4
+    base = flops(st, "forward/matmul") + flops(st, "backward/input_grad")
+    assert base == 4 * t * (TINY_N + TINY_HEAD)
+    assert "backward/weight_grad" not in st.terms  # negative control: nothing trains the base
+    assert flops(st, "adapters/matmul") == 6 * t * 2 * TINY_IN_OUT
+
+
+def test_flash_attention_is_causal_half_and_backward_two_and_a_half(tiny):
+    """2*b*s^2*q_dim per layer forward (half of 4*b*s^2*q_dim), 2.5x that backward; eager
+    computes the full square, twice backward."""
+    train = TrainSpec(method="lora", rank=2, seq_len=4, batch_size=3)
+    st = timing.step_time(tiny, T4, train, "fp16")
+    fwd = 2 * (2 * 3 * 4 * 4 * 8)
+    assert flops(st, "attention/core") == fwd + 2.5 * fwd
+    eager = timing.step_time(tiny, T4, train.with_(attn_implementation="eager"), "fp16")
+    assert flops(eager, "attention/core") == 3 * (2 * (4 * 3 * 4 * 4 * 8))
+
+
+def test_checkpointing_recomputes_the_layers_forward_only(tiny):
+    """recompute/forward = the decoder layers' forward FLOPs again (not lm_head)."""
+    train = TrainSpec(method="lora", rank=2, seq_len=4)
+    on = timing.step_time(tiny, T4, train.with_(gradient_checkpointing=True), "fp16")
+    off = timing.step_time(tiny, T4, train, "fp16")
+    t = 4
+    layer_fwd = 2 * t * TINY_N + 2 * t * 2 * TINY_IN_OUT + 2 * (2 * 1 * 4 * 4 * 8)
+    assert flops(on, "recompute/forward") == layer_fwd
+    assert "recompute/forward" not in off.terms
+    assert on.step_seconds > off.step_seconds
+    assert on.model_flops == off.model_flops  # MFU does not count recomputation
+
+
+def test_dora_and_qlora_terms_only_where_they_belong(tiny):
+    lora = timing.step_time(tiny, T4, TrainSpec(method="lora", rank=2, seq_len=4), "fp16")
+    dora = timing.step_time(tiny, T4, TrainSpec(method="dora", rank=2, seq_len=4), "fp16")
+    qlora = timing.step_time(tiny, T4, TrainSpec(method="qlora", rank=2, seq_len=4), "fp16")
+    assert "dora/weight_norm" not in lora.terms and "qlora/dequant" not in lora.terms
+    # DoRA: 2*r*in*(in + out) per adapted Linear per forward (the identity through A then B)
+    per_layer = sum(2 * 2 * i * (i + o) for i, o in
+                    ((8, 8), (8, 4), (8, 4), (8, 8), (8, 16), (8, 16), (16, 8)))
+    assert flops(dora, "dora/weight_norm") == 2 * per_layer
+    assert "dora/dropout_matmul" not in dora.terms  # dropout 0: peft reuses the base result
+    dropped = timing.step_time(tiny, T4, TrainSpec(method="dora", rank=2, seq_len=4, lora_dropout=0.1), "fp16")
+    assert flops(dropped, "dora/dropout_matmul") == 2 * (2 * 4 * TINY_N)  # the base matmul again, and its dX
+    # QLoRA: each weight dequantized in forward and backward, n*(0.5 + 1/64 + 2) bytes, plus the
+    # fp32 <-> fp16 casts of the hidden stream, T*(in + out)*(4 + 2)
+    per_pass = TINY_N * (0.5 + 1 / 64 + 2) + 4 * TINY_IN_OUT * 6
+    assert qlora.terms["qlora/dequant"]["bytes"] == pytest.approx(2 * per_pass)
+
+
+def test_roofline_by_hand():
+    """max(flops / (peak * e), bytes / (bandwidth * e_mem)), datasheet T4: 65 TFLOPS, 320 GB/s."""
+    assert R.seconds(1e12, 0, R.MATMUL, T4) == pytest.approx(1e12 / (65e12 * 0.70))
+    assert R.seconds(0, 1e9, R.MEMORY, T4) == pytest.approx(1e9 / (320e9 * 0.80))
+    assert R.seconds(1e12, 1e9, R.ATTENTION, T4) == pytest.approx(1e12 / (65e12 * 0.50))
+    # rank 16 fills 16/128 of each 128-wide tile
+    assert R.seconds(1e9, 0, R.SMALL_MATMUL, T4, narrow=16) == pytest.approx(1e9 / (65e12 * 0.70 * 16 / 128))
+    with pytest.raises(ValueError):
+        R.seconds(1, 1, "bogus", T4)
+
+
+def test_seven_b_ratios_and_units():
+    """Llama-2-7B, batch 1, seq 512: the methods order as measured runs order them, and the
+    base matmuls are 6*N*T with N the Linear weights plus lm_head."""
+    m = get_model("7b")
+    st = {meth: timing.step_time(m, T4, TrainSpec(method=meth), "fp16") for meth in ("full", "lora", "qlora", "dora")}
+    n = linear_weight_params(m) + m.vocab_size * m.hidden_size
+    three = sum(flops(st["full"], k) for k in ("forward/matmul", "backward/input_grad", "backward/weight_grad"))
+    assert three == 6 * n * 512
+    assert st["lora"].step_seconds < st["qlora"].step_seconds and st["lora"].step_seconds < st["dora"].step_seconds
+    for s in st.values():
+        assert s.tokens_per_second == pytest.approx(512 / s.step_seconds)
+        assert s.mfu == pytest.approx(s.model_flops / (s.step_seconds * 65e12))
+        assert s.step_seconds == max(s.gpu_seconds, s.dispatch_seconds)
+
+
+def test_moe_counts_the_active_experts_only():
+    m = get_model("qwen3-30b-a3b")
+    moe = m.layer.moe
+    st = timing.step_time(m, H100, TrainSpec(method="lora", seq_len=8), "bf16")
+    t, h, i = 8, m.hidden_size, moe.intermediate
+    dense = sum(lin.in_features * lin.out_features for lin in m.layer.linears)
+    per_layer = dense + h * moe.experts + moe.top_k * 3 * i * h
+    assert flops(st, "forward/matmul") == 2 * t * (m.num_layers * per_layer + h * m.vocab_size)
+
+
+def test_fp32_has_no_time_and_says_so():
+    p = plan("7b", "a100-80gb", TrainSpec(method="lora", dtype="fp32"), {}, {})
+    assert p.time is None and p.step_seconds is None
+    assert "no time planned in fp32: the catalog holds 16-bit peaks only" in p.notes
+
+
+def test_total_hours_by_hand():
+    st = timing.step_time(get_model("7b"), T4, TrainSpec(method="lora"), "fp16")
+    train = TrainSpec(method="lora")
+    assert timing.total_hours(st, train, 1_000_000, 2) == pytest.approx(math.ceil(2_000_000 / 512) * st.step_seconds / 3600)
+    with pytest.raises(ValueError, match="dataset tokens must be at least 1, got 0"):
+        timing.total_hours(st, train, 0)
+    with pytest.raises(ValueError, match="epochs must be at least 1, got 0"):
+        timing.total_hours(st, train, 10, 0)
+
+
+FIELDS = ["device", "device_name", "status", "model", "method", "rank", "alpha", "target_modules", "batch_size",
+          "seq_len", "gradient_checkpointing", "dtype", "precision", "optim", "quant_type", "double_quant",
+          "step_time_s", "plan_gpu"]
+
+
+def speed_rows(tmp_path, rows):
+    p = tmp_path / "results.csv"
+    with open(p, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+    return str(p)
+
+
+def row(step, device="cuda", status="ok", gpu="h100-80gb", method="lora"):
+    return dict(device=device, device_name="NVIDIA H100 80GB HBM3", status=status, model="qwen2.5-0.5b",
+                method=method, rank=16, alpha=32, target_modules="all-linear", batch_size=1, seq_len=512,
+                gradient_checkpointing="false", dtype="bf16", precision="autocast", optim="adamw_torch",
+                quant_type="nf4", double_quant="true", step_time_s=step, plan_gpu=gpu)
+
+
+def test_calibration_scales_the_factors_per_family(tmp_path):
+    train = TrainSpec(method="lora")
+    planned = timing.step_time(get_model("qwen2.5-0.5b"), H100, train, "bf16").step_seconds
+    path = speed_rows(tmp_path, [
+        row(2 * planned), row(2 * planned),  # measured twice as slow as planned
+        row(planned / 10, device="cpu"), row(planned / 10, status="oom"),  # ignored: not comparable / failed
+    ])
+    cals = S.load(path)
+    assert set(cals) == {"hopper"} and cals["hopper"].rows == 2
+    assert cals["hopper"].factor == pytest.approx(0.5)
+    calibrated = plan("qwen2.5-0.5b", "h100-80gb", train, {}, cals)
+    assert calibrated.time.gpu_seconds == pytest.approx(2 * timing.step_time(
+        get_model("qwen2.5-0.5b"), H100, train, "bf16").gpu_seconds)
+    assert "time calibrated from 2 CUDA row(s) of the hopper family in data/probes: efficiency factors x 0.50" \
+        in calibrated.notes
+    other = plan("qwen2.5-0.5b", "t4", train, {}, cals)  # another family: the defaults
+    assert not any("time calibrated" in n for n in other.notes)
+
+
+def test_no_cuda_rows_says_so(tmp_path):
+    cals = S.load(speed_rows(tmp_path, [row(1.0, device="cpu")]))
+    assert cals == {}
+    p = plan("7b", "t4", TrainSpec(method="lora"), {}, None)  # the committed table: CPU and fake rows only
+    assert ("time planned with the default efficiency factors: data/probes has no CUDA rows of the "
+            "turing family with a step time") in p.notes
+    assert not any("efficiency factors" in n for n in plan("7b", "t4", TrainSpec(), {}, {}).notes)
+
+
+def test_measured_speed_only_for_cuda_rows():
+    mfu_row = row(0.5)
+    planned_tps, mfu = S.measured_speed(mfu_row)
+    st = timing.step_time(get_model("qwen2.5-0.5b"), H100, TrainSpec(method="lora"), "bf16")
+    assert planned_tps == pytest.approx(st.tokens_per_second)
+    assert mfu == pytest.approx(st.model_flops / (0.5 * 989e12))
+    assert S.measured_speed(row(0.5, device="cpu")) is None
+    assert S.measured_speed(row(0.5, gpu="no-such-gpu")) is None
+
+
+def test_dispatch_by_hand(tiny):
+    """Eager ops: per layer 40, + 8 per adapted Linear; forward, backward (2x), recompute;
+    lm_head and loss 3 x 10; the optimizer 10. At 10 us each, a tiny model is dispatch-bound."""
+    train = TrainSpec(method="lora", rank=2, seq_len=4)
+    assert timing.dispatched_ops(tiny, train) == 2 * (40 + 7 * 8) * 3 + 30 + 10
+    assert timing.dispatched_ops(tiny, train.with_(gradient_checkpointing=True)) == 2 * (40 + 7 * 8) * 4 + 40
+    st = timing.step_time(tiny, H100, train, "bf16")
+    assert st.bound == "dispatch" and st.step_seconds == pytest.approx((2 * 96 * 3 + 40) * 10e-6)

@@ -1,0 +1,52 @@
+"""Planned against published tokens per second: the data file, the arithmetic, the report."""
+import pytest
+
+from planner.catalog import get_gpu, get_model
+from planner.specs import TrainSpec
+from planner.timing import iteration_seconds, step_time
+from validate import throughput as TP
+
+
+def test_every_row_has_a_stated_source_and_plans():
+    table = TP.load()
+    assert len(table["rows"]) >= 10
+    for row in table["rows"]:
+        source = table["sources"][row["source"]]
+        assert source["url"].startswith("https://") and source["versions"] and source["missing"]
+        assert row["tokens_per_second"] > 0
+    for item in table["excluded"]:
+        assert item["url"].startswith("https://") and item["why"]
+
+
+def test_a_row_planned_by_hand():
+    """Accumulation: acc * T tokens over acc forward+backward and one optimizer step."""
+    row = {"source": "s", "model": "mistral-7b", "method": "lora", "batch_size": 2, "seq_len": 128,
+           "gradient_checkpointing": False, "precision": "autocast", "dtype": "bf16",
+           "attn_implementation": "sdpa", "optim": "adamw_torch", "accumulation": 4, "tokens_per_second": 1}
+    table = {"sources": {"s": {"gpu": "a100-80gb"}}}
+    st = step_time(get_model("mistral-7b"), get_gpu("a100-80gb"),
+                   TrainSpec(method="lora", batch_size=2, seq_len=128, attn_implementation="sdpa"), "bf16")
+    opt = st.terms["optimizer/step"]["seconds"]
+    assert TP.planned_tokens_per_second(row, table) == pytest.approx(4 * 256 / (4 * (st.step_seconds - opt) + opt))
+    assert iteration_seconds(st, 1) == st.step_seconds
+    with pytest.raises(ValueError):
+        iteration_seconds(st, 0)
+
+
+def test_ratio_pairs_match_only_equal_settings():
+    base = {"source": "s", "model": "m", "batch_size": 1, "seq_len": 8, "gradient_checkpointing": True}
+    c = [TP.Compared({**base, "method": "lora"}, 100.0, 200.0),
+         TP.Compared({**base, "method": "qlora"}, 80.0, 150.0),
+         TP.Compared({**base, "method": "qlora", "seq_len": 16}, 1.0, 1.0)]  # other settings: no pair
+    pairs = TP.ratio_pairs(c)
+    assert [p["pair"] for p in pairs] == ["qlora/lora"]
+    assert pairs[0]["planned"] == pytest.approx(0.8) and pairs[0]["published"] == pytest.approx(0.75)
+    assert pairs[0]["error"] == pytest.approx(0.8 / 0.75 - 1)
+
+
+def test_report_states_targets_and_sources():
+    text = TP.markdown()
+    assert "Median |planned / published - 1| over 18 rows:" in text
+    assert "(target under 15%: met)" in text
+    assert "Ratios within 10%: 4 of 4; not checked (no published pair with stated settings): dora/lora, gc on/off." in text
+    assert "https://github.com/QwenLM/Qwen#profiling-of-memory-and-speed" in text
