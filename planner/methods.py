@@ -154,10 +154,11 @@ def step_memory(model: ModelSpec, train: TrainSpec, dtype: str) -> StepMemory:
     # Backward end: all gradients, the first layer's recomputation and transients.
     leaf = C.checkpoint_input_leaf(model, train, prec)
     # (the first layer's eager softmax backward, every later gradient made: what full fine-tuning peaks at)
-    first_layer = dict(grads=grads - C.embedding_grad_pending(model, train, prec), transient__attention=workspace)
-    moments.append(dict(transient__recompute=kept + in_flight, **first_layer) if gc
-                   else dict(activations__saved=kept, **first_layer))
-    end = _largest([_breakdown(**persistent, **{"grads": grads, **m}, activations__input_leaf=leaf) for m in moments]
+    moments.append(dict(transient__recompute=kept + in_flight, transient__attention=workspace) if gc
+                   else dict(activations__saved=kept, transient__attention=workspace))
+    # in the first layer's backward every gradient exists but the trained embedding's, made last
+    made = grads - C.embedding_grad_pending(model, train, prec)
+    end = _largest([_breakdown(**persistent, grads=made, activations__input_leaf=leaf, **m) for m in moments]
                    + [_breakdown(**persistent, grads=grads, transient__embedding_backward=C.embedding_backward_workspace(
                        model, train, prec))])
     backward = _largest((start, top, end))

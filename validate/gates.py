@@ -54,7 +54,8 @@ def ratios(rows: list[dict], planned: Callable[[B.Config], int] = planned_peak) 
 def describe(row: dict) -> str:
     gc = " gc" if int(row["gradient_checkpointing"]) else ""
     adapter = f" r{row['rank']} {row['target_modules']}" if row["method"] != "full" else ""
-    return f"{row['model']} {row['method']} bs{row['batch_size']} seq{row['seq_len']}{adapter}{gc}"
+    extra = "" if setting(row) == "defaults" else f" ({setting(row)})"
+    return f"{row['model']} {row['method']} bs{row['batch_size']} seq{row['seq_len']}{adapter}{gc}{extra}"
 
 
 def memory_gate(rows: list[dict], planned: Callable[[B.Config], int] = planned_peak) -> GateResult:
@@ -129,7 +130,19 @@ REPORT_GROUPS = (
     ("method", lambda row: row["method"]),
     ("precision", lambda row: f"{row['dtype']} {row['precision']}"),
     ("checkpointing", lambda row: "on" if int(row["gradient_checkpointing"]) else "off"),
+    ("training setting", lambda row: setting(row)),
 )
+
+
+def setting(row: dict) -> str:
+    """The training-script setting a row varies (tier 6), or "defaults"."""
+    if float(row["lora_dropout"]):
+        return f"lora_dropout {float(row['lora_dropout']):g}"
+    if row["attn_implementation"] != "auto":
+        return f"attention {row['attn_implementation']}"
+    if row["modules_to_save"]:
+        return f"modules_to_save {row['modules_to_save']}"
+    return "defaults"
 
 
 def markdown_report(results: list[GateResult]) -> str:

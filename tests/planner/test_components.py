@@ -360,3 +360,20 @@ def test_a_trained_lm_head_keeps_its_input_and_a_trained_embedding_makes_layer_0
     assert C.first_norm_unrecorded(tiny, plain, p) == C.norm_saved(tiny, plain, p) > 0
     gc_embed = spec(modules_to_save=("embed_tokens",), gradient_checkpointing=True)
     assert C.checkpoint_input_leaf(tiny, gc_embed, prec(gc_embed)) == 0  # the output is no leaf
+
+
+def test_eager_softmax_moments_by_hand(tiny):
+    """Eager attention's softmax: forward (c + 8) bytes per score (masked scores, fp32 upcast,
+    fp32 output); backward two fp32 gradients, 8 per score, while the layer keeps what came
+    before attention and attention's set but its c-byte probabilities. S = 1*2*3*3 = 18."""
+    eager = spec(attn_implementation="eager")
+    p = prec(eager)
+    assert M.eager_scores(tiny, eager) == 18
+    assert M.eager_forward_moment(tiny, eager, p).working == 18 * (2 + 8)
+    kept, workspace = M.eager_backward_moment(tiny, eager, p)
+    assert workspace == 18 * 8
+    assert kept == (M.saved_before(C.layer_saved_sequence(tiny, eager, p), "attention")
+                    + C.attention_core_saved(tiny, eager, p) - 18 * 2)
+    sdpa = spec()
+    assert M.eager_forward_moment(tiny, sdpa, prec(sdpa)).total == 0
+    assert M.eager_backward_moment(tiny, sdpa, prec(sdpa)) == (0, 0)
