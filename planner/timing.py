@@ -119,7 +119,7 @@ def base_matmuls(model: ModelSpec, train: TrainSpec, prec: Precision) -> list[Wo
     head = 2 * t * h * v, h * v * c + t * (h + v) * c
     out.append(Work("forward/matmul", *head, R.MATMUL))
     out.append(Work("backward/input_grad", *head, R.MATMUL))
-    if full:
+    if counts.trains_lm_head(train):  # full fine-tuning, or lm_head in modules_to_save
         out.append(Work("backward/weight_grad", *head, R.MATMUL))
     return out
 

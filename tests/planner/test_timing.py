@@ -204,3 +204,12 @@ def test_dispatch_by_hand(tiny):
     assert timing.dispatched_ops(tiny, train.with_(gradient_checkpointing=True)) == 2 * (40 + 7 * 8) * 4 + 40
     st = timing.step_time(tiny, H100, train, "bf16")
     assert st.bound == "dispatch" and st.step_seconds == pytest.approx((2 * 96 * 3 + 40) * 10e-6)
+
+
+def test_a_saved_lm_head_adds_its_weight_gradient(tiny):
+    """--modules-to-save lm_head: the frozen base still has no weight gradients, the trained
+    lm_head copy has its 2*T*h*V."""
+    st = timing.step_time(tiny, T4, TrainSpec(method="lora", rank=2, seq_len=4, modules_to_save=("lm_head",)), "fp16")
+    assert flops(st, "backward/weight_grad") == 2 * 4 * TINY_HEAD
+    plain = timing.step_time(tiny, T4, TrainSpec(method="lora", rank=2, seq_len=4), "fp16")
+    assert flops(plain, "backward/weight_grad") == 0
