@@ -89,12 +89,16 @@ def test_fast_form_swaps_only_real_cpu_probes(tmp_path):
                                                                             "--device", "cpu"]
 
 
-def test_probe_and_validate_examples_run(tmp_path):
-    """Every `probe` and `validate` example, as a process (a real CPU probe in its fast form);
-    files go to a temporary folder so that the committed results table is never touched."""
+def test_probe_and_validate_examples_run(tmp_path, monkeypatch):
+    """Every `probe` and `validate` example through its click command, in this process (the
+    torch stack imported once; a real CPU probe in its fast form); files go to a temporary
+    folder so that the committed results table is never touched."""
     import json
-    import subprocess
-    import sys
+
+    from click.testing import CliRunner
+
+    from probes.cli import main as probe
+    from validate.cli import validate
 
     tiny = tmp_path / "tiny" / "config.json"
     tiny.parent.mkdir()
@@ -109,10 +113,9 @@ def test_probe_and_validate_examples_run(tmp_path):
         args = fast_form(args, tiny)
         if args[0] == "probe" and "--output" not in args:
             args += ["--output", str(tmp_path / f"{i}-rows.csv")]
-        module = {"probe": "probes.cli", "validate": "validate.cli"}[args[0]]
-        result = subprocess.run([sys.executable, "-m", module, *args[1:]], capture_output=True, text=True,
-                                cwd=tmp_path)
-        assert result.returncode == 0, (command, result.stderr[-2000:])
+        monkeypatch.chdir(tmp_path)
+        result = CliRunner().invoke({"probe": probe, "validate": validate}[args[0]], args[1:], prog_name=args[0])
+        assert result.exit_code == 0, (command, result.stderr[-2000:], result.exception)
         assert result.stdout.strip(), command
 
 
