@@ -1,0 +1,101 @@
+"""Several GPUs: rank 0 traced with the fake process group equals rank 0 of a real 2-process
+gloo run on the CPU, to the byte, under FSDP2 and DDP (the tiny Llama, LoRA and full)."""
+import json
+import multiprocessing
+import os
+
+import pytest
+
+from planner import TrainSpec
+
+TRAIN = dict(batch_size=2, seq_len=64)
+CASES = [("fsdp", "lora"), ("ddp", "lora"), ("fsdp", "full")]
+
+
+def _rank(rank, world, store, out, config):
+    """One rank of the gloo run: every case, measured with the byte tracker; rank 0 writes."""
+    import torch
+    import torch.distributed as dist
+
+    from planner.catalog import model_from_config
+    from probes import parallel
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world, store=dist.FileStore(store, world))
+    try:
+        spec = model_from_config(config, "llama-tiny")
+        results = {}
+        for sharding, method in CASES:
+            m = parallel.measure(spec, TrainSpec(method=method, **TRAIN), sharding, "cpu")
+            results[f"{sharding}/{method}"] = {"peak": m.peak_allocated_bytes, "phases": m.phase_peaks}
+        if rank == 0:
+            with open(out, "w") as f:
+                json.dump(results, f)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="session")
+def traced(llama_tiny):
+    """Rank 0 of 2 traced with the fake process group, per case (also imports what the gloo
+    ranks need before they fork, so that they start at once)."""
+    from probes import parallel
+
+    return {f"{s}/{m}": parallel.trace(llama_tiny, TrainSpec(method=m, **TRAIN), 2, s) for s, m in CASES}
+
+
+@pytest.fixture(scope="session")
+def gloo(traced, llama_tiny, tmp_path_factory):
+    """Rank 0 of a real 2-process gloo run (forked: the imports are done), per case."""
+    folder = tmp_path_factory.mktemp("gloo")
+    store, out = str(folder / "store"), str(folder / "rank0.json")
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_rank, args=(r, 2, store, out, llama_tiny.hf_config())) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
+    with open(out) as f:
+        return json.load(f)
+
+
+@pytest.mark.parametrize("case", [f"{s}/{m}" for s, m in CASES])
+def test_trace_equals_gloo_rank0_to_the_byte(traced, gloo, case):
+    m = traced[case]
+    assert m.peak_allocated_bytes == gloo[case]["peak"]
+    assert m.phase_peaks == gloo[case]["phases"]
+
+
+def test_negative_control_other_world_size_differs(llama_tiny, gloo):
+    """The same trace with 4 ranks is not rank 0 of the 2-rank run."""
+    from probes import parallel
+
+    m = parallel.trace(llama_tiny, TrainSpec(method="lora", **TRAIN), 4, "fsdp")
+    assert m.peak_allocated_bytes != gloo["fsdp/lora"]["peak"]
+
+
+def test_process_group_destroyed(traced):
+    import torch.distributed as dist
+
+    assert not dist.is_initialized()
+
+
+def test_sharded_state_divides(traced, llama_tiny):
+    """FSDP holds 1/N of the base weights and of LoRA's trainable state; DDP all of them plus
+    its gradient buckets (the size of the gradients)."""
+    from probes import parallel
+
+    one = parallel.trace(llama_tiny, TrainSpec(method="lora", **TRAIN), 1, "fsdp").phase_breakdowns["optimizer"]
+    two = traced["fsdp/lora"].phase_breakdowns["optimizer"]
+    assert two["weights/base"] * 2 == one["weights/base"]
+    assert two["adapters/params"] * 2 == one["adapters/params"]
+    ddp = traced["ddp/lora"].phase_breakdowns["optimizer"]
+    assert ddp["ddp/buckets"] == ddp["grads"] == one["adapters/params"]
+
+
+def test_quantized_fsdp_refused(llama_tiny):
+    from probes import parallel
+
+    with pytest.raises(parallel.NotTraceable, match="FSDP"):
+        parallel.trace(llama_tiny, TrainSpec(method="qlora", **TRAIN), 2, "fsdp")
