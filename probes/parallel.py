@@ -209,3 +209,47 @@ def measure(spec: ModelSpec | ProbeModel, train: TrainSpec, sharding: str, devic
         return measure_tracked(wrapped, optimizer, ids, precision, steps=steps, warmup=warmup,
                                force_flash=not spec.eager, timed=False, state=state, resizes=True,
                                tracker=tracker)
+
+
+def torchrun_ranks(num_gpus: int, env=None) -> tuple[int, int]:
+    """(rank, local rank) of this process under torchrun, which must run ``num_gpus`` ranks;
+    ValueError (one line, how to launch it) otherwise."""
+    import os
+
+    env = os.environ if env is None else env
+    launch = (f"run it under torchrun, one process per GPU: torchrun --nproc-per-node {num_gpus} "
+              f"-m probes.cli --device cuda --num-gpus {num_gpus} ...")
+    if "WORLD_SIZE" not in env or "RANK" not in env:
+        raise ValueError(f"--device cuda --num-gpus {num_gpus}: {launch}")
+    if int(env["WORLD_SIZE"]) != num_gpus:
+        raise ValueError(f"--num-gpus {num_gpus} but torchrun started {env['WORLD_SIZE']} processes: {launch}")
+    return int(env["RANK"]), int(env.get("LOCAL_RANK", env["RANK"]))
+
+
+def measure_cuda(spec: ModelSpec | ProbeModel, train: TrainSpec, *, steps: int = 3, warmup: int = 2,
+                 weights=None, force: bool = False, env=None, dist=None, cuda=None, measure=None):
+    """This rank's memory under torchrun on ``train.num_gpus`` GPUs (NCCL): the CUDA protocol
+    (:func:`probes.cuda.measure`) on the model wrapped as :func:`trace` wraps it. Returns
+    (Measurement, DeviceInfo, rank). ``dist``, ``cuda`` and ``measure`` are passed in by tests."""
+    import functools
+
+    if dist is None:
+        import torch.distributed as dist
+    if cuda is None:
+        cuda = torch.cuda
+    if measure is None:
+        from .cuda import measure
+    check_traceable(train, train.sharding)
+    rank, local_rank = torchrun_ranks(train.num_gpus, env)
+    cuda.set_device(local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl")
+    wrap = functools.partial(_wrap_cuda, train.sharding)
+    if train.sharding == "ddp":
+        warmup = max(warmup, DDP_WARMUP)
+    m, info = measure(spec, train, steps=steps, warmup=warmup, weights=weights, force=force, wrap=wrap)
+    return m, info, rank
+
+
+def _wrap_cuda(sharding: str, model: torch.nn.Module) -> torch.nn.Module:
+    return shard_fsdp(model, "cuda") if sharding == "fsdp" else wrap_ddp(model)[0]
