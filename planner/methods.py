@@ -119,8 +119,10 @@ def step_memory(model: ModelSpec, train: TrainSpec, dtype: str) -> StepMemory:
     gc = train.gradient_checkpointing
     opt_transient = C.optimizer_transient(model, train, prec)
     extra = lambda moment: {}  # noqa: E731 - one GPU: no parallel terms
+    end_grads = grads
     if train.parallel:
-        persistent, grads, opt_transient, extra = _per_gpu(model, train, prec, persistent, grads, opt_transient)
+        persistent, grads, end_grads, opt_transient, extra = _per_gpu(model, train, prec, persistent, grads,
+                                                                      opt_transient)
 
     # Forward: the loss moment, or the last layer's worst per-module transient (before
     # lm_head has run). That layer has kept only what came before the module; a
@@ -132,6 +134,10 @@ def step_memory(model: ModelSpec, train: TrainSpec, dtype: str) -> StepMemory:
                           transient__module=fwd.locals + fwd.working, transient__dequant=fwd.dequant,
                           transient__dora=fwd.dora, **extra("in_layer"))
     forward = _largest((at_loss, in_layer))
+    if train.parallel:  # the last layer being unsharded: what the earlier layers kept, two all-gather buffers
+        start_saved = saved - final_norm - (0 if gc else per_layer)
+        forward = _largest((forward, _breakdown(**persistent, activations__saved=start_saved,
+                                                activations__autocast_weights=layer_copies, **extra("layer_start"))))
 
     # Backward start: logits gradients with every activation still kept. Full fine-tuning's
     # first gradient (lm_head, or the tied embedding at the end) is small beside them.
@@ -158,10 +164,13 @@ def step_memory(model: ModelSpec, train: TrainSpec, dtype: str) -> StepMemory:
                     for m in moments] + [dora_back])
     # Backward end: all gradients, the first layer's recomputation and transients.
     leaf = C.checkpoint_input_leaf(model, train, prec)
-    end = _largest([_breakdown(**persistent, grads=grads, activations__input_leaf=leaf, **m, **extra("backward_end"))
+    end = _largest([_breakdown(**persistent, grads=end_grads, activations__input_leaf=leaf, **m, **extra("backward_end"))
                     for m in moments]
-                   + [_breakdown(**persistent, grads=grads, transient__embedding_backward=C.embedding_backward_workspace(
+                   + [_breakdown(**persistent, grads=end_grads, transient__embedding_backward=C.embedding_backward_workspace(
                        model, train, prec), **extra("backward_end"))])
+    if train.parallel and not gc:  # the first layer's backward: its saved set beside the gradients in flight
+        end = _largest((end, _breakdown(**persistent, grads=end_grads, activations__saved=per_layer,
+                                        **extra("backward_end"))))
     backward = _largest((start, top, end))
 
     optimizer = _breakdown(**persistent, grads=grads, activations__input_leaf=leaf,
@@ -170,44 +179,52 @@ def step_memory(model: ModelSpec, train: TrainSpec, dtype: str) -> StepMemory:
                       paged_optimizer_bytes=C.optimizer_states_paged(model, train, prec))
 
 
-# Which parallel terms are live at which moment of the step (planner.sharding): the root
-# unit from forward to the end of backward; the running layer's all-gathered parameters inside
-# a layer; the all-gather buffer (FSDP: the last one lingers until the next copy-out, and
-# backward prefetches) or ZeRO-3's prefetch bucket; gradients being reduced in backward;
-# DDP's buckets always.
+# Which parallel terms are live at which moment of the step, and how many of each
+# (planner.sharding): the root unit from forward to the end of backward; the running layer's
+# all-gathered parameters inside a layer; FSDP's all-gather buffers (the last one lingers until
+# the next copy-out: one at the loss, when backward starts and inside a layer, two when the last
+# layer is unsharded beside the previous one's buffer, before it runs; tracer) or ZeRO-3's prefetch bucket; gradients not yet
+# reduced at the end of backward; DDP's buckets always.
 _LIVE = {
-    "at_loss": ("unsharded_root", "prefetch"),
-    "in_layer": ("unsharded_root", "unsharded_layer", "prefetch"),
-    "backward_layer": ("unsharded_root", "unsharded_layer", "prefetch"),
-    "backward_end": ("unsharded_root", "unsharded_layer", "reduce_scatter"),
-    "optimizer": (),
+    "at_loss": {"unsharded_root": 1, "prefetch": 1},
+    "layer_start": {"unsharded_root": 1, "unsharded_layer": 1, "prefetch": 2},
+    "in_layer": {"unsharded_root": 1, "unsharded_layer": 1, "prefetch": 1},
+    "backward_layer": {"unsharded_root": 1, "unsharded_layer": 1, "prefetch": 1},
+    "backward_end": {"unsharded_root": 1, "unsharded_layer": 1, "prefetch": 1, "reduce_scatter": 1},
+    "optimizer": {},
 }
 
 
 def _per_gpu(model: ModelSpec, train: TrainSpec, prec: C.Precision, persistent: dict[str, int], grads: int,
              opt_transient: int):
-    """One rank's persistent state, gradients and optimizer transient under ``train.sharding``,
-    and the parallel terms live at each moment (a function of the moment's name)."""
+    """One rank's persistent state, gradients (at the optimizer step, and at the end of
+    backward), optimizer transient under ``train.sharding``, and the parallel terms live at each
+    moment (a function of the moment's name)."""
     grad_bytes = C.trainable_bytes_per_param(train, prec)
-    packed = C.weights_base(model, train, prec) - (counts.total_params(model) - counts.linear_weight_params(model)) * C.FP32
-    layer_packed = packed // model.num_layers if train.is_quantized else 0
     n = train.num_gpus
+    layer_packed = 0
+    if train.is_quantized:
+        other = counts.total_params(model) - counts.linear_weight_params(model)
+        layer_packed = (C.weights_base(model, train, prec) - other * C.FP32) // model.num_layers
     persistent = dict(persistent)
+    end_grads = grads
     if train.sharding == "fsdp":
-        base = S.base_tensors(model)
         trainable = S.trainable_tensors(model, train)
         offloaded = S.fsdp_offloaded(train)
-        for key, tensors in (("weights__base", base), ("adapters__params", S.adapter_tensors(model, train)),
+        for key, tensors in (("weights__base", S.base_tensors(model)),
+                             ("adapters__params", S.adapter_tensors(model, train)),
                              ("optimizer__states", trainable)):
             persistent[key] = 0 if offloaded else S.shard_fraction_bytes(persistent[key], tensors, n)
         grads = 0 if offloaded else S.shard_fraction_bytes(grads, trainable, n)
+        end_grads = 0 if offloaded else S.fsdp_grads_at_backward_end(model, train, grad_bytes)
         opt_transient = 0 if offloaded else opt_transient
     elif train.sharding in ("zero2", "zero3"):
         base = persistent["weights__base"] if train.is_quantized else counts.total_params(model) * prec.compute
         states = S.zero_model_states(model, train, base, prec.compute)
         persistent.update(weights__base=states["weights/base"], adapters__params=states["adapters/params"],
                           optimizer__states=states["optimizer/states"])
-        grads, opt_transient = states["grads"], states["optimizer/transient"]
+        grads = end_grads = states["grads"]
+        opt_transient = states["optimizer/transient"]
     terms = {
         "unsharded_root": S.unsharded_root(model, train, prec.weight),
         "unsharded_layer": S.unsharded_layer(model, train, prec.weight, layer_packed),
@@ -217,9 +234,9 @@ def _per_gpu(model: ModelSpec, train: TrainSpec, prec: C.Precision, persistent: 
     buckets = S.ddp_grad_buckets(model, train, grad_bytes)
 
     def extra(moment: str) -> dict[str, int]:
-        live = _LIVE.get(moment, ())
-        out = {f"parallel__{k}": (v if k in live else 0) for k, v in terms.items()}
+        live = _LIVE[moment]
+        out = {f"parallel__{k}": v * live.get(k, 0) for k, v in terms.items()}
         out["parallel__grad_buckets"] = buckets
         return out
 
-    return persistent, grads, opt_transient, extra
+    return persistent, grads, end_grads, opt_transient, extra

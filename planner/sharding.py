@@ -165,16 +165,30 @@ def fsdp_prefetch(model: ModelSpec, train: TrainSpec, weight_bytes: int, packed:
 
 
 def fsdp_reduce_scatter(model: ModelSpec, train: TrainSpec, grad_bytes: int) -> int:
-    """Gradients in flight in backward: FSDP reduce-scatters each layer's unsharded gradients
-    from a flat input of N padded shards (the layer's trainable parameters, twice: the
-    gradients and the copy-in; torch.distributed.fsdp._fully_shard._fsdp_collectives,
-    foreach_reduce). ZeRO-2 / ZeRO-3: the contiguous reduce bucket, min(reduce_bucket_size 5e8,
-    trainable) elements in the compute dtype (DeepSpeed's default, contiguous_gradients)."""
+    """Gradients not yet reduced while the first layer's backward runs (the end of backward):
+    FSDP2 reduce-scatters a unit's gradients once its backward is done, so its own unsharded
+    gradients (one layer's trainable parameters, whole) are in flight, and so are the root's
+    (lm_head and the final norm, for full fine-tuning; the root is reduced last)
+    (torch.distributed.fsdp._fully_shard._fsdp_collectives, foreach_reduce; tracer, tiny Llama
+    full, checkpointing: layer 0's weight gradients and lm_head's [V, h] gradient unsharded,
+    the other layers' gradients sharded). ZeRO-2 / ZeRO-3: the contiguous reduce bucket,
+    min(reduce_bucket_size 5e8, trainable) elements in the compute dtype (DeepSpeed's default,
+    contiguous_gradients)."""
     if train.sharding == "fsdp":
-        return 2 * elements(trainable_tensors(model, train, layer_only=True)) * grad_bytes
+        root = (counts.lm_head_params(model) or counts.embedding_params(model)) + model.hidden_size
+        layer = elements(trainable_tensors(model, train, layer_only=True))
+        return (layer + (root if train.method == "full" else 0)) * grad_bytes
     if train.sharding in ("zero2", "zero3"):
         return min(ZERO_REDUCE_BUCKET, counts.trainable_params(model, train)) * 2
     return 0
+
+
+def fsdp_grads_at_backward_end(model: ModelSpec, train: TrainSpec, grad_bytes: int) -> int:
+    """FSDP: the sharded gradients already there while the first layer's backward runs: every
+    other layer's shard (the root's and the first layer's are still whole,
+    :func:`fsdp_reduce_scatter`)."""
+    layer = sharded(trainable_tensors(model, train, layer_only=True), train.num_gpus)
+    return (model.num_layers - 1) * layer * grad_bytes
 
 
 def ddp_grad_buckets(model: ModelSpec, train: TrainSpec, grad_bytes: int) -> int:
