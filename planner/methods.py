@@ -217,7 +217,7 @@ def _per_gpu(model: ModelSpec, train: TrainSpec, prec: C.Precision, persistent: 
             persistent[key] = 0 if offloaded else S.shard_fraction_bytes(persistent[key], tensors, n)
         grads = 0 if offloaded else S.shard_fraction_bytes(grads, trainable, n)
         end_grads = 0 if offloaded else S.fsdp_grads_at_backward_end(model, train, grad_bytes)
-        opt_transient = 0 if offloaded else opt_transient
+        opt_transient = 0 if offloaded else S.shard_fraction_bytes(opt_transient, trainable, n)
     elif train.sharding in ("zero2", "zero3"):
         base = persistent["weights__base"] if train.is_quantized else counts.total_params(model) * prec.compute
         states = S.zero_model_states(model, train, base, prec.compute)

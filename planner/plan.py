@@ -94,9 +94,6 @@ def parallel_notes(model: ModelSpec, gpu: GpuSpec, train: TrainSpec, dtype: str)
         notes += (f"{name}: model states from formulas with DeepSpeed's defaults (bf16 module, fp32 master weights and "
                   "Adam partitioned, reduce bucket 5e8, ZeRO-3 prefetch bucket 5e7 elements; Rajbhandari et al. 2020), "
                   "not traced (DeepSpeed is not a dependency); activations as with one GPU",)
-    if train.sharding == "fsdp" and train.optim == "adamw_torch":
-        notes += ("under FSDP2, torch's foreach AdamW computes its sqrt buffer on whole (unsharded) tensors (traced): "
-                  "adamw_torch_fused avoids it",)
     if train.is_quantized and train.sharding in ("fsdp", "zero3"):
         notes += (f"QLoRA / QDoRA under {name}: load the 4-bit weights with bnb_4bit_quant_storage={dtype} (the compute "
                   "dtype) so that they shard like any parameter; with the default uint8 storage FSDP fails or trains "

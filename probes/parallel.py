@@ -145,14 +145,36 @@ def _materialize_rest(model: torch.nn.Module) -> None:
                                                           dtype=value.dtype, device="cpu"))
 
 
+def build_traced(spec: ProbeModel, train: TrainSpec, sharding: str):
+    """Inside :func:`fake_process_group`: the model of ``train`` built on meta, sharded or
+    wrapped, and materialized as fake tensors, in the order that works (module docstring).
+    Returns (module to train, model, fake mode, state function or None); a DDP wrapper is made
+    under the mode by :func:`wrap_ddp` (``fake=True``) by the caller."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from .build import build
+    from .fake import materialize, new_fake_mode
+
+    model = build(spec, train, "meta")
+    if sharding == "fsdp":
+        # to_empty copies meta tensors into the mode (and DTensor ops meet real ones)
+        mode = FakeTensorMode(allow_non_fake_inputs=True)
+        shard_fsdp(model)
+        with mode:
+            model.to_empty(device="cpu")
+            _materialize_rest(model)
+    else:
+        mode = new_fake_mode()
+        materialize(model, mode)
+    return model, mode
+
+
 def trace(spec: ModelSpec | ProbeModel, train: TrainSpec, num_gpus: int, sharding: str, *,
           steps: int = 1, warmup: int = 1):
     """Rank 0's memory of ``train`` on ``num_gpus`` GPUs under ``sharding``, traced on fake
     tensors with the fake process group: a :class:`probes.protocol.Measurement`."""
-    from .build import build, probe_model, resolve_precision
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
-    from .fake import allow_grouped_mm_in_any_dtype, cuda_dropout, materialize, new_fake_mode, plain_positions
+    from .build import probe_model, resolve_precision
+    from .fake import allow_grouped_mm_in_any_dtype, cuda_dropout, plain_positions
     from .protocol import measure_tracked
     from .step import make_optimizer, synthetic_batch
 
@@ -162,18 +184,9 @@ def trace(spec: ModelSpec | ProbeModel, train: TrainSpec, num_gpus: int, shardin
     allow_grouped_mm_in_any_dtype()
     ids = synthetic_batch(train.batch_size, train.seq_len, spec.vocab_size, "cpu")
     with fake_process_group(num_gpus):
-        model = build(spec, train, "meta")
-        # FSDP: to_empty copies meta tensors into the mode (and DTensor ops meet real ones)
-        mode = FakeTensorMode(allow_non_fake_inputs=True) if sharding == "fsdp" else new_fake_mode()
-        if sharding == "fsdp":
-            shard_fsdp(model)
-            with mode:
-                model.to_empty(device="cpu")
-                _materialize_rest(model)
-            wrapped, state = model, None
-        else:
-            materialize(model, mode)
+        model, mode = build_traced(spec, train, sharding)
         with mode, plain_positions(), cuda_dropout():
+            wrapped, state = model, None
             if sharding == "ddp":
                 wrapped, state = wrap_ddp(model, fake=True)
                 warmup = max(warmup, DDP_WARMUP)

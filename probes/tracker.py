@@ -21,7 +21,9 @@ The same tracker measures real CPU tensors (``--device cpu``) and fake tensors
 
 Storages resized in place (``UntypedStorage.resize_``: FSDP2 frees and re-allocates its
 all-gathered parameters that way, keeping the storage object) are followed within
-:meth:`ByteTracker.storage_resizes`. A sharded parameter (a DTensor) counts its local shard.
+:meth:`ByteTracker.storage_resizes`. A sharded tensor (a DTensor: FSDP2's parameters, gradients
+and optimizer states) counts its local shard: the mode sees DTensor ops before DTensor runs
+them on the shards, and a DTensor's own storage reports the global size.
 
 What it does not see: memory a kernel allocates internally without returning it as a tensor
 (workspaces, the scratch of a fused kernel) and allocator rounding. Custom ops that a GPU
@@ -245,6 +247,7 @@ class ByteTracker(TorchDispatchMode):
         label = f"{self.phase}/{name}"
         for t in tree_flatten(out)[0]:
             if isinstance(t, torch.Tensor):
+                t = local_tensor(t)  # a DTensor op (the mode sees it before DTensor): its local shard
                 self._add(t.untyped_storage(), label, t)
         return out
 

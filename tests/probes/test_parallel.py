@@ -124,7 +124,7 @@ def test_planned_terms_equal_traced(traced, llama_tiny):
         assert fsdp["optimizer"][key] == opt[key], key
     # AdamW's step counters (4 bytes per trainable tensor, CPU scalars on CUDA) are not planned
     assert opt["optimizer/states"] - fsdp["optimizer"]["optimizer/states"] == 4 * 28
-    assert fsdp["optimizer"]["optimizer/transient"] == opt["optimizer/_foreach_sqrt"]  # whole, not sharded
+    assert fsdp["optimizer"]["optimizer/transient"] == opt["optimizer/_foreach_sqrt"]  # sharded too
     back = traced["fsdp/lora"].phase_breakdowns["backward"]
     assert fsdp["backward"]["parallel/unsharded_root"] == back["forward/resize_"]
     assert fsdp["backward"]["parallel/prefetch"] == back["backward/empty"]
