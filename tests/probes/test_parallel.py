@@ -146,3 +146,64 @@ def test_planned_peak_within_bound(traced, llama_tiny, case):
 def test_peak_bound_negative_control(traced, llama_tiny):
     """A plan of 8 ranks is outside the bound of the traced rank of 2 (the bound can fail)."""
     assert abs(_planned(llama_tiny, "fsdp/lora", n=8).peak_bytes / traced["fsdp/lora"].peak_allocated_bytes - 1) > PEAK_BOUND
+
+
+# ------------------------------------------------------------------ CUDA under torchrun (no GPU: simulated)
+
+def test_torchrun_ranks():
+    from probes.parallel import torchrun_ranks
+
+    with pytest.raises(ValueError, match="torchrun --nproc-per-node 2"):
+        torchrun_ranks(2, env={})
+    with pytest.raises(ValueError, match="started 4 processes"):
+        torchrun_ranks(2, env={"WORLD_SIZE": "4", "RANK": "0"})
+    assert torchrun_ranks(2, env={"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1"}) == (1, 1)
+
+
+class _Dist:
+    def __init__(self):
+        self.calls = []
+
+    def is_initialized(self):
+        return False
+
+    def init_process_group(self, backend):
+        self.calls.append(backend)
+
+
+class _Cuda:
+    def __init__(self):
+        self.device = None
+
+    def set_device(self, index):
+        self.device = index
+
+
+@pytest.mark.parametrize("sharding, warmup", [("fsdp", 1), ("ddp", 2)])
+def test_measure_cuda_under_torchrun_simulated(llama_tiny, sharding, warmup):
+    """Each rank: its GPU, NCCL, the CUDA protocol on the wrapped model (DDP measured after its
+    bucket rebuild)."""
+    from probes import parallel
+
+    dist, cuda, seen = _Dist(), _Cuda(), {}
+
+    def measure(spec, train, **kwargs):
+        seen.update(kwargs)
+        return "measurement", "info"
+
+    train = TrainSpec(method="lora", num_gpus=2, sharding=sharding, **TRAIN)
+    out = parallel.measure_cuda(llama_tiny, train, steps=3, warmup=1, env={"WORLD_SIZE": "2", "RANK": "1",
+                                                                           "LOCAL_RANK": "1"},
+                                dist=dist, cuda=cuda, measure=measure)
+    assert out == ("measurement", "info", 1)
+    assert dist.calls == ["nccl"] and cuda.device == 1
+    assert seen["warmup"] == warmup and seen["steps"] == 3 and callable(seen["wrap"])
+
+
+def test_probe_refuses_what_it_cannot_measure(llama_tiny):
+    from probes.run import make_probe
+
+    with pytest.raises(ValueError, match="--device fake traces rank 0"):
+        make_probe(llama_tiny, TrainSpec(num_gpus=2, sharding="fsdp"), "cpu")
+    with pytest.raises(ValueError, match="planned from formulas"):
+        make_probe(llama_tiny, TrainSpec(num_gpus=2, sharding="zero3"), "fake")
