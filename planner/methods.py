@@ -167,7 +167,7 @@ def step_memory(model: ModelSpec, train: TrainSpec, dtype: str) -> StepMemory:
     end = _largest([_breakdown(**persistent, grads=end_grads, activations__input_leaf=leaf, **m, **extra("backward_end"))
                     for m in moments]
                    + [_breakdown(**persistent, grads=end_grads, transient__embedding_backward=C.embedding_backward_workspace(
-                       model, train, prec), **extra("backward_end"))])
+                       model, train, prec), **extra("embedding_backward"))])
     if train.parallel and not gc:  # the first layer's backward: its saved set beside the gradients in flight
         end = _largest((end, _breakdown(**persistent, grads=end_grads, activations__saved=per_layer,
                                         **extra("backward_end"))))
@@ -191,6 +191,8 @@ _LIVE = {
     "in_layer": {"unsharded_root": 1, "unsharded_layer": 1, "prefetch": 1},
     "backward_layer": {"unsharded_root": 1, "unsharded_layer": 1, "prefetch": 1},
     "backward_end": {"unsharded_root": 1, "unsharded_layer": 1, "prefetch": 1, "reduce_scatter": 1},
+    # a tied embedding's backward, after the first layer's: the root's gradients only
+    "embedding_backward": {"unsharded_root": 1, "prefetch": 1, "root_grads": 1},
     "optimizer": {},
 }
 
@@ -232,10 +234,12 @@ def _per_gpu(model: ModelSpec, train: TrainSpec, prec: C.Precision, persistent: 
         "reduce_scatter": S.fsdp_reduce_scatter(model, train, grad_bytes),
     }
     buckets = S.ddp_grad_buckets(model, train, grad_bytes)
+    root_grads = S.fsdp_root_grads(model, train, grad_bytes)
 
     def extra(moment: str) -> dict[str, int]:
         live = _LIVE[moment]
         out = {f"parallel__{k}": v * live.get(k, 0) for k, v in terms.items()}
+        out["parallel__reduce_scatter"] += root_grads * live.get("root_grads", 0)
         out["parallel__grad_buckets"] = buckets
         return out
 

@@ -175,12 +175,27 @@ def fsdp_reduce_scatter(model: ModelSpec, train: TrainSpec, grad_bytes: int) -> 
     min(reduce_bucket_size 5e8, trainable) elements in the compute dtype (DeepSpeed's default,
     contiguous_gradients)."""
     if train.sharding == "fsdp":
-        root = (counts.lm_head_params(model) or counts.embedding_params(model)) + model.hidden_size
-        layer = elements(trainable_tensors(model, train, layer_only=True))
-        return (layer + (root if train.method == "full" else 0)) * grad_bytes
+        return fsdp_layer_grads(model, train, grad_bytes) + fsdp_root_grads(model, train, grad_bytes)
     if train.sharding in ("zero2", "zero3"):
         return min(ZERO_REDUCE_BUCKET, counts.trainable_params(model, train)) * 2
     return 0
+
+
+def fsdp_layer_grads(model: ModelSpec, train: TrainSpec, grad_bytes: int) -> int:
+    """FSDP: one layer's unsharded gradients, before their reduce-scatter (part of
+    :func:`fsdp_reduce_scatter`)."""
+    return elements(trainable_tensors(model, train, layer_only=True)) * grad_bytes if train.sharding == "fsdp" else 0
+
+
+def fsdp_root_grads(model: ModelSpec, train: TrainSpec, grad_bytes: int) -> int:
+    """FSDP, full fine-tuning: lm_head's (or the tied embedding's) and the final norm's
+    unsharded gradients, reduced last, with the root (part of :func:`fsdp_reduce_scatter`).
+    With a tied embedding they are still there when the embedding's backward runs, after the
+    first layer's (tracer, Llama-3.2-1B 2 layers, 8 GPUs: lm_head's [V, h] gradient beside the
+    embedding's and their sum, no layer unsharded then)."""
+    if train.sharding != "fsdp" or train.method != "full":
+        return 0
+    return ((counts.lm_head_params(model) or counts.embedding_params(model)) + model.hidden_size) * grad_bytes
 
 
 def fsdp_grads_at_backward_end(model: ModelSpec, train: TrainSpec, grad_bytes: int) -> int:
