@@ -3,14 +3,15 @@ torch's own FSDP memory tracker (``torch.distributed._tools.fsdp2_mem_tracker.FS
 on the same step: the same model, sharding, fake process group and fake tensors, one warm-up
 step, then one step under each meter. Prints both peaks, the difference, and the tracker's
 peak by category. Usage: python benchmarks/parallel_memtracker.py [--model M] [--num-gpus N]
-[--method lora] [--batch-size 2] [--seq-len 64]
+[--method lora] [--batch-size 1] [--seq-len 256]  (--model: a catalog name, name@NL for
+fewer layers, or a config.json path)
 """
 from __future__ import annotations
 
 import argparse
 import json
 
-from planner import TrainSpec, get_model
+from planner import TrainSpec
 
 
 def memtracker_peak(spec, train, num_gpus: int) -> tuple[int, dict]:
@@ -53,7 +54,9 @@ def main() -> None:
     from probes import parallel, quiet_libraries
 
     quiet_libraries()
-    spec = get_model(args.model)
+    from validate.baselines import spec_for  # a catalog model, or one cut to fewer layers ("name@NL")
+
+    spec = spec_for(args.model)
     train = TrainSpec(method=args.method, batch_size=args.batch_size, seq_len=args.seq_len,
                       num_gpus=args.num_gpus, sharding="fsdp")
     ours = parallel.trace(spec, train, args.num_gpus, "fsdp").peak_allocated_bytes
