@@ -125,6 +125,9 @@ def test_planned_terms_equal_traced(traced, llama_tiny):
     # AdamW's step counters (4 bytes per trainable tensor, CPU scalars on CUDA) are not planned
     assert opt["optimizer/states"] - fsdp["optimizer"]["optimizer/states"] == 4 * 28
     assert fsdp["optimizer"]["optimizer/transient"] == opt["optimizer/_foreach_sqrt"]  # sharded too
+    fwd = traced["fsdp/lora"].phase_breakdowns["forward"]  # inside the last layer: root and layer whole
+    assert fsdp["forward"]["parallel/unsharded_root"] + fsdp["forward"]["parallel/unsharded_layer"] == fwd["forward/resize_"]
+    assert fsdp["forward"]["parallel/prefetch"] == fwd["forward/empty"]
     back = traced["fsdp/lora"].phase_breakdowns["backward"]
     assert fsdp["backward"]["parallel/unsharded_root"] == back["forward/resize_"]
     assert fsdp["backward"]["parallel/prefetch"] == back["backward/empty"]
