@@ -48,6 +48,7 @@ def main() -> None:
     from probes import quiet_libraries
 
     quiet_libraries()  # before the torch stack is imported: its import-time notices too
+    from probes import parallel
     from probes.fake import trace
     from probes.run import versions
     from validate import baselines as B
@@ -68,11 +69,14 @@ def main() -> None:
     start = time.perf_counter()
     for i, cfg in enumerate(todo, 1):
         t0 = time.perf_counter()
-        m = trace(B.spec_for(cfg.model), cfg.train)
+        t = cfg.train
+        m = (parallel.trace(B.spec_for(cfg.model), t, t.num_gpus, t.sharding) if t.parallel
+             else trace(B.spec_for(cfg.model), t))
         B.append(B.row_from_trace(cfg, m, vers), out)
         print(f"[{i}/{len(todo)} {time.perf_counter() - start:6.0f} s] {cfg.model} {cfg.train.method} "
               f"bs{cfg.train.batch_size} seq{cfg.train.seq_len} r{cfg.train.rank} "
-              f"{','.join(cfg.train.target_modules)} gc={int(cfg.train.gradient_checkpointing)}: "
+              f"{','.join(cfg.train.target_modules)} gc={int(cfg.train.gradient_checkpointing)}"
+              f"{f' {t.num_gpus}x{t.sharding}' if t.parallel else ''}: "
               f"{m.peak_allocated_bytes / GIB:.3f} GiB ({time.perf_counter() - t0:.1f} s)",
               file=sys.stderr, flush=True)
 

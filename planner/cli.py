@@ -10,7 +10,7 @@ from .fit import max_batch_size, max_seq_len, recommend
 from .plan import plan
 from .timing import total_hours
 from .counts import UnsupportedMethod
-from .options import adapter_options, parse_names, parse_targets, training_options
+from .options import adapter_options, parallel_options, parse_names, parse_targets, training_options
 from .specs import DTYPES, METHODS, OPTIMIZERS, TrainSpec
 from .units import GIB
 
@@ -36,6 +36,7 @@ def output_options(f):
 @click.option("--batch-size", default=1, show_default=True, type=int)
 @click.option("--seq-len", default=512, show_default=True, type=int)
 @training_options
+@parallel_options
 @click.option("--dtype", default="auto", show_default=True, type=click.Choice(DTYPES),
               help="auto = bf16 where the GPU has it, else fp16.")
 @click.option("--optim", default="adamw_torch", show_default=True, type=click.Choice(OPTIMIZERS))
@@ -58,7 +59,8 @@ def output_options(f):
 @output_options
 def main(models, gpus, methods, rank, alpha, target_modules, target_parameters, lora_dropout, modules_to_save, batch_size, seq_len,
          gradient_checkpointing, dtype, precision, optim, quant_type, double_quant, attn_implementation,
-         search_batch, search_seq, dataset_tokens, epochs, calibrated, plot_path, list_models, list_gpus, fmt):
+         num_gpus, sharding, offload, search_batch, search_seq, dataset_tokens, epochs, calibrated, plot_path,
+         list_models, list_gpus, fmt):
     """Predict the GPU memory of fine-tuning a model with full, LoRA, rsLoRA, QLoRA, DoRA and
     QDoRA, as a named breakdown, the step time and tokens per second, and say what fits and
     what to use.
@@ -71,6 +73,7 @@ def main(models, gpus, methods, rank, alpha, target_modules, target_parameters, 
       plan --model ./config.json --gpu all --method qlora --json
       plan --model 7b --gpu t4 --gpu rtx4090 --plot breakdown.png
       plan --model 7b --gpu a100-80gb --dataset-tokens 50000000 --epochs 3
+      plan --model 8b --gpu rtx4090 --num-gpus 2 --sharding fsdp
 
     Sizes are GiB (2^30 bytes), as nvidia-smi reports them.
     """
@@ -97,7 +100,7 @@ def main(models, gpus, methods, rank, alpha, target_modules, target_parameters, 
                          modules_to_save=parse_names(modules_to_save),
                          batch_size=batch_size, seq_len=seq_len, gradient_checkpointing=gradient_checkpointing,
                          dtype=dtype, precision=precision, optim=optim, quant_type=quant_type,
-                         double_quant=double_quant)
+                         double_quant=double_quant, num_gpus=num_gpus, sharding=sharding, offload=offload)
         model_specs = [get_model(m) for m in models]
         gpu_specs = get_gpus(gpus)
         reports: list[render.Report] = []

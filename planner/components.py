@@ -135,6 +135,12 @@ def saved_module_bytes(model: ModelSpec, train: TrainSpec, prec: Precision) -> i
     return counts.saved_module_params(model, train) * (FP32 if train.is_quantized else prec.weight)
 
 
+def trainable_bytes_per_param(train: TrainSpec, prec: Precision) -> int:
+    """Bytes of one adapter or fully fine-tuned parameter: fp32 for adapters, the stored
+    weight dtype for full fine-tuning (modules_to_save copies: :func:`saved_module_bytes`)."""
+    return FP32 if train.is_adapter else prec.weight
+
+
 def trainable_bytes(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
     """Bytes of all trainable parameters, each in its own dtype: full fine-tuning's in the
     stored weight dtype; adapters in fp32 (peft's autocast_adapter_dtype); modules_to_save

@@ -10,7 +10,7 @@ from typing import Callable
 
 from .catalog import get_gpu, gpu_names
 from .plan import Plan, plan
-from .specs import GpuSpec, ModelSpec, TrainSpec
+from .specs import OFFLOADABLE, GpuSpec, ModelSpec, TrainSpec
 from .units import GIB
 
 COMFORT_FRACTION = 0.2  # full fine-tuning is "comfortable" with 20% of the GPU free
@@ -118,11 +118,28 @@ def recommend(model: ModelSpec, gpu: GpuSpec, train: TrainSpec, plans: list[Plan
     elif fit:
         choice = sorted(fit, key=lambda m: by[m].device_used_bytes)[0]
         parts.append(f"Of the methods planned, {choice} fits ({_gib(by[choice].device_used_bytes)} of {mem}).")
+    if choice is not None and train.parallel:
+        parts.append(_parallel_fit(model, gpu, train.with_(method=choice), by[choice]))
     if choice is None:
         parts.append(_nothing_fits(model, gpu, train, by))
     elif not train.gradient_checkpointing and by[choice].headroom_bytes < 0.1 * gpu.memory_bytes:
         parts.append("Headroom is thin: gradient checkpointing would leave more room for longer sequences.")
     return Recommendation(choice, " ".join(parts))
+
+
+METHOD_LABELS = {"full": "Full fine-tuning", "lora": "LoRA", "rslora": "rsLoRA", "qlora": "QLoRA", "dora": "DoRA",
+                 "qdora": "QDoRA"}
+
+
+def _parallel_fit(model: ModelSpec, gpu: GpuSpec, train: TrainSpec, planned: Plan) -> str:
+    """"LoRA fits 2 x rtx4090 with FSDP up to batch 3 per GPU (global 6)": the chosen method on
+    every rank, with the largest per-GPU batch at this sequence length."""
+    from .plan import SHARDING_NAMES
+
+    batch = max_batch_size(model, gpu, train)
+    return (f"{METHOD_LABELS[train.method]} fits {train.num_gpus} x {gpu.name} with "
+            f"{SHARDING_NAMES[train.sharding]} up to batch {batch} per GPU (global {batch * train.num_gpus}) "
+            f"at seq {train.seq_len}; {_gib(planned.device_used_bytes)} per GPU at batch {train.batch_size}.")
 
 
 def _nothing_fits(model: ModelSpec, gpu: GpuSpec, train: TrainSpec, by: dict[str, Plan]) -> str:
@@ -144,9 +161,15 @@ def _nothing_fits(model: ModelSpec, gpu: GpuSpec, train: TrainSpec, by: dict[str
         batch = max_batch_size(model, gpu, base)
         if batch:
             tips.append(f"{method} with checkpointing fits up to batch {batch}.")
+    offloads = OFFLOADABLE.get(train.sharding, ())
+    if train.offload == "none" and offloads:
+        off = plan(model, gpu, base.with_(offload=offloads[-1]))
+        if off.fits:
+            tips.append(f"With --offload {offloads[-1]} {method} fits ({_gib(off.device_used_bytes)} per GPU).")
     bigger = _smallest_gpu_that_fits(model, base.with_(gradient_checkpointing=train.gradient_checkpointing))
     if bigger:
-        tips.append(f"The smallest catalog GPU where {method} fits as asked is {bigger.name} "
+        count = f"{train.num_gpus} x " if train.parallel else ""
+        tips.append(f"The smallest catalog GPU where {method} fits as asked is {count}{bigger.name} "
                     f"({_gib(bigger.memory_bytes)}).")
     return " ".join(tips)
 

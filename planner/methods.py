@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 from . import components as C
 from . import moments as M
+from . import sharding as S
+from . import counts
 from .specs import ModelSpec, TrainSpec
 
 from .units import PHASES
@@ -45,6 +47,15 @@ COMPONENT_KEYS = (
     "transient/moe_backward",
     "transient/attention",
 )
+# Several GPUs (planner.sharding): in a plan's phases only when train.num_gpus > 1, so that a
+# one-GPU plan keeps exactly its keys.
+PARALLEL_KEYS = (
+    "parallel/unsharded_root",
+    "parallel/unsharded_layer",
+    "parallel/prefetch",
+    "parallel/reduce_scatter",
+    "parallel/grad_buckets",
+)
 
 
 @dataclass(frozen=True)
@@ -71,12 +82,12 @@ def _largest(breakdowns) -> dict[str, int]:
     return max(breakdowns, key=lambda b: sum(b.values()))
 
 
-_KNOWN = frozenset(COMPONENT_KEYS)
+_KNOWN = frozenset(COMPONENT_KEYS + PARALLEL_KEYS)
 
 
 def _breakdown(**values: int) -> dict[str, int]:
     """A phase's breakdown over every component key (``weights__base`` names
-    ``weights/base``); a name that is not a component key is a bug, refused."""
+    ``weights/base``), and the parallel keys given; a name that is not a key is a bug, refused."""
     out = dict.fromkeys(COMPONENT_KEYS, 0)
     for key, value in values.items():
         name = key.replace("__", "/")
@@ -109,27 +120,37 @@ def step_memory(model: ModelSpec, train: TrainSpec, dtype: str) -> StepMemory:
     recompute = C.recompute_transient(model, train, prec)
     in_flight = C.recompute_incoming_grads(model, train, prec)
     gc = train.gradient_checkpointing
+    opt_transient = C.optimizer_transient(model, train, prec)
+    extra = lambda moment: {}  # noqa: E731 - one GPU: no parallel terms
+    end_grads = grads
+    if train.parallel:
+        persistent, grads, end_grads, opt_transient, extra = _per_gpu(model, train, prec, persistent, grads,
+                                                                      opt_transient)
 
     # Forward: the loss moment, or the last layer's worst per-module transient (before
     # lm_head has run). That layer has kept only what came before the module; a
     # checkpointed layer keeps nothing during its forward.
     at_loss = _breakdown(**persistent, activations__saved=saved, activations__autocast_weights=copies,
-                         activations__logits=C.logits_forward(model, train, prec))
+                         activations__logits=C.logits_forward(model, train, prec), **extra("at_loss"))
     in_layer_saved = saved - final_norm + fwd.live + (0 if gc else fwd.before - per_layer)
     in_layer = _breakdown(**persistent, activations__saved=in_layer_saved, activations__autocast_weights=layer_copies,
                           transient__module=fwd.locals + fwd.working, transient__dequant=fwd.dequant,
-                          transient__dora=fwd.dora)
+                          transient__dora=fwd.dora, **extra("in_layer"))
     eager = M.eager_forward_moment(model, train, prec)
     at_softmax = _breakdown(**persistent, activations__saved=saved - final_norm + eager.live + eager.before
                             + (0 if gc else -per_layer), activations__autocast_weights=layer_copies,
-                            transient__module=eager.locals, transient__attention=eager.working)
+                            transient__module=eager.locals, transient__attention=eager.working, **extra("in_layer"))
     forward = _largest((at_loss, in_layer, at_softmax))
+    if train.parallel:  # the last layer being unsharded: what the earlier layers kept, two all-gather buffers
+        start_saved = saved - final_norm - (0 if gc else per_layer)
+        forward = _largest((forward, _breakdown(**persistent, activations__saved=start_saved,
+                                                activations__autocast_weights=layer_copies, **extra("layer_start"))))
 
     # Backward start: logits gradients with every activation still kept. Full fine-tuning's
     # first gradient (lm_head, or the tied embedding at the end) is small beside them.
     start = _breakdown(**persistent, activations__saved=saved,
                        activations__autocast_weights=(0 if gc else back_copies) + head_copy,
-                       activations__logits=C.logits_backward(model, train, prec))
+                       activations__logits=C.logits_backward(model, train, prec), **extra("at_loss"))
     # The last layer's backward: with checkpointing its recomputation (the whole layer, or the
     # part before the worst per-module transient, with that transient) while the other
     # layers' inputs are still kept (lm_head's copy is gone by then).
@@ -144,12 +165,13 @@ def step_memory(model: ModelSpec, train: TrainSpec, dtype: str) -> StepMemory:
     kept, workspace = M.dora_backward_moment(model, train, prec)
     dora_back = _breakdown(**persistent, activations__saved=saved if gc else saved - per_layer + kept,
                            activations__autocast_weights=back_copies, transient__recompute=kept if gc else 0,
-                           transient__dora_backward=workspace)
+                           transient__dora_backward=workspace, **extra("backward_layer"))
     kept, workspace = M.eager_backward_moment(model, train, prec)
     softmax_back = _breakdown(**persistent, activations__saved=saved - final_norm - (0 if gc else per_layer - kept),
                               activations__autocast_weights=back_copies, transient__recompute=(kept + in_flight) if gc else 0,
-                              transient__attention=workspace)
-    top = _largest([_breakdown(**persistent, activations__saved=saved - final_norm, activations__autocast_weights=back_copies, **m)
+                              transient__attention=workspace, **extra("backward_layer"))
+    top = _largest([_breakdown(**persistent, activations__saved=saved - final_norm, activations__autocast_weights=back_copies, **m,
+                               **extra("backward_layer"))
                     for m in moments] + [dora_back, softmax_back])
     # Backward end: all gradients, the first layer's recomputation and transients.
     leaf = C.checkpoint_input_leaf(model, train, prec)
@@ -157,13 +179,85 @@ def step_memory(model: ModelSpec, train: TrainSpec, dtype: str) -> StepMemory:
     moments.append(dict(transient__recompute=kept + in_flight, transient__attention=workspace) if gc
                    else dict(activations__saved=kept, transient__attention=workspace))
     # in the first layer's backward every gradient exists but the trained embedding's, made last
-    made = grads - C.embedding_grad_pending(model, train, prec)
-    end = _largest([_breakdown(**persistent, grads=made, activations__input_leaf=leaf, **m) for m in moments]
-                   + [_breakdown(**persistent, grads=grads, transient__embedding_backward=C.embedding_backward_workspace(
-                       model, train, prec))])
+    # (one GPU; a sharded embedding's gradient is the parallel terms')
+    made = end_grads if train.parallel else grads - C.embedding_grad_pending(model, train, prec)
+    end = _largest([_breakdown(**persistent, grads=made, activations__input_leaf=leaf, **m, **extra("backward_end"))
+                    for m in moments]
+                   + [_breakdown(**persistent, grads=end_grads, transient__embedding_backward=C.embedding_backward_workspace(
+                       model, train, prec), **extra("embedding_backward"))])
+    if train.parallel and not gc:  # the first layer's backward: its saved set beside the gradients in flight
+        end = _largest((end, _breakdown(**persistent, grads=end_grads, activations__saved=per_layer,
+                                        **extra("backward_end"))))
     backward = _largest((start, top, end))
 
     optimizer = _breakdown(**persistent, grads=grads, activations__input_leaf=leaf,
-                           optimizer__transient=C.optimizer_transient(model, train, prec))
+                           optimizer__transient=opt_transient, **extra("optimizer"))
     return StepMemory(phases={"forward": forward, "backward": backward, "optimizer": optimizer},
                       paged_optimizer_bytes=C.optimizer_states_paged(model, train, prec))
+
+
+# Which parallel terms are live at which moment of the step, and how many of each
+# (planner.sharding): the root unit from forward to the end of backward; the running layer's
+# all-gathered parameters inside a layer; FSDP's all-gather buffers (the last one lingers until
+# the next copy-out: one at the loss, when backward starts and inside a layer, two when the last
+# layer is unsharded beside the previous one's buffer, before it runs; tracer) or ZeRO-3's prefetch bucket; gradients not yet
+# reduced at the end of backward; DDP's buckets always.
+_LIVE = {
+    "at_loss": {"unsharded_root": 1, "prefetch": 1},
+    "layer_start": {"unsharded_root": 1, "unsharded_layer": 1, "prefetch": 2},
+    "in_layer": {"unsharded_root": 1, "unsharded_layer": 1, "prefetch": 1},
+    "backward_layer": {"unsharded_root": 1, "unsharded_layer": 1, "prefetch": 1},
+    "backward_end": {"unsharded_root": 1, "unsharded_layer": 1, "prefetch": 1, "reduce_scatter": 1},
+    # a tied embedding's backward, after the first layer's: the root's gradients only
+    "embedding_backward": {"unsharded_root": 1, "prefetch": 1, "root_grads": 1},
+    "optimizer": {},
+}
+
+
+def _per_gpu(model: ModelSpec, train: TrainSpec, prec: C.Precision, persistent: dict[str, int], grads: int,
+             opt_transient: int):
+    """One rank's persistent state, gradients (at the optimizer step, and at the end of
+    backward), optimizer transient under ``train.sharding``, and the parallel terms live at each
+    moment (a function of the moment's name)."""
+    grad_bytes = C.trainable_bytes_per_param(train, prec)
+    n = train.num_gpus
+    layer_packed = 0
+    if train.is_quantized:
+        other = counts.total_params(model) - counts.linear_weight_params(model)
+        layer_packed = (C.weights_base(model, train, prec) - other * C.FP32) // model.num_layers
+    persistent = dict(persistent)
+    end_grads = grads
+    if train.sharding == "fsdp":
+        trainable = S.trainable_tensors(model, train)
+        offloaded = S.fsdp_offloaded(train)
+        for key, tensors in (("weights__base", S.base_tensors(model)),
+                             ("adapters__params", S.adapter_tensors(model, train)),
+                             ("optimizer__states", trainable)):
+            persistent[key] = 0 if offloaded else S.shard_fraction_bytes(persistent[key], tensors, n)
+        grads = 0 if offloaded else S.shard_fraction_bytes(grads, trainable, n)
+        end_grads = 0 if offloaded else S.fsdp_grads_at_backward_end(model, train, grad_bytes)
+        opt_transient = 0 if offloaded else S.shard_fraction_bytes(opt_transient, trainable, n)
+    elif train.sharding in ("zero2", "zero3"):
+        base = persistent["weights__base"] if train.is_quantized else counts.total_params(model) * prec.compute
+        states = S.zero_model_states(model, train, base, prec.compute)
+        persistent.update(weights__base=states["weights/base"], adapters__params=states["adapters/params"],
+                          optimizer__states=states["optimizer/states"])
+        grads = end_grads = states["grads"]
+        opt_transient = states["optimizer/transient"]
+    terms = {
+        "unsharded_root": S.unsharded_root(model, train, prec.weight),
+        "unsharded_layer": S.unsharded_layer(model, train, prec.weight, layer_packed),
+        "prefetch": S.fsdp_prefetch(model, train, prec.weight, layer_packed),
+        "reduce_scatter": S.fsdp_reduce_scatter(model, train, grad_bytes),
+    }
+    buckets = S.ddp_grad_buckets(model, train, grad_bytes)
+    root_grads = S.fsdp_root_grads(model, train, grad_bytes)
+
+    def extra(moment: str) -> dict[str, int]:
+        live = _LIVE[moment]
+        out = {f"parallel__{k}": v * live.get(k, 0) for k, v in terms.items()}
+        out["parallel__reduce_scatter"] += root_grads * live.get("root_grads", 0)
+        out["parallel__grad_buckets"] = buckets
+        return out
+
+    return persistent, grads, end_grads, opt_transient, extra

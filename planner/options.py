@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .specs import ALL_LINEAR, ATTN_IMPLEMENTATIONS, PRECISIONS, QUANT_TYPES
+from .specs import ALL_LINEAR, ATTN_IMPLEMENTATIONS, OFFLOADS, PRECISIONS, QUANT_TYPES, SHARDINGS
 
 
 def parse_targets(value: str) -> tuple[str, ...]:
@@ -50,4 +50,17 @@ def training_options(f):
                           "autocast; mixed: fp32 master weights + autocast.")(f)
     f = click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=False, show_default=True,
                      help="Non-reentrant activation checkpointing of every decoder layer.")(f)
+    return f
+
+
+def parallel_options(f):
+    """--num-gpus, --sharding, --offload: one data-parallel rank's memory (planner.sharding)."""
+    f = click.option("--offload", default="none", show_default=True, type=click.Choice(OFFLOADS),
+                     help="Offload to the CPU: optimizer (zero2, zero3) or params (zero3; fsdp: "
+                          "CPUOffloadPolicy, parameters, gradients and the optimizer step).")(f)
+    f = click.option("--sharding", default="none", show_default=True, type=click.Choice(SHARDINGS),
+                     help="Data parallelism over --num-gpus: ddp, fsdp (FSDP2 per decoder layer), "
+                          "zero2 / zero3 (DeepSpeed ZeRO, from formulas).")(f)
+    f = click.option("--num-gpus", default=1, show_default=True, type=int,
+                     help="GPUs (data-parallel ranks); --batch-size is per GPU. Needs --sharding.")(f)
     return f

@@ -98,6 +98,33 @@ def moe_notes(model: ModelSpec, train: TrainSpec, dtype: str) -> tuple[str, ...]
     return notes
 
 
+SHARDING_NAMES = {"ddp": "DDP", "fsdp": "FSDP", "zero2": "DeepSpeed ZeRO-2", "zero3": "DeepSpeed ZeRO-3"}
+
+
+def parallel_notes(model: ModelSpec, gpu: GpuSpec, train: TrainSpec, dtype: str) -> tuple[str, ...]:
+    """What a plan over several GPUs means and assumes (none for one GPU)."""
+    if not train.parallel:
+        return ()
+    name = SHARDING_NAMES[train.sharding]
+    notes = (f"per GPU: one rank of {train.num_gpus} x {gpu.name} under {name}; batch_size {train.batch_size} is per "
+             f"GPU (global batch {train.num_gpus * train.batch_size}); a plan fits when its largest rank (rank 0) fits",)
+    if train.sharding in ("ddp", "fsdp"):
+        notes += (f"{name} terms checked against rank 0 traced with torch's fake process group "
+                  f"(probe --device fake --num-gpus {train.num_gpus} --sharding {train.sharding})",)
+    else:
+        notes += (f"{name}: model states from formulas with DeepSpeed's defaults (bf16 module, fp32 master weights and "
+                  "Adam partitioned, reduce bucket 5e8, ZeRO-3 prefetch bucket 5e7 elements; Rajbhandari et al. 2020), "
+                  "not traced (DeepSpeed is not a dependency); activations as with one GPU",)
+    if train.is_quantized and train.sharding in ("fsdp", "zero3"):
+        notes += (f"QLoRA / QDoRA under {name}: load the 4-bit weights with bnb_4bit_quant_storage={dtype} (the compute "
+                  "dtype) so that they shard like any parameter; with the default uint8 storage FSDP fails or trains "
+                  "silently wrong. Planned with that storage (the same bytes); the quant states stay whole on each GPU",)
+    if train.offload != "none":
+        what = "parameters, gradients and the optimizer step" if train.offload == "params" else "the optimizer states and step"
+        notes += (f"--offload {train.offload}: {what} on the CPU (host memory not planned)",)
+    return notes
+
+
 def _as_model(model: str | ModelSpec) -> ModelSpec:
     return model if isinstance(model, ModelSpec) else get_model(model)
 
@@ -151,6 +178,7 @@ def plan(model: str | ModelSpec, gpu: str | GpuSpec, train: TrainSpec | None = N
     elif model.tie_word_embeddings and len(train.modules_to_save) == 2:
         notes += (f"{model.name} ties embed_tokens and lm_head: peft trains them as two independent copies "
                   "(planned so); its ensure_weight_tying=True keeps them tied",)
+    notes += parallel_notes(model, gpu, train, dtype)
     step = step_memory(model, train, dtype)
     phase = step.peak_phase
     allocated = step.peak_bytes
@@ -179,6 +207,8 @@ def plan(model: str | ModelSpec, gpu: str | GpuSpec, train: TrainSpec | None = N
         "precision": train.precision, "lora_dropout": train.lora_dropout,
         "attn_implementation": train.attn_implementation, "modules_to_save": list(train.modules_to_save),
     }
+    if train.parallel:  # one-GPU plans keep exactly their settings
+        settings.update(num_gpus=train.num_gpus, sharding=train.sharding, offload=train.offload)
     return Plan(
         model=model.name, gpu=gpu.name, method=train.method, settings=settings,
         components=components, phases={p: step.total(p) for p in step.phases},

@@ -17,6 +17,8 @@ CSV_FIELDS = ("model", "gpu", "method", "batch_size", "seq_len", "rank", "alpha"
               "fits", "headroom_bytes", "trainable_params", "total_params", "peak_phase",
               "max_batch_size", "max_seq_len", "step_seconds", "tokens_per_second", "mfu", "total_hours")
 
+PARALLEL_CSV_FIELDS = ("num_gpus", "sharding", "offload")  # only when a plan spans several GPUs
+
 
 @dataclass(frozen=True)
 class Report:
@@ -57,7 +59,8 @@ def header(model: ModelSpec, gpu: GpuSpec, train: TrainSpec, plan: Plan) -> str:
             f"batch_size={s['batch_size']} seq_len={s['seq_len']} rank={s['rank']} alpha={s['alpha']:g} "
             f"target_modules={','.join(s['target_modules'])} dtype={s['dtype']} precision={s['precision']} "
             f"optim={s['optim']} gradient_checkpointing={'on' if s['gradient_checkpointing'] else 'off'} "
-            f"quant_type={s['quant_type']} double_quant={'on' if s['double_quant'] else 'off'}{extra}")
+            f"quant_type={s['quant_type']} double_quant={'on' if s['double_quant'] else 'off'}{extra}"
+            + (f" num_gpus={s['num_gpus']} sharding={s['sharding']} offload={s['offload']}" if "num_gpus" in s else ""))
 
 
 def _row(label: str, cells: list[str], width: int) -> str:
@@ -87,7 +90,8 @@ def table(model: ModelSpec, gpu: GpuSpec, train: TrainSpec, reports: list[Report
     lines.append(_row("peak allocated", [gib(p.peak_allocated_bytes) for p in plans], width))
     lines.append(_row("peak reserved", [gib(p.peak_reserved_bytes) for p in plans], width))
     lines.append(_row("device used (nvidia-smi)", [gib(p.device_used_bytes) for p in plans], width))
-    lines.append(_row("GPU memory", [gib(p.gpu_memory_bytes) for p in plans], width))
+    lines.append(_row("GPU memory" + (" (per GPU)" if "num_gpus" in plans[0].settings else ""),
+                      [gib(p.gpu_memory_bytes) for p in plans], width))
     lines.append(_row("fits", ["yes" if p.fits else "no" for p in plans], width))
     lines.append(_row("headroom", [gib(p.headroom_bytes) for p in plans], width))
     lines.append(_row("peak phase", [p.peak_phase for p in plans], width))
@@ -121,12 +125,14 @@ def to_json(reports: list[Report]) -> str:
 def to_csv(reports: list[Report]) -> str:
     """One row per plan with the scalar fields of the JSON (settings flattened)."""
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
+    parallel = any("num_gpus" in r.plan.settings for r in reports)
+    fields = CSV_FIELDS + (PARALLEL_CSV_FIELDS if parallel else ())
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     for r in reports:
         d = r.to_dict()
-        row = {k: v for k, v in d.items() if k in CSV_FIELDS}
-        row.update({k: v for k, v in d["settings"].items() if k in CSV_FIELDS})
+        row = {k: v for k, v in d.items() if k in fields}
+        row.update({k: v for k, v in d["settings"].items() if k in fields})
         row["target_modules"] = ",".join(d["settings"]["target_modules"])
         row["modules_to_save"] = ",".join(d["settings"]["modules_to_save"])
         writer.writerow(row)

@@ -32,6 +32,11 @@ ALL_LINEAR = "all-linear"
 # The modules a decoder's fine-tuning script trains whole beside the adapters (peft's
 # modules_to_save), each a vocab_size x hidden_size matrix.
 SAVABLE_MODULES = ("embed_tokens", "lm_head")
+# Data parallelism over several GPUs (planner.sharding): none (one GPU), DDP, FSDP (FSDP2's
+# fully_shard), DeepSpeed ZeRO-2 / ZeRO-3; what each can offload to the CPU.
+SHARDINGS = ("none", "ddp", "fsdp", "zero2", "zero3")
+OFFLOADS = ("none", "optimizer", "params")
+OFFLOADABLE = {"fsdp": ("params",), "zero2": ("optimizer",), "zero3": ("optimizer", "params")}
 
 
 @dataclass(frozen=True)
@@ -133,6 +138,9 @@ class TrainSpec:
     attn_implementation: str = "auto"
     # peft's modules_to_save: whole modules trained beside the adapters ("embed_tokens", "lm_head")
     modules_to_save: tuple[str, ...] = ()
+    num_gpus: int = 1  # data-parallel ranks; batch_size is per GPU
+    sharding: str = "none"
+    offload: str = "none"
 
     def __post_init__(self) -> None:
         problems = []
@@ -158,6 +166,8 @@ class TrainSpec:
             problems.append("target modules must not be empty")
         if not 0.0 <= self.lora_dropout < 1.0:
             problems.append(f"lora dropout must be in [0, 1), got {self.lora_dropout}")
+        if self.modules_to_save and self.num_gpus > 1:
+            problems.append("--modules-to-save is planned on one GPU only (its copies' sharding is not modelled yet)")
         unknown = [m for m in self.modules_to_save if m not in SAVABLE_MODULES]
         if unknown:
             problems.append(f"modules to save must be among {', '.join(SAVABLE_MODULES)}, got {', '.join(unknown)}")
@@ -166,8 +176,33 @@ class TrainSpec:
         if self.attn_implementation not in ATTN_IMPLEMENTATIONS:
             problems.append(f"unknown attention implementation {self.attn_implementation!r} "
                             f"(choose from {', '.join(ATTN_IMPLEMENTATIONS)})")
+        problems += self._parallel_problems()
         if problems:
             raise ValueError("; ".join(problems))
+
+    def _parallel_problems(self) -> list[str]:
+        if self.num_gpus < 1:
+            return [f"number of GPUs must be at least 1, got {self.num_gpus}"]
+        if self.sharding not in SHARDINGS:
+            return [f"unknown sharding {self.sharding!r} (choose from {', '.join(SHARDINGS)})"]
+        if self.num_gpus > 1 and self.sharding == "none":
+            return [f"--num-gpus {self.num_gpus} needs a --sharding ({', '.join(SHARDINGS[1:])})"]
+        if self.num_gpus == 1 and self.sharding != "none":
+            return [f"--sharding {self.sharding} needs --num-gpus 2 or more (one GPU shards nothing)"]
+        if self.offload not in OFFLOADS:
+            return [f"unknown offload {self.offload!r} (choose from {', '.join(OFFLOADS)})"]
+        if self.offload != "none" and self.offload not in OFFLOADABLE.get(self.sharding, ()):
+            can = "; ".join(f"{k}: {', '.join(v)}" for k, v in OFFLOADABLE.items())
+            return [f"--offload {self.offload} needs a sharding that offloads it ({can}), got --sharding {self.sharding}"]
+        if self.sharding == "fsdp" and self.optim in ("adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit"):
+            return [f"--optim {self.optim} cannot run under FSDP (bitsandbytes' optimizers do not take FSDP2's "
+                    "sharded DTensor parameters): use adamw_torch or adamw_torch_fused"]
+        return []
+
+    @property
+    def parallel(self) -> bool:
+        """Several GPUs (the per-GPU plan of one data-parallel rank)."""
+        return self.num_gpus > 1
 
     @property
     def lora_alpha(self) -> float:

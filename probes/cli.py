@@ -11,7 +11,7 @@ import click
 from planner import CatalogError, ModelSpec, get_model
 from planner.catalog import UnknownArchitecture
 from planner.exits import ERROR, fail
-from planner.options import adapter_options, parse_names, parse_targets, training_options
+from planner.options import adapter_options, parallel_options, parse_names, parse_targets, training_options
 from planner.speed_calibration import measured_speed
 from planner.specs import DTYPES, METHODS, OPTIMIZERS, TrainSpec
 from planner.units import GIB
@@ -137,6 +137,7 @@ def notes(rows: list[dict], extra: tuple[str, ...] = ()) -> str:
               help="bitsandbytes 8-bit / paged optimizers need CUDA (a row with status "
                    "'unsupported' elsewhere).")
 @training_options
+@parallel_options
 @click.option("--device", default="auto", show_default=True,
               type=click.Choice(("auto", "cuda", "cpu", "fake")),
               help="cuda: torch.cuda + NVML; cpu: a real step, byte tracker; fake: the same step "
@@ -153,9 +154,9 @@ def notes(rows: list[dict], extra: tuple[str, ...] = ()) -> str:
 @click.option("--json", "as_json", is_flag=True,
               help='Print only {"rows": [...]} on stdout (bytes as integers).')
 @click.option("--force", is_flag=True, help="Measure on a GPU that other processes use.")
-def main(models, methods, rank, alpha, target_modules, target_parameters, lora_dropout, modules_to_save, batch_size, seq_len, gradient_checkpointing,
-         dtype, precision, optim, quant_type, double_quant, attn_implementation, device, steps, warmup, weights,
-         output, as_json, force):
+def main(models, methods, rank, alpha, target_modules, target_parameters, lora_dropout, modules_to_save, batch_size, seq_len,
+         gradient_checkpointing, dtype, precision, optim, quant_type, double_quant, attn_implementation, num_gpus, sharding,
+         offload, device, steps, warmup, weights, output, as_json, force):
     """Measure what fine-tuning really uses: build the model (random init from its config,
     or --weights), apply the method with peft / bitsandbytes as a training script
     does, run warm-up and measured steps on synthetic tokens, and record peak memory
@@ -168,6 +169,12 @@ def main(models, methods, rank, alpha, target_modules, target_parameters, lora_d
       probe --method lora --model 7b --device fake
       probe --method all --model qwen2.5-0.5b --batch-size 1,2,4 --seq-len 256,512 --device fake
       probe --method dora --model 8b --device fake --seq-len 2048 --gradient-checkpointing --json
+      probe --method lora --model 8b --device fake --num-gpus 2 --sharding fsdp
+      torchrun --nproc-per-node 2 -m probes.cli --device cuda --num-gpus 2 --sharding fsdp
+
+    Several GPUs (--num-gpus N --sharding ddp|fsdp): the memory of rank 0, traced with torch's
+    fake process group on --device fake, or measured per rank under torchrun on --device cuda
+    (rank 0 writes the rows; the device name says which rank of how many, under which sharding).
 
     Every row is appended to the results table (data/probes/results.csv, or --output).
     Exit codes: 0 done (oom / unsupported rows included), 1 error, 2 bad usage or input.
@@ -185,7 +192,7 @@ def main(models, methods, rank, alpha, target_modules, target_parameters, lora_d
                          modules_to_save=parse_names(modules_to_save),
                             batch_size=b, seq_len=s, gradient_checkpointing=gradient_checkpointing,
                             dtype=dtype, precision=precision, optim=optim, quant_type=quant_type,
-                            double_quant=double_quant)
+                            double_quant=double_quant, num_gpus=num_gpus, sharding=sharding, offload=offload)
                   for m in chosen for b in sizes for s in lengths]
         for spec in (s for s in specs if isinstance(s, ModelSpec)):  # bad settings (rank too
             for train in trains:  # large, ...) fail before anything runs
@@ -228,6 +235,9 @@ def main(models, methods, rank, alpha, target_modules, target_parameters, lora_d
         click.echo(f"  {kind} step {k}/{n}: {seconds:.1f} s", err=True)
 
     measure_fn = functools.partial(runner.measure, on_step=progress) if resolved == "cpu" else None
+    import os
+
+    writer = not (resolved == "cuda" and num_gpus > 1) or os.environ.get("RANK", "0") == "0"
     for i, probe in enumerate(probes, 1):
         click.echo(f"[{i}/{len(probes)}] {probe.label} ...", err=True)
         try:
@@ -236,12 +246,16 @@ def main(models, methods, rank, alpha, target_modules, target_parameters, lora_d
             fail(str(exc), ERROR, prog="probe")
         except Exception as exc:  # noqa: BLE001 - one line, then the exit code
             fail(f"{probe.label}: {exc.__class__.__name__}: {exc}", ERROR, prog="probe")
+        if not writer:  # another torchrun rank: rank 0 writes
+            continue
         try:
             store.append([row], path)
         except store.StoreError as exc:
             fail(str(exc), ERROR, prog="probe")
         rows.append(row)
     extra = tuple(dict.fromkeys(n for probe in probes for n in probe.notes))
+    if not writer:
+        return
     if as_json:
         click.echo(json.dumps({"rows": rows}, indent=1))
         for line in extra:

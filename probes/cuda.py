@@ -250,9 +250,10 @@ def context_figures(cuda, nvml, handle) -> tuple[int, int]:
 
 
 def measure(spec, train, *, steps: int = 3, warmup: int = 2, weights: str | Path | None = None,
-            force: bool = False, nvml=None) -> tuple[Measurement, DeviceInfo]:
+            force: bool = False, nvml=None, wrap=None) -> tuple[Measurement, DeviceInfo]:
     """Build ``spec`` (a planner model or a :class:`probes.build.ProbeModel`) on the GPU and
-    run the protocol. Raises GpuBusy / OutOfMemory."""
+    run the protocol. ``wrap(model)`` gives the module to train (a data-parallel wrapper:
+    probes.parallel), before the optimizer is made. Raises GpuBusy / OutOfMemory."""
     import torch
 
     from .build import build, probe_model, resolve_precision
@@ -271,12 +272,13 @@ def measure(spec, train, *, steps: int = 3, warmup: int = 2, weights: str | Path
     model = optimizer = oom = None
     try:
         model = build(spec, train, "cuda", weights)
+        runner = model if wrap is None else wrap(model)
         optimizer = make_optimizer(model.parameters(), train.optim, "cuda")
         scaler = make_scaler(precision, "cuda", model.parameters())
         ids = synthetic_batch(train.batch_size, train.seq_len, spec.vocab_size, "cuda")
 
         def run_step(on_phase):
-            train_step(model, optimizer, ids, precision, scaler, on_phase=on_phase)
+            train_step(runner, optimizer, ids, precision, scaler, on_phase=on_phase)
 
         measurement = measure_steps(run_step, torch.cuda, steps=steps, warmup=warmup,
                                     tokens_per_step=ids.numel(),
@@ -290,6 +292,7 @@ def measure(spec, train, *, steps: int = 3, warmup: int = 2, weights: str | Path
             "peak_allocated_bytes": int(torch.cuda.max_memory_allocated())})
     finally:
         del model, optimizer
+        runner = None
         gc.collect()
         torch.cuda.empty_cache()
     if oom is not None:

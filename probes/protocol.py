@@ -78,12 +78,15 @@ def _grad_labels(model, tracker: ByteTracker):
 
 def measure_tracked(model, optimizer, ids: torch.Tensor, precision, *, steps: int, warmup: int,
                     scaler=None, force_flash: bool = True, timed: bool = True,
-                    tracker: ByteTracker | None = None, on_step=None) -> Measurement:
+                    tracker: ByteTracker | None = None, on_step=None, state=None,
+                    resizes: bool = False) -> Measurement:
     """Warm-up, then ``steps`` measured steps under the byte tracker (module docstring).
 
     ``tracker`` may be passed in (tests use a deliberately broken one); ``timed=False`` leaves
     step time and throughput empty (a fake trace has no meaningful speed); ``on_step(kind, k,
     n, seconds)`` is told of each finished step ("warm-up" or "measured"), for progress.
+    ``state()`` gives more that lives across steps, {label: tensors} (a data-parallel wrapper's
+    gradient buckets); ``resizes`` follows storages resized in place (FSDP2's parameters).
     """
     def done(kind: str, k: int, n: int, since: float) -> None:
         if on_step is not None:
@@ -100,11 +103,12 @@ def measure_tracked(model, optimizer, ids: torch.Tensor, precision, *, steps: in
             done("warm-up", k + 1, warmup, t0)
     gc.collect()
     tracker = tracker or ByteTracker(expand=kernels.expansions())
-    register_state(tracker, model, optimizer, {"inputs": [ids]})
+    register_state(tracker, model, optimizer, {"inputs": [ids], **(state() if state else {})})
     tracker.reset()
     start = time.perf_counter()
     try:
-        with _grad_labels(model, tracker), attention(), tracker:
+        resized = tracker.storage_resizes() if resizes else contextlib.nullcontext()
+        with _grad_labels(model, tracker), attention(), resized, tracker:
             for k in range(steps):
                 t0 = time.perf_counter()
                 train_step(model, optimizer, ids, precision, scaler, on_phase=tracker.set_phase)

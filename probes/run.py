@@ -59,6 +59,13 @@ class Probe:
         if self.warmup < 1:
             raise ValueError("warmup must be at least 1: the first step creates the optimizer "
                              f"states and is never measured, got {self.warmup}")
+        if self.train.parallel:
+            from .parallel import check_traceable
+
+            check_traceable(self.train, self.train.sharding)
+            if self.device == "cpu":
+                raise ValueError(f"--device cpu --num-gpus {self.train.num_gpus}: a CPU has no GPUs to shard over; "
+                                 "--device fake traces rank 0 exactly (the tests check it against real gloo ranks)")
         if self.weights is not None and self.device == "fake":
             raise ValueError("--weights has no effect with --device fake (a trace needs "
                              "shapes only): pass the folder's config.json as --model instead")
@@ -76,7 +83,8 @@ class Probe:
     def label(self) -> str:
         t = self.train
         return (f"{self.model.name} {t.method} bs{t.batch_size} seq{t.seq_len}"
-                f"{' gc' if t.gradient_checkpointing else ''} on {self.device}")
+                f"{' gc' if t.gradient_checkpointing else ''} on {self.device}"
+                + (f", rank 0 of {t.num_gpus} under {t.sharding}" if t.parallel else ""))
 
 
 def resolve_device(device: str) -> str:
@@ -143,7 +151,7 @@ def plan_gpu(device: str, device_name: str) -> str:
         from planner import get_gpus
 
         for gpu in get_gpus(["all"]):
-            if gpu.full_name.lower() == device_name.lower():
+            if gpu.full_name.lower() == device_name.split(";")[0].lower():
                 return gpu.name
     return REFERENCE_GPU
 
@@ -153,6 +161,8 @@ def plan_gpu(device: str, device_name: str) -> str:
 def measure(probe: Probe, on_step=None) -> tuple[Measurement, dict]:
     """Run the probe's backend; returns the measurement and {device_name, driver}.
     ``on_step`` hears of each finished CPU step (progress for slow real steps)."""
+    if probe.train.parallel:
+        return measure_parallel(probe)
     if probe.device == "fake":
         from . import fake
 
@@ -169,6 +179,26 @@ def measure(probe: Probe, on_step=None) -> tuple[Measurement, dict]:
     m, info = cuda.measure(probe.model, probe.train, steps=probe.steps, warmup=probe.warmup,
                            weights=probe.weights, force=probe.force)
     return m, {"device_name": info.name, "driver": info.driver}
+
+
+def rank_label(train: TrainSpec, rank: int = 0) -> str:
+    """Where a multi-GPU row was measured, appended to its device name (the results table has
+    no parallel columns): '; rank 0 of 2, fsdp'."""
+    return f"; rank {rank} of {train.num_gpus}, {train.sharding}"
+
+
+def measure_parallel(probe: Probe) -> tuple[Measurement, dict]:
+    """One rank of ``probe.train.num_gpus`` under its sharding: traced (fake process group) or
+    measured under torchrun (cuda)."""
+    from . import parallel
+
+    t = probe.train
+    if probe.device == "fake":
+        m = parallel.trace(probe.model, t, t.num_gpus, t.sharding, steps=probe.steps, warmup=probe.warmup)
+        return m, {"device_name": "FakeTensorMode (no memory)" + rank_label(t), "driver": ""}
+    m, info, rank = parallel.measure_cuda(probe.model, t, steps=probe.steps, warmup=probe.warmup,
+                                          weights=probe.weights, force=probe.force)
+    return m, {"device_name": info.name + rank_label(t, rank), "driver": info.driver, "rank": rank}
 
 
 def run(probe: Probe, run_id: str = "",

@@ -19,12 +19,19 @@ The same tracker measures real CPU tensors (``--device cpu``) and fake tensors
 (``--device fake``, :mod:`probes.fake`): the storages of fake tensors have shapes, dtypes and
 ``nbytes`` but no memory, and they die like real ones, so both give the same numbers.
 
+Storages resized in place (``UntypedStorage.resize_``: FSDP2 frees and re-allocates its
+all-gathered parameters that way, keeping the storage object) are followed within
+:meth:`ByteTracker.storage_resizes`. A sharded tensor (a DTensor: FSDP2's parameters, gradients
+and optimizer states) counts its local shard: the mode sees DTensor ops before DTensor runs
+them on the shards, and a DTensor's own storage reports the global size.
+
 What it does not see: memory a kernel allocates internally without returning it as a tensor
 (workspaces, the scratch of a fused kernel) and allocator rounding. Custom ops that a GPU
 runs as several allocating steps can be expanded with ``expand`` (see :mod:`probes.fake`).
 """
 from __future__ import annotations
 
+import contextlib
 import weakref
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -124,6 +131,10 @@ class ByteTracker(TorchDispatchMode):
         self.live += nbytes
         if self.free_tracking:
             self._finalizers[key] = weakref.finalize(storage, self._free, key)
+        self._bump()
+
+    def _bump(self) -> None:
+        """After live bytes grew: the overall and phase peaks (and a detail snapshot)."""
         if self.live > self.peak:
             self.peak = self.live
             self.peak_phase = self.phase if self.phase in PHASES else None
@@ -134,6 +145,38 @@ class ByteTracker(TorchDispatchMode):
             self.phase_breakdowns[phase] = dict(self._by_label)
         if self.detail_at.get(phase) == self.live and phase not in self.details:
             self.details[phase] = self._detail()
+
+    def _resize(self, storage) -> None:
+        """A storage resized in place: count its new size (0 frees it, as the allocator does)."""
+        key = storage._cdata
+        if key not in self._storages:
+            if storage.nbytes():
+                self._add(storage, f"{self.phase}/resize_")
+            return
+        old, label = self._storages[key]
+        new = storage.nbytes()
+        self._storages[key] = (new, label)
+        self._by_label[label] += new - old
+        self.live += new - old
+        if new > old:
+            self._bump()
+
+    @contextlib.contextmanager
+    def storage_resizes(self):
+        """Follow ``UntypedStorage.resize_`` (FSDP2's free and re-allocation of its unsharded
+        parameters) while the block runs."""
+        original = torch.UntypedStorage.resize_
+
+        def resize_(storage, size):
+            out = original(storage, size)
+            self._resize(storage)
+            return out
+
+        torch.UntypedStorage.resize_ = resize_
+        try:
+            yield
+        finally:
+            torch.UntypedStorage.resize_ = original
 
     def _detail(self) -> list[tuple]:
         """Live storages grouped by (label, shape, dtype): (bytes, count, label, shape, dtype)."""
@@ -158,12 +201,13 @@ class ByteTracker(TorchDispatchMode):
         """Count tensors that already exist (weights, states, inputs) under ``label``."""
         for t in tensors:
             if isinstance(t, torch.Tensor):
+                t = local_tensor(t)
                 self._add(t.untyped_storage(), label, t)
 
     def relabel(self, tensors: Iterable[torch.Tensor], label: str) -> None:
         """Move the storages of ``tensors`` to another label (e.g. gradients -> ``grads``)."""
         for t in tensors:
-            key = t.untyped_storage()._cdata
+            key = local_tensor(t).untyped_storage()._cdata
             if key in self._storages:
                 nbytes, old = self._storages[key]
                 if old == label:
@@ -203,8 +247,15 @@ class ByteTracker(TorchDispatchMode):
         label = f"{self.phase}/{name}"
         for t in tree_flatten(out)[0]:
             if isinstance(t, torch.Tensor):
+                t = local_tensor(t)  # a DTensor op (the mode sees it before DTensor): its local shard
                 self._add(t.untyped_storage(), label, t)
         return out
+
+
+def local_tensor(t: torch.Tensor) -> torch.Tensor:
+    """The tensor whose storage holds ``t``'s bytes on this rank: a DTensor's local shard."""
+    local = getattr(t, "_local_tensor", None)
+    return t if local is None else local
 
 
 def _sorted(breakdown: dict) -> dict:

@@ -13,7 +13,10 @@ rank 64 and the q,v targets; tier 3 the 13B and 70B QLoRA rows. Tiers 1-3 run in
 autocast; tier 4 adds the other precisions a user gets: the adapter methods in fp16 (every
 GPU without bf16, the T4 among them), full fine-tuning with fp32 master weights (`mixed`,
 what `plan` advises for full fine-tuning in fp16) and without autocast (`pure`), on three
-models.
+models. Tier 6 varies the settings a training script sets (below); tier 7 traces one rank of several GPUs (rank 0, with torch's fake process group:
+probes.parallel): two small catalog models cut to 2 layers, every method, FSDP (the methods it
+traces: not the 4-bit ones) and DDP, on 2, 4 and 8 GPUs; its rows carry ``num_gpus`` and
+``sharding`` (1 and none for every other row).
 """
 from __future__ import annotations
 
@@ -39,9 +42,11 @@ ALL_LINEAR = ("all-linear",)
 FIELDS = ("model", "method", "batch_size", "seq_len", "rank", "target_modules", "gradient_checkpointing",
           "dtype", "precision", "optim", "peak_allocated_bytes", "forward_bytes", "backward_bytes",
           "optimizer_bytes", "peak_phase", "torch", "transformers", "peft", "bitsandbytes",
-          "lora_dropout", "attn_implementation", "modules_to_save")
-# The settings columns added with tier 6, and what the rows made before them used.
-SETTINGS_DEFAULTS = {"lora_dropout": "0.0", "attn_implementation": "auto", "modules_to_save": ""}
+          "lora_dropout", "attn_implementation", "modules_to_save", "num_gpus", "sharding")
+# Columns added after the first tables (tier 6's settings, tier 7's several GPUs), and what the
+# rows made before them used: a table without some of them reads with these values.
+ADDED_DEFAULTS = {"lora_dropout": "0.0", "attn_implementation": "auto", "modules_to_save": "",
+                  "num_gpus": "1", "sharding": "none"}
 
 # A small fixed set CI re-traces in seconds: a 4-layer Llama-shaped model (hidden 256,
 # GQA 8/4 heads, vocabulary 4096), every method, with and without checkpointing.
@@ -68,7 +73,7 @@ class Config:
         return (self.model, t.method, t.batch_size, t.seq_len, t.rank if t.is_adapter else 0,
                 ",".join(t.target_modules) if t.is_adapter else "", t.gradient_checkpointing, t.dtype, t.precision,
                 t.lora_dropout if t.is_adapter else 0.0, t.attn_implementation,
-                ",".join(t.modules_to_save) if t.is_adapter else "")
+                ",".join(t.modules_to_save) if t.is_adapter else "", t.num_gpus, t.sharding)
 
 
 def _grid(models, methods, ranks_targets, dtype="bf16", precision="autocast") -> list[Config]:
@@ -91,6 +96,23 @@ ARCHITECTURE_MODELS = ("qwen3-0.6b@4L", "gemma-3-1b@4L", "phi-4-mini@4L", "smoll
                        "granite-3.3-8b@4L", "qwen3-30b-a3b@2L", "mixtral-8x7b@2L", "gpt-oss-20b@2L")
 
 
+# Tier 7: one rank of several GPUs, small catalog models cut to 2 layers, batch 1, seq 512.
+PARALLEL_MODELS = ("qwen2.5-0.5b@2L", "llama-3.2-1b@2L")
+PARALLEL_GPUS = (2, 4, 8)
+
+
+def parallel_tier() -> list[Config]:
+    """FSDP (the methods the multi-GPU tracer runs: not the 4-bit ones) and DDP (every method)
+    on 2, 4 and 8 GPUs."""
+    out = []
+    for sharding, n, method, model in itertools.product(("fsdp", "ddp"), PARALLEL_GPUS, METHODS, PARALLEL_MODELS):
+        if sharding == "fsdp" and method in ("qlora", "qdora"):
+            continue
+        out.append(Config(model, TrainSpec(method=method, rank=8, batch_size=1, seq_len=512, dtype="bf16",
+                                           num_gpus=n, sharding=sharding)))
+    return out
+
+
 def supports(model_name: str, method: str) -> bool:
     """Whether peft can apply ``method`` with all-linear targets: it refuses DoRA on fused
     expert parameters, which its all-linear conversion targets on Mixtral and Qwen3-MoE."""
@@ -108,7 +130,7 @@ def matrix() -> list[Config]:
              + _grid(PRECISION_MODELS, ("full",), [(8, "all")], dtype="fp16", precision="mixed")
              + _grid(PRECISION_MODELS, ("full",), [(8, "all")], dtype="bf16", precision="pure"))
     tier5 = [c for c in _grid(ARCHITECTURE_MODELS, METHODS, [(8, "all")]) if supports(c.model, c.train.method)]
-    return tier1 + tier2 + tier3 + tier4 + tier5 + settings_tier()
+    return tier1 + tier2 + tier3 + tier4 + tier5 + settings_tier() + parallel_tier()
 
 
 # Tier 6: the settings a training script sets, on an untied and a tied model at their real
@@ -183,6 +205,7 @@ def row_from_trace(cfg: Config, measurement, versions: dict) -> dict:
         "modules_to_save": ",".join(t.modules_to_save) if t.is_adapter else "",
         **{f"{p}_bytes": phases.get(p) for p in PHASES}, "peak_phase": measurement.peak_phase,
         **{k: versions.get(f"{k}_version", "") for k in ("torch", "transformers", "peft", "bitsandbytes")},
+        "num_gpus": t.num_gpus, "sharding": t.sharding,
     }
 
 
@@ -195,7 +218,8 @@ def config_of(row: dict) -> Config:
                       gradient_checkpointing=bool(int(row["gradient_checkpointing"])), dtype=row["dtype"],
                       precision=row["precision"], optim=row["optim"], lora_dropout=float(row["lora_dropout"]),
                       attn_implementation=row["attn_implementation"],
-                      modules_to_save=tuple(row["modules_to_save"].split(",")) if row["modules_to_save"] else ())
+                      modules_to_save=tuple(row["modules_to_save"].split(",")) if row["modules_to_save"] else (),
+                      num_gpus=int(row.get("num_gpus") or 1), sharding=row.get("sharding") or "none")
     return Config(row["model"], train)
 
 
@@ -207,15 +231,23 @@ class BaselineError(ValueError):
     """A baseline file that is missing, malformed or of another schema."""
 
 
+LEGACY_FIELDS = tuple(f for f in FIELDS if f not in ADDED_DEFAULTS)  # the first tables' columns
+
+
+def _known_header(header: tuple) -> bool:
+    """FIELDS, or FIELDS without some of the columns added later (in order)."""
+    return set(LEGACY_FIELDS) <= set(header) and header == tuple(f for f in FIELDS if f in header)
+
+
 def load(name: str) -> list[dict]:
     """Rows of a committed baseline file, with the integer fields as ints."""
     p = path(name) if not Path(name).is_absolute() else Path(name)
     try:
         with open(p, newline="") as f:
             reader = csv.DictReader(f)
-            if tuple(reader.fieldnames or ()) != FIELDS:
+            if not _known_header(tuple(reader.fieldnames or ())):
                 raise BaselineError(f"{p.name}: not a baseline table (columns {reader.fieldnames})")
-            rows = list(reader)
+            rows = [{**ADDED_DEFAULTS, **row} for row in reader]
     except OSError as exc:
         raise BaselineError(f"{p}: cannot read the baseline ({exc.strerror})") from None
     for row in rows:
@@ -227,6 +259,14 @@ def load(name: str) -> list[dict]:
 def append(row: dict, p: Path) -> None:
     """Append one row (creating the file with its header)."""
     new = not p.exists()
+    if not new:
+        with open(p, newline="") as f:
+            header = tuple(next(csv.reader(f), ()))
+        if header != FIELDS and _known_header(header):  # an older table: write only its columns
+            row = {k: v for k, v in row.items() if k in header}
+            with open(p, "a", newline="") as f:
+                csv.DictWriter(f, fieldnames=header, lineterminator="\n").writerow(row)
+            return
     with open(p, "a", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=FIELDS, lineterminator="\n")
         if new:

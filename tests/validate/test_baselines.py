@@ -14,7 +14,9 @@ def test_matrix_size_by_hand():
     #         whose all-linear peft converts to fused experts (2 x 2 x 8 = 32) = 328
     # tier 6: 2 models x 2 checkpointing x (3 methods x 2 dropouts x 2 seqs + 4 methods x 4 eager seqs
     #         + 3 methods x 2 module sets x 2 batches) = 4 x (12 + 16 + 12) = 160
-    assert len(configs) == 440 + 1056 + 32 + 144 + 328 + 160
+    # tier 7: one rank of 2, 4 and 8 GPUs, 2 models: FSDP x 3 methods (not the 4-bit ones) + DDP x 5
+    #         methods = 2 x 3 x (3 + 5) = 48
+    assert len(configs) == 440 + 1056 + 32 + 144 + 328 + 160 + 48
     assert len({c.key() for c in configs}) == len(configs)
 
 
@@ -39,3 +41,18 @@ def test_key_tells_precisions_apart():
     cfg = B.matrix()[0]
     other = B.Config(cfg.model, cfg.train.with_(dtype="fp16"))
     assert other.key() != cfg.key()
+
+
+def test_parallel_tier_and_legacy_tables(tmp_path):
+    tier7 = B.parallel_tier()
+    assert {(c.train.num_gpus, c.train.sharding) for c in tier7} == {(n, s) for n in (2, 4, 8) for s in ("fsdp", "ddp")}
+    assert not {c.train.method for c in tier7 if c.train.sharding == "fsdp"} & {"qlora", "qdora"}
+    one = B.matrix()[0]
+    assert (one.train.num_gpus, one.train.sharding) == (1, "none")
+    assert B.Config(one.model, one.train.with_(num_gpus=2, sharding="ddp")).key() != one.key()
+    legacy = tmp_path / "legacy.csv"  # a table from before several GPUs reads as one GPU
+    legacy.write_text(",".join(B.LEGACY_FIELDS) + "\n" + "m,lora,1,8,8,all-linear,0,bf16,autocast,adamw_torch,"
+                      "3,1,3,2,backward,t,t,p,b\n")
+    row = B.load(str(legacy))[0]
+    assert (row["num_gpus"], row["sharding"], row["lora_dropout"], row["attn_implementation"]) == ("1", "none", "0.0", "auto")
+    assert B.config_of(row).train.num_gpus == 1
