@@ -191,8 +191,10 @@ def qdora(seed: int = 0):
 # ---------------------------------------------------------------- meta catalog models
 
 def meta_model(name: str):
-    """A catalog model (planner.get_model name) built on the meta device: shapes, no memory."""
-    from planner import get_model
+    """A catalog model (planner.get_model name, or "name@NL" cut to N decoder layers) built on
+    the meta device: shapes, no memory."""
     from probes.build import random_init
 
-    return random_init(get_model(name), torch.float32, "meta")
+    from .baselines import spec_for
+
+    return random_init(spec_for(name), torch.float32, "meta")

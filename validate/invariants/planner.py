@@ -1,8 +1,8 @@
 """Planner vs peft: parameter counts on the real module trees.
 
 - trainable and total parameter counts from planner/ equal peft's on the same model built
-  on the meta device, for every catalog model, every method and several target sets and
-  ranks (lora, rslora and qlora add the same adapters; dora and qdora add the magnitude);
+  on the meta device, for every catalog model (whole for the base count, cut to 2 layers for
+  the adapters), every method and several target sets and ranks (lora, rslora and qlora add the same adapters; dora and qdora add the magnitude);
 - a 4-bit model's parameter count pitfall is handled: summing numel() over a bitsandbytes
   model counts packed bytes (two weights per uint8), half of each quantized weight; the
   true count takes each Params4bit's quant_state.shape.
@@ -57,8 +57,7 @@ class Config:
         return tuple(m for m, d in METHOD_DORA.items() if d == self.dora)
 
 
-# What `validate` runs for every catalog model (about 10 s for the 18 models); the test suite
-# adds WIDE_CONFIGS.
+# What `validate` runs for every catalog model; the test suite adds WIDE_CONFIGS on whole models.
 QUICK_CONFIGS = (Config(False, "all-linear", 16), Config(True, "attention", 8))
 WIDE_CONFIGS = (Config(True, "all-linear", 64), Config(False, "mlp", 8), Config(False, "attention", 64),
                 Config(True, "mlp", 4))
@@ -87,9 +86,10 @@ def base_param_count(model) -> int:
 def peft_counts(name: str, config: Config) -> tuple[int, int]:
     """(trainable, total) from peft's get_nb_trainable_parameters on the meta-device model."""
     from peft import get_peft_model
-    from planner import get_model
 
-    spec = get_model(name)
+    from ..baselines import spec_for
+
+    spec = spec_for(name)
     model = M.meta_model(name)
     targets = target_sets(spec)[config.targets]
     parameters = target_parameter_sets(spec).get(config.targets, ())
@@ -103,16 +103,26 @@ def peft_counts(name: str, config: Config) -> tuple[int, int]:
     return peft_model.get_nb_trainable_parameters()
 
 
-def count_pairs(names, configs, planner_method_override: str | None = None) -> list[Pair]:
-    """Planner vs peft for each model and config (and the full method, no peft needed)."""
+def count_pairs(names, configs, planner_method_override: str | None = None, layers: int | None = None) -> list[Pair]:
+    """Planner vs peft for each model and config (and the full method, no peft needed, on the
+    whole model). ``layers``: the adapter pairs on the model cut to that many decoder layers
+    ("name@NL"), the planner's count of the same cut model against peft's: each layer's
+    adapters are counted on the real widths, in a fraction of the time peft takes to wrap
+    every layer of a 70B model (the full-depth adapter counts are the wide test's, one model
+    per architecture)."""
     from planner import TrainSpec, counts, get_model
 
+    from ..baselines import spec_for
+
     pairs = []
-    for name in names:
-        spec = get_model(name)
+    for whole in names:
+        base = base_param_count(M.meta_model(whole))
         full = TrainSpec(method="full")
-        base = base_param_count(M.meta_model(name))
-        pairs.append(Pair(f"{name} full", counts.trainable_params(spec, full), counts.total_params(spec), base, base))
+        whole_spec = get_model(whole)
+        pairs.append(Pair(f"{whole} full", counts.trainable_params(whole_spec, full), counts.total_params(whole_spec),
+                          base, base))
+        name = f"{whole}@{layers}L" if layers else whole
+        spec = spec_for(name)
         for config in configs:
             peft = peft_counts(name, config)
             targets = target_sets(spec)[config.targets]
@@ -150,7 +160,7 @@ def _catalog():
     return model_names()
 
 
-register("planner.counts_match_peft", GROUP, check_counts, lambda: count_pairs(_catalog(), QUICK_CONFIGS),
+register("planner.counts_match_peft", GROUP, check_counts, lambda: count_pairs(_catalog(), QUICK_CONFIGS, layers=2),
          lambda: count_pairs(["qwen2.5-0.5b"], (Config(True, "attention", 8),), planner_method_override="lora"),
          "planner counts a peft DoRA adapter as plain LoRA (no magnitude)")
 
