@@ -67,16 +67,30 @@ TINY_LLAMA = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "voc
               "max_position_embeddings": 512, "tie_word_embeddings": False}
 
 
-def fast_form(args: list[str], tiny_config: Path) -> list[str]:
+def fast_form(args: list[str], tiny_config: Path, cut_dir: Path | None = None) -> list[str]:
     """``args`` of a README example, with --model swapped for the tiny config in a real CPU
-    probe or a sweep of every method."""
+    probe or a sweep of every method, and (given ``cut_dir``) for the same catalog model cut
+    to 2 decoder layers, its real widths kept, in any other probe (a fake trace of a 7B model
+    takes half a minute on 2 cores; benchmarks/readme_examples.py runs them verbatim)."""
     def value(flag):
         return args[args.index(flag) + 1] if flag in args else None
 
-    if args[0] != "probe" or (value("--device") != "cpu" and value("--method") != "all"):
+    if args[0] != "probe":
         return args
     out = list(args)
-    out[out.index("--model") + 1] = str(tiny_config)
+    if value("--device") == "cpu" or value("--method") == "all":
+        out[out.index("--model") + 1] = str(tiny_config)
+    elif cut_dir is not None:
+        import json
+
+        from planner import get_model
+        from validate.baselines import spec_for
+
+        name = get_model(value("--model")).name
+        config = cut_dir / f"{name}-2L" / "config.json"
+        config.parent.mkdir(parents=True, exist_ok=True)
+        config.write_text(json.dumps(spec_for(f"{name}@2L").hf_config()))
+        out[out.index("--model") + 1] = str(config)
     return out
 
 
@@ -87,6 +101,12 @@ def test_fast_form_swaps_only_real_cpu_probes(tmp_path):
     assert fast_form(["probe", "--method", "all", "--model", "7b"], tiny)[-1] == str(tiny)
     assert fast_form(["probe", "--model", "7b", "--device", "cpu"], tiny) == ["probe", "--model", str(tiny),
                                                                             "--device", "cpu"]
+    cut = fast_form(fake, tiny, tmp_path)
+    assert cut[2] == str(tmp_path / "llama-2-7b-2L" / "config.json")
+    import json
+
+    config = json.loads(Path(cut[2]).read_text())
+    assert (config["num_hidden_layers"], config["hidden_size"], config["vocab_size"]) == (2, 4096, 32000)
 
 
 def test_probe_and_validate_examples_run(tmp_path, monkeypatch):
@@ -110,7 +130,7 @@ def test_probe_and_validate_examples_run(tmp_path, monkeypatch):
         for j, arg in enumerate(args):
             if arg.startswith("/tmp/"):
                 args[j] = str(tmp_path / f"{i}-{Path(arg).name}")
-        args = fast_form(args, tiny)
+        args = fast_form(args, tiny, tmp_path)
         if args[0] == "probe" and "--output" not in args:
             args += ["--output", str(tmp_path / f"{i}-rows.csv")]
         monkeypatch.chdir(tmp_path)
