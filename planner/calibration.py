@@ -61,11 +61,28 @@ def family_of(device_name: str) -> str | None:
     return None
 
 
+def measured_on_cuda(row: dict) -> bool:
+    """A successful row measured on a CUDA GPU: the only rows that calibrate anything."""
+    return row.get("device") == "cuda" and row.get("status") == "ok"
+
+
+def results_rows(path: str | None = None) -> list[dict]:
+    """The rows of a results table as text (default: the committed data/probes/results.csv);
+    a missing or unreadable table gives none, never an error: the planner then uses its
+    estimates."""
+    p = Path(path) if path else data.path("probes", "results.csv")
+    try:
+        with open(p, newline="") as f:
+            return list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return []
+
+
 def from_rows(rows: list[dict]) -> dict[str, Calibration]:
     """Calibrations per family from results rows (only successful rows measured on CUDA)."""
     by_family: dict[str, list[dict]] = {}
     for row in rows:
-        if row.get("device") != "cuda" or row.get("status") != "ok":
+        if not measured_on_cuda(row):
             continue
         try:
             int(row["peak_allocated_bytes"]), int(row["peak_reserved_bytes"]), int(row["cuda_context_bytes"])
@@ -90,14 +107,5 @@ def from_rows(rows: list[dict]) -> dict[str, Calibration]:
 
 @lru_cache(maxsize=None)
 def load(path: str | None = None) -> dict[str, Calibration]:
-    """Calibrations from a results table (default: the committed data/probes/results.csv).
-
-    A missing or unreadable table gives no calibration, never an error: the planner then
-    uses its estimates.
-    """
-    p = Path(path) if path else data.path("probes", "results.csv")
-    try:
-        with open(p, newline="") as f:
-            return from_rows(list(csv.DictReader(f)))
-    except (OSError, UnicodeDecodeError, csv.Error):
-        return {}
+    """Calibrations from a results table (:func:`results_rows`)."""
+    return from_rows(results_rows(path))

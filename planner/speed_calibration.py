@@ -10,14 +10,11 @@ GPU's. Pure Python (csv module), like :mod:`planner.calibration`.
 """
 from __future__ import annotations
 
-import csv
 import statistics
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 
-import data
-
+from .calibration import measured_on_cuda, results_rows
 from .catalog import CatalogError, get_gpu, get_model
 from .precision import resolve_dtype
 from .specs import TrainSpec
@@ -76,7 +73,7 @@ def measured_speed(row: dict) -> tuple[float, float] | None:
     """(planned tokens per second, measured MFU) of a successful CUDA row with a step time:
     the planner's model FLOPs of the step over (measured step seconds * the GPU's dense
     16-bit peak). None for any other row (a CPU step is not comparable to a GPU's)."""
-    if row.get("device") != "cuda" or row.get("status") != "ok":
+    if not measured_on_cuda(row):
         return None
     try:
         measured = float(row["step_time_s"])
@@ -93,7 +90,7 @@ def from_rows(rows: list[dict]) -> dict[str, SpeedCalibration]:
     """Calibrations per family from results rows: successful CUDA rows with a step time."""
     ratios: dict[str, list[float]] = {}
     for row in rows:
-        if row.get("device") != "cuda" or row.get("status") != "ok":
+        if not measured_on_cuda(row):
             continue
         try:
             measured = float(row["step_time_s"])
@@ -108,11 +105,5 @@ def from_rows(rows: list[dict]) -> dict[str, SpeedCalibration]:
 
 @lru_cache(maxsize=None)
 def load(path: str | None = None) -> dict[str, SpeedCalibration]:
-    """Calibrations from a results table (default: the committed data/probes/results.csv);
-    a missing or unreadable table gives none, never an error."""
-    p = Path(path) if path else data.path("probes", "results.csv")
-    try:
-        with open(p, newline="") as f:
-            return from_rows(list(csv.DictReader(f)))
-    except (OSError, UnicodeDecodeError, csv.Error):
-        return {}
+    """Calibrations from a results table (:func:`planner.calibration.results_rows`)."""
+    return from_rows(results_rows(path))

@@ -14,3 +14,19 @@ TINY_CONFIG = {
 def tiny():
     """V=10, h=8, I=16, L=2, 2 heads of 4, 1 kv head: q 8->8, k/v 8->4, o 8->8, MLP 8->16->8."""
     return model_from_config(dict(TINY_CONFIG), "tiny")
+
+
+@pytest.fixture
+def results_csv(tmp_path):
+    """A writer of a probe results table in a temporary folder: (fields, rows) -> its path."""
+    import csv
+
+    def write(fields, rows):
+        p = tmp_path / "results.csv"
+        with open(p, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=fields)
+            w.writeheader()
+            w.writerows(rows)
+        return str(p)
+
+    return write

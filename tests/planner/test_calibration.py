@@ -1,5 +1,4 @@
 """Runtime terms calibrated from CUDA rows, and their fallback to the estimates."""
-import csv
 
 from planner import TrainSpec, plan
 from planner import calibration
@@ -9,22 +8,13 @@ from planner.units import MIB
 FIELDS = ["device", "device_name", "status", "peak_allocated_bytes", "peak_reserved_bytes", "cuda_context_bytes"]
 
 
-def rows_file(tmp_path, rows):
-    p = tmp_path / "results.csv"
-    with open(p, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=FIELDS)
-        w.writeheader()
-        w.writerows(rows)
-    return str(p)
-
-
 def cuda_row(allocated, reserved, context, name="NVIDIA H100 80GB HBM3", status="ok", device="cuda"):
     return dict(device=device, device_name=name, status=status, peak_allocated_bytes=allocated,
                 peak_reserved_bytes=reserved, cuda_context_bytes=context)
 
 
-def test_medians_per_family(tmp_path):
-    path = rows_file(tmp_path, [
+def test_medians_per_family(results_csv):
+    path = results_csv(FIELDS, [
         cuda_row(1000 * MIB, 1100 * MIB, 500 * MIB),  # 10% reserve
         cuda_row(2000 * MIB, 2060 * MIB, 520 * MIB),  # 3%
         cuda_row(4000 * MIB, 4200 * MIB, 530 * MIB),  # 5%
@@ -40,8 +30,8 @@ def test_medians_per_family(tmp_path):
     assert cals["turing"].allocator_fraction == 0.0
 
 
-def test_plan_uses_a_calibration_and_says_so(tmp_path):
-    cals = calibration.load(rows_file(tmp_path, [cuda_row(1000 * MIB, 1100 * MIB, 600 * MIB)]))
+def test_plan_uses_a_calibration_and_says_so(results_csv):
+    cals = calibration.load(results_csv(FIELDS, [cuda_row(1000 * MIB, 1100 * MIB, 600 * MIB)]))
     t = TrainSpec(method="qlora")
     p = plan("7b", "h100", t, cals)
     assert p.components["runtime/cuda_context"] == 600 * MIB

@@ -1,5 +1,4 @@
 """The time model: FLOPs per named term worked by hand, the roofline, calibration, totals."""
-import csv
 import math
 
 import pytest
@@ -142,15 +141,6 @@ FIELDS = ["device", "device_name", "status", "model", "method", "rank", "alpha",
           "step_time_s", "plan_gpu"]
 
 
-def speed_rows(tmp_path, rows):
-    p = tmp_path / "results.csv"
-    with open(p, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=FIELDS)
-        w.writeheader()
-        w.writerows(rows)
-    return str(p)
-
-
 def row(step, device="cuda", status="ok", gpu="h100-80gb", method="lora"):
     return dict(device=device, device_name="NVIDIA H100 80GB HBM3", status=status, model="qwen2.5-0.5b",
                 method=method, rank=16, alpha=32, target_modules="all-linear", batch_size=1, seq_len=512,
@@ -158,10 +148,10 @@ def row(step, device="cuda", status="ok", gpu="h100-80gb", method="lora"):
                 quant_type="nf4", double_quant="true", step_time_s=step, plan_gpu=gpu)
 
 
-def test_calibration_scales_the_factors_per_family(tmp_path):
+def test_calibration_scales_the_factors_per_family(results_csv):
     train = TrainSpec(method="lora")
     planned = timing.step_time(get_model("qwen2.5-0.5b"), H100, train, "bf16").step_seconds
-    path = speed_rows(tmp_path, [
+    path = results_csv(FIELDS, [
         row(2 * planned), row(2 * planned),  # measured twice as slow as planned
         row(planned / 10, device="cpu"), row(planned / 10, status="oom"),  # ignored: not comparable / failed
     ])
@@ -177,8 +167,8 @@ def test_calibration_scales_the_factors_per_family(tmp_path):
     assert not any("time calibrated" in n for n in other.notes)
 
 
-def test_no_cuda_rows_says_so(tmp_path):
-    cals = S.load(speed_rows(tmp_path, [row(1.0, device="cpu")]))
+def test_no_cuda_rows_says_so(results_csv):
+    cals = S.load(results_csv(FIELDS, [row(1.0, device="cpu")]))
     assert cals == {}
     p = plan("7b", "t4", TrainSpec(method="lora"), {}, None)  # the committed table: CPU and fake rows only
     assert ("time planned with the default efficiency factors: data/probes has no CUDA rows of the "
