@@ -107,7 +107,9 @@ def parallel_notes(model: ModelSpec, gpu: GpuSpec, train: TrainSpec, dtype: str)
         return ()
     name = SHARDING_NAMES[train.sharding]
     notes = (f"per GPU: one rank of {train.num_gpus} x {gpu.name} under {name}; batch_size {train.batch_size} is per "
-             f"GPU (global batch {train.num_gpus * train.batch_size}); a plan fits when its largest rank (rank 0) fits",)
+             f"GPU (global batch {train.num_gpus * train.batch_size}); a plan fits when its largest rank (rank 0) fits",
+             "time: one GPU's step on its batch, tokens per second per GPU; the collectives' time (all-gather, "
+             "reduce-scatter, all-reduce) is not modelled",)
     if train.sharding in ("ddp", "fsdp"):
         notes += (f"{name} terms checked against rank 0 traced with torch's fake process group "
                   f"(probe --device fake --num-gpus {train.num_gpus} --sharding {train.sharding})",)

@@ -329,12 +329,14 @@ def step_time(model: ModelSpec, gpu: GpuSpec, train: TrainSpec, dtype: str,
 
 def total_hours(step: StepTime, train: TrainSpec, dataset_tokens: int, epochs: int = 1) -> float:
     """Hours to train ``epochs`` passes over ``dataset_tokens`` tokens: the steps
-    (ceil(tokens * epochs / tokens per step)) times the step time."""
+    (ceil(tokens * epochs / tokens per step)) times the step time. With several GPUs a step
+    takes num_gpus per-GPU batches at once (data parallelism; the collectives' time is not
+    modelled)."""
     if dataset_tokens < 1:
         raise ValueError(f"dataset tokens must be at least 1, got {dataset_tokens}")
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs}")
-    steps = math.ceil(dataset_tokens * epochs / train.tokens)
+    steps = math.ceil(dataset_tokens * epochs / (train.tokens * train.num_gpus))
     return steps * step.step_seconds / 3600
 
 

@@ -203,3 +203,12 @@ def test_a_saved_lm_head_adds_its_weight_gradient(tiny):
     assert flops(st, "backward/weight_grad") == 2 * 4 * TINY_HEAD
     plain = timing.step_time(tiny, T4, TrainSpec(method="lora", rank=2, seq_len=4), "fp16")
     assert flops(plain, "backward/weight_grad") == 0
+
+
+def test_hours_with_several_gpus_take_each_gpus_batch(tiny):
+    """Data parallelism: a step consumes num_gpus per-GPU batches."""
+    one = TrainSpec(method="lora", rank=2, seq_len=4)
+    st = timing.step_time(tiny, T4, one, "fp16")
+    four = one.with_(num_gpus=4, sharding="ddp")
+    assert timing.total_hours(st, one, 4000) == 1000 * st.step_seconds / 3600
+    assert timing.total_hours(st, four, 4000) == 250 * st.step_seconds / 3600
