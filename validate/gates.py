@@ -135,7 +135,9 @@ REPORT_GROUPS = (
 
 
 def setting(row: dict) -> str:
-    """The training-script setting a row varies (tier 6), or "defaults"."""
+    """The training-script setting a row varies (tiers 6 and 7), or "defaults"."""
+    if int(row["num_gpus"]) > 1:
+        return f"{row['sharding']} on {row['num_gpus']} GPUs"
     if float(row["lora_dropout"]):
         return f"lora_dropout {float(row['lora_dropout']):g}"
     if row["attn_implementation"] != "auto":
