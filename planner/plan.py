@@ -169,8 +169,10 @@ def plan(model: str | ModelSpec, gpu: str | GpuSpec, train: TrainSpec | None = N
         notes += (f"{model.name} uses {why}: planned with eager attention (seq x seq probabilities kept), "
                   "not SDPA",)
     elif train.attn_implementation == "eager":
-        notes += ("eager attention keeps the seq x seq probabilities of every layer for backward "
-                  "(fp32 and a 16-bit copy): sdpa or flash_attention_2 keep O(seq)",)
+        where = ("each layer's softmax, recomputed in backward, works on seq x seq tensors (transient/attention)"
+                 if train.gradient_checkpointing else
+                 "it keeps the seq x seq probabilities of every layer for backward (fp32 and a 16-bit copy)")
+        notes += (f"eager attention: {where}; sdpa or flash_attention_2 keep O(seq)",)
     elif train.attn_implementation == "flash_attention_2":
         notes += ("flash_attention_2 planned as the flash kernel keeps its memory (O(seq) per head), "
                   "as SDPA's flash kernel does",)
