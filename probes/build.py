@@ -170,11 +170,17 @@ def hf_config(model: ModelSpec | ProbeModel):
 
 
 def bnb_config(train: TrainSpec, precision: Precision):
+    """The 4-bit config of ``train``. Sharded over several GPUs (FSDP, ZeRO-3) the packed
+    weights are stored in the compute dtype (``bnb_4bit_quant_storage``), as FSDP+QLoRA
+    training loads them, so that they shard like any parameter: the same bytes, half as many
+    elements as uint8 storage for bf16."""
     from transformers import BitsAndBytesConfig
 
+    sharded = train.num_gpus > 1 and train.sharding in ("fsdp", "zero3")
     return BitsAndBytesConfig(
         load_in_4bit=True, bnb_4bit_quant_type=train.quant_type,
         bnb_4bit_use_double_quant=train.double_quant, bnb_4bit_compute_dtype=precision.compute,
+        bnb_4bit_quant_storage=precision.compute if sharded else torch.uint8,
     )
 
 
@@ -271,7 +277,10 @@ def load_base(model: ModelSpec | ProbeModel, train: TrainSpec, precision: Precis
         return random_init(model, dtype, device)
     # from_config does not quantize: save the random-init model, load it as a user would.
     with tempfile.TemporaryDirectory(prefix="probe-model-") as tmp:
-        random_init(model, dtype, "cpu").save_pretrained(tmp, safe_serialization=True)
+        base = random_init(model, dtype, "cpu")
+        # a private copy per process: under torch.distributed transformers saves on rank 0 only
+        base.should_save_on_this_rank = lambda is_main_process: True
+        base.save_pretrained(tmp, safe_serialization=True)
         return load_pretrained(tmp, model, dtype, device, quant)
 
 

@@ -25,6 +25,13 @@ it; DDP: materialize as the single-GPU tracer does, then construct DDP inside th
 its cross-rank shape check skipped (it reads tensor data), no initial broadcast, and its bucket
 rebuild skipped (it broadcasts real index data; the rebuilt buckets hold the same bytes).
 The process group is always destroyed afterwards.
+
+QLoRA / QDoRA under FSDP are loaded as FSDP+QLoRA training loads them: the packed 4-bit weights
+stored in the compute dtype (``bnb_4bit_quant_storage``, :func:`probes.build.bnb_config`), so that
+``fully_shard`` shards them like any parameter (it replaces each ``Params4bit`` by a plain one);
+each ``Linear4bit`` keeps its quant state, made fake after ``to_empty``, and bitsandbytes puts it
+back on the all-gathered weight before each forward (:func:`quant_state_from_module` does that
+on fake tensors). A real gloo rank measures the same bytes (tests).
 """
 from __future__ import annotations
 
@@ -131,18 +138,71 @@ def check_traceable(train: TrainSpec, sharding: str) -> None:
     if sharding not in SHARDINGS:
         raise NotTraceable(f"sharding {sharding!r} is not traced (traced: {', '.join(SHARDINGS)}; "
                            "DeepSpeed ZeRO is planned from formulas)")
-    if train.is_quantized and sharding == "fsdp":
-        raise NotTraceable(f"{train.method} under FSDP is not traced: FSDP2 turns a 4-bit Params4bit into a "
-                           "plain sharded parameter and drops its quant state; planned only")
+
+
+def sharded_train(train: TrainSpec, num_gpus: int, sharding: str) -> TrainSpec:
+    """``train`` on ``num_gpus`` under ``sharding``: what the builder reads (QLoRA under FSDP
+    stores its 4-bit weights in the compute dtype, :func:`probes.build.bnb_config`)."""
+    import dataclasses
+
+    if num_gpus < 2 or (train.num_gpus, train.sharding) == (num_gpus, sharding):
+        return train
+    return dataclasses.replace(train, num_gpus=num_gpus, sharding=sharding)
 
 
 def _materialize_rest(model: torch.nn.Module) -> None:
-    """Plain tensor attributes left on meta by ``to_empty`` (rotary tables): fake CPU tensors."""
+    """Plain tensor attributes left on meta by ``to_empty`` (rotary tables) and the tensors of
+    the bitsandbytes quant states kept on each ``Linear4bit``: fake CPU tensors."""
+    from .quant_state import replace_parts
+
+    def fake(value: torch.Tensor) -> torch.Tensor:
+        return torch.empty_strided(tuple(value.shape), tuple(value.stride()), dtype=value.dtype, device="cpu")
+
+    states: set[int] = set()
     for module in model.modules():
         for name, value in list(vars(module).items()):
             if isinstance(value, torch.Tensor) and value.device.type == "meta":
-                setattr(module, name, torch.empty_strided(tuple(value.shape), tuple(value.stride()),
-                                                          dtype=value.dtype, device="cpu"))
+                setattr(module, name, fake(value))
+        quant_state = getattr(module, "quant_state", None)
+        if quant_state is not None and id(quant_state) not in states:
+            states.add(id(quant_state))
+            replace_parts(quant_state, fake)
+
+
+@contextlib.contextmanager
+def quant_state_from_module():
+    """bitsandbytes' ``Linear4bit`` finds its quant state again on the unsharded weight FSDP2
+    all-gathered, as in a real run, on fake tensors too.
+
+    FSDP2 holds a 4-bit weight (stored in the compute dtype) as a plain parameter; before
+    each forward ``fix_4bit_weight_quant_state_from_module`` wraps the all-gathered weight in
+    a new ``Params4bit`` (``_make_subclass``: the same storage, no bytes) carrying the state
+    kept on the module. ``_make_subclass`` refuses a FakeTensor, so here the fake weight
+    becomes a :class:`probes.fake.FakeParams4bit` in place, with the module's state: what the
+    forward reads (and peft's ``dequantize_module_weight``, by class name, for QDoRA)."""
+    import bitsandbytes.nn.modules as bnb_modules
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    from .fake import FakeParams4bit
+
+    original = bnb_modules.fix_4bit_weight_quant_state_from_module
+
+    def fix(module) -> None:
+        weight = module.weight
+        if getattr(weight, "quant_state", None) is not None or not isinstance(weight, FakeTensor):
+            return original(module)
+        state = module.quant_state
+        weight.__class__ = FakeParams4bit
+        weight.quant_state = state
+        weight.blocksize, weight.quant_type = state.blocksize, state.quant_type
+        weight.compress_statistics = state.nested
+        weight.quant_storage, weight.bnb_quantized, weight.module = module.quant_storage, True, None
+
+    bnb_modules.fix_4bit_weight_quant_state_from_module = fix
+    try:
+        yield
+    finally:
+        bnb_modules.fix_4bit_weight_quant_state_from_module = original
 
 
 def build_traced(spec: ProbeModel, train: TrainSpec, sharding: str):
@@ -179,13 +239,15 @@ def trace(spec: ModelSpec | ProbeModel, train: TrainSpec, num_gpus: int, shardin
     from .step import make_optimizer, synthetic_batch
 
     check_traceable(train, sharding)
+    train = sharded_train(train, num_gpus, sharding)
     spec = probe_model(spec, train)
     precision = resolve_precision(train, "fake")
     allow_grouped_mm_in_any_dtype()
     ids = synthetic_batch(train.batch_size, train.seq_len, spec.vocab_size, "cpu")
     with fake_process_group(num_gpus):
         model, mode = build_traced(spec, train, sharding)
-        with mode, plain_positions(), cuda_dropout():
+        quant = quant_state_from_module() if train.is_quantized and sharding == "fsdp" else contextlib.nullcontext()
+        with mode, plain_positions(), cuda_dropout(), quant:
             wrapped, state = model, None
             if sharding == "ddp":
                 wrapped, state = wrap_ddp(model, fake=True)
@@ -206,7 +268,10 @@ def measure(spec: ModelSpec | ProbeModel, train: TrainSpec, sharding: str, devic
     from .protocol import measure_tracked
     from .step import make_optimizer, synthetic_batch
 
+    import torch.distributed as dist
+
     check_traceable(train, sharding)
+    train = sharded_train(train, dist.get_world_size(), sharding)
     spec = probe_model(spec, train)
     precision = resolve_precision(train, device)
     model = build(spec, train, device)

@@ -268,11 +268,19 @@ def state_tensors(model: torch.nn.Module, optimizer: torch.optim.Optimizer | Non
 
     Trainable parameters are ``adapters/params`` when the model has frozen weights (a peft
     model) and ``weights/trainable`` otherwise; bitsandbytes quant states (every tensor of
-    :data:`probes.quant_state.PARTS`) are ``weights/quant_state``.
+    :data:`probes.quant_state.PARTS`, on the weight or, once FSDP2 has replaced the weight, on
+    its ``Linear4bit``) are ``weights/quant_state``.
     """
     params = list(model.parameters())
     any_frozen = any(not p.requires_grad for p in params)
     groups: dict[str, list[torch.Tensor]] = defaultdict(list)
+    states: set[int] = set()
+
+    def add_quant_state(quant_state) -> None:
+        if quant_state is not None and id(quant_state) not in states:
+            states.add(id(quant_state))
+            groups["weights/quant_state"].extend(quant_state_tensors(quant_state))
+
     for p in params:
         if p.requires_grad:
             groups["adapters/params" if any_frozen else "weights/trainable"].append(p)
@@ -280,9 +288,10 @@ def state_tensors(model: torch.nn.Module, optimizer: torch.optim.Optimizer | Non
             groups["weights/base"].append(p)
         if p.grad is not None:
             groups["grads"].append(p.grad)
-        quant_state = getattr(p, "quant_state", None)
-        if quant_state is not None:
-            groups["weights/quant_state"].extend(quant_state_tensors(quant_state))
+        add_quant_state(getattr(p, "quant_state", None))
+    # FSDP2 holds a 4-bit weight as a plain sharded parameter: its state stays on the Linear4bit
+    for module in model.modules():
+        add_quant_state(getattr(module, "quant_state", None))
     groups["buffers"].extend(model.buffers())
     if optimizer is not None:
         for state in optimizer.state.values():
