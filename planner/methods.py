@@ -145,6 +145,10 @@ def step_memory(model: ModelSpec, train: TrainSpec, dtype: str) -> StepMemory:
         start_saved = saved - final_norm - (0 if gc else per_layer)
         forward = _largest((forward, _breakdown(**persistent, activations__saved=start_saved,
                                                 activations__autocast_weights=layer_copies, **extra("layer_start"))))
+        # the first layer being unsharded: the root's all-gather buffer still lingers beside the
+        # root's and the layer's parameters and the layer's buffer; only the embedding output exists
+        embedded = train.tokens * model.hidden_size * prec.stream
+        forward = _largest((forward, _breakdown(**persistent, transient__module=embedded, **extra("first_layer"))))
 
     # Backward start: logits gradients with every activation still kept. Full fine-tuning's
     # first gradient (lm_head, or the tied embedding at the end) is small beside them.
@@ -205,6 +209,9 @@ def step_memory(model: ModelSpec, train: TrainSpec, dtype: str) -> StepMemory:
 _LIVE = {
     "at_loss": {"unsharded_root": 1, "prefetch": 1},
     "layer_start": {"unsharded_root": 1, "unsharded_layer": 1, "prefetch": 2},
+    # the root's buffer (its all-gather output, root-sized) is the lingering one here (tracer,
+    # Llama-2-70B cut to 2 layers, QLoRA on 2 GPUs: two root + layer sized sets at the forward peak)
+    "first_layer": {"unsharded_root": 2, "unsharded_layer": 1, "prefetch": 1},
     "in_layer": {"unsharded_root": 1, "unsharded_layer": 1, "prefetch": 1},
     "backward_layer": {"unsharded_root": 1, "unsharded_layer": 1, "prefetch": 1},
     "backward_end": {"unsharded_root": 1, "unsharded_layer": 1, "prefetch": 1, "reduce_scatter": 1},

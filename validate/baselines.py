@@ -14,8 +14,8 @@ autocast; tier 4 adds the other precisions a user gets: the adapter methods in f
 GPU without bf16, the T4 among them), full fine-tuning with fp32 master weights (`mixed`,
 what `plan` advises for full fine-tuning in fp16) and without autocast (`pure`), on three
 models. Tier 6 varies the settings a training script sets (below); tier 7 traces one rank of several GPUs (rank 0, with torch's fake process group:
-probes.parallel): two small catalog models cut to 2 layers, every method, FSDP (the methods it
-traces: not the 4-bit ones) and DDP, on 2, 4 and 8 GPUs; its rows carry ``num_gpus`` and
+probes.parallel): two small catalog models cut to 2 layers, every method, FSDP and DDP, on 2,
+4 and 8 GPUs, and Llama-2-70B QLoRA under FSDP; its rows carry ``num_gpus`` and
 ``sharding`` (1 and none for every other row).
 """
 from __future__ import annotations
@@ -102,14 +102,21 @@ PARALLEL_GPUS = (2, 4, 8)
 
 
 def parallel_tier() -> list[Config]:
-    """FSDP (the methods the multi-GPU tracer runs: not the 4-bit ones) and DDP (every method)
-    on 2, 4 and 8 GPUs."""
+    """DDP under every method, FSDP under the 16-bit ones, on 2, 4 and 8 GPUs; then the 4-bit
+    methods under FSDP (their weights stored in the compute dtype) on the same models, and
+    Llama-2-70B QLoRA (cut to 2 layers, its real widths) with and without checkpointing."""
     out = []
     for sharding, n, method, model in itertools.product(("fsdp", "ddp"), PARALLEL_GPUS, METHODS, PARALLEL_MODELS):
         if sharding == "fsdp" and method in ("qlora", "qdora"):
-            continue
+            continue  # (below, traced after the 16-bit ones)
         out.append(Config(model, TrainSpec(method=method, rank=8, batch_size=1, seq_len=512, dtype="bf16",
                                            num_gpus=n, sharding=sharding)))
+    for n, method, model in itertools.product(PARALLEL_GPUS, ("qlora", "qdora"), PARALLEL_MODELS):
+        out.append(Config(model, TrainSpec(method=method, rank=8, batch_size=1, seq_len=512, dtype="bf16",
+                                           num_gpus=n, sharding="fsdp")))
+    for n, gc in itertools.product(PARALLEL_GPUS, (False, True)):
+        out.append(Config("llama-2-70b@2L", TrainSpec(method="qlora", rank=8, batch_size=1, seq_len=512, dtype="bf16",
+                                                      gradient_checkpointing=gc, num_gpus=n, sharding="fsdp")))
     return out
 
 

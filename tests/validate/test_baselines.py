@@ -14,9 +14,9 @@ def test_matrix_size_by_hand():
     #         whose all-linear peft converts to fused experts (2 x 2 x 8 = 32) = 328
     # tier 6: 2 models x 2 checkpointing x (3 methods x 2 dropouts x 2 seqs + 4 methods x 4 eager seqs
     #         + 3 methods x 2 module sets x 2 batches) = 4 x (12 + 16 + 12) = 160
-    # tier 7: one rank of 2, 4 and 8 GPUs, 2 models: FSDP x 3 methods (not the 4-bit ones) + DDP x 5
-    #         methods = 2 x 3 x (3 + 5) = 48
-    assert len(configs) == 440 + 1056 + 32 + 144 + 328 + 160 + 48
+    # tier 7: one rank of 2, 4 and 8 GPUs, 2 models x 3 GPU counts x (FSDP x 5 methods + DDP x 5 methods)
+    #         = 60, and Llama-2-70B QLoRA under FSDP x 3 GPU counts x 2 checkpointing = 6: 66
+    assert len(configs) == 440 + 1056 + 32 + 144 + 328 + 160 + 66
     assert len({c.key() for c in configs}) == len(configs)
 
 
@@ -46,7 +46,7 @@ def test_key_tells_precisions_apart():
 def test_parallel_tier_and_legacy_tables(tmp_path):
     tier7 = B.parallel_tier()
     assert {(c.train.num_gpus, c.train.sharding) for c in tier7} == {(n, s) for n in (2, 4, 8) for s in ("fsdp", "ddp")}
-    assert not {c.train.method for c in tier7 if c.train.sharding == "fsdp"} & {"qlora", "qdora"}
+    assert {c.train.method for c in tier7 if c.train.sharding == "fsdp"} == set(B.METHODS)
     one = B.matrix()[0]
     assert (one.train.num_gpus, one.train.sharding) == (1, "none")
     assert B.Config(one.model, one.train.with_(num_gpus=2, sharding="ddp")).key() != one.key()
