@@ -14,8 +14,8 @@ autocast; tier 4 adds the other precisions a user gets: the adapter methods in f
 GPU without bf16, the T4 among them), full fine-tuning with fp32 master weights (`mixed`,
 what `plan` advises for full fine-tuning in fp16) and without autocast (`pure`), on three
 models. Tier 6 varies the settings a training script sets (below); tier 7 traces one rank of several GPUs (rank 0, with torch's fake process group:
-probes.parallel): two small catalog models cut to 2 layers, every method, FSDP and DDP, on 2,
-4 and 8 GPUs, and Llama-2-70B QLoRA under FSDP; its rows carry ``num_gpus`` and
+probes.parallel): three catalog models from 0.5B to 8B cut to 2 layers, every method, FSDP and
+DDP, on 2, 4 and 8 GPUs, and Llama-2-70B QLoRA under FSDP; its rows carry ``num_gpus`` and
 ``sharding`` (1 and none for every other row).
 """
 from __future__ import annotations
@@ -96,8 +96,8 @@ ARCHITECTURE_MODELS = ("qwen3-0.6b@4L", "gemma-3-1b@4L", "phi-4-mini@4L", "smoll
                        "granite-3.3-8b@4L", "qwen3-30b-a3b@2L", "mixtral-8x7b@2L", "gpt-oss-20b@2L")
 
 
-# Tier 7: one rank of several GPUs, small catalog models cut to 2 layers, batch 1, seq 512.
-PARALLEL_MODELS = ("qwen2.5-0.5b@2L", "llama-3.2-1b@2L")
+# Tier 7: one rank of several GPUs, catalog models from 0.5B to 8B cut to 2 layers, batch 1, seq 512.
+PARALLEL_MODELS = ("qwen2.5-0.5b@2L", "llama-3.2-1b@2L", "llama-3.1-8b@2L")
 PARALLEL_GPUS = (2, 4, 8)
 
 

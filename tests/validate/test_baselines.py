@@ -14,9 +14,9 @@ def test_matrix_size_by_hand():
     #         whose all-linear peft converts to fused experts (2 x 2 x 8 = 32) = 328
     # tier 6: 2 models x 2 checkpointing x (3 methods x 2 dropouts x 2 seqs + 4 methods x 4 eager seqs
     #         + 3 methods x 2 module sets x 2 batches) = 4 x (12 + 16 + 12) = 160
-    # tier 7: one rank of 2, 4 and 8 GPUs, 2 models x 3 GPU counts x (FSDP x 5 methods + DDP x 5 methods)
-    #         = 60, and Llama-2-70B QLoRA under FSDP x 3 GPU counts x 2 checkpointing = 6: 66
-    assert len(configs) == 440 + 1056 + 32 + 144 + 328 + 160 + 66
+    # tier 7: one rank of 2, 4 and 8 GPUs, 3 models x 3 GPU counts x (FSDP x 5 methods + DDP x 5 methods)
+    #         = 90, and Llama-2-70B QLoRA under FSDP x 3 GPU counts x 2 checkpointing = 6: 96
+    assert len(configs) == 440 + 1056 + 32 + 144 + 328 + 160 + 96
     assert len({c.key() for c in configs}) == len(configs)
 
 
