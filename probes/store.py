@@ -50,6 +50,8 @@ SCHEMA: tuple[tuple[str, str], ...] = (
     ("lora_dropout", "float"),
     ("attn_implementation", "str"),
     ("modules_to_save", "str"),
+    ("num_gpus", "int"),
+    ("sharding", "str"),
     ("init", "str"),
     ("steps", "int"),
     ("warmup", "int"),
@@ -94,10 +96,10 @@ SCHEMA: tuple[tuple[str, str], ...] = (
 )
 COLUMNS = tuple(name for name, _ in SCHEMA)
 TYPES = dict(SCHEMA)
-# Schema 2 added four settings. Schema-1 rows were all made with their defaults, which an
+# Schema 2 added six settings. Schema-1 rows were all made with their defaults, which an
 # older table gets on reading (as text; its other cells, schema_version included, unchanged).
 ADDED_IN_2 = {"target_parameters": "", "lora_dropout": "0.0", "attn_implementation": "auto",
-              "modules_to_save": ""}
+              "modules_to_save": "", "num_gpus": "1", "sharding": "none"}
 COLUMNS_1 = tuple(c for c in COLUMNS if c not in ADDED_IN_2)
 STATUSES = ("ok", "oom", "unsupported", "error")
 

@@ -262,3 +262,14 @@ def test_probe_refuses_what_it_cannot_measure(llama_tiny):
         make_probe(llama_tiny, TrainSpec(num_gpus=2, sharding="fsdp"), "cpu")
     with pytest.raises(ValueError, match="planned from formulas"):
         make_probe(llama_tiny, TrainSpec(num_gpus=2, sharding="zero3"), "fake")
+
+
+def test_a_traced_rank_row_records_its_gpus_and_sharding(llama_tiny):
+    from probes import run as runner
+    from probes.store import check_row
+
+    row = runner.run(runner.make_probe(llama_tiny, TrainSpec(method="lora", num_gpus=2, sharding="ddp", **TRAIN),
+                                       "fake"), "test-run")
+    check_row(row)
+    assert row["status"] == "ok" and (row["num_gpus"], row["sharding"]) == (2, "ddp")
+    assert row["ratio"] is not None

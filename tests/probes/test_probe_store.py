@@ -168,7 +168,7 @@ def test_the_table_keeps_its_file_mode(fake_row, tmp_path):
 
 
 def test_a_schema_1_table_reads_with_the_settings_its_rows_used_and_upgrades_on_append(fake_row, tmp_path):
-    """Schema 2 added target_parameters, lora_dropout, attn_implementation and
+    """Schema 2 added target_parameters, lora_dropout, attn_implementation, num_gpus, sharding and
     modules_to_save; schema-1 rows were made with their defaults and read back so, their own
     cells (schema_version 1 included) unchanged."""
     from probes import store
@@ -190,6 +190,7 @@ def test_a_schema_1_table_reads_with_the_settings_its_rows_used_and_upgrades_on_
     (old,) = store.load_rows(v1)
     assert old["schema_version"] == 1 and old["lora_dropout"] == 0.0 and old["attn_implementation"] == "auto"
     assert old["modules_to_save"] is None and old["peak_allocated_bytes"] == fake_row["peak_allocated_bytes"]
+    assert (old["num_gpus"], old["sharding"]) == (1, "none")
     store.append([row], v1)
     old, new = store.load_rows(v1)
     assert old["schema_version"] == 1 and new["schema_version"] == 2
