@@ -69,7 +69,7 @@ TINY_LLAMA = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "voc
 
 def fast_form(args: list[str], tiny_config: Path, cut_dir: Path | None = None) -> list[str]:
     """``args`` of a README example, with --model swapped for the tiny config in a real CPU
-    probe or a sweep of every method, and (given ``cut_dir``) for the same catalog model cut
+    probe or a sweep of every method (a sweep over its first batch size only), and (given ``cut_dir``) for the same catalog model cut
     to 2 decoder layers, its real widths kept, in any other probe (a fake trace of a 7B model
     takes half a minute on 2 cores; benchmarks/readme_examples.py runs them verbatim)."""
     def value(flag):
@@ -80,6 +80,8 @@ def fast_form(args: list[str], tiny_config: Path, cut_dir: Path | None = None) -
     out = list(args)
     if value("--device") == "cpu" or value("--method") == "all":
         out[out.index("--model") + 1] = str(tiny_config)
+        if value("--batch-size"):  # a sweep: its first batch size (the list is parsed the same way)
+            out[out.index("--batch-size") + 1] = value("--batch-size").split(",")[0]
     elif cut_dir is not None:
         import json
 
@@ -99,6 +101,8 @@ def test_fast_form_swaps_only_real_cpu_probes(tmp_path):
     fake = ["probe", "--model", "7b", "--device", "fake"]
     assert fast_form(fake, tiny) == fake
     assert fast_form(["probe", "--method", "all", "--model", "7b"], tiny)[-1] == str(tiny)
+    assert fast_form(["probe", "--method", "all", "--model", "7b", "--batch-size", "1,2"], tiny)[-3:] == [
+        str(tiny), "--batch-size", "1"]
     assert fast_form(["probe", "--model", "7b", "--device", "cpu"], tiny) == ["probe", "--model", str(tiny),
                                                                             "--device", "cpu"]
     cut = fast_form(fake, tiny, tmp_path)
