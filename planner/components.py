@@ -83,10 +83,13 @@ def weights_base(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
     """
     if not train.is_quantized:
         return counts.total_params(model) * prec.weight
-    packed = model.num_layers * sum(quantized_weight_bytes(lin.in_features * lin.out_features)
-                                    for lin in model.linears)
     other = counts.total_params(model) - counts.linear_weight_params(model)
-    return packed + other * FP32
+    return model.num_layers * packed_layer_bytes(model) + other * FP32
+
+
+def packed_layer_bytes(model: ModelSpec) -> int:
+    """One decoder layer's Linear weights packed to 4 bits (:func:`quantized_weight_bytes` each)."""
+    return sum(quantized_weight_bytes(lin.in_features * lin.out_features) for lin in model.linears)
 
 
 def quant_state_per_weight(n: int, double_quant: bool) -> int:
@@ -132,7 +135,13 @@ def saved_module_bytes(model: ModelSpec, train: TrainSpec, prec: Precision) -> i
     prepare_model_for_kbit_training has cast to fp32 before peft copies them (tracer, tiny
     Llama: one V x h bf16 tensor more for LoRA, fp32 for QLoRA). The original stays, frozen,
     in weights/base."""
-    return counts.saved_module_params(model, train) * (FP32 if train.is_quantized else prec.weight)
+    return counts.saved_module_params(model, train) * saved_module_bytes_per_param(train, prec)
+
+
+def saved_module_bytes_per_param(train: TrainSpec, prec: Precision) -> int:
+    """The dtype of the embedding and lm_head as they train: the weight dtype, fp32 once
+    prepare_model_for_kbit_training has cast them (QLoRA / QDoRA)."""
+    return FP32 if train.is_quantized else prec.weight
 
 
 def trainable_bytes_per_param(train: TrainSpec, prec: Precision) -> int:
@@ -167,7 +176,7 @@ def _trainable_tensor_sizes(model: ModelSpec, train: TrainSpec) -> list[tuple[in
         for tg in counts.targeted_parameters(model, train):
             sizes += [(tg.rank * tg.experts * tg.in_features, model.num_layers),
                       (tg.out_features * tg.rank * tg.experts, model.num_layers)]
-        sizes += [(model.vocab_size * model.hidden_size, 1)] * len(train.modules_to_save)
+        sizes += [(counts.embedding_params(model), 1)] * len(train.modules_to_save)
         return sizes
     sizes = [(counts.embedding_params(model), 1), (model.hidden_size, 1)]
     sizes += [(norm.size, model.num_layers) for norm in model.layer.norms]
@@ -189,8 +198,7 @@ def embedding_grad_pending(model: ModelSpec, train: TrainSpec, prec: Precision) 
     backward, the backward peak, has every gradient but the embedding's)."""
     if not counts.trains_embedding(train) or (train.method == "full" and model.tie_word_embeddings):
         return 0
-    per_param = prec.weight if train.method == "full" else (FP32 if train.is_quantized else prec.weight)
-    return counts.embedding_params(model) * per_param
+    return counts.embedding_params(model) * saved_module_bytes_per_param(train, prec)
 
 
 def optimizer_states(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:

@@ -195,7 +195,7 @@ def saved_module_params(model: ModelSpec, train: TrainSpec) -> int:
     ensure_weight_tying=False). 0 for full fine-tuning, which trains the modules themselves."""
     if not train.is_adapter:
         return 0
-    return len(train.modules_to_save) * model.vocab_size * model.hidden_size
+    return len(train.modules_to_save) * embedding_params(model)
 
 
 def trainable_params(model: ModelSpec, train: TrainSpec) -> int:

@@ -170,18 +170,19 @@ def step_memory(model: ModelSpec, train: TrainSpec, dtype: str) -> StepMemory:
     dora_back = _breakdown(**persistent, activations__saved=saved if gc else saved - per_layer + kept,
                            activations__autocast_weights=back_copies, transient__recompute=kept if gc else 0,
                            transient__dora_backward=workspace, **extra("backward_layer"))
-    kept, workspace = M.eager_backward_moment(model, train, prec)
-    softmax_back = _breakdown(**persistent, activations__saved=saved - final_norm - (0 if gc else per_layer - kept),
-                              activations__autocast_weights=back_copies, transient__recompute=(kept + in_flight) if gc else 0,
-                              transient__attention=workspace, **extra("backward_layer"))
+    softmax_kept, softmax_work = M.eager_backward_moment(model, train, prec)
+    softmax_back = _breakdown(**persistent, activations__saved=saved - final_norm - (0 if gc else per_layer - softmax_kept),
+                              activations__autocast_weights=back_copies,
+                              transient__recompute=(softmax_kept + in_flight) if gc else 0,
+                              transient__attention=softmax_work, **extra("backward_layer"))
     top = _largest([_breakdown(**persistent, activations__saved=saved - final_norm, activations__autocast_weights=back_copies, **m,
                                **extra("backward_layer"))
                     for m in moments] + [dora_back, softmax_back])
     # Backward end: all gradients, the first layer's recomputation and transients.
     leaf = C.checkpoint_input_leaf(model, train, prec)
     # (the first layer's eager softmax backward, every later gradient made: what full fine-tuning peaks at)
-    moments.append(dict(transient__recompute=kept + in_flight, transient__attention=workspace) if gc
-                   else dict(activations__saved=kept, transient__attention=workspace))
+    moments.append(dict(transient__recompute=softmax_kept + in_flight, transient__attention=softmax_work) if gc
+                   else dict(activations__saved=softmax_kept, transient__attention=softmax_work))
     # in the first layer's backward every gradient exists but the trained embedding's, made last
     # (one GPU; a sharded embedding's gradient is the parallel terms')
     made = end_grads if train.parallel else grads - C.embedding_grad_pending(model, train, prec)
@@ -228,10 +229,7 @@ def _per_gpu(model: ModelSpec, train: TrainSpec, prec: C.Precision, persistent: 
     moment (a function of the moment's name)."""
     grad_bytes = C.trainable_bytes_per_param(train, prec)
     n = train.num_gpus
-    layer_packed = 0
-    if train.is_quantized:
-        other = counts.total_params(model) - counts.linear_weight_params(model)
-        layer_packed = (C.weights_base(model, train, prec) - other * C.FP32) // model.num_layers
+    layer_packed = C.packed_layer_bytes(model) if train.is_quantized else 0
     persistent = dict(persistent)
     end_grads = grads
     if train.sharding == "fsdp":

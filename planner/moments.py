@@ -228,7 +228,11 @@ def layer_transient(model: ModelSpec, train: TrainSpec, prec: Precision, recompu
 
 
 def eager_scores(model: ModelSpec, train: TrainSpec) -> int:
-    """batch * heads * seq * seq: the number of attention scores of one eager layer."""
+    """batch * heads * seq * seq: the number of attention scores of one layer whose softmax
+    runs eagerly; 0 for SDPA / flash and for attention with sinks (gpt-oss's own path,
+    :func:`attention_core_saved`)."""
+    if not uses_eager(model, train) or model.traits.attention_sinks:
+        return 0
     return train.batch_size * model.num_heads * train.seq_len * train.seq_len
 
 
@@ -239,11 +243,11 @@ def eager_forward_moment(model: ModelSpec, train: TrainSpec, prec: Precision) ->
     repeated k and v the matmuls use (the non-score part of :func:`attention_core_saved`),
     what the layer has kept before attention and its locals. Tracer, tiny Llama asked for
     eager with checkpointing, batch 1, seq 1024: the bf16 sum, the fp32 copy and the fp32
-    softmax, 10 bytes per score, at the forward peak. Zero moment for SDPA / flash and for
-    attention with sinks (gpt-oss's own path, :func:`attention_core_saved`)."""
-    if not uses_eager(model, train) or model.traits.attention_sinks:
-        return LayerMoment()
+    softmax, 10 bytes per score, at the forward peak. A zero moment where
+    :func:`eager_scores` is 0."""
     scores = eager_scores(model, train)
+    if not scores:
+        return LayerMoment()
     keeps = not train.gradient_checkpointing
     seq = layer_saved_sequence(model, train, prec)
     q = model.layer.by_role("q", "qkv")[0]
@@ -261,10 +265,10 @@ def eager_backward_moment(model: ModelSpec, train: TrainSpec, prec: Precision) -
     bytes) and softmax's fp32 input gradient, 8 bytes per score (tracer, tiny Llama asked for
     eager with checkpointing, batch 1, seq 1024: the recomputed fp32 softmax and these two
     fp32 gradients, 12 bytes per score, at the backward peak). (0, 0) where
-    :func:`eager_forward_moment` is zero."""
-    if not uses_eager(model, train) or model.traits.attention_sinks:
-        return 0, 0
+    :func:`eager_scores` is 0."""
     scores = eager_scores(model, train)
+    if not scores:
+        return 0, 0
     seq = layer_saved_sequence(model, train, prec)
     kept = saved_before(seq, "attention") + attention_core_saved(model, train, prec) - scores * prec.compute
     return kept, 2 * scores * FP32

@@ -13,7 +13,8 @@ from .units import GIB
 
 CSV_FIELDS = ("model", "gpu", "method", "batch_size", "seq_len", "rank", "alpha", "target_modules",
               "dtype", "precision", "optim", "gradient_checkpointing", "quant_type", "double_quant",
-              "lora_dropout", "attn_implementation", "modules_to_save", "peak_allocated_bytes", "peak_reserved_bytes", "device_used_bytes", "gpu_memory_bytes",
+              "lora_dropout", "attn_implementation", "modules_to_save",
+              "peak_allocated_bytes", "peak_reserved_bytes", "device_used_bytes", "gpu_memory_bytes",
               "fits", "headroom_bytes", "trainable_params", "total_params", "peak_phase",
               "max_batch_size", "max_seq_len", "step_seconds", "tokens_per_second", "mfu", "total_hours")
 

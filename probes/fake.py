@@ -59,6 +59,25 @@ def _fake_like(t: torch.Tensor) -> torch.Tensor:
     return torch.empty_strided(tuple(t.shape), tuple(t.stride()), dtype=t.dtype, device="cpu")
 
 
+def _fake_quant_state(qs, fake, states: set[int]) -> None:
+    """A bitsandbytes quant state's tensors and its nested state's as fakes, once per state."""
+    if qs is None or id(qs) in states:
+        return
+    states.add(id(qs))
+    replace_parts(qs, fake)
+
+
+def materialize_attributes(model: torch.nn.Module, fake=_fake_like, states: set[int] | None = None) -> None:
+    """What is neither a parameter nor a buffer, in place (mode active): each module's
+    bitsandbytes quant state and its plain tensor attributes left on meta (rotary tables)."""
+    states = set() if states is None else states
+    for module in model.modules():
+        _fake_quant_state(getattr(module, "quant_state", None), fake, states)
+        for name, value in list(vars(module).items()):
+            if isinstance(value, torch.Tensor) and value.device.type == "meta":
+                setattr(module, name, fake(value))
+
+
 def materialize(model: torch.nn.Module, fake_mode: FakeTensorMode) -> torch.nn.Module:
     """Replace every meta tensor of ``model`` by a fake CPU tensor, in place (see step 2)."""
     memo: dict[int, torch.Tensor] = {}
@@ -68,12 +87,6 @@ def materialize(model: torch.nn.Module, fake_mode: FakeTensorMode) -> torch.nn.M
         if id(t) not in memo:
             memo[id(t)] = _fake_like(t)
         return memo[id(t)]
-
-    def fake_quant_state(qs) -> None:
-        if qs is None or id(qs) in states:
-            return
-        states.add(id(qs))
-        replace_parts(qs, fake)  # its tensors and its nested state's
 
     with fake_mode:
         for module in model.modules():
@@ -85,7 +98,7 @@ def materialize(model: torch.nn.Module, fake_mode: FakeTensorMode) -> torch.nn.M
                     continue
                 new = torch.nn.Parameter(_fake_like(p), requires_grad=p.requires_grad)
                 if type(p).__name__ == "Params4bit":
-                    fake_quant_state(p.quant_state)
+                    _fake_quant_state(p.quant_state, fake, states)
                     new.__class__ = FakeParams4bit
                     new.quant_state = p.quant_state
                     for attr in QUANT_ATTRS:
@@ -95,10 +108,7 @@ def materialize(model: torch.nn.Module, fake_mode: FakeTensorMode) -> torch.nn.M
             for name, b in list(module._buffers.items()):
                 if b is not None:
                     module._buffers[name] = fake(b)
-            fake_quant_state(getattr(module, "quant_state", None))
-            for name, value in list(vars(module).items()):  # plain tensor attributes
-                if isinstance(value, torch.Tensor) and value.device.type == "meta":
-                    setattr(module, name, fake(value))
+        materialize_attributes(model, fake, states)
     return model
 
 

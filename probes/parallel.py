@@ -150,25 +150,6 @@ def sharded_train(train: TrainSpec, num_gpus: int, sharding: str) -> TrainSpec:
     return dataclasses.replace(train, num_gpus=num_gpus, sharding=sharding)
 
 
-def _materialize_rest(model: torch.nn.Module) -> None:
-    """Plain tensor attributes left on meta by ``to_empty`` (rotary tables) and the tensors of
-    the bitsandbytes quant states kept on each ``Linear4bit``: fake CPU tensors."""
-    from .quant_state import replace_parts
-
-    def fake(value: torch.Tensor) -> torch.Tensor:
-        return torch.empty_strided(tuple(value.shape), tuple(value.stride()), dtype=value.dtype, device="cpu")
-
-    states: set[int] = set()
-    for module in model.modules():
-        for name, value in list(vars(module).items()):
-            if isinstance(value, torch.Tensor) and value.device.type == "meta":
-                setattr(module, name, fake(value))
-        quant_state = getattr(module, "quant_state", None)
-        if quant_state is not None and id(quant_state) not in states:
-            states.add(id(quant_state))
-            replace_parts(quant_state, fake)
-
-
 @contextlib.contextmanager
 def quant_state_from_module():
     """bitsandbytes' ``Linear4bit`` finds its quant state again on the unsharded weight FSDP2
@@ -213,7 +194,7 @@ def build_traced(spec: ProbeModel, train: TrainSpec, sharding: str):
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     from .build import build
-    from .fake import materialize, new_fake_mode
+    from .fake import materialize, materialize_attributes, new_fake_mode
 
     model = build(spec, train, "meta")
     if sharding == "fsdp":
@@ -222,7 +203,7 @@ def build_traced(spec: ProbeModel, train: TrainSpec, sharding: str):
         shard_fsdp(model)
         with mode:
             model.to_empty(device="cpu")
-            _materialize_rest(model)
+            materialize_attributes(model)  # the quant states on each Linear4bit, rotary tables
     else:
         mode = new_fake_mode()
         materialize(model, mode)
