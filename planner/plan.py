@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from . import calibration
 from . import components as C
@@ -35,7 +36,14 @@ class Plan:
     total_params: int
     peak_phase: str
     notes: tuple[str, ...] = ()
-    time: timing.StepTime | None = field(default=None, hash=False, compare=False)  # None: fp32
+    # what the step time is planned from (model, gpu, train, dtype, efficiency), None in fp32:
+    # the time model runs only when a plan's time is read, not for each plan a search makes
+    timing_inputs: tuple | None = field(default=None, repr=False, hash=False, compare=False)
+
+    @cached_property
+    def time(self) -> timing.StepTime | None:
+        """The planned step time (planner.timing), None in fp32."""
+        return None if self.timing_inputs is None else timing.step_time(*self.timing_inputs)
 
     @property
     def step_seconds(self) -> float | None:
@@ -199,7 +207,7 @@ def plan(model: str | ModelSpec, gpu: str | GpuSpec, train: TrainSpec | None = N
         components["optimizer/states_paged"] = step.paged_optimizer_bytes
         notes += ("paged optimizer states live in CUDA unified memory: not counted in the "
                   "allocated or device totals (the driver can page them out to host RAM)",)
-    time, time_note = _step_time(model, gpu, train, dtype, speed)
+    efficiency, time_note = _efficiency(gpu, dtype, speed)
     notes += time_note
     components["runtime/allocator"] = allocator
     components["runtime/cuda_context"] = context
@@ -220,18 +228,18 @@ def plan(model: str | ModelSpec, gpu: str | GpuSpec, train: TrainSpec | None = N
         gpu_memory_bytes=gpu.memory_bytes, fits=device_used <= gpu.memory_bytes,
         headroom_bytes=gpu.memory_bytes - device_used,
         trainable_params=counts.trainable_params(model, train),
-        total_params=counts.total_params(model), peak_phase=phase, notes=notes, time=time,
+        total_params=counts.total_params(model), peak_phase=phase, notes=notes,
+        timing_inputs=None if efficiency is None else (model, gpu, train, dtype, efficiency),
     )
 
 
-def _step_time(model: ModelSpec, gpu: GpuSpec, train: TrainSpec, dtype: str,
-               speed: dict | None) -> tuple[timing.StepTime | None, tuple[str, ...]]:
-    """The planned step time (planner.timing) with the efficiency factors calibrated for the
-    GPU's family where CUDA rows exist, and the note that says which factors were used."""
+def _efficiency(gpu: GpuSpec, dtype: str, speed: dict | None) -> tuple[roofline.Efficiency | None, tuple[str, ...]]:
+    """The time model's efficiency factors, calibrated for the GPU's family where CUDA rows
+    exist, and the note that says which factors are used (None in fp32, with why)."""
     if dtype == "fp32":
         return None, ("no time planned in fp32: the catalog holds 16-bit peaks only",)
     cals = speed_calibration.load() if speed is None else speed
     cal = cals.get(gpu.family)
     eff = roofline.DEFAULT.scaled(cal.factor) if cal else roofline.DEFAULT
     note = (cal.describe(),) if cal else ((speed_calibration.none_note(gpu.family),) if speed is None else ())
-    return timing.step_time(model, gpu, train, dtype, eff), note
+    return eff, note
