@@ -5,6 +5,7 @@
     python benchmarks/make_baselines.py --set matrix --limit 50
     python benchmarks/make_baselines.py --set matrix --shard 1/2 --output shard1.csv   # one of two processes
     python benchmarks/make_baselines.py --set matrix --merge shard1.csv shard2.csv      # then join them
+    python benchmarks/make_baselines.py --set random         # data/baselines/random.csv (validate.random_tier)
 
 Resumable: configurations already in the output file are skipped, so a run can be stopped
 and continued, and a later session can extend a partial matrix. Each row records the
@@ -34,7 +35,7 @@ def shard(text: str) -> tuple[int, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--set", choices=("matrix", "regression"), default="matrix")
+    parser.add_argument("--set", choices=("matrix", "regression", "random"), default="matrix")
     parser.add_argument("--limit", type=int, default=None, help="trace at most this many new configurations")
     parser.add_argument("--output", default=None, help="CSV to append to (default: the committed file)")
     parser.add_argument("--shard", type=shard, default=(1, 1), metavar="K/N",
@@ -53,8 +54,10 @@ def main() -> None:
     from probes.run import versions
     from validate import baselines as B
 
-    configs = B.matrix() if args.set == "matrix" else B.regression_configs()
-    committed = B.path("traced.csv" if args.set == "matrix" else "regression.csv")
+    from validate.random_tier import draws
+
+    configs = {"matrix": B.matrix, "regression": B.regression_configs, "random": draws}[args.set]()
+    committed = B.path({"matrix": "traced.csv", "regression": "regression.csv", "random": "random.csv"}[args.set])
     if args.merge:
         merge(B, configs, [Path(p).resolve() for p in args.merge], committed)
         return
@@ -67,11 +70,17 @@ def main() -> None:
     vers = versions()
     print(f"{len(done)} done, tracing {len(todo)} of {len(configs)} into {out}", file=sys.stderr)
     start = time.perf_counter()
+    failed = 0
     for i, cfg in enumerate(todo, 1):
         t0 = time.perf_counter()
         t = cfg.train
-        m = (parallel.trace(B.spec_for(cfg.model), t, t.num_gpus, t.sharding) if t.parallel
-             else trace(B.spec_for(cfg.model), t))
+        try:
+            m = (parallel.trace(B.spec_for(cfg.model), t, t.num_gpus, t.sharding) if t.parallel
+                 else trace(B.spec_for(cfg.model), t))
+        except Exception as exc:  # a configuration the tracer cannot run: say so, go on with the next
+            print(f"[{i}/{len(todo)}] {cfg.model} {t}: not traced: {type(exc).__name__}: {exc}", file=sys.stderr)
+            failed += 1
+            continue
         B.append(B.row_from_trace(cfg, m, vers), out)
         print(f"[{i}/{len(todo)} {time.perf_counter() - start:6.0f} s] {cfg.model} {cfg.train.method} "
               f"bs{cfg.train.batch_size} seq{cfg.train.seq_len} r{cfg.train.rank} "
@@ -79,6 +88,8 @@ def main() -> None:
               f"{f' {t.num_gpus}x{t.sharding}' if t.parallel else ''}: "
               f"{m.peak_allocated_bytes / GIB:.3f} GiB ({time.perf_counter() - t0:.1f} s)",
               file=sys.stderr, flush=True)
+    if failed:
+        print(f"{failed} configurations not traced", file=sys.stderr)
 
 
 def merge(B, configs, sources: list[Path], target: Path) -> None:

@@ -33,8 +33,6 @@ MLP_INPUT_ROLES = frozenset({"gate", "up", "gate_up", "fc_in"})
 # Linears that read the layer's normed input (the attention and MLP inputs).
 NORM_READER_ROLES = ATTENTION_INPUT_ROLES | MLP_INPUT_ROLES
 ATTENTION_ROLES = ATTENTION_INPUT_ROLES | {"o"}
-ROLES = ("q", "k", "v", "qkv", "o", "gate", "up", "gate_up", "fc_in", "down")
-NORM_SITES = ("attn_in", "attn_out", "mlp_in", "mlp_out", "q", "k")
 
 
 @dataclass(frozen=True)

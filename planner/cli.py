@@ -9,7 +9,7 @@ from .exits import fail
 from .fit import max_batch_size, max_seq_len, recommend
 from .plan import plan
 from .timing import total_hours
-from .counts import UnsupportedMethod
+from .targets import UnsupportedMethod
 from .options import adapter_options, parallel_options, parse_names, parse_targets, training_options
 from .specs import DTYPES, METHODS, OPTIMIZERS, TrainSpec
 from .units import GIB

@@ -13,21 +13,18 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 
-from . import counts
+from . import counts, targets
+from . import inventory as inv
 from .architectures import ATTENTION_INPUT_ROLES, MLP_INPUT_ROLES, NORM_READER_ROLES, Linear, Norm
 from .specs import DTYPE_BYTES, ModelSpec, TrainSpec
+from .units import FP32, ceil_div
 
-FP32 = 4
 NF4_BLOCK = 64  # bitsandbytes blocksize for 4-bit weights (bnb_4bit default)
 DQ_BLOCK = 256  # blocksize of the second (double) quantization of the absmax values
 NF4_CODE_BYTES = 16 * FP32  # the 16-entry fp32 code table each 4-bit QuantState holds
 DQ_CODE_BYTES = 256 * FP32  # the 256-entry fp32 8-bit code table each nested (double-quant) state holds
 BNB8_BLOCK = 256  # bitsandbytes 8-bit optimizers quantize their states blockwise, 256 per block
 BNB8_MIN_SIZE = 4096  # bitsandbytes keeps 32-bit states for tensors smaller than this (min_8bit_size)
-
-
-def ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 @dataclass(frozen=True)
@@ -81,15 +78,12 @@ def weights_base(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
     biases) in fp32, because peft's prepare_model_for_kbit_training casts all fp16/bf16
     parameters that are not Params4bit to fp32.
     """
-    if not train.is_quantized:
-        return counts.total_params(model) * prec.weight
-    other = counts.total_params(model) - counts.linear_weight_params(model)
-    return model.num_layers * packed_layer_bytes(model) + other * FP32
+    return inv.stored_bytes(inv.inventory(model, train, prec.weight), ("frozen", "trainable", "4bit"))
 
 
 def packed_layer_bytes(model: ModelSpec) -> int:
     """One decoder layer's Linear weights packed to 4 bits (:func:`quantized_weight_bytes` each)."""
-    return sum(quantized_weight_bytes(lin.in_features * lin.out_features) for lin in model.linears)
+    return sum(quantized_weight_bytes(t.numel) for t in inv.base_tensors(model) if t.role == "linear")
 
 
 def quant_state_per_weight(n: int, double_quant: bool) -> int:
@@ -105,17 +99,20 @@ def quant_state_per_weight(n: int, double_quant: bool) -> int:
     """
     blocks = ceil_div(n, NF4_BLOCK)
     if not double_quant:
-        return blocks * FP32 + NF4_CODE_BYTES
-    return blocks + ceil_div(blocks, DQ_BLOCK) * FP32 + FP32 + DQ_CODE_BYTES + NF4_CODE_BYTES
+        return blocks * absmax_bytes(double_quant) + NF4_CODE_BYTES
+    return (blocks * absmax_bytes(double_quant) + ceil_div(blocks, DQ_BLOCK) * FP32 + FP32 + DQ_CODE_BYTES
+            + NF4_CODE_BYTES)
+
+
+def absmax_bytes(double_quant: bool) -> int:
+    """Bytes of one 64-weight block's absmax: fp32, or uint8 once double-quantized."""
+    return 1 if double_quant else FP32
 
 
 def weights_quant_state(model: ModelSpec, train: TrainSpec) -> int:
     """Quant states of every 4-bit decoder Linear (0 for unquantized methods)."""
-    if not train.is_quantized:
-        return 0
-    per_layer = sum(quant_state_per_weight(lin.in_features * lin.out_features, train.double_quant)
-                    for lin in model.linears)
-    return model.num_layers * per_layer
+    return sum(t.layers * quant_state_per_weight(t.numel, train.double_quant)
+               for t in inv.inventory(model, train, FP32) if t.treatment == "4bit")
 
 
 # ---------------------------------------------------------------- trainable state
@@ -126,7 +123,7 @@ def adapter_bytes(model: ModelSpec, train: TrainSpec) -> int:
     peft keeps adapter weights in fp32 on a 16-bit base (LoraConfig / get_peft_model
     autocast_adapter_dtype=True, the default).
     """
-    return counts.adapter_params(model, train) * FP32
+    return inv.stored_bytes(inv.inventory(model, train, FP32), ("adapter",))
 
 
 def saved_module_bytes(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
@@ -135,7 +132,7 @@ def saved_module_bytes(model: ModelSpec, train: TrainSpec, prec: Precision) -> i
     prepare_model_for_kbit_training has cast to fp32 before peft copies them (tracer, tiny
     Llama: one V x h bf16 tensor more for LoRA, fp32 for QLoRA). The original stays, frozen,
     in weights/base."""
-    return counts.saved_module_params(model, train) * saved_module_bytes_per_param(train, prec)
+    return inv.stored_bytes(inv.inventory(model, train, prec.weight), ("saved_copy",))
 
 
 def saved_module_bytes_per_param(train: TrainSpec, prec: Precision) -> int:
@@ -154,39 +151,12 @@ def trainable_bytes(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
     """Bytes of all trainable parameters, each in its own dtype: full fine-tuning's in the
     stored weight dtype; adapters in fp32 (peft's autocast_adapter_dtype); modules_to_save
     copies as :func:`saved_module_bytes`."""
-    if not train.is_adapter:
-        return counts.total_params(model) * prec.weight
-    return adapter_bytes(model, train) + saved_module_bytes(model, train, prec)
+    return sum(t.stored_bytes for t in inv.trained(inv.inventory(model, train, prec.weight)))
 
 
 def grads(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
     """Gradients of the trainable parameters, each in its parameter's dtype: :func:`trainable_bytes`."""
     return trainable_bytes(model, train, prec)
-
-
-def _trainable_tensor_sizes(model: ModelSpec, train: TrainSpec) -> list[tuple[int, int]]:
-    """(numel, count) of the trainable tensors, for optimizers that treat small tensors apart."""
-    if train.is_adapter:
-        sizes: list[tuple[int, int]] = []
-        for lin in counts.targeted_linears(model, train.target_modules):
-            sizes.append((train.rank * lin.in_features, model.num_layers))
-            sizes.append((lin.out_features * train.rank, model.num_layers))
-            if train.is_dora:
-                sizes.append((lin.out_features, model.num_layers))
-        for tg in counts.targeted_parameters(model, train):
-            sizes += [(tg.rank * tg.experts * tg.in_features, model.num_layers),
-                      (tg.out_features * tg.rank * tg.experts, model.num_layers)]
-        sizes += [(counts.embedding_params(model), 1)] * len(train.modules_to_save)
-        return sizes
-    sizes = [(counts.embedding_params(model), 1), (model.hidden_size, 1)]
-    sizes += [(norm.size, model.num_layers) for norm in model.layer.norms]
-    if counts.lm_head_params(model):
-        sizes.append((counts.lm_head_params(model), 1))
-    for lin in model.linears:
-        sizes.append((lin.in_features * lin.out_features, model.num_layers))
-        if lin.bias:
-            sizes.append((lin.out_features, model.num_layers))
-    return sizes
 
 
 def embedding_grad_pending(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
@@ -196,7 +166,7 @@ def embedding_grad_pending(model: ModelSpec, train: TrainSpec, prec: Precision) 
     lm_head, whose backward made the shared gradient long before (tracer, Llama-3.1-8B 4
     layers, full fine-tuning with eager attention at seq 4096: the first layer's softmax
     backward, the backward peak, has every gradient but the embedding's)."""
-    if not counts.trains_embedding(train) or (train.method == "full" and model.tie_word_embeddings):
+    if not targets.trains_embedding(train) or (train.method == "full" and model.tie_word_embeddings):
         return 0
     return counts.embedding_params(model) * saved_module_bytes_per_param(train, prec)
 
@@ -220,12 +190,15 @@ def optimizer_states(model: ModelSpec, train: TrainSpec, prec: Precision) -> int
 
 
 def _adamw_8bit_bytes(model: ModelSpec, train: TrainSpec) -> int:
+    """bitsandbytes 8-bit AdamW's two states over every trained tensor of the inventory: uint8
+    with one fp32 absmax per 256-element block for a tensor of at least 4096 elements, fp32 for
+    a smaller one (bitsandbytes' min_8bit_size)."""
     total = 0
-    for numel, count in _trainable_tensor_sizes(model, train):
-        if numel >= BNB8_MIN_SIZE:
-            total += count * 2 * (numel + ceil_div(numel, BNB8_BLOCK) * FP32)
+    for t in inv.trained(inv.inventory(model, train, FP32)):
+        if t.numel >= BNB8_MIN_SIZE:
+            total += t.layers * 2 * (t.numel + ceil_div(t.numel, BNB8_BLOCK) * FP32)
         else:
-            total += count * 2 * numel * FP32
+            total += t.layers * 2 * t.numel * FP32
     return total
 
 
@@ -376,8 +349,8 @@ def moe_saved_parts(model: ModelSpec, train: TrainSpec, prec: Precision) -> dict
     moe = model.layer.moe
     t, h, i, x, c = train.tokens, model.hidden_size, moe.intermediate, prec.stream, prec.compute
     pairs = t * moe.top_k
-    targets = counts.targeted_parameters(model, train)
-    parts = {tg.part for tg in targets}
+    adapted = targets.targeted_parameters(model, train)
+    parts = {tg.part for tg in adapted}
     experts_train = train.method == "full" or bool(parts & {"gate_up", "down"})
     router_train = train.method == "full" or "router" in parts
     if moe.activation == "clamped_swiglu":
@@ -389,7 +362,7 @@ def moe_saved_parts(model: ModelSpec, train: TrainSpec, prec: Precision) -> dict
         per_pair = (2 * h + 4 * i) * x + 24 + w if experts_train else (h + 3 * i) * x + 24 + w
     router += t * h * x if router_train else 0
     merged = sum((tg.weight + tg.experts * tg.rank * (tg.in_features + tg.out_features)) * expert_weight_bytes(train, prec)
-                 for tg in targets)
+                 for tg in adapted)
     return {"router": router, "experts": pairs * per_pair + 4 * moe.experts, "merged": merged}
 
 
@@ -403,8 +376,8 @@ def moe_backward_workspace(model: ModelSpec, train: TrainSpec, prec: Precision) 
     32k vocabulary keeps small). 0 without LoRA on the experts (full fine-tuning's expert
     gradients are :func:`grads`)."""
     moe = model.layer.moe
-    targets = {t.part: t for t in counts.targeted_parameters(model, train)}
-    first = targets.get("down") or targets.get("gate_up")
+    by_part = {t.part: t for t in targets.targeted_parameters(model, train)}
+    first = by_part.get("down") or by_part.get("gate_up")
     if moe is None or first is None:
         return 0
     return first.weight * expert_weight_bytes(train, prec) + train.tokens * moe.top_k * moe.intermediate * prec.stream
@@ -457,24 +430,16 @@ def lora_input_bytes(train: TrainSpec, prec: Precision) -> int:
     return prec.compute if prec.autocast else FP32
 
 
-def lora_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
-    """What the adapters of one layer keep for backward.
-
-    Per targeted Linear: its own copy of the input (T*in*e, e from
-    :func:`lora_input_bytes`; q, k and v each make one of the same hidden states) and
-    lora_A's output for lora_B's gradient (T*r*e). DoRA also keeps, for the magnitude's
-    gradient, the base output and the LoRA output (T*out*e), both as products of its
-    forward m/||W + s*BA|| * (...) (peft DoraLinearLayer.forward). The base output is in
-    the dtype of the Linear's input: the hidden stream (:func:`precision`) for every Linear
-    but o_proj, which reads the attention output (compute dtype).
-    """
-    if not train.is_adapter:
-        return 0
-    return sum(lora_saved_per_linear(lin, train, prec) for lin in counts.targeted_linears(model, train.target_modules))
-
-
 def lora_saved_per_linear(lin: Linear, train: TrainSpec, prec: Precision) -> int:
-    """One targeted Linear's share of :func:`lora_saved`."""
+    """What the adapter of one targeted Linear keeps for backward.
+
+    Its own copy of the input (T*in*e, e from :func:`lora_input_bytes`; q, k and v each make
+    one of the same hidden states) and lora_A's output for lora_B's gradient (T*r*e). DoRA
+    also keeps, for the magnitude's gradient, the base output and the LoRA output (T*out*e),
+    both as products of its forward m/||W + s*BA|| * (...) (peft DoraLinearLayer.forward).
+    The base output is in the dtype of the Linear's input: the hidden stream
+    (:func:`precision`) for every Linear but o_proj, which reads the attention output
+    (compute dtype). With dropout, :func:`lora_dropout_saved` too."""
     t, e = train.tokens, lora_input_bytes(train, prec)
     saved = t * lin.in_features * e + t * train.rank * e
     if train.is_dora:
@@ -509,7 +474,7 @@ def layer_saved_sequence(model: ModelSpec, train: TrainSpec, prec: Precision) ->
     input norm, the q/k/v adapters, the qk-norms, attention, o_proj, the other norms, gate/up
     adapters, the MLP's activations, down_proj, and (full fine-tuning) the base Linear inputs. Its sum is
     :func:`layer_saved`; its prefixes say what exists when a per-module transient happens."""
-    targeted = counts.targeted_names(model, train)
+    targeted = targets.targeted_names(model, train)
     layer = model.layer
 
     def adapters(*roles):
@@ -555,7 +520,7 @@ def model_level_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> in
     rot = int(model.head_dim * traits.rotary_fraction)
     rope = traits.rope_tables * 2 * train.seq_len * rot * (FP32 if traits.rope_fp32 else prec.stream)
     final = norm_saved(model, train, prec)
-    head_input = t * model.hidden_size * prec.compute if counts.trains_lm_head(train) else 0
+    head_input = t * model.hidden_size * prec.compute if targets.trains_lm_head(train) else 0
     return rope + final + head_input
 
 
@@ -610,10 +575,10 @@ def first_norm_unrecorded(model: ModelSpec, train: TrainSpec, prec: Precision) -
     Its :func:`norm_saved`, or 0 when the embedding output needs a gradient (full
     fine-tuning, embed_tokens in modules_to_save, or checkpointing) or the layer has no input
     norm (OLMo-2's post-norm layers: both norms read block outputs, which need gradients)."""
-    if counts.trains_embedding(train) or train.gradient_checkpointing:
+    if targets.trains_embedding(train) or train.gradient_checkpointing:
         return 0
     # nor do the first layer's q/k/v adapters keep dropout masks: their input needs no gradient
-    dropout = sum(lora_dropout_saved(lin, train, prec) for lin in counts.targeted_linears(model, train.target_modules)
+    dropout = sum(lora_dropout_saved(lin, train, prec) for lin in targets.targeted_linears(model, train.target_modules)
                   if lin.role in ATTENTION_INPUT_ROLES)
     return (norm_saved(model, train, prec) if model.layer.norms_at("attn_in") else 0) + dropout
 
@@ -625,7 +590,7 @@ def checkpoint_input_leaf(model: ModelSpec, train: TrainSpec, prec: Precision) -
     the training loop drops the step's references, through optimizer.step() in a plain loop
     (tracer: Llama-3.1-8B QLoRA, batch 4, seq 2048: 0.25 GiB). 0 otherwise, and 0 when
     embed_tokens is in modules_to_save: its output is then no leaf and keeps no .grad."""
-    if not (train.gradient_checkpointing and train.is_adapter) or counts.trains_embedding(train):
+    if not (train.gradient_checkpointing and train.is_adapter) or targets.trains_embedding(train):
         return 0
     return 2 * train.tokens * model.hidden_size * prec.stream
 
@@ -646,7 +611,7 @@ def recompute_incoming_grads(model: ModelSpec, train: TrainSpec, prec: Precision
         return 0
     t, h = train.tokens, model.hidden_size
     grads = t * h * prec.stream
-    if train.is_dora and any(lin.role == "down" for lin in counts.targeted_linears(model, train.target_modules)):
+    if train.is_dora and any(lin.role == "down" for lin in targets.targeted_linears(model, train.target_modules)):
         grads += t * h * FP32 * (1 if prec.hidden == FP32 else 2)
     return grads
 
@@ -679,10 +644,10 @@ def autocast_weight_copies(model: ModelSpec, train: TrainSpec, prec: Precision) 
         return 0
     copies = counts.adapter_params(model, train) if train.is_adapter else 0
     # LoRA on fused parameters copies its factors itself (moe_saved), outside autocast
-    copies -= model.num_layers * sum(t.params for t in counts.targeted_parameters(model, train))
+    copies -= model.num_layers * sum(t.params for t in targets.targeted_parameters(model, train))
     if train.is_dora:  # the magnitude vectors are not matmul weights
         copies -= model.num_layers * sum(lin.out_features
-                                         for lin in counts.targeted_linears(model, train.target_modules))
+                                         for lin in targets.targeted_linears(model, train.target_modules))
     if train.precision == "mixed":
         copies += counts.linear_weight_params(model)
     return copies * prec.compute
@@ -726,7 +691,7 @@ def logits_forward(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
     lm_head keeps its input anyway (:func:`model_level_saved`): not again for full
     fine-tuning, nor for a saved lm_head on a 16-bit stream, where that input is this same
     tensor (under QLoRA the kept input is autocast's 16-bit copy of the fp32 one: both)."""
-    same_tensor = counts.trains_lm_head(train) and (train.method == "full" or prec.stream == prec.compute)
+    same_tensor = targets.trains_lm_head(train) and (train.method == "full" or prec.stream == prec.compute)
     final_hidden = 0 if same_tensor else train.tokens * model.hidden_size * prec.stream
     return (train.tokens * model.vocab_size * (prec.compute + 2 * FP32) + softcap_saved(model, train, prec)
             + final_hidden)

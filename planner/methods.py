@@ -64,6 +64,7 @@ class StepMemory:
 
     phases: dict[str, dict[str, int]]
     paged_optimizer_bytes: int
+    moments: dict[str, str]  # phase -> the name of the moment that peaked in it (MOMENTS)
 
     def total(self, phase: str) -> int:
         return sum(self.phases[phase].values())
@@ -73,20 +74,48 @@ class StepMemory:
         return max(PHASES, key=self.total)
 
     @property
+    def peak_moment(self) -> str:
+        return self.moments[self.peak_phase]
+
+    @property
     def peak_bytes(self) -> int:
         return self.total(self.peak_phase)
 
 
-def _largest(breakdowns) -> dict[str, int]:
-    """The breakdown with the most live bytes."""
-    return max(breakdowns, key=lambda b: sum(b.values()))
+# The moments of one step a plan can peak at, by phase: each is one named breakdown in
+# step_memory, and the plan reports which one peaked (peak_moment).
+MOMENTS = {
+    "forward": ("loss", "layer_module", "layer_softmax", "last_layer_unsharded", "first_layer_unsharded"),
+    "backward": ("logits_grad", "layer_recompute", "layer_recompute_module", "layer_dequant", "layer_moe",
+                 "layer_dora", "layer_softmax", "first_layer_recompute", "first_layer_recompute_module",
+                 "first_layer_dequant", "first_layer_moe", "first_layer_softmax", "embedding",
+                 "first_layer_saved"),
+    "optimizer": ("step",),
+}
+
+
+@dataclass(frozen=True)
+class Moment:
+    """One instant of the step: its name and its live bytes by component key."""
+
+    name: str
+    terms: dict[str, int]
+
+    @property
+    def total(self) -> int:
+        return sum(self.terms.values())
+
+
+def _largest(moments) -> Moment:
+    """The moment with the most live bytes (the first of equals)."""
+    return max(moments, key=lambda m: m.total)
 
 
 _KNOWN = frozenset(COMPONENT_KEYS + PARALLEL_KEYS)
 
 
-def _breakdown(**values: int) -> dict[str, int]:
-    """A phase's breakdown over every component key (``weights__base`` names
+def _breakdown(moment: str, **values: int) -> Moment:
+    """The moment ``moment``'s breakdown over every component key (``weights__base`` names
     ``weights/base``), and the parallel keys given; a name that is not a key is a bug, refused."""
     out = dict.fromkeys(COMPONENT_KEYS, 0)
     for key, value in values.items():
@@ -94,7 +123,7 @@ def _breakdown(**values: int) -> dict[str, int]:
         if name not in _KNOWN:
             raise KeyError(f"{name!r} is not a component key (planner.methods.COMPONENT_KEYS)")
         out[name] = value
-    return out
+    return Moment(moment, out)
 
 
 def step_memory(model: ModelSpec, train: TrainSpec, dtype: str) -> StepMemory:
@@ -130,75 +159,79 @@ def step_memory(model: ModelSpec, train: TrainSpec, dtype: str) -> StepMemory:
     # Forward: the loss moment, or the last layer's worst per-module transient (before
     # lm_head has run). That layer has kept only what came before the module; a
     # checkpointed layer keeps nothing during its forward.
-    at_loss = _breakdown(**persistent, activations__saved=saved, activations__autocast_weights=copies,
+    at_loss = _breakdown("loss", **persistent, activations__saved=saved, activations__autocast_weights=copies,
                          activations__logits=C.logits_forward(model, train, prec), **extra("at_loss"))
     in_layer_saved = saved - final_norm + fwd.live + (0 if gc else fwd.before - per_layer)
-    in_layer = _breakdown(**persistent, activations__saved=in_layer_saved, activations__autocast_weights=layer_copies,
+    in_layer = _breakdown("layer_module", **persistent, activations__saved=in_layer_saved, activations__autocast_weights=layer_copies,
                           transient__module=fwd.locals + fwd.working, transient__dequant=fwd.dequant,
                           transient__dora=fwd.dora, **extra("in_layer"))
     eager = M.eager_forward_moment(model, train, prec)
-    at_softmax = _breakdown(**persistent, activations__saved=saved - final_norm + eager.live + eager.before
+    at_softmax = _breakdown("layer_softmax", **persistent, activations__saved=saved - final_norm + eager.live + eager.before
                             + (0 if gc else -per_layer), activations__autocast_weights=layer_copies,
                             transient__module=eager.locals, transient__attention=eager.working, **extra("in_layer"))
     forward = _largest((at_loss, in_layer, at_softmax))
     if train.parallel:  # the last layer being unsharded: what the earlier layers kept, two all-gather buffers
         start_saved = saved - final_norm - (0 if gc else per_layer)
-        forward = _largest((forward, _breakdown(**persistent, activations__saved=start_saved,
+        forward = _largest((forward, _breakdown("last_layer_unsharded", **persistent, activations__saved=start_saved,
                                                 activations__autocast_weights=layer_copies, **extra("layer_start"))))
         # the first layer being unsharded: the root's all-gather buffer still lingers beside the
         # root's and the layer's parameters and the layer's buffer; only the embedding output exists
         embedded = train.tokens * model.hidden_size * prec.stream
-        forward = _largest((forward, _breakdown(**persistent, transient__module=embedded, **extra("first_layer"))))
+        forward = _largest((forward, _breakdown("first_layer_unsharded", **persistent, transient__module=embedded, **extra("first_layer"))))
 
     # Backward start: logits gradients with every activation still kept. Full fine-tuning's
     # first gradient (lm_head, or the tied embedding at the end) is small beside them.
-    start = _breakdown(**persistent, activations__saved=saved,
+    start = _breakdown("logits_grad", **persistent, activations__saved=saved,
                        activations__autocast_weights=(0 if gc else back_copies) + head_copy,
                        activations__logits=C.logits_backward(model, train, prec), **extra("at_loss"))
     # The last layer's backward: with checkpointing its recomputation (the whole layer, or the
     # part before the worst per-module transient, with that transient) while the other
     # layers' inputs are still kept (lm_head's copy is gone by then).
     # Without checkpointing no forward runs again: only bitsandbytes' backward dequantizes.
-    moments = [dict(transient__recompute=recompute + in_flight + M.recompute_stop_extra(model, train, prec)),
-               dict(transient__recompute=rec.live + rec.before + in_flight, transient__dequant=rec.dequant,
-                    transient__dora=rec.dora) if gc
-               else dict(transient__dequant=C.dequant_transient(model, train, prec))]
+    moments = [("recompute", dict(transient__recompute=recompute + in_flight + M.recompute_stop_extra(model, train, prec))),
+               ("recompute_module", dict(transient__recompute=rec.live + rec.before + in_flight,
+                                         transient__dequant=rec.dequant, transient__dora=rec.dora)) if gc
+               else ("dequant", dict(transient__dequant=C.dequant_transient(model, train, prec)))]
     moe_back = C.moe_backward_workspace(model, train, prec)
     if moe_back:
-        moments.append(dict(transient__recompute=recompute + in_flight if gc else 0, transient__moe_backward=moe_back))
+        moments.append(("moe", dict(transient__recompute=recompute + in_flight if gc else 0,
+                                    transient__moe_backward=moe_back)))
     kept, workspace = M.dora_backward_moment(model, train, prec)
-    dora_back = _breakdown(**persistent, activations__saved=saved if gc else saved - per_layer + kept,
+    dora_back = _breakdown("layer_dora", **persistent, activations__saved=saved if gc else saved - per_layer + kept,
                            activations__autocast_weights=back_copies, transient__recompute=kept if gc else 0,
                            transient__dora_backward=workspace, **extra("backward_layer"))
     softmax_kept, softmax_work = M.eager_backward_moment(model, train, prec)
-    softmax_back = _breakdown(**persistent, activations__saved=saved - final_norm - (0 if gc else per_layer - softmax_kept),
+    softmax_back = _breakdown("layer_softmax", **persistent, activations__saved=saved - final_norm - (0 if gc else per_layer - softmax_kept),
                               activations__autocast_weights=back_copies,
                               transient__recompute=(softmax_kept + in_flight) if gc else 0,
                               transient__attention=softmax_work, **extra("backward_layer"))
-    top = _largest([_breakdown(**persistent, activations__saved=saved - final_norm, activations__autocast_weights=back_copies, **m,
-                               **extra("backward_layer"))
-                    for m in moments] + [dora_back, softmax_back])
+    top = _largest([_breakdown(f"layer_{name}", **persistent, activations__saved=saved - final_norm,
+                               activations__autocast_weights=back_copies, **m, **extra("backward_layer"))
+                    for name, m in moments] + [dora_back, softmax_back])
     # Backward end: all gradients, the first layer's recomputation and transients.
     leaf = C.checkpoint_input_leaf(model, train, prec)
     # (the first layer's eager softmax backward, every later gradient made: what full fine-tuning peaks at)
-    moments.append(dict(transient__recompute=softmax_kept + in_flight, transient__attention=softmax_work) if gc
-                   else dict(activations__saved=softmax_kept, transient__attention=softmax_work))
+    moments.append(("softmax", dict(transient__recompute=softmax_kept + in_flight, transient__attention=softmax_work)
+                    if gc else dict(activations__saved=softmax_kept, transient__attention=softmax_work)))
     # in the first layer's backward every gradient exists but the trained embedding's, made last
     # (one GPU; a sharded embedding's gradient is the parallel terms')
     made = end_grads if train.parallel else grads - C.embedding_grad_pending(model, train, prec)
-    end = _largest([_breakdown(**persistent, grads=made, activations__input_leaf=leaf, **m, **extra("backward_end"))
-                    for m in moments]
-                   + [_breakdown(**persistent, grads=end_grads, transient__embedding_backward=C.embedding_backward_workspace(
+    end = _largest([_breakdown(f"first_layer_{name}", **persistent, grads=made, activations__input_leaf=leaf, **m,
+                               **extra("backward_end"))
+                    for name, m in moments]
+                   + [_breakdown("embedding", **persistent, grads=end_grads, transient__embedding_backward=C.embedding_backward_workspace(
                        model, train, prec), **extra("embedding_backward"))])
     if train.parallel and not gc:  # the first layer's backward: its saved set beside the gradients in flight
-        end = _largest((end, _breakdown(**persistent, grads=end_grads, activations__saved=per_layer,
+        end = _largest((end, _breakdown("first_layer_saved", **persistent, grads=end_grads, activations__saved=per_layer,
                                         **extra("backward_end"))))
     backward = _largest((start, top, end))
 
-    optimizer = _breakdown(**persistent, grads=grads, activations__input_leaf=leaf,
+    optimizer = _breakdown("step", **persistent, grads=grads, activations__input_leaf=leaf,
                            optimizer__transient=opt_transient, **extra("optimizer"))
-    return StepMemory(phases={"forward": forward, "backward": backward, "optimizer": optimizer},
-                      paged_optimizer_bytes=C.optimizer_states_paged(model, train, prec))
+    chosen = {"forward": forward, "backward": backward, "optimizer": optimizer}
+    return StepMemory(phases={phase: m.terms for phase, m in chosen.items()},
+                      paged_optimizer_bytes=C.optimizer_states_paged(model, train, prec),
+                      moments={phase: m.name for phase, m in chosen.items()})
 
 
 # Which parallel terms are live at which moment of the step, and how many of each

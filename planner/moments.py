@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import counts
+from . import counts, targets
 from .architectures import ATTENTION_ROLES, Linear
 from .components import (FP32, Precision, attention_core_saved, layer_saved_sequence, lora_input_bytes,
                          lora_saved_per_linear, uses_eager)
@@ -31,7 +31,7 @@ def recompute_stop_extra(model: ModelSpec, train: TrainSpec, prec: Precision) ->
     if not train.gradient_checkpointing:
         return 0
     last = model.linears[-1]
-    targeted = last.name in counts.targeted_names(model, train)
+    targeted = last.name in targets.targeted_names(model, train)
     live = module_input_live(last, train, prec, targeted)
     base = train.tokens * last.out_features * prec.hidden if targeted else 0
     return live + layer_locals(model, train, prec, last) + base
@@ -54,7 +54,7 @@ def dora_backward_moment(model: ModelSpec, train: TrainSpec, prec: Precision) ->
         return 0, 0
     seq = layer_saved_sequence(model, train, prec)
     best = (0, 0)
-    for lin in counts.targeted_linears(model, train.target_modules):
+    for lin in targets.targeted_linears(model, train.target_modules):
         kept = saved_before(seq, lin.name) + lora_saved_per_linear(lin, train, prec)
         workspace = 3 * train.tokens * lin.out_features * FP32
         if train.gradient_checkpointing:
@@ -197,7 +197,7 @@ def layer_transient(model: ModelSpec, train: TrainSpec, prec: Precision, recompu
     three fp32 [4, 2048, 14336] input gradients).
     """
     seq = layer_saved_sequence(model, train, prec)
-    targeted = counts.targeted_names(model, train)
+    targeted = targets.targeted_names(model, train)
     keeps = recompute or not train.gradient_checkpointing
     best = LayerMoment()
     for lin in model.linears:
@@ -272,12 +272,3 @@ def eager_backward_moment(model: ModelSpec, train: TrainSpec, prec: Precision) -
     seq = layer_saved_sequence(model, train, prec)
     kept = saved_before(seq, "attention") + attention_core_saved(model, train, prec) - scores * prec.compute
     return kept, 2 * scores * FP32
-
-
-# ---------------------------------------------------------------- runtime
-
-# PyTorch's caching allocator keeps freed blocks in reserved segments (2 MiB for small
-# blocks, 20 MiB and up for large ones) and cannot always reuse them for a larger request,
-# so reserved memory exceeds allocated memory at the peak. 5% of the allocated peak is an
-# assumption, not a measurement, until real GPU rows in data/probes/ calibrate it per GPU
-# family (see the planner-accuracy work).

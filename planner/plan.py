@@ -6,7 +6,7 @@ from functools import cached_property
 
 from . import calibration
 from . import components as C
-from . import counts
+from . import counts, targets
 from . import roofline
 from . import speed_calibration
 from . import timing
@@ -35,6 +35,7 @@ class Plan:
     trainable_params: int
     total_params: int
     peak_phase: str
+    peak_moment: str  # which moment of the peak phase peaked (planner.methods.MOMENTS)
     notes: tuple[str, ...] = ()
     # what the step time is planned from (model, gpu, train, dtype, efficiency), None in fp32:
     # the time model runs only when a plan's time is read, not for each plan a search makes
@@ -68,7 +69,7 @@ class Plan:
             "gpu_memory_bytes": self.gpu_memory_bytes, "fits": self.fits,
             "headroom_bytes": self.headroom_bytes, "trainable_params": self.trainable_params,
             "total_params": self.total_params, "peak_phase": self.peak_phase,
-            "phases": dict(self.phases), "notes": list(self.notes),
+            "peak_moment": self.peak_moment, "phases": dict(self.phases), "notes": list(self.notes),
             "step_seconds": self.step_seconds, "tokens_per_second": self.tokens_per_second, "mfu": self.mfu,
             "time": None if self.time is None else {
                 "bound": self.time.bound, "gpu_seconds": self.time.gpu_seconds,
@@ -86,13 +87,13 @@ def moe_notes(model: ModelSpec, train: TrainSpec, dtype: str) -> tuple[str, ...]
     notes = (f"mixture of experts ({moe.experts} experts, top-{moe.top_k}): balanced routing assumed "
              "(transformers' grouped_mm experts keep the same tensors however tokens are routed); "
              "the load-balancing loss is off, as in transformers' configs (output_router_logits=False)",)
-    expert_params = counts.moe_params(model)
+    expert_params = counts.role_params(model, "router", "router_bias", "experts", "expert_bias")
     if train.is_quantized:
         notes += (f"bitsandbytes 4-bit quantizes nn.Linear modules only: the fused experts and routers "
                   f"({expert_params / 1e9:.1f}B parameters) stay unquantized, and prepare_model_for_kbit_training "
                   f"casts them to fp32 ({expert_params * 4 / gib:.1f} GiB): QLoRA saves little on this model",)
-    targets = counts.targeted_parameters(model, train)
-    experts = [t for t in targets if t.part != "router"]
+    adapted = targets.targeted_parameters(model, train)
+    experts = [t for t in adapted if t.part != "router"]
     if experts:
         merged = sum(t.weight for t in experts) * C.expert_weight_bytes(train, C.precision(train, dtype))
         how = ("peft's all-linear also adapts the router and the fused experts (target_parameters; "
@@ -156,7 +157,7 @@ def plan(model: str | ModelSpec, gpu: str | GpuSpec, train: TrainSpec | None = N
     """
     model, gpu = _as_model(model), _as_gpu(gpu)
     train = train or TrainSpec()
-    counts.check_rank(model, train)
+    targets.check_rank(model, train)
     dtype, notes = resolve_dtype(train.dtype, gpu.bf16, gpu.name)
     if train.seq_len > model.max_position_embeddings:
         notes += (f"seq_len {train.seq_len} exceeds {model.name}'s max_position_embeddings "
@@ -228,7 +229,7 @@ def plan(model: str | ModelSpec, gpu: str | GpuSpec, train: TrainSpec | None = N
         gpu_memory_bytes=gpu.memory_bytes, fits=device_used <= gpu.memory_bytes,
         headroom_bytes=gpu.memory_bytes - device_used,
         trainable_params=counts.trainable_params(model, train),
-        total_params=counts.total_params(model), peak_phase=phase, notes=notes,
+        total_params=counts.total_params(model), peak_phase=phase, peak_moment=step.peak_moment, notes=notes,
         timing_inputs=None if efficiency is None else (model, gpu, train, dtype, efficiency),
     )
 

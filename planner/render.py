@@ -16,7 +16,7 @@ CSV_FIELDS = ("model", "gpu", "method", "batch_size", "seq_len", "rank", "alpha"
               "lora_dropout", "attn_implementation", "modules_to_save",
               "peak_allocated_bytes", "peak_reserved_bytes", "device_used_bytes", "gpu_memory_bytes",
               "fits", "headroom_bytes", "trainable_params", "total_params", "peak_phase",
-              "max_batch_size", "max_seq_len", "step_seconds", "tokens_per_second", "mfu", "total_hours")
+              "peak_moment", "max_batch_size", "max_seq_len", "step_seconds", "tokens_per_second", "mfu", "total_hours")
 
 PARALLEL_CSV_FIELDS = ("num_gpus", "sharding", "offload")  # only when a plan spans several GPUs
 
@@ -96,6 +96,7 @@ def table(model: ModelSpec, gpu: GpuSpec, train: TrainSpec, reports: list[Report
     lines.append(_row("fits", ["yes" if p.fits else "no" for p in plans], width))
     lines.append(_row("headroom", [gib(p.headroom_bytes) for p in plans], width))
     lines.append(_row("peak phase", [p.peak_phase for p in plans], width))
+    lines.append(_row("peak moment", [p.peak_moment for p in plans], width))
     lines.append(_row("trainable params", [f"{p.trainable_params:,}" for p in plans], width))
     lines.append(_row("total params", [f"{p.total_params:,}" for p in plans], width))
     if any(r.max_batch_size is not None for r in reports):

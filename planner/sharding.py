@@ -20,12 +20,11 @@ a real gloo run (tests). How they enter the phases is :func:`planner.methods.ste
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from . import counts
+from . import inventory as inv
+from .inventory import Tensor
 from .specs import ModelSpec, TrainSpec
-
-FP32 = 4
+from .units import FP32
 # DeepSpeed defaults (deepspeed.runtime.zero.config): reduce_bucket_size 5e8 elements,
 # stage3_prefetch_bucket_size 5e7 elements, stage3_max_live_parameters 1e9.
 ZERO_REDUCE_BUCKET = 500_000_000
@@ -41,68 +40,34 @@ def shard(rows: int, numel: int, num_gpus: int) -> int:
     return -(-rows // num_gpus) * (numel // rows)
 
 
-@dataclass(frozen=True)
-class Tensor:
-    """A parameter's dim 0 and element count, and how many such tensors the model has."""
-
-    rows: int
-    numel: int
-    count: int = 1
+def base_tensors(model: ModelSpec, layer_only: bool = False) -> tuple[Tensor, ...]:
+    """The base model's parameters (planner.inventory); one decoder layer's with ``layer_only``."""
+    tensors = inv.base_tensors(model)
+    return inv.of_kind(tensors, "decoder") if layer_only else tensors
 
 
-def base_tensors(model: ModelSpec, layer_only: bool = False) -> list[Tensor]:
-    """The base model's parameters as (rows, numel): embedding and lm_head (V x h), the final
-    norm, and per layer its norms, Linear weights (out x in) and biases; whatever else the
-    count holds (experts, routers, sinks) as one flat tensor per layer."""
-    h, layers = model.hidden_size, model.num_layers
-    out = [Tensor(norm.size, norm.params, layers) for norm in model.layer.norms]
-    for lin in model.linears:
-        out.append(Tensor(lin.out_features, lin.in_features * lin.out_features, layers))
-        if lin.bias:
-            out.append(Tensor(lin.out_features, lin.out_features, layers))
-    rest = counts.moe_params(model) + counts.sink_params(model)
-    if rest:
-        out.append(Tensor(rest // layers, rest // layers, layers))
-    if layer_only:
-        return [Tensor(t.rows, t.numel) for t in out]
-    out += [Tensor(model.vocab_size, counts.embedding_params(model)), Tensor(h, h)]
-    if counts.lm_head_params(model):
-        out.append(Tensor(model.vocab_size, counts.lm_head_params(model)))
-    return out
+def adapter_tensors(model: ModelSpec, train: TrainSpec, layer_only: bool = False) -> tuple[Tensor, ...]:
+    """peft's adapter tensors of ``train`` (planner.inventory); one decoder layer's with ``layer_only``."""
+    tensors = tuple(t for t in inv.inventory(model, train, FP32) if t.treatment == "adapter")
+    return inv.of_kind(tensors, "decoder") if layer_only else tensors
 
 
-def adapter_tensors(model: ModelSpec, train: TrainSpec, layer_only: bool = False) -> list[Tensor]:
-    """LoRA's A (r x in) and B (out x r), DoRA's magnitude (out), LoRA on fused parameters
-    (r*E x in and out x r*E), per adapted module of each layer."""
-    if not train.is_adapter:
-        return []
-    layers = 1 if layer_only else model.num_layers
-    out = []
-    for lin in counts.targeted_linears(model, train.target_modules):
-        out += [Tensor(train.rank, train.rank * lin.in_features, layers),
-                Tensor(lin.out_features, lin.out_features * train.rank, layers)]
-        if train.is_dora:
-            out.append(Tensor(lin.out_features, lin.out_features, layers))
-    for t in counts.targeted_parameters(model, train):
-        out += [Tensor(t.rank * t.experts, t.rank * t.experts * t.in_features, layers),
-                Tensor(t.out_features, t.out_features * t.rank * t.experts, layers)]
-    return out
+def trainable_tensors(model: ModelSpec, train: TrainSpec, layer_only: bool = False) -> tuple[Tensor, ...]:
+    """The tensors that train (planner.inventory); one decoder layer's with ``layer_only``."""
+    tensors = inv.trained(inv.inventory(model, train, FP32))
+    return inv.of_kind(tensors, "decoder") if layer_only else tensors
 
 
-def sharded(tensors: list[Tensor], num_gpus: int) -> int:
+def sharded(tensors, num_gpus: int) -> int:
     """Elements rank 0 holds of ``tensors``, each sharded on its own (:func:`shard`)."""
-    return sum(t.count * shard(t.rows, t.numel, num_gpus) for t in tensors)
+    return sum(t.layers * shard(t.rows, t.numel, num_gpus) for t in tensors)
 
 
-def trainable_tensors(model: ModelSpec, train: TrainSpec, layer_only: bool = False) -> list[Tensor]:
-    return base_tensors(model, layer_only) if train.method == "full" else adapter_tensors(model, train, layer_only)
+def elements(tensors) -> int:
+    return sum(t.elements for t in tensors)
 
 
-def elements(tensors: list[Tensor]) -> int:
-    return sum(t.count * t.numel for t in tensors)
-
-
-def shard_fraction_bytes(total_bytes: int, tensors: list[Tensor], num_gpus: int) -> int:
+def shard_fraction_bytes(total_bytes: int, tensors, num_gpus: int) -> int:
     """``total_bytes`` of a whole set of tensors scaled to rank 0's padded shards of them (exact
     when every tensor has one dtype)."""
     whole = elements(tensors)

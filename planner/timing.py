@@ -43,9 +43,10 @@ Terms (keys):
 - ``dora/dropout_matmul``: with lora_dropout > 0, peft's DoRA runs the base matmul again on
   the dropped input, 2*T*n forward and 2*T*n for its input gradient.
 - ``qlora/dequant``: bitsandbytes dequantizes each 4-bit weight to 16 bits before its
-  matmul, in forward and again in backward: n*(0.5 + 1/64 + c) bytes per pass (read the
-  packed codes and absmax, write 16-bit) (Dettmers et al. 2023, QLoRA; bitsandbytes
-  MatMul4Bit), and casts the fp32 hidden stream to and from the compute dtype,
+  matmul, in forward and again in backward: the codes and the absmax blocks read
+  (n*(0.5 + 1/64) bytes with double quantization, n*(0.5 + 4/64) without), n*c written,
+  per pass (Dettmers et al. 2023, QLoRA;
+  bitsandbytes MatMul4Bit), and casts the fp32 hidden stream to and from the compute dtype,
   T*(in + out)*(4 + c) bytes per pass.
 - ``optimizer/step``: AdamW reads and writes parameters, gradients and two states:
   torch's foreach path makes 8 passes (4p + 2g + 14s bytes per parameter), the fused
@@ -57,16 +58,18 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from . import counts
+from . import components as C
+from . import inventory as inv
 from . import roofline as R
-from .components import FP32, Precision, precision, uses_eager
+from . import targets
+from .components import Precision, precision, uses_eager
+from .units import FP32
 from .precision import scheme
 from .specs import GpuSpec, ModelSpec, TrainSpec
 
 TERMS = ("forward/matmul", "backward/input_grad", "backward/weight_grad", "adapters/matmul",
          "adapters/elementwise", "attention/core", "elementwise/layers", "loss/cross_entropy",
          "recompute/forward", "dora/weight_norm", "dora/dropout_matmul", "qlora/dequant", "optimizer/step")
-DEQUANT_BYTES_PER_WEIGHT = 0.5 + 1 / 64  # a 4-bit code and one absmax byte per 64-weight block
 # eager PyTorch ops per decoder layer forward (HF Llama layout: two unfused RMSNorms of 7
 # ops, 7 projections, rotary 10, attention 2, activation 2, residual adds 2, views and casts
 # about 10); backward about twice; each adapted Linear adds 8 (cast, autocast casts, A, B,
@@ -119,7 +122,7 @@ def base_matmuls(model: ModelSpec, train: TrainSpec, prec: Precision) -> list[Wo
     head = 2 * t * h * v, h * v * c + t * (h + v) * c
     out.append(Work("forward/matmul", *head, R.MATMUL))
     out.append(Work("backward/input_grad", *head, R.MATMUL))
-    if counts.trains_lm_head(train):  # full fine-tuning, or lm_head in modules_to_save
+    if targets.trains_lm_head(train):  # full fine-tuning, or lm_head in modules_to_save
         out.append(Work("backward/weight_grad", *head, R.MATMUL))
     return out
 
@@ -131,7 +134,7 @@ def adapter_work(model: ModelSpec, train: TrainSpec, prec: Precision) -> list[Wo
         return []
     t, c, r, L, hid = train.tokens, prec.compute, train.rank, model.num_layers, prec.hidden
     out: list[Work] = []
-    for lin in counts.targeted_linears(model, train.target_modules):
+    for lin in targets.targeted_linears(model, train.target_modules):
         i, o = lin.in_features, lin.out_features
         fwd_bytes = c * t * (i + o + 2 * r)
         out.append(Work("adapters/matmul", L * 2 * t * r * (i + o), L * fwd_bytes, R.SMALL_MATMUL, True, r))
@@ -142,7 +145,7 @@ def adapter_work(model: ModelSpec, train: TrainSpec, prec: Precision) -> list[Wo
             ew += t * i * (2 * FP32 + 1)  # the mask (bool) and the dropped fp32 input
         out.append(Work("adapters/elementwise", 0, L * ew, R.MEMORY, layer=True))
         out.append(Work("adapters/elementwise", 0, L * ew, R.MEMORY))
-    for p in counts.targeted_parameters(model, train):
+    for p in targets.targeted_parameters(model, train):
         merged = p.weight
         out.append(Work("adapters/matmul", L * 2 * p.rank * merged, L * merged * 3 * c, R.SMALL_MATMUL, True, p.rank))
         out.append(Work("adapters/matmul", L * 4 * p.rank * merged, L * merged * 6 * c, R.SMALL_MATMUL,
@@ -208,9 +211,9 @@ def dora_work(model: ModelSpec, train: TrainSpec, prec: Precision) -> list[Work]
         return []
     t, c, r, L = train.tokens, prec.compute, train.rank, model.num_layers
     out: list[Work] = []
-    for lin in counts.targeted_linears(model, train.target_modules):
+    for lin in targets.targeted_linears(model, train.target_modules):
         i, o = lin.in_features, lin.out_features
-        dense = i * o * (c + 24) + (i * o * (DEQUANT_BYTES_PER_WEIGHT + c) if train.is_quantized else 0)
+        dense = i * o * (c + 24) + (_dequant_bytes(i * o, train, c) if train.is_quantized else 0)
         out.append(Work("dora/weight_norm", L * 2 * r * i * (i + o), L * (i * i * (FP32 + c) + i * o * FP32),
                         R.SMALL_MATMUL, True, r))
         out.append(Work("dora/weight_norm", 0, L * (dense + 4 * t * o * c), R.MEMORY, layer=True))
@@ -230,31 +233,40 @@ def dequant_work(model: ModelSpec, train: TrainSpec, prec: Precision) -> list[Wo
     per_pass = 0.0
     for lin in _linears(model):
         n = lin.in_features * lin.out_features
-        per_pass += n * (DEQUANT_BYTES_PER_WEIGHT + c) + t * (lin.in_features + lin.out_features) * (FP32 + c)
+        per_pass += _dequant_bytes(n, train, c) + t * (lin.in_features + lin.out_features) * (FP32 + c)
     return [Work("qlora/dequant", 0, L * per_pass, R.MEMORY, layer=True),
             Work("qlora/dequant", 0, L * per_pass, R.MEMORY)]
 
 
+def _dequant_bytes(n: int, train: TrainSpec, c: int) -> float:
+    """One dequantization of an n-element 4-bit weight: its codes (half a byte each) and one
+    absmax per 64-weight block read (planner.components), n*c bytes written."""
+    return n * (0.5 + C.absmax_bytes(train.double_quant) / C.NF4_BLOCK + c)
+
+
 def optimizer_work(model: ModelSpec, train: TrainSpec, prec: Precision, grad_scaler: bool) -> list[Work]:
-    """optimizer/step (module docstring)."""
-    n = counts.trainable_params(model, train)
-    p = FP32 if train.is_adapter else prec.weight
-    s = 1 if train.optim in ("adamw_8bit", "paged_adamw_8bit") else p
-    if train.optim == "sgd":
-        moved = 2 * p + p
-    elif train.optim == "adamw_torch":
-        moved = 4 * p + 2 * p + 14 * s
-    else:
-        moved = 2 * p + p + 4 * s
-    if grad_scaler:
-        moved += 3 * p
-    return [Work("optimizer/step", 0, n * moved, R.MEMORY)]
+    """optimizer/step (module docstring), over the trained tensors of the inventory, each in
+    its own dtype p (fp32 adapters, modules_to_save copies in the weight dtype)."""
+    moved = 0
+    for tensor in inv.trained(inv.inventory(model, train, prec.weight)):
+        p = tensor.dtype_bytes
+        s = 1 if train.optim in ("adamw_8bit", "paged_adamw_8bit") else p
+        if train.optim == "sgd":
+            per = 2 * p + p
+        elif train.optim == "adamw_torch":
+            per = 4 * p + 2 * p + 14 * s
+        else:
+            per = 2 * p + p + 4 * s
+        if grad_scaler:
+            per += 3 * p
+        moved += tensor.elements * per
+    return [Work("optimizer/step", 0, moved, R.MEMORY)]
 
 
 def dispatched_ops(model: ModelSpec, train: TrainSpec) -> int:
     """Eager ops one step launches (see OPS_*): forward, backward (2x), the recomputed
     forward under checkpointing, and the optimizer's foreach kernels (about 10)."""
-    adapted = len(counts.targeted_linears(model, train.target_modules)) if train.is_adapter else 0
+    adapted = len(targets.targeted_linears(model, train.target_modules)) if train.is_adapter else 0
     per_linear = OPS_ADAPTER + (OPS_DROPOUT if train.lora_dropout else 0) + (OPS_DORA if train.is_dora else 0)
     layer = OPS_LAYER + (OPS_MOE if model.layer.moe is not None else 0) + adapted * per_linear
     if train.is_quantized:

@@ -9,3 +9,9 @@ from __future__ import annotations
 GIB = 1 << 30
 MIB = 1 << 20
 PHASES = ("forward", "backward", "optimizer")
+FP32 = 4  # bytes of an fp32 element
+
+
+def ceil_div(a: int, b: int) -> int:
+    """ceil(a / b) for non-negative integers."""
+    return -(-a // b)

@@ -42,11 +42,11 @@ ALL_LINEAR = ("all-linear",)
 FIELDS = ("model", "method", "batch_size", "seq_len", "rank", "target_modules", "gradient_checkpointing",
           "dtype", "precision", "optim", "peak_allocated_bytes", "forward_bytes", "backward_bytes",
           "optimizer_bytes", "peak_phase", "torch", "transformers", "peft", "bitsandbytes",
-          "lora_dropout", "attn_implementation", "modules_to_save", "num_gpus", "sharding")
+          "lora_dropout", "attn_implementation", "modules_to_save", "num_gpus", "sharding", "quant_type", "double_quant")
 # Columns added after the first tables (tier 6's settings, tier 7's several GPUs), and what the
 # rows made before them used: a table without some of them reads with these values.
 ADDED_DEFAULTS = {"lora_dropout": "0.0", "attn_implementation": "auto", "modules_to_save": "",
-                  "num_gpus": "1", "sharding": "none"}
+                  "num_gpus": "1", "sharding": "none", "quant_type": "nf4", "double_quant": "1"}
 
 # A small fixed set CI re-traces in seconds: a 4-layer Llama-shaped model (hidden 256,
 # GQA 8/4 heads, vocabulary 4096), every method, with and without checkpointing.
@@ -73,7 +73,8 @@ class Config:
         return (self.model, t.method, t.batch_size, t.seq_len, t.rank if t.is_adapter else 0,
                 ",".join(t.target_modules) if t.is_adapter else "", t.gradient_checkpointing, t.dtype, t.precision,
                 t.lora_dropout if t.is_adapter else 0.0, t.attn_implementation,
-                ",".join(t.modules_to_save) if t.is_adapter else "", t.num_gpus, t.sharding)
+                ",".join(t.modules_to_save) if t.is_adapter else "", t.num_gpus, t.sharding, t.optim,
+                t.quant_type if t.is_quantized else "nf4", t.double_quant or not t.is_quantized)
 
 
 def _grid(models, methods, ranks_targets, dtype="bf16", precision="autocast") -> list[Config]:
@@ -213,6 +214,7 @@ def row_from_trace(cfg: Config, measurement, versions: dict) -> dict:
         **{f"{p}_bytes": phases.get(p) for p in PHASES}, "peak_phase": measurement.peak_phase,
         **{k: versions.get(f"{k}_version", "") for k in ("torch", "transformers", "peft", "bitsandbytes")},
         "num_gpus": t.num_gpus, "sharding": t.sharding,
+        "quant_type": t.quant_type if t.is_quantized else "nf4", "double_quant": int(t.double_quant or not t.is_quantized),
     }
 
 
@@ -226,7 +228,8 @@ def config_of(row: dict) -> Config:
                       precision=row["precision"], optim=row["optim"], lora_dropout=float(row["lora_dropout"]),
                       attn_implementation=row["attn_implementation"],
                       modules_to_save=tuple(row["modules_to_save"].split(",")) if row["modules_to_save"] else (),
-                      num_gpus=int(row.get("num_gpus") or 1), sharding=row.get("sharding") or "none")
+                      num_gpus=int(row.get("num_gpus") or 1), sharding=row.get("sharding") or "none",
+                      quant_type=row.get("quant_type") or "nf4", double_quant=bool(int(row.get("double_quant") or 1)))
     return Config(row["model"], train)
 
 

@@ -6,7 +6,7 @@ under bf16 autocast), as each test says.
 """
 import pytest
 
-from planner import TrainSpec, components as C, counts
+from planner import TrainSpec, components as C, counts, targets
 from planner.architectures import TABLE
 from planner.catalog import CatalogError, UnknownArchitecture, model_from_config
 
@@ -57,8 +57,8 @@ def test_norm_sites_and_qk_norms():
     assert len(spec("gemma3_text").layer.norms) == 6 and len(spec("gemma2").layer.norms) == 4
     # parameter counts: llama's plus the qk-norm weights, per layer
     llama = spec("llama")
-    assert counts.norm_params(qwen3) - counts.norm_params(llama) == 2 * (24 + 24)
-    assert counts.norm_params(olmo2) - counts.norm_params(llama) == 2 * (96 + 48)
+    assert counts.role_params(qwen3, "norm", "final_norm") - counts.role_params(llama, "norm", "final_norm") == 2 * (24 + 24)
+    assert counts.role_params(olmo2, "norm", "final_norm") - counts.role_params(llama, "norm", "final_norm") == 2 * (96 + 48)
 
 
 def test_qk_norm_saved_bytes_as_traced():
@@ -116,23 +116,23 @@ def moe(model_type):
 def test_moe_parameter_counts():
     """Router E*h (+E), experts E*(2I*h + I*h) (+E*(2I + h) biases), gpt-oss sinks: one per head."""
     q = moe("qwen3_moe")
-    assert counts.moe_params(q) == 2 * (8 * 128 + 8 * 3 * 48 * 128)
+    assert counts.role_params(q, "router", "router_bias", "experts", "expert_bias") == 2 * (8 * 128 + 8 * 3 * 48 * 128)
     g = moe("gpt_oss")
-    assert counts.moe_params(g) == 2 * (8 * 128 + 8 + 8 * 3 * 48 * 128 + 8 * (96 + 128))
-    assert counts.sink_params(g) == 2 * 4 and counts.sink_params(q) == 0
+    assert counts.role_params(g, "router", "router_bias", "experts", "expert_bias") == 2 * (8 * 128 + 8 + 8 * 3 * 48 * 128 + 8 * (96 + 128))
+    assert counts.role_params(g, "sinks") == 2 * 4 and counts.role_params(q, "sinks") == 0
 
 
 def test_all_linear_on_moe_follows_peft():
     """peft rewrites all-linear on Mixtral / Qwen3-MoE to the router (r), gate_up (2r) and down
     (r), each per expert; on gpt-oss it stays on the attention Linears."""
     q, t = moe("qwen3_moe"), train()
-    parts = [(p.part, p.rank, p.experts, p.params) for p in counts.targeted_parameters(q, t)]
+    parts = [(p.part, p.rank, p.experts, p.params) for p in targets.targeted_parameters(q, t)]
     assert parts == [("router", 8, 1, 8 * (128 + 8)), ("gate_up", 16, 8, 8 * 16 * (128 + 96)),
                      ("down", 8, 8, 8 * 8 * (48 + 128))]
-    assert counts.targeted_parameters(moe("gpt_oss"), t) == ()
+    assert targets.targeted_parameters(moe("gpt_oss"), t) == ()
     explicit = train(target_modules=("q_proj",), target_parameters=("mlp.experts.gate_up_proj",))
-    assert [(p.part, p.rank) for p in counts.targeted_parameters(moe("gpt_oss"), explicit)] == [("gate_up", 8)]
-    with pytest.raises(counts.UnsupportedMethod, match="DoRA"):
+    assert [(p.part, p.rank) for p in targets.targeted_parameters(moe("gpt_oss"), explicit)] == [("gate_up", 8)]
+    with pytest.raises(targets.UnsupportedMethod, match="DoRA"):
         counts.adapter_params(q, train(method="dora"))
     with pytest.raises(ValueError, match="no fused expert parameters"):
         counts.adapter_params(spec("llama"), explicit)

@@ -90,9 +90,9 @@ def test_activation_terms(tiny):
     assert C.linear_inputs_saved(tiny, t, p) == 0
     assert C.linear_inputs_saved(tiny, full, prec(full)) == 3 * (8 + 8 + 16) * 2
     # per module: T*in*2 (input copy) + T*r*2 (lora_A out); six with in=8, down with in=16
-    assert C.lora_saved(tiny, t, p) == 6 * (48 + 12) + (96 + 12)
+    assert [C.lora_saved_per_linear(lin, t, p) for lin in tiny.linears] == [48 + 12] * 6 + [96 + 12]
     pure = spec(precision="pure")
-    assert C.lora_saved(tiny, pure, prec(pure)) == 6 * (96 + 24) + (192 + 24)
+    assert [C.lora_saved_per_linear(lin, pure, prec(pure)) for lin in tiny.linears] == [96 + 24] * 6 + [192 + 24]
     assert C.layer_saved(tiny, t, p) == 2 * 108 + 168 + 288 + 468
     assert C.model_level_saved(tiny, t, p) == 2 * 3 * 4 * 2 + 108  # RoPE cos+sin, final norm
     # the first layer's input norm keeps nothing: the frozen embedding's output needs no gradient

@@ -2,7 +2,7 @@
 import pytest
 
 from planner import TrainSpec, get_model, model_names
-from planner import counts
+from planner import counts, targets
 
 # Published totals (model cards / safetensors metadata of the HF checkpoints).
 PUBLISHED = {
@@ -64,5 +64,5 @@ def test_unknown_target_and_oversized_rank_are_refused(tiny):
     with pytest.raises(ValueError, match="did you mean 'q_proj'"):
         counts.adapter_params(tiny, TrainSpec(method="lora", target_modules=("q_prj",)))
     with pytest.raises(ValueError, match="larger than k_proj"):
-        counts.check_rank(tiny, TrainSpec(method="lora", rank=5))
-    counts.check_rank(tiny, TrainSpec(method="lora", rank=4))  # min(8, 4) = 4 is allowed
+        targets.check_rank(tiny, TrainSpec(method="lora", rank=5))
+    targets.check_rank(tiny, TrainSpec(method="lora", rank=4))  # min(8, 4) = 4 is allowed

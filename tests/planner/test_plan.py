@@ -112,6 +112,28 @@ def test_small_vocabulary_note(tmp_path):
 def test_a_breakdown_refuses_an_unknown_component():
     from planner.methods import COMPONENT_KEYS, _breakdown
 
-    assert _breakdown(weights__base=3)["weights/base"] == 3 and set(_breakdown()) == set(COMPONENT_KEYS)
+    assert _breakdown("loss", weights__base=3).terms["weights/base"] == 3
+    assert set(_breakdown("loss").terms) == set(COMPONENT_KEYS)
     with pytest.raises(KeyError, match="activations/typo"):
-        _breakdown(activations__typo=1)
+        _breakdown("loss", activations__typo=1)
+
+
+def test_the_plan_names_the_moment_that_peaked():
+    """Each phase's peak is one named moment (planner.methods.MOMENTS), and the plan's
+    breakdown is that moment's terms. Hand-checked cases on Llama-2-7B at bs1 x 512, bf16:
+    full fine-tuning peaks at the optimizer step (its AdamW states and foreach temporaries);
+    LoRA at the start of backward, the fp32 logits gradients beside every saved activation;
+    DoRA inside the last layer's forward, its dense weight-norm transient."""
+    from planner.methods import MOMENTS
+
+    expected = {"full": ("optimizer", "step"), "lora": ("backward", "logits_grad"),
+                "dora": ("forward", "layer_module")}
+    for method, (phase, moment) in expected.items():
+        p = plan("7b", "a100-80gb", TrainSpec(method=method))
+        assert (p.peak_phase, p.peak_moment) == (phase, moment)
+        assert p.peak_moment in MOMENTS[p.peak_phase]
+        assert p.to_dict()["peak_moment"] == moment
+    # negative control: with checkpointing, LoRA's saved set shrinks to the layer inputs, and the
+    # peak moves off the logits' moment
+    p = plan("7b", "a100-80gb", TrainSpec(method="dora", gradient_checkpointing=True, seq_len=4096))
+    assert p.peak_moment != "layer_module"

@@ -39,7 +39,7 @@ def target_sets(spec) -> dict[str, tuple[str, ...]]:
 def target_parameter_sets(spec) -> dict[str, tuple[str, ...]]:
     """The fused parameters each named set adapts too: a mixture of experts' "mlp" set is its
     experts (peft's target_parameters)."""
-    from planner.counts import EXPERT_PARAMETERS
+    from planner.targets import EXPERT_PARAMETERS
 
     return {"mlp": EXPERT_PARAMETERS} if spec.layer.moe is not None else {}
 
@@ -134,7 +134,7 @@ def count_pairs(names, configs, planner_method_override: str | None = None, laye
                 try:
                     planned = (counts.trainable_params(spec, train),
                                counts.total_params(spec) + counts.adapter_params(spec, train))
-                except counts.UnsupportedMethod:
+                except targets.UnsupportedMethod:
                     planned = None
                 if planned is None or peft is None:  # refused: both must refuse (-1 marks a refusal)
                     planned, peft_pair = planned or (-1, -1), peft or (-1, -1)

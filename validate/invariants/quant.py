@@ -440,7 +440,7 @@ def storage_case(double_quant: bool, planner_double_quant: bool | None = None) -
 
     spec = get_model(str(M.config_json_path()))
     train = TrainSpec(method="qlora", double_quant=double_quant if planner_double_quant is None else planner_double_quant)
-    packed = spec.num_layers * sum(C.quantized_weight_bytes(lin.in_features * lin.out_features) for lin in spec.linears)
+    packed = spec.num_layers * C.packed_layer_bytes(spec)
     return {"measured": model_storage(M.four_bit(double_quant=double_quant)),
             "planner_state": C.weights_quant_state(spec, train), "planner_packed": packed,
             "what": f"tiny Llama, nf4{', double quant' if double_quant else ''}"}

@@ -1,0 +1,200 @@
+"""The tensor inventory: every parameter tensor one training step holds, in one list.
+
+For a model and a training spec, each :class:`Tensor` names a parameter as transformers and
+peft name it (``layers.*.self_attn.q_proj.lora_A.weight``; ``*`` is the layer index), with its
+shape, the layer kind and how many layers hold it, its role in the model, and what the method
+does to it (its *treatment*):
+
+============  ==========================================================================
+frozen        a base parameter that gets no gradient (adapter methods)
+trainable     a base parameter trained whole (full fine-tuning)
+4bit          a decoder Linear weight packed to 4 bits, with its quant state (QLoRA, QDoRA)
+adapter       LoRA's A and B, DoRA's magnitude, LoRA on a fused parameter (peft)
+saved_copy    peft's modules_to_save copy of embed_tokens / lm_head, trained whole
+============  ==========================================================================
+
+Every count of tensors sums this list: total and trainable parameters, the weights,
+adapters and gradients, each optimizer's states (bitsandbytes' 8-bit AdamW treats small
+tensors apart, so it needs the tensors, not a total), every sharded term (FSDP chunks each
+tensor's first dimension) and the time model's weight-gradient and optimizer work. A rule
+about which tensors a method trains is written here once.
+
+Shapes follow transformers 5.23 and peft 0.21: a Linear's weight is (out, in); LoRA's A is
+(r, in) and B (out, r); DoRA's magnitude (out,); a fused expert weight is (E, 2I, h) for
+gate_up and (E, h, I) for down, and LoRA on it (peft's ParamWrapper) is A (r*E, in), B
+(out, r*E).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from math import prod
+
+from . import targets
+from .specs import ModelSpec, TrainSpec
+from .units import FP32, ceil_div
+
+TREATMENTS = ("frozen", "trainable", "4bit", "adapter", "saved_copy")
+TRAINED = frozenset({"trainable", "adapter", "saved_copy"})
+ROOT = "root"  # the kind of the tensors outside the decoder layers (embedding, final norm, lm_head)
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """One parameter tensor (or one per layer: ``layers`` copies of it)."""
+
+    path: str
+    shape: tuple[int, ...]
+    role: str  # embedding, lm_head, final_norm, norm, linear, bias, router, router_bias, experts,
+    #            expert_bias, sinks, lora_A, lora_B, magnitude
+    kind: str = "decoder"  # the layer kind that holds it, or ROOT
+    layers: int = 1  # how many layers hold one (1 for the root's)
+    treatment: str = "frozen"
+    dtype_bytes: int = 2  # bytes per element as stored (a 4-bit weight: see :attr:`stored_bytes`)
+
+    @property
+    def numel(self) -> int:
+        """Elements of one copy."""
+        return prod(self.shape)
+
+    @property
+    def rows(self) -> int:
+        """Its first dimension, which FSDP2 chunks over the ranks."""
+        return self.shape[0]
+
+    @property
+    def elements(self) -> int:
+        """Elements of every copy (``layers`` x :attr:`numel`)."""
+        return self.layers * self.numel
+
+    @property
+    def trained(self) -> bool:
+        return self.treatment in TRAINED
+
+    @property
+    def stored_bytes(self) -> int:
+        """Bytes of every copy as stored: two 4-bit codes per byte, ceil(numel / 2) each
+        (bitsandbytes' packed storage), else numel x dtype bytes."""
+        if self.treatment == "4bit":
+            return self.layers * ceil_div(self.numel, 2)
+        return self.elements * self.dtype_bytes
+
+
+# ---------------------------------------------------------------- the base model
+
+@lru_cache(maxsize=256)
+def base_tensors(model: ModelSpec) -> tuple[Tensor, ...]:
+    """The base model's parameters, as transformers builds them (treatment and dtype unset):
+    the embedding, per decoder layer its norms, Linear weights and biases, the mixture of
+    experts' router and fused experts, the attention sinks; the final norm and an untied lm_head."""
+    h, n = model.hidden_size, model.num_layers
+    out = [Tensor("embed_tokens.weight", (model.vocab_size, h), "embedding", ROOT)]
+    layer = model.layer
+    for norm in layer.norms:
+        out.append(Tensor(f"layers.*.{norm.name}.weight", (norm.size,), "norm", layers=n))
+        if norm.bias:
+            out.append(Tensor(f"layers.*.{norm.name}.bias", (norm.size,), "norm", layers=n))
+    for lin in layer.linears:
+        out.append(Tensor(f"layers.*.{lin.name}.weight", (lin.out_features, lin.in_features), "linear", layers=n))
+        if lin.bias:
+            out.append(Tensor(f"layers.*.{lin.name}.bias", (lin.out_features,), "bias", layers=n))
+    moe = layer.moe
+    if moe is not None:
+        e, i = moe.experts, moe.intermediate
+        out.append(Tensor(f"layers.*.mlp.{moe.router}.weight", (e, h), "router", layers=n))
+        if moe.router_bias:
+            out.append(Tensor(f"layers.*.mlp.{moe.router}.bias", (e,), "router_bias", layers=n))
+        out += [Tensor("layers.*.mlp.experts.gate_up_proj", (e, 2 * i, h), "experts", layers=n),
+                Tensor("layers.*.mlp.experts.down_proj", (e, h, i), "experts", layers=n)]
+        if moe.expert_bias:
+            out += [Tensor("layers.*.mlp.experts.gate_up_proj_bias", (e, 2 * i), "expert_bias", layers=n),
+                    Tensor("layers.*.mlp.experts.down_proj_bias", (e, h), "expert_bias", layers=n)]
+    if model.traits.attention_sinks:
+        out.append(Tensor("layers.*.self_attn.sinks", (model.num_heads,), "sinks", layers=n))
+    out.append(Tensor("norm.weight", (h,), "final_norm", ROOT))
+    if not model.tie_word_embeddings:
+        out.append(Tensor("lm_head.weight", (model.vocab_size, h), "lm_head", ROOT))
+    return tuple(out)
+
+
+# ---------------------------------------------------------------- what a method does to them
+
+def _adapters(model: ModelSpec, train: TrainSpec, weight_bytes: int) -> list[Tensor]:
+    """peft's trainable tensors for ``train``: LoRA A and B (and DoRA's magnitude) on each
+    targeted Linear, LoRA on each targeted fused parameter, each modules_to_save copy."""
+    n, r = model.num_layers, train.rank
+    out = []
+    for lin in targets.targeted_linears(model, train.target_modules):
+        base = f"layers.*.{lin.name}"
+        out += [Tensor(f"{base}.lora_A.weight", (r, lin.in_features), "lora_A", layers=n, treatment="adapter",
+                       dtype_bytes=FP32),
+                Tensor(f"{base}.lora_B.weight", (lin.out_features, r), "lora_B", layers=n, treatment="adapter",
+                       dtype_bytes=FP32)]
+        if train.is_dora:
+            out.append(Tensor(f"{base}.lora_magnitude_vector.weight", (lin.out_features,), "magnitude", layers=n,
+                              treatment="adapter", dtype_bytes=FP32))
+    for tg in targets.targeted_parameters(model, train):
+        base = f"layers.*.mlp.{tg.name}"
+        out += [Tensor(f"{base}.lora_A", (tg.rank * tg.experts, tg.in_features), "lora_A", layers=n,
+                       treatment="adapter", dtype_bytes=FP32),
+                Tensor(f"{base}.lora_B", (tg.out_features, tg.rank * tg.experts), "lora_B", layers=n,
+                       treatment="adapter", dtype_bytes=FP32)]
+    for module in train.modules_to_save:
+        out.append(Tensor(f"{module}.modules_to_save.weight", (model.vocab_size, model.hidden_size),
+                          "embedding" if module == "embed_tokens" else "lm_head", ROOT, treatment="saved_copy",
+                          dtype_bytes=FP32 if train.is_quantized else weight_bytes))
+    return out
+
+
+@lru_cache(maxsize=1024)
+def inventory(model: ModelSpec, train: TrainSpec, weight_bytes: int) -> tuple[Tensor, ...]:
+    """Every parameter tensor of ``train``'s step, with its treatment and stored dtype
+    (``weight_bytes``: the base model's stored dtype; fp32 master weights under `mixed`).
+
+    Full fine-tuning trains every base tensor. The adapter methods freeze the base and add
+    peft's tensors (fp32: peft's autocast_adapter_dtype); QLoRA / QDoRA pack each decoder
+    Linear weight to 4 bits, and every other base parameter is fp32 because
+    prepare_model_for_kbit_training casts all 16-bit parameters that are not Params4bit (the
+    fused experts included: bitsandbytes swaps nn.Linear modules only). A modules_to_save
+    copy takes the dtype of the module it copies: the weight dtype, fp32 under QLoRA.
+    """
+    base = base_tensors(model)
+    if not train.is_adapter:
+        return tuple(_treat(t, "trainable", weight_bytes) for t in base)
+    if train.is_quantized:
+        out = [_treat(t, "4bit", 0) if t.role == "linear" and t.kind != ROOT else _treat(t, "frozen", FP32)
+               for t in base]
+    else:
+        out = [_treat(t, "frozen", weight_bytes) for t in base]
+    out += _adapters(model, train, weight_bytes)
+    return tuple(out)
+
+
+def _treat(t: Tensor, treatment: str, dtype_bytes: int) -> Tensor:
+    return Tensor(t.path, t.shape, t.role, t.kind, t.layers, treatment, dtype_bytes)
+
+
+# ---------------------------------------------------------------- sums over it
+
+def elements(tensors, treatments=TREATMENTS) -> int:
+    """Elements of the tensors with one of ``treatments``."""
+    return sum(t.elements for t in tensors if t.treatment in treatments)
+
+
+def stored_bytes(tensors, treatments=TREATMENTS) -> int:
+    """Stored bytes of the tensors with one of ``treatments``."""
+    return sum(t.stored_bytes for t in tensors if t.treatment in treatments)
+
+
+def trained(tensors) -> tuple[Tensor, ...]:
+    """The tensors that get a gradient and optimizer state."""
+    return tuple(t for t in tensors if t.trained)
+
+
+def of_kind(tensors, kind: str) -> tuple[Tensor, ...]:
+    """One copy of each tensor of a layer kind (``ROOT``: the tensors outside the layers)."""
+    return tuple(_one(t) for t in tensors if t.kind == kind)
+
+
+def _one(t: Tensor) -> Tensor:
+    return t if t.layers == 1 else Tensor(t.path, t.shape, t.role, t.kind, 1, t.treatment, t.dtype_bytes)

@@ -1,0 +1,137 @@
+"""What a training spec adapts: the decoder Linears and fused parameters its adapter targets,
+the rank it may take, and whether the embedding and lm_head are trained.
+
+peft's rules (0.21): ``all-linear`` is every Linear of the decoder layers, never lm_head;
+module names match exactly; ``target_parameters`` reach the fused 3-D expert weights of a
+mixture of experts, which ``all-linear`` itself rewrites to for the families whose checkpoint
+conversion peft knows.
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from functools import lru_cache
+
+from .architectures import Linear
+from .specs import ALL_LINEAR, ModelSpec, TrainSpec
+
+
+@lru_cache(maxsize=256)
+def targeted_linears(model: ModelSpec, targets: tuple[str, ...]) -> tuple[Linear, ...]:
+    """The decoder Linear modules an adapter targets.
+
+    ``all-linear`` is every Linear of the decoder layers; like peft, it excludes the output
+    layer (lm_head). Names are matched exactly against the layer's module names.
+    """
+    if ALL_LINEAR in targets:
+        return model.linears
+    known = model.linear_names
+    unknown = [t for t in targets if t not in known]
+    if unknown:
+        hints = []
+        for name in unknown:
+            close = difflib.get_close_matches(name, known, n=1)
+            hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise ValueError(f"{model.name} has no module {', '.join(hints)}; "
+                         f"its Linear modules are {', '.join(known)} (or use {ALL_LINEAR})")
+    return tuple(lin for lin in model.linears if lin.name in targets)
+
+
+@lru_cache(maxsize=256)
+def targeted_names(model: ModelSpec, train: TrainSpec) -> frozenset[str]:
+    """The names of the Linear modules ``train``'s adapter targets; none for full fine-tuning."""
+    if not train.is_adapter:
+        return frozenset()
+    return frozenset(lin.name for lin in targeted_linears(model, train.target_modules))
+
+
+@dataclass(frozen=True)
+class ParamTarget:
+    """A parameter LoRA adapts directly (peft's target_parameters): a fused expert weight, as
+    ``experts`` stacked (in x out) matrices, or the router's (E x h) weight (experts = 1)."""
+
+    name: str  # "experts.gate_up_proj", "experts.down_proj", "<router>.weight"
+    part: str  # "gate_up", "down", "router"
+    rank: int
+    experts: int
+    in_features: int
+    out_features: int
+
+    @property
+    def params(self) -> int:
+        """peft's ParamWrapper: lora_A (r*E x in) and lora_B (out x r*E): E*r*(in + out)."""
+        return self.experts * self.rank * (self.in_features + self.out_features)
+
+    @property
+    def weight(self) -> int:
+        """Elements of the adapted weight (E*in*out): what the merged W + s*B@A materializes."""
+        return self.experts * self.in_features * self.out_features
+
+
+EXPERT_PARAMETERS = ("experts.gate_up_proj", "experts.down_proj")
+
+
+class UnsupportedMethod(ValueError):
+    """A method the libraries refuse for this model and these targets (not a bad number)."""
+
+
+@lru_cache(maxsize=256)
+def targeted_parameters(model: ModelSpec, train: TrainSpec) -> tuple[ParamTarget, ...]:
+    """The fused parameters an adapter targets.
+
+    Explicit ``target_parameters`` (peft matches them as suffixes: "experts.gate_up_proj" or
+    "mlp.experts.gate_up_proj") get the rank as given. ``all-linear`` on a family whose
+    checkpoint conversion peft knows (Mixtral, Qwen3-MoE) is rewritten by peft
+    (``convert_peft_config_for_transformers``) to the router at rank r, gate_up at 2r (alpha
+    doubled: its rank_pattern) and down at r; for gpt-oss all-linear stays on the attention.
+    """
+    moe = model.layer.moe
+    if not train.is_adapter:
+        return ()
+    if moe is None:
+        if train.target_parameters:
+            raise ValueError(f"{model.name} has no fused expert parameters to target "
+                             f"({', '.join(train.target_parameters)}); use --target-modules")
+        return ()
+    e, h, i, r = moe.experts, model.hidden_size, moe.intermediate, train.rank
+    wanted: dict[str, int] = {}
+    if ALL_LINEAR in train.target_modules and moe.peft_converts:
+        wanted = {"router": r, "gate_up": 2 * r, "down": r}
+    for name in train.target_parameters:
+        part = next((p for p in ("gate_up", "down") if name.endswith(f"experts.{p}_proj")), None)
+        if part is None:
+            raise ValueError(f"unknown target parameter {name!r} for {model.name} "
+                             f"(its fused experts are {', '.join(EXPERT_PARAMETERS)})")
+        wanted[part] = r
+    shapes = {"router": (1, h, e, f"{moe.router}.weight"), "gate_up": (e, h, 2 * i, EXPERT_PARAMETERS[0]),
+              "down": (e, i, h, EXPERT_PARAMETERS[1])}
+    out = []
+    for part in ("router", "gate_up", "down"):
+        if part in wanted:
+            n, fan_in, fan_out, name = shapes[part]
+            out.append(ParamTarget(name, part, wanted[part], n, fan_in, fan_out))
+    if out and train.is_dora:
+        raise UnsupportedMethod(f"peft refuses DoRA on fused expert parameters ({model.name}: "
+                         f"{', '.join(t.name for t in out)}); adapt the attention only, e.g. "
+                         f"--target-modules {','.join(model.linear_names)}")
+    return tuple(out)
+
+
+def trains_embedding(train: TrainSpec) -> bool:
+    """Whether the input embedding gets a gradient: full fine-tuning, or embed_tokens in modules_to_save."""
+    return train.method == "full" or "embed_tokens" in train.modules_to_save
+
+
+def trains_lm_head(train: TrainSpec) -> bool:
+    """Whether the output projection gets a gradient: full fine-tuning, or lm_head in modules_to_save."""
+    return train.method == "full" or "lm_head" in train.modules_to_save
+
+
+def check_rank(model: ModelSpec, train: TrainSpec) -> None:
+    """A LoRA rank above min(in, out) of a targeted layer cannot add expressiveness: refuse it."""
+    if not train.is_adapter:
+        return
+    for lin in targeted_linears(model, train.target_modules):
+        if train.rank > min(lin.in_features, lin.out_features):
+            raise ValueError(f"rank {train.rank} is larger than {lin.name} "
+                             f"({lin.in_features} -> {lin.out_features}) of {model.name}")

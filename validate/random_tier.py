@@ -1,0 +1,103 @@
+"""The random tier of baselines: settings drawn across the whole flag space.
+
+The matrix tiers vary a few settings at a time around the defaults; the planner is exact
+there and was found up to 21% off outside them (``--precision mixed`` with adapters). This
+tier draws every setting at once with Hypothesis, seeded (``derandomize``), so the same
+Hypothesis version draws the same list and ``benchmarks/make_baselines.py --set random`` can
+be stopped and resumed:
+
+- every method, dtype (bf16, fp16, fp32) and precision scheme (autocast, pure, mixed);
+- checkpointing, LoRA dropout, the attention implementation, the optimizer (the ones a CPU
+  trace can run: AdamW foreach and fused, SGD), ``modules_to_save``;
+- quant type and double quantization (4-bit methods), targets (all-linear, or a subset of
+  the layer's Linear names), rank, batch and sequence;
+- one rank of 2 or 4 GPUs under FSDP or DDP, for about one draw in five.
+
+Models: one catalog model of every architecture, at its real widths, cut to 2 decoder
+layers (``name@2L``). A draw the probe refuses (fp16 autocast with fp16 trainable weights,
+which a GradScaler cannot unscale; DoRA on fused experts, which peft refuses) is dropped, as
+is a draw the planner's settings refuse (``TrainSpec`` raises).
+"""
+from __future__ import annotations
+
+from planner import TrainSpec
+
+# one catalog model of every model_type the table knows, cut to 2 layers at real widths
+RANDOM_MODELS = ("qwen2.5-0.5b@2L", "llama-3.2-1b@2L", "llama-3.1-8b@2L", "mistral-7b@2L", "gemma-2-2b@2L",
+                 "phi-3-mini@2L", "phi-4-mini@2L", "qwen3-0.6b@2L", "gemma-3-1b@2L", "smollm3-3b@2L",
+                 "olmo-2-7b@2L", "granite-3.3-8b@2L", "qwen3-30b-a3b@2L", "mixtral-8x7b@2L", "gpt-oss-20b@2L")
+RANDOM_METHODS = ("full", "lora", "rslora", "qlora", "dora", "qdora")
+RANDOM_OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "sgd")  # 8-bit / paged: CUDA only
+RANDOM_SAVED = ((), ("lm_head",), ("embed_tokens",), ("embed_tokens", "lm_head"))
+SIZE = 460  # draws; duplicates and refused draws are dropped (at least 300 remain)
+
+
+def _strategy():
+    from hypothesis import strategies as st
+
+    from .baselines import spec_for
+
+    @st.composite
+    def draw(d):
+        model = d(st.sampled_from(RANDOM_MODELS))
+        names = spec_for(model).linear_names
+        method = d(st.sampled_from(RANDOM_METHODS))
+        targets = d(st.one_of(st.just(("all-linear",)),
+                              st.lists(st.sampled_from(names), min_size=1, max_size=len(names), unique=True)
+                              .map(lambda t: tuple(n for n in names if n in t))))
+        parallel = d(st.sampled_from(((1, "none"),) * 4 + ((2, "fsdp"), (4, "fsdp"), (2, "ddp"), (4, "ddp"))))
+        return model, dict(
+            method=method, rank=d(st.sampled_from((4, 8, 16, 32, 64))), target_modules=targets,
+            batch_size=d(st.integers(1, 4)), seq_len=64 * d(st.integers(1, 32)),
+            gradient_checkpointing=d(st.booleans()), dtype=d(st.sampled_from(("bf16", "bf16", "fp16", "fp32"))),
+            precision=d(st.sampled_from(("autocast", "pure", "mixed"))), optim=d(st.sampled_from(RANDOM_OPTIMIZERS)),
+            quant_type=d(st.sampled_from(("nf4", "fp4"))), double_quant=d(st.booleans()),
+            lora_dropout=d(st.sampled_from((0.0, 0.0, 0.05, 0.1))),
+            attn_implementation=d(st.sampled_from(("auto", "sdpa", "eager", "flash_attention_2"))),
+            modules_to_save=d(st.sampled_from(RANDOM_SAVED)) if parallel[0] == 1 else (),
+            num_gpus=parallel[0], sharding=parallel[1])
+
+    return draw()
+
+
+def refused(model: str, train: TrainSpec) -> str | None:
+    """Why the probe would refuse these settings, or None."""
+    from .baselines import supports
+
+    if not supports(model, train.method):
+        return "peft refuses DoRA on fused expert parameters"
+    trained_fp16 = train.dtype == "fp16" and train.precision == "autocast" and (
+        train.method == "full" or (train.modules_to_save and not train.is_quantized))
+    if trained_fp16:
+        return "fp16 autocast with fp16 trainable weights (a GradScaler cannot unscale them)"
+    if train.dtype == "fp32" and train.precision != "pure":
+        return "fp32 has no autocast (use pure)"
+    return None
+
+
+def draws() -> list:
+    """The tier's configurations, in draw order (``validate.baselines.Config``)."""
+    from hypothesis import HealthCheck, given, settings
+
+    from .baselines import Config
+
+    out, seen = [], set()
+
+    @settings(max_examples=SIZE, derandomize=True, database=None, deadline=None,
+              suppress_health_check=list(HealthCheck))
+    @given(_strategy())
+    def collect(drawn):
+        model, fields = drawn
+        if not fields["method"] in ("qlora", "qdora"):
+            fields = {**fields, "quant_type": "nf4", "double_quant": True}
+        try:
+            train = TrainSpec(**fields)
+        except ValueError:
+            return
+        cfg = Config(model, train)
+        if refused(model, train) is None and cfg.key() not in seen:
+            seen.add(cfg.key())
+            out.append(cfg)
+
+    collect()
+    return out
