@@ -24,15 +24,23 @@ from .step import make_optimizer, make_scaler, synthetic_batch
 EMULATED_BF16_FLOPS = 1.4e9
 
 
-def has_native_bf16(cpuinfo: str | None = None, capability: str | None = None) -> bool:
+def has_native_bf16(cpuinfo: str | None = None, capability: str | None = None,
+                    onednn_max_isa: str | None = None) -> bool:
     """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), as torch would use it:
     False when torch runs at AVX2 or below (``torch.backends.cpu.get_cpu_capability()``, which
-    ``ATEN_CPU_CAPABILITY=avx2`` lowers) or when the CPU's flags lack avx512_bf16 / amx_bf16."""
+    ``ATEN_CPU_CAPABILITY=avx2`` lowers), when oneDNN is capped at AVX2
+    (``ONEDNN_MAX_CPU_ISA=AVX2``), or when the CPU's flags lack avx512_bf16 / amx_bf16.
+
+    Each argument left out is read from this process (/proc/cpuinfo, torch, the environment);
+    given, it is used as it is, so that a caller that passes all three gets an answer that
+    does not depend on the environment it runs in."""
     if capability is None:
         import torch
 
         capability = torch.backends.cpu.get_cpu_capability()
-    if not capability.upper().startswith("AVX512") or os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() == "AVX2":
+    if onednn_max_isa is None:
+        onednn_max_isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "")
+    if not capability.upper().startswith("AVX512") or onednn_max_isa.upper() == "AVX2":
         return False
     if cpuinfo is None:
         try:

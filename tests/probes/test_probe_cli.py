@@ -219,13 +219,24 @@ def test_cpu_without_native_bf16_warns_with_an_estimate_and_shows_progress(llama
     assert quiet.exit_code == 0 and "no native bf16" not in quiet.stderr
 
 
-def test_native_bf16_detection():
+def test_native_bf16_detection(monkeypatch):
     from probes.cpu import emulated_step_seconds, has_native_bf16
 
     flags = "flags : fpu avx2 avx512f avx512_bf16 amx_tile"
-    assert has_native_bf16(flags, "AVX512")
-    assert not has_native_bf16(flags, "AVX2")  # torch runs at AVX2 (e.g. ATEN_CPU_CAPABILITY=avx2)
-    assert not has_native_bf16("flags : fpu avx2 avx512f", "AVX512")
+    # the answer for given flags, capability and oneDNN cap does not depend on this process's
+    # environment: the same with the cap set (as when timing the suite at AVX2) and unset
+    for env in ("AVX2", None):
+        if env is None:
+            monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+        else:
+            monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", env)
+        assert has_native_bf16(flags, "AVX512", "")
+        assert not has_native_bf16(flags, "AVX512", "AVX2")  # oneDNN capped at AVX2
+        assert not has_native_bf16(flags, "AVX2", "")  # torch runs at AVX2 (e.g. ATEN_CPU_CAPABILITY=avx2)
+        assert not has_native_bf16("flags : fpu avx2 avx512f", "AVX512", "")
+    # left out, the cap is read from the environment
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert not has_native_bf16(flags, "AVX512")
     # the warning's estimate: 6 FLOP per parameter and token at 1.4 GFLOP/s
     assert emulated_step_seconds(494_032_768, 64) == pytest.approx(135.5, abs=0.1)
 
