@@ -40,12 +40,31 @@ def api_plans(n: int = 10_000) -> tuple[int, float]:
     return n, time.perf_counter() - start
 
 
+def distinct_plans(n: int = 10_000) -> tuple[int, float]:
+    """``n`` plans that share no step: every (model, method, batch, sequence) once, on one GPU,
+    so no cached step is reused (the grid above repeats each step on several GPUs, as
+    ``--gpu all`` does, and the planner computes a step once per dtype)."""
+    from planner import TrainSpec, get_gpu, get_model, plan
+
+    models = [get_model(m) for m in ("qwen2.5-0.5b", "llama-3.2-1b", "7b", "llama-3.1-8b", "13b")]
+    gpu = get_gpu("a100-80gb")
+    methods = ("full", "lora", "qlora", "dora", "qdora")
+    grid = itertools.product(models, methods, range(1, 21), range(256, 256 + 20 * 64, 64))
+    cases = [(m, TrainSpec(method=meth, batch_size=b, seq_len=s)) for m, meth, b, s in itertools.islice(grid, n)]
+    start = time.perf_counter()
+    for model, train in cases:
+        plan(model, gpu, train)
+    return len(cases), time.perf_counter() - start
+
+
 def main() -> None:
     times = cold_process()
     print(f"plan --model 7b --gpu t4 (cold process, {len(times)} runs): "
           f"median {statistics.median(times):.3f} s, min {min(times):.3f} s  [target < 0.3 s]")
     n, seconds = api_plans()
     print(f"{n} plans through the Python API: {seconds:.3f} s ({n / seconds:,.0f} plans/s)  [target < 1 s]")
+    n, seconds = distinct_plans()
+    print(f"{n} plans that share no step: {seconds:.3f} s ({n / seconds:,.0f} plans/s)")
 
 
 if __name__ == "__main__":

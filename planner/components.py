@@ -78,9 +78,11 @@ def weights_base(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
     biases) in fp32, because peft's prepare_model_for_kbit_training casts all fp16/bf16
     parameters that are not Params4bit to fp32.
     """
-    return inv.stored_bytes(inv.inventory(model, train, prec.weight), ("frozen", "trainable", "4bit"))
+    stored = inv.sums(model, train, prec.weight).stored_bytes
+    return stored["frozen"] + stored["trainable"] + stored["4bit"]
 
 
+@lru_cache(maxsize=256)
 def packed_layer_bytes(model: ModelSpec) -> int:
     """One decoder layer's Linear weights packed to 4 bits (:func:`quantized_weight_bytes` each)."""
     return sum(quantized_weight_bytes(t.numel) for t in inv.base_tensors(model) if t.role == "linear")
@@ -111,8 +113,15 @@ def absmax_bytes(double_quant: bool) -> int:
 
 def weights_quant_state(model: ModelSpec, train: TrainSpec) -> int:
     """Quant states of every 4-bit decoder Linear (0 for unquantized methods)."""
-    return sum(t.layers * quant_state_per_weight(t.numel, train.double_quant)
-               for t in inv.inventory(model, train, FP32) if t.treatment == "4bit")
+    return _quant_states(model, train.is_quantized, train.double_quant)
+
+
+@lru_cache(maxsize=1024)
+def _quant_states(model: ModelSpec, quantized: bool, double_quant: bool) -> int:
+    if not quantized:
+        return 0
+    return sum(t.layers * quant_state_per_weight(t.numel, double_quant)
+               for t in inv.base_tensors(model) if t.role == "linear")
 
 
 # ---------------------------------------------------------------- trainable state
@@ -123,7 +132,7 @@ def adapter_bytes(model: ModelSpec, train: TrainSpec) -> int:
     peft keeps adapter weights in fp32 on a 16-bit base (LoraConfig / get_peft_model
     autocast_adapter_dtype=True, the default).
     """
-    return inv.stored_bytes(inv.inventory(model, train, FP32), ("adapter",))
+    return inv.sums(model, train, FP32).stored_bytes["adapter"]
 
 
 def saved_module_bytes(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
@@ -132,7 +141,7 @@ def saved_module_bytes(model: ModelSpec, train: TrainSpec, prec: Precision) -> i
     prepare_model_for_kbit_training has cast to fp32 before peft copies them (tracer, tiny
     Llama: one V x h bf16 tensor more for LoRA, fp32 for QLoRA). The original stays, frozen,
     in weights/base."""
-    return inv.stored_bytes(inv.inventory(model, train, prec.weight), ("saved_copy",))
+    return inv.sums(model, train, prec.weight).stored_bytes["saved_copy"]
 
 
 def saved_module_bytes_per_param(train: TrainSpec, prec: Precision) -> int:
@@ -151,7 +160,7 @@ def trainable_bytes(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
     """Bytes of all trainable parameters, each in its own dtype: full fine-tuning's in the
     stored weight dtype; adapters in fp32 (peft's autocast_adapter_dtype); modules_to_save
     copies as :func:`saved_module_bytes`."""
-    return sum(t.stored_bytes for t in inv.trained(inv.inventory(model, train, prec.weight)))
+    return inv.sums(model, train, prec.weight).trained_bytes
 
 
 def grads(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:

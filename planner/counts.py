@@ -6,6 +6,8 @@ published totals (tests/planner/test_counts.py) and against peft on meta-device 
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 from . import inventory as inv
 from .specs import ModelSpec, TrainSpec
 
@@ -20,12 +22,14 @@ def lm_head_params(model: ModelSpec) -> int:
     return 0 if model.tie_word_embeddings else model.vocab_size * model.hidden_size
 
 
+@lru_cache(maxsize=1024)
 def role_params(model: ModelSpec, *roles: str) -> int:
     """The base model's parameters of some roles (planner.inventory: "norm", "final_norm",
     "linear", "bias", "router", "experts", "sinks", ...)."""
     return sum(t.elements for t in inv.base_tensors(model) if t.role in roles)
 
 
+@lru_cache(maxsize=256)
 def total_params(model: ModelSpec) -> int:
     """Every parameter of the base model (what HF's num_parameters() reports for a 16-bit model).
 
@@ -44,7 +48,7 @@ def adapter_params(model: ModelSpec, train: TrainSpec) -> int:
     """Trainable adapter parameters over all decoder layers (0 for full fine-tuning): LoRA on
     the targeted Linears, r * (in + out) each, + out for DoRA's magnitude (Hu et al. 2021;
     Liu et al. 2024, peft's lora_magnitude_vector), and on the targeted fused parameters."""
-    return inv.elements(inv.inventory(model, train, 2), ("adapter",))
+    return inv.sums(model, train, 2).elements["adapter"]
 
 
 def saved_module_params(model: ModelSpec, train: TrainSpec) -> int:
@@ -52,10 +56,10 @@ def saved_module_params(model: ModelSpec, train: TrainSpec) -> int:
     embed_tokens and lm_head. peft deep-copies each named module and trains the copy, so a
     tied embedding and lm_head both named become two independent matrices (peft's default
     ensure_weight_tying=False). 0 for full fine-tuning, which trains the modules themselves."""
-    return inv.elements(inv.inventory(model, train, 2), ("saved_copy",))
+    return inv.sums(model, train, 2).elements["saved_copy"]
 
 
 def trainable_params(model: ModelSpec, train: TrainSpec) -> int:
     """Parameters that receive gradients: every parameter for full fine-tuning, else the
     adapters and the modules_to_save copies (what peft's print_trainable_parameters counts)."""
-    return sum(t.elements for t in inv.trained(inv.inventory(model, train, 2)))
+    return inv.sums(model, train, 2).trained_elements

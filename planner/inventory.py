@@ -146,7 +146,6 @@ def _adapters(model: ModelSpec, train: TrainSpec, weight_bytes: int) -> list[Ten
     return out
 
 
-@lru_cache(maxsize=1024)
 def inventory(model: ModelSpec, train: TrainSpec, weight_bytes: int) -> tuple[Tensor, ...]:
     """Every parameter tensor of ``train``'s step, with its treatment and stored dtype
     (``weight_bytes``: the base model's stored dtype; fp32 master weights under `mixed`).
@@ -158,6 +157,25 @@ def inventory(model: ModelSpec, train: TrainSpec, weight_bytes: int) -> tuple[Te
     fused experts included: bitsandbytes swaps nn.Linear modules only). A modules_to_save
     copy takes the dtype of the module it copies: the weight dtype, fp32 under QLoRA.
     """
+    return _inventory(model, _what_trains(train), weight_bytes)
+
+
+def _what_trains(train: TrainSpec) -> TrainSpec:
+    """The settings the inventory depends on (the method and what its adapter targets), as a
+    TrainSpec with every other setting at its default: plans that differ only in batch,
+    sequence, checkpointing or sharding share one inventory."""
+    key = (train.method, train.rank, train.target_modules, train.target_parameters, train.modules_to_save)
+    return _settings(*key)
+
+
+@lru_cache(maxsize=4096)
+def _settings(method, rank, target_modules, target_parameters, modules_to_save) -> TrainSpec:
+    return TrainSpec(method=method, rank=rank, target_modules=target_modules, target_parameters=target_parameters,
+                     modules_to_save=modules_to_save)
+
+
+@lru_cache(maxsize=1024)
+def _inventory(model: ModelSpec, train: TrainSpec, weight_bytes: int) -> tuple[Tensor, ...]:
     base = base_tensors(model)
     if not train.is_adapter:
         return tuple(_treat(t, "trainable", weight_bytes) for t in base)
@@ -175,6 +193,32 @@ def _treat(t: Tensor, treatment: str, dtype_bytes: int) -> Tensor:
 
 
 # ---------------------------------------------------------------- sums over it
+
+@dataclass(frozen=True)
+class Sums:
+    """The inventory's totals by treatment, computed once per model and settings."""
+
+    elements: dict  # treatment -> elements
+    stored_bytes: dict  # treatment -> stored bytes
+    trained_elements: int
+    trained_bytes: int
+
+
+def sums(model: ModelSpec, train: TrainSpec, weight_bytes: int) -> Sums:
+    """:func:`inventory`'s totals by treatment (every treatment a key, zeros included)."""
+    return _sums(model, _what_trains(train), weight_bytes)
+
+
+@lru_cache(maxsize=4096)
+def _sums(model: ModelSpec, train: TrainSpec, weight_bytes: int) -> Sums:
+    tensors = _inventory(model, train, weight_bytes)
+    elements_by = dict.fromkeys(TREATMENTS, 0)
+    bytes_by = dict.fromkeys(TREATMENTS, 0)
+    for t in tensors:
+        elements_by[t.treatment] += t.elements
+        bytes_by[t.treatment] += t.stored_bytes
+    return Sums(elements_by, bytes_by, sum(elements_by[k] for k in TRAINED), sum(bytes_by[k] for k in TRAINED))
+
 
 def elements(tensors, treatments=TREATMENTS) -> int:
     """Elements of the tensors with one of ``treatments``."""

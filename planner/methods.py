@@ -15,6 +15,7 @@ method only changes which components are non-zero (see planner.components).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from . import components as C
 from . import moments as M
@@ -96,38 +97,48 @@ MOMENTS = {
 
 @dataclass(frozen=True)
 class Moment:
-    """One instant of the step: its name and its live bytes by component key."""
+    """One instant of the step: its name, its live bytes by term (``weights__base`` names the
+    component ``weights/base``) and their sum."""
 
     name: str
-    terms: dict[str, int]
+    values: dict[str, int]
+    total: int
 
     @property
-    def total(self) -> int:
-        return sum(self.terms.values())
+    def terms(self) -> dict[str, int]:
+        """The breakdown over every component key (zeros included) and the parallel keys given."""
+        out = _ZEROS.copy()
+        for key, value in self.values.items():
+            out[_KEY_OF[key]] = value
+        return out
 
 
 def _largest(moments) -> Moment:
     """The moment with the most live bytes (the first of equals)."""
-    return max(moments, key=lambda m: m.total)
+    return max(moments, key=_total)
 
 
-_KNOWN = frozenset(COMPONENT_KEYS + PARALLEL_KEYS)
+def _total(moment: Moment) -> int:
+    return moment.total
+
+
+_KEY_OF = {key.replace("/", "__"): key for key in COMPONENT_KEYS + PARALLEL_KEYS}
+_ZEROS = dict.fromkeys(COMPONENT_KEYS, 0)
 
 
 def _breakdown(moment: str, **values: int) -> Moment:
-    """The moment ``moment``'s breakdown over every component key (``weights__base`` names
-    ``weights/base``), and the parallel keys given; a name that is not a key is a bug, refused."""
-    out = dict.fromkeys(COMPONENT_KEYS, 0)
-    for key, value in values.items():
-        name = key.replace("__", "/")
-        if name not in _KNOWN:
-            raise KeyError(f"{name!r} is not a component key (planner.methods.COMPONENT_KEYS)")
-        out[name] = value
-    return Moment(moment, out)
+    """The moment named ``moment``, of the terms given (``weights__base`` names the component
+    ``weights/base``); a name that is not a component key is a bug, refused."""
+    if not values.keys() <= _KEY_OF.keys():
+        unknown = sorted(set(values) - set(_KEY_OF))
+        raise KeyError(f"{unknown[0].replace('__', '/')!r} is not a component key (planner.methods.COMPONENT_KEYS)")
+    return Moment(moment, values, sum(values.values()))
 
 
+@lru_cache(maxsize=4096)
 def step_memory(model: ModelSpec, train: TrainSpec, dtype: str) -> StepMemory:
-    """The three phases of one measured (post warm-up) step for any method."""
+    """The three phases of one measured (post warm-up) step for any method (cached: the GPU
+    enters only through ``dtype``, so every GPU of one dtype shares it; read-only)."""
     prec = C.precision(train, dtype)
     persistent = dict(
         weights__base=C.weights_base(model, train, prec),

@@ -199,15 +199,15 @@ def layer_transient(model: ModelSpec, train: TrainSpec, prec: Precision, recompu
     seq = layer_saved_sequence(model, train, prec)
     targeted = targets.targeted_names(model, train)
     keeps = recompute or not train.gradient_checkpointing
-    best = LayerMoment()
+    best, best_total = (), 0  # the parts (live, before, locals, working, dequant, dora) of the worst moment
     for lin in model.linears:
         is_target = lin.name in targeted
-        context = dict(live=module_input_live(lin, train, prec, is_target),
-                       before=saved_before(seq, lin.name) if keeps else 0,
-                       locals=0 if recompute else layer_locals(model, train, prec, lin))
+        live = module_input_live(lin, train, prec, is_target)
+        before = saved_before(seq, lin.name) if keeps else 0
+        local = 0 if recompute else layer_locals(model, train, prec, lin)
         dequant = lin.in_features * lin.out_features * prec.compute if train.is_quantized else 0
         dora = dora_transient_per_linear(lin, train, prec) if train.is_dora and is_target else 0
-        moments = []
+        context = live + before + local
         if not recompute:
             # While lora_B runs, lora_A has kept its input copy and output (unless checkpointing
             # drops them); DoRA's kept base and LoRA outputs are the working set's own
@@ -215,16 +215,14 @@ def layer_transient(model: ModelSpec, train: TrainSpec, prec: Precision, recompu
             if keeps and is_target:
                 own = (train.tokens * (lin.in_features + train.rank) * lora_input_bytes(train, prec)
                        if train.is_dora else lora_saved_per_linear(lin, train, prec))
-            moments.append(LayerMoment(**{**context, "before": context["before"] + own},
-                                       working=module_working_set(lin, train, prec, is_target)))
-        if dequant > dora:
-            moments.append(LayerMoment(**context, dequant=dequant))
-        elif dora:
-            moments.append(LayerMoment(**context, dora=dora))
-        for m in moments:
-            if m.total > best.total:
-                best = m
-    return best
+            working = module_working_set(lin, train, prec, is_target)
+            if context + own + working > best_total:
+                best, best_total = (live, before + own, local, working, 0, 0), context + own + working
+        if dequant > dora and context + dequant > best_total:
+            best, best_total = (live, before, local, 0, dequant, 0), context + dequant
+        elif dora >= dequant and dora and context + dora > best_total:
+            best, best_total = (live, before, local, 0, 0, dora), context + dora
+    return LayerMoment(*best)
 
 
 def eager_scores(model: ModelSpec, train: TrainSpec) -> int:

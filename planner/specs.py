@@ -5,7 +5,7 @@ Pure data: no arithmetic beyond derived sizes, no I/O (the catalog reads files).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 
 from .architectures import Layer, Linear, Traits
 
@@ -179,6 +179,11 @@ class TrainSpec:
         problems += self._parallel_problems()
         if problems:
             raise ValueError("; ".join(problems))
+        # plans cache their terms per TrainSpec: hash the fields once, not at every lookup
+        object.__setattr__(self, "_hash", hash(tuple(getattr(self, f.name) for f in fields(self))))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     def _parallel_problems(self) -> list[str]:
         if self.num_gpus < 1:
