@@ -233,6 +233,14 @@ def config_of(row: dict) -> Config:
     return Config(row["model"], train)
 
 
+MEMORY_TABLES = ("traced.csv", "random.csv")  # the tables the memory gate holds the planner to
+
+
+def memory_rows() -> list[dict]:
+    """The rows of every table the memory gate holds the planner to, each with its ``table``."""
+    return [{**row, "table": name} for name in MEMORY_TABLES for row in load(name)]
+
+
 def path(name: str) -> Path:
     return data.path("baselines", name)
 

@@ -131,7 +131,7 @@ def _run_gates(names: tuple[str, ...], groups: tuple[str, ...], fmt: str, report
     if unknown:
         fail(f"validate: unknown gate {', '.join(map(repr, unknown))}; valid gates: {', '.join(G.GATES)}", USAGE)
     try:
-        traced = baselines.load("traced.csv") if not names or "memory" in names else []
+        traced = baselines.memory_rows() if not names or "memory" in names else []
         regression = baselines.load("regression.csv") if not names or "regression" in names else []
     except baselines.BaselineError as exc:
         fail(f"validate: {exc}", ERROR)

@@ -1,7 +1,8 @@
 """CI regression gates on memory and accuracy (`validate --gates`).
 
 - memory: the planner's peak allocated bytes against the committed traced baselines
-  (data/baselines/traced.csv): median |planned/traced - 1| under 2% and the worst under 5%.
+  (data/baselines/traced.csv, the matrix, and random.csv, the random tier):
+  median |planned/traced - 1| under 2% and the worst under 5%.
 - regression: a fresh trace of the small fixed set (data/baselines/regression.csv) must
   equal its committed bytes exactly, phase by phase: a change in peft, transformers, torch or
   our step code that moves memory is caught, with the phase that moved and by how much.
@@ -127,8 +128,10 @@ def ratio_table(pairs: list[tuple[dict, float]], group: Callable[[dict], str] = 
 
 
 REPORT_GROUPS = (
+    ("table", lambda row: row.get("table", "traced.csv")),
     ("method", lambda row: row["method"]),
     ("precision", lambda row: f"{row['dtype']} {row['precision']}"),
+    ("sharding", lambda row: "one GPU" if int(row["num_gpus"]) == 1 else f"{row['sharding']} on {row['num_gpus']} GPUs"),
     ("checkpointing", lambda row: "on" if int(row["gradient_checkpointing"]) else "off"),
     ("training setting", lambda row: setting(row)),
 )

@@ -17,7 +17,7 @@ def regression_rows():
 
 @pytest.fixture(scope="module")
 def memory_rows(regression_rows):
-    return B.load("traced.csv") + regression_rows
+    return B.memory_rows() + regression_rows
 
 
 def test_memory_gate_holds_on_the_committed_baselines(memory_rows):
