@@ -33,6 +33,7 @@ MLP_INPUT_ROLES = frozenset({"gate", "up", "gate_up", "fc_in"})
 # Linears that read the layer's normed input (the attention and MLP inputs).
 NORM_READER_ROLES = ATTENTION_INPUT_ROLES | MLP_INPUT_ROLES
 ATTENTION_ROLES = ATTENTION_INPUT_ROLES | {"o"}
+ROLES = tuple(sorted(NORM_READER_ROLES | ATTENTION_ROLES | {"down"}))  # every role the formulas know
 
 
 @dataclass(frozen=True)
@@ -87,8 +88,7 @@ class Traits:
     rotary_fraction: float = 1.0  # partial_rotary_factor: the share of head_dim RoPE rotates
     rope_tables: int = 1  # distinct cos/sin pairs per forward (Gemma-3: one per attention type)
     rope_fp32: bool = False  # the rotary embedding returns fp32 cos / sin (OLMo-2)
-    sliding_window: int | None = None  # the window of the sliding-attention layers
-    sliding_layers: int = 0  # how many layers attend within the window
+    sliding_window: int | None = None  # the window of a sliding-attention layer (its kind's trait)
 
 
 @dataclass(frozen=True)
@@ -127,6 +127,45 @@ class Layer:
 
     def norms_at(self, *sites: str) -> tuple[Norm, ...]:
         return tuple(n for n in self.norms if n.site in sites)
+
+
+# The layer kinds the formulas know. A model is a sequence of kinds (planner.specs.ModelSpec):
+# "decoder" where every layer is alike; "sliding_attention" and "full_attention" where some
+# layers attend within a window. A kind the formulas do not know is refused by name.
+KNOWN_KINDS = ("decoder", "sliding_attention", "full_attention")
+
+
+@dataclass(frozen=True)
+class LayerKind:
+    """One kind of decoder layer and the indices of the layers of that kind."""
+
+    name: str
+    layer: Layer
+    indices: tuple[int, ...]
+
+    @property
+    def count(self) -> int:
+        return len(self.indices)
+
+
+class UnknownLayerKind(ValueError):
+    """A layer kind or role the formulas do not know (the message names it)."""
+
+
+def check_known(kinds: tuple[LayerKind, ...]) -> None:
+    """Refuse, in one line naming it, a layer kind or a Linear role the formulas do not know."""
+    for kind in kinds:
+        if kind.name not in KNOWN_KINDS:
+            raise UnknownLayerKind(f"layer kind {kind.name!r} (layers {_span(kind.indices)}) is not planned yet "
+                                   f"(planned kinds: {', '.join(KNOWN_KINDS)}); `probe --device fake` traces it")
+        for lin in kind.layer.linears:
+            if lin.role not in ROLES:
+                raise UnknownLayerKind(f"{lin.name} of the {kind.name} layers has role {lin.role!r}, which the "
+                                       f"formulas do not know (known roles: {', '.join(ROLES)})")
+
+
+def _span(indices: tuple[int, ...]) -> str:
+    return ", ".join(map(str, indices[:6])) + (", ..." if len(indices) > 6 else "")
 
 
 @dataclass(frozen=True)
@@ -212,8 +251,25 @@ class Dims:
         return self.kv_heads * self.head_dim
 
 
-def describe(arch: Architecture, config: dict, dims: Dims) -> Layer:
-    """The decoder layer of ``arch`` for a config's fields (already validated into ``dims``)."""
+def describe(arch: Architecture, config: dict, dims: Dims) -> tuple[LayerKind, ...]:
+    """The decoder layers of ``arch`` for a config's fields (already validated into ``dims``),
+    as kinds: one "decoder" kind where every layer is alike, or "sliding_attention" and
+    "full_attention" where some layers attend within a window (the config's layer_types, or
+    the family's rule)."""
+    layer = _layer(arch, config, dims)
+    window = config.get("sliding_window")
+    sliding = _sliding_indices(arch, config, dims.layers) if isinstance(window, int) and window > 0 else ()
+    everything = tuple(range(dims.layers))
+    if not sliding:
+        return (LayerKind("decoder", layer, everything),)
+    windowed = LayerKind("sliding_attention", replace(layer, traits=replace(layer.traits, sliding_window=window)),
+                         sliding)
+    full = tuple(i for i in everything if i not in set(sliding))
+    return (windowed,) + ((LayerKind("full_attention", layer, full),) if full else ())
+
+
+def _layer(arch: Architecture, config: dict, dims: Dims) -> Layer:
+    """The module layout and traits of one decoder layer of ``arch``."""
     h, inter, q_dim, kv_dim = dims.hidden, dims.intermediate, dims.q_dim, dims.kv_dim
     attn_bias = bool(config.get("attention_bias", arch.attention_bias_default))
     mlp_bias = bool(config.get("mlp_bias", False))
@@ -243,10 +299,6 @@ def describe(arch: Architecture, config: dict, dims: Dims) -> Layer:
     rotary = config.get("partial_rotary_factor") or (config.get("rope_parameters") or {}).get("partial_rotary_factor")
     if rotary:
         changes["rotary_fraction"] = float(rotary)
-    window = config.get("sliding_window")
-    sliding = _sliding_layers(arch, config, dims.layers) if isinstance(window, int) and window > 0 else 0
-    if sliding:
-        changes.update(sliding_window=window, sliding_layers=sliding)
     if config.get("attn_logit_softcapping"):
         changes["eager_attention"] = True
     if config.get("final_logit_softcapping"):
@@ -284,20 +336,17 @@ def _moe(kind: str, config: dict, dims: Dims) -> MoE:
                activation="clamped_swiglu")
 
 
-def _sliding_layers(arch: Architecture, config: dict, layers: int) -> int:
-    """How many layers use sliding-window attention: the config's layer_types where given,
-    else the family's rule (transformers' config defaults)."""
+def _sliding_indices(arch: Architecture, config: dict, layers: int) -> tuple[int, ...]:
+    """The indices of the layers that attend within the sliding window: the config's
+    layer_types where given, else the family's rule (transformers' config defaults)."""
     types = config.get("layer_types")
     if isinstance(types, list) and types:
-        return sum(1 for t in types[:layers] if t == "sliding_attention")
-    if arch.sliding == "all":
-        return layers
-    if arch.sliding == "flag":
-        return layers if config.get("use_sliding_window") else 0
-    if arch.sliding == "alternate":
-        return (layers + 1) // 2
-    if arch.sliding == "pattern":
+        return tuple(i for i, t in enumerate(types[:layers]) if t == "sliding_attention")
+    if arch.sliding == "all" or (arch.sliding == "flag" and config.get("use_sliding_window")):
+        return tuple(range(layers))
+    if arch.sliding == "alternate":  # Gemma-2, gpt-oss: the even layers
+        return tuple(range(0, layers, 2))
+    if arch.sliding == "pattern":  # Gemma-3: every sliding_window_pattern-th layer is full
         pattern = config.get("sliding_window_pattern") or 6
-        return layers - layers // pattern
-    return 0
-
+        return tuple(i for i in range(layers) if (i + 1) % pattern)
+    return ()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import data
 
-from .architectures import SUPPORTED_MODEL_TYPES, TABLE, Dims, LayoutError, describe
+from .architectures import SUPPORTED_MODEL_TYPES, TABLE, Dims, LayoutError, UnknownLayerKind, check_known, describe
 from .specs import GpuSpec, ModelSpec
 
 MIB = 1 << 20
@@ -145,7 +145,7 @@ def model_from_config(config: dict, name: str, hf_id: str | None = None,
         num_kv_heads=kv_heads,
         head_dim=head_dim,
         tie_word_embeddings=bool(config.get("tie_word_embeddings", arch.tie_default)),
-        layer=_describe(arch, config, dims, name),
+        kinds=_describe(arch, config, dims, name),
         max_position_embeddings=int(config.get("max_position_embeddings") or 4096),
         hf_id=hf_id,
         published_params=published_params,
@@ -155,8 +155,10 @@ def model_from_config(config: dict, name: str, hf_id: str | None = None,
 
 def _describe(arch, config: dict, dims: Dims, name: str):
     try:
-        return describe(arch, config, dims)
-    except LayoutError as exc:
+        kinds = describe(arch, config, dims)
+        check_known(kinds)
+        return kinds
+    except (LayoutError, UnknownLayerKind) as exc:
         raise CatalogError(f"{name}: {exc}") from None
 
 

@@ -541,12 +541,12 @@ def sliding_mask_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> i
     kv_dim)*c more (transformers' masking_utils skips the mask only while kv_length <
     sliding_window; tracer, tiny Mistral with window 16 at seq 40: exactly these two terms).
     0 for eager attention, whose scores are counted whole (:func:`attention_core_saved`)."""
-    traits = model.traits
-    if not traits.sliding_layers or uses_eager(model, train) or train.seq_len < traits.sliding_window:
+    if uses_eager(model, train):
         return 0
     s = train.seq_len
     per_layer = train.batch_size * s * s * prec.compute + 2 * train.tokens * (model.q_dim - model.kv_dim) * prec.compute
-    return traits.sliding_layers * per_layer
+    return sum(kind.count * per_layer for kind in model.kinds
+               if kind.layer.traits.sliding_window and s >= kind.layer.traits.sliding_window)
 
 
 def activations_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:

@@ -1,8 +1,8 @@
 """The tensor inventory: every parameter tensor one training step holds, in one list.
 
 For a model and a training spec, each :class:`Tensor` names a parameter as transformers and
-peft name it (``layers.*.self_attn.q_proj.lora_A.weight``; ``*`` is the layer index), with its
-shape, the layer kind and how many layers hold it, its role in the model, and what the method
+peft name it (``layers.*.q_proj.lora_A.weight``; ``*`` is the layer index), with its
+shape, the layer kind (planner.architectures.LayerKind) and how many layers of it hold it, its role in the model, and what the method
 does to it (its *treatment*):
 
 ============  ==========================================================================
@@ -87,34 +87,46 @@ def base_tensors(model: ModelSpec) -> tuple[Tensor, ...]:
     """The base model's parameters, as transformers builds them (treatment and dtype unset):
     the embedding, per decoder layer its norms, Linear weights and biases, the mixture of
     experts' router and fused experts, the attention sinks; the final norm and an untied lm_head."""
-    h, n = model.hidden_size, model.num_layers
+    h = model.hidden_size
     out = [Tensor("embed_tokens.weight", (model.vocab_size, h), "embedding", ROOT)]
-    layer = model.layer
-    for norm in layer.norms:
-        out.append(Tensor(f"layers.*.{norm.name}.weight", (norm.size,), "norm", layers=n))
-        if norm.bias:
-            out.append(Tensor(f"layers.*.{norm.name}.bias", (norm.size,), "norm", layers=n))
-    for lin in layer.linears:
-        out.append(Tensor(f"layers.*.{lin.name}.weight", (lin.out_features, lin.in_features), "linear", layers=n))
-        if lin.bias:
-            out.append(Tensor(f"layers.*.{lin.name}.bias", (lin.out_features,), "bias", layers=n))
-    moe = layer.moe
-    if moe is not None:
-        e, i = moe.experts, moe.intermediate
-        out.append(Tensor(f"layers.*.mlp.{moe.router}.weight", (e, h), "router", layers=n))
-        if moe.router_bias:
-            out.append(Tensor(f"layers.*.mlp.{moe.router}.bias", (e,), "router_bias", layers=n))
-        out += [Tensor("layers.*.mlp.experts.gate_up_proj", (e, 2 * i, h), "experts", layers=n),
-                Tensor("layers.*.mlp.experts.down_proj", (e, h, i), "experts", layers=n)]
-        if moe.expert_bias:
-            out += [Tensor("layers.*.mlp.experts.gate_up_proj_bias", (e, 2 * i), "expert_bias", layers=n),
-                    Tensor("layers.*.mlp.experts.down_proj_bias", (e, h), "expert_bias", layers=n)]
-    if model.traits.attention_sinks:
-        out.append(Tensor("layers.*.self_attn.sinks", (model.num_heads,), "sinks", layers=n))
+    for kind in model.kinds:
+        out += _layer_tensors(model, kind.layer, kind.name, kind.count)
     out.append(Tensor("norm.weight", (h,), "final_norm", ROOT))
     if not model.tie_word_embeddings:
         out.append(Tensor("lm_head.weight", (model.vocab_size, h), "lm_head", ROOT))
     return tuple(out)
+
+
+def _layer_tensors(model: ModelSpec, layer, kind: str, n: int) -> list[Tensor]:
+    """The parameters of the ``n`` layers of one kind."""
+    h = model.hidden_size
+
+    def tensor(path, shape, role):
+        return Tensor(f"layers.*.{path}", shape, role, kind, n)
+
+    out = []
+    for norm in layer.norms:
+        out.append(tensor(f"{norm.name}.weight", (norm.size,), "norm"))
+        if norm.bias:
+            out.append(tensor(f"{norm.name}.bias", (norm.size,), "norm"))
+    for lin in layer.linears:
+        out.append(tensor(f"{lin.name}.weight", (lin.out_features, lin.in_features), "linear"))
+        if lin.bias:
+            out.append(tensor(f"{lin.name}.bias", (lin.out_features,), "bias"))
+    moe = layer.moe
+    if moe is not None:
+        e, i = moe.experts, moe.intermediate
+        out.append(tensor(f"mlp.{moe.router}.weight", (e, h), "router"))
+        if moe.router_bias:
+            out.append(tensor(f"mlp.{moe.router}.bias", (e,), "router_bias"))
+        out += [tensor("mlp.experts.gate_up_proj", (e, 2 * i, h), "experts"),
+                tensor("mlp.experts.down_proj", (e, h, i), "experts")]
+        if moe.expert_bias:
+            out += [tensor("mlp.experts.gate_up_proj_bias", (e, 2 * i), "expert_bias"),
+                    tensor("mlp.experts.down_proj_bias", (e, h), "expert_bias")]
+    if layer.traits.attention_sinks:
+        out.append(tensor("self_attn.sinks", (model.num_heads,), "sinks"))
+    return out
 
 
 # ---------------------------------------------------------------- what a method does to them
@@ -122,23 +134,22 @@ def base_tensors(model: ModelSpec) -> tuple[Tensor, ...]:
 def _adapters(model: ModelSpec, train: TrainSpec, weight_bytes: int) -> list[Tensor]:
     """peft's trainable tensors for ``train``: LoRA A and B (and DoRA's magnitude) on each
     targeted Linear, LoRA on each targeted fused parameter, each modules_to_save copy."""
-    n, r = model.num_layers, train.rank
+    r = train.rank
     out = []
-    for lin in targets.targeted_linears(model, train.target_modules):
-        base = f"layers.*.{lin.name}"
-        out += [Tensor(f"{base}.lora_A.weight", (r, lin.in_features), "lora_A", layers=n, treatment="adapter",
-                       dtype_bytes=FP32),
-                Tensor(f"{base}.lora_B.weight", (lin.out_features, r), "lora_B", layers=n, treatment="adapter",
-                       dtype_bytes=FP32)]
-        if train.is_dora:
-            out.append(Tensor(f"{base}.lora_magnitude_vector.weight", (lin.out_features,), "magnitude", layers=n,
-                              treatment="adapter", dtype_bytes=FP32))
-    for tg in targets.targeted_parameters(model, train):
-        base = f"layers.*.mlp.{tg.name}"
-        out += [Tensor(f"{base}.lora_A", (tg.rank * tg.experts, tg.in_features), "lora_A", layers=n,
-                       treatment="adapter", dtype_bytes=FP32),
-                Tensor(f"{base}.lora_B", (tg.out_features, tg.rank * tg.experts), "lora_B", layers=n,
-                       treatment="adapter", dtype_bytes=FP32)]
+    for view in model.by_kind():
+        kind, n = view.kinds[0].name, view.num_layers
+
+        def adapter(path, shape, role):
+            return Tensor(f"layers.*.{path}", shape, role, kind, n, "adapter", FP32)
+
+        for lin in targets.targeted_linears(view, train.target_modules):
+            out += [adapter(f"{lin.name}.lora_A.weight", (r, lin.in_features), "lora_A"),
+                    adapter(f"{lin.name}.lora_B.weight", (lin.out_features, r), "lora_B")]
+            if train.is_dora:
+                out.append(adapter(f"{lin.name}.lora_magnitude_vector.weight", (lin.out_features,), "magnitude"))
+        for tg in targets.targeted_parameters(view, train):
+            out += [adapter(f"mlp.{tg.name}.lora_A", (tg.rank * tg.experts, tg.in_features), "lora_A"),
+                    adapter(f"mlp.{tg.name}.lora_B", (tg.out_features, tg.rank * tg.experts), "lora_B")]
     for module in train.modules_to_save:
         out.append(Tensor(f"{module}.modules_to_save.weight", (model.vocab_size, model.hidden_size),
                           "embedding" if module == "embed_tokens" else "lm_head", ROOT, treatment="saved_copy",
@@ -238,6 +249,16 @@ def trained(tensors) -> tuple[Tensor, ...]:
 def of_kind(tensors, kind: str) -> tuple[Tensor, ...]:
     """One copy of each tensor of a layer kind (``ROOT``: the tensors outside the layers)."""
     return tuple(_one(t) for t in tensors if t.kind == kind)
+
+
+def one_layer(tensors) -> tuple[Tensor, ...]:
+    """One layer's tensors: one copy of each tensor of the largest layer kind (the layer an
+    FSDP unit all-gathers; the kinds of today share one layout)."""
+    sizes: dict[str, int] = {}
+    for t in tensors:
+        if t.kind != ROOT:
+            sizes[t.kind] = sizes.get(t.kind, 0) + t.numel
+    return of_kind(tensors, max(sizes, key=sizes.get)) if sizes else ()
 
 
 def _one(t: Tensor) -> Tensor:

@@ -10,6 +10,7 @@ from . import counts, targets
 from . import roofline
 from . import speed_calibration
 from . import timing
+from .architectures import check_known
 from .catalog import get_gpu, get_model
 from .methods import step_memory
 from .precision import resolve_dtype
@@ -157,6 +158,7 @@ def plan(model: str | ModelSpec, gpu: str | GpuSpec, train: TrainSpec | None = N
     """
     model, gpu = _as_model(model), _as_gpu(gpu)
     train = train or TrainSpec()
+    check_known(model.kinds)
     targets.check_rank(model, train)
     dtype, notes = resolve_dtype(train.dtype, gpu.bf16, gpu.name)
     if train.seq_len > model.max_position_embeddings:

@@ -43,19 +43,19 @@ def shard(rows: int, numel: int, num_gpus: int) -> int:
 def base_tensors(model: ModelSpec, layer_only: bool = False) -> tuple[Tensor, ...]:
     """The base model's parameters (planner.inventory); one decoder layer's with ``layer_only``."""
     tensors = inv.base_tensors(model)
-    return inv.of_kind(tensors, "decoder") if layer_only else tensors
+    return inv.one_layer(tensors) if layer_only else tensors
 
 
 def adapter_tensors(model: ModelSpec, train: TrainSpec, layer_only: bool = False) -> tuple[Tensor, ...]:
     """peft's adapter tensors of ``train`` (planner.inventory); one decoder layer's with ``layer_only``."""
     tensors = tuple(t for t in inv.inventory(model, train, FP32) if t.treatment == "adapter")
-    return inv.of_kind(tensors, "decoder") if layer_only else tensors
+    return inv.one_layer(tensors) if layer_only else tensors
 
 
 def trainable_tensors(model: ModelSpec, train: TrainSpec, layer_only: bool = False) -> tuple[Tensor, ...]:
     """The tensors that train (planner.inventory); one decoder layer's with ``layer_only``."""
     tensors = inv.trained(inv.inventory(model, train, FP32))
-    return inv.of_kind(tensors, "decoder") if layer_only else tensors
+    return inv.one_layer(tensors) if layer_only else tensors
 
 
 def sharded(tensors, num_gpus: int) -> int:

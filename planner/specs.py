@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field, fields, replace
+from functools import lru_cache
 
-from .architectures import Layer, Linear, Traits
+from .architectures import Layer, LayerKind, Linear, Traits
 
 METHODS = ("full", "lora", "rslora", "qlora", "dora", "qdora")
 QUANTIZED_METHODS = frozenset({"qlora", "qdora"})
@@ -43,8 +44,9 @@ OFFLOADABLE = {"fsdp": ("params",), "zero2": ("optimizer",), "zero3": ("optimize
 class ModelSpec:
     """A decoder-only transformer, as far as memory is concerned.
 
-    ``layer`` describes one decoder layer (every layer is the same): its Linear modules with
-    their roles, its norms and its traits (planner.architectures).
+    ``kinds`` are its decoder layers as kinds (planner.architectures.LayerKind): each a layer
+    layout (its Linear modules with their roles, its norms, its traits, its mixture of experts)
+    and the indices of the layers of that kind. Per-layer terms sum over the kinds.
     ``config_json`` keeps the HF config fields so that probes can build the real model.
     """
 
@@ -58,7 +60,7 @@ class ModelSpec:
     num_kv_heads: int
     head_dim: int
     tie_word_embeddings: bool
-    layer: Layer
+    kinds: tuple[LayerKind, ...]
     max_position_embeddings: int
     hf_id: str | None = None
     published_params: int | None = None
@@ -77,6 +79,19 @@ class ModelSpec:
         return hash((self.name, self.vocab_size, self.hidden_size, self.num_layers, self.intermediate_size))
 
     @property
+    def layer(self) -> Layer:
+        """The layout every kind shares (the first kind's layer; the kinds of today's catalog differ
+        only in their attention window, which only the kind's own terms read)."""
+        return self.kinds[0].layer
+
+    def by_kind(self) -> tuple["ModelSpec", ...]:
+        """This model seen one kind at a time: a model of that kind's layers only (its
+        num_layers the kind's count), for the per-layer terms, which sum over the kinds."""
+        if len(self.kinds) == 1:
+            return (self,)
+        return _views(self)
+
+    @property
     def linears(self) -> tuple[Linear, ...]:
         return self.layer.linears
 
@@ -93,12 +108,18 @@ class ModelSpec:
         return self.layer.traits.eager_attention
 
     def with_traits(self, **changes) -> "ModelSpec":
-        """This model with some layer traits changed (for tests and what-if plans)."""
-        return replace(self, layer=replace(self.layer, traits=replace(self.layer.traits, **changes)))
+        """This model with some layer traits changed in every kind (for tests and what-if plans)."""
+        return replace(self, kinds=tuple(replace(k, layer=replace(k.layer, traits=replace(k.layer.traits, **changes)))
+                                         for k in self.kinds))
 
     def hf_config(self) -> dict:
         """The HF config.json fields this spec was made from (a fresh dict)."""
         return json.loads(self.config_json)
+
+
+@lru_cache(maxsize=256)
+def _views(model: ModelSpec) -> tuple[ModelSpec, ...]:
+    return tuple(replace(model, name=f"{model.name}[{k.name}]", num_layers=k.count, kinds=(k,)) for k in model.kinds)
 
 
 @dataclass(frozen=True)

@@ -156,12 +156,12 @@ def adapter_work(model: ModelSpec, train: TrainSpec, prec: Precision) -> list[Wo
 def _attended_pairs(model: ModelSpec, train: TrainSpec) -> float:
     """Causal (query, key) pairs per sequence summed over layers: s^2/2 for a full layer,
     about s*w - w^2/2 for a layer attending within a sliding window w < s."""
-    s, L = train.seq_len, model.num_layers
-    full = s * s / 2
-    w = model.traits.sliding_window
-    sliding = model.traits.sliding_layers if w and w < s else 0
-    windowed = s * w - w * w / 2 if sliding else 0.0
-    return (L - sliding) * full + sliding * windowed
+    s = train.seq_len
+    pairs = 0.0
+    for kind in model.kinds:
+        w = kind.layer.traits.sliding_window
+        pairs += kind.count * (s * w - w * w / 2 if w and w < s else s * s / 2)
+    return pairs
 
 
 def attention_work(model: ModelSpec, train: TrainSpec, prec: Precision) -> list[Work]:

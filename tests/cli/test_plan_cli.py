@@ -197,3 +197,22 @@ def test_bad_time_input_is_one_line_exit_2(args, message):
 def test_no_calibration_drops_the_time_note():
     out = run("--model", "7b", "--gpu", "t4", "--method", "lora", "--no-calibrated").stdout
     assert "efficiency factors" not in out and "step time (s)" in out
+
+
+def test_a_layer_kind_the_formulas_do_not_know_is_one_line_exit_2(monkeypatch):
+    """A model whose layers include a kind the formulas do not know (as a future table entry
+    could make) is refused by name, exit 2, no traceback; the same model with known kinds plans."""
+    from dataclasses import replace
+
+    import planner.cli as cli
+    from planner import get_model
+
+    mistral = get_model("mistral-7b")
+    odd = replace(mistral, kinds=(replace(mistral.kinds[0], name="linear_attention"),))
+    for spec, code in ((odd, 2), (mistral, 0)):
+        monkeypatch.setattr(cli, "get_model", lambda name, spec=spec: spec)
+        result = CliRunner().invoke(main, ["--model", "mistral-7b", "--gpu", "a100-80gb", "--method", "lora"])
+        assert result.exit_code == code, result.output
+        if code:
+            assert result.stderr.count("\n") == 1 and "layer kind 'linear_attention'" in result.stderr
+            assert "Traceback" not in result.output

@@ -91,14 +91,47 @@ def test_sliding_window_mask_and_rope_tables():
     """Gemma-3: sliding layers at seq >= window keep a (b, 1, s, s) bias and repeated k / v;
     one RoPE pair per attention type; the first 5 of every 6 layers slide."""
     g3 = spec("gemma3_text", sliding_window=16, num_hidden_layers=7)
-    assert g3.traits.sliding_layers == 6 and g3.traits.rope_tables == 2
+    assert [(k.name, k.indices) for k in g3.kinds] == [("sliding_attention", (0, 1, 2, 3, 4, 6)),
+                                                         ("full_attention", (5,))]
+    assert [k.layer.traits.sliding_window for k in g3.kinds] == [16, None] and g3.traits.rope_tables == 2
     t = train(seq_len=40)
     p = C.precision(t, "bf16")
     assert C.sliding_mask_saved(g3, t, p) == 6 * (40 * 40 * 2 + 2 * 40 * (96 - 48) * 2)
     assert C.sliding_mask_saved(g3, train(seq_len=15), p) == 0  # shorter than the window: no mask
     mistral = spec("mistral", sliding_window=4096)
-    assert mistral.traits.sliding_layers == 2 and C.sliding_mask_saved(mistral, t, p) == 0
-    assert spec("qwen3", sliding_window=16).traits.sliding_layers == 0  # use_sliding_window off
+    assert [(k.name, k.count) for k in mistral.kinds] == [("sliding_attention", 2)]
+    assert C.sliding_mask_saved(mistral, t, p) == 0
+    # use_sliding_window off: one kind, no window
+    assert [(k.name, k.count, k.layer.traits.sliding_window) for k in spec("qwen3", sliding_window=16).kinds] == [
+        ("decoder", 2, None)]
+
+
+def test_layer_types_make_the_kinds():
+    """A config's layer_types name the sliding layers wherever they are; the kinds' counts sum
+    to the layers, and the per-kind parameters to the model's."""
+    g3 = spec("gemma3_text", sliding_window=16, num_hidden_layers=4,
+              layer_types=["full_attention", "sliding_attention", "full_attention", "sliding_attention"])
+    assert [(k.name, k.indices) for k in g3.kinds] == [("sliding_attention", (1, 3)), ("full_attention", (0, 2))]
+    assert sum(v.num_layers for v in g3.by_kind()) == g3.num_layers == 4
+    assert sum(counts.total_params(v) for v in g3.by_kind()) - counts.total_params(g3) == (
+        (len(g3.kinds) - 1) * (counts.total_params(g3) - counts.role_params(
+            g3, "norm", "linear", "bias", "router", "router_bias", "experts", "expert_bias", "sinks")))
+
+
+def test_an_unknown_layer_kind_or_role_is_refused_by_name():
+    from dataclasses import replace
+
+    from planner.architectures import UnknownLayerKind, check_known
+
+    g3 = spec("gemma3_text", sliding_window=16, num_hidden_layers=7)
+    check_known(g3.kinds)  # the catalog's kinds are known
+    odd = replace(g3.kinds[0], name="linear_attention")
+    with pytest.raises(UnknownLayerKind, match="layer kind 'linear_attention' \\(layers 0, 1, 2, 3, 4, 6\\)"):
+        check_known((odd,))
+    lin = replace(g3.kinds[0].layer.linears[0], role="in_proj_qkvz")
+    strange = replace(g3.kinds[0], layer=replace(g3.kinds[0].layer, linears=(lin,)))
+    with pytest.raises(UnknownLayerKind, match="q_proj of the sliding_attention layers has role 'in_proj_qkvz'"):
+        check_known((strange,))
 
 
 MOE = {
