@@ -10,7 +10,7 @@ import argparse
 import itertools
 
 from planner import TrainSpec, plan
-from planner.catalog import model_from_config
+from planner.model.catalog import model_from_config
 
 TINY = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": 512, "hidden_size": 128,
         "intermediate_size": 352, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,

@@ -17,7 +17,7 @@ import time
 
 def cold_process(repeats: int = 7) -> list[float]:
     exe = shutil.which("plan")
-    cmd = [exe] if exe else [sys.executable, "-m", "planner.cli"]
+    cmd = [exe] if exe else [sys.executable, "-m", "planner.cli.command"]
     times = []
     for _ in range(repeats):
         start = time.perf_counter()

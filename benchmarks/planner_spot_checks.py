@@ -49,8 +49,8 @@ def main() -> None:
 
     quiet_libraries()  # before the torch stack is imported: its import-time notices too
     from planner import TrainSpec, get_model
-    from planner.catalog import model_from_config
-    from planner.methods import step_memory
+    from planner.model.catalog import model_from_config
+    from planner.memory.moments import step_memory
     from probes.fake import trace
 
     toy = model_from_config(dict(TOY_CONFIG), "toy-llama-v512")

@@ -8,10 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from .catalog import get_gpu, gpu_names
-from .plan import Plan, plan
-from .specs import OFFLOADABLE, GpuSpec, ModelSpec, TrainSpec
-from .units import GIB
+from planner.model.catalog import get_gpu, gpu_names
+from planner.plan import Plan, plan
+from planner.model.specs import OFFLOADABLE, GpuSpec, ModelSpec, TrainSpec
+from planner.units import GIB
 
 COMFORT_FRACTION = 0.2  # full fine-tuning is "comfortable" with 20% of the GPU free
 MAX_BATCH_SEARCH = 1 << 16
@@ -74,7 +74,7 @@ def recommend(model: ModelSpec, gpu: GpuSpec, train: TrainSpec, plans: list[Plan
     DoRA when it fits and quality matters (Liu et al. 2024: better accuracy at the same
     rank, at the cost of a slower step and more memory), full fine-tuning only when it fits
     with at least 20% of the GPU to spare. Where the plans have a time, the text gives each
-    alternative's planned speed against the method it replaces (planner.timing).
+    alternative's planned speed against the method it replaces (planner.time.timing).
     """
     by = {p.method: p for p in plans}
     mem = _gib(gpu.memory_bytes)
@@ -134,7 +134,7 @@ METHOD_LABELS = {"full": "Full fine-tuning", "lora": "LoRA", "rslora": "rsLoRA",
 def _parallel_fit(model: ModelSpec, gpu: GpuSpec, train: TrainSpec, planned: Plan) -> str:
     """"LoRA fits 2 x rtx4090 with FSDP up to batch 3 per GPU (global 6)": the chosen method on
     every rank, with the largest per-GPU batch at this sequence length."""
-    from .plan import SHARDING_NAMES
+    from planner.plan import SHARDING_NAMES
 
     batch = max_batch_size(model, gpu, train)
     return (f"{METHOD_LABELS[train.method]} fits {train.num_gpus} x {gpu.name} with "

@@ -4,17 +4,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from . import calibration
-from . import components as C
-from . import counts, targets
-from . import roofline
-from . import speed_calibration
-from . import timing
-from .architectures import check_known
-from .catalog import get_gpu, get_model
-from .methods import step_memory
-from .precision import resolve_dtype
-from .specs import GpuSpec, ModelSpec, TrainSpec
+from planner.memory import calibration
+from planner.memory import terms as C
+from planner.model import counts
+from planner.model import targets
+from planner.time import roofline
+from planner.time import calibration as speed_calibration
+from planner.time import timing
+from planner.model.architectures import check_known
+from planner.model.catalog import get_gpu, get_model
+from planner.memory.moments import step_memory
+from planner.model.precision import resolve_dtype
+from planner.model.specs import GpuSpec, ModelSpec, TrainSpec
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ class Plan:
     trainable_params: int
     total_params: int
     peak_phase: str
-    peak_moment: str  # which moment of the peak phase peaked (planner.methods.MOMENTS)
+    peak_moment: str  # which moment of the peak phase peaked (planner.memory.moments.MOMENTS)
     notes: tuple[str, ...] = ()
     # what the step time is planned from (model, gpu, train, dtype, efficiency), None in fp32:
     # the time model runs only when a plan's time is read, not for each plan a search makes
@@ -44,7 +45,7 @@ class Plan:
 
     @cached_property
     def time(self) -> timing.StepTime | None:
-        """The planned step time (planner.timing), None in fp32."""
+        """The planned step time (planner.time.timing), None in fp32."""
         return None if self.timing_inputs is None else timing.step_time(*self.timing_inputs)
 
     @property
@@ -96,7 +97,7 @@ def moe_notes(model: ModelSpec, train: TrainSpec, dtype: str) -> tuple[str, ...]
     adapted = targets.targeted_parameters(model, train)
     experts = [t for t in adapted if t.part != "router"]
     if experts:
-        merged = sum(t.weight for t in experts) * C.expert_weight_bytes(train, C.precision(train, dtype))
+        merged = sum(t.weight for t in experts) * C.parameter_bytes(train, C.precision(train, dtype))
         how = ("peft's all-linear also adapts the router and the fused experts (target_parameters; "
                "gate_up at rank 2r)" if not train.target_parameters else "LoRA on the fused experts")
         notes += (f"{how}: every forward materializes the merged expert weights, {merged / gib:.2f} GiB per "
@@ -150,9 +151,9 @@ def plan(model: str | ModelSpec, gpu: str | GpuSpec, train: TrainSpec | None = N
     """Predict the memory of one training step of ``train`` on ``model`` and ``gpu``.
 
     ``model`` and ``gpu`` are specs or catalog names (or a config.json path for the model).
-    ``calibrations`` (family -> planner.calibration.Calibration) replaces the runtime
+    ``calibrations`` (family -> planner.memory.calibration.Calibration) replaces the runtime
     estimates; None loads them from the committed CUDA rows, {} turns them off. ``speed``
-    (family -> planner.speed_calibration.SpeedCalibration) does the same for the time
+    (family -> planner.time.calibration.SpeedCalibration) does the same for the time
     model's efficiency factors.
     Raises ValueError (CatalogError for names) on impossible settings.
     """

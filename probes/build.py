@@ -41,8 +41,8 @@ from pathlib import Path
 import torch
 
 from planner import ModelSpec, TrainSpec
-from planner.catalog import UnknownArchitecture
-from planner.precision import resolve_dtype, scheme
+from planner.model.catalog import UnknownArchitecture
+from planner.model.precision import resolve_dtype, scheme
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 SEED = 0
@@ -50,7 +50,7 @@ SEED = 0
 
 @dataclass(frozen=True)
 class Precision:
-    """The resolved dtypes of a run: :class:`planner.precision.Scheme` as torch dtypes.
+    """The resolved dtypes of a run: :class:`planner.model.precision.Scheme` as torch dtypes.
 
     ``compute``: activations / autocast dtype; ``weights``: the dtype the model is loaded in;
     ``autocast``: whether forward runs under ``torch.autocast``; ``grad_scaler``: fp16 with
@@ -66,7 +66,7 @@ class Precision:
 
 def device_dtype(dtype: str, device: str) -> tuple[str, tuple[str, ...]]:
     """The compute dtype ``dtype`` resolves to on ``device`` ("cuda", "cpu", "fake" or
-    "meta"), and any note: :func:`planner.precision.resolve_dtype`. The CPU (and so the
+    "meta"), and any note: :func:`planner.model.precision.resolve_dtype`. The CPU (and so the
     fake tracer) has bf16; a CUDA GPU has it natively from compute capability 8.0 on, as the
     planner's GPU catalog says (torch's default check also counts the emulated bf16 of a T4)."""
     if device == "cuda":

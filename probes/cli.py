@@ -9,11 +9,11 @@ from pathlib import Path
 import click
 
 from planner import CatalogError, ModelSpec, get_model
-from planner.catalog import UnknownArchitecture
-from planner.exits import ERROR, fail
-from planner.options import adapter_options, parallel_options, parse_names, parse_targets, training_options
-from planner.speed_calibration import measured_speed
-from planner.specs import DTYPES, METHODS, OPTIMIZERS, TrainSpec
+from planner.model.catalog import UnknownArchitecture
+from planner.cli.exits import ERROR, fail
+from planner.cli.options import adapter_options, parallel_options, parse_names, parse_targets, training_options
+from planner.time.calibration import measured_speed
+from planner.model.specs import DTYPES, METHODS, OPTIMIZERS, TrainSpec
 from planner.units import GIB
 
 from . import quiet_libraries
@@ -69,7 +69,7 @@ def table(rows: list[dict]) -> str:
 def warn_emulated_bf16(probes) -> None:
     """On a CPU without native bf16 a real bf16 step is emulated, about 100 times slower: say so
     before starting, with a rough time per probe, and point to the exact trace."""
-    from planner import counts
+    from planner.model import counts
 
     from .build import device_dtype
     from .cpu import emulated_step_seconds, has_native_bf16

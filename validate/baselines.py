@@ -172,7 +172,7 @@ def regression_configs() -> list[Config]:
 
 
 def regression_spec():
-    from planner.catalog import model_from_config
+    from planner.model.catalog import model_from_config
 
     return model_from_config(dict(REGRESSION_CONFIG), REGRESSION_MODEL)
 
@@ -190,7 +190,7 @@ def spec_for(model: str):
 
 def with_layers(spec, layers: int, name: str):
     """``spec`` with ``layers`` decoder layers (per-layer lists in its config cut to match)."""
-    from planner.catalog import model_from_config
+    from planner.model.catalog import model_from_config
 
     config = spec.hf_config()
     config["num_hidden_layers"] = layers

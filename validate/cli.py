@@ -17,7 +17,7 @@ import time
 
 import click
 
-from planner.exits import ERROR, GATE_FAILED, OK, USAGE, fail
+from planner.cli.exits import ERROR, GATE_FAILED, OK, USAGE, fail
 
 from .invariants import GROUPS
 

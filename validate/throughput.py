@@ -2,8 +2,8 @@
 
 data/throughput.json holds published single-GPU measurements whose settings the source
 states (each row with its source; what a source leaves unstated is recorded with it). Each
-row is planned with the default efficiency factors (planner.roofline) on the catalog GPU
-the source names, with its gradient accumulation (planner.timing.iteration_seconds), and
+row is planned with the default efficiency factors (planner.time.roofline) on the catalog GPU
+the source names, with its gradient accumulation (planner.time.timing.iteration_seconds), and
 compared with the published figure. Two summaries: the median |planned / published - 1|
 (target: under 15%), and the speed ratios of two methods (or checkpointing on / off) under
 otherwise equal settings of one source, planned against published (target: within 10%).
@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import data
-from planner.catalog import get_gpu, get_model, model_from_config
-from planner.precision import resolve_dtype
-from planner.specs import TrainSpec
-from planner.timing import iteration_seconds, step_time
+from planner.model.catalog import get_gpu, get_model, model_from_config
+from planner.model.precision import resolve_dtype
+from planner.model.specs import TrainSpec
+from planner.time.timing import iteration_seconds, step_time
 
 ERROR_TARGET = 0.15
 RATIO_TARGET = 0.10

@@ -6,8 +6,8 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from planner.cli import main
-from planner.render import CSV_FIELDS
+from planner.cli.command import main
+from planner.cli.render import CSV_FIELDS
 from planner.units import GIB
 
 
@@ -113,7 +113,7 @@ def test_training_settings_reach_the_plan():
 
     from click.testing import CliRunner
 
-    from planner.cli import main
+    from planner.cli.command import main
 
     args = ["--model", "7b", "--gpu", "a100-80gb", "--method", "lora", "--json", "--seq-len", "1024"]
     base = json.loads(CliRunner().invoke(main, args).stdout)["plans"][0]
@@ -131,7 +131,7 @@ def test_modules_to_save_reach_the_plan_and_bad_names_exit_2():
 
     from click.testing import CliRunner
 
-    from planner.cli import main
+    from planner.cli.command import main
 
     args = ["--model", "qwen2.5-0.5b", "--gpu", "a100-80gb", "--method", "lora"]
     base = json.loads(CliRunner().invoke(main, args + ["--json"]).stdout)["plans"][0]
@@ -150,7 +150,7 @@ def test_modules_to_save_reach_the_plan_and_bad_names_exit_2():
 
 
 def test_time_rows_and_hours_exactly():
-    """The time rows of a table: planner.timing's figures, formatted; hours for the dataset."""
+    """The time rows of a table: planner.time.timing's figures, formatted; hours for the dataset."""
     result = run("--model", "7b", "--gpu", "t4", "--method", "lora", "--method", "qlora",
                  "--dataset-tokens", "10000000", "--epochs", "2")
     assert result.exit_code == 0
@@ -204,7 +204,7 @@ def test_a_layer_kind_the_formulas_do_not_know_is_one_line_exit_2(monkeypatch):
     could make) is refused by name, exit 2, no traceback; the same model with known kinds plans."""
     from dataclasses import replace
 
-    import planner.cli as cli
+    import planner.cli.command as cli
     from planner import get_model
 
     mistral = get_model("mistral-7b")

@@ -1,7 +1,7 @@
 """A tiny hand-checkable model for the planner's unit tests (no torch)."""
 import pytest
 
-from planner.catalog import model_from_config
+from planner.model.catalog import model_from_config
 
 TINY_CONFIG = {
     "model_type": "llama", "vocab_size": 10, "hidden_size": 8, "intermediate_size": 16,

@@ -6,9 +6,12 @@ under bf16 autocast), as each test says.
 """
 import pytest
 
-from planner import TrainSpec, components as C, counts, targets
-from planner.architectures import TABLE
-from planner.catalog import CatalogError, UnknownArchitecture, model_from_config
+from planner import TrainSpec
+from planner.memory import terms as C
+from planner.model import counts
+from planner.model import targets
+from planner.model.architectures import TABLE
+from planner.model.catalog import CatalogError, UnknownArchitecture, model_from_config
 
 TINY = dict(vocab_size=512, hidden_size=128, intermediate_size=320, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, head_dim=24, max_position_embeddings=4096)
@@ -121,7 +124,7 @@ def test_layer_types_make_the_kinds():
 def test_an_unknown_layer_kind_or_role_is_refused_by_name():
     from dataclasses import replace
 
-    from planner.architectures import UnknownLayerKind, check_known
+    from planner.model.architectures import UnknownLayerKind, check_known
 
     g3 = spec("gemma3_text", sliding_window=16, num_hidden_layers=7)
     check_known(g3.kinds)  # the catalog's kinds are known

@@ -1,8 +1,8 @@
 """Runtime terms calibrated from CUDA rows, and their fallback to the estimates."""
 
 from planner import TrainSpec, plan
-from planner import calibration
-from planner import components as C
+from planner.memory import calibration
+from planner.memory import terms as C
 from planner.units import MIB
 
 FIELDS = ["device", "device_name", "status", "peak_allocated_bytes", "peak_reserved_bytes", "cuda_context_bytes"]

@@ -5,8 +5,9 @@ Settings unless stated: batch 1, seq 3 (T=3 tokens), rank 2, bf16 (c=2), autocas
 """
 
 from planner import TrainSpec
-from planner import components as C
-from planner import moments as M
+from planner.memory import terms as C
+from planner.memory import layer as M
+from planner.memory.variants import NoAdapter, variant
 
 BF16 = "bf16"
 
@@ -90,9 +91,9 @@ def test_activation_terms(tiny):
     assert C.linear_inputs_saved(tiny, t, p) == 0
     assert C.linear_inputs_saved(tiny, full, prec(full)) == 3 * (8 + 8 + 16) * 2
     # per module: T*in*2 (input copy) + T*r*2 (lora_A out); six with in=8, down with in=16
-    assert [C.lora_saved_per_linear(lin, t, p) for lin in tiny.linears] == [48 + 12] * 6 + [96 + 12]
+    assert [variant(t).adapter.saved(lin, t, p) for lin in tiny.linears] == [48 + 12] * 6 + [96 + 12]
     pure = spec(precision="pure")
-    assert [C.lora_saved_per_linear(lin, pure, prec(pure)) for lin in tiny.linears] == [96 + 24] * 6 + [192 + 24]
+    assert [variant(pure).adapter.saved(lin, pure, prec(pure)) for lin in tiny.linears] == [96 + 24] * 6 + [192 + 24]
     assert C.layer_saved(tiny, t, p) == 2 * 108 + 168 + 288 + 468
     assert C.model_level_saved(tiny, t, p) == 2 * 3 * 4 * 2 + 108  # RoPE cos+sin, final norm
     # the first layer's input norm keeps nothing: the frozen embedding's output needs no gradient
@@ -196,18 +197,18 @@ def test_transients(tiny):
     # down_proj 16 -> 8: bf16 identity 16*16*2 + four dense 8x16 fp32 = 512 + 2048, larger than
     # the product moment: fp32 + bf16 identity 16*16*6 + B's output 16*8*2 = 1792
     down = tiny.linears[-1]
-    assert M.dora_transient_per_linear(down, d, prec(d)) == 2560
+    assert variant(d).adapter.norm_transient(down, d, prec(d)) == 2560
     pure = spec(method="dora", precision="pure")
-    assert M.dora_transient_per_linear(down, pure, prec(pure)) == 16 * 16 * 4 + 2048  # fp32 identity
+    assert variant(pure).adapter.norm_transient(down, pure, prec(pure)) == 16 * 16 * 4 + 2048  # fp32 identity
 
 
 def test_dora_product_moment_wins_when_in_is_much_larger_than_out():
-    from planner.specs import Linear
+    from planner.model.specs import Linear
 
     lin = Linear("down_proj", 64, 4)
     t = spec(method="dora")
     # at the norm: 64*64*2 + 4*4*64*4 = 12288; at the product: 64*64*(4+2) + 64*4*2 = 25088
-    assert M.dora_transient_per_linear(lin, t, prec(t)) == 25088
+    assert variant(t).adapter.norm_transient(lin, t, prec(t)) == 25088
 
 
 def test_checkpoint_input_leaf(tiny):
@@ -226,7 +227,7 @@ def test_allocator_reserve():
 
 
 def test_fused_qkv_keeps_the_whole_qkv_output(tiny):
-    from planner.catalog import model_from_config
+    from planner.model.catalog import model_from_config
 
     fused = model_from_config({**tiny.hf_config(), "model_type": "phi3"}, "tiny-phi3")
     t = spec()
@@ -235,7 +236,7 @@ def test_fused_qkv_keeps_the_whole_qkv_output(tiny):
 
 
 def test_rotary_concat_makes_o_proj_keep_a_copy_of_the_attention_output(tiny):
-    from planner.catalog import model_from_config
+    from planner.model.catalog import model_from_config
 
     phi3 = model_from_config({**tiny.hf_config(), "model_type": "phi3"}, "tiny-phi3")
     assert phi3.traits.rotary_concat and not tiny.traits.rotary_concat
@@ -300,26 +301,26 @@ def test_layer_locals(tiny):
 def test_module_working_set(tiny):
     lin = {lin.name: lin for lin in tiny.linears}["up_proj"]
     t = spec()
-    assert M.module_working_set(lin, t, prec(t), targeted=False) == 3 * 16 * 2
-    assert M.module_working_set(lin, t, prec(t), targeted=True) == 3 * 16 * 6  # base, lora_B, scaled
+    assert NoAdapter().working_set(lin, t, prec(t)) == 3 * 16 * 2
+    assert variant(t).adapter.working_set(lin, t, prec(t)) == 3 * 16 * 6  # base, lora_B, scaled
     q = spec(method="qlora")
     # fp32 base output: the scaled copy and the fp32 sum beside it win, 3*16*(4 + 4 + 2)
-    assert M.module_working_set(lin, q, prec(q), targeted=True) == 3 * 16 * 10
+    assert variant(q).adapter.working_set(lin, q, prec(q)) == 3 * 16 * 10
     d = spec(method="dora")
     # base and lora_B outputs (2 + 2), three fp32 products of the magnitude scale (12), and
     # the two dense fp32 casts of the norm computation, 2 * 16*8*4
-    assert M.module_working_set(lin, d, prec(d), targeted=True) == 3 * 16 * 16 + 1024
+    assert variant(d).adapter.working_set(lin, d, prec(d)) == 3 * 16 * 16 + 1024
 
 
 def test_dora_backward_moment(tiny):
     d = spec(method="dora")
     # down_proj's backward: the layer keeps all it saved (1908) and three fp32 gradients of
     # down's output, 3 * 3 * 8 * 4 = 288; it beats up_proj: norm..up (1416) + 3 * 3 * 16 * 4 = 576
-    assert M.dora_backward_moment(tiny, d, prec(d)) == (1908, 288)
+    assert M.adapter_backward_moment(tiny, d, prec(d)) == (1908, 288)
     gc = spec(method="dora", gradient_checkpointing=True)
     # + down's input and its fp32 cast 3*16*(2+4) = 288 and two dense fp32 casts 2*8*16*4 = 1024
-    assert M.dora_backward_moment(tiny, gc, prec(gc)) == (1908, 288 + 288 + 1024)
-    assert M.dora_backward_moment(tiny, spec(), prec(spec())) == (0, 0)
+    assert M.adapter_backward_moment(tiny, gc, prec(gc)) == (1908, 288 + 288 + 1024)
+    assert M.adapter_backward_moment(tiny, spec(), prec(spec())) == (0, 0)
 
 
 def test_modules_to_save_copies_and_their_training_state(tiny):

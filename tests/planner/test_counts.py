@@ -2,7 +2,8 @@
 import pytest
 
 from planner import TrainSpec, get_model, model_names
-from planner import counts, targets
+from planner.model import counts
+from planner.model import targets
 
 # Published totals (model cards / safetensors metadata of the HF checkpoints).
 PUBLISHED = {
@@ -29,7 +30,7 @@ def test_every_catalog_model_matches_its_published_total(name):
 
 
 def test_negative_control_a_wrong_config_misses_the_total():
-    from planner.catalog import model_from_config
+    from planner.model.catalog import model_from_config
 
     cfg = get_model("7b").hf_config()
     cfg["intermediate_size"] = 11008 + 1

@@ -1,7 +1,7 @@
 """One way to fail for the three commands: one line on stderr, a named exit code."""
 import pytest
 
-from planner import exits
+from planner.cli import exits
 
 
 def test_exit_codes():

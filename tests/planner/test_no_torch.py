@@ -4,7 +4,7 @@ import sys
 
 CHECK = """
 import sys
-from planner.cli import main
+from planner.cli.command import main
 try:
     main(["--model", "7b", "--gpu", "t4", "--max-batch-size"], standalone_mode=False)
 finally:

@@ -2,7 +2,7 @@
 import pytest
 
 from planner import TrainSpec, get_gpu, plan
-from planner.methods import step_memory
+from planner.memory.moments import step_memory
 from planner.units import GIB
 
 
@@ -75,7 +75,7 @@ def test_paged_optimizer_states_are_reported_apart():
 
 
 def test_config_json_path(tmp_path):
-    from planner.catalog import CatalogError
+    from planner.model.catalog import CatalogError
 
     cfg = tmp_path / "config.json"
     cfg.write_text('{"model_type": "llama", "vocab_size": 100, "hidden_size": 64, '
@@ -110,7 +110,7 @@ def test_small_vocabulary_note(tmp_path):
 
 
 def test_a_breakdown_refuses_an_unknown_component():
-    from planner.methods import COMPONENT_KEYS, _breakdown
+    from planner.memory.moments import COMPONENT_KEYS, _breakdown
 
     assert _breakdown("loss", weights__base=3).terms["weights/base"] == 3
     assert set(_breakdown("loss").terms) == set(COMPONENT_KEYS)
@@ -119,12 +119,12 @@ def test_a_breakdown_refuses_an_unknown_component():
 
 
 def test_the_plan_names_the_moment_that_peaked():
-    """Each phase's peak is one named moment (planner.methods.MOMENTS), and the plan's
+    """Each phase's peak is one named moment (planner.memory.moments.MOMENTS), and the plan's
     breakdown is that moment's terms. Hand-checked cases on Llama-2-7B at bs1 x 512, bf16:
     full fine-tuning peaks at the optimizer step (its AdamW states and foreach temporaries);
     LoRA at the start of backward, the fp32 logits gradients beside every saved activation;
     DoRA inside the last layer's forward, its dense weight-norm transient."""
-    from planner.methods import MOMENTS
+    from planner.memory.moments import MOMENTS
 
     expected = {"full": ("optimizer", "step"), "lora": ("backward", "logits_grad"),
                 "dora": ("forward", "layer_module")}

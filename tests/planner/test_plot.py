@@ -7,8 +7,8 @@ import pytest
 from click.testing import CliRunner
 
 from planner import TrainSpec, plan
-from planner.cli import main as plan_main
-from planner.plot import OFF_DEVICE, PlotError, figure, panels
+from planner.cli.command import main as plan_main
+from planner.cli.plot import OFF_DEVICE, PlotError, figure, panels
 from planner.units import GIB
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -1,9 +1,9 @@
-"""The one precision rule (planner/precision.py): dtype resolution and the schemes."""
+"""The one precision rule (planner/model/precision.py): dtype resolution and the schemes."""
 import pytest
 
 from planner import TrainSpec
-from planner import components as C
-from planner.precision import Scheme, resolve_dtype, scheme
+from planner.memory import terms as C
+from planner.model.precision import Scheme, resolve_dtype, scheme
 
 
 @pytest.mark.parametrize("asked, bf16, expected, noted", [

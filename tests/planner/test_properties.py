@@ -12,7 +12,7 @@ models up to 1024 tokens only: see the two tests at the end, both confirmed by t
 from hypothesis import given, settings, strategies as st
 
 from planner import TrainSpec, get_model, plan
-from planner.methods import COMPONENT_KEYS
+from planner.memory.moments import COMPONENT_KEYS
 
 MODELS = ["qwen2.5-0.5b", "llama-3.2-1b", "gemma-2-2b", "phi-3-mini", "7b", "llama-3.1-8b", "mistral-7b"]
 TARGET_SETS = [("q_proj", "v_proj"), ("q_proj", "k_proj", "v_proj", "o_proj"), ("all-linear",)]

@@ -3,9 +3,10 @@ DeepSpeed ZeRO's model states against DeepSpeed's own estimator formulas. (The D
 terms against the tracer: tests/probes/test_parallel.py.)"""
 import pytest
 
-from planner import TrainSpec, counts, get_model, plan
-from planner import sharding as S
-from planner.methods import COMPONENT_KEYS, PARALLEL_KEYS, step_memory
+from planner import TrainSpec, get_model, plan
+from planner.model import counts
+from planner.memory import sharding as S
+from planner.memory.moments import COMPONENT_KEYS, PARALLEL_KEYS, step_memory
 
 
 def _states(model, train) -> int:
@@ -156,7 +157,7 @@ def test_zero_offload_moves_states_off_the_gpu():
 def test_cli_bad_parallel_input_one_line_exit_2(args):
     from click.testing import CliRunner
 
-    from planner.cli import main
+    from planner.cli.command import main
 
     result = CliRunner().invoke(main, ["--model", "7b", "--gpu", "rtx4090", *args])
     assert result.exit_code == 2
@@ -171,7 +172,7 @@ def test_cli_parallel_table_json_csv():
 
     from click.testing import CliRunner
 
-    from planner.cli import main
+    from planner.cli.command import main
 
     args = ["--model", "8b", "--gpu", "rtx4090", "--num-gpus", "2", "--sharding", "fsdp", "--method", "lora"]
     table = CliRunner().invoke(main, args)

@@ -4,11 +4,11 @@ import math
 import pytest
 
 from planner import TrainSpec, plan
-from planner import roofline as R
-from planner import speed_calibration as S
-from planner import timing
-from planner.catalog import get_gpu, get_model
-from planner.counts import linear_weight_params
+from planner.time import roofline as R
+from planner.time import calibration as S
+from planner.time import timing
+from planner.model.catalog import get_gpu, get_model
+from planner.model.counts import linear_weight_params
 
 T4, H100 = get_gpu("t4"), get_gpu("h100-80gb")
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from planner.catalog import model_from_config
+from planner.model.catalog import model_from_config
 from probes import quiet_libraries
 
 # Llama layout with grouped-query attention (4 heads, 2 KV heads), 2 layers, hidden 128.

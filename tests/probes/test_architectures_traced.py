@@ -9,7 +9,7 @@ mixture of experts without checkpointing), every other case within 0.7%.
 import pytest
 
 from planner import TrainSpec, plan
-from planner.catalog import model_from_config
+from planner.model.catalog import model_from_config
 
 BASE = dict(pad_token_id=0, vocab_size=4096, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=4096,
@@ -40,7 +40,7 @@ def test_planned_equals_traced_within_bound(torch_stack, model_type, method, gc)
 def test_the_bound_can_fail(torch_stack):
     """Negative control: a planner that forgot the merged expert weights of LoRA on a
     mixture of experts (the largest MoE-specific term) is caught by the same bound."""
-    from planner import components as C
+    from planner.memory import terms as C
     from probes.fake import trace
 
     spec = model_from_config({"model_type": "qwen3_moe", **BASE, **MOE}, "tiny-qwen3_moe")
@@ -80,7 +80,7 @@ EAGER_LONG = dict(attn_implementation="eager", gradient_checkpointing=True, seq_
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["lora", "full"])
 def test_eager_softmax_moments_planned_equal_traced_within_bound(torch_stack, method):
-    from planner import components as C
+    from planner.memory import terms as C
     from probes.fake import trace
 
     spec = model_from_config({"model_type": "llama", **BASE, "vocab_size": 512}, "tiny-llama")

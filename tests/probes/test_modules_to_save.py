@@ -9,8 +9,9 @@ copies themselves are 3 to 5 V x h tensors, 30-60% of these toy totals.
 """
 import pytest
 
-from planner import TrainSpec, counts, plan
-from planner.catalog import model_from_config
+from planner import TrainSpec, plan
+from planner.model import counts
+from planner.model.catalog import model_from_config
 
 BASE = dict(pad_token_id=0, vocab_size=4096, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=4096)
@@ -76,7 +77,7 @@ def test_every_phase_planned_equals_traced(torch_stack, tied, method, gc, module
 def test_the_bound_can_fail(torch_stack):
     """Negative controls: the plan of the same step without modules_to_save, and a plan that
     forgot only the lm_head input a trained lm_head keeps (T x h), both miss the trace."""
-    from planner import components as C
+    from planner.memory import terms as C
 
     tied, method, gc, modules = CASES[0]
     trace = traced(tied, method, gc, modules)

@@ -19,7 +19,7 @@ def _rank(rank, world, store, out, config, cases=CASES, train=TRAIN):
     import torch
     import torch.distributed as dist
 
-    from planner.catalog import model_from_config
+    from planner.model.catalog import model_from_config
     from probes import parallel
 
     torch.set_num_threads(1)
@@ -126,7 +126,7 @@ def test_qlora_fsdp_sharded_weights_whole_quant_states(qlora_fsdp, llama_tiny):
     """Rank 0 holds half the packed weights (as on one GPU: the same bytes in bf16 elements)
     and every quant state whole; the planner's persistent terms are the traced ones, and its
     peak is within the bound (the check can fail: the plan of 4 ranks is not)."""
-    from planner.methods import step_memory
+    from planner.memory.moments import step_memory
 
     traced, _ = qlora_fsdp
     opt = traced.phase_breakdowns["optimizer"]
@@ -161,7 +161,7 @@ PEAK_BOUND = 0.08
 
 
 def _planned(llama_tiny, case, n=2):
-    from planner.methods import step_memory
+    from planner.memory.moments import step_memory
 
     sharding, method = case.split("/")
     return step_memory(llama_tiny, TrainSpec(method=method, num_gpus=n, sharding=sharding, **TRAIN), "bf16")
@@ -186,7 +186,7 @@ def test_planned_terms_equal_traced(traced, llama_tiny):
     ddp = _planned(llama_tiny, "ddp/lora").phases["optimizer"]
     assert ddp["parallel/grad_buckets"] == traced["ddp/lora"].phase_breakdowns["optimizer"]["ddp/buckets"]
     # negative control: one GPU's weights are not one rank's
-    from planner.methods import step_memory
+    from planner.memory.moments import step_memory
 
     one = step_memory(llama_tiny, TrainSpec(method="lora", **TRAIN), "bf16").phases["optimizer"]
     assert one["weights/base"] != opt["weights/base"]

@@ -2,7 +2,7 @@
 import pytest
 
 from planner import get_model, model_names
-from planner.catalog import UnknownArchitecture
+from planner.model.catalog import UnknownArchitecture
 
 
 def test_from_spec_keeps_what_the_measurements_read(torch_stack):

@@ -141,7 +141,7 @@ def write_config(folder, config):
 
 
 def test_a_decoder_the_planner_lacks_is_measured_without_a_plan(tmp_path, torch_stack):
-    from planner.catalog import SUPPORTED_MODEL_TYPES
+    from planner.model.catalog import SUPPORTED_MODEL_TYPES
 
     assert STARCODER2_TINY["model_type"] not in SUPPORTED_MODEL_TYPES
     config = write_config(tmp_path / "starcoder2-tiny", STARCODER2_TINY)
@@ -244,7 +244,7 @@ def test_native_bf16_detection(monkeypatch):
 def test_speed_columns_cuda_rows_only():
     """CUDA rows get the planned tokens per second and the measured MFU; a CPU row's time is
     marked not comparable (n/c), in the table and in a note; a fake trace has no time."""
-    from planner.speed_calibration import measured_speed
+    from planner.time.calibration import measured_speed
     from probes.cli import notes, table
 
     base = dict(model="qwen2.5-0.5b", method="lora", rank=16, alpha=32.0, target_modules="all-linear",

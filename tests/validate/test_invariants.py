@@ -11,7 +11,7 @@ NAMES = [inv.name for inv in select()]
 
 # The planner's double-quant quant-state formula omits bitsandbytes' per-weight 256-entry fp32
 # code table of the second level (state2.code, 1024 B per 4-bit weight). Strict: when the
-# formula is fixed in planner/components.py this XPASSes and the mark must go.
+# formula is fixed in planner/memory/terms.py this XPASSes and the mark must go.
 KNOWN_PLANNER_GAPS: dict[str, str] = {}
 
 

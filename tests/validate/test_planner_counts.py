@@ -3,7 +3,8 @@ catalog model of each architecture (`validate`'s own invariant, run by test_inva
 covers every catalog model with its quicker configurations)."""
 import pytest
 
-from planner import counts, get_model, model_names
+from planner import get_model, model_names
+from planner.model import counts
 from validate.invariants import planner as P
 
 

@@ -1,9 +1,9 @@
 """Planned against published tokens per second: the data file, the arithmetic, the report."""
 import pytest
 
-from planner.catalog import get_gpu, get_model
-from planner.specs import TrainSpec
-from planner.timing import iteration_seconds, step_time
+from planner.model.catalog import get_gpu, get_model
+from planner.model.specs import TrainSpec
+from planner.time.timing import iteration_seconds, step_time
 from validate import throughput as TP
 
 

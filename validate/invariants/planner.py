@@ -39,7 +39,7 @@ def target_sets(spec) -> dict[str, tuple[str, ...]]:
 def target_parameter_sets(spec) -> dict[str, tuple[str, ...]]:
     """The fused parameters each named set adapts too: a mixture of experts' "mlp" set is its
     experts (peft's target_parameters)."""
-    from planner.targets import EXPERT_PARAMETERS
+    from planner.model.targets import EXPERT_PARAMETERS
 
     return {"mlp": EXPERT_PARAMETERS} if spec.layer.moe is not None else {}
 
@@ -110,7 +110,8 @@ def count_pairs(names, configs, planner_method_override: str | None = None, laye
     adapters are counted on the real widths, in a fraction of the time peft takes to wrap
     every layer of a 70B model (the full-depth adapter counts are the wide test's, one model
     per architecture)."""
-    from planner import TrainSpec, counts, get_model
+    from planner import TrainSpec, get_model
+    from planner.model import counts
 
     from ..baselines import spec_for
 
@@ -182,7 +183,8 @@ def naive_param_count(model) -> int:
 
 
 def check_four_bit_count(case: dict) -> InvariantResult:
-    from planner import counts, get_model
+    from planner import get_model
+    from planner.model import counts
 
     model = case["model"]
     planner_total = counts.total_params(get_model(str(M.config_json_path())))

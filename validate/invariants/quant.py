@@ -436,7 +436,7 @@ def check_storage(case: dict) -> InvariantResult:
 
 def storage_case(double_quant: bool, planner_double_quant: bool | None = None) -> dict:
     from planner import TrainSpec, get_model
-    from planner import components as C
+    from planner.memory import terms as C
 
     spec = get_model(str(M.config_json_path()))
     train = TrainSpec(method="qlora", double_quant=double_quant if planner_double_quant is None else planner_double_quant)

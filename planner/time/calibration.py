@@ -1,12 +1,12 @@
 """The time model's efficiency factors calibrated from measured CUDA rows, per GPU family.
 
 Where data/probes/results.csv holds successful CUDA rows with a measured step time, `plan`
-scales every efficiency factor of :mod:`planner.roofline` for that GPU family by the median
+scales every efficiency factor of :mod:`planner.time.roofline` for that GPU family by the median
 over the rows of planned / measured step seconds (the planned time with the default
 factors, on the catalog GPU the row was planned for): one number per family, never per model
 or method. Plans say so, with the number of rows; without rows the defaults stay, and
 `plan` says there are none. CPU rows are never used: a CPU step is not comparable to a
-GPU's. Pure Python (csv module), like :mod:`planner.calibration`.
+GPU's. Pure Python (csv module), like :mod:`planner.memory.calibration`.
 """
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ import statistics
 from dataclasses import dataclass
 from functools import lru_cache
 
-from .calibration import measured_on_cuda, results_rows
-from .catalog import CatalogError, get_gpu, get_model
-from .precision import resolve_dtype
-from .specs import TrainSpec
-from .timing import step_time
+from planner.memory.calibration import measured_on_cuda, results_rows
+from planner.model.catalog import CatalogError, get_gpu, get_model
+from planner.model.precision import resolve_dtype
+from planner.model.specs import TrainSpec
+from planner.time.timing import step_time
 
 
 @dataclass(frozen=True)
@@ -105,5 +105,5 @@ def from_rows(rows: list[dict]) -> dict[str, SpeedCalibration]:
 
 @lru_cache(maxsize=None)
 def load(path: str | None = None) -> dict[str, SpeedCalibration]:
-    """Calibrations from a results table (:func:`planner.calibration.results_rows`)."""
+    """Calibrations from a results table (:func:`planner.memory.calibration.results_rows`)."""
     return from_rows(results_rows(path))

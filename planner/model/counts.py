@@ -1,6 +1,6 @@
 """Parameter counts: the base model, the adapters, the trainable parameters.
 
-Exact integers, each a sum over the tensor inventory (planner.inventory), checked against
+Exact integers, each a sum over the tensor inventory (planner.model.inventory), checked against
 published totals (tests/planner/test_counts.py) and against peft on meta-device models
 (validate/invariants/planner.py).
 """
@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from . import inventory as inv
-from .specs import ModelSpec, TrainSpec
+from planner.model import inventory as inv
+from planner.model.specs import ModelSpec, TrainSpec
 
 
 def embedding_params(model: ModelSpec) -> int:
@@ -24,7 +24,7 @@ def lm_head_params(model: ModelSpec) -> int:
 
 @lru_cache(maxsize=1024)
 def role_params(model: ModelSpec, *roles: str) -> int:
-    """The base model's parameters of some roles (planner.inventory: "norm", "final_norm",
+    """The base model's parameters of some roles (planner.model.inventory: "norm", "final_norm",
     "linear", "bias", "router", "experts", "sinks", ...)."""
     return sum(t.elements for t in inv.base_tensors(model) if t.role in roles)
 

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .specs import GpuSpec
+from planner.model.specs import GpuSpec
 
 MATMUL = "matmul"
 SMALL_MATMUL = "small_matmul"

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .plan import Plan
-from .units import GIB
+from planner.plan import Plan
+from planner.units import GIB
 
 # Not part of the device totals (unified memory the driver can page out): never stacked.
 OFF_DEVICE = ("optimizer/states_paged",)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .specs import ALL_LINEAR, ATTN_IMPLEMENTATIONS, OFFLOADS, PRECISIONS, QUANT_TYPES, SHARDINGS
+from planner.model.specs import ALL_LINEAR, ATTN_IMPLEMENTATIONS, OFFLOADS, PRECISIONS, QUANT_TYPES, SHARDINGS
 
 
 def parse_targets(value: str) -> tuple[str, ...]:
@@ -54,7 +54,7 @@ def training_options(f):
 
 
 def parallel_options(f):
-    """--num-gpus, --sharding, --offload: one data-parallel rank's memory (planner.sharding)."""
+    """--num-gpus, --sharding, --offload: one data-parallel rank's memory (planner.memory.sharding)."""
     f = click.option("--offload", default="none", show_default=True, type=click.Choice(OFFLOADS),
                      help="Offload to the CPU: optimizer (zero2, zero3) or params (zero3; fsdp: "
                           "CPUOffloadPolicy, parameters, gradients and the optimizer step).")(f)

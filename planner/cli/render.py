@@ -6,10 +6,10 @@ import io
 import json
 from dataclasses import dataclass
 
-from .fit import Recommendation
-from .plan import Plan
-from .specs import GpuSpec, ModelSpec, TrainSpec
-from .units import GIB
+from planner.fit import Recommendation
+from planner.plan import Plan
+from planner.model.specs import GpuSpec, ModelSpec, TrainSpec
+from planner.units import GIB
 
 CSV_FIELDS = ("model", "gpu", "method", "batch_size", "seq_len", "rank", "alpha", "target_modules",
               "dtype", "precision", "optim", "gradient_checkpointing", "quant_type", "double_quant",

@@ -12,8 +12,8 @@ import difflib
 from dataclasses import dataclass
 from functools import lru_cache
 
-from .architectures import Linear
-from .specs import ALL_LINEAR, ModelSpec, TrainSpec
+from planner.model.architectures import Linear
+from planner.model.specs import ALL_LINEAR, ModelSpec, TrainSpec
 
 
 @lru_cache(maxsize=256)

@@ -2,9 +2,9 @@
 
 Each function below is one term of a step: the FLOPs and bytes of its kernels, with the
 formula and where it comes from. :func:`step_time` sums the terms' roofline times
-(:mod:`planner.roofline`) into ``step_seconds``, ``tokens_per_second`` and ``mfu``.
+(:mod:`planner.time.roofline`) into ``step_seconds``, ``tokens_per_second`` and ``mfu``.
 
-Notation as in :mod:`planner.components`: T = batch * seq tokens, b = batch, s = seq,
+Notation as in :mod:`planner.memory.terms`: T = batch * seq tokens, b = batch, s = seq,
 h = hidden size, V = vocabulary, L = decoder layers, r = LoRA rank, c = bytes of the
 compute dtype, n = in * out elements of a Linear weight. A matmul of an (m x k) by a
 (k x n) matrix is 2*m*k*n FLOPs. A mixture of experts counts the top-k experts each token
@@ -58,14 +58,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from . import components as C
-from . import inventory as inv
-from . import roofline as R
-from . import targets
-from .components import Precision, precision, uses_eager
-from .units import FP32
-from .precision import scheme
-from .specs import GpuSpec, ModelSpec, TrainSpec
+from planner.memory import terms as C
+from planner.model import inventory as inv
+from planner.time import roofline as R
+from planner.model import targets
+from planner.memory.terms import Precision, precision, uses_eager
+from planner.units import FP32
+from planner.model.precision import scheme
+from planner.model.specs import GpuSpec, ModelSpec, TrainSpec
 
 TERMS = ("forward/matmul", "backward/input_grad", "backward/weight_grad", "adapters/matmul",
          "adapters/elementwise", "attention/core", "elementwise/layers", "loss/cross_entropy",
@@ -240,7 +240,7 @@ def dequant_work(model: ModelSpec, train: TrainSpec, prec: Precision) -> list[Wo
 
 def _dequant_bytes(n: int, train: TrainSpec, c: int) -> float:
     """One dequantization of an n-element 4-bit weight: its codes (half a byte each) and one
-    absmax per 64-weight block read (planner.components), n*c bytes written."""
+    absmax per 64-weight block read (planner.memory.terms), n*c bytes written."""
     return n * (0.5 + C.absmax_bytes(train.double_quant) / C.NF4_BLOCK + c)
 
 

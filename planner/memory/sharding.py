@@ -16,15 +16,16 @@ the buffers of the sharding (``train.sharding``):
 
 The DDP and FSDP terms are checked against rank 0 traced with torch's fake process group
 (``probe --device fake --num-gpus N --sharding ...``), itself equal to the byte to rank 0 of
-a real gloo run (tests). How they enter the phases is :func:`planner.methods.step_memory`.
+a real gloo run (tests). How they enter the phases is :func:`planner.memory.moments.step_memory`.
 """
 from __future__ import annotations
 
-from . import counts
-from . import inventory as inv
-from .inventory import Tensor
-from .specs import ModelSpec, TrainSpec
-from .units import FP32
+from planner.model import counts
+from planner.memory.variants import variant
+from planner.model import inventory as inv
+from planner.model.inventory import Tensor
+from planner.model.specs import ModelSpec, TrainSpec
+from planner.units import FP32
 # DeepSpeed defaults (deepspeed.runtime.zero.config): reduce_bucket_size 5e8 elements,
 # stage3_prefetch_bucket_size 5e7 elements, stage3_max_live_parameters 1e9.
 ZERO_REDUCE_BUCKET = 500_000_000
@@ -41,19 +42,19 @@ def shard(rows: int, numel: int, num_gpus: int) -> int:
 
 
 def base_tensors(model: ModelSpec, layer_only: bool = False) -> tuple[Tensor, ...]:
-    """The base model's parameters (planner.inventory); one decoder layer's with ``layer_only``."""
+    """The base model's parameters (planner.model.inventory); one decoder layer's with ``layer_only``."""
     tensors = inv.base_tensors(model)
     return inv.one_layer(tensors) if layer_only else tensors
 
 
 def adapter_tensors(model: ModelSpec, train: TrainSpec, layer_only: bool = False) -> tuple[Tensor, ...]:
-    """peft's adapter tensors of ``train`` (planner.inventory); one decoder layer's with ``layer_only``."""
+    """peft's adapter tensors of ``train`` (planner.model.inventory); one decoder layer's with ``layer_only``."""
     tensors = tuple(t for t in inv.inventory(model, train, FP32) if t.treatment == "adapter")
     return inv.one_layer(tensors) if layer_only else tensors
 
 
 def trainable_tensors(model: ModelSpec, train: TrainSpec, layer_only: bool = False) -> tuple[Tensor, ...]:
-    """The tensors that train (planner.inventory); one decoder layer's with ``layer_only``."""
+    """The tensors that train (planner.model.inventory); one decoder layer's with ``layer_only``."""
     tensors = inv.trained(inv.inventory(model, train, FP32))
     return inv.one_layer(tensors) if layer_only else tensors
 
@@ -83,7 +84,7 @@ def unsharded_root(model: ModelSpec, train: TrainSpec, weight_bytes: int) -> int
     if train.sharding != "fsdp":
         return 0
     root = counts.embedding_params(model) + counts.lm_head_params(model) + model.hidden_size
-    return root * (FP32 if train.is_quantized else weight_bytes)
+    return root * variant(train).base.parameter_bytes(weight_bytes)
 
 
 def layer_bytes(model: ModelSpec, train: TrainSpec, weight_bytes: int, packed: int) -> int:

@@ -1,7 +1,7 @@
 """One function per memory component: integer bytes, a formula and its source each.
 
 Every function is pure arithmetic over the specs. How the components combine into the
-phases of a training step (and so into the peak) is in :mod:`planner.methods`.
+phases of a training step (and so into the peak) is in :mod:`planner.memory.moments`.
 
 Notation in the docstrings: T = batch * seq tokens, h = hidden size, I = intermediate
 size, V = vocabulary, L = decoder layers, c = bytes of the compute dtype (2 for bf16/fp16),
@@ -13,11 +13,13 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 
-from . import counts, targets
-from . import inventory as inv
-from .architectures import ATTENTION_INPUT_ROLES, MLP_INPUT_ROLES, NORM_READER_ROLES, Linear, Norm
-from .specs import DTYPE_BYTES, ModelSpec, TrainSpec
-from .units import FP32, ceil_div
+from planner.model import counts
+from planner.model import targets
+from planner.model import inventory as inv
+from planner.model.architectures import ATTENTION_INPUT_ROLES, MLP_INPUT_ROLES, NORM_READER_ROLES, Linear, Norm
+from planner.model.specs import DTYPE_BYTES, ModelSpec, TrainSpec
+from planner.memory.variants import variant
+from planner.units import FP32, ceil_div
 
 NF4_BLOCK = 64  # bitsandbytes blocksize for 4-bit weights (bnb_4bit default)
 DQ_BLOCK = 256  # blocksize of the second (double) quantization of the absmax values
@@ -42,7 +44,7 @@ def precision(train: TrainSpec, dtype: str) -> Precision:
     """Byte sizes for a resolved dtype ("bf16", "fp16" or "fp32") and the precision scheme.
 
     Compute dtype, stored weights (fp32 master weights under `mixed`) and autocast come from
-    the one precision rule, :func:`planner.precision.scheme`; bytes from DTYPE_BYTES.
+    the one precision rule, :func:`planner.model.precision.scheme`; bytes from DTYPE_BYTES.
     The hidden stream is fp32 for QLoRA / QDoRA: prepare_model_for_kbit_training casts the
     norm weights to fp32, so each norm's output (fp32 weight * input) is fp32, and
     bitsandbytes' Linear4bit casts its output back to its input's dtype: every Linear4bit
@@ -54,11 +56,11 @@ def precision(train: TrainSpec, dtype: str) -> Precision:
     full fine-tuning in mixed precision: fp32 residual sums and norm outputs, bf16 q/k/v and
     MLP outputs).
     """
-    from .precision import scheme
+    from planner.model.precision import scheme
 
     s = scheme(train, dtype)
     compute, weight = DTYPE_BYTES[s.compute], DTYPE_BYTES[s.weights]
-    hidden = FP32 if train.is_quantized else compute
+    hidden = variant(train).base.hidden_bytes(compute)
     return Precision(compute=compute, weight=weight, autocast=s.autocast,
                      hidden=hidden, stream=FP32 if train.precision == "mixed" else hidden)
 
@@ -144,16 +146,19 @@ def saved_module_bytes(model: ModelSpec, train: TrainSpec, prec: Precision) -> i
     return inv.sums(model, train, prec.weight).stored_bytes["saved_copy"]
 
 
-def saved_module_bytes_per_param(train: TrainSpec, prec: Precision) -> int:
-    """The dtype of the embedding and lm_head as they train: the weight dtype, fp32 once
-    prepare_model_for_kbit_training has cast them (QLoRA / QDoRA)."""
-    return FP32 if train.is_quantized else prec.weight
+def parameter_bytes(train: TrainSpec, prec: Precision) -> int:
+    """Bytes of a base parameter that is not a packed 4-bit weight (the embedding and lm_head,
+    and the copies modules_to_save trains; a mixture of experts' fused experts): the stored
+    weight dtype, or what the base treatment casts it to (fp32 under QLoRA / QDoRA,
+    planner.memory.variants)."""
+    return variant(train).base.parameter_bytes(prec.weight)
 
 
 def trainable_bytes_per_param(train: TrainSpec, prec: Precision) -> int:
-    """Bytes of one adapter or fully fine-tuned parameter: fp32 for adapters, the stored
-    weight dtype for full fine-tuning (modules_to_save copies: :func:`saved_module_bytes`)."""
-    return FP32 if train.is_adapter else prec.weight
+    """Bytes of one adapter or fully fine-tuned parameter: the adapter kind's (fp32 for peft's
+    adapters; the stored weight dtype for full fine-tuning; modules_to_save copies:
+    :func:`parameter_bytes`)."""
+    return variant(train).adapter.trained_bytes(prec.weight)
 
 
 def trainable_bytes(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
@@ -177,7 +182,7 @@ def embedding_grad_pending(model: ModelSpec, train: TrainSpec, prec: Precision) 
     backward, the backward peak, has every gradient but the embedding's)."""
     if not targets.trains_embedding(train) or (train.method == "full" and model.tie_word_embeddings):
         return 0
-    return counts.embedding_params(model) * saved_module_bytes_per_param(train, prec)
+    return counts.embedding_params(model) * parameter_bytes(train, prec)
 
 
 def optimizer_states(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
@@ -370,7 +375,7 @@ def moe_saved_parts(model: ModelSpec, train: TrainSpec, prec: Precision) -> dict
         w = FP32 if moe.weights_fp32 else c
         per_pair = (2 * h + 4 * i) * x + 24 + w if experts_train else (h + 3 * i) * x + 24 + w
     router += t * h * x if router_train else 0
-    merged = sum((tg.weight + tg.experts * tg.rank * (tg.in_features + tg.out_features)) * expert_weight_bytes(train, prec)
+    merged = sum((tg.weight + tg.experts * tg.rank * (tg.in_features + tg.out_features)) * parameter_bytes(train, prec)
                  for tg in adapted)
     return {"router": router, "experts": pairs * per_pair + 4 * moe.experts, "merged": merged}
 
@@ -389,14 +394,7 @@ def moe_backward_workspace(model: ModelSpec, train: TrainSpec, prec: Precision) 
     first = by_part.get("down") or by_part.get("gate_up")
     if moe is None or first is None:
         return 0
-    return first.weight * expert_weight_bytes(train, prec) + train.tokens * moe.top_k * moe.intermediate * prec.stream
-
-
-def expert_weight_bytes(train: TrainSpec, prec: Precision) -> int:
-    """Bytes of a fused expert weight: the stored weight dtype, or fp32 for QLoRA / QDoRA, whose
-    experts bitsandbytes does not quantize (it swaps nn.Linear modules only) and
-    prepare_model_for_kbit_training then casts to fp32 with every other 16-bit parameter."""
-    return FP32 if train.is_quantized else prec.weight
+    return first.weight * parameter_bytes(train, prec) + train.tokens * moe.top_k * moe.intermediate * prec.stream
 
 
 def linear_inputs_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
@@ -429,54 +427,6 @@ def linear_inputs_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> 
     return t * (readers * model.hidden_size + mlp_inner) * c + attention_output_copy
 
 
-def lora_input_bytes(train: TrainSpec, prec: Precision) -> int:
-    """Bytes per element of the input copy each LoRA module keeps for its A gradient.
-
-    peft casts the layer input to the adapter dtype (fp32) per module (`_cast_input_dtype`).
-    Without autocast that fp32 copy is what lora_A keeps: 4 bytes. Under autocast, lora_A's
-    matmul casts it back to the compute dtype and keeps that copy instead: c bytes.
-    """
-    return prec.compute if prec.autocast else FP32
-
-
-def lora_saved_per_linear(lin: Linear, train: TrainSpec, prec: Precision) -> int:
-    """What the adapter of one targeted Linear keeps for backward.
-
-    Its own copy of the input (T*in*e, e from :func:`lora_input_bytes`; q, k and v each make
-    one of the same hidden states) and lora_A's output for lora_B's gradient (T*r*e). DoRA
-    also keeps, for the magnitude's gradient, the base output and the LoRA output (T*out*e),
-    both as products of its forward m/||W + s*BA|| * (...) (peft DoraLinearLayer.forward).
-    The base output is in the dtype of the Linear's input: the hidden stream
-    (:func:`precision`) for every Linear but o_proj, which reads the attention output
-    (compute dtype). With dropout, :func:`lora_dropout_saved` too."""
-    t, e = train.tokens, lora_input_bytes(train, prec)
-    saved = t * lin.in_features * e + t * train.rank * e
-    if train.is_dora:
-        base = prec.compute if lin.role == "o" else prec.hidden
-        saved += t * lin.out_features * (base + e)
-    saved += lora_dropout_saved(lin, train, prec)
-    return saved
-
-
-def lora_dropout_saved(lin: Linear, train: TrainSpec, prec: Precision) -> int:
-    """What LoRA dropout (peft's lora_dropout > 0, applied to the module input before lora_A)
-    adds to one adapted module's saved set: its mask, one byte per input element, as CUDA's
-    native_dropout keeps it (T*in; the dropped copy replaces the input copy lora_A keeps).
-    DoRA then computes the base output again on the dropped input and keeps a c-byte copy of
-    the (dequantized) weight (out*in*c); QDoRA keeps 2*T*out less where the module reads the
-    fp32 stream (every module but o_proj). Tracer, tiny Llama, dropout 0.05, on the
-    native_dropout path: these to the byte for lora, qlora, dora and qdora."""
-    if train.lora_dropout <= 0 or not train.is_adapter:
-        return 0
-    t = train.tokens
-    saved = t * lin.in_features
-    if train.is_dora:
-        saved += lin.in_features * lin.out_features * prec.compute
-        if train.is_quantized and lin.role != "o":
-            saved -= 2 * t * lin.out_features
-    return saved
-
-
 @lru_cache(maxsize=256)
 def layer_saved_sequence(model: ModelSpec, train: TrainSpec, prec: Precision) -> tuple[tuple[str, int], ...]:
     """What one decoder layer keeps for backward, in the order its forward creates it:
@@ -486,9 +436,10 @@ def layer_saved_sequence(model: ModelSpec, train: TrainSpec, prec: Precision) ->
     targeted = targets.targeted_names(model, train)
     layer = model.layer
 
+    adapter = variant(train).adapter
+
     def adapters(*roles):
-        return [(lin.name, lora_saved_per_linear(lin, train, prec)) for lin in layer.by_role(*roles)
-                if lin.name in targeted]
+        return [(lin.name, adapter.saved(lin, train, prec)) for lin in layer.by_role(*roles) if lin.name in targeted]
 
     def norms(*sites):
         return [("norm", norm_saved(model, train, prec, n)) for n in layer.norms_at(*sites)]
@@ -587,7 +538,8 @@ def first_norm_unrecorded(model: ModelSpec, train: TrainSpec, prec: Precision) -
     if targets.trains_embedding(train) or train.gradient_checkpointing:
         return 0
     # nor do the first layer's q/k/v adapters keep dropout masks: their input needs no gradient
-    dropout = sum(lora_dropout_saved(lin, train, prec) for lin in targets.targeted_linears(model, train.target_modules)
+    adapter = variant(train).adapter
+    dropout = sum(adapter.dropout_saved(lin, train, prec) for lin in targets.targeted_linears(model, train.target_modules)
                   if lin.role in ATTENTION_INPUT_ROLES)
     return (norm_saved(model, train, prec) if model.layer.norms_at("attn_in") else 0) + dropout
 
@@ -718,9 +670,8 @@ def logits_backward(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
 def dequant_transient(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
     """QLoRA / QDoRA: bitsandbytes' training matmul dequantizes the whole 4-bit weight to the
     compute dtype, one layer at a time: the largest out*in*c (forward and again in backward)."""
-    if not train.is_quantized:
-        return 0
-    return max(lin.in_features * lin.out_features for lin in model.linears) * prec.compute
+    base = variant(train).base
+    return max(base.dequant_transient(lin, prec) for lin in model.linears)
 
 
 # ---------------------------------------------------------------- runtime
@@ -735,7 +686,7 @@ ALLOCATOR_PERCENT = 5
 
 def allocator_reserve(peak_allocated: int, fraction: float | None = None) -> int:
     """Reserved beyond allocated at the peak: ceil(5% of the allocated peak) (an estimate), or
-    ceil(fraction * allocated) with a fraction calibrated from GPU rows (planner.calibration)."""
+    ceil(fraction * allocated) with a fraction calibrated from GPU rows (planner.memory.calibration)."""
     if fraction is None:
         return ceil_div(peak_allocated * ALLOCATOR_PERCENT, 100)
     return math.ceil(peak_allocated * fraction)

@@ -11,14 +11,14 @@ what each precision scheme does with it. Pure Python (names, not torch dtypes).
   ``mixed``: fp32 master weights with an autocast forward. An fp16 autocast run scales its
   loss with a GradScaler, as HF Trainer ``fp16=True`` does.
 
-The planner turns a :class:`Scheme` into byte sizes (``planner.components.precision``), the
+The planner turns a :class:`Scheme` into byte sizes (``planner.memory.terms.precision``), the
 probes into torch dtypes (``probes.build.resolve_precision``).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .specs import TrainSpec
+from planner.model.specs import TrainSpec
 
 COMPUTE_DTYPES = ("bf16", "fp16", "fp32")
 

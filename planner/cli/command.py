@@ -3,16 +3,16 @@ from __future__ import annotations
 
 import click
 
-from . import render
-from .catalog import CatalogError, get_gpus, get_model, gpu_names, model_names, get_gpu
-from .exits import fail
-from .fit import max_batch_size, max_seq_len, recommend
-from .plan import plan
-from .timing import total_hours
-from .targets import UnsupportedMethod
-from .options import adapter_options, parallel_options, parse_names, parse_targets, training_options
-from .specs import DTYPES, METHODS, OPTIMIZERS, TrainSpec
-from .units import GIB
+from planner.cli import render
+from planner.model.catalog import CatalogError, get_gpus, get_model, gpu_names, model_names, get_gpu
+from planner.cli.exits import fail
+from planner.fit import max_batch_size, max_seq_len, recommend
+from planner.plan import plan
+from planner.time.timing import total_hours
+from planner.model.targets import UnsupportedMethod
+from planner.cli.options import adapter_options, parallel_options, parse_names, parse_targets, training_options
+from planner.model.specs import DTYPES, METHODS, OPTIMIZERS, TrainSpec
+from planner.units import GIB
 
 
 def output_options(f):
@@ -135,7 +135,7 @@ def main(models, gpus, methods, rank, alpha, target_modules, target_parameters, 
     for why in skipped:
         click.echo(f"plan: skipped: {why}", err=True)
     if plot_path:
-        from . import plot
+        from planner.cli import plot
 
         try:
             plot.save([r.plan for r in reports], plot_path)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import data
 
-from .architectures import SUPPORTED_MODEL_TYPES, TABLE, Dims, LayoutError, UnknownLayerKind, check_known, describe
-from .specs import GpuSpec, ModelSpec
+from planner.model.architectures import SUPPORTED_MODEL_TYPES, TABLE, Dims, LayoutError, UnknownLayerKind, check_known, describe
+from planner.model.specs import GpuSpec, ModelSpec
 
 MIB = 1 << 20
 
@@ -105,7 +105,7 @@ def _not_a_decoder(config: dict) -> str:
 def model_from_config(config: dict, name: str, hf_id: str | None = None,
                       published_params: int | None = None) -> ModelSpec:
     """Build a :class:`ModelSpec` from the fields of an HF config.json, through the
-    architecture table (:mod:`planner.architectures`)."""
+    architecture table (:mod:`planner.model.architectures`)."""
     if not isinstance(config, dict):
         raise CatalogError(f"{name}: a config.json must hold a JSON object")
     model_type = config.get("model_type")

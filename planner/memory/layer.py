@@ -1,22 +1,23 @@
 """The worst moments inside a decoder layer: what is live while one module runs.
 
-The phase model (:mod:`planner.methods`) takes the largest of these beside the step's
+The phase model (:mod:`planner.memory.moments`) takes the largest of these beside the step's
 persistent state; each function here is one formula for one kind of moment, read off the
-exact tracer (``probe --device fake``), and reads module roles (planner.architectures),
+exact tracer (``probe --device fake``), and reads module roles (planner.model.architectures),
 never module names.
 
-Notation as in :mod:`planner.components`: T = batch * seq tokens, h = hidden size,
+Notation as in :mod:`planner.memory.terms`: T = batch * seq tokens, h = hidden size,
 I = intermediate size, c = bytes of the compute dtype.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import counts, targets
-from .architectures import ATTENTION_ROLES, Linear
-from .components import (FP32, Precision, attention_core_saved, layer_saved_sequence, lora_input_bytes,
-                         lora_saved_per_linear, uses_eager)
-from .specs import ModelSpec, TrainSpec
+from planner.model import counts
+from planner.model import targets
+from planner.model.architectures import ATTENTION_ROLES, Linear
+from planner.memory.terms import FP32, Precision, attention_core_saved, layer_saved_sequence, uses_eager
+from planner.memory.variants import NoAdapter, variant
+from planner.model.specs import ModelSpec, TrainSpec
 
 
 def recompute_stop_extra(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
@@ -32,69 +33,27 @@ def recompute_stop_extra(model: ModelSpec, train: TrainSpec, prec: Precision) ->
         return 0
     last = model.linears[-1]
     targeted = last.name in targets.targeted_names(model, train)
-    live = module_input_live(last, train, prec, targeted)
+    live = (variant(train).adapter if targeted else NO_ADAPTER).input_live(last, train, prec)
     base = train.tokens * last.out_features * prec.hidden if targeted else 0
     return live + layer_locals(model, train, prec, last) + base
 
 
-def dora_backward_moment(model: ModelSpec, train: TrainSpec, prec: Precision) -> tuple[int, int]:
-    """The worst moment of a DoRA layer's backward: (what the layer still keeps, workspace).
-
-    peft's DoRA output (m/||W + s*BA|| - 1) * base + m/||W + s*BA|| * lora * s multiplies by
-    an fp32 scale, so its backward makes fp32 gradients the size of the module's output: the
-    incoming one and those for the base and LoRA results, 3*T*out*4 (tracer: three
-    [4, 2048, 16384] fp32 tensors at Phi-3's gate_up_proj). By then the layer's later modules
-    have been through backward: it still keeps what came up to and including this module.
-    With checkpointing, the recomputed module's input, its fp32 cast and the two dense fp32
-    weight casts of its norm computation are still alive there too (tracer, Phi-3 gate_up:
-    two [16384, 3072] fp32 tensors and four [4, 2048, 3072] fp32 ones): T*in*(hidden + 4) +
-    2*out*in*4 more. (0, 0) without DoRA.
-    """
-    if not train.is_dora:
-        return 0, 0
+def adapter_backward_moment(model: ModelSpec, train: TrainSpec, prec: Precision) -> tuple[int, int]:
+    """The worst moment of an adapted module's own backward: (what the layer still keeps, the
+    adapter's backward workspace, its kind's ``backward_workspace``: DoRA's fp32 gradients).
+    By then the layer's later modules have been through backward: it still keeps what came up
+    to and including this module. (0, 0) for an adapter whose backward makes nothing more."""
+    adapter = variant(train).adapter
     seq = layer_saved_sequence(model, train, prec)
     best = (0, 0)
     for lin in targets.targeted_linears(model, train.target_modules):
-        kept = saved_before(seq, lin.name) + lora_saved_per_linear(lin, train, prec)
-        workspace = 3 * train.tokens * lin.out_features * FP32
-        if train.gradient_checkpointing:
-            workspace += module_input_live(lin, train, prec) + 2 * lin.out_features * lin.in_features * FP32
+        workspace = adapter.backward_workspace(lin, train, prec)
+        if not workspace:
+            continue
+        kept = saved_before(seq, lin.name) + adapter.saved(lin, train, prec)
         if kept + workspace > sum(best):
             best = (kept, workspace)
     return best
-
-
-def dora_transient_per_linear(lin: Linear, train: TrainSpec, prec: Precision) -> int:
-    """peft's DoRA forward materializes dense matrices to compute ||W + s*B@A|| per row.
-
-    get_lora_weight runs lora_B(lora_A(eye(in))): lora_A keeps its input for A's gradient
-    while the product lives, the fp32 identity itself (in*in*4) or, under autocast, the
-    c-byte copy autocast made of it (the fp32 one is then freed: the tracer shows one
-    11008 x 11008 bf16 identity live at Llama-2-7B's DoRA peak). Then four dense out*in
-    fp32 tensors coexist: the LoRA product cast to the input dtype, the (dequantized) base
-    weight cast to fp32, s*(B@A) and their sum (peft DoraLinearLayer). The larger of the two
-    moments counts.
-    """
-    n_in, n_out = lin.in_features, lin.out_features
-    eye = n_in * n_in * (prec.compute if prec.autocast else FP32)
-    at_norm = eye + 4 * n_out * n_in * FP32
-    if not prec.autocast:
-        return at_norm
-    # Under autocast the product itself is a moment too: the fp32 identity, its c-byte copy
-    # and lora_B's c-byte output (in*out) live together. When in >> out (Qwen2.5-7B's
-    # 18944 -> 3584 down_proj) this moment is the larger one (tracer: 1.337 GiB fp32 identity
-    # and 0.668 GiB bf16 copy live at the peak).
-    at_product = n_in * n_in * FP32 + eye + n_in * n_out * prec.compute
-    return max(at_norm, at_product)
-
-
-def module_input_live(lin: Linear, train: TrainSpec, prec: Precision, targeted: bool = True) -> int:
-    """A module's input while it runs, with peft's fp32 cast of it for the adapter of a
-    ``targeted`` module (_cast_input_dtype; no copy when the hidden stream is already fp32):
-    T*in*(hidden [+ 4])."""
-    cast = FP32 if targeted and prec.hidden != FP32 else 0
-    return train.tokens * lin.in_features * (prec.hidden + cast)
-
 
 def saved_before(seq: list[tuple[str, int]], name: str) -> int:
     """What a layer has kept when module ``name`` starts: the sum of the earlier entries of
@@ -116,7 +75,7 @@ def layer_locals(model: ModelSpec, train: TrainSpec, prec: Precision, lin: Linea
       stream's dtype), unless something keeps them already: checkpointing (the layer's input),
       or a norm whose fp32 "copy" is the fp32 tensor itself;
     - the norm output passed to the block while o_proj / down_proj run (T*h*stream; for the
-      other modules it is their input, :func:`module_input_live`);
+      other modules it is their input, the adapter kind's ``input_live``);
     - with checkpointing, act(gate) while up_proj runs (T*I*hidden; without it the MLP keeps it);
     - without checkpointing, the embedding output (``inputs_embeds``, T*h*stream), which the
       model's forward holds through the decoder loop; with it, it is layer 0's kept input.
@@ -141,24 +100,7 @@ def layer_locals(model: ModelSpec, train: TrainSpec, prec: Precision, lin: Linea
     return total
 
 
-def module_working_set(lin: Linear, train: TrainSpec, prec: Precision, targeted: bool) -> int:
-    """The outputs a Linear is forming while it runs: its base output (T*out*hidden), and for a
-    LoRA module lora_B's output and its scaled copy (T*out*e each, e from
-    :func:`lora_input_bytes`), or the scaled copy and the sum: T*out*max(hidden + 2e, 2*hidden + e);
-    for a DoRA module its magnitude-scaled combination (below).
-    Tracer: at the toy Llama's last down_proj, the base output, lora_B's output and the scaled
-    one are live together."""
-    t, out = train.tokens, lin.out_features
-    if not targeted:
-        return t * out * prec.hidden
-    e = lora_input_bytes(train, prec)
-    if train.is_dora:
-        # DoRA combines base and LoRA outputs with its fp32 magnitude scale: three fp32
-        # T*out temporaries beside the base output and lora_B's, while the two dense fp32
-        # casts of its norm computation are still referenced (tracer, toy Llama DoRA with
-        # checkpointing, up_proj: three fp32 [4, 2048, 3584] products, two fp32 [3584, 1024]).
-        return t * out * (prec.hidden + e + 3 * FP32) + 2 * out * lin.in_features * FP32
-    return t * out * max(prec.hidden + 2 * e, 2 * prec.hidden + e)
+NO_ADAPTER = NoAdapter()  # a module the adapter does not target
 
 
 @dataclass(frozen=True)
@@ -168,7 +110,7 @@ class LayerMoment:
     live: int = 0  # the module's input and peft's fp32 cast of it
     before: int = 0  # what the layer has kept so far (none in a checkpointed forward)
     locals: int = 0  # :func:`layer_locals`
-    working: int = 0  # :func:`module_working_set`, when neither transient below is running
+    working: int = 0  # the outputs the module is forming (its adapter's working_set), when neither transient runs
     dequant: int = 0  # the dense weight of a 4-bit matmul
     dora: int = 0  # DoRA's weight-norm computation
 
@@ -186,7 +128,8 @@ def layer_transient(model: ModelSpec, train: TrainSpec, prec: Precision, recompu
     recomputing for backward), holds its locals
     (:func:`layer_locals`) and the module's input, with peft's fp32 cast of it for the adapter
     (_cast_input_dtype), which lives through the whole DoRA forward: T*in*(hidden [+ 4]).
-    The module is then at one of its moments: forming its outputs (:func:`module_working_set`),
+    The module is then at one of its moments: forming its outputs (its adapter kind's
+    ``working_set``, planner.memory.variants),
     a 4-bit matmul's dense weight (QLoRA / QDoRA), or DoRA's norm computation. QDoRA casts the
     dequantized weight to fp32 before the norm computation and drops it, so the two never
     coexist: the larger counts.
@@ -199,23 +142,22 @@ def layer_transient(model: ModelSpec, train: TrainSpec, prec: Precision, recompu
     seq = layer_saved_sequence(model, train, prec)
     targeted = targets.targeted_names(model, train)
     keeps = recompute or not train.gradient_checkpointing
+    method = variant(train)
     best, best_total = (), 0  # the parts (live, before, locals, working, dequant, dora) of the worst moment
     for lin in model.linears:
         is_target = lin.name in targeted
-        live = module_input_live(lin, train, prec, is_target)
+        adapter = method.adapter if is_target else NO_ADAPTER
+        live = adapter.input_live(lin, train, prec)
         before = saved_before(seq, lin.name) if keeps else 0
         local = 0 if recompute else layer_locals(model, train, prec, lin)
-        dequant = lin.in_features * lin.out_features * prec.compute if train.is_quantized else 0
-        dora = dora_transient_per_linear(lin, train, prec) if train.is_dora and is_target else 0
+        dequant = method.base.dequant_transient(lin, prec)
+        dora = adapter.norm_transient(lin, train, prec)
         context = live + before + local
         if not recompute:
             # While lora_B runs, lora_A has kept its input copy and output (unless checkpointing
             # drops them); DoRA's kept base and LoRA outputs are the working set's own
-            own = 0
-            if keeps and is_target:
-                own = (train.tokens * (lin.in_features + train.rank) * lora_input_bytes(train, prec)
-                       if train.is_dora else lora_saved_per_linear(lin, train, prec))
-            working = module_working_set(lin, train, prec, is_target)
+            own = adapter.running_kept(lin, train, prec) if keeps else 0
+            working = adapter.working_set(lin, train, prec)
             if context + own + working > best_total:
                 best, best_total = (live, before + own, local, working, 0, 0), context + own + working
         if dequant > dora and context + dequant > best_total:

@@ -3,7 +3,7 @@
 The peak is the max over phases of what is live in each, not the sum of all components
 (docs/design.md, "Phases"). A phase is an ordered breakdown {component name: bytes}; every
 method (full, lora, rslora, qlora, dora, qdora) goes through the same three phases, and the
-method only changes which components are non-zero (see planner.components).
+method only changes which components are non-zero (see planner.memory.terms).
 
 - forward: the end of forward, at the loss: persistent state, every saved activation, the
   logits and their fp32 copies. Per-layer transients (dequantized 4-bit weights, DoRA's
@@ -17,13 +17,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
-from . import components as C
-from . import moments as M
-from . import sharding as S
-from . import counts
-from .specs import ModelSpec, TrainSpec
+from planner.memory import terms as C
+from planner.memory import layer as M
+from planner.memory import sharding as S
+from planner.model import counts
+from planner.model.specs import ModelSpec, TrainSpec
 
-from .units import PHASES
+from planner.units import PHASES
 
 # Every component key, in display order. A phase holds all of them (zeros included), so
 # that tables and JSON have stable keys.
@@ -48,7 +48,7 @@ COMPONENT_KEYS = (
     "transient/moe_backward",
     "transient/attention",
 )
-# Several GPUs (planner.sharding): in a plan's phases only when train.num_gpus > 1, so that a
+# Several GPUs (planner.memory.sharding): in a plan's phases only when train.num_gpus > 1, so that a
 # one-GPU plan keeps exactly its keys.
 PARALLEL_KEYS = (
     "parallel/unsharded_root",
@@ -131,7 +131,7 @@ def _breakdown(moment: str, **values: int) -> Moment:
     ``weights/base``); a name that is not a component key is a bug, refused."""
     if not values.keys() <= _KEY_OF.keys():
         unknown = sorted(set(values) - set(_KEY_OF))
-        raise KeyError(f"{unknown[0].replace('__', '/')!r} is not a component key (planner.methods.COMPONENT_KEYS)")
+        raise KeyError(f"{unknown[0].replace('__', '/')!r} is not a component key (planner.memory.moments.COMPONENT_KEYS)")
     return Moment(moment, values, sum(values.values()))
 
 
@@ -207,7 +207,7 @@ def step_memory(model: ModelSpec, train: TrainSpec, dtype: str) -> StepMemory:
     if moe_back:
         moments.append(("moe", dict(transient__recompute=recompute + in_flight if gc else 0,
                                     transient__moe_backward=moe_back)))
-    kept, workspace = M.dora_backward_moment(model, train, prec)
+    kept, workspace = M.adapter_backward_moment(model, train, prec)
     dora_back = _breakdown("layer_dora", **persistent, activations__saved=saved if gc else saved - per_layer + kept,
                            activations__autocast_weights=back_copies, transient__recompute=kept if gc else 0,
                            transient__dora_backward=workspace, **extra("backward_layer"))
@@ -246,7 +246,7 @@ def step_memory(model: ModelSpec, train: TrainSpec, dtype: str) -> StepMemory:
 
 
 # Which parallel terms are live at which moment of the step, and how many of each
-# (planner.sharding): the root unit from forward to the end of backward; the running layer's
+# (planner.memory.sharding): the root unit from forward to the end of backward; the running layer's
 # all-gathered parameters inside a layer; FSDP's all-gather buffers (the last one lingers until
 # the next copy-out: one at the loss, when backward starts and inside a layer, two when the last
 # layer is unsharded beside the previous one's buffer, before it runs; tracer) or ZeRO-3's prefetch bucket; gradients not yet

@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass, field, fields, replace
 from functools import lru_cache
 
-from .architectures import Layer, LayerKind, Linear, Traits
+from planner.model.architectures import Layer, LayerKind, Linear, Traits
 
 METHODS = ("full", "lora", "rslora", "qlora", "dora", "qdora")
 QUANTIZED_METHODS = frozenset({"qlora", "qdora"})
@@ -33,7 +33,7 @@ ALL_LINEAR = "all-linear"
 # The modules a decoder's fine-tuning script trains whole beside the adapters (peft's
 # modules_to_save), each a vocab_size x hidden_size matrix.
 SAVABLE_MODULES = ("embed_tokens", "lm_head")
-# Data parallelism over several GPUs (planner.sharding): none (one GPU), DDP, FSDP (FSDP2's
+# Data parallelism over several GPUs (planner.memory.sharding): none (one GPU), DDP, FSDP (FSDP2's
 # fully_shard), DeepSpeed ZeRO-2 / ZeRO-3; what each can offload to the CPU.
 SHARDINGS = ("none", "ddp", "fsdp", "zero2", "zero3")
 OFFLOADS = ("none", "optimizer", "params")
@@ -44,7 +44,7 @@ OFFLOADABLE = {"fsdp": ("params",), "zero2": ("optimizer",), "zero3": ("optimize
 class ModelSpec:
     """A decoder-only transformer, as far as memory is concerned.
 
-    ``kinds`` are its decoder layers as kinds (planner.architectures.LayerKind): each a layer
+    ``kinds`` are its decoder layers as kinds (planner.model.architectures.LayerKind): each a layer
     layout (its Linear modules with their roles, its norms, its traits, its mixture of experts)
     and the indices of the layers of that kind. Per-layer terms sum over the kinds.
     ``config_json`` keeps the HF config fields so that probes can build the real model.

@@ -2,7 +2,7 @@
 
 For a model and a training spec, each :class:`Tensor` names a parameter as transformers and
 peft name it (``layers.*.q_proj.lora_A.weight``; ``*`` is the layer index), with its
-shape, the layer kind (planner.architectures.LayerKind) and how many layers of it hold it, its role in the model, and what the method
+shape, the layer kind (planner.model.architectures.LayerKind) and how many layers of it hold it, its role in the model, and what the method
 does to it (its *treatment*):
 
 ============  ==========================================================================
@@ -30,9 +30,10 @@ from dataclasses import dataclass
 from functools import lru_cache
 from math import prod
 
-from . import targets
-from .specs import ModelSpec, TrainSpec
-from .units import FP32, ceil_div
+from planner.memory.variants import variant
+from planner.model import targets
+from planner.model.specs import ModelSpec, TrainSpec
+from planner.units import FP32, ceil_div
 
 TREATMENTS = ("frozen", "trainable", "4bit", "adapter", "saved_copy")
 TRAINED = frozenset({"trainable", "adapter", "saved_copy"})
@@ -135,25 +136,23 @@ def _adapters(model: ModelSpec, train: TrainSpec, weight_bytes: int) -> list[Ten
     """peft's trainable tensors for ``train``: LoRA A and B (and DoRA's magnitude) on each
     targeted Linear, LoRA on each targeted fused parameter, each modules_to_save copy."""
     r = train.rank
+    adapter = variant(train).adapter
     out = []
     for view in model.by_kind():
         kind, n = view.kinds[0].name, view.num_layers
 
-        def adapter(path, shape, role):
+        def tensor(path, shape, role, kind=kind, n=n):
             return Tensor(f"layers.*.{path}", shape, role, kind, n, "adapter", FP32)
 
         for lin in targets.targeted_linears(view, train.target_modules):
-            out += [adapter(f"{lin.name}.lora_A.weight", (r, lin.in_features), "lora_A"),
-                    adapter(f"{lin.name}.lora_B.weight", (lin.out_features, r), "lora_B")]
-            if train.is_dora:
-                out.append(adapter(f"{lin.name}.lora_magnitude_vector.weight", (lin.out_features,), "magnitude"))
+            out += [tensor(f"{lin.name}.{name}", shape, role) for name, shape, role in adapter.tensors(lin, r)]
         for tg in targets.targeted_parameters(view, train):
-            out += [adapter(f"mlp.{tg.name}.lora_A", (tg.rank * tg.experts, tg.in_features), "lora_A"),
-                    adapter(f"mlp.{tg.name}.lora_B", (tg.out_features, tg.rank * tg.experts), "lora_B")]
+            out += [tensor(f"mlp.{tg.name}.lora_A", (tg.rank * tg.experts, tg.in_features), "lora_A"),
+                    tensor(f"mlp.{tg.name}.lora_B", (tg.out_features, tg.rank * tg.experts), "lora_B")]
     for module in train.modules_to_save:
         out.append(Tensor(f"{module}.modules_to_save.weight", (model.vocab_size, model.hidden_size),
                           "embedding" if module == "embed_tokens" else "lm_head", ROOT, treatment="saved_copy",
-                          dtype_bytes=FP32 if train.is_quantized else weight_bytes))
+                          dtype_bytes=variant(train).base.parameter_bytes(weight_bytes)))
     return out
 
 
@@ -188,11 +187,12 @@ def _settings(method, rank, target_modules, target_parameters, modules_to_save) 
 @lru_cache(maxsize=1024)
 def _inventory(model: ModelSpec, train: TrainSpec, weight_bytes: int) -> tuple[Tensor, ...]:
     base = base_tensors(model)
-    if not train.is_adapter:
+    method = variant(train)
+    if method.adapter.trains_base:
         return tuple(_treat(t, "trainable", weight_bytes) for t in base)
-    if train.is_quantized:
-        out = [_treat(t, "4bit", 0) if t.role == "linear" and t.kind != ROOT else _treat(t, "frozen", FP32)
-               for t in base]
+    if method.base.quantized:
+        out = [_treat(t, "4bit", 0) if t.role == "linear" and t.kind != ROOT
+               else _treat(t, "frozen", method.base.parameter_bytes(weight_bytes)) for t in base]
     else:
         out = [_treat(t, "frozen", weight_bytes) for t in base]
     out += _adapters(model, train, weight_bytes)

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import data
 
-from .catalog import get_gpu, gpu_names
-from .units import MIB
+from planner.model.catalog import get_gpu, gpu_names
+from planner.units import MIB
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,8 @@
 One :class:`Architecture` entry per HF ``model_type`` says how that family lays out a decoder
 layer; :func:`describe` applies it to a config's fields and returns a :class:`Layer`: the
 weight-bearing modules, each with its *role*; the norms, each with its *site*; the mixture of
-experts, if any; and the layer's :class:`Traits`. The memory formulas (planner.components,
-planner.moments) read roles, sites and traits, never module names, so adding an
+experts, if any; and the layer's :class:`Traits`. The memory formulas (planner.memory.terms,
+planner.memory.layer) read roles, sites and traits, never module names, so adding an
 architecture is one entry in :data:`TABLE` plus its tests.
 
 Roles of a Linear (module names as in transformers' modeling files):
@@ -129,7 +129,7 @@ class Layer:
         return tuple(n for n in self.norms if n.site in sites)
 
 
-# The layer kinds the formulas know. A model is a sequence of kinds (planner.specs.ModelSpec):
+# The layer kinds the formulas know. A model is a sequence of kinds (planner.model.specs.ModelSpec):
 # "decoder" where every layer is alike; "sliding_attention" and "full_attention" where some
 # layers attend within a window. A kind the formulas do not know is refused by name.
 KNOWN_KINDS = ("decoder", "sliding_attention", "full_attention")

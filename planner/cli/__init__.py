@@ -1,0 +1,4 @@
+"""The `plan` command: options, rendering, plots, exit codes."""
+from .command import main
+
+__all__ = ["main"]

@@ -1,0 +1,305 @@
+"""The methods as variants: a base treatment of the weights and an adapter kind.
+
+peft composes a LoRA layer from the base layer it wraps and a variant that owns what differs
+(``LoraVariant``, ``DoraLinearVariant``); the methods compose the same way here:
+
+=========  ============  ============
+method     base          adapter
+=========  ============  ============
+full       16-bit        none
+lora       16-bit        LoRA
+rslora     16-bit        rsLoRA
+qlora      4-bit         LoRA
+dora       16-bit        DoRA
+qdora      4-bit         DoRA
+=========  ============  ============
+
+Each part owns its formulas: the base treatment what the weights are stored as and what a
+matmul on them makes (bitsandbytes' dequantized weight); the adapter kind the tensors it adds
+to a targeted Linear, what it keeps for backward, what it forms while it runs, and its
+transients (DoRA's weight norm). The formulas and their evidence are the ones the tracer
+checked (tests/probes); a term that is the same for every method stays in
+:mod:`planner.memory.terms`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from planner.model.architectures import Linear
+from planner.model.specs import TrainSpec
+from planner.units import FP32
+
+
+def lora_input_bytes(train: TrainSpec, prec) -> int:
+    """Bytes per element of the input copy each LoRA module keeps for its A gradient.
+
+    peft casts the layer input to the adapter dtype (fp32) per module (`_cast_input_dtype`).
+    Without autocast that fp32 copy is what lora_A keeps: 4 bytes. Under autocast, lora_A's
+    matmul casts it back to the compute dtype and keeps that copy instead: c bytes.
+    """
+    return prec.compute if prec.autocast else FP32
+
+
+# ---------------------------------------------------------------- base treatments
+
+@dataclass(frozen=True)
+class BaseTreatment:
+    """The base model's weights in the compute or stored dtype (16-bit methods)."""
+
+    name: str = "16-bit"
+    quantized: bool = False
+
+    def hidden_bytes(self, compute: int) -> int:
+        """Bytes of a Linear's output and the MLP between the matmuls: the compute dtype."""
+        return compute
+
+    def parameter_bytes(self, weight: int) -> int:
+        """Bytes of a base parameter as stored (``weight``: the stored weight dtype's bytes)."""
+        return weight
+
+    def dequant_transient(self, lin: Linear, prec) -> int:
+        """The dense copy of the weight a matmul makes: none."""
+        return 0
+
+
+@dataclass(frozen=True)
+class FourBit(BaseTreatment):
+    """bitsandbytes' 4-bit weights (QLoRA, QDoRA)."""
+
+    name: str = "4-bit"
+    quantized: bool = True
+
+    def hidden_bytes(self, compute: int) -> int:
+        """fp32: prepare_model_for_kbit_training casts the norm weights to fp32, so each norm's
+        output is fp32, and Linear4bit casts its output back to its input's dtype: every
+        Linear4bit fed by a norm, and the MLP between them, produces fp32 tensors (tracer:
+        Llama-2-7B's gate/up/act outputs take twice LoRA's bytes)."""
+        return FP32
+
+    def parameter_bytes(self, weight: int) -> int:
+        """fp32 for every base parameter but the packed Linear weights (embeddings, norms,
+        lm_head, biases, a mixture of experts' fused experts and routers, modules_to_save
+        copies): prepare_model_for_kbit_training casts all 16-bit parameters that are not
+        Params4bit to fp32, and bitsandbytes swaps nn.Linear modules only."""
+        return FP32
+
+    def dequant_transient(self, lin: Linear, prec) -> int:
+        """bitsandbytes' training matmul dequantizes the whole 4-bit weight to the compute dtype:
+        out*in*c, one module at a time (forward, and again in backward)."""
+        return lin.in_features * lin.out_features * prec.compute
+
+
+# ---------------------------------------------------------------- adapter kinds
+
+@dataclass(frozen=True)
+class NoAdapter:
+    """Full fine-tuning: no adapter; every base weight trains."""
+
+    name: str = "none"
+    trains_base: bool = True
+    dora: bool = False
+
+    def tensors(self, lin: Linear, rank: int) -> tuple:
+        """(name, shape, role) of the tensors the adapter adds to ``lin``: none."""
+        return ()
+
+    def scaling(self, alpha: float, rank: int) -> float:
+        return 0.0
+
+    def trained_bytes(self, weight: int) -> int:
+        """Bytes of a trained parameter: the base weight's own dtype."""
+        return weight
+
+    def saved(self, lin: Linear, train: TrainSpec, prec) -> int:
+        """What the adapter of ``lin`` keeps for backward: nothing."""
+        return 0
+
+    def dropout_saved(self, lin: Linear, train: TrainSpec, prec) -> int:
+        return 0
+
+    def input_live(self, lin: Linear, train: TrainSpec, prec) -> int:
+        """A module's input while it runs: T*in*hidden."""
+        return train.tokens * lin.in_features * prec.hidden
+
+    def working_set(self, lin: Linear, train: TrainSpec, prec) -> int:
+        """The outputs a module is forming while it runs: its base output (T*out*hidden)."""
+        return train.tokens * lin.out_features * prec.hidden
+
+    def backward_workspace(self, lin: Linear, train: TrainSpec, prec) -> int:
+        """What the adapter's backward makes beyond the layer's gradients: nothing."""
+        return 0
+
+    def running_kept(self, lin: Linear, train: TrainSpec, prec) -> int:
+        """What the module has kept for backward while its last op runs: nothing."""
+        return 0
+
+    def norm_transient(self, lin: Linear, train: TrainSpec, prec) -> int:
+        """A weight-norm computation in the module's forward: none."""
+        return 0
+
+
+@dataclass(frozen=True)
+class Lora(NoAdapter):
+    """LoRA (Hu et al. 2021): A (r x in) and B (out x r) beside the frozen weight, fp32 as peft
+    keeps them on a 16-bit base (autocast_adapter_dtype); scaling alpha / r."""
+
+    name: str = "lora"
+    trains_base: bool = False
+
+    def tensors(self, lin: Linear, rank: int) -> tuple:
+        return (("lora_A.weight", (rank, lin.in_features), "lora_A"),
+                ("lora_B.weight", (lin.out_features, rank), "lora_B"))
+
+    def scaling(self, alpha: float, rank: int) -> float:
+        return alpha / rank
+
+    def trained_bytes(self, weight: int) -> int:
+        """fp32: peft keeps adapter weights in fp32 on a 16-bit base (autocast_adapter_dtype)."""
+        return FP32
+
+    def saved(self, lin: Linear, train: TrainSpec, prec) -> int:
+        """Its own copy of the input (T*in*e, e from :func:`lora_input_bytes`; q, k and v each
+        make one of the same hidden states) and lora_A's output for lora_B's gradient (T*r*e),
+        and with dropout :meth:`dropout_saved`."""
+        e = lora_input_bytes(train, prec)
+        return train.tokens * (lin.in_features + train.rank) * e + self.dropout_saved(lin, train, prec)
+
+    def dropout_saved(self, lin: Linear, train: TrainSpec, prec) -> int:
+        """LoRA dropout (peft's lora_dropout > 0, applied to the module input before lora_A):
+        its mask, one byte per input element, as CUDA's native_dropout keeps it (T*in; the
+        dropped copy replaces the input copy lora_A keeps). Tracer, tiny Llama, dropout 0.05,
+        on the native_dropout path: to the byte."""
+        return train.tokens * lin.in_features if train.lora_dropout > 0 else 0
+
+    def working_set(self, lin: Linear, train: TrainSpec, prec) -> int:
+        """The base output (T*out*hidden), lora_B's output and its scaled copy (T*out*e each), or
+        the scaled copy and the sum: T*out*max(hidden + 2e, 2*hidden + e). Tracer: at the toy
+        Llama's last down_proj, the base output, lora_B's output and the scaled one are live
+        together."""
+        e = lora_input_bytes(train, prec)
+        return train.tokens * lin.out_features * max(prec.hidden + 2 * e, 2 * prec.hidden + e)
+
+    def running_kept(self, lin: Linear, train: TrainSpec, prec) -> int:
+        """While lora_B runs, lora_A has kept its input copy and output: :meth:`saved`."""
+        return self.saved(lin, train, prec)
+
+    def input_live(self, lin: Linear, train: TrainSpec, prec) -> int:
+        """The module's input with peft's fp32 cast of it for the adapter (_cast_input_dtype; no
+        copy when the hidden stream is already fp32): T*in*(hidden [+ 4])."""
+        cast = FP32 if prec.hidden != FP32 else 0
+        return train.tokens * lin.in_features * (prec.hidden + cast)
+
+
+@dataclass(frozen=True)
+class RsLora(Lora):
+    """rsLoRA (Kalajdzievski 2023): LoRA's tensors and memory, scaling alpha / sqrt(r)."""
+
+    name: str = "rslora"
+
+    def scaling(self, alpha: float, rank: int) -> float:
+        return alpha / rank ** 0.5
+
+
+@dataclass(frozen=True)
+class Dora(Lora):
+    """DoRA (Liu et al. 2024): LoRA plus a magnitude per output row (peft's
+    lora_magnitude_vector, W.norm(dim=1)), the output rescaled by m / ||W + s*B@A||_row."""
+
+    name: str = "dora"
+    dora: bool = True
+
+    def tensors(self, lin: Linear, rank: int) -> tuple:
+        return super().tensors(lin, rank) + (("lora_magnitude_vector.weight", (lin.out_features,), "magnitude"),)
+
+    def saved(self, lin: Linear, train: TrainSpec, prec) -> int:
+        """LoRA's, and for the magnitude's gradient the base output and the LoRA output
+        (T*out*e), both as products of its forward m/||W + s*BA|| * (...) (peft
+        DoraLinearLayer.forward). The base output is in the dtype of the Linear's input: the
+        hidden stream for every Linear but o_proj, which reads the attention output (compute
+        dtype)."""
+        base = prec.compute if lin.role == "o" else prec.hidden
+        return super().saved(lin, train, prec) + train.tokens * lin.out_features * (base + lora_input_bytes(train, prec))
+
+    def dropout_saved(self, lin: Linear, train: TrainSpec, prec) -> int:
+        """LoRA's mask; DoRA then computes the base output again on the dropped input and keeps
+        a c-byte copy of the (dequantized) weight (out*in*c); QDoRA keeps 2*T*out less where the
+        module reads the fp32 stream (every module but o_proj). Tracer, tiny Llama, dropout 0.05:
+        to the byte for dora and qdora."""
+        if train.lora_dropout <= 0:
+            return 0
+        saved = super().dropout_saved(lin, train, prec) + lin.in_features * lin.out_features * prec.compute
+        if train.is_quantized and lin.role != "o":
+            saved -= 2 * train.tokens * lin.out_features
+        return saved
+
+    def working_set(self, lin: Linear, train: TrainSpec, prec) -> int:
+        """DoRA combines base and LoRA outputs with its fp32 magnitude scale: three fp32 T*out
+        temporaries beside the base output and lora_B's, while the two dense fp32 casts of its
+        norm computation are still referenced (tracer, toy Llama DoRA with checkpointing,
+        up_proj: three fp32 [4, 2048, 3584] products, two fp32 [3584, 1024])."""
+        t, out = train.tokens, lin.out_features
+        return t * out * (prec.hidden + lora_input_bytes(train, prec) + 3 * FP32) + 2 * out * lin.in_features * FP32
+
+    def running_kept(self, lin: Linear, train: TrainSpec, prec) -> int:
+        """lora_A's input copy and output (DoRA's kept base and LoRA outputs are the working
+        set's own)."""
+        return train.tokens * (lin.in_features + train.rank) * lora_input_bytes(train, prec)
+
+    def backward_workspace(self, lin: Linear, train: TrainSpec, prec) -> int:
+        """peft's DoRA output (m/||W + s*BA|| - 1) * base + m/||W + s*BA|| * lora * s multiplies
+        by an fp32 scale, so its backward makes fp32 gradients the size of the module's output:
+        the incoming one and those for the base and LoRA results, 3*T*out*4 (tracer: three
+        [4, 2048, 16384] fp32 tensors at Phi-3's gate_up_proj). With checkpointing, the
+        recomputed module's input, its fp32 cast and the two dense fp32 weight casts of its norm
+        computation are still alive there too (tracer, Phi-3 gate_up: two [16384, 3072] fp32
+        tensors and four [4, 2048, 3072] fp32 ones): T*in*(hidden + 4) + 2*out*in*4 more."""
+        workspace = 3 * train.tokens * lin.out_features * FP32
+        if train.gradient_checkpointing:
+            workspace += self.input_live(lin, train, prec) + 2 * lin.out_features * lin.in_features * FP32
+        return workspace
+
+    def norm_transient(self, lin: Linear, train: TrainSpec, prec) -> int:
+        """peft's DoRA forward materializes dense matrices to compute ||W + s*B@A|| per row.
+
+        get_lora_weight runs lora_B(lora_A(eye(in))): lora_A keeps its input for A's gradient
+        while the product lives, the fp32 identity itself (in*in*4) or, under autocast, the
+        c-byte copy autocast made of it (the fp32 one is then freed: the tracer shows one
+        11008 x 11008 bf16 identity live at Llama-2-7B's DoRA peak). Then four dense out*in
+        fp32 tensors coexist: the LoRA product cast to the input dtype, the (dequantized) base
+        weight cast to fp32, s*(B@A) and their sum (peft DoraLinearLayer). Under autocast the
+        product itself is a moment too: the fp32 identity, its c-byte copy and lora_B's c-byte
+        output (in*out) live together; when in >> out (Qwen2.5-7B's 18944 -> 3584 down_proj)
+        it is the larger one (tracer: 1.337 GiB fp32 identity and 0.668 GiB bf16 copy live at
+        the peak). The larger of the moments counts.
+        """
+        n_in, n_out = lin.in_features, lin.out_features
+        eye = n_in * n_in * (prec.compute if prec.autocast else FP32)
+        at_norm = eye + 4 * n_out * n_in * FP32
+        if not prec.autocast:
+            return at_norm
+        at_product = n_in * n_in * FP32 + eye + n_in * n_out * prec.compute
+        return max(at_norm, at_product)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A method: its base treatment and its adapter kind."""
+
+    base: BaseTreatment
+    adapter: NoAdapter
+
+
+SIXTEEN_BIT, FOUR_BIT = BaseTreatment(), FourBit()
+VARIANTS = {
+    "full": Variant(SIXTEEN_BIT, NoAdapter()),
+    "lora": Variant(SIXTEEN_BIT, Lora()),
+    "rslora": Variant(SIXTEEN_BIT, RsLora()),
+    "qlora": Variant(FOUR_BIT, Lora()),
+    "dora": Variant(SIXTEEN_BIT, Dora()),
+    "qdora": Variant(FOUR_BIT, Dora()),
+}
+
+
+def variant(train: TrainSpec) -> Variant:
+    """The variant of ``train.method``."""
+    return VARIANTS[train.method]

@@ -1,0 +1,1 @@
+"""What is planned: the architecture table, catalogs, specs, the tensor inventory."""

@@ -1,0 +1,1 @@
+"""Time: the step's work terms, the roofline, calibration from measured speeds."""
