@@ -183,7 +183,8 @@ def eager_forward_moment(model: ModelSpec, train: TrainSpec, prec: Precision) ->
     repeated k and v the matmuls use (the non-score part of :func:`attention_core_saved`),
     what the layer has kept before attention and its locals. Tracer, tiny Llama asked for
     eager with checkpointing, batch 1, seq 1024: the bf16 sum, the fp32 copy and the fp32
-    softmax, 10 bytes per score, at the forward peak. A zero moment where
+    softmax, 10 bytes per score, at the forward peak. In an fp32 attention
+    (:attr:`Precision.attention`) softmax makes no upcast: a + 4 bytes. A zero moment where
     :func:`eager_scores` is 0."""
     scores = eager_scores(model, train)
     if not scores:
@@ -191,10 +192,10 @@ def eager_forward_moment(model: ModelSpec, train: TrainSpec, prec: Precision) ->
     keeps = not train.gradient_checkpointing
     seq = layer_saved_sequence(model, train, prec)
     q = model.layer.by_role("q", "qkv")[0]
-    return LayerMoment(live=attention_core_saved(model, train, prec) - scores * (prec.compute + FP32),
+    return LayerMoment(live=attention_core_saved(model, train, prec) - scores * prec.eager_probabilities,
                        before=saved_before(seq, "attention") if keeps else 0,
                        locals=layer_locals(model, train, prec, q),
-                       working=scores * (prec.compute + 2 * FP32))
+                       working=scores * (prec.attention + 2 * FP32 - (FP32 if prec.attention == FP32 else 0)))
 
 
 def eager_backward_moment(model: ModelSpec, train: TrainSpec, prec: Precision) -> tuple[int, int]:
@@ -202,7 +203,8 @@ def eager_backward_moment(model: ModelSpec, train: TrainSpec, prec: Precision) -
     keeps what came before attention and attention's own saved set but the c-byte
     probabilities (freed once the probabilities-times-v matmul's backward is done); the
     workspace is the fp32 gradient of the probabilities (the backward of their cast to c
-    bytes) and softmax's fp32 input gradient, 8 bytes per score (tracer, tiny Llama asked for
+    bytes) and softmax's fp32 input gradient, 8 bytes per score (no cast is freed in an fp32
+    attention, :attr:`Precision.eager_probabilities`) (tracer, tiny Llama asked for
     eager with checkpointing, batch 1, seq 1024: the recomputed fp32 softmax and these two
     fp32 gradients, 12 bytes per score, at the backward peak). (0, 0) where
     :func:`eager_scores` is 0."""
@@ -210,5 +212,5 @@ def eager_backward_moment(model: ModelSpec, train: TrainSpec, prec: Precision) -
     if not scores:
         return 0, 0
     seq = layer_saved_sequence(model, train, prec)
-    kept = saved_before(seq, "attention") + attention_core_saved(model, train, prec) - scores * prec.compute
+    kept = saved_before(seq, "attention") + attention_core_saved(model, train, prec) - scores * (prec.eager_probabilities - FP32)
     return kept, 2 * scores * FP32

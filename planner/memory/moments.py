@@ -87,7 +87,7 @@ class StepMemory:
 # step_memory, and the plan reports which one peaked (peak_moment).
 MOMENTS = {
     "forward": ("loss", "layer_module", "layer_softmax", "last_layer_unsharded", "first_layer_unsharded"),
-    "backward": ("logits_grad", "layer_recompute", "layer_recompute_module", "layer_dequant", "layer_moe",
+    "backward": ("logits_grad", "lm_head", "layer_recompute", "layer_recompute_module", "layer_dequant", "layer_moe",
                  "layer_dora", "layer_softmax", "first_layer_recompute", "first_layer_recompute_module",
                  "first_layer_dequant", "first_layer_moe", "first_layer_softmax", "embedding",
                  "first_layer_saved"),
@@ -225,17 +225,22 @@ def step_memory(model: ModelSpec, train: TrainSpec, dtype: str) -> StepMemory:
     moments.append(("softmax", dict(transient__recompute=softmax_kept + in_flight, transient__attention=softmax_work)
                     if gc else dict(activations__saved=softmax_kept, transient__attention=softmax_work)))
     # in the first layer's backward every gradient exists but the trained embedding's, made last
-    # (one GPU; a sharded embedding's gradient is the parallel terms')
-    made = end_grads if train.parallel else grads - C.embedding_grad_pending(model, train, prec)
+    # (one GPU, and DDP, whose gradients are whole; a sharded embedding's gradient is the parallel terms')
+    made = end_grads if train.sharding not in ("none", "ddp") else grads - C.embedding_grad_pending(model, train, prec)
     end = _largest([_breakdown(f"first_layer_{name}", **persistent, grads=made, activations__input_leaf=leaf, **m,
                                **extra("backward_end"))
                     for name, m in moments]
-                   + [_breakdown("embedding", **persistent, grads=end_grads, transient__embedding_backward=C.embedding_backward_workspace(
+                   + [_breakdown("embedding", **persistent, grads=_grads_at_embedding(model, train, prec, end_grads),
+                                 transient__embedding_backward=C.embedding_backward_workspace(
                        model, train, prec), **extra("embedding_backward"))])
     if train.parallel and not gc:  # the first layer's backward: its saved set beside the gradients in flight
-        end = _largest((end, _breakdown("first_layer_saved", **persistent, grads=end_grads, activations__saved=per_layer,
+        end = _largest((end, _breakdown("first_layer_saved", **persistent, grads=made, activations__saved=per_layer,
                                         **extra("backward_end"))))
-    backward = _largest((start, top, end))
+    # A trained lm_head's backward: its gradients beside every activation (terms.lm_head_backward)
+    head = [_breakdown("lm_head", **persistent, activations__saved=saved, grads=weight_grads,
+                       activations__autocast_weights=(0 if gc else back_copies) + copy, activations__logits=logit_grads)
+            for weight_grads, logit_grads, copy in C.lm_head_backward(model, train, prec)]
+    backward = _largest((start, top, end, *head))
 
     optimizer = _breakdown("step", **persistent, grads=grads, activations__input_leaf=leaf,
                            optimizer__transient=opt_transient, **extra("optimizer"))
@@ -264,6 +269,15 @@ _LIVE = {
     "embedding_backward": {"unsharded_root": 1, "prefetch": 1, "root_grads": 1},
     "optimizer": {},
 }
+
+
+def _grads_at_embedding(model: ModelSpec, train: TrainSpec, prec: C.Precision, end_grads: int) -> int:
+    """The gradients there while the input embedding's backward runs, after every layer's:
+    ``end_grads`` (all of them on one GPU and under DDP), or under FSDP every layer's shard
+    (planner.sharding.fsdp_grads_after_layers: the first layer's is reduced by then)."""
+    if train.sharding != "fsdp" or S.fsdp_offloaded(train):
+        return end_grads
+    return S.fsdp_grads_after_layers(model, train, C.trainable_bytes_per_param(train, prec))
 
 
 def _per_gpu(model: ModelSpec, train: TrainSpec, prec: C.Precision, persistent: dict[str, int], grads: int,

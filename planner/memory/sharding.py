@@ -172,6 +172,16 @@ def fsdp_grads_at_backward_end(model: ModelSpec, train: TrainSpec, grad_bytes: i
     return (model.num_layers - 1) * layer * grad_bytes
 
 
+def fsdp_grads_after_layers(model: ModelSpec, train: TrainSpec, grad_bytes: int) -> int:
+    """FSDP: the sharded gradients there once every decoder layer's backward is done, while the
+    root's backward (the input embedding's) still runs: every layer's shard, the first layer's
+    included (its reduce-scatter ran when its backward ended); the root's are still whole
+    (:func:`fsdp_root_grads`). Tracer, Phi-4-mini full fine-tuning, 2 layers, 2 GPUs, tied
+    embedding: at the embedding's backward both layers' [50334720] bf16 gradient shards are
+    live beside lm_head's [200064, 3072] gradient, the embedding's and their sum."""
+    return model.num_layers * sharded(trainable_tensors(model, train, layer_only=True), train.num_gpus) * grad_bytes
+
+
 def ddp_grad_buckets(model: ModelSpec, train: TrainSpec, grad_bytes: int) -> int:
     """DDP's gradient buckets: every trainable parameter's gradient is copied into a flat
     bucket (bucket_cap_mb=25 each, the first 1 MiB) that is all-reduced in place; with

@@ -39,6 +39,22 @@ class Precision:
     hidden: int  # Linear outputs and the MLP between the matmuls
     stream: int  # the residual stream between the layers (embedding and norm outputs)
 
+    @property
+    def attention(self) -> int:
+        """Bytes per element of attention's q, k, v and output: the compute dtype under autocast
+        (which casts the projections' outputs), else the dtype the projections return, the
+        hidden stream's: fp32 for QLoRA / QDoRA without autocast, whose 4-bit Linears return
+        their fp32 input's dtype (tracer, SmolLM3-3B 2 layers, QLoRA pure bf16: fp32 rotated q
+        and k, v and SDPA output, twice the c-byte plan)."""
+        return self.compute if self.autocast else self.hidden
+
+    @property
+    def eager_probabilities(self) -> int:
+        """Bytes eager attention keeps per score for the probabilities: softmax's fp32 output and
+        its cast to the attention dtype a (:attr:`attention`) that multiplies v, 4 + a; the cast
+        is the same tensor when a is fp32 (``Tensor.to`` returns self), 4."""
+        return FP32 + (self.attention if self.attention != FP32 else 0)
+
 
 def precision(train: TrainSpec, dtype: str) -> Precision:
     """Byte sizes for a resolved dtype ("bf16", "fp16" or "fp32") and the precision scheme.
@@ -293,8 +309,10 @@ def attention_core_saved(model: ModelSpec, train: TrainSpec, prec: Precision) ->
     all heads (repeat_kv's copies), 3*T*q_dim*c, but not its output, which no op keeps
     (transformers' eager_attention_forward; tracer, Gemma-2-2B: per layer one [4, 8, 2048,
     256] q copy, two [4, 4, 2, 2048, 256] k / v copies, and the three score tensors).
+    c here is :attr:`Precision.attention` (fp32 for 4-bit methods without autocast), and the
+    probabilities :attr:`Precision.eager_probabilities`.
     """
-    t, c = train.tokens, prec.compute
+    t, c = train.tokens, prec.attention
     saved = t * (2 * model.q_dim + 2 * model.kv_dim) * c
     if model.layer.by_role("qkv") and prec.hidden == c:
         # Fused qkv (Phi-3): v is a slice of the qkv output, so keeping v keeps the whole
@@ -322,7 +340,7 @@ def attention_core_saved(model: ModelSpec, train: TrainSpec, prec: Precision) ->
     # (tracer, tiny Llama asked for eager: 6*B*H*S^2 + c*T*(q_dim - 2*kv_dim) - 4*B*H*S more
     # than SDPA per layer, for lora, qlora and dora alike)
     softcapped = model.eager_attention
-    return 3 * t * model.q_dim * c + scores * (c + FP32 + (c if softcapped else 0))
+    return 3 * t * model.q_dim * c + scores * (prec.eager_probabilities + (c if softcapped else 0))
 
 
 def mlp_core_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
@@ -427,6 +445,34 @@ def linear_inputs_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> 
     return t * (readers * model.hidden_size + mlp_inner) * c + attention_output_copy
 
 
+def shared_input_bytes(model: ModelSpec, train: TrainSpec, prec: Precision, lin: Linear) -> int:
+    """The part of an adapter's input copy (its kind's ``saved``) that is another adapter's
+    tensor: without autocast, peft's cast of an fp32 input to the fp32 adapter dtype is the
+    input itself (``Tensor.to`` returns self), so the adapters reading one norm output (q, k, v
+    the input norm's; gate, up the post-attention norm's) keep one T*in*4 tensor between them:
+    the first targeted reader counts it, the others 0. Only with an fp32 hidden stream (QLoRA /
+    QDoRA, or dtype fp32) and no dropout (dropout makes each module its own copy). Tracer, tiny
+    Llama 2 layers, QLoRA pure bf16 on q_proj, v_proj: one fp32 norm output per layer where the
+    plan had two.
+    o_proj's input is likewise the attention output itself, already kept by the kernel
+    (:func:`attention_core_saved`), when attention runs in fp32 (:attr:`Precision.attention`):
+    SDPA's output is laid out (batch, seq, heads, dim), so transformers' transpose and reshape
+    are views; not for eager attention or a RoPE ending in torch.cat, whose output layout makes
+    a copy (:func:`linear_inputs_saved`). Tracer, tiny Llama QLoRA pure: no o_proj input beside
+    the SDPA output."""
+    if prec.autocast or prec.hidden != FP32 or train.lora_dropout > 0:
+        return 0
+    if lin.role == "o":
+        copied = model.traits.rotary_concat or uses_eager(model, train)
+        return 0 if copied or prec.attention != FP32 else train.tokens * lin.in_features * FP32
+    if lin.role not in NORM_READER_ROLES:
+        return 0
+    group = ATTENTION_INPUT_ROLES if lin.role in ATTENTION_INPUT_ROLES else MLP_INPUT_ROLES
+    targeted = targets.targeted_names(model, train)
+    readers = [other.name for other in model.layer.by_role(*group) if other.name in targeted]
+    return 0 if not readers or readers[0] == lin.name else train.tokens * lin.in_features * FP32
+
+
 @lru_cache(maxsize=256)
 def layer_saved_sequence(model: ModelSpec, train: TrainSpec, prec: Precision) -> tuple[tuple[str, int], ...]:
     """What one decoder layer keeps for backward, in the order its forward creates it:
@@ -439,7 +485,8 @@ def layer_saved_sequence(model: ModelSpec, train: TrainSpec, prec: Precision) ->
     adapter = variant(train).adapter
 
     def adapters(*roles):
-        return [(lin.name, adapter.saved(lin, train, prec)) for lin in layer.by_role(*roles) if lin.name in targeted]
+        return [(lin.name, adapter.saved(lin, train, prec) - shared_input_bytes(model, train, prec, lin))
+                for lin in layer.by_role(*roles) if lin.name in targeted]
 
     def norms(*sites):
         return [("norm", norm_saved(model, train, prec, n)) for n in layer.norms_at(*sites)]
@@ -651,10 +698,17 @@ def logits_forward(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
     whole -2 and -4 bytes per token*hidden gap at the loss under checkpointing). A trained
     lm_head keeps its input anyway (:func:`model_level_saved`): not again for full
     fine-tuning, nor for a saved lm_head on a 16-bit stream, where that input is this same
-    tensor (under QLoRA the kept input is autocast's 16-bit copy of the fp32 one: both)."""
+    tensor (under QLoRA the kept input is autocast's 16-bit copy of the fp32 one: both).
+    Without autocast the logits are in lm_head's own dtype l (:func:`parameter_bytes`: fp32 for
+    QLoRA / QDoRA, whose lm_head prepare_model_for_kbit_training casts to fp32, and in fp32),
+    and the loss's upcast of fp32 logits is the same tensor: T*V*(l + 4) then (tracer,
+    SmolLM3-3B 2 layers, QLoRA pure: one fp32 [256, 128256] lm_head output and the log_softmax
+    output at the loss)."""
+    logit = prec.compute if prec.autocast else parameter_bytes(train, prec)
+    upcast = FP32 if logit != FP32 else 0
     same_tensor = targets.trains_lm_head(train) and (train.method == "full" or prec.stream == prec.compute)
     final_hidden = 0 if same_tensor else train.tokens * model.hidden_size * prec.stream
-    return (train.tokens * model.vocab_size * (prec.compute + 2 * FP32) + softcap_saved(model, train, prec)
+    return (train.tokens * model.vocab_size * (logit + upcast + FP32) + softcap_saved(model, train, prec)
             + final_hidden)
 
 
@@ -663,6 +717,37 @@ def logits_backward(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
     w.r.t. it, and the gradient w.r.t. the logits, all fp32: T*V*12, plus
     :func:`softcap_saved`."""
     return train.tokens * model.vocab_size * 3 * FP32 + softcap_saved(model, train, prec)
+
+
+def lm_head_backward(model: ModelSpec, train: TrainSpec, prec: Precision) -> tuple[tuple[int, int, int], ...]:
+    """A trained lm_head's backward (full fine-tuning, or lm_head in modules_to_save), one GPU,
+    with every decoder activation still kept: the moments (weight gradients, logits-side
+    gradients, lm_head's autocast copy) live beside them. The matmul runs in l bytes: the
+    compute dtype under autocast, else the weight's own dtype w (fp32 for QLoRA / QDoRA's
+    lm_head, whose input is then the fp32 stream).
+
+    - lm_head's matmul backward: its weight gradient (V*h*l) and input gradient (T*h*l) beside
+      the incoming logits gradient (T*V*l; the loss's fp32 tensors are freed by then) and,
+      under autocast, the weight's c-byte copy it kept (V*h*c when w != l).
+    - where w != l (an fp32 lm_head under autocast), the gradient's cast to the weight's dtype:
+      V*h*(l + w), once the matmul's inputs are freed.
+
+    Tracer, Qwen2.5-0.5B 2 layers, LoRA pure bf16, lm_head saved, batch 1 x 128: the bf16
+    [151936, 896] weight gradient, the bf16 [1, 128, 151936] logits gradient and the bf16
+    [128, 896] input gradient at the backward peak (the plan was 5.5% under without them);
+    SmolLM3-3B QLoRA pure: fp32 [128256, 2048], [256, 128256] and [256, 2048]; Phi-3-mini QLoRA
+    under autocast: the bf16 [32064, 3072] gradient and its fp32 cast. Empty without a
+    trained lm_head, and on several GPUs (their gradient terms are planner.memory.sharding's)."""
+    if not targets.trains_lm_head(train) or train.parallel:
+        return ()
+    v, h, t = model.vocab_size, model.hidden_size, train.tokens
+    w = prec.weight if train.method == "full" else parameter_bytes(train, prec)
+    lin = prec.compute if prec.autocast else w
+    copy = v * h * prec.compute if prec.autocast and w != lin else 0
+    moments = ((v * h * lin, t * (v + h) * lin, copy),)
+    if w != lin:
+        moments += ((v * h * (lin + w), t * h * lin, 0),)
+    return moments
 
 
 # ---------------------------------------------------------------- per-layer transients

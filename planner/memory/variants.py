@@ -216,21 +216,33 @@ class Dora(Lora):
         (T*out*e), both as products of its forward m/||W + s*BA|| * (...) (peft
         DoraLinearLayer.forward). The base output is in the dtype of the Linear's input: the
         hidden stream for every Linear but o_proj, which reads the attention output (compute
-        dtype)."""
-        base = prec.compute if lin.role == "o" else prec.hidden
+        dtype, :attr:`Precision.attention`)."""
+        base = self.base_output_bytes(lin, prec)
         return super().saved(lin, train, prec) + train.tokens * lin.out_features * (base + lora_input_bytes(train, prec))
+
+    def base_output_bytes(self, lin: Linear, prec) -> int:
+        """Bytes per element of the base output the module keeps without dropout: the dtype of
+        the Linear's input, the hidden stream's for every Linear but o_proj, which reads the
+        attention output."""
+        return prec.attention if lin.role == "o" else prec.hidden
 
     def dropout_saved(self, lin: Linear, train: TrainSpec, prec) -> int:
         """LoRA's mask; DoRA then computes the base output again on the dropped input and keeps
-        a c-byte copy of the (dequantized) weight (out*in*c); QDoRA keeps 2*T*out less where the
-        module reads the fp32 stream (every module but o_proj). Tracer, tiny Llama, dropout 0.05:
-        to the byte for dora and qdora."""
+        a copy of the (dequantized) weight in the dtype of peft's cast input (out*in*e, e from
+        :func:`lora_input_bytes`: DoraLinearLayer.forward casts the weight to x.dtype, fp32
+        after _cast_input_dtype, and F.linear keeps it; autocast makes it c bytes; tracer,
+        Llama-3.1-8B 2 layers, QDoRA pure bf16, dropout 0.05: fp32 [14336, 4096] copies, the plan
+        was 10% under with c bytes). The base output it keeps is then F.linear's on the dropped
+        input, in e bytes rather than the input's (:meth:`base_output_bytes`): under autocast
+        QDoRA keeps 2*T*out less where the module reads the fp32 stream (every module but
+        o_proj); pure bf16 DoRA 2*T*out more (tracer, tiny Llama DoRA pure, dropout 0.05: two
+        fp32 T x out tensors per module). Tracer, tiny Llama, dropout 0.05: to the byte for dora
+        and qdora under autocast."""
         if train.lora_dropout <= 0:
             return 0
-        saved = super().dropout_saved(lin, train, prec) + lin.in_features * lin.out_features * prec.compute
-        if train.is_quantized and lin.role != "o":
-            saved -= 2 * train.tokens * lin.out_features
-        return saved
+        e = lora_input_bytes(train, prec)
+        saved = super().dropout_saved(lin, train, prec) + lin.in_features * lin.out_features * e
+        return saved + train.tokens * lin.out_features * (e - self.base_output_bytes(lin, prec))
 
     def working_set(self, lin: Linear, train: TrainSpec, prec) -> int:
         """DoRA combines base and LoRA outputs with its fp32 magnitude scale: three fp32 T*out

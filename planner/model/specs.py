@@ -200,11 +200,6 @@ class TrainSpec:
         problems += self._parallel_problems()
         if problems:
             raise ValueError("; ".join(problems))
-        # plans cache their terms per TrainSpec: hash the fields once, not at every lookup
-        object.__setattr__(self, "_hash", hash(tuple(getattr(self, f.name) for f in fields(self))))
-
-    def __hash__(self) -> int:
-        return self._hash
 
     def _parallel_problems(self) -> list[str]:
         if self.num_gpus < 1:
