@@ -184,6 +184,10 @@ def plan(model: str | ModelSpec, gpu: str | GpuSpec, train: TrainSpec | None = N
     elif train.modules_to_save and dtype == "fp16" and train.precision == "autocast" and not train.is_quantized:
         notes += ("modules_to_save copies an fp16 model's modules in fp16, whose gradients a GradScaler "
                   "refuses: consider --precision mixed (fp32 weights)",)
+    if train.is_dora and train.precision == "mixed":
+        notes += ("DoRA / QDoRA under --precision mixed: the per-layer weight-norm and dropout transients are "
+                  "planned as under autocast; traces show them up to 3% above the plan (QDoRA) or 9% below "
+                  "(DoRA, small batches): check it with probe --device fake",)
     if model.vocab_size < model.intermediate_size:
         notes += (f"{model.name}'s vocabulary ({model.vocab_size}) is smaller than its MLP width "
                   f"({model.intermediate_size}): a layer's backward can then outgrow the logits, a moment the "

@@ -150,7 +150,7 @@ def layer_transient(model: ModelSpec, train: TrainSpec, prec: Precision, recompu
         live = adapter.input_live(lin, train, prec)
         before = saved_before(seq, lin.name) if keeps else 0
         local = 0 if recompute else layer_locals(model, train, prec, lin)
-        dequant = method.base.dequant_transient(lin, prec)
+        dequant = method.base.dequant_transient(lin, prec, backward=recompute)
         dora = adapter.norm_transient(lin, train, prec)
         context = live + before + local
         if not recompute:

@@ -646,7 +646,11 @@ def autocast_weight_copies(model: ModelSpec, train: TrainSpec, prec: Precision) 
 
     Under autocast a matmul with an fp32 weight runs on a c-byte copy of it, which the
     matmul keeps for the input gradient: adapter weights (adapter_params * c), and under
-    `mixed` every Linear weight as well. The lm_head's copy is :func:`lm_head_autocast_copy`.
+    `mixed` every Linear weight as well (:func:`mixed_linear_copies`). The lm_head's copy is
+    :func:`lm_head_autocast_copy`. QLoRA / QDoRA under `mixed` copy no Linear weight: their
+    decoder Linears are 4-bit, and bitsandbytes dequantizes them itself, outside autocast
+    (tracer, OLMo-2-7B 2 layers, QDoRA mixed: no bf16 copy of a packed weight is live, the whole
+    808 MB the plan kept in every phase).
     """
     if not prec.autocast:
         return 0
@@ -656,9 +660,47 @@ def autocast_weight_copies(model: ModelSpec, train: TrainSpec, prec: Precision) 
     if train.is_dora:  # the magnitude vectors are not matmul weights
         copies -= model.num_layers * sum(lin.out_features
                                          for lin in targets.targeted_linears(model, train.target_modules))
-    if train.precision == "mixed":
-        copies += counts.linear_weight_params(model)
-    return copies * prec.compute
+    if train.method == "full" or not train.gradient_checkpointing:
+        copies += mixed_linear_copies(model, train)
+    return (copies - first_layer_uncopied(model, train, prec)) * prec.compute
+
+
+def first_layer_uncopied(model: ModelSpec, train: TrainSpec, prec: Precision, backward: bool = False) -> int:
+    """Elements of the autocast copies the first layer's attention-input Linears (q, k, v or
+    qkv) do not keep: a matmul keeps its weight's copy only for its input's gradient, and
+    with a frozen embedding and no checkpointing the first layer's attention input needs none
+    (:func:`first_norm_unrecorded`): their base weights' copies under `mixed` (out*in each);
+    in backward (``backward``) also their lora_A copies (r*in each, when targeted), which
+    autocast's cache (trained leaves) holds until the forward's autocast exits. Tracer,
+    Llama-3.2-1B 2 layers, LoRA mixed: three [2048, 2048], two [512, 2048] and nine, not
+    twelve, [16, 2048] bf16 copies at the backward peak; at the loss all twelve lora_A
+    copies. DoRA keeps its lora_A copies (its weight norm's B @ A keeps them). 0 when the
+    embedding output needs a gradient."""
+    if targets.trains_embedding(train) or train.gradient_checkpointing or not prec.autocast:
+        return 0
+    readers = model.layer.by_role(*ATTENTION_INPUT_ROLES)
+    # DoRA's weight norm multiplies lora_B by lora_A, which keeps the same cached lora_A copy
+    adapter = variant(train).adapter
+    keeps_lora_a = adapter.trains_base or adapter.dora or not backward
+    targeted = () if keeps_lora_a else targets.targeted_names(model, train)
+    n = sum(lin.in_features * lin.out_features for lin in readers) if mixed_linear_copies(model, train) else 0
+    return n + sum(train.rank * lin.in_features for lin in readers if lin.name in targeted)
+
+
+def mixed_linear_copies(model: ModelSpec, train: TrainSpec) -> int:
+    """Elements of the c-byte copies autocast makes of the decoder Linear weights under
+    `mixed` (fp32 master weights), one per weight and matmul. torch's autocast caches only
+    casts of leaf tensors that require grad, so a frozen weight's copy lives only as long as
+    an op keeps it: without checkpointing the matmul keeps it for the input gradient (every
+    layer's, to the layer's backward), with checkpointing the layer keeps nothing and only
+    the layer being recomputed has them again (:func:`backward_autocast_copies`). A trained
+    weight (full fine-tuning) is cached until the forward's autocast exits (tier 4 traces).
+    Tracer, Qwen2.5-0.5B 2 layers, LoRA mixed with checkpointing, batch 1 x 512: no layer's
+    bf16 weight copy at the loss, only lm_head's (the whole 59.6 MB over-plan). 0 for 4-bit
+    Linears (bitsandbytes dequantizes them itself)."""
+    if train.precision != "mixed" or variant(train).base.quantized:
+        return 0
+    return counts.linear_weight_params(model)
 
 
 def backward_autocast_copies(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
@@ -669,7 +711,12 @@ def backward_autocast_copies(model: ModelSpec, train: TrainSpec, prec: Precision
     layer's share, the layers being alike). The tracer shows the difference as the whole
     3.7% over-plan of Qwen2.5-1.5B QDoRA r64 all-linear with checkpointing (0.137 GiB)."""
     copies = autocast_weight_copies(model, train, prec)
-    return copies // model.num_layers if train.gradient_checkpointing else copies
+    if not train.gradient_checkpointing:
+        return copies - (first_layer_uncopied(model, train, prec, backward=True)
+                         - first_layer_uncopied(model, train, prec)) * prec.compute
+    # the recomputed layer's matmuls keep its frozen weights' copies too (mixed_linear_copies)
+    linear = mixed_linear_copies(model, train) * prec.compute if prec.autocast and train.method != "full" else 0
+    return (copies + linear) // model.num_layers
 
 
 def lm_head_autocast_copy(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
@@ -756,7 +803,7 @@ def dequant_transient(model: ModelSpec, train: TrainSpec, prec: Precision) -> in
     """QLoRA / QDoRA: bitsandbytes' training matmul dequantizes the whole 4-bit weight to the
     compute dtype, one layer at a time: the largest out*in*c (forward and again in backward)."""
     base = variant(train).base
-    return max(base.dequant_transient(lin, prec) for lin in model.linears)
+    return max(base.dequant_transient(lin, prec, backward=True) for lin in model.linears)
 
 
 # ---------------------------------------------------------------- runtime

@@ -57,7 +57,7 @@ class BaseTreatment:
         """Bytes of a base parameter as stored (``weight``: the stored weight dtype's bytes)."""
         return weight
 
-    def dequant_transient(self, lin: Linear, prec) -> int:
+    def dequant_transient(self, lin: Linear, prec, backward: bool = False) -> int:
         """The dense copy of the weight a matmul makes: none."""
         return 0
 
@@ -83,10 +83,17 @@ class FourBit(BaseTreatment):
         Params4bit to fp32, and bitsandbytes swaps nn.Linear modules only."""
         return FP32
 
-    def dequant_transient(self, lin: Linear, prec) -> int:
+    def dequant_transient(self, lin: Linear, prec, backward: bool = False) -> int:
         """bitsandbytes' training matmul dequantizes the whole 4-bit weight to the compute dtype:
-        out*in*c, one module at a time (forward, and again in backward)."""
-        return lin.in_features * lin.out_features * prec.compute
+        out*in*c, one module at a time, in forward and again in ``backward``, where
+        MatMul4Bit.backward runs ``dequantize_4bit(B, state).to(grad_output.dtype)``: the weight
+        comes out in the quant state's dtype, the dtype the model was loaded in, and is then
+        cast to the compute dtype, both alive at the cast: c + 4 bytes per element under
+        `mixed`, whose model is loaded in fp32 (the forward's gemm_4bit dequantizes straight to
+        the input's dtype: c). Tracer, Phi-3-mini 2 layers, QLoRA mixed bf16: an fp32 and a bf16
+        [16384, 3072] gate_up weight live at the backward peak."""
+        per = prec.compute + (prec.weight if backward and prec.weight != prec.compute else 0)
+        return lin.in_features * lin.out_features * per
 
 
 # ---------------------------------------------------------------- adapter kinds
