@@ -1,4 +1,4 @@
-"""`python -m planner.cli.command`: the `plan` command."""
+"""`python -m planner.cli`: the `plan` command."""
 from .command import main
 
 main()
