@@ -175,6 +175,7 @@ def plan(model: str | ModelSpec, gpu: str | GpuSpec, train: TrainSpec | None = N
     check_known(model.kinds)
     targets.check_rank(model, train)
     dtype, notes = resolve_dtype(train.dtype, gpu.bf16, gpu.name)
+    notes = model.notes + notes
     if train.seq_len > model.max_position_embeddings:
         notes += (f"seq_len {train.seq_len} exceeds {model.name}'s max_position_embeddings "
                   f"{model.max_position_embeddings}",)

@@ -12,6 +12,7 @@ from planner import CatalogError, ModelSpec, get_model
 from planner.model.catalog import UnknownArchitecture
 from planner.cli.exits import ERROR, fail
 from planner.cli.options import adapter_options, parallel_options, parse_names, parse_targets, training_options
+from planner.cli.recipe_options import recipe_option, resolve_targets, with_recipe
 from planner.time.calibration import measured_speed
 from planner.model.specs import DTYPES, METHODS, OPTIMIZERS, TrainSpec
 from planner.units import GIB
@@ -88,13 +89,13 @@ def warn_emulated_bf16(probes) -> None:
                    "step's memory exactly in seconds", err=True)
 
 
-def resolve_model(name: str):
+def resolve_model(name: str, revision: str | None = None):
     """``--model``: the planner's model (a ModelSpec), or, for a config whose model_type the
     planner's architecture table lacks, what the builder needs to build it anyway (a
     probes.build.ProbeModel, measured with no planned figure). ValueError / CatalogError
     (one line) for anything else: an unknown name, a config that is not a decoder."""
     try:
-        return get_model(name)
+        return get_model(name, revision)
     except UnknownArchitecture as exc:
         from .build import from_unknown
 
@@ -121,9 +122,12 @@ def notes(rows: list[dict], extra: tuple[str, ...] = ()) -> str:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--model", "models", multiple=True, default=(DEFAULT_MODEL,), show_default=True,
-              help="Catalog alias (7b, llama-3.1-8b, qwen2.5-0.5b, ...), catalog HF id, or a local "
-                   "config.json path (any decoder transformers builds; one the planner cannot plan "
-                   "is measured with no planned figure). Repeatable.")
+              help="Catalog alias (7b, llama-3.1-8b, qwen2.5-0.5b, ...), any Hub model id (ORG/NAME: built "
+                   "from its config.json, no remote code), or a local config.json path (any decoder "
+                   "transformers builds; one the planner cannot plan is measured with no planned figure). "
+                   "Repeatable.")
+@click.option("--revision", default=None, help="Branch, tag or commit of the Hub model ids  [default: main]")
+@recipe_option
 @click.option("--method", "methods", multiple=True, type=click.Choice(METHODS + ("all",)),
               help="Method(s) to probe (repeatable, or 'all')  [default: lora]")
 @adapter_options
@@ -154,7 +158,7 @@ def notes(rows: list[dict], extra: tuple[str, ...] = ()) -> str:
 @click.option("--json", "as_json", is_flag=True,
               help='Print only {"rows": [...]} on stdout (bytes as integers).')
 @click.option("--force", is_flag=True, help="Measure on a GPU that other processes use.")
-def main(models, methods, rank, alpha, target_modules, target_parameters, lora_dropout, modules_to_save, batch_size, seq_len,
+def main(models, revision, recipe_paths, methods, rank, alpha, target_modules, target_parameters, lora_dropout, modules_to_save, batch_size, seq_len,
          gradient_checkpointing, dtype, precision, optim, quant_type, double_quant, attn_implementation, num_gpus, sharding,
          offload, device, steps, warmup, weights, output, as_json, force):
     """Measure what fine-tuning really uses: build the model (random init from its config,
@@ -181,11 +185,23 @@ def main(models, methods, rank, alpha, target_modules, target_parameters, lora_d
     """
     from planner import plan as planner_plan
 
+    recipe_notes = ()
+    if recipe_paths:  # the recipe's settings where no flag is given
+        p, recipe_notes = with_recipe(click.get_current_context(), recipe_paths, "probe")
+        models, revision, methods, rank, alpha, target_modules, target_parameters = (
+            p["models"], p["revision"], p["methods"], p["rank"], p["alpha"], p["target_modules"], p["target_parameters"])
+        lora_dropout, modules_to_save, batch_size, seq_len = (
+            p["lora_dropout"], p["modules_to_save"], p["batch_size"], p["seq_len"])
+        gradient_checkpointing, dtype, precision, optim, quant_type, double_quant, attn_implementation = (
+            p["gradient_checkpointing"], p["dtype"], p["precision"], p["optim"], p["quant_type"], p["double_quant"],
+            p["attn_implementation"])
+        num_gpus, sharding, offload = p["num_gpus"], p["sharding"], p["offload"]
     chosen = ("lora",) if not methods else METHODS if "all" in methods else tuple(dict.fromkeys(methods))
     sizes = parse_ints(batch_size, "--batch-size")
     lengths = parse_ints(seq_len, "--seq-len")
     try:
-        specs = [resolve_model(m) for m in models]
+        specs = [resolve_model(m, revision) for m in models]
+        target_modules = resolve_targets(target_modules, [s for s in specs if isinstance(s, ModelSpec)], recipe_paths)
         trains = [TrainSpec(method=m, rank=rank, alpha=alpha, target_modules=parse_targets(target_modules),
                             target_parameters=parse_names(target_parameters),
                             lora_dropout=lora_dropout, attn_implementation=attn_implementation,
@@ -253,7 +269,7 @@ def main(models, methods, rank, alpha, target_modules, target_parameters, lora_d
         except store.StoreError as exc:
             fail(str(exc), ERROR, prog="probe")
         rows.append(row)
-    extra = tuple(dict.fromkeys(n for probe in probes for n in probe.notes))
+    extra = tuple(dict.fromkeys(recipe_notes + tuple(n for probe in probes for n in probe.notes)))
     if not writer:
         return
     if as_json:

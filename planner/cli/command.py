@@ -11,6 +11,7 @@ from planner.plan import plan
 from planner.time.timing import total_hours
 from planner.model.targets import UnsupportedMethod
 from planner.cli.options import adapter_options, parallel_options, parse_names, parse_targets, training_options
+from .recipe_options import recipe_option, resolve_targets, with_notes, with_recipe
 from planner.model.specs import DTYPES, METHODS, OPTIMIZERS, TrainSpec
 from planner.units import GIB
 
@@ -26,8 +27,11 @@ def output_options(f):
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--model", "models", multiple=True, default=("7b",), show_default=True,
-              help="Catalog alias (7b, llama-3.1-8b, qwen2.5-0.5b, ...), catalog HF id, or a local "
-                   "config.json path. Repeatable.")
+              help="Catalog alias (7b, llama-3.1-8b, qwen2.5-0.5b, ...), any Hub model id (ORG/NAME: its "
+                   "config.json and safetensors headers, never the weights; the local HF cache first), or a "
+                   "local config.json path. Repeatable.")
+@click.option("--revision", default=None, help="Branch, tag or commit of the Hub model ids  [default: main]")
+@recipe_option
 @click.option("--gpu", "gpus", multiple=True, default=("t4",), show_default=True,
               help="GPU alias (t4, l4, a10g, rtx4090, a100-80gb, h100, ...) or 'all'. Repeatable.")
 @click.option("--method", "methods", multiple=True, type=click.Choice(METHODS + ("all",)),
@@ -57,7 +61,7 @@ def output_options(f):
 @click.option("--list-models", is_flag=True, help="List the catalog models and exit.")
 @click.option("--list-gpus", is_flag=True, help="List the catalog GPUs and exit.")
 @output_options
-def main(models, gpus, methods, rank, alpha, target_modules, target_parameters, lora_dropout, modules_to_save, batch_size, seq_len,
+def main(models, revision, recipe_paths, gpus, methods, rank, alpha, target_modules, target_parameters, lora_dropout, modules_to_save, batch_size, seq_len,
          gradient_checkpointing, dtype, precision, optim, quant_type, double_quant, attn_implementation,
          num_gpus, sharding, offload, search_batch, search_seq, dataset_tokens, epochs, calibrated, plot_path,
          list_models, list_gpus, fmt):
@@ -87,6 +91,17 @@ def main(models, gpus, methods, rank, alpha, target_modules, target_parameters, 
             g = get_gpu(name)
             click.echo(f"{name:<12} {g.memory_bytes / GIB:7.2f} GiB  {g.full_name}")
         return
+    recipe_notes = ()
+    if recipe_paths:  # the recipe's settings where no flag is given
+        p, recipe_notes = with_recipe(click.get_current_context(), recipe_paths, "plan")
+        models, revision, methods, rank, alpha, target_modules, target_parameters = (
+            p["models"], p["revision"], p["methods"], p["rank"], p["alpha"], p["target_modules"], p["target_parameters"])
+        lora_dropout, modules_to_save, batch_size, seq_len = (
+            p["lora_dropout"], p["modules_to_save"], p["batch_size"], p["seq_len"])
+        gradient_checkpointing, dtype, precision, optim, quant_type, double_quant, attn_implementation = (
+            p["gradient_checkpointing"], p["dtype"], p["precision"], p["optim"], p["quant_type"], p["double_quant"],
+            p["attn_implementation"])
+        num_gpus, sharding, offload = p["num_gpus"], p["sharding"], p["offload"]
     chosen = METHODS if not methods or "all" in methods else tuple(dict.fromkeys(methods))
     cals = None if calibrated else {}
     if dataset_tokens is not None and dataset_tokens < 1:
@@ -94,6 +109,8 @@ def main(models, gpus, methods, rank, alpha, target_modules, target_parameters, 
     if epochs < 1:
         fail(f"--epochs must be at least 1, got {epochs}", prog="plan")
     try:
+        model_specs = [get_model(m, revision) for m in models]
+        target_modules = resolve_targets(target_modules, model_specs, recipe_paths)
         base = TrainSpec(method=chosen[0], rank=rank, alpha=alpha, target_modules=parse_targets(target_modules),
                          target_parameters=parse_names(target_parameters),
                          lora_dropout=lora_dropout, attn_implementation=attn_implementation,
@@ -101,7 +118,6 @@ def main(models, gpus, methods, rank, alpha, target_modules, target_parameters, 
                          batch_size=batch_size, seq_len=seq_len, gradient_checkpointing=gradient_checkpointing,
                          dtype=dtype, precision=precision, optim=optim, quant_type=quant_type,
                          double_quant=double_quant, num_gpus=num_gpus, sharding=sharding, offload=offload)
-        model_specs = [get_model(m) for m in models]
         gpu_specs = get_gpus(gpus)
         reports: list[render.Report] = []
         blocks: list[str] = []
@@ -112,7 +128,7 @@ def main(models, gpus, methods, rank, alpha, target_modules, target_parameters, 
                 for method in chosen:
                     train = base.with_(method=method)
                     try:
-                        planned = plan(model, gpu, train, cals, cals)
+                        planned = with_notes(plan(model, gpu, train, cals, cals), recipe_notes)
                     except UnsupportedMethod as exc:
                         if methods and "all" not in methods:
                             raise  # asked for by name: an error

@@ -168,11 +168,12 @@ def _catalog_model(key: str) -> ModelSpec:
     return model_from_config(entry["config"], entry["name"], entry["hf_id"], entry["published_params"])
 
 
-def get_model(name: str) -> ModelSpec:
-    """A catalog alias ("7b"), a catalog HF id ("meta-llama/Llama-2-7b-hf"), or a path to a
-    local HF config.json (or to a folder holding one)."""
+def get_model(name: str, revision: str | None = None) -> ModelSpec:
+    """A catalog alias ("7b"), a catalog HF id ("meta-llama/Llama-2-7b-hf"), a path to a
+    local HF config.json (or to a folder holding one), or any Hub model id ("ORG/NAME", at
+    ``revision``, default main: planner.model.hub, which imports huggingface_hub only then)."""
     key = name.strip().lower()
-    if key in _model_index():
+    if key in _model_index() and not (revision and "/" in key):
         return _catalog_model(key)
     path = Path(name)
     if path.is_dir():
@@ -185,9 +186,14 @@ def get_model(name: str) -> ModelSpec:
         if not isinstance(config, dict):
             raise CatalogError(f"{name}: a config.json must hold a JSON object")
         return model_from_config(config, path.parent.name if path.name == "config.json" else path.stem)
+    from .hub import is_repo_id
+
+    if is_repo_id(name.strip()):
+        from .hub import resolve
+
+        return resolve(name.strip(), revision)
     if "/" in name or name.endswith(".json"):
-        raise CatalogError(f"unknown model {name!r}: not a catalog HF id and no such config.json "
-                           "(the planner works offline: pass a local config.json path)"
+        raise CatalogError(f"unknown model {name!r}: not a Hub model id (ORG/NAME) and no such config.json"
                            + _suggest(name.split("/")[-1], list(_model_index())))
     raise CatalogError(f"unknown model {name!r}{_suggest(name, list(_model_index()))}; "
                        "see `plan --list-models`")

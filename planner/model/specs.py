@@ -65,6 +65,9 @@ class ModelSpec:
     hf_id: str | None = None
     published_params: int | None = None
     config_json: str = field(default="{}", repr=False, compare=False)
+    # what every plan of this model says about it (a Hub model: where its config came from,
+    # its parameter count against the checkpoint's)
+    notes: tuple[str, ...] = field(default=(), repr=False, compare=False)
 
     @property
     def q_dim(self) -> int:

@@ -39,10 +39,53 @@ def test_every_plan_example_runs(tmp_path):
     plan_commands = [last_segment(c) for c in console_commands() if last_segment(c).startswith("plan")]
     assert len(plan_commands) >= 5
     for command in plan_commands:
-        args = [str(tmp_path / Path(a).name) if a.startswith("/tmp/") else a for a in shlex.split(command)[1:]]
+        args = [str(tmp_path / Path(a).name) if a.startswith("/tmp/") else str(ROOT / a) if a.startswith("tests/")
+                else a for a in shlex.split(command)[1:]]
         result = CliRunner().invoke(plan_main, args)
         assert result.exit_code == 0, (command, result.stderr)
         assert result.stdout
+
+
+def hub_examples():
+    """The illustrative `plan --model ORG/NAME` lines (a plain block: they need the Hub)."""
+    blocks = re.findall(r"\n```\n((?:plan .*\n)+)```", README)
+    return [line for block in blocks for line in block.splitlines()
+            if line.startswith("plan --model ") and "/" in line.split()[2]]
+
+
+def test_hub_examples_run_against_the_stand_in(hub):
+    """Each Hub example with its model id swapped for the stand-in's tiny Llama: the same
+    flags, through the real huggingface_hub client, no network."""
+    examples = hub_examples()
+    assert len(examples) == 2
+    for command in examples:
+        args = shlex.split(command)[1:]
+        args[args.index("--model") + 1] = "test-org/tiny-llama"
+        result = CliRunner().invoke(plan_main, args)
+        assert result.exit_code == 0, (command, result.stderr)
+        assert "note: parameters: planned 202,048, equal to the checkpoint's" in result.stdout
+
+
+def test_recipe_examples_are_run_above():
+    recipes = [c for c in console_commands() if "--recipe" in c]
+    assert len(recipes) == 4 and all((ROOT / a).is_file() for c in recipes for a in shlex.split(c) if a.startswith("tests/"))
+
+
+def test_callback_snippet_uses_real_parameters():
+    """The README's MemoryPlanCallback snippet calls the class and install() with parameters
+    they take (it needs a model and data to run; tests/probes/test_callback.py runs one)."""
+    import ast
+    import inspect
+
+    from probes.callback import MemoryPlanCallback
+
+    (block,) = [b for b in re.findall(r"```python\n(.*?)```", README, flags=re.S) if "MemoryPlanCallback" in b]
+    taken = set(inspect.signature(MemoryPlanCallback).parameters)
+    calls = [n for n in ast.walk(ast.parse(block)) if isinstance(n, ast.Call)
+             and ast.unparse(n.func) in ("MemoryPlanCallback", "MemoryPlanCallback.install")]
+    assert len(calls) == 2
+    for call in calls:
+        assert {k.arg for k in call.keywords} <= taken, ast.unparse(call)
 
 
 def test_example_output_is_what_plan_prints():

@@ -1,4 +1,5 @@
-"""The planner must not import torch (nor pandas): it is the instant, offline path."""
+"""The planner must not import torch (nor pandas): it is the instant, offline path. Nor
+huggingface_hub nor yaml for a catalog model: they load only for a Hub id or a recipe."""
 import subprocess
 import sys
 
@@ -8,7 +9,8 @@ from planner.cli.command import main
 try:
     main(["--model", "7b", "--gpu", "t4", "--max-batch-size"], standalone_mode=False)
 finally:
-    heavy = sorted(m for m in ("torch", "pandas", "numpy", "transformers", "peft", "bitsandbytes")
+    heavy = sorted(m for m in ("torch", "pandas", "numpy", "transformers", "peft", "bitsandbytes",
+                               "huggingface_hub", "yaml")
                    if m in sys.modules)
     print("HEAVY:", ",".join(heavy))
 """
@@ -30,3 +32,8 @@ def test_plan_imports_no_torch():
 def test_negative_control_the_check_sees_torch():
     _, heavy = run("import torch\n" + CHECK)
     assert "torch" in heavy.split(",")
+
+
+def test_negative_control_the_check_sees_the_hub_client():
+    _, heavy = run("import huggingface_hub, yaml\n" + CHECK)
+    assert heavy.split(",") == ["huggingface_hub", "yaml"]
