@@ -27,7 +27,14 @@ from dataclasses import dataclass
 
 from planner.model.architectures import Linear
 from planner.model.specs import TrainSpec
+from planner.time import roofline as R
+from planner.time.roofline import Work
 from planner.units import FP32
+
+# Eager ops one adapted Linear adds to a layer's forward (planner.time.timing.dispatched_ops):
+# the input cast, autocast's casts, A, B, the scaling and the sum; dropout 2 more; DoRA's weight
+# norm and scaling 15; a 4-bit Linear's dequantization and casts 3.
+OPS_ADAPTER, OPS_DROPOUT, OPS_DORA, OPS_QUANT = 8, 2, 15, 3
 
 
 def lora_input_bytes(train: TrainSpec, prec) -> int:
@@ -60,6 +67,16 @@ class BaseTreatment:
     def dequant_transient(self, lin: Linear, prec, backward: bool = False) -> int:
         """The dense copy of the weight a matmul makes: none."""
         return 0
+
+    ops = 0  # eager ops a base Linear adds beside its matmul
+
+    def dequant_bytes(self, lin: Linear, train: TrainSpec, c: int) -> float:
+        """Bytes one dequantization of ``lin``'s weight moves: none."""
+        return 0
+
+    def work(self, lin: Linear, train: TrainSpec, prec, layers: int) -> list[Work]:
+        """Work beside ``lin``'s matmul in ``layers`` layers: none."""
+        return []
 
 
 @dataclass(frozen=True)
@@ -94,6 +111,24 @@ class FourBit(BaseTreatment):
         [16384, 3072] gate_up weight live at the backward peak."""
         per = prec.compute + (prec.weight if backward and prec.weight != prec.compute else 0)
         return lin.in_features * lin.out_features * per
+
+    ops = OPS_QUANT
+
+    def dequant_bytes(self, lin: Linear, train: TrainSpec, c: int) -> float:
+        """One dequantization of an n-element 4-bit weight: its codes (half a byte each) and one
+        absmax per 64-weight block read (1 byte double-quantized, else 4), n*c bytes written
+        (Dettmers et al. 2023, QLoRA; bitsandbytes MatMul4Bit)."""
+        absmax = 1 if train.double_quant else FP32
+        return lin.in_features * lin.out_features * (0.5 + absmax / 64 + c)
+
+    def work(self, lin: Linear, train: TrainSpec, prec, layers: int) -> list[Work]:
+        """qlora/dequant: the weight dequantized in forward and again in backward
+        (:meth:`dequant_bytes`), and the fp32 hidden stream cast to and from the compute dtype,
+        T*(in + out)*(4 + c) bytes per pass."""
+        c = prec.compute
+        per_pass = self.dequant_bytes(lin, train, c) + train.tokens * (lin.in_features + lin.out_features) * (FP32 + c)
+        return [Work("qlora/dequant", 0, layers * per_pass, R.MEMORY, layer=True),
+                Work("qlora/dequant", 0, layers * per_pass, R.MEMORY)]
 
 
 # ---------------------------------------------------------------- adapter kinds
@@ -144,6 +179,14 @@ class NoAdapter:
         """A weight-norm computation in the module's forward: none."""
         return 0
 
+    def ops(self, train: TrainSpec) -> int:
+        """Eager ops the adapter adds to one Linear's forward: none."""
+        return 0
+
+    def work(self, lin: Linear, train: TrainSpec, prec, layers: int, base: BaseTreatment) -> list[Work]:
+        """The adapter's own work on ``lin`` in ``layers`` layers: none."""
+        return []
+
 
 @dataclass(frozen=True)
 class Lora(NoAdapter):
@@ -189,6 +232,27 @@ class Lora(NoAdapter):
     def running_kept(self, lin: Linear, train: TrainSpec, prec) -> int:
         """While lora_B runs, lora_A has kept its input copy and output: :meth:`saved`."""
         return self.saved(lin, train, prec)
+
+    def ops(self, train: TrainSpec) -> int:
+        return OPS_ADAPTER + (OPS_DROPOUT if train.lora_dropout else 0)
+
+    def work(self, lin: Linear, train: TrainSpec, prec, layers: int, base: BaseTreatment) -> list[Work]:
+        """adapters/matmul: A and B, 2*T*r*(in + out) forward, twice that backward (input and
+        weight gradients), as small matmuls. adapters/elementwise: peft casts the input to fp32
+        (the adapter dtype) and autocast back, scales and adds the output: T*in*(hidden + 8 + c)
+        + 5*T*out*c bytes forward, the same backward; dropout's mask and dropped fp32 input
+        T*in*9 more."""
+        t, c, r, L = train.tokens, prec.compute, train.rank, layers
+        i, o = lin.in_features, lin.out_features
+        fwd_bytes = c * t * (i + o + 2 * r)
+        ew = t * i * (prec.hidden + 8 + c) + 5 * t * o * c
+        if train.lora_dropout:
+            ew += t * i * (2 * FP32 + 1)  # the mask (bool) and the dropped fp32 input
+        return [Work("adapters/matmul", L * 2 * t * r * (i + o), L * fwd_bytes, R.SMALL_MATMUL, True, r),
+                Work("adapters/matmul", L * 4 * t * r * (i + o), L * (2 * fwd_bytes + FP32 * r * (i + o)),
+                     R.SMALL_MATMUL, narrow=r),
+                Work("adapters/elementwise", 0, L * ew, R.MEMORY, layer=True),
+                Work("adapters/elementwise", 0, L * ew, R.MEMORY)]
 
     def input_live(self, lin: Linear, train: TrainSpec, prec) -> int:
         """The module's input with peft's fp32 cast of it for the adapter (_cast_input_dtype; no
@@ -263,6 +327,31 @@ class Dora(Lora):
         """lora_A's input copy and output (DoRA's kept base and LoRA outputs are the working
         set's own)."""
         return train.tokens * (lin.in_features + train.rank) * lora_input_bytes(train, prec)
+
+    def ops(self, train: TrainSpec) -> int:
+        return super().ops(train) + OPS_DORA
+
+    def work(self, lin: Linear, train: TrainSpec, prec, layers: int, base: BaseTreatment) -> list[Work]:
+        """LoRA's, and dora/weight_norm: every forward peft's DoRA builds the dense W + s*B@A
+        (through an identity matrix: 2*r*in*(in + out) FLOPs) and its row norms: in*in*(4 + c) +
+        in*out*(c + 24) bytes (the weight cast to fp32, B@A, the scaled sum, the norm; a 4-bit
+        weight is dequantized once more), plus its magnitude scaling of the outputs, 4*T*out*c
+        bytes forward and backward (Liu et al. 2024; peft's DoraLinearLayer). dora/dropout_matmul:
+        with lora_dropout > 0 the dropped input is not the base layer's, so peft runs the base
+        matmul again on it (F.linear(x, W)), 2*T*n forward, and its input gradient."""
+        t, c, r, L = train.tokens, prec.compute, train.rank, layers
+        i, o = lin.in_features, lin.out_features
+        dense = i * o * (c + 24) + base.dequant_bytes(lin, train, c)
+        out = super().work(lin, train, prec, layers, base)
+        out += [Work("dora/weight_norm", L * 2 * r * i * (i + o), L * (i * i * (FP32 + c) + i * o * FP32),
+                     R.SMALL_MATMUL, True, r),
+                Work("dora/weight_norm", 0, L * (dense + 4 * t * o * c), R.MEMORY, layer=True),
+                Work("dora/weight_norm", 0, L * 4 * t * o * c, R.MEMORY)]
+        if train.lora_dropout:
+            flops, nbytes = L * 2 * t * i * o, L * (i * o * c + t * (i + o) * c)
+            out += [Work("dora/dropout_matmul", flops, nbytes, R.MATMUL, layer=True),
+                    Work("dora/dropout_matmul", flops, nbytes, R.MATMUL)]
+        return out
 
     def backward_workspace(self, lin: Linear, train: TrainSpec, prec) -> int:
         """peft's DoRA output (m/||W + s*BA|| - 1) * base + m/||W + s*BA|| * lora * s multiplies

@@ -85,3 +85,19 @@ def seconds(flops: float, nbytes: float, kind: str, gpu: GpuSpec, eff: Efficienc
     compute = flops / (gpu.tflops_dense_16bit * 1e12 * eff.compute(kind, narrow)) if flops else 0.0
     memory = nbytes / (gpu.bandwidth_gbs * 1e9 * eff.memory) if nbytes else 0.0
     return max(compute, memory)
+
+
+@dataclass(frozen=True)
+class Work:
+    """One piece of a step: FLOPs and bytes of one kernel class, under a term's key.
+
+    ``layer``: part of a decoder layer's forward (what checkpointing recomputes);
+    ``narrow``: a small matmul's small dimension (the rank), for tile quantization.
+    """
+
+    term: str
+    flops: float
+    nbytes: float
+    kind: str
+    layer: bool = False
+    narrow: int | None = None

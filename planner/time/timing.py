@@ -58,14 +58,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from planner.memory import terms as C
-from planner.model import inventory as inv
-from planner.time import roofline as R
-from planner.model import targets
 from planner.memory.terms import Precision, precision, uses_eager
-from planner.units import FP32
+from planner.memory.variants import variant
+from planner.model import inventory as inv
+from planner.model import targets
 from planner.model.precision import scheme
 from planner.model.specs import GpuSpec, ModelSpec, TrainSpec
+from planner.time import roofline as R
+from planner.time.roofline import Work
+from planner.units import FP32
 
 TERMS = ("forward/matmul", "backward/input_grad", "backward/weight_grad", "adapters/matmul",
          "adapters/elementwise", "attention/core", "elementwise/layers", "loss/cross_entropy",
@@ -75,23 +76,8 @@ TERMS = ("forward/matmul", "backward/input_grad", "backward/weight_grad", "adapt
 # about 10); backward about twice; each adapted Linear adds 8 (cast, autocast casts, A, B,
 # scale, add), dropout 2, DoRA's weight norm and scaling 15, a 4-bit Linear 3 (dequantize,
 # casts).
-OPS_LAYER, OPS_MOE, OPS_ADAPTER, OPS_DROPOUT, OPS_DORA, OPS_QUANT, OPS_HEAD = 40, 20, 8, 2, 15, 3, 10
-
-
-@dataclass(frozen=True)
-class Work:
-    """One piece of a step: FLOPs and bytes of one kernel class, under a term's key.
-
-    ``layer``: part of a decoder layer's forward (what checkpointing recomputes);
-    ``narrow``: a small matmul's small dimension (the rank), for tile quantization.
-    """
-
-    term: str
-    flops: float
-    nbytes: float
-    kind: str
-    layer: bool = False
-    narrow: int | None = None
+# (an adapter's and a 4-bit weight's ops are their variants': planner.memory.variants)
+OPS_LAYER, OPS_MOE, OPS_HEAD = 40, 20, 10
 
 
 def _linears(model: ModelSpec):
@@ -128,23 +114,15 @@ def base_matmuls(model: ModelSpec, train: TrainSpec, prec: Precision) -> list[Wo
 
 
 def adapter_work(model: ModelSpec, train: TrainSpec, prec: Precision) -> list[Work]:
-    """adapters/matmul and adapters/elementwise of every adapted Linear (and of fused expert
-    parameters: peft's ParamWrapper merges W + B@A each forward, 2*r*E*in*out FLOPs)."""
-    if not train.is_adapter:
-        return []
-    t, c, r, L, hid = train.tokens, prec.compute, train.rank, model.num_layers, prec.hidden
+    """Each adapted Linear's work, as its adapter kind owns it (adapters/matmul,
+    adapters/elementwise, DoRA's dora/weight_norm and dora/dropout_matmul:
+    planner.memory.variants), and LoRA on fused expert parameters (peft's ParamWrapper merges
+    W + B@A each forward, 2*r*E*in*out FLOPs)."""
+    method = variant(train)
+    c, L = prec.compute, model.num_layers
     out: list[Work] = []
     for lin in targets.targeted_linears(model, train.target_modules):
-        i, o = lin.in_features, lin.out_features
-        fwd_bytes = c * t * (i + o + 2 * r)
-        out.append(Work("adapters/matmul", L * 2 * t * r * (i + o), L * fwd_bytes, R.SMALL_MATMUL, True, r))
-        out.append(Work("adapters/matmul", L * 4 * t * r * (i + o), L * (2 * fwd_bytes + FP32 * r * (i + o)),
-                        R.SMALL_MATMUL, narrow=r))
-        ew = t * i * (hid + 8 + c) + 5 * t * o * c
-        if train.lora_dropout:
-            ew += t * i * (2 * FP32 + 1)  # the mask (bool) and the dropped fp32 input
-        out.append(Work("adapters/elementwise", 0, L * ew, R.MEMORY, layer=True))
-        out.append(Work("adapters/elementwise", 0, L * ew, R.MEMORY))
+        out += method.adapter.work(lin, train, prec, L, method.base)
     for p in targets.targeted_parameters(model, train):
         merged = p.weight
         out.append(Work("adapters/matmul", L * 2 * p.rank * merged, L * merged * 3 * c, R.SMALL_MATMUL, True, p.rank))
@@ -201,47 +179,10 @@ def elementwise_work(model: ModelSpec, train: TrainSpec, prec: Precision) -> lis
             Work("loss/cross_entropy", 0, t * v * (c + 16) + t * v * (c + 12), R.MEMORY)]
 
 
-def dora_work(model: ModelSpec, train: TrainSpec, prec: Precision) -> list[Work]:
-    """dora/weight_norm and dora/dropout_matmul (module docstring): per forward, so twice
-    under checkpointing. peft's DoraLinearLayer.forward casts the weight to the fp32 input's
-    dtype, builds B@A through an identity, adds and takes row norms; QDoRA dequantizes the
-    weight again for it. With lora_dropout > 0 the dropped input is not the base layer's, so
-    peft runs the base matmul again on it (F.linear(x, W)), and its input gradient."""
-    if not train.is_dora:
-        return []
-    t, c, r, L = train.tokens, prec.compute, train.rank, model.num_layers
-    out: list[Work] = []
-    for lin in targets.targeted_linears(model, train.target_modules):
-        i, o = lin.in_features, lin.out_features
-        dense = i * o * (c + 24) + (_dequant_bytes(i * o, train, c) if train.is_quantized else 0)
-        out.append(Work("dora/weight_norm", L * 2 * r * i * (i + o), L * (i * i * (FP32 + c) + i * o * FP32),
-                        R.SMALL_MATMUL, True, r))
-        out.append(Work("dora/weight_norm", 0, L * (dense + 4 * t * o * c), R.MEMORY, layer=True))
-        out.append(Work("dora/weight_norm", 0, L * 4 * t * o * c, R.MEMORY))
-        if train.lora_dropout:
-            flops, nbytes = L * 2 * t * i * o, L * (i * o * c + t * (i + o) * c)
-            out.append(Work("dora/dropout_matmul", flops, nbytes, R.MATMUL, layer=True))
-            out.append(Work("dora/dropout_matmul", flops, nbytes, R.MATMUL))
-    return out
-
-
 def dequant_work(model: ModelSpec, train: TrainSpec, prec: Precision) -> list[Work]:
-    """qlora/dequant (module docstring): one forward pass, one backward pass."""
-    if not train.is_quantized:
-        return []
-    t, c, L = train.tokens, prec.compute, model.num_layers
-    per_pass = 0.0
-    for lin in _linears(model):
-        n = lin.in_features * lin.out_features
-        per_pass += _dequant_bytes(n, train, c) + t * (lin.in_features + lin.out_features) * (FP32 + c)
-    return [Work("qlora/dequant", 0, L * per_pass, R.MEMORY, layer=True),
-            Work("qlora/dequant", 0, L * per_pass, R.MEMORY)]
-
-
-def _dequant_bytes(n: int, train: TrainSpec, c: int) -> float:
-    """One dequantization of an n-element 4-bit weight: its codes (half a byte each) and one
-    absmax per 64-weight block read (planner.memory.terms), n*c bytes written."""
-    return n * (0.5 + C.absmax_bytes(train.double_quant) / C.NF4_BLOCK + c)
+    """The base treatment's work beside each matmul (qlora/dequant for 4-bit weights)."""
+    base = variant(train).base
+    return [w for lin in _linears(model) for w in base.work(lin, train, prec, model.num_layers)]
 
 
 def optimizer_work(model: ModelSpec, train: TrainSpec, prec: Precision, grad_scaler: bool) -> list[Work]:
@@ -266,11 +207,10 @@ def optimizer_work(model: ModelSpec, train: TrainSpec, prec: Precision, grad_sca
 def dispatched_ops(model: ModelSpec, train: TrainSpec) -> int:
     """Eager ops one step launches (see OPS_*): forward, backward (2x), the recomputed
     forward under checkpointing, and the optimizer's foreach kernels (about 10)."""
-    adapted = len(targets.targeted_linears(model, train.target_modules)) if train.is_adapter else 0
-    per_linear = OPS_ADAPTER + (OPS_DROPOUT if train.lora_dropout else 0) + (OPS_DORA if train.is_dora else 0)
-    layer = OPS_LAYER + (OPS_MOE if model.layer.moe is not None else 0) + adapted * per_linear
-    if train.is_quantized:
-        layer += OPS_QUANT * len(_linears(model))
+    method = variant(train)
+    adapted = len(targets.targeted_linears(model, train.target_modules))
+    layer = (OPS_LAYER + (OPS_MOE if model.layer.moe is not None else 0) + adapted * method.adapter.ops(train)
+             + method.base.ops * len(_linears(model)))
     passes = 3 + (1 if train.gradient_checkpointing else 0)
     return model.num_layers * layer * passes + 3 * OPS_HEAD + 10
 
@@ -302,7 +242,7 @@ def work(model: ModelSpec, train: TrainSpec, dtype: str) -> list[Work]:
     prec = precision(train, dtype)
     pieces = (base_matmuls(model, train, prec) + adapter_work(model, train, prec)
               + attention_work(model, train, prec) + elementwise_work(model, train, prec)
-              + dora_work(model, train, prec) + dequant_work(model, train, prec)
+              + dequant_work(model, train, prec)
               + optimizer_work(model, train, prec, scheme(train, dtype).grad_scaler))
     if train.gradient_checkpointing:
         pieces += [Work("recompute/forward", w.flops, w.nbytes, w.kind, narrow=w.narrow)
