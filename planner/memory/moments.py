@@ -200,7 +200,7 @@ def step_memory(model: ModelSpec, train: TrainSpec, dtype: str) -> StepMemory:
     # layers' inputs are still kept (lm_head's copy is gone by then).
     # Without checkpointing no forward runs again: only bitsandbytes' backward dequantizes.
     moments = [("recompute", dict(transient__recompute=recompute + in_flight + M.recompute_stop_extra(model, train, prec))),
-               ("recompute_module", dict(transient__recompute=rec.live + rec.before + in_flight,
+               ("recompute_module", dict(transient__recompute=rec.live + rec.before + rec.locals + in_flight,
                                          transient__dequant=rec.dequant, transient__dora=rec.dora)) if gc
                else ("dequant", dict(transient__dequant=C.dequant_transient(model, train, prec)))]
     moe_back = C.moe_backward_workspace(model, train, prec)

@@ -613,7 +613,14 @@ def recompute_incoming_grads(model: ModelSpec, train: TrainSpec, prec: Precision
     recomputation: the magnitude scale's (T*h*4) and, when the hidden stream is 16-bit, the
     cast of the output back from fp32 (T*h*4 more). Tracer, Mistral-7B r8 all-linear, batch 4,
     seq 2048: DoRA one bf16 and two fp32 [4, 2048, 4096] gradients made before the
-    recomputation and live at its peak; QDoRA (fp32 hidden stream) one fp32 fewer.
+    recomputation and live at its peak; QDoRA (fp32 hidden stream) one fp32 fewer. With a
+    16-bit hidden stream DoRA's output is the sum of the base layer's 16-bit output and its fp32
+    DoRA term, so the gradient reaching the base output is cast back too: T*h*hidden more
+    (tracer, the same Mistral DoRA step: a second bf16 [4, 2048, 4096] gradient). Granite scales
+    each block's output by its residual multiplier before the residual sum, and that product's
+    gradient (T*h*hidden) is made before the recomputation too (tracer, Granite-3.3-8B 2 layers,
+    QDoRA autocast with checkpointing, batch 4, seq 2048: one fp32 [4, 2048, 4096] more than
+    Mistral's, the plan 1.8% under without it).
     0 without checkpointing."""
     if not train.gradient_checkpointing:
         return 0
@@ -621,6 +628,9 @@ def recompute_incoming_grads(model: ModelSpec, train: TrainSpec, prec: Precision
     grads = t * h * prec.stream
     if train.is_dora and any(lin.role == "down" for lin in targets.targeted_linears(model, train.target_modules)):
         grads += t * h * FP32 * (1 if prec.hidden == FP32 else 2)
+        grads += 0 if prec.hidden == FP32 else t * h * prec.hidden  # the base output's gradient, cast back
+        if model.traits.residual_multiplier and prec.hidden == FP32:
+            grads += t * h * FP32  # Granite: the MLP output's gradient, times the multiplier
     return grads
 
 

@@ -85,6 +85,7 @@ class Traits:
     rotary_concat: bool = False  # RoPE joins rotated and pass-through dims with torch.cat (Phi-3)
     attention_sinks: bool = False  # a learned sink logit per head joins the softmax (gpt-oss)
     embedding_multiplier: bool = False  # the model scales the embedding output itself (Granite)
+    residual_multiplier: bool = False  # each block's output is scaled before the residual sum (Granite)
     rotary_fraction: float = 1.0  # partial_rotary_factor: the share of head_dim RoPE rotates
     rope_tables: int = 1  # distinct cos/sin pairs per forward (Gemma-3: one per attention type)
     rope_fp32: bool = False  # the rotary embedding returns fp32 cos / sin (OLMo-2)
@@ -217,7 +218,7 @@ TABLE: dict[str, Architecture] = {
     # Granite's residual, attention and logits multipliers are scalar products that keep
     # nothing for backward (tracer: the same saved set as Llama); its embedding multiplier
     # makes a second T x h tensor after the embedding module (see components.activations_saved).
-    "granite": Architecture(traits=Traits(embedding_multiplier=True)),
+    "granite": Architecture(traits=Traits(embedding_multiplier=True, residual_multiplier=True)),
     # SmolLM3's no-RoPE layers keep the q_proj output instead of the rotated q: the same bytes.
     "smollm3": Architecture(tie_default=True),
     "phi3": Architecture(attention="fused", mlp="fused_gated", traits=Traits(rotary_concat=True)),
