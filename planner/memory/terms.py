@@ -340,7 +340,29 @@ def attention_core_saved(model: ModelSpec, train: TrainSpec, prec: Precision) ->
     # (tracer, tiny Llama asked for eager: 6*B*H*S^2 + c*T*(q_dim - 2*kv_dim) - 4*B*H*S more
     # than SDPA per layer, for lora, qlora and dora alike)
     softcapped = model.eager_attention
-    return 3 * t * model.q_dim * c + scores * (prec.eager_probabilities + (c if softcapped else 0))
+    return (3 * t * model.q_dim * c + scores * (prec.eager_probabilities + (c if softcapped else 0))
+            + eager_fused_qkv_kept(model, train, prec))
+
+
+def eager_fused_qkv_kept(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
+    """The rest of a fused qkv_proj output that eager attention keeps alive behind v, one layer:
+    T*(q_dim + kv_dim)*c, beside the T*q_dim*c of v that :func:`attention_core_saved` counts.
+
+    v is a strided slice of the qkv output, (b, heads, s, d) with strides (s*(q_dim + 2*kv_dim),
+    d, q_dim + 2*kv_dim, 1). torch.matmul(probs, v) folds v's batch and head dims into one
+    (``expand(...).reshape(b*heads, s, d)``) and bmm keeps that for backward: a view when
+    b = 1 (the head stride alone), so the whole qkv storage stays alive; a contiguous T*q_dim
+    copy when b > 1 (the strides do not merge), which is the v counted already. Only without
+    repeat_kv (heads == kv heads: Phi-3; a repeat copies v) and when v reaches the matmul in
+    the qkv output's dtype (no autocast copy, as in the SDPA case). Tracer, Phi-3-mini 2
+    layers, QLoRA pure fp32 eager, batch 1, seq 1664 (4 x DDP and 1 GPU): one fp32 [1, 1664,
+    9216] qkv output per layer at the backward peak besides the rotated q and k ([1, 32, 1664,
+    96] cats); at batch 3 no qkv output but a [3, 32, 1664, 96] v copy."""
+    if not model.layer.by_role("qkv") or prec.hidden != prec.attention:
+        return 0
+    if model.num_kv_heads != model.num_heads or train.batch_size != 1:
+        return 0
+    return train.tokens * (model.q_dim + model.kv_dim) * prec.attention
 
 
 def mlp_core_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
