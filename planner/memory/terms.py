@@ -330,10 +330,13 @@ def attention_core_saved(model: ModelSpec, train: TrainSpec, prec: Precision) ->
         # int64 [b, heads, s, 1] indices, the attention output).
         probs = scores + train.batch_size * model.num_heads * train.seq_len
         saved = 4 * t * model.q_dim * c + probs * c + train.batch_size * model.num_heads * train.seq_len * 8
-        if train.is_quantized or train.precision == "mixed":
+        if (train.is_quantized or train.precision == "mixed") and c != FP32:
             # fp32 sinks (prepare_model_for_kbit_training, or fp32 master weights) make the joined
             # scores fp32, and they are kept too (tracer, gpt-oss 2 layers, QLoRA, seq 2048:
-            # about 4 bytes per score per layer more than LoRA)
+            # about 4 bytes per score per layer more than LoRA); in an fp32 attention (no
+            # autocast: QLoRA pure, dtype fp32) the probabilities are those fp32 ones, no
+            # second copy (tracer, gpt-oss-20b 2 layers, QLoRA pure fp32, seq 1088: one fp32
+            # [1, 64, 1088, 1089] softmax per layer)
             saved += probs * FP32
         return saved
     # the fp32 softmax and its c-byte copy, and with logit softcapping (Gemma-2) the tanh output
