@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from planner.model import counts
 from planner.model import targets
 from planner.model.architectures import ATTENTION_ROLES, Linear
-from planner.memory.terms import FP32, Precision, attention_core_saved, layer_saved_sequence, uses_eager
+from planner.memory.terms import FP32, Precision, attention_core_saved, eager_fused_qkv_kept, layer_saved_sequence, uses_eager
 from planner.memory.variants import NoAdapter, variant
 from planner.model.specs import ModelSpec, TrainSpec
 
@@ -229,4 +229,14 @@ def eager_backward_moment(model: ModelSpec, train: TrainSpec, prec: Precision) -
         return 0, 0
     seq = layer_saved_sequence(model, train, prec)
     kept = saved_before(seq, "attention") + attention_core_saved(model, train, prec) - scores * (prec.eager_probabilities - FP32)
+    # that matmul's backward also freed v, and with it a fused qkv output it kept alive (tracer,
+    # Phi-3-mini QLoRA pure fp32 eager, checkpointing, batch 1: no [1, 1664, 9216] qkv output
+    # at the softmax backward, only v's [32, 1664, 96] gradient, which the T*q_dim of v stands for)
+    kept -= eager_fused_qkv_kept(model, train, prec)
+    if not train.gradient_checkpointing:
+        # the gradient of the residual stream after attention, T*h in the stream's dtype, alive
+        # until the layer's input gradient is summed (with checkpointing the moment counts it as
+        # recompute_incoming_grads) (tracer, tiny Phi-3 QLoRA pure fp32 eager, batch 1, seq 512:
+        # one fp32 [1, 512, 128] gradient beside the softmax backward)
+        kept += train.tokens * model.hidden_size * prec.stream
     return kept, 2 * scores * FP32

@@ -330,17 +330,42 @@ def attention_core_saved(model: ModelSpec, train: TrainSpec, prec: Precision) ->
         # int64 [b, heads, s, 1] indices, the attention output).
         probs = scores + train.batch_size * model.num_heads * train.seq_len
         saved = 4 * t * model.q_dim * c + probs * c + train.batch_size * model.num_heads * train.seq_len * 8
-        if train.is_quantized or train.precision == "mixed":
+        if (train.is_quantized or train.precision == "mixed") and c != FP32:
             # fp32 sinks (prepare_model_for_kbit_training, or fp32 master weights) make the joined
             # scores fp32, and they are kept too (tracer, gpt-oss 2 layers, QLoRA, seq 2048:
-            # about 4 bytes per score per layer more than LoRA)
+            # about 4 bytes per score per layer more than LoRA); in an fp32 attention (no
+            # autocast: QLoRA pure, dtype fp32) the probabilities are those fp32 ones, no
+            # second copy (tracer, gpt-oss-20b 2 layers, QLoRA pure fp32, seq 1088: one fp32
+            # [1, 64, 1088, 1089] softmax per layer)
             saved += probs * FP32
         return saved
     # the fp32 softmax and its c-byte copy, and with logit softcapping (Gemma-2) the tanh output
     # (tracer, tiny Llama asked for eager: 6*B*H*S^2 + c*T*(q_dim - 2*kv_dim) - 4*B*H*S more
     # than SDPA per layer, for lora, qlora and dora alike)
     softcapped = model.eager_attention
-    return 3 * t * model.q_dim * c + scores * (prec.eager_probabilities + (c if softcapped else 0))
+    return (3 * t * model.q_dim * c + scores * (prec.eager_probabilities + (c if softcapped else 0))
+            + eager_fused_qkv_kept(model, train, prec))
+
+
+def eager_fused_qkv_kept(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
+    """The rest of a fused qkv_proj output that eager attention keeps alive behind v, one layer:
+    T*(q_dim + kv_dim)*c, beside the T*q_dim*c of v that :func:`attention_core_saved` counts.
+
+    v is a strided slice of the qkv output, (b, heads, s, d) with strides (s*(q_dim + 2*kv_dim),
+    d, q_dim + 2*kv_dim, 1). torch.matmul(probs, v) folds v's batch and head dims into one
+    (``expand(...).reshape(b*heads, s, d)``) and bmm keeps that for backward: a view when
+    b = 1 (the head stride alone), so the whole qkv storage stays alive; a contiguous T*q_dim
+    copy when b > 1 (the strides do not merge), which is the v counted already. Only without
+    repeat_kv (heads == kv heads: Phi-3; a repeat copies v) and when v reaches the matmul in
+    the qkv output's dtype (no autocast copy, as in the SDPA case). Tracer, Phi-3-mini 2
+    layers, QLoRA pure fp32 eager, batch 1, seq 1664 (4 x DDP and 1 GPU): one fp32 [1, 1664,
+    9216] qkv output per layer at the backward peak besides the rotated q and k ([1, 32, 1664,
+    96] cats); at batch 3 no qkv output but a [3, 32, 1664, 96] v copy."""
+    if not model.layer.by_role("qkv") or prec.hidden != prec.attention:
+        return 0
+    if model.num_kv_heads != model.num_heads or train.batch_size != 1:
+        return 0
+    return train.tokens * (model.q_dim + model.kv_dim) * prec.attention
 
 
 def mlp_core_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
