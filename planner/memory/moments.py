@@ -1,21 +1,28 @@
-"""How the components live through the phases of one training step.
+"""The named moments of one training step; the peak is the largest.
 
-The peak is the max over phases of what is live in each, not the sum of all components
-(docs/design.md, "Phases"). A phase is an ordered breakdown {component name: bytes}; every
-method (full, lora, rslora, qlora, dora, qdora) goes through the same three phases, and the
-method only changes which components are non-zero (see planner.memory.terms).
+The peak is not the sum of all terms: it is the largest of the step's moments, each an
+instant at which some terms are live (docs/design.md, "Phases"). A moment is a function
+registered here under its phase and name (:func:`moment`) that returns its live bytes by
+component key, or None where it does not happen (a recomputation without checkpointing, an
+all-gather on one GPU). Its terms come from :class:`Step`, which computes each term of
+planner.memory.terms, layer and sharding once for the step.
 
-- forward: the end of forward, at the loss: persistent state, every saved activation, the
-  logits and their fp32 copies. Per-layer transients (dequantized 4-bit weights, DoRA's
-  dense norm computation) of the last layer coincide with almost all saved activations.
-- backward: the start of backward (logits gradients while every activation is still
-  alive), or its end (all gradients, the first layer's recomputation and transients).
-- optimizer: persistent state, every gradient and the optimizer's temporaries.
+- forward: the loss (every saved activation, the logits and their fp32 copies), or a
+  module of the last layer (its transients beside what the earlier layers kept), or an
+  all-gathered layer under FSDP;
+- backward: the logits' gradients with every activation kept, a layer's backward (its
+  recomputation, dequantization, DoRA's or the experts' workspace, eager attention's
+  softmax), the first layer's with every gradient made, the embedding's, lm_head's;
+- optimizer: the step, every gradient and the optimizer's temporaries.
+
+A plan reports its peak phase and moment (``peak_moment``), and its breakdown is that
+moment's terms.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
+from typing import Callable
 
 from planner.memory import terms as C
 from planner.memory import layer as M
@@ -83,18 +90,6 @@ class StepMemory:
         return self.total(self.peak_phase)
 
 
-# The moments of one step a plan can peak at, by phase: each is one named breakdown in
-# step_memory, and the plan reports which one peaked (peak_moment).
-MOMENTS = {
-    "forward": ("loss", "layer_module", "layer_softmax", "last_layer_unsharded", "first_layer_unsharded"),
-    "backward": ("logits_grad", "lm_head", "layer_recompute", "layer_recompute_module", "layer_dequant", "layer_moe",
-                 "layer_dora", "layer_softmax", "first_layer_recompute", "first_layer_recompute_module",
-                 "first_layer_dequant", "first_layer_moe", "first_layer_softmax", "embedding",
-                 "first_layer_saved"),
-    "optimizer": ("step",),
-}
-
-
 @dataclass(frozen=True)
 class Moment:
     """One instant of the step: its name, its live bytes by term (``weights__base`` names the
@@ -111,11 +106,6 @@ class Moment:
         for key, value in self.values.items():
             out[_KEY_OF[key]] = value
         return out
-
-
-def _largest(moments) -> Moment:
-    """The moment with the most live bytes (the first of equals)."""
-    return max(moments, key=_total)
 
 
 def _total(moment: Moment) -> int:
@@ -135,10 +125,91 @@ def _breakdown(moment: str, **values: int) -> Moment:
     return Moment(moment, values, sum(values.values()))
 
 
-@lru_cache(maxsize=4096)
-def step_memory(model: ModelSpec, train: TrainSpec, dtype: str) -> StepMemory:
-    """The three phases of one measured (post warm-up) step for any method (cached: the GPU
-    enters only through ``dtype``, so every GPU of one dtype shares it; read-only)."""
+# ---------------------------------------------------------------- the step's terms, once
+
+@dataclass(frozen=True)
+class Step:
+    """What the moments of one step read: its settings, its per-GPU persistent state and
+    gradients, the parallel terms live at a moment (:func:`_per_gpu`), and every other term
+    computed once, when a moment first reads it."""
+
+    model: ModelSpec
+    train: TrainSpec
+    prec: C.Precision
+    persistent: dict[str, int]  # weights, adapters, saved modules, optimizer states (one rank's)
+    grads: int  # at the optimizer step
+    end_grads: int  # at the end of backward (FSDP: the other layers' shards)
+    opt_transient: int
+    parallel: Callable[[str], dict[str, int]]  # the parallel terms live at a moment (none on one GPU)
+
+    @property
+    def gc(self) -> bool:
+        return self.train.gradient_checkpointing
+
+    def _term(self, fn):
+        return fn(self.model, self.train, self.prec)
+
+    @cached_property
+    def saved(self) -> int:
+        return self._term(C.activations_saved)
+
+    @cached_property
+    def layer_copies(self) -> int:
+        return self._term(C.autocast_weight_copies)
+
+    @cached_property
+    def head_copy(self) -> int:
+        return self._term(C.lm_head_autocast_copy)
+
+    @cached_property
+    def back_copies(self) -> int:
+        return self._term(C.backward_autocast_copies)
+
+    @cached_property
+    def final_norm(self) -> int:
+        """The final norm's saved set: not run yet while the layers run."""
+        return C.norm_saved(self.model, self.train, self.prec)
+
+    @cached_property
+    def per_layer(self) -> int:
+        return self._term(C.layer_saved)
+
+    @cached_property
+    def recompute(self) -> int:
+        return self._term(C.recompute_transient)
+
+    @cached_property
+    def in_flight(self) -> int:
+        return self._term(C.recompute_incoming_grads)
+
+    @cached_property
+    def fwd(self) -> M.LayerMoment:
+        return self._term(M.layer_transient)
+
+    @cached_property
+    def rec(self) -> M.LayerMoment:
+        return M.layer_transient(self.model, self.train, self.prec, recompute=True)
+
+    @cached_property
+    def softmax_back(self) -> tuple[int, int]:
+        return self._term(M.eager_backward_moment)
+
+    @cached_property
+    def leaf(self) -> int:
+        return self._term(C.checkpoint_input_leaf)
+
+    @cached_property
+    def made(self) -> int:
+        """The gradients made by the first layer's backward: every one but the trained
+        embedding's, made last (one GPU, and DDP, whose gradients are whole; a sharded
+        embedding's gradient is the parallel terms')."""
+        if self.train.sharding not in ("none", "ddp"):
+            return self.end_grads
+        return self.grads - self._term(C.embedding_grad_pending)
+
+
+def step_context(model: ModelSpec, train: TrainSpec, dtype: str) -> Step:
+    """The :class:`Step` of ``train`` on ``model`` in the resolved compute dtype ``dtype``."""
     prec = C.precision(train, dtype)
     persistent = dict(
         weights__base=C.weights_base(model, train, prec),
@@ -147,107 +218,245 @@ def step_memory(model: ModelSpec, train: TrainSpec, dtype: str) -> StepMemory:
         adapters__modules=C.saved_module_bytes(model, train, prec),
         optimizer__states=C.optimizer_states(model, train, prec),
     )
-    saved = C.activations_saved(model, train, prec)
-    layer_copies = C.autocast_weight_copies(model, train, prec)
-    head_copy = C.lm_head_autocast_copy(model, train, prec)
-    copies = layer_copies + head_copy
-    back_copies = C.backward_autocast_copies(model, train, prec)
-    fwd = M.layer_transient(model, train, prec)
-    rec = M.layer_transient(model, train, prec, recompute=True)
-    final_norm = C.norm_saved(model, train, prec)  # not run yet in the layers' forward
     grads = C.grads(model, train, prec)
-    per_layer = C.layer_saved(model, train, prec)
-    recompute = C.recompute_transient(model, train, prec)
-    in_flight = C.recompute_incoming_grads(model, train, prec)
-    gc = train.gradient_checkpointing
     opt_transient = C.optimizer_transient(model, train, prec)
-    extra = lambda moment: {}  # noqa: E731 - one GPU: no parallel terms
-    end_grads = grads
-    if train.parallel:
-        persistent, grads, end_grads, opt_transient, extra = _per_gpu(model, train, prec, persistent, grads,
-                                                                      opt_transient)
+    if not train.parallel:
+        return Step(model, train, prec, persistent, grads, grads, opt_transient, _NO_PARALLEL)
+    persistent, grads, end_grads, opt_transient, parallel = _per_gpu(model, train, prec, persistent, grads,
+                                                                     opt_transient)
+    return Step(model, train, prec, persistent, grads, end_grads, opt_transient, parallel)
 
-    # Forward: the loss moment, or the last layer's worst per-module transient (before
-    # lm_head has run). That layer has kept only what came before the module; a
-    # checkpointed layer keeps nothing during its forward.
-    at_loss = _breakdown("loss", **persistent, activations__saved=saved, activations__autocast_weights=copies,
-                         activations__logits=C.logits_forward(model, train, prec), **extra("at_loss"))
-    in_layer_saved = saved - final_norm + fwd.live + (0 if gc else fwd.before - per_layer)
-    in_layer = _breakdown("layer_module", **persistent, activations__saved=in_layer_saved, activations__autocast_weights=layer_copies,
-                          transient__module=fwd.locals + fwd.working, transient__dequant=fwd.dequant,
-                          transient__dora=fwd.dora, **extra("in_layer"))
-    eager = M.eager_forward_moment(model, train, prec)
-    at_softmax = _breakdown("layer_softmax", **persistent, activations__saved=saved - final_norm + eager.live + eager.before
-                            + (0 if gc else -per_layer), activations__autocast_weights=layer_copies,
-                            transient__module=eager.locals, transient__attention=eager.working, **extra("in_layer"))
-    forward = _largest((at_loss, in_layer, at_softmax))
-    if train.parallel:  # the last layer being unsharded: what the earlier layers kept, two all-gather buffers
-        start_saved = saved - final_norm - (0 if gc else per_layer)
-        forward = _largest((forward, _breakdown("last_layer_unsharded", **persistent, activations__saved=start_saved,
-                                                activations__autocast_weights=layer_copies, **extra("layer_start"))))
-        # the first layer being unsharded: the root's all-gather buffer still lingers beside the
-        # root's and the layer's parameters and the layer's buffer; only the embedding output exists
-        embedded = train.tokens * model.hidden_size * prec.stream
-        forward = _largest((forward, _breakdown("first_layer_unsharded", **persistent, transient__module=embedded, **extra("first_layer"))))
 
-    # Backward start: logits gradients with every activation still kept. Full fine-tuning's
-    # first gradient (lm_head, or the tied embedding at the end) is small beside them.
-    start = _breakdown("logits_grad", **persistent, activations__saved=saved,
-                       activations__autocast_weights=(0 if gc else back_copies) + head_copy,
-                       activations__logits=C.logits_backward(model, train, prec), **extra("at_loss"))
-    # The last layer's backward: with checkpointing its recomputation (the whole layer, or the
-    # part before the worst per-module transient, with that transient) while the other
-    # layers' inputs are still kept (lm_head's copy is gone by then).
-    # Without checkpointing no forward runs again: only bitsandbytes' backward dequantizes.
-    moments = [("recompute", dict(transient__recompute=recompute + in_flight + M.recompute_stop_extra(model, train, prec))),
-               ("recompute_module", dict(transient__recompute=rec.live + rec.before + rec.locals + in_flight,
-                                         transient__dequant=rec.dequant, transient__dora=rec.dora)) if gc
-               else ("dequant", dict(transient__dequant=C.dequant_transient(model, train, prec)))]
-    moe_back = C.moe_backward_workspace(model, train, prec)
-    if moe_back:
-        moments.append(("moe", dict(transient__recompute=recompute + in_flight if gc else 0,
-                                    transient__moe_backward=moe_back)))
-    kept, workspace = M.adapter_backward_moment(model, train, prec)
-    dora_back = _breakdown("layer_dora", **persistent, activations__saved=saved if gc else saved - per_layer + kept,
-                           activations__autocast_weights=back_copies, transient__recompute=kept if gc else 0,
-                           transient__dora_backward=workspace, **extra("backward_layer"))
-    softmax_kept, softmax_work = M.eager_backward_moment(model, train, prec)
-    softmax_back = _breakdown("layer_softmax", **persistent, activations__saved=saved - final_norm - (0 if gc else per_layer - softmax_kept),
-                              activations__autocast_weights=back_copies,
-                              transient__recompute=(softmax_kept + in_flight) if gc else 0,
-                              transient__attention=softmax_work, **extra("backward_layer"))
-    top = _largest([_breakdown(f"layer_{name}", **persistent, activations__saved=saved - final_norm,
-                               activations__autocast_weights=back_copies, **m, **extra("backward_layer"))
-                    for name, m in moments] + [dora_back, softmax_back])
-    # Backward end: all gradients, the first layer's recomputation and transients.
-    leaf = C.checkpoint_input_leaf(model, train, prec)
-    # (the first layer's eager softmax backward, every later gradient made: what full fine-tuning peaks at)
-    moments.append(("softmax", dict(transient__recompute=softmax_kept + in_flight, transient__attention=softmax_work)
-                    if gc else dict(activations__saved=softmax_kept, transient__attention=softmax_work)))
-    # in the first layer's backward every gradient exists but the trained embedding's, made last
-    # (one GPU, and DDP, whose gradients are whole; a sharded embedding's gradient is the parallel terms')
-    made = end_grads if train.sharding not in ("none", "ddp") else grads - C.embedding_grad_pending(model, train, prec)
-    end = _largest([_breakdown(f"first_layer_{name}", **persistent, grads=made, activations__input_leaf=leaf, **m,
-                               **extra("backward_end"))
-                    for name, m in moments]
-                   + [_breakdown("embedding", **persistent, grads=_grads_at_embedding(model, train, prec, end_grads),
-                                 transient__embedding_backward=C.embedding_backward_workspace(
-                       model, train, prec), **extra("embedding_backward"))])
-    if train.parallel and not gc:  # the first layer's backward: its saved set beside the gradients in flight
-        end = _largest((end, _breakdown("first_layer_saved", **persistent, grads=made, activations__saved=per_layer,
-                                        **extra("backward_end"))))
-    # A trained lm_head's backward: its gradients beside every activation (terms.lm_head_backward)
-    head = [_breakdown("lm_head", **persistent, activations__saved=saved, grads=weight_grads,
-                       activations__autocast_weights=(0 if gc else back_copies) + copy, activations__logits=logit_grads)
-            for weight_grads, logit_grads, copy in C.lm_head_backward(model, train, prec)]
-    backward = _largest((start, top, end, *head))
+def _NO_PARALLEL(moment: str) -> dict[str, int]:  # one GPU: no parallel terms
+    return {}
 
-    optimizer = _breakdown("step", **persistent, grads=grads, activations__input_leaf=leaf,
-                           optimizer__transient=opt_transient, **extra("optimizer"))
-    chosen = {"forward": forward, "backward": backward, "optimizer": optimizer}
+
+# ---------------------------------------------------------------- the registry
+
+REGISTRY: dict[str, list[tuple[str, Callable[[Step], dict | None]]]] = {phase: [] for phase in PHASES}
+
+
+def moment(phase: str, name: str):
+    """Register a moment of ``phase``: a function of the :class:`Step` that returns its live
+    bytes by term, or None where the moment does not happen. Within a phase, the first of
+    equal moments is the one reported."""
+    def register(fn):
+        REGISTRY[phase].append((name, fn))
+        return fn
+    return register
+
+
+@lru_cache(maxsize=4096)
+def step_memory(model: ModelSpec, train: TrainSpec, dtype: str) -> StepMemory:
+    """The largest moment of each phase of one measured (post warm-up) step (cached: the GPU
+    enters only through ``dtype``, so every GPU of one dtype shares it; read-only)."""
+    step = step_context(model, train, dtype)
+    chosen = {}
+    for phase, moments in REGISTRY.items():
+        candidates = []
+        for name, fn in moments:
+            values = fn(step)
+            if values is not None:
+                candidates.append(_breakdown(name, **values))
+        chosen[phase] = max(candidates, key=_total)
     return StepMemory(phases={phase: m.terms for phase, m in chosen.items()},
-                      paged_optimizer_bytes=C.optimizer_states_paged(model, train, prec),
+                      paged_optimizer_bytes=C.optimizer_states_paged(model, train, step.prec),
                       moments={phase: m.name for phase, m in chosen.items()})
+
+
+# ---------------------------------------------------------------- forward
+
+@moment("forward", "loss")
+def _loss(s: Step):
+    """The end of forward: every saved activation, the decoder layers' and lm_head's
+    autocast copies, the logits and their fp32 copies."""
+    return dict(**s.persistent, activations__saved=s.saved, activations__autocast_weights=s.layer_copies + s.head_copy,
+                activations__logits=s._term(C.logits_forward), **s.parallel("at_loss"))
+
+
+@moment("forward", "layer_module")
+def _layer_module(s: Step):
+    """The last layer's worst per-module transient (before lm_head has run): that layer has
+    kept only what came before the module; a checkpointed layer keeps nothing in its forward."""
+    fwd = s.fwd
+    saved = s.saved - s.final_norm + fwd.live + (0 if s.gc else fwd.before - s.per_layer)
+    return dict(**s.persistent, activations__saved=saved, activations__autocast_weights=s.layer_copies,
+                transient__module=fwd.locals + fwd.working, transient__dequant=fwd.dequant,
+                transient__dora=fwd.dora, **s.parallel("in_layer"))
+
+
+@moment("forward", "layer_softmax")
+def _layer_softmax(s: Step):
+    """Eager attention's softmax in the last layer's forward."""
+    eager = s._term(M.eager_forward_moment)
+    saved = s.saved - s.final_norm + eager.live + eager.before + (0 if s.gc else -s.per_layer)
+    return dict(**s.persistent, activations__saved=saved, activations__autocast_weights=s.layer_copies,
+                transient__module=eager.locals, transient__attention=eager.working, **s.parallel("in_layer"))
+
+
+@moment("forward", "last_layer_unsharded")
+def _last_layer_unsharded(s: Step):
+    """Several GPUs: the last layer being unsharded, beside what the earlier layers kept and two
+    all-gather buffers."""
+    if not s.train.parallel:
+        return None
+    saved = s.saved - s.final_norm - (0 if s.gc else s.per_layer)
+    return dict(**s.persistent, activations__saved=saved, activations__autocast_weights=s.layer_copies,
+                **s.parallel("layer_start"))
+
+
+@moment("forward", "first_layer_unsharded")
+def _first_layer_unsharded(s: Step):
+    """Several GPUs: the first layer being unsharded; the root's all-gather buffer still
+    lingers beside the root's and the layer's parameters and the layer's buffer; only the
+    embedding output exists."""
+    if not s.train.parallel:
+        return None
+    embedded = s.train.tokens * s.model.hidden_size * s.prec.stream
+    return dict(**s.persistent, transient__module=embedded, **s.parallel("first_layer"))
+
+
+# ---------------------------------------------------------------- backward
+
+@moment("backward", "logits_grad")
+def _logits_grad(s: Step):
+    """The start of backward: the logits' gradients with every activation still kept. Full
+    fine-tuning's first gradient (lm_head, or the tied embedding at the end) is small beside them."""
+    return dict(**s.persistent, activations__saved=s.saved,
+                activations__autocast_weights=(0 if s.gc else s.back_copies) + s.head_copy,
+                activations__logits=s._term(C.logits_backward), **s.parallel("at_loss"))
+
+
+# The last layer's backward (lm_head's copy is gone by then) and the first layer's (every
+# gradient made but the embedding's) share their layer parts: with checkpointing the
+# recomputation (the whole layer, or the part before the worst per-module transient, with
+# that transient); without it, only bitsandbytes' backward dequantizes; the experts' LoRA
+# workspace; eager attention's softmax (the first layer's: what full fine-tuning peaks at).
+
+def _recompute_part(s: Step):
+    return dict(transient__recompute=s.recompute + s.in_flight + s._term(M.recompute_stop_extra))
+
+
+def _recompute_module_part(s: Step):
+    if not s.gc:
+        return None
+    rec = s.rec
+    return dict(transient__recompute=rec.live + rec.before + rec.locals + s.in_flight,
+                transient__dequant=rec.dequant, transient__dora=rec.dora)
+
+
+def _dequant_part(s: Step):
+    return None if s.gc else dict(transient__dequant=s._term(C.dequant_transient))
+
+
+def _moe_part(s: Step):
+    workspace = s._term(C.moe_backward_workspace)
+    if not workspace:
+        return None
+    return dict(transient__recompute=s.recompute + s.in_flight if s.gc else 0, transient__moe_backward=workspace)
+
+
+def _last_layer(part):
+    def last_layer(s: Step):
+        values = part(s)
+        if values is None:
+            return None
+        return dict(**s.persistent, activations__saved=s.saved - s.final_norm,
+                    activations__autocast_weights=s.back_copies, **values, **s.parallel("backward_layer"))
+    last_layer.__doc__ = f"The last layer's backward: {part.__name__.strip('_').replace('_', ' ')}."
+    return last_layer
+
+
+def _first_layer(part):
+    def first_layer(s: Step):
+        values = part(s)
+        if values is None:
+            return None
+        return dict(**s.persistent, grads=s.made, activations__input_leaf=s.leaf, **values,
+                    **s.parallel("backward_end"))
+    first_layer.__doc__ = f"The first layer's backward, every gradient made: {part.__name__.strip('_').replace('_', ' ')}."
+    return first_layer
+
+
+moment("backward", "layer_recompute")(_last_layer(_recompute_part))
+moment("backward", "layer_recompute_module")(_last_layer(_recompute_module_part))
+moment("backward", "layer_dequant")(_last_layer(_dequant_part))
+moment("backward", "layer_moe")(_last_layer(_moe_part))
+
+
+@moment("backward", "layer_dora")
+def _layer_dora(s: Step):
+    """An adapted module's own backward in the last layer (DoRA's fp32 gradients)."""
+    kept, workspace = s._term(M.adapter_backward_moment)
+    return dict(**s.persistent, activations__saved=s.saved if s.gc else s.saved - s.per_layer + kept,
+                activations__autocast_weights=s.back_copies, transient__recompute=kept if s.gc else 0,
+                transient__dora_backward=workspace, **s.parallel("backward_layer"))
+
+
+@moment("backward", "layer_softmax")
+def _layer_softmax_backward(s: Step):
+    """Eager attention's softmax backward in the last layer."""
+    kept, work = s.softmax_back
+    saved = s.saved - s.final_norm - (0 if s.gc else s.per_layer - kept)
+    return dict(**s.persistent, activations__saved=saved, activations__autocast_weights=s.back_copies,
+                transient__recompute=(kept + s.in_flight) if s.gc else 0, transient__attention=work,
+                **s.parallel("backward_layer"))
+
+
+def _softmax_part(s: Step):
+    kept, work = s.softmax_back
+    if s.gc:
+        return dict(transient__recompute=kept + s.in_flight, transient__attention=work)
+    return dict(activations__saved=kept, transient__attention=work)
+
+
+moment("backward", "first_layer_recompute")(_first_layer(_recompute_part))
+moment("backward", "first_layer_recompute_module")(_first_layer(_recompute_module_part))
+moment("backward", "first_layer_dequant")(_first_layer(_dequant_part))
+moment("backward", "first_layer_moe")(_first_layer(_moe_part))
+moment("backward", "first_layer_softmax")(_first_layer(_softmax_part))
+
+
+@moment("backward", "embedding")
+def _embedding(s: Step):
+    """The input embedding's backward, after every layer's (a tied one's gradient beside
+    lm_head's and their sum)."""
+    return dict(**s.persistent, grads=_grads_at_embedding(s.model, s.train, s.prec, s.end_grads),
+                transient__embedding_backward=s._term(C.embedding_backward_workspace),
+                **s.parallel("embedding_backward"))
+
+
+@moment("backward", "first_layer_saved")
+def _first_layer_saved(s: Step):
+    """Several GPUs without checkpointing: the first layer's backward, its saved set beside the
+    gradients in flight."""
+    if not (s.train.parallel and not s.gc):
+        return None
+    return dict(**s.persistent, grads=s.made, activations__saved=s.per_layer, **s.parallel("backward_end"))
+
+
+@moment("backward", "lm_head")
+def _lm_head(s: Step):
+    """A trained lm_head's backward: its gradients beside every activation
+    (terms.lm_head_backward; the larger of its moments)."""
+    options = [dict(**s.persistent, activations__saved=s.saved, grads=weight_grads,
+                    activations__autocast_weights=(0 if s.gc else s.back_copies) + copy,
+                    activations__logits=logit_grads)
+               for weight_grads, logit_grads, copy in s._term(C.lm_head_backward)]
+    return max(options, key=lambda v: sum(v.values())) if options else None
+
+
+# ---------------------------------------------------------------- optimizer
+
+@moment("optimizer", "step")
+def _optimizer_step(s: Step):
+    """optimizer.step(): every gradient and the optimizer's temporaries."""
+    return dict(**s.persistent, grads=s.grads, activations__input_leaf=s.leaf,
+                optimizer__transient=s.opt_transient, **s.parallel("optimizer"))
+
+
+# The moments of one step a plan can peak at, by phase, in the order they are compared.
+MOMENTS = {phase: tuple(name for name, _ in moments) for phase, moments in REGISTRY.items()}
 
 
 # Which parallel terms are live at which moment of the step, and how many of each
