@@ -132,23 +132,10 @@ def parallel_notes(model: ModelSpec, gpu: GpuSpec, train: TrainSpec, dtype: str)
         notes += (f"QLoRA / QDoRA under {name}: load the 4-bit weights with bnb_4bit_quant_storage={dtype} (the compute "
                   "dtype) so that they shard like any parameter; with the default uint8 storage FSDP fails or trains "
                   "silently wrong. Planned with that storage (the same bytes); the quant states stay whole on each GPU",)
-    if train.sharding == "fsdp" and train.method == "full" and train.gradient_checkpointing:
-        notes += (first_layer_grads_note(model, train, dtype),)
     if train.offload != "none":
         what = "parameters, gradients and the optimizer step" if train.offload == "params" else "the optimizer states and step"
         notes += (f"--offload {train.offload}: {what} on the CPU (host memory not planned)",)
     return notes
-
-
-def first_layer_grads_note(model: ModelSpec, train: TrainSpec, dtype: str) -> str:
-    """FSDP full fine-tuning with checkpointing: what the first layer's backward over-counts."""
-    from planner.memory import sharding
-
-    grads = sharding.fsdp_layer_grads(model, train, C.trainable_bytes_per_param(train, C.precision(train, dtype)))
-    return (f"FSDP full fine-tuning with checkpointing: the first layer's backward is planned with all of its "
-            f"gradients (unsharded, {grads / 2**30:.2f} GiB) beside its whole recomputed activations, though they are "
-            "made as those activations are freed; when that moment is the peak the plan is up to that much over "
-            "(tracer, Phi-3-mini 2 layers on 4 GPUs: 4-8% over)")
 
 
 def _as_model(model: str | ModelSpec) -> ModelSpec:

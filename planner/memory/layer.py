@@ -240,3 +240,116 @@ def eager_backward_moment(model: ModelSpec, train: TrainSpec, prec: Precision) -
         # one fp32 [1, 512, 128] gradient beside the softmax backward)
         kept += train.tokens * model.hidden_size * prec.stream
     return kept, 2 * scores * FP32
+
+
+def first_layer_backward_walk(model: ModelSpec, train: TrainSpec, prec: Precision) -> tuple[tuple[str, int, int, int], ...]:
+    """Full fine-tuning: the first decoder layer's backward as a sequence of moments, one per
+    block in backward order, each ``(name, kept, pending, workspace)``: the layer's saved set
+    still kept (what its forward made before the block, and the block's own), the layer's
+    weight gradients not made yet (the block's and the earlier blocks'), and the block's backward
+    workspace, which includes the layer output's gradient (T*h*s, live through the layer's backward).
+    The moment's gradients are every gradient made before the layer's backward plus the
+    layer's own minus ``pending``.
+
+    The first moment is the recomputation's stop (checkpointing: the whole saved set,
+    :func:`recompute_stop_extra` and the gradients in flight, no layer gradient yet) or, without
+    checkpointing, the whole saved set. Kept throughout: RoPE's tables (:func:`rope_saved`), the
+    batch's ids (:func:`step_small_bytes`) and, with checkpointing, the layer's input (T*h*s),
+    which the checkpoint holds until the layer's backward ends. Then, backward from
+    the last block, with a the Linear outputs' bytes, s the stream's, c the compute dtype's:
+
+    - down_proj: its weight gradient (I*h) and input gradient T*I*a, then its input (T*I*c) is freed;
+    - the gated MLP: its saved outputs and 3*T*I*a (down_proj's input gradient and the product's
+      two gradients), then freed (:func:`planner.memory.terms.mlp_core_saved`);
+    - the MLP's input Linears (gate / up / gate_up): their weight gradients, their output
+      gradients (T*out*a each) and input gradients (T*h*a, plus the cast back to an fp32
+      stream, and their sum with several readers), then their input copy(s) freed;
+    - each norm: the gradient of its output (T*h*s) and four fp32 T*h temporaries of the
+      RMSNorm backward (upcast, pow, mul, div), then its saved set freed;
+    - o_proj: its weight gradient and input gradient (T*q_dim*a), then its input copy freed;
+    - attention: the output's gradient (T*q_dim*a) and dq, dk, dv (T*(q_dim + 2*kv_dim)*a),
+      then the kernel's saved set freed;
+    - q / k / v (or qkv): as the MLP's input Linears.
+    A Linear writing into a post-norm (Gemma's sandwich norms) also holds its output gradient.
+    Under `mixed` each Linear's autocast copy of its fp32 weight (in*out*c) is kept until its
+    backward is done (tracer, tiny Llama full bf16 mixed, checkpointing: bf16 copies of gate,
+    up, q, k, v, o at the MLP product's backward).
+
+    Tracer, Phi-3-mini 2 layers, full fp16 pure, batch 3 x 768, checkpointing, one GPU: above
+    what was live before layer 0's recomputation, 451.7 MB at down_proj (plan 451.6), 489.4 at
+    the MLP product's backward (plan 489.4, the layer's worst), 453.3 at gate_up_proj (453.4),
+    476.8 at the post-attention norm (476.9), 339.9 at o_proj (340.1), 368.3 at the attention
+    backward (368.3), 339.7 at qkv_proj (339.8), 396.3 at the input norm (396.3); every layer
+    gradient beside the whole recomputed set, as planned before, was 670.
+
+    () where the walk is not modelled: adapters (whose layer gradients are small), mixtures of
+    experts, DeepSpeed ZeRO (partitioned gradients); the callers then count every gradient
+    beside the whole saved set.
+    """
+    from planner.memory.sharding import elements, trainable_tensors
+    from planner.memory.terms import (step_small_bytes, layer_saved, mlp_core_saved, norm_saved,
+                                      recompute_incoming_grads, rope_saved, trainable_bytes_per_param)
+    from planner.model.architectures import MLP_INPUT_ROLES, ATTENTION_INPUT_ROLES
+
+    if train.method != "full" or model.layer.moe is not None or train.sharding not in ("none", "ddp", "fsdp"):
+        return ()
+    t, h, layer = train.tokens, model.hidden_size, model.layer
+    c, a, s, att = prec.compute, prec.hidden, prec.stream, prec.attention
+    g = trainable_bytes_per_param(train, prec)
+    gc = train.gradient_checkpointing
+    total = elements(trainable_tensors(model, train, layer_only=True)) * g
+    residual = t * h * s
+    own_copies = prec.autocast and s != c  # each norm reader casts the fp32 norm output itself
+
+    def norm_block(norm):
+        heads = (model.num_heads if norm.site == "q" else model.num_kv_heads) if norm.per_head else 1
+        rows_width = t * heads * norm.size if norm.site in ("q", "k") else t * h
+        out = a if norm.site in ("q", "k") else s
+        return ("norm", norm_saved(model, train, prec, norm), norm.params * g, rows_width * (out + 4 * FP32))
+
+    def readers_block(roles, name):
+        lins = layer.by_role(*roles)
+        if not lins:
+            return []
+        n = len(lins)
+        inputs = t * lins[0].in_features * c * (n if own_copies else 1)
+        d_in = t * lins[0].in_features * (a + (s if s != a else 0))
+        work = sum(t * lin.out_features * a for lin in lins) + d_in * (1 if n == 1 else 3)
+        return [(name, inputs + sum(copy(lin) for lin in lins), sum(lin.params for lin in lins) * g, work)]
+
+    def copy(lin):  # autocast's c-byte copy of an fp32 weight, kept for the input gradient (`mixed`)
+        return lin.in_features * lin.out_features * c if prec.autocast and prec.weight != c else 0
+
+    sandwich = {n.site for n in layer.norms}
+    o_copy = model.traits.rotary_concat or uses_eager(model, train)  # o_proj keeps a copy of its input
+    blocks = [norm_block(n) for n in layer.norms_at("attn_in")]
+    blocks += readers_block(ATTENTION_INPUT_ROLES, "attention_input")
+    blocks += [norm_block(n) for n in layer.norms_at("q", "k")]
+    blocks.append(("attention", attention_core_saved(model, train, prec), 0,
+                   t * model.q_dim * a + t * (model.q_dim + 2 * model.kv_dim) * att))
+    for lin in layer.by_role("o"):
+        blocks.append(("o", (t * model.q_dim * c if o_copy else 0) + copy(lin), lin.params * g,
+                       t * lin.in_features * a + (t * lin.out_features * a if "attn_out" in sandwich else 0)))
+    blocks += [norm_block(n) for n in layer.norms_at("attn_out", "mlp_in")]
+    blocks += readers_block(MLP_INPUT_ROLES, "mlp_input")
+    blocks.append(("mlp", mlp_core_saved(model, train, prec), 0, 3 * t * model.intermediate_size * a))
+    for lin in layer.by_role("down"):
+        blocks.append(("down", t * lin.in_features * c + copy(lin), lin.params * g,
+                       t * lin.in_features * a + (t * lin.out_features * a if "mlp_out" in sandwich else 0)))
+    blocks += [norm_block(n) for n in layer.norms_at("mlp_out")]
+
+    # the layer's RoPE tables (its checkpoint's arguments, or saved by its rotation) and the ids
+    kept = layer_saved(model, train, prec) + rope_saved(model, train, prec) + step_small_bytes(model, train)
+    kept += sum(copy(lin) for lin in layer.linears)
+    if gc:
+        steps = [("recompute", kept + recompute_stop_extra(model, train, prec) + residual, total,
+                  recompute_incoming_grads(model, train, prec))]
+        kept += residual  # the checkpointed input
+    else:
+        steps = [("saved", kept, total, 0)]
+    pending = total
+    for name, frees, grads, work in reversed(blocks):
+        pending -= grads
+        steps.append((name, kept, pending, work + residual))
+        kept -= frees
+    return tuple(steps)

@@ -199,6 +199,11 @@ class Step:
         return self._term(C.checkpoint_input_leaf)
 
     @cached_property
+    def walk(self) -> tuple:
+        """Full fine-tuning's first layer backward, block by block (layer.first_layer_backward_walk)."""
+        return self._term(M.first_layer_backward_walk)
+
+    @cached_property
     def made(self) -> int:
         """The gradients made by the first layer's backward: every one but the trained
         embedding's, made last (one GPU, and DDP, whose gradients are whole; a sharded
@@ -233,15 +238,18 @@ def _NO_PARALLEL(moment: str) -> dict[str, int]:  # one GPU: no parallel terms
 
 # ---------------------------------------------------------------- the registry
 
-REGISTRY: dict[str, list[tuple[str, Callable[[Step], dict | None]]]] = {phase: [] for phase in PHASES}
+REGISTRY: dict[str, list[tuple[str, Callable[[Step], dict | list | None]]]] = {phase: [] for phase in PHASES}
+FAMILIES: dict[str, tuple[str, ...]] = {}
 
 
-def moment(phase: str, name: str):
+def moment(phase: str, name: str, family: tuple[str, ...] = ()):
     """Register a moment of ``phase``: a function of the :class:`Step` that returns its live
-    bytes by term, or None where the moment does not happen. Within a phase, the first of
-    equal moments is the one reported."""
+    bytes by term, or None where the moment does not happen; or, for a ``family`` of moments
+    (the blocks of a layer's backward), a list of (name, terms), each name one of ``family``.
+    Within a phase, the first of equal moments is the one reported."""
     def register(fn):
         REGISTRY[phase].append((name, fn))
+        FAMILIES[name] = family
         return fn
     return register
 
@@ -256,7 +264,9 @@ def step_memory(model: ModelSpec, train: TrainSpec, dtype: str) -> StepMemory:
         candidates = []
         for name, fn in moments:
             values = fn(step)
-            if values is not None:
+            if isinstance(values, list):
+                candidates += [_breakdown(member, **terms) for member, terms in values]
+            elif values is not None:
                 candidates.append(_breakdown(name, **values))
         chosen[phase] = max(candidates, key=_total)
     return StepMemory(phases={phase: m.terms for phase, m in chosen.items()},
@@ -367,9 +377,11 @@ def _last_layer(part):
     return last_layer
 
 
-def _first_layer(part):
+def _first_layer(part, walked: bool = False):
+    """The first layer's moment of ``part``; a ``walked`` part gives way to the walk of full
+    fine-tuning's first layer with checkpointing (:func:`_first_layer_walk`)."""
     def first_layer(s: Step):
-        values = part(s)
+        values = None if walked and s.walk and s.gc else part(s)
         if values is None:
             return None
         return dict(**s.persistent, grads=s.made, activations__input_leaf=s.leaf, **values,
@@ -410,11 +422,36 @@ def _softmax_part(s: Step):
     return dict(activations__saved=kept, transient__attention=work)
 
 
-moment("backward", "first_layer_recompute")(_first_layer(_recompute_part))
-moment("backward", "first_layer_recompute_module")(_first_layer(_recompute_module_part))
+moment("backward", "first_layer_recompute")(_first_layer(_recompute_part, walked=True))
+moment("backward", "first_layer_recompute_module")(_first_layer(_recompute_module_part, walked=True))
 moment("backward", "first_layer_dequant")(_first_layer(_dequant_part))
 moment("backward", "first_layer_moe")(_first_layer(_moe_part))
 moment("backward", "first_layer_softmax")(_first_layer(_softmax_part))
+
+
+WALK = ("recompute", "saved", "down", "mlp", "mlp_input", "norm", "o", "attention", "attention_input")
+
+
+@moment("backward", "first_layer_walk", family=tuple(f"first_layer_{name}" for name in WALK))
+def _first_layer_walk(s: Step):
+    """Full fine-tuning's first layer backward walked block by block
+    (layer.first_layer_backward_walk): each block's moment, its saved set still kept and its
+    workspace beside the gradients made, the layer's own not made yet left out: from the
+    unsharded gradients in flight under FSDP (sharding.fsdp_reduce_scatter), else from the
+    gradients made."""
+    if not s.walk:
+        return None
+    out = []
+    for name, kept, pending, work in s.walk:
+        terms = s.parallel("backward_end")
+        grads = s.made
+        if s.train.sharding == "fsdp":
+            terms = dict(terms, parallel__reduce_scatter=terms["parallel__reduce_scatter"] - pending)
+        else:
+            grads -= pending
+        out.append((f"first_layer_{name}", dict(**s.persistent, grads=grads, activations__saved=kept,
+                                                transient__recompute=work, **terms)))
+    return out
 
 
 @moment("backward", "embedding")
@@ -430,7 +467,7 @@ def _embedding(s: Step):
 def _first_layer_saved(s: Step):
     """Several GPUs without checkpointing: the first layer's backward, its saved set beside the
     gradients in flight."""
-    if not (s.train.parallel and not s.gc):
+    if not (s.train.parallel and not s.gc) or s.walk:
         return None
     return dict(**s.persistent, grads=s.made, activations__saved=s.per_layer, **s.parallel("backward_end"))
 
@@ -456,7 +493,8 @@ def _optimizer_step(s: Step):
 
 
 # The moments of one step a plan can peak at, by phase, in the order they are compared.
-MOMENTS = {phase: tuple(name for name, _ in moments) for phase, moments in REGISTRY.items()}
+MOMENTS = {phase: tuple(dict.fromkeys(member for name, _ in moments for member in (FAMILIES[name] or (name,))))
+           for phase, moments in REGISTRY.items()}
 
 
 # Which parallel terms are live at which moment of the step, and how many of each

@@ -72,19 +72,3 @@ def test_ddp_first_layer_backward_lacks_the_embedding_gradient(torch_stack):
     # included) is more than the tolerance over
     over = planned + layer_saved(spec, train, precision(train, "bf16"))
     assert over - traced > tolerance
-
-
-def test_fsdp_full_checkpointing_notes_the_first_layer_overcount():
-    """Not modelled (said in the plan's notes): the first layer's backward under FSDP full
-    fine-tuning with checkpointing counts the layer's unsharded gradients beside its whole
-    recomputed set; the note gives one layer's gradients, Phi-3-mini's 113,252,352 fp16."""
-    from planner import plan
-
-    train = TrainSpec(method="full", dtype="fp16", precision="pure", gradient_checkpointing=True, num_gpus=4,
-                      sharding="fsdp", optim="sgd")
-    notes = plan("phi-3-mini", "h100-80gb", train).notes
-    assert any("first layer's backward" in n and f"{113_252_352 * 2 / 2**30:.2f} GiB" in n for n in notes)
-    # the other settings of the class keep their notes
-    for other in (dict(gradient_checkpointing=False), dict(method="lora"), dict(sharding="ddp")):
-        notes = plan("phi-3-mini", "h100-80gb", TrainSpec(**{**train.__dict__, **other})).notes
-        assert not any("first layer's backward" in n for n in notes)
