@@ -112,6 +112,7 @@ def count_pairs(names, configs, planner_method_override: str | None = None, laye
     per architecture)."""
     from planner import TrainSpec, get_model
     from planner.model import counts
+    from planner.model.targets import UnsupportedMethod
 
     from ..baselines import spec_for
 
@@ -135,7 +136,7 @@ def count_pairs(names, configs, planner_method_override: str | None = None, laye
                 try:
                     planned = (counts.trainable_params(spec, train),
                                counts.total_params(spec) + counts.adapter_params(spec, train))
-                except targets.UnsupportedMethod:
+                except UnsupportedMethod:
                     planned = None
                 if planned is None or peft is None:  # refused: both must refuse (-1 marks a refusal)
                     planned, peft_pair = planned or (-1, -1), peft or (-1, -1)
