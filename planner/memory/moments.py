@@ -149,6 +149,14 @@ class Step:
     def _term(self, fn):
         return fn(self.model, self.train, self.prec)
 
+    def _last(self, fn, **kw):
+        """A term of the last decoder layer (its kind's view of the model)."""
+        return fn(self.model.kind_view(-1), self.train, self.prec, **kw)
+
+    def _first(self, fn):
+        """A term of the first decoder layer (its kind's view of the model)."""
+        return fn(self.model.kind_view(0), self.train, self.prec)
+
     @cached_property
     def saved(self) -> int:
         return self._term(C.activations_saved)
@@ -163,6 +171,10 @@ class Step:
 
     @cached_property
     def back_copies(self) -> int:
+        """The layers' autocast copies live in backward (with checkpointing, the recomputed
+        last layer's)."""
+        if self.gc:
+            return self._last(C.backward_autocast_copies)
         return self._term(C.backward_autocast_copies)
 
     @cached_property
@@ -172,27 +184,27 @@ class Step:
 
     @cached_property
     def per_layer(self) -> int:
-        return self._term(C.layer_saved)
+        return self._last(C.layer_saved)
 
     @cached_property
     def recompute(self) -> int:
-        return self._term(C.recompute_transient)
+        return self._last(C.recompute_transient)
 
     @cached_property
     def in_flight(self) -> int:
-        return self._term(C.recompute_incoming_grads)
+        return self._last(C.recompute_incoming_grads)
 
     @cached_property
     def fwd(self) -> M.LayerMoment:
-        return self._term(M.layer_transient)
+        return self._last(M.layer_transient)
 
     @cached_property
     def rec(self) -> M.LayerMoment:
-        return M.layer_transient(self.model, self.train, self.prec, recompute=True)
+        return self._last(M.layer_transient, recompute=True)
 
     @cached_property
     def softmax_back(self) -> tuple[int, int]:
-        return self._term(M.eager_backward_moment)
+        return self._last(M.eager_backward_moment)
 
     @cached_property
     def leaf(self) -> int:
@@ -201,7 +213,7 @@ class Step:
     @cached_property
     def walk(self) -> tuple:
         """Full fine-tuning's first layer backward, block by block (layer.first_layer_backward_walk)."""
-        return self._term(M.first_layer_backward_walk)
+        return self._first(M.first_layer_backward_walk)
 
     @cached_property
     def made(self) -> int:
@@ -298,7 +310,7 @@ def _layer_module(s: Step):
 @moment("forward", "layer_softmax")
 def _layer_softmax(s: Step):
     """Eager attention's softmax in the last layer's forward."""
-    eager = s._term(M.eager_forward_moment)
+    eager = s._last(M.eager_forward_moment)
     saved = s.saved - s.final_norm + eager.live + eager.before + (0 if s.gc else -s.per_layer)
     return dict(**s.persistent, activations__saved=saved, activations__autocast_weights=s.layer_copies,
                 transient__module=eager.locals, transient__attention=eager.working, **s.parallel("in_layer"))
@@ -344,7 +356,7 @@ def _logits_grad(s: Step):
 # workspace; eager attention's softmax (the first layer's: what full fine-tuning peaks at).
 
 def _recompute_part(s: Step):
-    return dict(transient__recompute=s.recompute + s.in_flight + s._term(M.recompute_stop_extra))
+    return dict(transient__recompute=s.recompute + s.in_flight + s._last(M.recompute_stop_extra))
 
 
 def _recompute_module_part(s: Step):
@@ -356,11 +368,11 @@ def _recompute_module_part(s: Step):
 
 
 def _dequant_part(s: Step):
-    return None if s.gc else dict(transient__dequant=s._term(C.dequant_transient))
+    return None if s.gc else dict(transient__dequant=s._last(C.dequant_transient))
 
 
 def _moe_part(s: Step):
-    workspace = s._term(C.moe_backward_workspace)
+    workspace = s._last(C.moe_backward_workspace)
     if not workspace:
         return None
     return dict(transient__recompute=s.recompute + s.in_flight if s.gc else 0, transient__moe_backward=workspace)
@@ -399,7 +411,7 @@ moment("backward", "layer_moe")(_last_layer(_moe_part))
 @moment("backward", "layer_dora")
 def _layer_dora(s: Step):
     """An adapted module's own backward in the last layer (DoRA's fp32 gradients)."""
-    kept, workspace = s._term(M.adapter_backward_moment)
+    kept, workspace = s._last(M.adapter_backward_moment)
     return dict(**s.persistent, activations__saved=s.saved if s.gc else s.saved - s.per_layer + kept,
                 activations__autocast_weights=s.back_copies, transient__recompute=kept if s.gc else 0,
                 transient__dora_backward=workspace, **s.parallel("backward_layer"))

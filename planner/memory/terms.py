@@ -612,7 +612,8 @@ def activations_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> in
             # one bf16 [4, 2048, 4096] more at the loss; QLoRA one fp32)
             layers += train.tokens * model.hidden_size * prec.stream
     else:
-        layers = (model.num_layers * layer_saved(model, train, prec) - first_norm_unrecorded(model, train, prec)
+        layers = (sum(view.num_layers * layer_saved(view, train, prec) for view in model.by_kind())
+                  - first_norm_unrecorded(model, train, prec)
                   + sliding_mask_saved(model, train, prec))
     return layers + model_level_saved(model, train, prec)
 

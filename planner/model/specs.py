@@ -94,6 +94,13 @@ class ModelSpec:
             return (self,)
         return _views(self)
 
+    def kind_view(self, index: int) -> "ModelSpec":
+        """The view (:meth:`by_kind`) of the kind that holds layer ``index`` (negative counts
+        from the end): what a moment inside that layer reads."""
+        index %= self.num_layers
+        views = self.by_kind()
+        return next(v for v, k in zip(views, self.kinds) if index in k.indices) if len(views) > 1 else self
+
     @property
     def linears(self) -> tuple[Linear, ...]:
         return self.layer.linears
