@@ -220,7 +220,7 @@ class Step:
         """The gradients made by the first layer's backward: every one but the trained
         embedding's, made last (one GPU, and DDP, whose gradients are whole; a sharded
         embedding's gradient is the parallel terms')."""
-        if self.train.sharding not in ("none", "ddp"):
+        if not S.strategy(self.train).whole_gradients:
             return self.end_grads
         return self.grads - self._term(C.embedding_grad_pending)
 
@@ -449,7 +449,7 @@ def _first_layer_walk(s: Step):
     """Full fine-tuning's first layer backward walked block by block
     (layer.first_layer_backward_walk): each block's moment, its saved set still kept and its
     workspace beside the gradients made, the layer's own not made yet left out: from the
-    unsharded gradients in flight under FSDP (sharding.fsdp_reduce_scatter), else from the
+    unsharded gradients in flight under FSDP (its reduce_scatter term), else from the
     gradients made."""
     if not s.walk:
         return None
@@ -457,7 +457,7 @@ def _first_layer_walk(s: Step):
     for name, kept, pending, work in s.walk:
         terms = s.parallel("backward_end")
         grads = s.made
-        if s.train.sharding == "fsdp":
+        if isinstance(S.strategy(s.train), S.FSDP):
             terms = dict(terms, parallel__reduce_scatter=terms["parallel__reduce_scatter"] - pending)
         else:
             grads -= pending
@@ -470,7 +470,7 @@ def _first_layer_walk(s: Step):
 def _embedding(s: Step):
     """The input embedding's backward, after every layer's (a tied one's gradient beside
     lm_head's and their sum)."""
-    return dict(**s.persistent, grads=_grads_at_embedding(s.model, s.train, s.prec, s.end_grads),
+    return dict(**s.persistent, grads=S.strategy(s.train).grads_at_embedding(s.model, s.train, s.prec, s.end_grads),
                 transient__embedding_backward=s._term(C.embedding_backward_workspace),
                 **s.parallel("embedding_backward"))
 
@@ -530,56 +530,21 @@ _LIVE = {
 }
 
 
-def _grads_at_embedding(model: ModelSpec, train: TrainSpec, prec: C.Precision, end_grads: int) -> int:
-    """The gradients there while the input embedding's backward runs, after every layer's:
-    ``end_grads`` (all of them on one GPU and under DDP), or under FSDP every layer's shard
-    (planner.sharding.fsdp_grads_after_layers: the first layer's is reduced by then)."""
-    if train.sharding != "fsdp" or S.fsdp_offloaded(train):
-        return end_grads
-    return S.fsdp_grads_after_layers(model, train, C.trainable_bytes_per_param(train, prec))
-
-
 def _per_gpu(model: ModelSpec, train: TrainSpec, prec: C.Precision, persistent: dict[str, int], grads: int,
              opt_transient: int):
     """One rank's persistent state, gradients (at the optimizer step, and at the end of
-    backward), optimizer transient under ``train.sharding``, and the parallel terms live at each
-    moment (a function of the moment's name)."""
-    grad_bytes = C.trainable_bytes_per_param(train, prec)
-    n = train.num_gpus
-    layer_packed = C.packed_layer_bytes(model) if train.is_quantized else 0
-    persistent = dict(persistent)
-    end_grads = grads
-    if train.sharding == "fsdp":
-        trainable = S.trainable_tensors(model, train)
-        offloaded = S.fsdp_offloaded(train)
-        for key, tensors in (("weights__base", S.base_tensors(model)),
-                             ("adapters__params", S.adapter_tensors(model, train)),
-                             ("optimizer__states", trainable)):
-            persistent[key] = 0 if offloaded else S.shard_fraction_bytes(persistent[key], tensors, n)
-        grads = 0 if offloaded else S.shard_fraction_bytes(grads, trainable, n)
-        end_grads = 0 if offloaded else S.fsdp_grads_at_backward_end(model, train, grad_bytes)
-        opt_transient = 0 if offloaded else S.shard_fraction_bytes(opt_transient, trainable, n)
-    elif train.sharding in ("zero2", "zero3"):
-        base = persistent["weights__base"] if train.is_quantized else counts.total_params(model) * prec.compute
-        states = S.zero_model_states(model, train, base, prec.compute)
-        persistent.update(weights__base=states["weights/base"], adapters__params=states["adapters/params"],
-                          optimizer__states=states["optimizer/states"])
-        grads = end_grads = states["grads"]
-        opt_transient = states["optimizer/transient"]
-    terms = {
-        "unsharded_root": S.unsharded_root(model, train, prec.weight),
-        "unsharded_layer": S.unsharded_layer(model, train, prec.weight, layer_packed),
-        "prefetch": S.fsdp_prefetch(model, train, prec.weight, layer_packed),
-        "reduce_scatter": S.fsdp_reduce_scatter(model, train, grad_bytes),
-    }
-    buckets = S.ddp_grad_buckets(model, train, grad_bytes)
-    root_grads = S.fsdp_root_grads(model, train, grad_bytes)
+    backward) and optimizer transient under its sharding strategy (planner.memory.sharding),
+    and the parallel terms live at each moment (a function of the moment's name, :data:`_LIVE`)."""
+    strategy = S.strategy(train)
+    state = strategy.rank_state(model, train, prec, S.RankState(persistent, grads, grads, opt_transient))
+    terms = strategy.terms(model, train, prec)
 
-    def extra(moment: str) -> dict[str, int]:
+    def parallel(moment: str) -> dict[str, int]:
         live = _LIVE[moment]
-        out = {f"parallel__{k}": v * live.get(k, 0) for k, v in terms.items()}
-        out["parallel__reduce_scatter"] += root_grads * live.get("root_grads", 0)
-        out["parallel__grad_buckets"] = buckets
+        out = {f"parallel__{k}": terms[k] * live.get(k, 0)
+               for k in ("unsharded_root", "unsharded_layer", "prefetch", "reduce_scatter")}
+        out["parallel__reduce_scatter"] += terms["root_grads"] * live.get("root_grads", 0)
+        out["parallel__grad_buckets"] = terms["grad_buckets"]
         return out
 
-    return persistent, grads, end_grads, opt_transient, extra
+    return state.persistent, state.grads, state.end_grads, state.opt_transient, parallel

@@ -20,8 +20,10 @@ a real gloo run (tests). How they enter the phases is :func:`planner.memory.mome
 """
 from __future__ import annotations
 
-from planner.model import counts
+from dataclasses import dataclass
+
 from planner.memory.variants import variant
+from planner.model import counts
 from planner.model import inventory as inv
 from planner.model.inventory import Tensor
 from planner.model.specs import ModelSpec, TrainSpec
@@ -81,8 +83,6 @@ def unsharded_root(model: ModelSpec, train: TrainSpec, weight_bytes: int) -> int
     prepare_model_for_kbit_training), live from the start of forward to the end of backward:
     FSDP2 does not reshard the root after forward (tracer: [V, h] embedding and lm_head and the
     final norm unsharded through backward, 262,400 bytes on the tiny Llama, at any N)."""
-    if train.sharding != "fsdp":
-        return 0
     root = counts.embedding_params(model) + counts.lm_head_params(model) + model.hidden_size
     return root * variant(train).base.parameter_bytes(weight_bytes)
 
@@ -92,23 +92,11 @@ def layer_bytes(model: ModelSpec, train: TrainSpec, weight_bytes: int, packed: i
     the stored dtype) and adapters (fp32)."""
     base = sum(t.numel for t in base_tensors(model, layer_only=True))
     linear = sum(lin.in_features * lin.out_features for lin in model.linears)
-    if train.is_quantized:
+    if variant(train).base.quantized:
         base_bytes = packed + (base - linear) * FP32
     else:
         base_bytes = base * weight_bytes
     return base_bytes + elements(adapter_tensors(model, train, layer_only=True)) * FP32
-
-
-def unsharded_layer(model: ModelSpec, train: TrainSpec, weight_bytes: int, packed: int) -> int:
-    """The parameters of the layer that runs, all-gathered: FSDP2 unshards a layer before its
-    forward (and its backward) and frees it after (reshard_after_forward=True); ZeRO-3 gathers
-    each module's partitioned parameters as it runs. One layer (:func:`layer_bytes`; ZeRO-3's
-    in the compute dtype, as DeepSpeed casts the module)."""
-    if train.sharding == "fsdp":
-        return layer_bytes(model, train, weight_bytes, packed)
-    if train.sharding == "zero3":
-        return _layer_params(model, train) * 2
-    return 0
 
 
 def _layer_params(model: ModelSpec, train: TrainSpec) -> int:
@@ -116,41 +104,10 @@ def _layer_params(model: ModelSpec, train: TrainSpec) -> int:
             + elements(adapter_tensors(model, train, layer_only=True)))
 
 
-def fsdp_prefetch(model: ModelSpec, train: TrainSpec, weight_bytes: int, packed: int) -> int:
-    """FSDP: the all-gather output buffer of one layer (N times its padded shard, about one
-    layer), alive beside the unsharded parameters: FSDP2 keeps the last all-gather's buffer until
-    the next copy-out, so one is still there at the loss, and backward prefetches the next
-    layer's (tracer: one layer-sized ``empty`` buffer at the loss and at the start of backward).
-    ZeRO-3: the prefetch bucket, min(stage3_prefetch_bucket_size 5e7, one layer) elements in the
-    compute dtype (DeepSpeed's default)."""
-    if train.sharding == "fsdp":
-        return layer_bytes(model, train, weight_bytes, packed)
-    if train.sharding == "zero3":
-        return min(ZERO3_PREFETCH_BUCKET, _layer_params(model, train)) * 2
-    return 0
-
-
-def fsdp_reduce_scatter(model: ModelSpec, train: TrainSpec, grad_bytes: int) -> int:
-    """Gradients not yet reduced while the first layer's backward runs (the end of backward):
-    FSDP2 reduce-scatters a unit's gradients once its backward is done, so its own unsharded
-    gradients (one layer's trainable parameters, whole) are in flight, and so are the root's
-    (lm_head and the final norm, for full fine-tuning; the root is reduced last)
-    (torch.distributed.fsdp._fully_shard._fsdp_collectives, foreach_reduce; tracer, tiny Llama
-    full, checkpointing: layer 0's weight gradients and lm_head's [V, h] gradient unsharded,
-    the other layers' gradients sharded). ZeRO-2 / ZeRO-3: the contiguous reduce bucket,
-    min(reduce_bucket_size 5e8, trainable) elements in the compute dtype (DeepSpeed's default,
-    contiguous_gradients)."""
-    if train.sharding == "fsdp":
-        return fsdp_layer_grads(model, train, grad_bytes) + fsdp_root_grads(model, train, grad_bytes)
-    if train.sharding in ("zero2", "zero3"):
-        return min(ZERO_REDUCE_BUCKET, counts.trainable_params(model, train)) * 2
-    return 0
-
-
 def fsdp_layer_grads(model: ModelSpec, train: TrainSpec, grad_bytes: int) -> int:
     """FSDP: one layer's unsharded gradients, before their reduce-scatter (part of
-    :func:`fsdp_reduce_scatter`)."""
-    return elements(trainable_tensors(model, train, layer_only=True)) * grad_bytes if train.sharding == "fsdp" else 0
+    :meth:`FSDP.terms`' reduce_scatter)."""
+    return elements(trainable_tensors(model, train, layer_only=True)) * grad_bytes
 
 
 def fsdp_root_grads(model: ModelSpec, train: TrainSpec, grad_bytes: int) -> int:
@@ -159,15 +116,14 @@ def fsdp_root_grads(model: ModelSpec, train: TrainSpec, grad_bytes: int) -> int:
     With a tied embedding they are still there when the embedding's backward runs, after the
     first layer's (tracer, Llama-3.2-1B 2 layers, 8 GPUs: lm_head's [V, h] gradient beside the
     embedding's and their sum, no layer unsharded then)."""
-    if train.sharding != "fsdp" or train.method != "full":
+    if not variant(train).adapter.trains_base:
         return 0
     return ((counts.lm_head_params(model) or counts.embedding_params(model)) + model.hidden_size) * grad_bytes
 
 
 def fsdp_grads_at_backward_end(model: ModelSpec, train: TrainSpec, grad_bytes: int) -> int:
     """FSDP: the sharded gradients already there while the first layer's backward runs: every
-    other layer's shard (the root's and the first layer's are still whole,
-    :func:`fsdp_reduce_scatter`)."""
+    other layer's shard (the root's and the first layer's are still whole: :meth:`FSDP.terms`' reduce_scatter)."""
     layer = sharded(trainable_tensors(model, train, layer_only=True), train.num_gpus)
     return (model.num_layers - 1) * layer * grad_bytes
 
@@ -189,8 +145,6 @@ def ddp_grad_buckets(model: ModelSpec, train: TrainSpec, grad_bytes: int) -> int
     gradients, allocated when DDP is built and kept (torch DistributedDataParallel; tracer:
     ``ddp/buckets`` equal to the gradients' bytes, whatever the bucket size). The bucket size
     changes how many buckets, not their total."""
-    if train.sharding != "ddp":
-        return 0
     return counts.trainable_params(model, train) * grad_bytes
 
 
@@ -231,3 +185,153 @@ def fsdp_offloaded(train: TrainSpec) -> bool:
     """FSDP2's CPUOffloadPolicy (``--offload params``): sharded parameters, gradients and the
     optimizer step live on the CPU; a layer is copied to the GPU to be all-gathered."""
     return train.sharding == "fsdp" and train.offload == "params"
+
+
+# ---------------------------------------------------------------- the strategies
+
+# The parallel terms a strategy can hold, by name (planner.memory.moments says which are live
+# at which moment): the root unit all-gathered, the running layer all-gathered, the all-gather
+# buffer or prefetch bucket, the gradients not yet reduced (a layer's and, full fine-tuning
+# under FSDP, the root's), DDP's buckets.
+TERMS = ("unsharded_root", "unsharded_layer", "prefetch", "reduce_scatter", "root_grads", "grad_buckets")
+
+
+@dataclass(frozen=True)
+class RankState:
+    """What one rank holds for the whole step: the persistent terms (by component name, as
+    planner.memory.moments writes them), the gradients at the optimizer step and at the end of
+    backward, the optimizer's temporaries."""
+
+    persistent: dict[str, int]
+    grads: int
+    end_grads: int
+    opt_transient: int
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """One GPU: the whole model state, no collective buffers."""
+
+    name: str = "none"
+    whole_gradients: bool = True  # every gradient whole on the rank while backward runs
+
+    def rank_state(self, model: ModelSpec, train: TrainSpec, prec, state: RankState) -> RankState:
+        return state
+
+    def terms(self, model: ModelSpec, train: TrainSpec, prec) -> dict[str, int]:
+        """The parallel terms' sizes (one each; :data:`TERMS`)."""
+        return dict.fromkeys(TERMS, 0)
+
+    def grads_at_embedding(self, model: ModelSpec, train: TrainSpec, prec, end_grads: int) -> int:
+        """The gradients there while the input embedding's backward runs, after every layer's."""
+        return end_grads
+
+
+def _grad_bytes(train: TrainSpec, prec) -> int:
+    return variant(train).adapter.trained_bytes(prec.weight)
+
+
+@dataclass(frozen=True)
+class DDP(Strategy):
+    """torch DistributedDataParallel: the whole model state on every rank, and its gradient
+    buckets (:func:`ddp_grad_buckets`)."""
+
+    name: str = "ddp"
+
+    def terms(self, model, train, prec):
+        return dict(super().terms(model, train, prec),
+                    grad_buckets=ddp_grad_buckets(model, train, _grad_bytes(train, prec)))
+
+
+@dataclass(frozen=True)
+class FSDP(Strategy):
+    """FSDP2 ``fully_shard`` on each decoder layer and the root: parameters, gradients and
+    optimizer states in rank 0's padded shards (:func:`shard`), or on the CPU with
+    ``--offload params``; the root and the running layer all-gathered, the all-gather buffer,
+    the gradients not yet reduce-scattered."""
+
+    name: str = "fsdp"
+    whole_gradients: bool = False
+
+    def rank_state(self, model, train, prec, state):
+        n, offloaded = train.num_gpus, fsdp_offloaded(train)
+        trainable = trainable_tensors(model, train)
+        persistent = dict(state.persistent)
+        for key, tensors in (("weights__base", base_tensors(model)), ("adapters__params", adapter_tensors(model, train)),
+                             ("optimizer__states", trainable)):
+            persistent[key] = 0 if offloaded else shard_fraction_bytes(persistent[key], tensors, n)
+        if offloaded:
+            return RankState(persistent, 0, 0, 0)
+        return RankState(persistent, shard_fraction_bytes(state.grads, trainable, n),
+                         fsdp_grads_at_backward_end(model, train, _grad_bytes(train, prec)),
+                         shard_fraction_bytes(state.opt_transient, trainable, n))
+
+    def terms(self, model, train, prec):
+        """The root (:func:`unsharded_root`) and one layer (:func:`layer_bytes`) all-gathered;
+        the all-gather output buffer, about one layer (N times its padded shard): FSDP2 keeps the
+        last all-gather's buffer until the next copy-out, so one is still there at the loss, and
+        backward prefetches the next layer's (tracer: one layer-sized ``empty`` buffer at the loss
+        and at the start of backward); the gradients not yet reduce-scattered at the end of
+        backward: the first layer's, whole, and the root's (:func:`fsdp_root_grads`; FSDP2
+        reduce-scatters a unit's gradients once its backward is done, the root last:
+        torch.distributed.fsdp._fully_shard._fsdp_collectives, foreach_reduce; tracer, tiny
+        Llama full, checkpointing: layer 0's weight gradients and lm_head's [V, h] gradient
+        unsharded, the other layers' gradients sharded)."""
+        g = _grad_bytes(train, prec)
+        layer = layer_bytes(model, train, prec.weight, packed_layer(model, train))
+        root_grads = fsdp_root_grads(model, train, g)
+        return dict(super().terms(model, train, prec), unsharded_root=unsharded_root(model, train, prec.weight),
+                    unsharded_layer=layer, prefetch=layer,
+                    reduce_scatter=fsdp_layer_grads(model, train, g) + root_grads, root_grads=root_grads)
+
+    def grads_at_embedding(self, model, train, prec, end_grads):
+        """Every layer's shard, the first layer's too (:func:`fsdp_grads_after_layers`), unless
+        the gradients live on the CPU."""
+        if fsdp_offloaded(train):
+            return end_grads
+        return fsdp_grads_after_layers(model, train, _grad_bytes(train, prec))
+
+
+@dataclass(frozen=True)
+class Zero(Strategy):
+    """DeepSpeed ZeRO-2 / ZeRO-3 (Rajbhandari et al. 2020), from DeepSpeed's defaults
+    (deepspeed.runtime.zero.config): the model states of :func:`zero_model_states`; ZeRO-3
+    gathers each module's partitioned parameters as it runs (one layer, in the compute dtype,
+    as DeepSpeed casts the module) with a prefetch bucket of min(stage3_prefetch_bucket_size
+    5e7, one layer) elements; both reduce the gradients through a contiguous bucket of
+    min(reduce_bucket_size 5e8, trainable) elements in the compute dtype (contiguous_gradients)."""
+
+    name: str = "zero2"
+    whole_gradients: bool = False
+    stage: int = 2
+
+    def rank_state(self, model, train, prec, state):
+        quantized = variant(train).base.quantized
+        base = state.persistent["weights__base"] if quantized else counts.total_params(model) * prec.compute
+        states = zero_model_states(model, train, base, prec.compute)
+        persistent = dict(state.persistent, weights__base=states["weights/base"],
+                          adapters__params=states["adapters/params"], optimizer__states=states["optimizer/states"])
+        return RankState(persistent, states["grads"], states["grads"], states["optimizer/transient"])
+
+    def terms(self, model, train, prec):
+        layer = _layer_params(model, train)
+        gathered = layer * 2 if self.stage == 3 else 0
+        prefetch = min(ZERO3_PREFETCH_BUCKET, layer) * 2 if self.stage == 3 else 0
+        bucket = min(ZERO_REDUCE_BUCKET, counts.trainable_params(model, train)) * 2
+        return dict(super().terms(model, train, prec), unsharded_layer=gathered, prefetch=prefetch,
+                    reduce_scatter=bucket)
+
+
+STRATEGIES = {"none": Strategy(), "ddp": DDP(), "fsdp": FSDP(), "zero2": Zero(), "zero3": Zero("zero3", stage=3)}
+
+
+def strategy(train: TrainSpec) -> Strategy:
+    """The strategy of ``train.sharding``."""
+    return STRATEGIES[train.sharding]
+
+
+def packed_layer(model: ModelSpec, train: TrainSpec) -> int:
+    """One layer's packed 4-bit weights' bytes for a 4-bit base, else 0."""
+    from planner.memory.terms import packed_layer_bytes
+
+    return packed_layer_bytes(model) if variant(train).base.quantized else 0
