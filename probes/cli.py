@@ -12,7 +12,7 @@ from planner import CatalogError, ModelSpec, get_model
 from planner.model.catalog import UnknownArchitecture
 from planner.cli.exits import ERROR, fail
 from planner.cli.options import adapter_options, parallel_options, parse_names, parse_targets, training_options
-from planner.cli.recipe_options import recipe_option, resolve_targets, with_recipe
+from planner.cli.recipe_options import recipe_option, recipe_settings, resolve_targets, with_recipe
 from planner.time.calibration import measured_speed
 from planner.model.specs import DTYPES, METHODS, OPTIMIZERS, TrainSpec
 from planner.units import GIB
@@ -188,14 +188,9 @@ def main(models, revision, recipe_paths, methods, rank, alpha, target_modules, t
     recipe_notes = ()
     if recipe_paths:  # the recipe's settings where no flag is given
         p, recipe_notes = with_recipe(click.get_current_context(), recipe_paths, "probe")
-        models, revision, methods, rank, alpha, target_modules, target_parameters = (
-            p["models"], p["revision"], p["methods"], p["rank"], p["alpha"], p["target_modules"], p["target_parameters"])
-        lora_dropout, modules_to_save, batch_size, seq_len = (
-            p["lora_dropout"], p["modules_to_save"], p["batch_size"], p["seq_len"])
-        gradient_checkpointing, dtype, precision, optim, quant_type, double_quant, attn_implementation = (
-            p["gradient_checkpointing"], p["dtype"], p["precision"], p["optim"], p["quant_type"], p["double_quant"],
-            p["attn_implementation"])
-        num_gpus, sharding, offload = p["num_gpus"], p["sharding"], p["offload"]
+        (models, revision, methods, rank, alpha, target_modules, target_parameters, lora_dropout, modules_to_save,
+         batch_size, seq_len, gradient_checkpointing, dtype, precision, optim, quant_type, double_quant,
+         attn_implementation, num_gpus, sharding, offload) = recipe_settings(p)
     chosen = ("lora",) if not methods else METHODS if "all" in methods else tuple(dict.fromkeys(methods))
     sizes = parse_ints(batch_size, "--batch-size")
     lengths = parse_ints(seq_len, "--seq-len")

@@ -38,6 +38,17 @@ def with_recipe(ctx: click.Context, paths, prog: str) -> tuple[dict, tuple[str, 
     return params, recipe.notes + notes + (f"recipe {recipe.source} as flags: {prog} {flags}",)
 
 
+# The command parameters a recipe can set, in the order :func:`recipe_settings` returns them.
+RECIPE_PARAMS = ("models", "revision", "methods", "rank", "alpha", "target_modules", "target_parameters", "lora_dropout",
+                 "modules_to_save", "batch_size", "seq_len", "gradient_checkpointing", "dtype", "precision", "optim",
+                 "quant_type", "double_quant", "attn_implementation", "num_gpus", "sharding", "offload")
+
+
+def recipe_settings(params: dict) -> tuple:
+    """The command parameters of :func:`with_recipe`'s result, in :data:`RECIPE_PARAMS` order."""
+    return tuple(params[name] for name in RECIPE_PARAMS)
+
+
 def resolve_targets(target_modules: str, models, paths) -> str:
     """peft's default target modules where a recipe leaves them to peft (TRL, a LoraConfig
     without target_modules), for the model's type."""

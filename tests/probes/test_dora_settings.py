@@ -15,11 +15,10 @@ import pytest
 
 from planner import TrainSpec, plan
 from planner.memory.moments import step_memory
+from probe_traces import traced
 
 BOUND = 0.002
 CASES = ["dora", "qdora"]
-
-_traces = {}
 
 
 def clear_caches():
@@ -39,15 +38,6 @@ def tiny():
 def gc_train(method):
     return TrainSpec(method=method, rank=8, batch_size=2, seq_len=1024, dtype="bf16", precision="autocast",
                      optim="sgd", gradient_checkpointing=True, target_modules=("all-linear",))
-
-
-def traced(spec, train):
-    from probes.fake import trace
-
-    key = (spec.name, train)
-    if key not in _traces:
-        _traces[key] = trace(spec, train).phase_peaks
-    return _traces[key]
 
 
 @pytest.mark.slow

@@ -10,12 +10,12 @@ import pytest
 
 from planner import TrainSpec, plan
 from planner.model.catalog import model_from_config
+from probe_traces import traced
 
 BOUND = 0.0025
 PHI3_MHA = dict(model_type="phi3", pad_token_id=0, vocab_size=512, hidden_size=128, intermediate_size=256,
                 num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=4096,
                 tie_word_embeddings=False)
-_traces = {}
 
 
 def phi3():
@@ -25,15 +25,6 @@ def phi3():
 def eager_train(batch_size, seq_len, dtype="fp32"):
     return TrainSpec(method="qlora", rank=8, batch_size=batch_size, seq_len=seq_len, dtype=dtype, precision="pure",
                      optim="sgd", attn_implementation="eager")
-
-
-def traced(spec, train):
-    from probes.fake import trace
-
-    key = (spec.name, train)
-    if key not in _traces:
-        _traces[key] = trace(spec, train).phase_peaks
-    return _traces[key]
 
 
 def clear_caches():

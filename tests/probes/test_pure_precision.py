@@ -10,6 +10,7 @@ import pytest
 from planner import TrainSpec, plan
 from planner.memory.moments import step_memory
 from planner.model.catalog import model_from_config
+from probe_traces import traced
 
 BOUND = 0.001
 HEAD = dict(pad_token_id=0, vocab_size=4096, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
@@ -21,8 +22,6 @@ HEAD_CASES = [  # (method, precision): the lm_head's gradient in the compute dty
     ("qlora", "autocast"),
 ]
 
-_traces = {}
-
 
 def big_vocab():
     return model_from_config({"model_type": "llama", **HEAD}, "tiny-llama-4k-vocab")
@@ -31,15 +30,6 @@ def big_vocab():
 def head_train(method, precision):
     return TrainSpec(method=method, rank=8, batch_size=1, seq_len=16, dtype="bf16", precision=precision,
                      optim="sgd", target_modules=("q_proj", "v_proj"), modules_to_save=("lm_head",))
-
-
-def traced(spec, train):
-    from probes.fake import trace
-
-    key = (spec.name, train)
-    if key not in _traces:
-        _traces[key] = trace(spec, train).phase_peaks
-    return _traces[key]
 
 
 @pytest.mark.slow

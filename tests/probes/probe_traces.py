@@ -1,0 +1,13 @@
+"""The tracer's phase peaks of a configuration, traced once per test session (the tests of a
+setting class compare several plans with one trace)."""
+_traces = {}
+
+
+def traced(spec, train) -> dict:
+    """``probes.fake.trace``'s phase peaks for ``spec`` and ``train`` (one GPU), cached."""
+    from probes.fake import trace
+
+    key = (spec.name, spec.hidden_size, spec.num_layers, spec.vocab_size, train)
+    if key not in _traces:
+        _traces[key] = trace(spec, train).phase_peaks
+    return _traces[key]
