@@ -412,8 +412,10 @@ moment("backward", "layer_moe")(_last_layer(_moe_part))
 def _layer_dora(s: Step):
     """An adapted module's own backward in the last layer (DoRA's fp32 gradients)."""
     kept, workspace = s._last(M.adapter_backward_moment)
-    return dict(**s.persistent, activations__saved=s.saved if s.gc else s.saved - s.per_layer + kept,
-                activations__autocast_weights=s.back_copies, transient__recompute=kept if s.gc else 0,
+    # (with checkpointing: the recomputed module's DoRA output, the final norm's input freed and
+    # the gradients made before the recomputation in flight)
+    return dict(**s.persistent, activations__saved=s.saved - s.final_norm if s.gc else s.saved - s.per_layer + kept,
+                activations__autocast_weights=s.back_copies, transient__recompute=kept + s.in_flight if s.gc else 0,
                 transient__dora_backward=workspace, **s.parallel("backward_layer"))
 
 
