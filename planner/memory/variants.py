@@ -432,11 +432,15 @@ class Dora(Lora):
         product itself is a moment too: the fp32 identity, its c-byte copy and lora_B's c-byte
         output (in*out) live together; when in >> out (Qwen2.5-7B's 18944 -> 3584 down_proj)
         it is the larger one (tracer: 1.337 GiB fp32 identity and 0.668 GiB bf16 copy live at
-        the peak). The larger of the moments counts.
+        the peak). The larger of the moments counts. The base weight's fp32 cast is the weight
+        itself where it is stored in fp32 (`mixed`, or dtype fp32, 16-bit methods): three dense
+        tensors then (tracer, Phi-3-mini 2 layers, DoRA mixed bf16, batch 1 x 64: three fp32
+        [16384, 3072] at gate_up_proj's norm, where four planned it 9% over).
         """
         n_in, n_out = lin.in_features, lin.out_features
         eye = n_in * n_in * (prec.compute if prec.autocast else FP32)
-        at_norm = eye + 4 * n_out * n_in * FP32
+        weight_cast = 0 if prec.weight == FP32 and not train.is_quantized else 1
+        at_norm = eye + (3 + weight_cast) * n_out * n_in * FP32
         if not prec.autocast:
             return at_norm
         at_product = n_in * n_in * FP32 + eye + n_in * n_out * prec.compute
