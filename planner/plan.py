@@ -173,9 +173,9 @@ def plan(model: str | ModelSpec, gpu: str | GpuSpec, train: TrainSpec | None = N
         notes += ("modules_to_save copies an fp16 model's modules in fp16, whose gradients a GradScaler "
                   "refuses: consider --precision mixed (fp32 weights)",)
     if train.is_dora and train.precision == "mixed":
-        notes += ("DoRA / QDoRA under --precision mixed: the per-layer weight-norm and dropout transients are "
-                  "planned as under autocast; traces show them up to 3% above the plan (QDoRA) or 9% below "
-                  "(DoRA, small batches): check it with probe --device fake",)
+        notes += ("DoRA / QDoRA under --precision mixed: a layer's weight-norm and dropout transients with fp32 "
+                  "master weights are not all modelled; traced peaks were up to 2.7% above this plan (QDoRA with "
+                  "dropout) and 1.9% below it (DoRA): check it with probe --device fake",)
     if model.vocab_size < model.intermediate_size:
         notes += (f"{model.name}'s vocabulary ({model.vocab_size}) is smaller than its MLP width "
                   f"({model.intermediate_size}): a layer's backward can then outgrow the logits, a moment the "
@@ -196,8 +196,8 @@ def plan(model: str | ModelSpec, gpu: str | GpuSpec, train: TrainSpec | None = N
     notes += moe_notes(model, train, dtype)
     if train.is_dora and train.lora_dropout > 0 and not C.precision(train, dtype).autocast:
         notes += ("DoRA with lora_dropout and no autocast: the fp32 tensors of a layer's DoRA weight-norm "
-                  "computation beside the dropped input are not all modelled; the tracer showed peaks up to "
-                  "about 3% (4% on toy models) above this plan",)
+                  "computation beside the dropped input are not all modelled; traced peaks were up to about 2% "
+                  "(4% on toy models) above this plan",)
     if train.modules_to_save and train.method == "full":
         notes += ("full fine-tuning trains every module: modules_to_save adds nothing to it",)
     elif model.tie_word_embeddings and len(train.modules_to_save) == 2:

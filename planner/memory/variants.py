@@ -159,6 +159,11 @@ class NoAdapter:
     def dropout_saved(self, lin: Linear, train: TrainSpec, prec) -> int:
         return 0
 
+    def dropout_unrecorded(self, lin: Linear, train: TrainSpec, prec) -> int:
+        """The part of :meth:`dropout_saved` kept only when the module's input needs a gradient
+        (what the first layer's q/k/v adapters do not keep, terms.first_norm_unrecorded): all of it."""
+        return self.dropout_saved(lin, train, prec)
+
     def input_live(self, lin: Linear, train: TrainSpec, prec) -> int:
         """A module's input while it runs: T*in*hidden."""
         return train.tokens * lin.in_features * prec.hidden
@@ -330,6 +335,15 @@ class Dora(Lora):
         if not train.is_quantized and not prec.autocast and prec.weight == e:
             return 0
         return lin.in_features * lin.out_features * e
+
+    def dropout_unrecorded(self, lin: Linear, train: TrainSpec, prec) -> int:
+        """LoRA's mask and the weight copy F.linear keeps for its input's gradient (out*in*e);
+        the base output the magnitude's product keeps is kept anyway (tracer, Granite-3.3-8B 2
+        layers, QDoRA autocast, dropout 0.05, k_proj: layer 0 keeps no mask and no bf16
+        [1024, 4096] weight copy, but its bf16 base output, 2*T*out less than the fp32 one)."""
+        if train.lora_dropout <= 0:
+            return 0
+        return super().dropout_saved(lin, train, prec) + self.dropout_weight_copy(lin, train, prec)
 
     def working_set(self, lin: Linear, train: TrainSpec, prec) -> int:
         """DoRA combines base and LoRA outputs with its fp32 magnitude scale: three fp32 T*out
