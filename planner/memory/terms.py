@@ -423,6 +423,31 @@ def moe_saved_parts(model: ModelSpec, train: TrainSpec, prec: Precision) -> dict
     return {"router": router, "experts": pairs * per_pair + 4 * moe.experts, "merged": merged}
 
 
+def shared_expert_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
+    """What a mixture of experts' shared expert keeps for backward, one layer: a gated MLP of
+    width I_s over every token (Linear modules, roles shared_gate / shared_up / shared_down):
+    its gate and up outputs and act(gate), 3*T*I_s*hidden (as :func:`mlp_core_saved`), and
+    when its down_proj is trained whole (full fine-tuning) that Linear's input act(gate)*up,
+    T*I_s*c. Its input is the MoE block's, which the router keeps (:func:`moe_saved_parts`)
+    (transformers 5.23 Qwen2MoeMLP: down_proj(act_fn(gate_proj(x)) * up_proj(x)))."""
+    moe = model.layer.moe
+    if moe is None or not moe.shared_intermediate:
+        return 0
+    t, i = train.tokens, moe.shared_intermediate
+    return 3 * t * i * prec.hidden + (t * i * prec.compute if train.method == "full" else 0)
+
+
+def shared_output_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
+    """Qwen2-MoE's shared-expert gate, sigmoid(shared_expert_gate(x)) * shared_expert(x), one
+    layer: the product keeps both factors, the shared expert's output (T*h*hidden) and the
+    sigmoid's (T*1, which sigmoid keeps for its own backward too): T*(h + 1)*hidden
+    (transformers 5.23 Qwen2MoeSparseMoeBlock.forward). 0 without that gate."""
+    moe = model.layer.moe
+    if moe is None or not moe.shared_scale:
+        return 0
+    return train.tokens * (model.hidden_size + 1) * prec.hidden
+
+
 def moe_backward_workspace(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
     """The backward of a LoRA-wrapped fused expert weight: the grouped matmul's gradient with
     respect to the merged weight (E*in*out in the weight's dtype), which exists whole before
@@ -522,9 +547,17 @@ def layer_saved_sequence(model: ModelSpec, train: TrainSpec, prec: Precision) ->
     seq.append(("attention", attention_core_saved(model, train, prec)))
     seq += adapters("o")
     seq += norms("attn_out", "mlp_in", "mlp_out")
+    moe = layer.moe
+    if moe is not None and moe.shared_intermediate:
+        seq += adapters("shared_gate", "shared_up")
+        seq.append(("shared_expert", shared_expert_saved(model, train, prec)))
+        seq += adapters("shared_down")
     seq += adapters(*MLP_INPUT_ROLES)
     seq.append(("mlp", mlp_core_saved(model, train, prec)))
     seq += adapters("down")
+    if moe is not None and moe.shared_scale:
+        seq += adapters("shared_scale")
+        seq.append(("shared_output", shared_output_saved(model, train, prec)))
     seq.append(("linear_inputs", linear_inputs_saved(model, train, prec)))
     return tuple(seq)
 

@@ -33,7 +33,8 @@ def layout(model):
 
 def test_every_entry_builds_a_layer_with_roles():
     for model_type in TABLE:
-        fields = {"moe_intermediate_size": 48, "num_experts": 8, "num_experts_per_tok": 2}
+        fields = {"moe_intermediate_size": 48, "num_experts": 8, "num_experts_per_tok": 2,
+                  "shared_expert_intermediate_size": 64}
         model = spec(model_type, **fields)
         roles = {lin.role for lin in model.linears}
         assert roles >= {"o"}, model_type
