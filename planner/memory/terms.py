@@ -418,7 +418,12 @@ def moe_saved_parts(model: ModelSpec, train: TrainSpec, prec: Precision) -> dict
         w = FP32 if moe.weights_fp32 else c
         per_pair = (2 * h + 4 * i) * x + 24 + w if experts_train else (h + 3 * i) * x + 24 + w
     router += t * h * x if router_train else 0
-    merged = sum((tg.weight + tg.experts * tg.rank * (tg.in_features + tg.out_features)) * parameter_bytes(train, prec)
+    weight = parameter_bytes(train, prec)
+    # the factors' copies in the weight's dtype: none when the weight is fp32, the factors' own
+    # dtype (QLoRA's fp32 experts: Tensor.to returns the factor itself; tracer, OLMoE-1B-7B 2
+    # layers, QLoRA all-linear: no (64, 2048, 32) copy, the plan 1.1% over with them)
+    copies = weight != FP32
+    merged = sum((tg.weight + (tg.experts * tg.rank * (tg.in_features + tg.out_features) if copies else 0)) * weight
                  for tg in adapted)
     return {"router": router, "experts": pairs * per_pair + 4 * moe.experts, "merged": merged}
 
@@ -462,7 +467,16 @@ def moe_backward_workspace(model: ModelSpec, train: TrainSpec, prec: Precision) 
     first = by_part.get("down") or by_part.get("gate_up")
     if moe is None or first is None:
         return 0
-    return first.weight * parameter_bytes(train, prec) + train.tokens * moe.top_k * moe.intermediate * prec.stream
+    pairs, x = train.tokens * moe.top_k, prec.stream
+    down = first.weight * parameter_bytes(train, prec) + pairs * moe.intermediate * x
+    # Later, between down's backward and gate_up's weight gradient: the gradients of the routing
+    # scatter (its (T, k, h) clone, and the zeros and index_put of the gather's backward, three
+    # S*h), of the gate_up output (S*2I) and of act(gate)*up (S*I), the down output and
+    # act(gate)*up freed: S*(2h + 2I)*x above the layer's saved set. It wins at long sequences
+    # (tracer, OLMoE-1B-7B 2 layers, QLoRA all-linear with checkpointing, batch 4 x 2048: these
+    # tensors at the backward peak, the plan 6.3% under without them)
+    inputs = pairs * (2 * model.hidden_size + 2 * moe.intermediate) * x
+    return max(down, inputs)
 
 
 def linear_inputs_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:

@@ -203,7 +203,7 @@ class Architecture:
     # "flag" (all, when use_sliding_window is set: Qwen2/3), or "none"
     sliding: str = "none"
     attention_bias_default: bool = False  # attention_bias when the config omits it
-    # mixture of experts: "mixtral", "qwen" (Qwen3-MoE), "qwen2" (Qwen2-MoE) or "gpt_oss" (see :func:`_moe`)
+    # mixture of experts: "mixtral", "qwen" (Qwen3-MoE), "qwen2" (Qwen2-MoE), "olmoe" or "gpt_oss" (see :func:`_moe`)
     moe: str | None = None
 
 
@@ -238,6 +238,10 @@ TABLE: dict[str, Architecture] = {
     # fused experts and a shared expert of Linear modules with its own sigmoid gate
     # (transformers 5.23 modeling_qwen2_moe.Qwen2MoeSparseMoeBlock)
     "qwen2_moe": Architecture(qkv_bias=True, sliding="flag", moe="qwen2"),
+    # OLMoE: Llama's pre-norm layer with OLMo's qk-norm over the whole q / k projection (its
+    # RMSNorm multiplies the weight in the input dtype) and Qwen3-MoE's router and fused experts,
+    # each intermediate_size wide (transformers 5.23 modeling_olmoe; clip_qkv unset in OLMoE-1B-7B)
+    "olmoe": Architecture(traits=Traits(qk_norm="full"), moe="olmoe"),
     "qwen3_moe": Architecture(traits=Traits(qk_norm="head"), sliding="flag", moe="qwen"),
     # gpt-oss has no SDPA path in transformers (its sinks need the eager softmax), and its
     # norms multiply the weight in fp32 ((w * x_fp32).to(dtype)).
@@ -361,6 +365,10 @@ def _moe(kind: str, config: dict, dims: Dims) -> MoE:
     if kind == "mixtral":
         return MoE(experts, top_k, inter, renormalize=True, weights_fp32=True, peft_converts=True)
     if kind == "qwen":
+        return MoE(experts, top_k, inter, renormalize=bool(config.get("norm_topk_prob", False)), peft_converts=True)
+    if kind == "olmoe":
+        # transformers maps olmoe to the "qwen2_moe" conversion pattern: peft's all-linear adapts
+        # the router and the fused experts (gate_up at 2r) as for Qwen3-MoE (tracer)
         return MoE(experts, top_k, inter, renormalize=bool(config.get("norm_topk_prob", False)), peft_converts=True)
     if kind == "qwen2":
         # peft 0.21 rewrites all-linear to the fused experts only for the model types transformers'

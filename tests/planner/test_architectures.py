@@ -209,8 +209,8 @@ def test_quantized_moe_keeps_fp32_experts():
 
 def test_bad_configs_name_the_problem():
     with pytest.raises(UnknownArchitecture, match="probe --device fake --model CONFIG") as info:
-        model_from_config({"model_type": "olmoe", **TINY}, "x")
-    assert info.value.config["model_type"] == "olmoe"
+        model_from_config({"model_type": "jetmoe", **TINY}, "x")
+    assert info.value.config["model_type"] == "jetmoe"
     with pytest.raises(CatalogError, match="not decoder-only causal LMs"):
         model_from_config({"model_type": "llama", "architectures": ["LlamaForSequenceClassification"], **TINY}, "x")
     with pytest.raises(CatalogError, match="encoder-decoder"):

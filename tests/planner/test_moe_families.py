@@ -83,3 +83,31 @@ def test_qwen2_moe_missing_shared_width_is_named():
     fields = {k: v for k, v in QWEN2_MOE.items() if k != "shared_expert_intermediate_size"}
     with pytest.raises((CatalogError, ValueError), match="shared_expert_intermediate_size"):
         spec("qwen2_moe", **fields)
+
+
+OLMOE = dict(intermediate_size=48, num_experts=8, num_experts_per_tok=2)
+
+
+def test_olmoe_is_qwen3_moe_with_a_whole_projection_qk_norm():
+    """OLMoE: q_norm over q_dim, k_norm over kv_dim (OlmoeAttention), experts intermediate_size
+    wide; peft's all-linear adapts the router (r) and the fused experts (gate_up 2r, down r), as
+    for Qwen3-MoE (transformers maps olmoe to the "qwen2_moe" conversion pattern; traced)."""
+    m = spec("olmoe", **OLMOE)
+    assert [(n.name, n.site, n.size) for n in m.layer.norms_at("q", "k")] == [("q_norm", "q", 96), ("k_norm", "k", 48)]
+    assert m.layer.moe.intermediate == 48 and m.linear_names == ("q_proj", "k_proj", "v_proj", "o_proj")
+    parts = [(p.part, p.rank) for p in targets.targeted_parameters(m, train())]
+    assert parts == [("router", 8), ("gate_up", 16), ("down", 8)]
+
+
+def test_fp32_experts_make_no_factor_copies():
+    """LoRA on a fused expert weight copies its fp32 factors to the weight's dtype; under QLoRA
+    the experts are fp32 (prepare_model_for_kbit_training), the copy is the factor itself: the
+    merged part is the merged weights alone (tracer, OLMoE-1B-7B 2 layers)."""
+    m = spec("olmoe", **OLMOE)
+    q = train(method="qlora")
+    merged = C.moe_saved_parts(m, q, C.precision(q, "bf16"))["merged"]
+    assert merged == 4 * (128 * 8 + 8 * 128 * 96 + 8 * 48 * 128)
+    lora = train()
+    copies = 8 * (128 + 8) + 8 * 16 * (128 + 96) + 8 * 8 * (48 + 128)
+    assert C.moe_saved_parts(m, lora, C.precision(lora, "bf16"))["merged"] == 2 * (
+        8 * 128 + 8 * 128 * 96 + 8 * 48 * 128 + copies)

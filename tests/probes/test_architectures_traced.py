@@ -99,6 +99,7 @@ def test_eager_softmax_moments_planned_equal_traced_within_bound(torch_stack, me
 MOE_FAMILIES = {
     "qwen2_moe": dict(moe_intermediate_size=64, shared_expert_intermediate_size=96, num_experts=8,
                       num_experts_per_tok=2),
+    "olmoe": dict(intermediate_size=64, num_experts=8, num_experts_per_tok=2),
 }
 
 
