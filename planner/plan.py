@@ -11,7 +11,7 @@ from planner.model import targets
 from planner.time import roofline
 from planner.time import calibration as speed_calibration
 from planner.time import timing
-from planner.model.architectures import check_known
+from planner.model.architectures import ATTENTION_ROLES, SHARED_ROLES, check_known
 from planner.model.catalog import get_gpu, get_model
 from planner.memory.moments import step_memory
 from planner.model.precision import resolve_dtype
@@ -100,9 +100,16 @@ def moe_notes(model: ModelSpec, train: TrainSpec, dtype: str) -> tuple[str, ...]
         merged = sum(t.weight for t in experts) * C.parameter_bytes(train, C.precision(train, dtype))
         how = ("peft's all-linear also adapts the router and the fused experts (target_parameters; "
                "gate_up at rank 2r)" if not train.target_parameters else "LoRA on the fused experts")
+        attention = [lin.name for lin in model.linears if lin.role in ATTENTION_ROLES]
         notes += (f"{how}: every forward materializes the merged expert weights, {merged / gib:.2f} GiB per "
-                  f"layer kept for backward; --target-modules {','.join(model.linear_names)} adapts the "
+                  f"layer kept for backward; --target-modules {','.join(attention)} adapts the "
                   "attention only",)
+    shared = [lin for lin in model.linears if lin.role in SHARED_ROLES]
+    if shared and train.is_adapter:
+        adapted = [lin.name for lin in shared if lin.name in targets.targeted_names(model, train)]
+        notes += (f"the shared expert (width {moe.shared_intermediate}) is made of nn.Linear modules: "
+                  + (f"LoRA adapts {', '.join(adapted)}" if adapted else "not adapted by these targets")
+                  + ("; bitsandbytes packs them to 4 bits" if train.is_quantized else ""),)
     if model.model_type == "gpt_oss":
         notes += ("gpt-oss checkpoints ship MXFP4 experts, which bitsandbytes cannot load and which do not "
                   "train: planned with the experts dequantized to the compute dtype",)

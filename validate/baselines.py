@@ -138,7 +138,7 @@ def matrix() -> list[Config]:
              + _grid(PRECISION_MODELS, ("full",), [(8, "all")], dtype="fp16", precision="mixed")
              + _grid(PRECISION_MODELS, ("full",), [(8, "all")], dtype="bf16", precision="pure"))
     tier5 = [c for c in _grid(ARCHITECTURE_MODELS, METHODS, [(8, "all")]) if supports(c.model, c.train.method)]
-    return tier1 + tier2 + tier3 + tier4 + tier5 + settings_tier() + parallel_tier()
+    return tier1 + tier2 + tier3 + tier4 + tier5 + settings_tier() + parallel_tier() + moe_families_tier()
 
 
 # Tier 6: the settings a training script sets, on an untied and a tied model at their real
@@ -290,3 +290,15 @@ def append(row: dict, p: Path) -> None:
         if new:
             writer.writeheader()
         writer.writerow(row)
+
+
+# ---------------------------------------------------------------- tier 9: issue 18's mixture-of-experts families
+# Every new MoE family under every method peft accepts for it with all-linear targets (DoRA is
+# refused where all-linear reaches fused experts), batch {1, 4} x seq {512, 2048} x checkpointing,
+# cut to 2 layers at real widths (every layer of these models is alike).
+MOE_FAMILY_MODELS = ("qwen1.5-moe-a2.7b@2L", "olmoe-1b-7b@2L")
+
+
+def moe_families_tier() -> list[Config]:
+    return [c for c in _grid(MOE_FAMILY_MODELS, METHODS, [(8, "all")]) if supports(c.model, c.train.method)]
+

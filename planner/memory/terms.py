@@ -418,9 +418,39 @@ def moe_saved_parts(model: ModelSpec, train: TrainSpec, prec: Precision) -> dict
         w = FP32 if moe.weights_fp32 else c
         per_pair = (2 * h + 4 * i) * x + 24 + w if experts_train else (h + 3 * i) * x + 24 + w
     router += t * h * x if router_train else 0
-    merged = sum((tg.weight + tg.experts * tg.rank * (tg.in_features + tg.out_features)) * parameter_bytes(train, prec)
+    weight = parameter_bytes(train, prec)
+    # the factors' copies in the weight's dtype: none when the weight is fp32, the factors' own
+    # dtype (QLoRA's fp32 experts: Tensor.to returns the factor itself; tracer, OLMoE-1B-7B 2
+    # layers, QLoRA all-linear: no (64, 2048, 32) copy, the plan 1.1% over with them)
+    copies = weight != FP32
+    merged = sum((tg.weight + (tg.experts * tg.rank * (tg.in_features + tg.out_features) if copies else 0)) * weight
                  for tg in adapted)
     return {"router": router, "experts": pairs * per_pair + 4 * moe.experts, "merged": merged}
+
+
+def shared_expert_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
+    """What a mixture of experts' shared expert keeps for backward, one layer: a gated MLP of
+    width I_s over every token (Linear modules, roles shared_gate / shared_up / shared_down):
+    its gate and up outputs and act(gate), 3*T*I_s*hidden (as :func:`mlp_core_saved`), and
+    when its down_proj is trained whole (full fine-tuning) that Linear's input act(gate)*up,
+    T*I_s*c. Its input is the MoE block's, which the router keeps (:func:`moe_saved_parts`)
+    (transformers 5.23 Qwen2MoeMLP: down_proj(act_fn(gate_proj(x)) * up_proj(x)))."""
+    moe = model.layer.moe
+    if moe is None or not moe.shared_intermediate:
+        return 0
+    t, i = train.tokens, moe.shared_intermediate
+    return 3 * t * i * prec.hidden + (t * i * prec.compute if train.method == "full" else 0)
+
+
+def shared_output_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
+    """Qwen2-MoE's shared-expert gate, sigmoid(shared_expert_gate(x)) * shared_expert(x), one
+    layer: the product keeps both factors, the shared expert's output (T*h*hidden) and the
+    sigmoid's (T*1, which sigmoid keeps for its own backward too): T*(h + 1)*hidden
+    (transformers 5.23 Qwen2MoeSparseMoeBlock.forward). 0 without that gate."""
+    moe = model.layer.moe
+    if moe is None or not moe.shared_scale:
+        return 0
+    return train.tokens * (model.hidden_size + 1) * prec.hidden
 
 
 def moe_backward_workspace(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
@@ -437,7 +467,16 @@ def moe_backward_workspace(model: ModelSpec, train: TrainSpec, prec: Precision) 
     first = by_part.get("down") or by_part.get("gate_up")
     if moe is None or first is None:
         return 0
-    return first.weight * parameter_bytes(train, prec) + train.tokens * moe.top_k * moe.intermediate * prec.stream
+    pairs, x = train.tokens * moe.top_k, prec.stream
+    down = first.weight * parameter_bytes(train, prec) + pairs * moe.intermediate * x
+    # Later, between down's backward and gate_up's weight gradient: the gradients of the routing
+    # scatter (its (T, k, h) clone, and the zeros and index_put of the gather's backward, three
+    # S*h), of the gate_up output (S*2I) and of act(gate)*up (S*I), the down output and
+    # act(gate)*up freed: S*(2h + 2I)*x above the layer's saved set. It wins at long sequences
+    # (tracer, OLMoE-1B-7B 2 layers, QLoRA all-linear with checkpointing, batch 4 x 2048: these
+    # tensors at the backward peak, the plan 6.3% under without them)
+    inputs = pairs * (2 * model.hidden_size + 2 * moe.intermediate) * x
+    return max(down, inputs)
 
 
 def linear_inputs_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
@@ -522,9 +561,17 @@ def layer_saved_sequence(model: ModelSpec, train: TrainSpec, prec: Precision) ->
     seq.append(("attention", attention_core_saved(model, train, prec)))
     seq += adapters("o")
     seq += norms("attn_out", "mlp_in", "mlp_out")
+    moe = layer.moe
+    if moe is not None and moe.shared_intermediate:
+        seq += adapters("shared_gate", "shared_up")
+        seq.append(("shared_expert", shared_expert_saved(model, train, prec)))
+        seq += adapters("shared_down")
     seq += adapters(*MLP_INPUT_ROLES)
     seq.append(("mlp", mlp_core_saved(model, train, prec)))
     seq += adapters("down")
+    if moe is not None and moe.shared_scale:
+        seq += adapters("shared_scale")
+        seq.append(("shared_output", shared_output_saved(model, train, prec)))
     seq.append(("linear_inputs", linear_inputs_saved(model, train, prec)))
     return tuple(seq)
 

@@ -19,6 +19,10 @@ gate, up   gated-MLP projections from the normed input          gate_proj, up_pr
 gate_up    the two fused                                        gate_up_proj (Phi-3, GLM-4)
 fc_in      a plain MLP's first projection                       c_fc (StarCoder2)
 down       the MLP's output projection                          down_proj, c_proj
+shared_*   a mixture of experts' shared expert, beside the      mlp.shared_expert.gate_proj,
+           routed ones: shared_gate, shared_up, shared_down     up_proj, down_proj (Qwen2-MoE)
+shared_    the shared expert's sigmoid gate (h -> 1): its       mlp.shared_expert_gate
+scale      output scales the shared expert's (Qwen2-MoE)
 =========  ===================================================  ==============================
 
 Sites of a norm: ``attn_in`` (before attention), ``attn_out`` (on the attention output:
@@ -33,7 +37,10 @@ MLP_INPUT_ROLES = frozenset({"gate", "up", "gate_up", "fc_in"})
 # Linears that read the layer's normed input (the attention and MLP inputs).
 NORM_READER_ROLES = ATTENTION_INPUT_ROLES | MLP_INPUT_ROLES
 ATTENTION_ROLES = ATTENTION_INPUT_ROLES | {"o"}
-ROLES = tuple(sorted(NORM_READER_ROLES | ATTENTION_ROLES | {"down"}))  # every role the formulas know
+# a mixture of experts' shared expert (a gated MLP beside the routed experts) and its gate
+SHARED_INPUT_ROLES = frozenset({"shared_gate", "shared_up"})
+SHARED_ROLES = SHARED_INPUT_ROLES | {"shared_down", "shared_scale"}
+ROLES = tuple(sorted(NORM_READER_ROLES | ATTENTION_ROLES | SHARED_ROLES | {"down"}))  # every role the formulas know
 
 
 @dataclass(frozen=True)
@@ -112,6 +119,10 @@ class MoE:
     weights_fp32: bool = False  # the routing weights stay fp32 (Mixtral) instead of the compute dtype
     activation: str = "swiglu"  # "swiglu", "clamped_swiglu" (gpt-oss: clamp, sigmoid, (up + 1))
     peft_converts: bool = False  # peft's all-linear also adapts router and experts (target_parameters)
+    # a shared expert every token goes through beside its routed ones: a gated MLP of this
+    # width made of Linear modules (roles shared_gate / shared_up / shared_down); 0: none
+    shared_intermediate: int = 0
+    shared_scale: bool = False  # Qwen2-MoE: sigmoid(shared_expert_gate(x)) scales the shared expert's output
 
 
 @dataclass(frozen=True)
@@ -192,7 +203,7 @@ class Architecture:
     # "flag" (all, when use_sliding_window is set: Qwen2/3), or "none"
     sliding: str = "none"
     attention_bias_default: bool = False  # attention_bias when the config omits it
-    # mixture of experts: "mixtral", "qwen" (Qwen3-MoE) or "gpt_oss" (see :func:`_moe`)
+    # mixture of experts: "mixtral", "qwen" (Qwen3-MoE), "qwen2" (Qwen2-MoE), "olmoe" or "gpt_oss" (see :func:`_moe`)
     moe: str | None = None
 
 
@@ -223,6 +234,14 @@ TABLE: dict[str, Architecture] = {
     "smollm3": Architecture(tie_default=True),
     "phi3": Architecture(attention="fused", mlp="fused_gated", traits=Traits(rotary_concat=True)),
     "mixtral": Architecture(sliding="all", moe="mixtral"),
+    # Qwen2-MoE (Qwen1.5-MoE): Qwen2's attention (q/k/v biases, the config's qkv_bias), routed
+    # fused experts and a shared expert of Linear modules with its own sigmoid gate
+    # (transformers 5.23 modeling_qwen2_moe.Qwen2MoeSparseMoeBlock)
+    "qwen2_moe": Architecture(qkv_bias=True, sliding="flag", moe="qwen2"),
+    # OLMoE: Llama's pre-norm layer with OLMo's qk-norm over the whole q / k projection (its
+    # RMSNorm multiplies the weight in the input dtype) and Qwen3-MoE's router and fused experts,
+    # each intermediate_size wide (transformers 5.23 modeling_olmoe; clip_qkv unset in OLMoE-1B-7B)
+    "olmoe": Architecture(traits=Traits(qk_norm="full"), moe="olmoe"),
     "qwen3_moe": Architecture(traits=Traits(qk_norm="head"), sliding="flag", moe="qwen"),
     # gpt-oss has no SDPA path in transformers (its sinks need the eager softmax), and its
     # norms multiply the weight in fp32 ((w * x_fp32).to(dtype)).
@@ -274,7 +293,7 @@ def _layer(arch: Architecture, config: dict, dims: Dims) -> Layer:
     h, inter, q_dim, kv_dim = dims.hidden, dims.intermediate, dims.q_dim, dims.kv_dim
     attn_bias = bool(config.get("attention_bias", arch.attention_bias_default))
     mlp_bias = bool(config.get("mlp_bias", False))
-    qkv_bias = arch.qkv_bias or attn_bias
+    qkv_bias = bool(config.get("qkv_bias", arch.qkv_bias)) or attn_bias
     if arch.attention == "fused":
         attention = (Linear("qkv_proj", h, q_dim + 2 * kv_dim, qkv_bias, "qkv"),)
     else:
@@ -283,7 +302,7 @@ def _layer(arch: Architecture, config: dict, dims: Dims) -> Layer:
     attention += (Linear("o_proj", q_dim, h, attn_bias, "o"),)
     moe = _moe(arch.moe, config, dims) if arch.moe else None
     if moe is not None:
-        mlp = ()
+        mlp = _shared_expert(moe, h)
     elif arch.mlp == "fused_gated":
         mlp = (Linear("gate_up_proj", h, 2 * inter, mlp_bias, "gate_up"),)
     else:
@@ -311,6 +330,20 @@ class LayoutError(ValueError):
     """A config the architecture table cannot describe (the message names the field)."""
 
 
+def _shared_expert(moe: MoE, h: int) -> tuple[Linear, ...]:
+    """A mixture of experts' shared expert as Linear modules, in forward order (Qwen2-MoE runs
+    it before the router, and its sigmoid gate after the routed experts)."""
+    if not moe.shared_intermediate:
+        return ()
+    i = moe.shared_intermediate
+    out = (Linear("shared_expert.gate_proj", h, i, False, "shared_gate"),
+           Linear("shared_expert.up_proj", h, i, False, "shared_up"),
+           Linear("shared_expert.down_proj", i, h, False, "shared_down"))
+    if moe.shared_scale:
+        out += (Linear("shared_expert_gate", h, 1, False, "shared_scale"),)
+    return out
+
+
 def _moe(kind: str, config: dict, dims: Dims) -> MoE:
     """The mixture of experts of a Mixtral, Qwen3-MoE or gpt-oss config (transformers 5.23 defaults).
 
@@ -319,20 +352,34 @@ def _moe(kind: str, config: dict, dims: Dims) -> MoE:
     ``target_parameters``); for gpt-oss it adapts the attention Linears only."""
     experts = config.get("num_local_experts") or config.get("num_experts")
     top_k = config.get("num_experts_per_tok") or config.get("experts_per_token")
-    inter = config.get("moe_intermediate_size") if kind == "qwen" else dims.intermediate
+    inter = config.get("moe_intermediate_size") if kind in ("qwen", "qwen2") else dims.intermediate
     for field_name, value in (("num_local_experts", experts), ("num_experts_per_tok", top_k),
                               ("moe_intermediate_size", inter)):
         if value is None:
             raise LayoutError(f"config.json lacks the field {field_name!r}, which the architecture table needs")
         if not isinstance(value, int) or value < 1:
             raise LayoutError(f"config field {field_name!r} must be a positive integer, got {value!r}")
-    if kind == "qwen" and (config.get("mlp_only_layers") or (config.get("decoder_sparse_step") or 1) != 1):
+    if kind in ("qwen", "qwen2") and (config.get("mlp_only_layers") or (config.get("decoder_sparse_step") or 1) != 1):
         raise LayoutError("dense layers between the MoE layers (mlp_only_layers, decoder_sparse_step) are not "
                           "planned yet: use probe --device fake")
     if kind == "mixtral":
         return MoE(experts, top_k, inter, renormalize=True, weights_fp32=True, peft_converts=True)
     if kind == "qwen":
         return MoE(experts, top_k, inter, renormalize=bool(config.get("norm_topk_prob", False)), peft_converts=True)
+    if kind == "olmoe":
+        # transformers maps olmoe to the "qwen2_moe" conversion pattern: peft's all-linear adapts
+        # the router and the fused experts (gate_up at 2r) as for Qwen3-MoE (tracer)
+        return MoE(experts, top_k, inter, renormalize=bool(config.get("norm_topk_prob", False)), peft_converts=True)
+    if kind == "qwen2":
+        # peft 0.21 rewrites all-linear to the fused experts only for the model types transformers'
+        # conversion_mapping sends to the "qwen2_moe" pattern; qwen2_moe itself is not one of them,
+        # so all-linear adapts the attention and the shared expert's Linears (tracer)
+        shared = config.get("shared_expert_intermediate_size")
+        if not isinstance(shared, int) or shared < 1:
+            raise LayoutError("config.json lacks the field 'shared_expert_intermediate_size', which the "
+                              "architecture table needs")
+        return MoE(experts, top_k, inter, renormalize=bool(config.get("norm_topk_prob", False)),
+                   shared_intermediate=shared, shared_scale=True)
     return MoE(experts, top_k, inter, router="router", router_bias=True, expert_bias=True,
                activation="clamped_swiglu")
 

@@ -26,7 +26,7 @@ def targeted_linears(model: ModelSpec, targets: tuple[str, ...]) -> tuple[Linear
     if ALL_LINEAR in targets:
         return model.linears
     known = model.linear_names
-    unknown = [t for t in targets if t not in known]
+    unknown = [t for t in targets if not any(_matches(name, t) for name in known)]
     if unknown:
         hints = []
         for name in unknown:
@@ -34,7 +34,13 @@ def targeted_linears(model: ModelSpec, targets: tuple[str, ...]) -> tuple[Linear
             hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
         raise ValueError(f"{model.name} has no module {', '.join(hints)}; "
                          f"its Linear modules are {', '.join(known)} (or use {ALL_LINEAR})")
-    return tuple(lin for lin in model.linears if lin.name in targets)
+    return tuple(lin for lin in model.linears if any(_matches(lin.name, t) for t in targets))
+
+
+def _matches(name: str, target: str) -> bool:
+    """peft's match of a target_modules entry: the module's name, or its dotted suffix
+    ("gate_proj" reaches a shared expert's "shared_expert.gate_proj")."""
+    return name == target or name.endswith("." + target)
 
 
 @lru_cache(maxsize=256)
@@ -132,6 +138,10 @@ def check_rank(model: ModelSpec, train: TrainSpec) -> None:
     if not train.is_adapter:
         return
     for lin in targeted_linears(model, train.target_modules):
+        # Qwen2-MoE's shared-expert gate has one output: every rank exceeds it, peft adapts it
+        # anyway under all-linear (lora_B (1, r)), so it is not a reason to refuse a plan
+        if lin.role == "shared_scale":
+            continue
         if train.rank > min(lin.in_features, lin.out_features):
             raise ValueError(f"rank {train.rank} is larger than {lin.name} "
                              f"({lin.in_features} -> {lin.out_features}) of {model.name}")

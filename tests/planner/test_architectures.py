@@ -33,7 +33,8 @@ def layout(model):
 
 def test_every_entry_builds_a_layer_with_roles():
     for model_type in TABLE:
-        fields = {"moe_intermediate_size": 48, "num_experts": 8, "num_experts_per_tok": 2}
+        fields = {"moe_intermediate_size": 48, "num_experts": 8, "num_experts_per_tok": 2,
+                  "shared_expert_intermediate_size": 64}
         model = spec(model_type, **fields)
         roles = {lin.role for lin in model.linears}
         assert roles >= {"o"}, model_type
@@ -208,8 +209,8 @@ def test_quantized_moe_keeps_fp32_experts():
 
 def test_bad_configs_name_the_problem():
     with pytest.raises(UnknownArchitecture, match="probe --device fake --model CONFIG") as info:
-        model_from_config({"model_type": "olmoe", **TINY}, "x")
-    assert info.value.config["model_type"] == "olmoe"
+        model_from_config({"model_type": "jetmoe", **TINY}, "x")
+    assert info.value.config["model_type"] == "jetmoe"
     with pytest.raises(CatalogError, match="not decoder-only causal LMs"):
         model_from_config({"model_type": "llama", "architectures": ["LlamaForSequenceClassification"], **TINY}, "x")
     with pytest.raises(CatalogError, match="encoder-decoder"):

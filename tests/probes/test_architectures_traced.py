@@ -91,3 +91,42 @@ def test_eager_softmax_moments_planned_equal_traced_within_bound(torch_stack, me
     # negative control: without the softmax workspace the plan misses the trace by far
     assert p.components["transient/attention"] > 0
     assert abs((p.peak_allocated_bytes - p.components["transient/attention"]) / traced - 1) >= BOUND
+
+
+# ---------------------------------------------------------------- issue 18: mixture-of-experts families
+# Tiny configs of each new family: the tracer equals a real CPU step to the byte (one method
+# each, LoRA all-linear: what peft reaches differs by family), and the plan is within the bound.
+MOE_FAMILIES = {
+    "qwen2_moe": dict(moe_intermediate_size=64, shared_expert_intermediate_size=96, num_experts=8,
+                      num_experts_per_tok=2),
+    "olmoe": dict(intermediate_size=64, num_experts=8, num_experts_per_tok=2),
+}
+
+
+def _tiny_moe(model_type):
+    return {"model_type": model_type, **BASE, "vocab_size": 512, **MOE_FAMILIES[model_type]}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_type", sorted(MOE_FAMILIES))
+def test_moe_family_fake_trace_equals_cpu_step_to_the_byte(torch_stack, model_type):
+    from probes import cpu, fake
+
+    spec = model_from_config(_tiny_moe(model_type), f"tiny-{model_type}")
+    train = TrainSpec(method="lora", rank=8, batch_size=2, seq_len=64, dtype="bf16")
+    real, traced = cpu.measure(spec, train), fake.trace(spec, train)
+    assert traced.peak_allocated_bytes == real.peak_allocated_bytes
+    assert traced.phase_peaks == real.phase_peaks and traced.breakdown == real.breakdown
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_type", sorted(MOE_FAMILIES))
+@pytest.mark.parametrize("method,gc", [("qlora", True), ("full", False)])
+def test_moe_family_planned_equals_traced_within_bound(torch_stack, model_type, method, gc):
+    from probes.fake import trace
+
+    spec = model_from_config({**_tiny_moe(model_type), "vocab_size": 4096}, f"tiny-{model_type}")
+    train = TrainSpec(method=method, rank=8, batch_size=2, seq_len=64, dtype="bf16", gradient_checkpointing=gc)
+    planned = plan(spec, "a100-80gb", train, calibrations={}).peak_allocated_bytes
+    traced = trace(spec, train).peak_allocated_bytes
+    assert abs(planned / traced - 1) < BOUND, (planned, traced)
