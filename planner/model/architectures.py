@@ -23,6 +23,11 @@ down       the MLP's output projection                          down_proj, c_pro
 
 Sites of a norm: ``attn_in`` (before attention), ``attn_out`` (on the attention output:
 sandwich and post-norm layers), ``mlp_in``, ``mlp_out``, and ``q`` / ``k`` (qk-norm).
+
+Norm kinds (the ``norm`` trait): ``rms`` (transformers' RMSNorm: an fp32 upcast of its input,
+the product cast back), ``rms_fp32_out`` (the weight multiplies in fp32), ``layer``
+(``nn.LayerNorm`` with a bias, StarCoder2: torch's ``native_layer_norm``, which CUDA's
+autocast runs in fp32, input and output).
 """
 from __future__ import annotations
 
@@ -76,7 +81,8 @@ class Traits:
     """How a decoder layer computes, as far as memory is concerned."""
 
     # "rms"; "rms_fp32_out": the weight multiplies the fp32 normalized input (Gemma's
-    # x_norm * (1 + w.float()), OLMo-2's (w * x_norm).to(dtype)), so that product is fp32
+    # x_norm * (1 + w.float()), OLMo-2's (w * x_norm).to(dtype)), so that product is fp32;
+    # "layer": nn.LayerNorm with a bias (StarCoder2), fp32 in and out under CUDA autocast
     norm: str = "rms"
     placement: str = "pre"  # "pre", "sandwich" (pre and post), "post" (OLMo-2: after each block only)
     qk_norm: str = "none"  # "none", "head" (over head_dim, after the reshape), "full" (over q_dim / kv_dim)
@@ -174,7 +180,10 @@ class Architecture:
     """One table entry: how an HF model_type lays out its decoder layer.
 
     ``attention``: "split" (q_proj, k_proj, v_proj, o_proj) or "fused" (qkv_proj, o_proj).
-    ``mlp``: "gated" (gate_proj, up_proj, down_proj) or "fused_gated" (gate_up_proj, down_proj).
+    ``mlp``: "gated" (gate_proj, up_proj, down_proj), "fused_gated" (gate_up_proj, down_proj) or
+    "plain" (a non-gated MLP: StarCoder2's c_fc, act, c_proj).
+    ``bias_field``: the config field that gives every Linear a bias (StarCoder2's ``use_bias``,
+    default ``bias_default``), in place of attention_bias / mlp_bias.
     ``qkv_bias``: True where the family always has q/k/v biases (Qwen2), else the config's
     ``attention_bias``. ``norm_sites``: the layer's norms in forward order, with their
     transformers names. ``tie_default``: tie_word_embeddings when the config omits it.
@@ -194,6 +203,8 @@ class Architecture:
     attention_bias_default: bool = False  # attention_bias when the config omits it
     # mixture of experts: "mixtral", "qwen" (Qwen3-MoE) or "gpt_oss" (see :func:`_moe`)
     moe: str | None = None
+    bias_field: str | None = None
+    bias_default: bool = False
 
 
 SANDWICH = (("input_layernorm", "attn_in"), ("post_attention_layernorm", "attn_out"),
@@ -222,6 +233,11 @@ TABLE: dict[str, Architecture] = {
     # SmolLM3's no-RoPE layers keep the q_proj output instead of the rotated q: the same bytes.
     "smollm3": Architecture(tie_default=True),
     "phi3": Architecture(attention="fused", mlp="fused_gated", traits=Traits(rotary_concat=True)),
+    # StarCoder2 (modeling_starcoder2.py): nn.LayerNorm with a bias before attention and MLP,
+    # a plain MLP c_fc -> gelu(tanh) -> c_proj, a bias on every Linear (config use_bias,
+    # default True), tied embeddings by default, every layer in the sliding window when set.
+    "starcoder2": Architecture(mlp="plain", traits=Traits(norm="layer"), tie_default=True, sliding="all",
+                               bias_field="use_bias", bias_default=True),
     "mixtral": Architecture(sliding="all", moe="mixtral"),
     "qwen3_moe": Architecture(traits=Traits(qk_norm="head"), sliding="flag", moe="qwen"),
     # gpt-oss has no SDPA path in transformers (its sinks need the eager softmax), and its
@@ -274,6 +290,8 @@ def _layer(arch: Architecture, config: dict, dims: Dims) -> Layer:
     h, inter, q_dim, kv_dim = dims.hidden, dims.intermediate, dims.q_dim, dims.kv_dim
     attn_bias = bool(config.get("attention_bias", arch.attention_bias_default))
     mlp_bias = bool(config.get("mlp_bias", False))
+    if arch.bias_field:
+        attn_bias = mlp_bias = bool(config.get(arch.bias_field, arch.bias_default))
     qkv_bias = arch.qkv_bias or attn_bias
     if arch.attention == "fused":
         attention = (Linear("qkv_proj", h, q_dim + 2 * kv_dim, qkv_bias, "qkv"),)
@@ -286,11 +304,14 @@ def _layer(arch: Architecture, config: dict, dims: Dims) -> Layer:
         mlp = ()
     elif arch.mlp == "fused_gated":
         mlp = (Linear("gate_up_proj", h, 2 * inter, mlp_bias, "gate_up"),)
+    elif arch.mlp == "plain":
+        mlp = (Linear("c_fc", h, inter, mlp_bias, "fc_in"),)
     else:
         mlp = (Linear("gate_proj", h, inter, mlp_bias, "gate"), Linear("up_proj", h, inter, mlp_bias, "up"))
     if moe is None:
-        mlp += (Linear("down_proj", inter, h, mlp_bias, "down"),)
-    norms = tuple(Norm(name, site, h) for name, site in arch.norm_sites)
+        mlp += (Linear("c_proj" if arch.mlp == "plain" else "down_proj", inter, h, mlp_bias, "down"),)
+    layer_norm = arch.traits.norm == "layer"
+    norms = tuple(Norm(name, site, h, bias=layer_norm) for name, site in arch.norm_sites)
     if arch.traits.qk_norm == "head":
         norms += (Norm("q_norm", "q", dims.head_dim, per_head=True), Norm("k_norm", "k", dims.head_dim, per_head=True))
     elif arch.traits.qk_norm == "full":

@@ -1,0 +1,65 @@
+"""The dense families of today's table (StarCoder2, ...): the tracer equals a real CPU step to
+the byte on a tiny config of each, and the planner stays within the architecture bound of it.
+
+Each tiny config keeps what is new in the family's layers (StarCoder2: nn.LayerNorm with a
+bias, a plain c_fc -> gelu -> c_proj MLP, a bias on every Linear, tied embeddings, a sliding
+window shorter than the sequence). At real widths the planner is checked by the baseline
+matrix's tier 8 (validate.baselines) and the memory gate.
+"""
+import pytest
+
+from planner import TrainSpec, plan
+from planner.model.catalog import model_from_config
+
+BASE = dict(pad_token_id=0, vocab_size=512, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096)
+FAMILIES = {
+    "starcoder2": dict(sliding_window=32, use_bias=True),
+}
+BOUND = 0.03
+
+
+def _spec(model_type):
+    return model_from_config({"model_type": model_type, **BASE, **FAMILIES[model_type]}, f"tiny-{model_type}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("gc", [False, True], ids=["nogc", "gc"])
+@pytest.mark.parametrize("method", ["lora", "qlora", "full"])
+@pytest.mark.parametrize("model_type", sorted(FAMILIES))
+def test_fake_trace_equals_cpu_step_to_the_byte(torch_stack, model_type, method, gc):
+    from probes import cpu, fake
+
+    spec = _spec(model_type)
+    train = TrainSpec(method=method, rank=4, batch_size=2, seq_len=48, dtype="bf16", gradient_checkpointing=gc)
+    real, traced = cpu.measure(spec, train), fake.trace(spec, train)
+    assert traced.peak_allocated_bytes == real.peak_allocated_bytes
+    assert traced.phase_peaks == real.phase_peaks
+    assert traced.breakdown == real.breakdown
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["lora", "qlora", "dora", "full"])
+@pytest.mark.parametrize("model_type", sorted(FAMILIES))
+def test_planned_equals_traced_within_bound(torch_stack, model_type, method):
+    from probes.fake import trace
+
+    spec = _spec(model_type)
+    train = TrainSpec(method=method, rank=8, batch_size=2, seq_len=64, dtype="bf16")
+    planned = plan(spec, "a100-80gb", train, calibrations={}).peak_allocated_bytes
+    traced = trace(spec, train).peak_allocated_bytes
+    assert abs(planned / traced - 1) < BOUND, (planned, traced)
+
+
+def test_cuda_autocast_runs_layer_norm_in_fp32(torch_stack):
+    """The tracer's CPU autocast makes nn.LayerNorm fp32 as CUDA autocast does (probes.kernels);
+    negative control: outside autocast it keeps the input's dtype."""
+    import torch
+
+    import probes.step  # noqa: F401  (registers the emulation)
+
+    x = torch.randn(2, 8, dtype=torch.bfloat16)
+    norm = torch.nn.LayerNorm(8).to(torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert norm(x).dtype == torch.float32
+    assert norm(x).dtype == torch.bfloat16
