@@ -205,6 +205,7 @@ class Architecture:
     moe: str | None = None
     bias_field: str | None = None
     bias_default: bool = False
+    sliding_pattern: int = 6  # "pattern": every n-th layer is full when the config omits sliding_window_pattern
 
 
 SANDWICH = (("input_layernorm", "attn_in"), ("post_attention_layernorm", "attn_out"),
@@ -226,6 +227,12 @@ TABLE: dict[str, Architecture] = {
                                               rope_tables=2)),
     "olmo2": Architecture(norm_sites=POST_NORM, traits=Traits(norm="rms_fp32_out", placement="post",
                                                                   qk_norm="full", rope_fp32=True)),
+    # OLMo-3 (modeling_olmo3.py): OLMo-2's post-norm layers and whole-projection qk-norm, with
+    # sliding-window layers (config layer_types; by default every 4th layer is full) and one
+    # fp32 RoPE table per attention type.
+    "olmo3": Architecture(norm_sites=POST_NORM, sliding="pattern", sliding_pattern=4,
+                          traits=Traits(norm="rms_fp32_out", placement="post", qk_norm="full", rope_fp32=True,
+                                        rope_tables=2)),
     # Granite's residual, attention and logits multipliers are scalar products that keep
     # nothing for backward (tracer: the same saved set as Llama); its embedding multiplier
     # makes a second T x h tensor after the embedding module (see components.activations_saved).
@@ -369,6 +376,6 @@ def _sliding_indices(arch: Architecture, config: dict, layers: int) -> tuple[int
     if arch.sliding == "alternate":  # Gemma-2, gpt-oss: the even layers
         return tuple(range(0, layers, 2))
     if arch.sliding == "pattern":  # Gemma-3: every sliding_window_pattern-th layer is full
-        pattern = config.get("sliding_window_pattern") or 6
+        pattern = config.get("sliding_window_pattern") or arch.sliding_pattern
         return tuple(i for i in range(layers) if (i + 1) % pattern)
     return ()

@@ -3,7 +3,7 @@ the byte on a tiny config of each, and the planner stays within the architecture
 
 Each tiny config keeps what is new in the family's layers (StarCoder2: nn.LayerNorm with a
 bias, a plain c_fc -> gelu -> c_proj MLP, a bias on every Linear, tied embeddings, a sliding
-window shorter than the sequence). At real widths the planner is checked by the baseline
+window shorter than the sequence; OLMo-3: sliding and full layers by its default layer_types). At real widths the planner is checked by the baseline
 matrix's tier 8 (validate.baselines) and the memory gate.
 """
 import pytest
@@ -15,6 +15,8 @@ BASE = dict(pad_token_id=0, vocab_size=512, hidden_size=64, intermediate_size=16
             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096)
 FAMILIES = {
     "starcoder2": dict(sliding_window=32, use_bias=True),
+    # OLMo-3: OLMo-2's post-norms and qk-norm, three sliding layers then a full one, two RoPE tables
+    "olmo3": dict(sliding_window=32, num_hidden_layers=4),
 }
 BOUND = 0.03
 
