@@ -206,6 +206,8 @@ class Architecture:
     bias_field: str | None = None
     bias_default: bool = False
     sliding_pattern: int = 6  # "pattern": every n-th layer is full when the config omits sliding_window_pattern
+    out_bias_field: str | None = None  # the config field of o_proj's bias where it is not attention_bias's
+    dropout_defaults: tuple[tuple[str, float], ...] = ()  # DROPOUT_FIELDS the family's config defaults above 0
 
 
 SANDWICH = (("input_layernorm", "attn_in"), ("post_attention_layernorm", "attn_out"),
@@ -245,6 +247,14 @@ TABLE: dict[str, Architecture] = {
     # default True), tied embeddings by default, every layer in the sliding window when set.
     "starcoder2": Architecture(mlp="plain", traits=Traits(norm="layer"), tie_default=True, sliding="all",
                                bias_field="use_bias", bias_default=True),
+    # Ministral-3 (modeling_ministral3.py): Mistral's layer; the rotated q is scaled by a
+    # position-dependent factor (llama_4_scaling_beta) before attention, a same-size tensor.
+    "ministral3": Architecture(sliding="all"),
+    # Seed-OSS (modeling_seed_oss.py): Llama's layer with q/k/v biases (attention_bias, default
+    # True) and an o_proj bias only with attention_out_bias; its config defaults to attention and
+    # residual dropout 0.1 (see :data:`DROPOUT_FIELDS`).
+    "seed_oss": Architecture(attention_bias_default=True, out_bias_field="attention_out_bias",
+                             dropout_defaults=(("attention_dropout", 0.1), ("residual_dropout", 0.1))),
     "mixtral": Architecture(sliding="all", moe="mixtral"),
     "qwen3_moe": Architecture(traits=Traits(qk_norm="head"), sliding="flag", moe="qwen"),
     # gpt-oss has no SDPA path in transformers (its sinks need the eager softmax), and its
@@ -253,6 +263,21 @@ TABLE: dict[str, Architecture] = {
                             sliding="alternate", attention_bias_default=True, moe="gpt_oss"),
 }
 SUPPORTED_MODEL_TYPES = tuple(sorted(TABLE))
+
+# Dropout inside the model (StarCoder2's, Seed-OSS's configs): masks the plan does not model.
+DROPOUT_FIELDS = ("attention_dropout", "residual_dropout", "embedding_dropout")
+
+
+def dropout_note(arch: Architecture, config: dict) -> str:
+    """A plan's note where the config trains with dropout inside the model, which the formulas do
+    not model (its masks and, for attention dropout, the kernel SDPA picks); "" otherwise."""
+    on = {f: config.get(f, dict(arch.dropout_defaults).get(f, 0.0)) for f in DROPOUT_FIELDS}
+    on = {f: v for f, v in on.items() if isinstance(v, (int, float)) and v > 0}
+    if not on:
+        return ""
+    return ("the config trains with " + ", ".join(f"{f} {v}" for f, v in on.items()) + ": planned without "
+            "dropout inside the model (its masks are not modelled); set them to 0 to fine-tune as planned, or "
+            "trace the config with `probe --device fake`")
 
 
 @dataclass(frozen=True)
@@ -305,7 +330,8 @@ def _layer(arch: Architecture, config: dict, dims: Dims) -> Layer:
     else:
         attention = (Linear("q_proj", h, q_dim, qkv_bias, "q"), Linear("k_proj", h, kv_dim, qkv_bias, "k"),
                      Linear("v_proj", h, kv_dim, qkv_bias, "v"))
-    attention += (Linear("o_proj", q_dim, h, attn_bias, "o"),)
+    out_bias = bool(config.get(arch.out_bias_field, False)) if arch.out_bias_field else attn_bias
+    attention += (Linear("o_proj", q_dim, h, out_bias, "o"),)
     moe = _moe(arch.moe, config, dims) if arch.moe else None
     if moe is not None:
         mlp = ()

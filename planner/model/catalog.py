@@ -12,7 +12,8 @@ from pathlib import Path
 
 import data
 
-from planner.model.architectures import SUPPORTED_MODEL_TYPES, TABLE, Dims, LayoutError, UnknownLayerKind, check_known, describe
+from planner.model.architectures import (SUPPORTED_MODEL_TYPES, TABLE, Dims, LayoutError, UnknownLayerKind, check_known,
+                                        describe, dropout_note)
 from planner.model.specs import GpuSpec, ModelSpec
 
 MIB = 1 << 20
@@ -150,6 +151,7 @@ def model_from_config(config: dict, name: str, hf_id: str | None = None,
         hf_id=hf_id,
         published_params=published_params,
         config_json=json.dumps(config, sort_keys=True),
+        notes=tuple(n for n in (dropout_note(arch, config),) if n),
     )
 
 

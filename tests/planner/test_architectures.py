@@ -281,3 +281,16 @@ def test_olmo3_default_layer_types_and_starcoder2_layout():
     assert all(n.bias for n in sc2.layer.norms)
     no_bias = model_from_config({"model_type": "starcoder2", **base, "use_bias": False}, "sc2nb")
     assert not any(lin.bias for lin in no_bias.layer.linears)
+
+
+def test_seed_oss_biases_and_its_dropout_note():
+    """Seed-OSS: q/k/v biases by default, o_proj's only with attention_out_bias; its config's default
+    dropout 0.1 is not planned, and the plan says so (negative control: dropout 0, no note)."""
+    from planner.model.catalog import model_from_config
+
+    base = dict(model_type="seed_oss", vocab_size=512, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2)
+    spec = model_from_config(base, "seed")
+    assert [lin.bias for lin in spec.layer.linears][:4] == [True, True, True, False]
+    assert any("residual_dropout 0.1" in n for n in spec.notes)
+    assert not model_from_config({**base, "attention_dropout": 0, "residual_dropout": 0}, "seed0").notes
