@@ -207,6 +207,7 @@ class Architecture:
     bias_default: bool = False
     sliding_pattern: int = 6  # "pattern": every n-th layer is full when the config omits sliding_window_pattern
     out_bias_field: str | None = None  # the config field of o_proj's bias where it is not attention_bias's
+    head_dim_default: int | None = None  # head_dim when the config omits it (else hidden / heads)
     dropout_defaults: tuple[tuple[str, float], ...] = ()  # DROPOUT_FIELDS the family's config defaults above 0
 
 
@@ -249,12 +250,13 @@ TABLE: dict[str, Architecture] = {
                                bias_field="use_bias", bias_default=True),
     # Ministral-3 (modeling_ministral3.py): Mistral's layer; the rotated q is scaled by a
     # position-dependent factor (llama_4_scaling_beta) before attention, a same-size tensor.
-    "ministral3": Architecture(sliding="all"),
+    "ministral3": Architecture(sliding="all", head_dim_default=128),
     # Seed-OSS (modeling_seed_oss.py): Llama's layer with q/k/v biases (attention_bias, default
     # True) and an o_proj bias only with attention_out_bias; its config defaults to attention and
     # residual dropout 0.1 (see :data:`DROPOUT_FIELDS`).
     "seed_oss": Architecture(attention_bias_default=True, out_bias_field="attention_out_bias",
-                             dropout_defaults=(("attention_dropout", 0.1), ("residual_dropout", 0.1))),
+                             dropout_defaults=(("attention_dropout", 0.1), ("residual_dropout", 0.1)),
+                             head_dim_default=128),
     "mixtral": Architecture(sliding="all", moe="mixtral"),
     "qwen3_moe": Architecture(traits=Traits(qk_norm="head"), sliding="flag", moe="qwen"),
     # gpt-oss has no SDPA path in transformers (its sinks need the eager softmax), and its
