@@ -45,6 +45,34 @@ MATH_ATTENTION_OPS = ("_softmax", "_safe_softmax", "_scaled_dot_product_attentio
 SDPA_BACKENDS = {0: "math", 1: "flash", 2: "efficient", 3: "cudnn", 4: "overrideable"}
 
 
+_AUTOCAST_LIBRARY = []  # the registration of :func:`emulate_cuda_autocast`, kept alive
+
+
+def emulate_cuda_autocast() -> None:
+    """Make CPU autocast run ``layer_norm`` as CUDA autocast does: in fp32, input and output.
+
+    CUDA's autocast lists ``layer_norm`` among the ops it casts to float32 (torch's autocast
+    docs, "CUDA Ops that can autocast to float32"); CPU autocast leaves it in the input's dtype.
+    A model with ``nn.LayerNorm`` (StarCoder2) would otherwise be traced with 16-bit norms where a
+    GPU keeps fp32 ones. Registered once for the process under the AutocastCPU key: outside
+    autocast, and on CUDA, nothing changes; the real CPU step and the fake one both run it."""
+    if _AUTOCAST_LIBRARY:
+        return
+    lib = torch.library.Library("aten", "IMPL")
+    exclude = torch._C.DispatchKeySet(torch._C.DispatchKey.AutocastCPU)
+
+    def upcast(t):
+        return t.float() if isinstance(t, torch.Tensor) and t.dtype in (torch.bfloat16, torch.float16) else t
+
+    def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5, cudnn_enable=True):
+        with torch._C._ExcludeDispatchKeyGuard(exclude):
+            return torch.ops.aten.layer_norm(upcast(input), normalized_shape, upcast(weight), upcast(bias), eps,
+                                             cudnn_enable)
+
+    lib.impl("layer_norm", layer_norm, "AutocastCPU")
+    _AUTOCAST_LIBRARY.append(lib)
+
+
 def expansions() -> dict:
     """{op overload: python implementation} for :class:`probes.tracker.ByteTracker`."""
     try:

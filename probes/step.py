@@ -22,6 +22,9 @@ import torch
 from torch._subclasses.fake_tensor import is_fake
 
 from .build import Precision
+from .kernels import emulate_cuda_autocast
+
+emulate_cuda_autocast()  # CPU and fake steps autocast layer_norm to fp32, as a GPU does
 
 BNB_OPTIMIZERS = {"adamw_8bit": "AdamW8bit", "paged_adamw_8bit": "PagedAdamW8bit",
                   "paged_adamw_32bit": "PagedAdamW32bit"}

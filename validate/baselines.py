@@ -16,7 +16,9 @@ what `plan` advises for full fine-tuning in fp16) and without autocast (`pure`),
 models. Tier 6 varies the settings a training script sets (below); tier 7 traces one rank of several GPUs (rank 0, with torch's fake process group:
 probes.parallel): three catalog models from 0.5B to 8B cut to 2 layers, every method, FSDP and
 DDP, on 2, 4 and 8 GPUs, and Llama-2-70B QLoRA under FSDP; its rows carry ``num_gpus`` and
-``sharding`` (1 and none for every other row).
+``sharding`` (1 and none for every other row). Tier 8 adds today's dense families (one catalog
+model of each, cut to 2 layers at its real widths) under every method peft accepts for them, at
+batch {1, 4} x seq {512, 2048} x checkpointing off / on.
 """
 from __future__ import annotations
 
@@ -138,7 +140,15 @@ def matrix() -> list[Config]:
              + _grid(PRECISION_MODELS, ("full",), [(8, "all")], dtype="fp16", precision="mixed")
              + _grid(PRECISION_MODELS, ("full",), [(8, "all")], dtype="bf16", precision="pure"))
     tier5 = [c for c in _grid(ARCHITECTURE_MODELS, METHODS, [(8, "all")]) if supports(c.model, c.train.method)]
-    return tier1 + tier2 + tier3 + tier4 + tier5 + settings_tier() + parallel_tier() + moe_families_tier()
+    return tier1 + tier2 + tier3 + tier4 + tier5 + settings_tier() + parallel_tier() + dense_families_tier() + moe_families_tier()
+
+
+# Tier 8: today's dense families, one catalog model of each cut to 2 layers at its real widths.
+DENSE_FAMILY_MODELS = ("starcoder2-3b@2L",)
+
+
+def dense_families_tier() -> list[Config]:
+    return [c for c in _grid(DENSE_FAMILY_MODELS, METHODS, [(8, "all")]) if supports(c.model, c.train.method)]
 
 
 # Tier 6: the settings a training script sets, on an untied and a tied model at their real

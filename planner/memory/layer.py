@@ -316,7 +316,7 @@ def first_layer_backward_walk(model: ModelSpec, train: TrainSpec, prec: Precisio
     beside the whole saved set.
     """
     from planner.memory.sharding import elements, trainable_tensors
-    from planner.memory.terms import (step_small_bytes, layer_saved, mlp_core_saved, norm_saved,
+    from planner.memory.terms import (step_small_bytes, layer_saved, mlp_core_saved, norm_saved, norm_output_bytes,
                                       recompute_incoming_grads, rope_saved, trainable_bytes_per_param)
     from planner.model.architectures import MLP_INPUT_ROLES, ATTENTION_INPUT_ROLES
 
@@ -328,7 +328,7 @@ def first_layer_backward_walk(model: ModelSpec, train: TrainSpec, prec: Precisio
     gc = train.gradient_checkpointing
     total = elements(trainable_tensors(model, train, layer_only=True)) * g
     residual = t * h * s
-    own_copies = prec.autocast and s != c  # each norm reader casts the fp32 norm output itself
+    own_copies = prec.autocast and norm_output_bytes(model, prec) != c  # each reader casts the fp32 norm output itself
 
     def norm_block(norm):
         heads = (model.num_heads if norm.site == "q" else model.num_kv_heads) if norm.per_head else 1

@@ -282,9 +282,23 @@ def norm_saved(model: ModelSpec, train: TrainSpec, prec: Precision, norm: Norm |
         heads = model.num_heads if norm.site == "q" else model.num_kv_heads
         rows, width, kept = (t * heads if norm.per_head else t), norm.size, prec.hidden
     saved = rows * width * FP32 + rows * FP32
+    if model.traits.norm == "layer" and norm is None or (norm is not None and norm.bias):
+        # nn.LayerNorm (native_layer_norm) keeps its input, under CUDA autocast its fp32 cast
+        # (without autocast the input itself, in the stream's dtype), and fp32 mean and rstd
+        # per row; its weight's gradient needs nothing more (tracer, StarCoder2-3B 2 layers)
+        return rows * width * (FP32 if prec.autocast else prec.stream) + 2 * rows * FP32
     if train.method == "full":
         saved += rows * width * (FP32 if model.traits.norm == "rms_fp32_out" else kept)
     return saved
+
+
+def norm_output_bytes(model: ModelSpec, prec: Precision) -> int:
+    """Bytes per element of a hidden norm's output: the residual stream's dtype, or fp32 for
+    nn.LayerNorm under autocast (CUDA autocast runs layer_norm in fp32; StarCoder2), whose
+    readers then each cast it to the compute dtype themselves (tracer, StarCoder2-3B 2 layers,
+    full fine-tuning, batch 4 x 2048: q, k and v each keep their own bf16 copy of the fp32
+    norm output, two T x h more per layer than one shared input)."""
+    return FP32 if model.traits.norm == "layer" and prec.autocast else prec.stream
 
 
 def uses_eager(model: ModelSpec, train: TrainSpec) -> bool:
@@ -370,10 +384,14 @@ def eager_fused_qkv_kept(model: ModelSpec, train: TrainSpec, prec: Precision) ->
 
 def mlp_core_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
     """The gated MLP keeps gate and up outputs and act(gate) for backward: 3*T*I*c
-    (fp32 hidden stream for 4-bit methods: 3*T*I*4, see :func:`precision`)."""
+    (fp32 hidden stream for 4-bit methods: 3*T*I*4, see :func:`precision`). A plain MLP
+    (an ``fc_in`` Linear, StarCoder2's c_fc -> gelu -> c_proj) keeps only the activation's
+    input, T*I*c; its output is c_proj's input, which only c_proj's weight gradient or adapter
+    keeps (:func:`linear_inputs_saved`, the adapter kind's ``saved``)."""
     if model.layer.moe is not None:
         return moe_saved(model, train, prec)
-    return 3 * train.tokens * model.intermediate_size * prec.hidden
+    gates = 1 if model.layer.by_role("fc_in") else 3
+    return gates * train.tokens * model.intermediate_size * prec.hidden
 
 
 def moe_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
@@ -500,7 +518,7 @@ def linear_inputs_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> 
         return 0
     t, c = train.tokens, prec.compute
     moe = model.layer.moe is not None  # the MoE's input is counted in moe_saved
-    if prec.autocast and prec.stream != c:
+    if prec.autocast and norm_output_bytes(model, prec) != c:
         readers = len(model.layer.by_role(*NORM_READER_ROLES))
     else:
         readers = 1 if moe else 2  # one attention input and one MLP input, shared

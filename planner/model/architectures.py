@@ -27,6 +27,11 @@ scale      output scales the shared expert's (Qwen2-MoE)
 
 Sites of a norm: ``attn_in`` (before attention), ``attn_out`` (on the attention output:
 sandwich and post-norm layers), ``mlp_in``, ``mlp_out``, and ``q`` / ``k`` (qk-norm).
+
+Norm kinds (the ``norm`` trait): ``rms`` (transformers' RMSNorm: an fp32 upcast of its input,
+the product cast back), ``rms_fp32_out`` (the weight multiplies in fp32), ``layer``
+(``nn.LayerNorm`` with a bias, StarCoder2: torch's ``native_layer_norm``, which CUDA's
+autocast runs in fp32, input and output).
 """
 from __future__ import annotations
 
@@ -83,7 +88,8 @@ class Traits:
     """How a decoder layer computes, as far as memory is concerned."""
 
     # "rms"; "rms_fp32_out": the weight multiplies the fp32 normalized input (Gemma's
-    # x_norm * (1 + w.float()), OLMo-2's (w * x_norm).to(dtype)), so that product is fp32
+    # x_norm * (1 + w.float()), OLMo-2's (w * x_norm).to(dtype)), so that product is fp32;
+    # "layer": nn.LayerNorm with a bias (StarCoder2), fp32 in and out under CUDA autocast
     norm: str = "rms"
     placement: str = "pre"  # "pre", "sandwich" (pre and post), "post" (OLMo-2: after each block only)
     qk_norm: str = "none"  # "none", "head" (over head_dim, after the reshape), "full" (over q_dim / kv_dim)
@@ -185,7 +191,10 @@ class Architecture:
     """One table entry: how an HF model_type lays out its decoder layer.
 
     ``attention``: "split" (q_proj, k_proj, v_proj, o_proj) or "fused" (qkv_proj, o_proj).
-    ``mlp``: "gated" (gate_proj, up_proj, down_proj) or "fused_gated" (gate_up_proj, down_proj).
+    ``mlp``: "gated" (gate_proj, up_proj, down_proj), "fused_gated" (gate_up_proj, down_proj) or
+    "plain" (a non-gated MLP: StarCoder2's c_fc, act, c_proj).
+    ``bias_field``: the config field that gives every Linear a bias (StarCoder2's ``use_bias``,
+    default ``bias_default``), in place of attention_bias / mlp_bias.
     ``qkv_bias``: True where the family always has q/k/v biases (Qwen2), else the config's
     ``attention_bias``. ``norm_sites``: the layer's norms in forward order, with their
     transformers names. ``tie_default``: tie_word_embeddings when the config omits it.
@@ -205,6 +214,12 @@ class Architecture:
     attention_bias_default: bool = False  # attention_bias when the config omits it
     # mixture of experts: "mixtral", "qwen" (Qwen3-MoE), "qwen2" (Qwen2-MoE), "olmoe" or "gpt_oss" (see :func:`_moe`)
     moe: str | None = None
+    bias_field: str | None = None
+    bias_default: bool = False
+    sliding_pattern: int = 6  # "pattern": every n-th layer is full when the config omits sliding_window_pattern
+    out_bias_field: str | None = None  # the config field of o_proj's bias where it is not attention_bias's
+    head_dim_default: int | None = None  # head_dim when the config omits it (else hidden / heads)
+    dropout_defaults: tuple[tuple[str, float], ...] = ()  # DROPOUT_FIELDS the family's config defaults above 0
 
 
 SANDWICH = (("input_layernorm", "attn_in"), ("post_attention_layernorm", "attn_out"),
@@ -226,6 +241,12 @@ TABLE: dict[str, Architecture] = {
                                               rope_tables=2)),
     "olmo2": Architecture(norm_sites=POST_NORM, traits=Traits(norm="rms_fp32_out", placement="post",
                                                                   qk_norm="full", rope_fp32=True)),
+    # OLMo-3 (modeling_olmo3.py): OLMo-2's post-norm layers and whole-projection qk-norm, with
+    # sliding-window layers (config layer_types; by default every 4th layer is full) and one
+    # fp32 RoPE table per attention type.
+    "olmo3": Architecture(norm_sites=POST_NORM, sliding="pattern", sliding_pattern=4,
+                          traits=Traits(norm="rms_fp32_out", placement="post", qk_norm="full", rope_fp32=True,
+                                        rope_tables=2)),
     # Granite's residual, attention and logits multipliers are scalar products that keep
     # nothing for backward (tracer: the same saved set as Llama); its embedding multiplier
     # makes a second T x h tensor after the embedding module (see components.activations_saved).
@@ -233,6 +254,20 @@ TABLE: dict[str, Architecture] = {
     # SmolLM3's no-RoPE layers keep the q_proj output instead of the rotated q: the same bytes.
     "smollm3": Architecture(tie_default=True),
     "phi3": Architecture(attention="fused", mlp="fused_gated", traits=Traits(rotary_concat=True)),
+    # StarCoder2 (modeling_starcoder2.py): nn.LayerNorm with a bias before attention and MLP,
+    # a plain MLP c_fc -> gelu(tanh) -> c_proj, a bias on every Linear (config use_bias,
+    # default True), tied embeddings by default, every layer in the sliding window when set.
+    "starcoder2": Architecture(mlp="plain", traits=Traits(norm="layer"), tie_default=True, sliding="all",
+                               bias_field="use_bias", bias_default=True),
+    # Ministral-3 (modeling_ministral3.py): Mistral's layer; the rotated q is scaled by a
+    # position-dependent factor (llama_4_scaling_beta) before attention, a same-size tensor.
+    "ministral3": Architecture(sliding="all", head_dim_default=128),
+    # Seed-OSS (modeling_seed_oss.py): Llama's layer with q/k/v biases (attention_bias, default
+    # True) and an o_proj bias only with attention_out_bias; its config defaults to attention and
+    # residual dropout 0.1 (see :data:`DROPOUT_FIELDS`).
+    "seed_oss": Architecture(attention_bias_default=True, out_bias_field="attention_out_bias",
+                             dropout_defaults=(("attention_dropout", 0.1), ("residual_dropout", 0.1)),
+                             head_dim_default=128),
     "mixtral": Architecture(sliding="all", moe="mixtral"),
     # Qwen2-MoE (Qwen1.5-MoE): Qwen2's attention (q/k/v biases, the config's qkv_bias), routed
     # fused experts and a shared expert of Linear modules with its own sigmoid gate
@@ -249,6 +284,21 @@ TABLE: dict[str, Architecture] = {
                             sliding="alternate", attention_bias_default=True, moe="gpt_oss"),
 }
 SUPPORTED_MODEL_TYPES = tuple(sorted(TABLE))
+
+# Dropout inside the model (StarCoder2's, Seed-OSS's configs): masks the plan does not model.
+DROPOUT_FIELDS = ("attention_dropout", "residual_dropout", "embedding_dropout")
+
+
+def dropout_note(arch: Architecture, config: dict) -> str:
+    """A plan's note where the config trains with dropout inside the model, which the formulas do
+    not model (its masks and, for attention dropout, the kernel SDPA picks); "" otherwise."""
+    on = {f: config.get(f, dict(arch.dropout_defaults).get(f, 0.0)) for f in DROPOUT_FIELDS}
+    on = {f: v for f, v in on.items() if isinstance(v, (int, float)) and v > 0}
+    if not on:
+        return ""
+    return ("the config trains with " + ", ".join(f"{f} {v}" for f, v in on.items()) + ": planned without "
+            "dropout inside the model (its masks are not modelled); set them to 0 to fine-tune as planned, or "
+            "trace the config with `probe --device fake`")
 
 
 @dataclass(frozen=True)
@@ -293,23 +343,29 @@ def _layer(arch: Architecture, config: dict, dims: Dims) -> Layer:
     h, inter, q_dim, kv_dim = dims.hidden, dims.intermediate, dims.q_dim, dims.kv_dim
     attn_bias = bool(config.get("attention_bias", arch.attention_bias_default))
     mlp_bias = bool(config.get("mlp_bias", False))
+    if arch.bias_field:
+        attn_bias = mlp_bias = bool(config.get(arch.bias_field, arch.bias_default))
     qkv_bias = bool(config.get("qkv_bias", arch.qkv_bias)) or attn_bias
     if arch.attention == "fused":
         attention = (Linear("qkv_proj", h, q_dim + 2 * kv_dim, qkv_bias, "qkv"),)
     else:
         attention = (Linear("q_proj", h, q_dim, qkv_bias, "q"), Linear("k_proj", h, kv_dim, qkv_bias, "k"),
                      Linear("v_proj", h, kv_dim, qkv_bias, "v"))
-    attention += (Linear("o_proj", q_dim, h, attn_bias, "o"),)
+    out_bias = bool(config.get(arch.out_bias_field, False)) if arch.out_bias_field else attn_bias
+    attention += (Linear("o_proj", q_dim, h, out_bias, "o"),)
     moe = _moe(arch.moe, config, dims) if arch.moe else None
     if moe is not None:
         mlp = _shared_expert(moe, h)
     elif arch.mlp == "fused_gated":
         mlp = (Linear("gate_up_proj", h, 2 * inter, mlp_bias, "gate_up"),)
+    elif arch.mlp == "plain":
+        mlp = (Linear("c_fc", h, inter, mlp_bias, "fc_in"),)
     else:
         mlp = (Linear("gate_proj", h, inter, mlp_bias, "gate"), Linear("up_proj", h, inter, mlp_bias, "up"))
     if moe is None:
-        mlp += (Linear("down_proj", inter, h, mlp_bias, "down"),)
-    norms = tuple(Norm(name, site, h) for name, site in arch.norm_sites)
+        mlp += (Linear("c_proj" if arch.mlp == "plain" else "down_proj", inter, h, mlp_bias, "down"),)
+    layer_norm = arch.traits.norm == "layer"
+    norms = tuple(Norm(name, site, h, bias=layer_norm) for name, site in arch.norm_sites)
     if arch.traits.qk_norm == "head":
         norms += (Norm("q_norm", "q", dims.head_dim, per_head=True), Norm("k_norm", "k", dims.head_dim, per_head=True))
     elif arch.traits.qk_norm == "full":
@@ -395,6 +451,6 @@ def _sliding_indices(arch: Architecture, config: dict, layers: int) -> tuple[int
     if arch.sliding == "alternate":  # Gemma-2, gpt-oss: the even layers
         return tuple(range(0, layers, 2))
     if arch.sliding == "pattern":  # Gemma-3: every sliding_window_pattern-th layer is full
-        pattern = config.get("sliding_window_pattern") or 6
+        pattern = config.get("sliding_window_pattern") or arch.sliding_pattern
         return tuple(i for i in range(layers) if (i + 1) % pattern)
     return ()

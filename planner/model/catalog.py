@@ -12,7 +12,8 @@ from pathlib import Path
 
 import data
 
-from planner.model.architectures import SUPPORTED_MODEL_TYPES, TABLE, Dims, LayoutError, UnknownLayerKind, check_known, describe
+from planner.model.architectures import (SUPPORTED_MODEL_TYPES, TABLE, Dims, LayoutError, UnknownLayerKind, check_known,
+                                        describe, dropout_note)
 from planner.model.specs import GpuSpec, ModelSpec
 
 MIB = 1 << 20
@@ -130,7 +131,7 @@ def model_from_config(config: dict, name: str, hf_id: str | None = None,
     kv_heads = config.get("num_key_value_heads") or heads
     if not isinstance(kv_heads, int) or kv_heads < 1 or heads % kv_heads:
         raise CatalogError(f"{name}: num_key_value_heads {kv_heads!r} must divide num_attention_heads {heads}")
-    head_dim = config.get("head_dim") or hidden // heads
+    head_dim = config.get("head_dim") or arch.head_dim_default or hidden // heads  # the family's config default
     if not isinstance(head_dim, int) or head_dim < 1:
         raise CatalogError(f"{name}: head_dim {head_dim!r} must be a positive integer")
     dims = Dims(hidden=hidden, intermediate=inter, heads=heads, kv_heads=kv_heads, head_dim=head_dim, layers=layers)
@@ -150,6 +151,7 @@ def model_from_config(config: dict, name: str, hf_id: str | None = None,
         hf_id=hf_id,
         published_params=published_params,
         config_json=json.dumps(config, sort_keys=True),
+        notes=tuple(n for n in (dropout_note(arch, config),) if n),
     )
 
 

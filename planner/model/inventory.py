@@ -93,6 +93,8 @@ def base_tensors(model: ModelSpec) -> tuple[Tensor, ...]:
     for kind in model.kinds:
         out += _layer_tensors(model, kind.layer, kind.name, kind.count)
     out.append(Tensor("norm.weight", (h,), "final_norm", ROOT))
+    if model.traits.norm == "layer":  # nn.LayerNorm's bias (StarCoder2)
+        out.append(Tensor("norm.bias", (h,), "final_norm", ROOT))
     if not model.tie_word_embeddings:
         out.append(Tensor("lm_head.weight", (model.vocab_size, h), "lm_head", ROOT))
     return tuple(out)

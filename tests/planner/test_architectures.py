@@ -264,3 +264,34 @@ def test_eager_attention_asked_for_keeps_the_probabilities():
     # flash_attention_2 keeps what SDPA's flash kernel keeps
     fa2 = train(attn_implementation="flash_attention_2")
     assert C.layer_saved(llama, fa2, C.precision(fa2, "bf16")) == C.layer_saved(llama, train(), C.precision(fa2, "bf16"))
+
+
+def test_olmo3_default_layer_types_and_starcoder2_layout():
+    """OLMo-3 without layer_types: every 4th layer full (Olmo3Config's default); StarCoder2: a
+    plain MLP (c_fc, c_proj), LayerNorms with a bias, use_bias on every Linear."""
+    from planner.model.catalog import model_from_config
+
+    base = dict(vocab_size=512, hidden_size=64, intermediate_size=160, num_hidden_layers=8,
+                num_attention_heads=4, num_key_value_heads=2, sliding_window=32)
+    olmo3 = model_from_config({"model_type": "olmo3", **base}, "o3")
+    assert {k.name: k.indices for k in olmo3.kinds} == {"sliding_attention": (0, 1, 2, 4, 5, 6),
+                                                       "full_attention": (3, 7)}
+    sc2 = model_from_config({"model_type": "starcoder2", **base}, "sc2")
+    assert [(lin.name, lin.role, lin.bias) for lin in sc2.layer.linears][-2:] == [("c_fc", "fc_in", True),
+                                                                                 ("c_proj", "down", True)]
+    assert all(n.bias for n in sc2.layer.norms)
+    no_bias = model_from_config({"model_type": "starcoder2", **base, "use_bias": False}, "sc2nb")
+    assert not any(lin.bias for lin in no_bias.layer.linears)
+
+
+def test_seed_oss_biases_and_its_dropout_note():
+    """Seed-OSS: q/k/v biases by default, o_proj's only with attention_out_bias; its config's default
+    dropout 0.1 is not planned, and the plan says so (negative control: dropout 0, no note)."""
+    from planner.model.catalog import model_from_config
+
+    base = dict(model_type="seed_oss", vocab_size=512, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2)
+    spec = model_from_config(base, "seed")
+    assert [lin.bias for lin in spec.layer.linears][:4] == [True, True, True, False]
+    assert any("residual_dropout 0.1" in n for n in spec.notes)
+    assert not model_from_config({**base, "attention_dropout": 0, "residual_dropout": 0}, "seed0").notes

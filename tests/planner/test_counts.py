@@ -22,11 +22,36 @@ def test_published_totals(name, total):
     assert counts.total_params(get_model(name)) == total
 
 
+def _entry(name):
+    import json
+
+    import data
+
+    models = json.loads(data.path("models.json").read_text())["models"]
+    return next(m for m in models if m["name"] == name)
+
+
+def _rounded(total: int, published: str) -> bool:
+    """Whether ``total`` rounds to a published figure such as "3.03B" (to the digits given)."""
+    digits = published[:-1]
+    decimals = len(digits.partition(".")[2])
+    return round(total / 1e9, decimals) == float(digits) and published.endswith("B")
+
+
 @pytest.mark.parametrize("name", model_names())
 def test_every_catalog_model_matches_its_published_total(name):
     model = get_model(name)
-    assert model.published_params, name
+    if model.published_params is None:
+        # no exact published total was found: the entry says so and gives the rounded figure
+        entry = _entry(name)
+        assert "not found" in entry["_params_source"], name
+        assert _rounded(counts.total_params(model), entry["published_params_rounded"]), name
+        return
     assert counts.total_params(model) == model.published_params
+
+
+def test_a_rounded_total_can_fail():
+    assert _rounded(3_030_371_328, "3.03B") and not _rounded(3_040_371_328, "3.03B")
 
 
 def test_negative_control_a_wrong_config_misses_the_total():

@@ -16,7 +16,9 @@ def test_matrix_size_by_hand():
     #         + 3 methods x 2 module sets x 2 batches) = 4 x (12 + 16 + 12) = 160
     # tier 7: one rank of 2, 4 and 8 GPUs, 3 models x 3 GPU counts x (FSDP x 5 methods + DDP x 5 methods)
     #         = 90, and Llama-2-70B QLoRA under FSDP x 3 GPU counts x 2 checkpointing = 6: 96
-    assert len(configs) == 440 + 1056 + 32 + 144 + 328 + 160 + 96
+    # tier 8: today's dense families, one model each x 5 methods x 8
+    tier8 = len(B.DENSE_FAMILY_MODELS) * 5 * 8
+    assert len(configs) == 440 + 1056 + 32 + 144 + 328 + 160 + 96 + tier8
     assert len({c.key() for c in configs}) == len(configs)
 
 
