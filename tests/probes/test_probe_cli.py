@@ -125,12 +125,12 @@ def test_device_cuda_without_a_gpu_is_a_usage_error(tmp_path, torch_stack):
 
 
 # A decoder whose model_type the planner's architecture table lacks (transformers builds it).
-STARCODER2_TINY = {
-    "model_type": "starcoder2", "vocab_size": 256, "hidden_size": 64, "intermediate_size": 128,
+UNPLANNED_TINY = {
+    "model_type": "stablelm", "vocab_size": 256, "hidden_size": 64, "intermediate_size": 128,
     "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
     "max_position_embeddings": 256, "tie_word_embeddings": False,
 }
-LACKS_NOTE = "the planner's architecture table lacks model_type starcoder2: no planned figure"
+LACKS_NOTE = "the planner's architecture table lacks model_type stablelm: no planned figure"
 
 
 def write_config(folder, config):
@@ -143,8 +143,8 @@ def write_config(folder, config):
 def test_a_decoder_the_planner_lacks_is_measured_without_a_plan(tmp_path, torch_stack):
     from planner.model.catalog import SUPPORTED_MODEL_TYPES
 
-    assert STARCODER2_TINY["model_type"] not in SUPPORTED_MODEL_TYPES
-    config = write_config(tmp_path / "starcoder2-tiny", STARCODER2_TINY)
+    assert UNPLANNED_TINY["model_type"] not in SUPPORTED_MODEL_TYPES
+    config = write_config(tmp_path / "stablelm-tiny", UNPLANNED_TINY)
     out = tmp_path / "r.csv"
     args = ["--model", str(config), "--device", "fake", "--seq-len", "16", "--output", str(out)]
     result = invoke(args)
@@ -153,7 +153,7 @@ def test_a_decoder_the_planner_lacks_is_measured_without_a_plan(tmp_path, torch_
     from probes import store
 
     (row,) = store.load_rows(out)
-    assert row["model"] == "starcoder2-tiny" and row["status"] == "ok"
+    assert row["model"] == "stablelm-tiny" and row["status"] == "ok"
     assert row["peak_allocated_bytes"] > 0 and row["forward_peak_bytes"] > 0
     assert row["planned_peak_allocated_bytes"] is None and row["plan_gpu"] is None
     assert row["ratio"] is None
@@ -166,7 +166,7 @@ def test_a_decoder_the_planner_lacks_is_measured_without_a_plan(tmp_path, torch_
 
 
 def test_a_catalog_model_beside_it_keeps_its_plan(llama_tiny_config, tmp_path, torch_stack):
-    config = write_config(tmp_path / "starcoder2-tiny", STARCODER2_TINY)
+    config = write_config(tmp_path / "stablelm-tiny", UNPLANNED_TINY)
     result = invoke(["--model", str(llama_tiny_config), "--model", str(config), "--device", "fake",
                      "--seq-len", "16", "--output", str(tmp_path / "r.csv"), "--json"])
     assert result.exit_code == 0, result.output

@@ -61,8 +61,8 @@ BAD = [
     ("an unknown model", "model=llama-9-7b",
      "plan: error: unknown model 'llama-9-7b' (did you mean llama-2-7b, llama-2-70b, llama-3.3-70b?); "
      "see `plan --list-models`"),
-    ("a Hub id not in the catalog", "model=no%2Fsuch-model",
-     "plan: error: unknown model 'no/such-model': not a catalog HF id (the page reads no files on the server: "
+    ("a Hub id not in the catalog", "model=acme%2Fxyz-0b",
+     "plan: error: unknown model 'acme/xyz-0b': not a catalog HF id (the page reads no files on the server: "
      "paste the config.json's text instead)"),
     ("an unknown GPU", "gpu=t5", "plan: error: unknown GPU 't5' (did you mean t4?); see `plan --list-gpus`"),
     ("not a number", "rank=sixteen", "plan: error: Invalid value for '--rank': 'sixteen' is not a valid integer."),
