@@ -36,6 +36,8 @@ as those steps, so the transient weight is counted (on CPU and fake alike).
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 FLASH_CPU_OPS = ("_scaled_dot_product_flash_attention_for_cpu",
@@ -45,18 +47,20 @@ MATH_ATTENTION_OPS = ("_softmax", "_safe_softmax", "_scaled_dot_product_attentio
 SDPA_BACKENDS = {0: "math", 1: "flash", 2: "efficient", 3: "cudnn", 4: "overrideable"}
 
 
-_AUTOCAST_LIBRARY = []  # the registration of :func:`emulate_cuda_autocast`, kept alive
-
-
-def emulate_cuda_autocast() -> None:
-    """Make CPU autocast run ``layer_norm`` as CUDA autocast does: in fp32, input and output.
+@contextlib.contextmanager
+def cuda_autocast_layer_norm(model):
+    """Make CPU autocast run ``layer_norm`` as CUDA autocast does, in fp32 (input and output),
+    while the block runs, for a model with ``nn.LayerNorm`` modules (StarCoder2).
 
     CUDA's autocast lists ``layer_norm`` among the ops it casts to float32 (torch's autocast
-    docs, "CUDA Ops that can autocast to float32"); CPU autocast leaves it in the input's dtype.
-    A model with ``nn.LayerNorm`` (StarCoder2) would otherwise be traced with 16-bit norms where a
-    GPU keeps fp32 ones. Registered once for the process under the AutocastCPU key: outside
-    autocast, and on CUDA, nothing changes; the real CPU step and the fake one both run it."""
-    if _AUTOCAST_LIBRARY:
+    docs, "CUDA Ops that can autocast to float32"); CPU autocast leaves it in the input's dtype,
+    so a CPU or fake step would keep 16-bit norms where a GPU keeps fp32 ones. The kernel is
+    registered under the AutocastCPU key for the block only, and only for such a model: a
+    registration for the whole process changed the memory of unrelated runs (the gloo FSDP rank
+    of a Llama, which has no LayerNorm, no longer equalled its trace). Outside autocast, and on
+    CUDA, nothing changes."""
+    if not any(isinstance(m, torch.nn.LayerNorm) for m in model.modules()):
+        yield
         return
     lib = torch.library.Library("aten", "IMPL")
     exclude = torch._C.DispatchKeySet(torch._C.DispatchKey.AutocastCPU)
@@ -70,7 +74,10 @@ def emulate_cuda_autocast() -> None:
                                              cudnn_enable)
 
     lib.impl("layer_norm", layer_norm, "AutocastCPU")
-    _AUTOCAST_LIBRARY.append(lib)
+    try:
+        yield
+    finally:
+        lib._destroy()
 
 
 def expansions() -> dict:

@@ -22,9 +22,7 @@ import torch
 from torch._subclasses.fake_tensor import is_fake
 
 from .build import Precision
-from .kernels import emulate_cuda_autocast
-
-emulate_cuda_autocast()  # CPU and fake steps autocast layer_norm to fp32, as a GPU does
+from .kernels import cuda_autocast_layer_norm
 
 BNB_OPTIMIZERS = {"adamw_8bit": "AdamW8bit", "paged_adamw_8bit": "PagedAdamW8bit",
                   "paged_adamw_32bit": "PagedAdamW32bit"}
@@ -100,10 +98,13 @@ def train_step(model, optimizer, ids: torch.Tensor, precision: Precision, scaler
 
     Returns the loss, detached (a 0-dim tensor; under the fake tracer it has no value).
     """
-    on_phase("forward")
-    loss = compute_loss(model, ids, precision)
-    on_phase("backward")
-    (scaler.scale(loss) if scaler is not None else loss).backward()
+    # fp32 norms under CPU autocast, as a GPU keeps them, for the forward and for what
+    # checkpointing recomputes in backward
+    with cuda_autocast_layer_norm(model):
+        on_phase("forward")
+        loss = compute_loss(model, ids, precision)
+        on_phase("backward")
+        (scaler.scale(loss) if scaler is not None else loss).backward()
     on_phase("optimizer")
     if scaler is not None and is_fake(loss):
         # scaler.step reads found_inf with .item(), which a fake tensor has no value for;

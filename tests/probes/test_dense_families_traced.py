@@ -70,14 +70,22 @@ def test_planned_equals_traced_within_bound(torch_stack, model_type, method):
 
 
 def test_cuda_autocast_runs_layer_norm_in_fp32(torch_stack):
-    """The tracer's CPU autocast makes nn.LayerNorm fp32 as CUDA autocast does (probes.kernels);
-    negative control: outside autocast it keeps the input's dtype."""
+    """Inside a step of a model with LayerNorm, CPU autocast makes nn.LayerNorm fp32 as CUDA
+    autocast does (probes.kernels.cuda_autocast_layer_norm); outside autocast it keeps the input's dtype."""
     import torch
 
-    import probes.step  # noqa: F401  (registers the emulation)
+    from probes.kernels import cuda_autocast_layer_norm
 
     x = torch.randn(2, 8, dtype=torch.bfloat16)
     norm = torch.nn.LayerNorm(8).to(torch.bfloat16)
+    with cuda_autocast_layer_norm(norm):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert norm(x).dtype == torch.float32
+        assert norm(x).dtype == torch.bfloat16
+    # negative controls: CPU autocast's own rule once the block is over, and no change for a
+    # model without LayerNorm
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert norm(x).dtype == torch.float32
-    assert norm(x).dtype == torch.bfloat16
+        assert norm(x).dtype == torch.bfloat16
+    with cuda_autocast_layer_norm(torch.nn.Linear(8, 8)):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert norm(x).dtype == torch.bfloat16
