@@ -218,6 +218,7 @@ class Architecture:
     bias_default: bool = False
     sliding_pattern: int = 6  # "pattern": every n-th layer is full when the config omits sliding_window_pattern
     out_bias_field: str | None = None  # the config field of o_proj's bias where it is not attention_bias's
+    out_bias: bool | None = None  # o_proj's bias where the family fixes it (GLM-4: never), else as above
     head_dim_default: int | None = None  # head_dim when the config omits it (else hidden / heads)
     dropout_defaults: tuple[tuple[str, float], ...] = ()  # DROPOUT_FIELDS the family's config defaults above 0
 
@@ -227,6 +228,9 @@ SANDWICH = (("input_layernorm", "attn_in"), ("post_attention_layernorm", "attn_o
 
 # model_type -> layout (transformers 5.23 modeling files).
 POST_NORM = (("post_attention_layernorm", "attn_out"), ("post_feedforward_layernorm", "mlp_out"))
+# GLM-4's sandwich: its names differ from Gemma's (post_attention_layernorm is the MLP's input norm)
+GLM4_SANDWICH = (("input_layernorm", "attn_in"), ("post_self_attn_layernorm", "attn_out"),
+                 ("post_attention_layernorm", "mlp_in"), ("post_mlp_layernorm", "mlp_out"))
 
 TABLE: dict[str, Architecture] = {
     "llama": Architecture(),
@@ -268,6 +272,14 @@ TABLE: dict[str, Architecture] = {
     "seed_oss": Architecture(attention_bias_default=True, out_bias_field="attention_out_bias",
                              dropout_defaults=(("attention_dropout", 0.1), ("residual_dropout", 0.1)),
                              head_dim_default=128),
+    # GLM-4 (modeling_glm4.py, configuration_glm4.py): Llama's attention with q/k/v biases
+    # (attention_bias, default True) and none on o_proj; a fused gate_up_proj MLP (chunked in
+    # two); four RMSNorms a layer (input, post_self_attn, post_attention, post_mlp: a sandwich);
+    # RoPE on the first half of each head (partial_rotary_factor defaults to 0.5), interleaved
+    # pairs, the pass-through half joined with torch.cat; head_dim defaults to 128.
+    "glm4": Architecture(mlp="fused_gated", norm_sites=GLM4_SANDWICH, attention_bias_default=True, out_bias=False,
+                         head_dim_default=128,
+                         traits=Traits(placement="sandwich", rotary_concat=True, rotary_fraction=0.5)),
     "mixtral": Architecture(sliding="all", moe="mixtral"),
     # Qwen2-MoE (Qwen1.5-MoE): Qwen2's attention (q/k/v biases, the config's qkv_bias), routed
     # fused experts and a shared expert of Linear modules with its own sigmoid gate
@@ -352,6 +364,8 @@ def _layer(arch: Architecture, config: dict, dims: Dims) -> Layer:
         attention = (Linear("q_proj", h, q_dim, qkv_bias, "q"), Linear("k_proj", h, kv_dim, qkv_bias, "k"),
                      Linear("v_proj", h, kv_dim, qkv_bias, "v"))
     out_bias = bool(config.get(arch.out_bias_field, False)) if arch.out_bias_field else attn_bias
+    if arch.out_bias is not None:
+        out_bias = arch.out_bias
     attention += (Linear("o_proj", q_dim, h, out_bias, "o"),)
     moe = _moe(arch.moe, config, dims) if arch.moe else None
     if moe is not None:

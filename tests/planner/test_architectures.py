@@ -295,3 +295,27 @@ def test_seed_oss_biases_and_its_dropout_note():
     assert [lin.bias for lin in spec.layer.linears][:4] == [True, True, True, False]
     assert any("residual_dropout 0.1" in n for n in spec.notes)
     assert not model_from_config({**base, "attention_dropout": 0, "residual_dropout": 0}, "seed0").notes
+
+
+def test_glm4_layout_and_its_config_defaults():
+    """GLM-4 (configuration_glm4.py defaults): q/k/v biases, none on o_proj; one fused gate_up_proj of
+    2I; four norms (input, post_self_attn, post_attention, post_mlp); RoPE on half of head_dim 128 when
+    the config omits partial_rotary_factor and head_dim. Negative control: attention_bias False and a
+    full rotary factor are read from the config."""
+    from planner.model.catalog import model_from_config
+
+    base = dict(model_type="glm4", vocab_size=512, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2)
+    glm = model_from_config(base, "glm4")
+    assert [(lin.name, lin.out_features, lin.bias) for lin in glm.layer.linears] == [
+        ("q_proj", 512, True), ("k_proj", 256, True), ("v_proj", 256, True), ("o_proj", 64, False),
+        ("gate_up_proj", 320, False), ("down_proj", 64, False)]
+    assert [(n.name, n.site) for n in glm.layer.norms] == [
+        ("input_layernorm", "attn_in"), ("post_self_attn_layernorm", "attn_out"),
+        ("post_attention_layernorm", "mlp_in"), ("post_mlp_layernorm", "mlp_out")]
+    assert glm.layer.traits.rotary_fraction == 0.5 and glm.layer.traits.placement == "sandwich"
+    other = model_from_config({**base, "attention_bias": False, "head_dim": 16,
+                               "rope_parameters": {"rope_type": "default", "rope_theta": 1e4,
+                                                   "partial_rotary_factor": 1.0}}, "glm4b")
+    assert not any(lin.bias for lin in other.layer.linears)
+    assert other.layer.traits.rotary_fraction == 1.0 and other.layer.linears[0].out_features == 64

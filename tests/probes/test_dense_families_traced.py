@@ -23,6 +23,9 @@ FAMILIES = {
                                                            "original_max_position_embeddings": 16}),
     # Seed-OSS: q/k/v biases, no o_proj bias; its default dropouts off (the plan's note says why)
     "seed_oss": dict(attention_dropout=0.0, residual_dropout=0.0),
+    # GLM-4: fused gate_up, a sandwich of four norms, RoPE on half of each head (interleaved,
+    # joined with torch.cat), q/k/v biases without o_proj's; head_dim 16 as hidden / heads
+    "glm4": dict(head_dim=16, attention_bias=True, partial_rotary_factor=0.5),
 }
 BOUND = 0.03
 
