@@ -280,6 +280,14 @@ TABLE: dict[str, Architecture] = {
     "glm4": Architecture(mlp="fused_gated", norm_sites=GLM4_SANDWICH, attention_bias_default=True, out_bias=False,
                          head_dim_default=128,
                          traits=Traits(placement="sandwich", rotary_concat=True, rotary_fraction=0.5)),
+    # EXAONE-4 (modeling_exaone4.py, configuration_exaone4.py): OLMo-2's post-norm layer (a norm
+    # after attention and after the MLP, none before) with the plain RMSNorm (the product in the
+    # input dtype) and Qwen3's per-head q/k norms; with a sliding window, every 4th layer is full
+    # (sliding_window_pattern, or layer_types) and the full layers skip RoPE (the normed q/k go to
+    # attention: the same bytes as the rotated ones). A one-letter pattern string ("LLLG") is read
+    # as transformers' docstring describes it only through layer_types (see _sliding_indices).
+    "exaone4": Architecture(norm_sites=POST_NORM, sliding="pattern", sliding_pattern=4,
+                            traits=Traits(placement="post", qk_norm="head")),
     "mixtral": Architecture(sliding="all", moe="mixtral"),
     # Qwen2-MoE (Qwen1.5-MoE): Qwen2's attention (q/k/v biases, the config's qkv_bias), routed
     # fused experts and a shared expert of Linear modules with its own sigmoid gate
@@ -466,5 +474,8 @@ def _sliding_indices(arch: Architecture, config: dict, layers: int) -> tuple[int
         return tuple(range(0, layers, 2))
     if arch.sliding == "pattern":  # Gemma-3: every sliding_window_pattern-th layer is full
         pattern = config.get("sliding_window_pattern") or arch.sliding_pattern
+        if not isinstance(pattern, int):  # EXAONE-4's "LLLG": its config needs layer_types with it
+            raise LayoutError(f"config field 'sliding_window_pattern' is {pattern!r}: a pattern that is not a "
+                              "layer count needs the config's layer_types")
         return tuple(i for i in range(layers) if (i + 1) % pattern)
     return ()

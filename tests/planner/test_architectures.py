@@ -319,3 +319,26 @@ def test_glm4_layout_and_its_config_defaults():
                                                    "partial_rotary_factor": 1.0}}, "glm4b")
     assert not any(lin.bias for lin in other.layer.linears)
     assert other.layer.traits.rotary_fraction == 1.0 and other.layer.linears[0].out_features == 64
+
+
+def test_exaone4_post_norms_qk_norm_and_its_layer_pattern():
+    """EXAONE-4 (configuration_exaone4.py): two post-norms and per-head q/k norms a layer; with a
+    sliding window every 4th layer is full, by sliding_window_pattern or layer_types; no window, one
+    kind. A pattern string ("LLLG") without layer_types is refused in one line naming the field."""
+    from planner.model.catalog import CatalogError, model_from_config
+
+    base = dict(model_type="exaone4", vocab_size=512, hidden_size=64, intermediate_size=160, num_hidden_layers=8,
+                num_attention_heads=4, num_key_value_heads=2)
+    ex = model_from_config({**base, "sliding_window": 32}, "ex4")
+    assert {k.name: k.indices for k in ex.kinds} == {"sliding_attention": (0, 1, 2, 4, 5, 6),
+                                                    "full_attention": (3, 7)}
+    assert [(n.name, n.site, n.per_head) for n in ex.layer.norms] == [
+        ("post_attention_layernorm", "attn_out", False), ("post_feedforward_layernorm", "mlp_out", False),
+        ("q_norm", "q", True), ("k_norm", "k", True)]
+    assert [k.name for k in model_from_config({**base, "sliding_window": None}, "ex4n").kinds] == ["decoder"]
+    types = ["sliding_attention"] * 7 + ["full_attention"]
+    given = model_from_config({**base, "sliding_window": 32, "sliding_window_pattern": "LLLG", "layer_types": types},
+                              "ex4t")
+    assert {k.name: k.indices for k in given.kinds}["full_attention"] == (7,)
+    with pytest.raises(CatalogError, match="sliding_window_pattern"):
+        model_from_config({**base, "sliding_window": 32, "sliding_window_pattern": "LLLG"}, "ex4s")

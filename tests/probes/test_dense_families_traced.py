@@ -3,7 +3,8 @@ the byte on a tiny config of each, and the planner stays within the architecture
 
 Each tiny config keeps what is new in the family's layers (StarCoder2: nn.LayerNorm with a
 bias, a plain c_fc -> gelu -> c_proj MLP, a bias on every Linear, tied embeddings, a sliding
-window shorter than the sequence; OLMo-3: sliding and full layers by its default layer_types). At real widths the planner is checked by the baseline
+window shorter than the sequence; OLMo-3: sliding and full layers by its default layer_types; GLM-4: fused gate_up and partial
+rotary; EXAONE-4: post-norms, per-head qk-norm, no RoPE on its full layers). At real widths the planner is checked by the baseline
 matrix's tier 8 (validate.baselines) and the memory gate.
 """
 import pytest
@@ -26,6 +27,8 @@ FAMILIES = {
     # GLM-4: fused gate_up, a sandwich of four norms, RoPE on half of each head (interleaved,
     # joined with torch.cat), q/k/v biases without o_proj's; head_dim 16 as hidden / heads
     "glm4": dict(head_dim=16, attention_bias=True, partial_rotary_factor=0.5),
+    # EXAONE-4: post-norms, per-head qk-norm, three sliding layers (RoPE) then a full one (no RoPE)
+    "exaone4": dict(sliding_window=32, sliding_window_pattern=4, num_hidden_layers=4),
 }
 BOUND = 0.03
 
