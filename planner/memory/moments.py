@@ -27,7 +27,6 @@ from typing import Callable
 from planner.memory import terms as C
 from planner.memory import layer as M
 from planner.memory import sharding as S
-from planner.model import counts
 from planner.model import inventory as inv
 from planner.model.specs import ModelSpec, TrainSpec
 
@@ -301,6 +300,14 @@ def step_memory(model: ModelSpec, train: TrainSpec, dtype: str) -> StepMemory:
     return StepMemory(phases={phase: m.terms for phase, m in chosen.items()},
                       paged_optimizer_bytes=C.optimizer_states_paged(model, train, step.prec),
                       moments={phase: m.name for phase, m in chosen.items()})
+
+
+def clear_caches() -> None:
+    """Forget the steps planned so far (:func:`step_memory`) and the layers' saved sets they
+    read (planner.memory.terms.layer_saved_sequence): for code that swaps a formula and plans
+    again, as the tests' negative controls do."""
+    step_memory.cache_clear()
+    C.layer_saved_sequence.cache_clear()
 
 
 # ---------------------------------------------------------------- forward

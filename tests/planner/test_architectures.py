@@ -6,29 +6,12 @@ under bf16 autocast), as each test says.
 """
 import pytest
 
-from planner import TrainSpec
 from planner.memory import terms as C
 from planner.model import counts
 from planner.model import targets
 from planner.model.architectures import TABLE
 from planner.model.catalog import CatalogError, UnknownArchitecture, model_from_config
-
-TINY = dict(vocab_size=512, hidden_size=128, intermediate_size=320, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, head_dim=24, max_position_embeddings=4096)
-
-
-def spec(model_type, **fields):
-    return model_from_config({"model_type": model_type, **TINY, **fields}, f"tiny-{model_type}")
-
-
-def train(**kw):
-    base = dict(method="lora", rank=8, batch_size=1, seq_len=40, dtype="bf16")
-    base.update(kw)
-    return TrainSpec(**base)
-
-
-def layout(model):
-    return [(lin.name, lin.role, lin.in_features, lin.out_features, lin.bias) for lin in model.linears]
+from tiny_layouts import TINY, layout, spec, train
 
 
 def test_every_entry_builds_a_layer_with_roles():

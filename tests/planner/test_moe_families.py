@@ -3,29 +3,13 @@ all-linear and QLoRA reach (each checked against peft 0.21 and bitsandbytes with
 the shared-expert terms."""
 import pytest
 
-from planner import TrainSpec, plan
+from planner import plan
 from planner.memory import terms as C
 from planner.model import counts
 from planner.model import targets
-from planner.model.catalog import model_from_config
+from tiny_layouts import layout, spec, train
 
-TINY = dict(vocab_size=512, hidden_size=128, intermediate_size=320, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, head_dim=24, max_position_embeddings=4096)
 QWEN2_MOE = dict(moe_intermediate_size=48, shared_expert_intermediate_size=64, num_experts=8, num_experts_per_tok=2)
-
-
-def spec(model_type, **fields):
-    return model_from_config({"model_type": model_type, **TINY, **fields}, f"tiny-{model_type}")
-
-
-def train(**kw):
-    base = dict(method="lora", rank=8, batch_size=1, seq_len=40, dtype="bf16")
-    base.update(kw)
-    return TrainSpec(**base)
-
-
-def layout(model):
-    return [(lin.name, lin.role, lin.in_features, lin.out_features, lin.bias) for lin in model.linears]
 
 
 def test_qwen2_moe_shared_expert_is_linear_modules():

@@ -18,18 +18,12 @@ import pytest
 from planner import TrainSpec, plan
 from planner.memory.moments import step_memory
 from probe_traces import traced
+from planner.memory.moments import clear_caches
 
 BOUND = 0.001
 
 # (method, dtype, precision, batch, seq)
 CASES = [("dora", "fp16", "pure", 3, 1280), ("dora", "bf16", "autocast", 4, 1024), ("qdora", "bf16", "autocast", 4, 1024)]
-
-
-def clear_caches():
-    from planner.memory.terms import layer_saved_sequence
-
-    step_memory.cache_clear()
-    layer_saved_sequence.cache_clear()
 
 
 def spec(name="phi-3-mini"):
@@ -140,9 +134,9 @@ def test_dora_under_mixed_has_no_weight_cast_in_its_norm(torch_stack, monkeypatc
         return real(self, lin, train, prec) + lin.in_features * lin.out_features * 4
 
     monkeypatch.setattr(V.Dora, "norm_transient", four_dense)
-    step_memory.cache_clear()
+    clear_caches()
     try:
         over = plan(spec, "a100-80gb", train, calibrations={}).phases["forward"]
     finally:
-        step_memory.cache_clear()
+        clear_caches()
     assert over / trace - 1 > 0.05

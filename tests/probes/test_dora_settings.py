@@ -16,17 +16,10 @@ import pytest
 from planner import TrainSpec, plan
 from planner.memory.moments import step_memory
 from probe_traces import traced
+from planner.memory.moments import clear_caches
 
 BOUND = 0.002
 CASES = ["dora", "qdora"]
-
-
-def clear_caches():
-    from planner.memory.moments import step_memory
-    from planner.memory.terms import layer_saved_sequence
-
-    step_memory.cache_clear()
-    layer_saved_sequence.cache_clear()
 
 
 def tiny():

@@ -11,6 +11,7 @@ import pytest
 from planner import TrainSpec, plan
 from planner.model.catalog import model_from_config
 from probe_traces import traced
+from planner.memory.moments import clear_caches
 
 BOUND = 0.0025
 PHI3_MHA = dict(model_type="phi3", pad_token_id=0, vocab_size=512, hidden_size=128, intermediate_size=256,
@@ -25,14 +26,6 @@ def phi3():
 def eager_train(batch_size, seq_len, dtype="fp32"):
     return TrainSpec(method="qlora", rank=8, batch_size=batch_size, seq_len=seq_len, dtype=dtype, precision="pure",
                      optim="sgd", attn_implementation="eager")
-
-
-def clear_caches():
-    from planner.memory.moments import step_memory
-    from planner.memory.terms import layer_saved_sequence
-
-    step_memory.cache_clear()
-    layer_saved_sequence.cache_clear()
 
 
 def planned_phases(spec, train):

@@ -16,6 +16,7 @@ import pytest
 from planner import TrainSpec
 from planner.memory.moments import step_memory
 from planner.model.catalog import model_from_config
+from planner.memory.moments import clear_caches
 
 LAYOUTS = {
     "llama": {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "num_key_value_heads": 2},
@@ -56,13 +57,6 @@ def traced_backward(spec, train):
 
             _traces[key] = trace(spec, train, train.num_gpus, train.sharding).phase_peaks["backward"]
     return _traces[key]
-
-
-def clear_caches():
-    from planner.memory.terms import layer_saved_sequence
-
-    step_memory.cache_clear()
-    layer_saved_sequence.cache_clear()
 
 
 @pytest.mark.slow

@@ -22,6 +22,7 @@ import pytest
 from planner import TrainSpec, plan
 from planner.model.catalog import model_from_config
 from probe_traces import traced
+from planner.memory.moments import clear_caches
 
 BOUND = 0.001
 BASE = dict(pad_token_id=0, vocab_size=8192, hidden_size=128, intermediate_size=352, num_hidden_layers=2,
@@ -50,14 +51,6 @@ def case(name):
     train = TrainSpec(method=method, rank=8, target_modules=target, batch_size=2, seq_len=256, dtype=dtype,
                       precision=precision, optim="sgd", attn_implementation=attention, lora_dropout=dropout)
     return spec, train
-
-
-def clear_caches():
-    from planner.memory.moments import step_memory
-    from planner.memory.terms import layer_saved_sequence
-
-    step_memory.cache_clear()
-    layer_saved_sequence.cache_clear()
 
 
 def off(spec, train):

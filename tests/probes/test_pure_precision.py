@@ -11,6 +11,7 @@ from planner import TrainSpec, plan
 from planner.memory.moments import step_memory
 from planner.model.catalog import model_from_config
 from probe_traces import traced
+from planner.memory.moments import clear_caches
 
 BOUND = 0.001
 HEAD = dict(pad_token_id=0, vocab_size=4096, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
@@ -134,13 +135,6 @@ def _old_rules(monkeypatch):
     monkeypatch.setattr(V.Dora, "dropout_saved", autocast_rule)
     monkeypatch.setattr(V.Dora, "base_output_bytes", lambda self, lin, prec: prec.compute if lin.role == "o" else prec.hidden)
     clear_caches()
-
-
-def clear_caches():
-    from planner.memory import terms as C
-
-    C.layer_saved_sequence.cache_clear()
-    step_memory.cache_clear()
 
 
 @pytest.mark.slow
