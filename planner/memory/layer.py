@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from planner.model import counts
 from planner.model import targets
 from planner.model.architectures import ATTENTION_ROLES, Linear
 from planner.memory.terms import FP32, Precision, attention_core_saved, eager_fused_qkv_kept, layer_saved_sequence, uses_eager

@@ -5,7 +5,7 @@ Pure data: no arithmetic beyond derived sizes, no I/O (the catalog reads files).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 from planner.model.architectures import Layer, LayerKind, Linear, Traits

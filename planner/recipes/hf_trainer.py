@@ -14,11 +14,10 @@ the model is ``base_model_name_or_path`` of the adapter config (or --model).
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from . import sharding
-from .keys import Keys, RecipeError
+from .keys import Keys, RecipeError, read_json_object
 from .recipe import PEFT_DEFAULT, Draft, Recipe, optimizer, targets
 
 NAME = "TrainingArguments"
@@ -123,13 +122,7 @@ def read(data: dict, path: Path) -> Recipe:
 
 def _adapter_config(d: Draft, path: Path) -> None:
     """peft's adapter_config.json (LoraConfig.save_pretrained) beside the TrainingArguments."""
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RecipeError(f"{path.name}: not readable JSON ({exc.__class__.__name__})") from None
-    if not isinstance(config, dict):
-        raise RecipeError(f"{path.name}: must hold a JSON object")
-    keys = Keys(config, path.name)
+    keys = Keys(read_json_object(path, path.name), path.name)
     peft_type = keys.get("peft_type", str, "LORA")
     if peft_type.upper() != "LORA":
         raise RecipeError(f"{path.name}: peft_type {peft_type!r} is not planned (LORA)")

@@ -2,9 +2,24 @@
 the key; every key read is remembered, so that the rest can be named as ignored."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 
 class RecipeError(ValueError):
     """A recipe that cannot be read: one line naming the file and, where it is one, the key."""
+
+
+def read_json_object(path: Path, label: str) -> dict:
+    """A JSON file that holds an object (a DeepSpeed config, peft's adapter_config.json), or a
+    RecipeError that names it by ``label``."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RecipeError(f"{label}: not readable JSON ({exc.__class__.__name__})") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"{label}: must hold a JSON object")
+    return data
 
 
 KINDS = {

@@ -15,10 +15,9 @@ Facts used (key names and meanings):
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from .keys import Keys, RecipeError
+from .keys import Keys, RecipeError, read_json_object
 from .recipe import Draft, Recipe
 
 ACCELERATE_NO_MEMORY = frozenset({
@@ -69,7 +68,7 @@ def deepspeed_reference(draft: Draft, key: str, value, base: Path) -> None:
         draft.unmodelled(key, f"{value} not found (beside the recipe or here): its ZeRO stage is unknown; "
                               "pass --sharding zero2|zero3 and --num-gpus")
         return
-    deepspeed(draft, _json(path, f"{draft.keys.source}: {key}"), f"{path.name}")
+    deepspeed(draft, read_json_object(path, f"{draft.keys.source}: {key}: {path.name}"), f"{path.name}")
 
 
 def fsdp(draft: Draft, key: str, value, config: dict | None) -> None:
@@ -91,16 +90,6 @@ def fsdp(draft: Draft, key: str, value, config: dict | None) -> None:
     if any(o in options for o in ("shard_grad_op", "hybrid_shard", "hybrid_shard_zero2")) or str(
             (config or {}).get("fsdp_sharding_strategy", "FULL_SHARD")).upper() not in ("FULL_SHARD", "1"):
         draft.note(f"{key}: a sharding strategy other than full_shard is planned as FSDP's full shard")
-
-
-def _json(path: Path, where: str) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RecipeError(f"{where}: {path.name} is not readable JSON ({exc.__class__.__name__})") from None
-    if not isinstance(data, dict):
-        raise RecipeError(f"{where}: {path.name} must hold a JSON object")
-    return data
 
 
 def is_deepspeed(data: dict) -> bool:

@@ -80,7 +80,6 @@ EAGER_LONG = dict(attn_implementation="eager", gradient_checkpointing=True, seq_
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["lora", "full"])
 def test_eager_softmax_moments_planned_equal_traced_within_bound(torch_stack, method):
-    from planner.memory import terms as C
     from probes.fake import trace
 
     spec = model_from_config({"model_type": "llama", **BASE, "vocab_size": 512}, "tiny-llama")
