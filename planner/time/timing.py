@@ -56,7 +56,8 @@ Terms (keys):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
 
 from planner.memory.terms import Precision, precision, uses_eager
 from planner.memory.variants import variant
@@ -80,16 +81,60 @@ TERMS = ("forward/matmul", "backward/input_grad", "backward/weight_grad", "adapt
 OPS_LAYER, OPS_MOE, OPS_HEAD = 40, 20, 10
 
 
-def _linears(model: ModelSpec):
-    return model.layer.linears
+def _windowless(kind) -> object:
+    """A kind's layer without its attention window (which only :func:`_attended_pairs` reads)."""
+    return replace(kind.layer, traits=replace(kind.layer.traits, sliding_window=None))
+
+
+@lru_cache(maxsize=256)
+def layer_views(model: ModelSpec) -> tuple[ModelSpec, ...]:
+    """The decoder layers to time, as views of the model (each a ModelSpec whose kinds and
+    num_layers are those of the layers it holds): every per-layer term is a sum over them.
+    Kinds whose layers differ only in their attention window share one view (their terms
+    but attention's are alike per layer, and attention sums its pairs over the view's
+    kinds); kinds that differ in anything else (their Linears, norms, MoE, traits) get a
+    view each (:meth:`ModelSpec.by_kind`, grouped)."""
+    groups: dict[object, list] = {}
+    for kind in model.kinds:
+        groups.setdefault(_windowless(kind), []).append(kind)
+    if len(groups) == 1:
+        return (model,)
+    return tuple(replace(model, name=f"{model.name}[{'+'.join(k.name for k in kinds)}]",
+                         num_layers=sum(k.count for k in kinds), kinds=tuple(kinds))
+                 for kinds in groups.values())
+
+
+def _adapted(view: ModelSpec, train: TrainSpec) -> tuple:
+    """The Linears of a view's layers that ``train``'s adapter targets; a named target that
+    one kind lacks (and another has) adapts nothing in that kind."""
+    try:
+        return targets.targeted_linears(view, train.target_modules)
+    except ValueError:
+        return tuple(lin for lin in view.linears
+                     if any(lin.name == t or lin.name.endswith("." + t) for t in train.target_modules))
 
 
 def base_matmuls(model: ModelSpec, train: TrainSpec, prec: Precision) -> list[Work]:
     """forward/matmul, backward/input_grad, backward/weight_grad of the base Linears, the
     experts and lm_head (module docstring). Bytes: the weight (c per element: a 16-bit
     copy, dequantized or autocast) and the input and output activations."""
+    t, c = train.tokens, prec.compute
+    out: list[Work] = []
+    for view in layer_views(model):
+        out += _layer_matmuls(view, train, prec)
+    h, v = model.hidden_size, model.vocab_size
+    head = 2 * t * h * v, h * v * c + t * (h + v) * c
+    out.append(Work("forward/matmul", *head, R.MATMUL))
+    out.append(Work("backward/input_grad", *head, R.MATMUL))
+    if targets.trains_lm_head(train):  # full fine-tuning, or lm_head in modules_to_save
+        out.append(Work("backward/weight_grad", *head, R.MATMUL))
+    return out
+
+
+def _layer_matmuls(model: ModelSpec, train: TrainSpec, prec: Precision) -> list[Work]:
+    """:func:`base_matmuls` of one view's decoder layers."""
     t, c, L = train.tokens, prec.compute, model.num_layers
-    shapes = [(lin.in_features, lin.out_features, 1) for lin in _linears(model)]
+    shapes = [(lin.in_features, lin.out_features, 1) for lin in model.linears]
     moe = model.layer.moe
     if moe is not None:  # router, then the top-k experts' gate_up and down per token
         h, i = model.hidden_size, moe.intermediate
@@ -104,12 +149,6 @@ def base_matmuls(model: ModelSpec, train: TrainSpec, prec: Precision) -> list[Wo
         out.append(Work("backward/input_grad", flops, nbytes, R.MATMUL))
         if full:
             out.append(Work("backward/weight_grad", flops, nbytes + L * weights * (prec.weight - c), R.MATMUL))
-    h, v = model.hidden_size, model.vocab_size
-    head = 2 * t * h * v, h * v * c + t * (h + v) * c
-    out.append(Work("forward/matmul", *head, R.MATMUL))
-    out.append(Work("backward/input_grad", *head, R.MATMUL))
-    if targets.trains_lm_head(train):  # full fine-tuning, or lm_head in modules_to_save
-        out.append(Work("backward/weight_grad", *head, R.MATMUL))
     return out
 
 
@@ -119,15 +158,18 @@ def adapter_work(model: ModelSpec, train: TrainSpec, prec: Precision) -> list[Wo
     planner.memory.variants), and LoRA on fused expert parameters (peft's ParamWrapper merges
     W + B@A each forward, 2*r*E*in*out FLOPs)."""
     method = variant(train)
-    c, L = prec.compute, model.num_layers
+    c = prec.compute
     out: list[Work] = []
-    for lin in targets.targeted_linears(model, train.target_modules):
-        out += method.adapter.work(lin, train, prec, L, method.base)
-    for p in targets.targeted_parameters(model, train):
-        merged = p.weight
-        out.append(Work("adapters/matmul", L * 2 * p.rank * merged, L * merged * 3 * c, R.SMALL_MATMUL, True, p.rank))
-        out.append(Work("adapters/matmul", L * 4 * p.rank * merged, L * merged * 6 * c, R.SMALL_MATMUL,
-                        narrow=p.rank))
+    for view in layer_views(model):
+        L = view.num_layers
+        for lin in _adapted(view, train):
+            out += method.adapter.work(lin, train, prec, L, method.base)
+        for p in targets.targeted_parameters(view, train):
+            merged = p.weight
+            out.append(Work("adapters/matmul", L * 2 * p.rank * merged, L * merged * 3 * c, R.SMALL_MATMUL, True,
+                            p.rank))
+            out.append(Work("adapters/matmul", L * 4 * p.rank * merged, L * merged * 6 * c, R.SMALL_MATMUL,
+                            narrow=p.rank))
     return out
 
 
@@ -143,7 +185,14 @@ def _attended_pairs(model: ModelSpec, train: TrainSpec) -> float:
 
 
 def attention_work(model: ModelSpec, train: TrainSpec, prec: Precision) -> list[Work]:
-    """attention/core (module docstring)."""
+    """attention/core (module docstring), summed over the layer views; a view without
+    attention projections (no q or qkv role) has none."""
+    return [w for view in layer_views(model) if view.layer.by_role("q", "qkv")
+            for w in _layer_attention(view, train, prec)]
+
+
+def _layer_attention(model: ModelSpec, train: TrainSpec, prec: Precision) -> list[Work]:
+    """:func:`attention_work` of one view's decoder layers."""
     b, s, c, L = train.batch_size, train.seq_len, prec.compute, model.num_layers
     qd, kvd, t = model.q_dim, model.kv_dim, train.tokens
     io = L * t * (2 * qd + 2 * kvd) * c
@@ -161,28 +210,47 @@ def attention_work(model: ModelSpec, train: TrainSpec, prec: Precision) -> list[
 
 def elementwise_work(model: ModelSpec, train: TrainSpec, prec: Precision) -> list[Work]:
     """elementwise/layers and loss/cross_entropy (module docstring)."""
-    t, c, L = train.tokens, prec.compute, model.num_layers
+    t, c = train.tokens, prec.compute
+    h, stream = model.hidden_size, prec.stream
+    final_norm = t * h * (4 * stream + 28)
+    v = model.vocab_size
+    views = layer_views(model)
+    layers = [_layer_elementwise(view, train, prec) for view in views]
+    out = [Work("elementwise/layers", 0, b, R.MEMORY, layer=True) for b in layers]
+    out += [Work("elementwise/layers", 0, 2 * b + (3 * final_norm if i == len(layers) - 1 else 0), R.MEMORY)
+            for i, b in enumerate(layers)]
+    return out + [Work("loss/cross_entropy", 0, t * v * (c + 16) + t * v * (c + 12), R.MEMORY)]
+
+
+def _mlp_width(model: ModelSpec) -> int:
+    """The width of a view's MLP activation per token: the top-k experts' for a mixture of
+    experts, else what the layer's down projection reads (its in_features; the config's
+    intermediate_size where the layer has none)."""
+    moe = model.layer.moe
+    if moe is not None:
+        return moe.top_k * moe.intermediate
+    down = model.layer.by_role("down")
+    return down[0].in_features if down else model.intermediate_size
+
+
+def _layer_elementwise(model: ModelSpec, train: TrainSpec, prec: Precision) -> float:
+    """Bytes of one view's decoder layers' elementwise ops, forward (module docstring)."""
+    t, L = train.tokens, model.num_layers
     h, hid, stream = model.hidden_size, prec.hidden, prec.stream
     heads = {"q": model.num_heads, "k": model.num_kv_heads}
     norms = sum(t * n.size * (heads.get(n.site, 1) if n.per_head else 1) for n in model.layer.norms)
     norm_bytes = norms * (4 * stream + 28)
     rope = t * (model.q_dim + model.kv_dim) * model.traits.rotary_fraction * 9 * hid
-    moe = model.layer.moe
-    inter = (moe.top_k * moe.intermediate) if moe is not None else model.intermediate_size
-    act = 5 * t * inter * hid
+    act = 5 * t * _mlp_width(model) * hid
     residual = 6 * t * h * stream
-    per_layer = norm_bytes + rope + act + residual
-    final_norm = t * h * (4 * stream + 28)
-    v = model.vocab_size
-    return [Work("elementwise/layers", 0, L * per_layer, R.MEMORY, layer=True),
-            Work("elementwise/layers", 0, 2 * L * per_layer + 3 * final_norm, R.MEMORY),
-            Work("loss/cross_entropy", 0, t * v * (c + 16) + t * v * (c + 12), R.MEMORY)]
+    return L * (norm_bytes + rope + act + residual)
 
 
 def dequant_work(model: ModelSpec, train: TrainSpec, prec: Precision) -> list[Work]:
     """The base treatment's work beside each matmul (qlora/dequant for 4-bit weights)."""
     base = variant(train).base
-    return [w for lin in _linears(model) for w in base.work(lin, train, prec, model.num_layers)]
+    return [w for view in layer_views(model) for lin in view.linears
+            for w in base.work(lin, train, prec, view.num_layers)]
 
 
 def optimizer_work(model: ModelSpec, train: TrainSpec, prec: Precision, grad_scaler: bool) -> list[Work]:
@@ -208,11 +276,14 @@ def dispatched_ops(model: ModelSpec, train: TrainSpec) -> int:
     """Eager ops one step launches (see OPS_*): forward, backward (2x), the recomputed
     forward under checkpointing, and the optimizer's foreach kernels (about 10)."""
     method = variant(train)
-    adapted = len(targets.targeted_linears(model, train.target_modules))
-    layer = (OPS_LAYER + (OPS_MOE if model.layer.moe is not None else 0) + adapted * method.adapter.ops(train)
-             + method.base.ops * len(_linears(model)))
     passes = 3 + (1 if train.gradient_checkpointing else 0)
-    return model.num_layers * layer * passes + 3 * OPS_HEAD + 10
+    ops = 0
+    for view in layer_views(model):
+        adapted = len(_adapted(view, train))
+        layer = (OPS_LAYER + (OPS_MOE if view.layer.moe is not None else 0) + adapted * method.adapter.ops(train)
+                 + method.base.ops * len(view.linears))
+        ops += view.num_layers * layer * passes
+    return ops + 3 * OPS_HEAD + 10
 
 
 @dataclass(frozen=True)
