@@ -154,14 +154,15 @@ def _as_gpu(gpu: str | GpuSpec) -> GpuSpec:
 
 
 def plan(model: str | ModelSpec, gpu: str | GpuSpec, train: TrainSpec | None = None,
-         calibrations: dict | None = None, speed: dict | None = None) -> Plan:
+         calibrations: dict | None = None, speed: dict | None = None, host: str = roofline.DEFAULT_HOST) -> Plan:
     """Predict the memory of one training step of ``train`` on ``model`` and ``gpu``.
 
     ``model`` and ``gpu`` are specs or catalog names (or a config.json path for the model).
     ``calibrations`` (family -> planner.memory.calibration.Calibration) replaces the runtime
     estimates; None loads them from the committed CUDA rows, {} turns them off. ``speed``
     (family -> planner.time.calibration.SpeedCalibration) does the same for the time
-    model's efficiency factors.
+    model's efficiency factors. ``host``: the CPU that launches the eager ops
+    (planner.time.roofline.HOSTS).
     Raises ValueError (CatalogError for names) on impossible settings.
     """
     model, gpu = _as_model(model), _as_gpu(gpu)
@@ -227,7 +228,7 @@ def plan(model: str | ModelSpec, gpu: str | GpuSpec, train: TrainSpec | None = N
         components["optimizer/states_paged"] = step.paged_optimizer_bytes
         notes += ("paged optimizer states live in CUDA unified memory: not counted in the "
                   "allocated or device totals (the driver can page them out to host RAM)",)
-    efficiency, time_note = _efficiency(gpu, dtype, speed)
+    efficiency, time_note = _efficiency(gpu, dtype, speed, host)
     notes += time_note
     components["runtime/allocator"] = allocator
     components["runtime/cuda_context"] = context
@@ -253,13 +254,19 @@ def plan(model: str | ModelSpec, gpu: str | GpuSpec, train: TrainSpec | None = N
     )
 
 
-def _efficiency(gpu: GpuSpec, dtype: str, speed: dict | None) -> tuple[roofline.Efficiency | None, tuple[str, ...]]:
+def _efficiency(gpu: GpuSpec, dtype: str, speed: dict | None,
+                host: str = roofline.DEFAULT_HOST) -> tuple[roofline.Efficiency | None, tuple[str, ...]]:
     """The time model's efficiency factors, calibrated for the GPU's family where CUDA rows
     exist, and the note that says which factors are used (None in fp32, with why)."""
     if dtype == "fp32":
         return None, ("no time planned in fp32: the catalog holds 16-bit peaks only",)
     cals = speed_calibration.load() if speed is None else speed
     cal = cals.get(gpu.family)
-    eff = roofline.DEFAULT.scaled(cal.factor) if cal else roofline.DEFAULT
+    eff = (roofline.DEFAULT.scaled(cal.factor) if cal else roofline.DEFAULT).on_host(host)
     note = (cal.describe(),) if cal else ((speed_calibration.none_note(gpu.family),) if speed is None else ())
+    if gpu.sustained_fraction < 1:
+        note += (f"time planned at {gpu.sustained_fraction:.0%} of {gpu.name}'s boost-clock peak: the clock a "
+                 "continuous GEMM sustains under its power limit (data/gpus.json, sustained_source)",)
+    if host != roofline.DEFAULT_HOST:
+        note += (f"host {host}: {roofline.host_named(host).why}",)
     return eff, note

@@ -222,6 +222,8 @@ def _catalog_gpu(key: str) -> GpuSpec:
         tflops_dense_16bit=e["tflops_dense_16bit"],
         family=e["family"],
         cuda_context_bytes=e["cuda_context_mib"] * MIB,
+        sm_count=e.get("sm_count", 0),
+        sustained_fraction=e.get("sustained_fraction", 1.0),
     )
 
 

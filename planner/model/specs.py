@@ -145,6 +145,11 @@ class GpuSpec:
     tflops_dense_16bit: float
     family: str
     cuda_context_bytes: int
+    # the time model's (planner.time.roofline): streaming multiprocessors (0: unknown, no wave
+    # quantization), and the fraction of the datasheet tensor peak a long continuous GEMM
+    # sustains under the board's power limit, beyond the large-GEMM efficiency (1.0: boost held)
+    sm_count: int = 0
+    sustained_fraction: float = 1.0
 
 
 @dataclass(frozen=True)

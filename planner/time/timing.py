@@ -79,6 +79,15 @@ TERMS = ("forward/matmul", "backward/input_grad", "backward/weight_grad", "adapt
 # casts).
 # (an adapter's and a 4-bit weight's ops are their variants': planner.memory.variants)
 OPS_LAYER, OPS_MOE, OPS_HEAD = 40, 20, 10
+# GPU kernels the bytes of a term are spread over (small kernels stream below the bandwidth
+# ceiling: planner.time.roofline.memory_efficiency), counted from the same HF Llama layout:
+# a layer's forward runs about 28 elementwise kernels (two RMSNorms of 7, rotary 10, the
+# activation 2, residual adds 2, casts 5), the eager softmax path 6 (scale, mask, softmax,
+# dropout, casts), the loss 6 (upcast, log-softmax, gather, mean); per adapted Linear and
+# pass, peft's casts, scale and add 6, a 4-bit weight's dequantization and casts 3, DoRA's
+# norm and scaling 8.
+ELEMENTWISE_KERNELS, EAGER_SCORE_KERNELS, LOSS_KERNELS = 28, 6, 6
+LINEAR_KERNELS = {"adapters/elementwise": 6, "qlora/dequant": 3, "dora/weight_norm": 8}
 
 
 def _windowless(kind) -> object:
@@ -124,10 +133,10 @@ def base_matmuls(model: ModelSpec, train: TrainSpec, prec: Precision) -> list[Wo
         out += _layer_matmuls(view, train, prec)
     h, v = model.hidden_size, model.vocab_size
     head = 2 * t * h * v, h * v * c + t * (h + v) * c
-    out.append(Work("forward/matmul", *head, R.MATMUL))
-    out.append(Work("backward/input_grad", *head, R.MATMUL))
+    out.append(Work("forward/matmul", *head, R.MATMUL, shape=(t, v, h)))
+    out.append(Work("backward/input_grad", *head, R.MATMUL, shape=(t, h, v)))
     if targets.trains_lm_head(train):  # full fine-tuning, or lm_head in modules_to_save
-        out.append(Work("backward/weight_grad", *head, R.MATMUL))
+        out.append(Work("backward/weight_grad", *head, R.MATMUL, shape=(v, h, t)))
     return out
 
 
@@ -145,10 +154,12 @@ def _layer_matmuls(model: ModelSpec, train: TrainSpec, prec: Precision) -> list[
         weights = fan_in * fan_out * (moe.experts if k > 1 else 1)
         flops = L * 2 * t * k * fan_in * fan_out
         nbytes = L * (weights * c + t * k * (fan_in + fan_out) * c)
-        out.append(Work("forward/matmul", flops, nbytes, R.MATMUL, layer=True))
-        out.append(Work("backward/input_grad", flops, nbytes, R.MATMUL))
+        rows = max(1, t * k // moe.experts) if k > 1 else t  # tokens per expert, on average
+        out.append(Work("forward/matmul", flops, nbytes, R.MATMUL, layer=True, shape=(rows, fan_out, fan_in)))
+        out.append(Work("backward/input_grad", flops, nbytes, R.MATMUL, shape=(rows, fan_in, fan_out)))
         if full:
-            out.append(Work("backward/weight_grad", flops, nbytes + L * weights * (prec.weight - c), R.MATMUL))
+            out.append(Work("backward/weight_grad", flops, nbytes + L * weights * (prec.weight - c), R.MATMUL,
+                            shape=(fan_out, fan_in, rows)))
     return out
 
 
@@ -163,7 +174,7 @@ def adapter_work(model: ModelSpec, train: TrainSpec, prec: Precision) -> list[Wo
     for view in layer_views(model):
         L = view.num_layers
         for lin in _adapted(view, train):
-            out += method.adapter.work(lin, train, prec, L, method.base)
+            out += _spread(method.adapter.work(lin, train, prec, L, method.base), L)
         for p in targets.targeted_parameters(view, train):
             merged = p.weight
             out.append(Work("adapters/matmul", L * 2 * p.rank * merged, L * merged * 3 * c, R.SMALL_MATMUL, True,
@@ -173,10 +184,14 @@ def adapter_work(model: ModelSpec, train: TrainSpec, prec: Precision) -> list[Wo
     return out
 
 
-def _attended_pairs(model: ModelSpec, train: TrainSpec) -> float:
+def _attended_pairs(model: ModelSpec, train: TrainSpec, segment: int | None = None) -> float:
     """Causal (query, key) pairs per sequence summed over layers: s^2/2 for a full layer,
-    about s*w - w^2/2 for a layer attending within a sliding window w < s."""
+    about s*w - w^2/2 for a layer attending within a sliding window w < s. With ``segment``
+    (packed documents of that length, attended one by one: flash-attention's variable-length
+    path), a row of s tokens holds s/segment documents, each with its own pairs."""
     s = train.seq_len
+    if segment and segment < s:
+        return s / segment * _attended_pairs(model, train.with_(seq_len=segment))
     pairs = 0.0
     for kind in model.kinds:
         w = kind.layer.traits.sliding_window
@@ -184,28 +199,35 @@ def _attended_pairs(model: ModelSpec, train: TrainSpec) -> float:
     return pairs
 
 
-def attention_work(model: ModelSpec, train: TrainSpec, prec: Precision) -> list[Work]:
+def attention_work(model: ModelSpec, train: TrainSpec, prec: Precision, segment: int | None = None) -> list[Work]:
     """attention/core (module docstring), summed over the layer views; a view without
-    attention projections (no q or qkv role) has none."""
+    attention projections (no q or qkv role) has none. ``segment``: packed documents' length
+    (:func:`_attended_pairs`)."""
     return [w for view in layer_views(model) if view.layer.by_role("q", "qkv")
-            for w in _layer_attention(view, train, prec)]
+            for w in _layer_attention(view, train, prec, segment)]
 
 
-def _layer_attention(model: ModelSpec, train: TrainSpec, prec: Precision) -> list[Work]:
+def _layer_attention(model: ModelSpec, train: TrainSpec, prec: Precision, segment: int | None = None) -> list[Work]:
     """:func:`attention_work` of one view's decoder layers."""
     b, s, c, L = train.batch_size, train.seq_len, prec.compute, model.num_layers
     qd, kvd, t = model.q_dim, model.kv_dim, train.tokens
     io = L * t * (2 * qd + 2 * kvd) * c
     if not uses_eager(model, train):
-        fwd = 4 * b * _attended_pairs(model, train) * qd  # = 2*b*s^2*q_dim per full layer
-        return [Work("attention/core", fwd, io, R.ATTENTION, layer=True),
-                Work("attention/core", 2.5 * fwd, 2 * io, R.ATTENTION)]
+        fwd = 4 * b * _attended_pairs(model, train, segment) * qd  # = 2*b*s^2*q_dim per full layer
+        seq = min(s, segment or s)
+        rows = b * model.num_heads * s // seq  # batch x heads x documents per row
+        return [Work("attention/core", fwd, io, R.ATTENTION, layer=True,
+                     attention=(seq, model.head_dim, True, False, rows)),
+                Work("attention/core", 2.5 * fwd, 2 * io, R.ATTENTION,
+                     attention=(seq, model.head_dim, True, True, rows))]
     fwd = L * 4 * b * s * s * qd
     scores = L * b * model.num_heads * s * s * (6 * c + 2 * FP32)
-    return [Work("attention/core", fwd, io, R.MATMUL, layer=True),
-            Work("attention/core", 0, scores, R.MEMORY, layer=True),
-            Work("attention/core", 2 * fwd, 2 * io, R.MATMUL),
-            Work("attention/core", 0, 2 * scores, R.MEMORY)]
+    per_head = (b * model.num_heads * s, s, model.head_dim)  # QK^T and PV, batched over heads
+    kernels = L * EAGER_SCORE_KERNELS
+    return [Work("attention/core", fwd, io, R.MATMUL, layer=True, shape=per_head),
+            Work("attention/core", 0, scores, R.MEMORY, layer=True, kernels=kernels),
+            Work("attention/core", 2 * fwd, 2 * io, R.MATMUL, shape=per_head),
+            Work("attention/core", 0, 2 * scores, R.MEMORY, kernels=2 * kernels)]
 
 
 def elementwise_work(model: ModelSpec, train: TrainSpec, prec: Precision) -> list[Work]:
@@ -216,10 +238,12 @@ def elementwise_work(model: ModelSpec, train: TrainSpec, prec: Precision) -> lis
     v = model.vocab_size
     views = layer_views(model)
     layers = [_layer_elementwise(view, train, prec) for view in views]
-    out = [Work("elementwise/layers", 0, b, R.MEMORY, layer=True) for b in layers]
-    out += [Work("elementwise/layers", 0, 2 * b + (3 * final_norm if i == len(layers) - 1 else 0), R.MEMORY)
-            for i, b in enumerate(layers)]
-    return out + [Work("loss/cross_entropy", 0, t * v * (c + 16) + t * v * (c + 12), R.MEMORY)]
+    out = [Work("elementwise/layers", 0, b, R.MEMORY, layer=True, kernels=view.num_layers * ELEMENTWISE_KERNELS)
+           for b, view in zip(layers, views)]
+    out += [Work("elementwise/layers", 0, 2 * b + (3 * final_norm if i == len(layers) - 1 else 0), R.MEMORY,
+                 kernels=2 * view.num_layers * ELEMENTWISE_KERNELS)
+            for i, (b, view) in enumerate(zip(layers, views))]
+    return out + [Work("loss/cross_entropy", 0, t * v * (c + 16) + t * v * (c + 12), R.MEMORY, kernels=LOSS_KERNELS)]
 
 
 def _mlp_width(model: ModelSpec) -> int:
@@ -250,7 +274,19 @@ def dequant_work(model: ModelSpec, train: TrainSpec, prec: Precision) -> list[Wo
     """The base treatment's work beside each matmul (qlora/dequant for 4-bit weights)."""
     base = variant(train).base
     return [w for view in layer_views(model) for lin in view.linears
-            for w in base.work(lin, train, prec, view.num_layers)]
+            for w in _spread(base.work(lin, train, prec, view.num_layers), view.num_layers)]
+
+
+def _spread(pieces: list[Work], layers: int) -> list[Work]:
+    """A Linear's memory-bound work over ``layers`` layers, as the kernels it launches
+    (LINEAR_KERNELS per layer and pass; a backward piece counts two passes)."""
+    out = []
+    for w in pieces:
+        per = LINEAR_KERNELS.get(w.term)
+        if w.kind == R.MEMORY and per and not w.kernels:
+            w = replace(w, kernels=layers * per * (1 if w.layer else 2))
+        out.append(w)
+    return out
 
 
 def optimizer_work(model: ModelSpec, train: TrainSpec, prec: Precision, grad_scaler: bool) -> list[Work]:
@@ -308,35 +344,35 @@ class StepTime:
     terms: dict = field(hash=False)
 
 
-def work(model: ModelSpec, train: TrainSpec, dtype: str) -> list[Work]:
-    """Every piece of work of one step, recomputation included."""
+def work(model: ModelSpec, train: TrainSpec, dtype: str, segment: int | None = None) -> list[Work]:
+    """Every piece of work of one step, recomputation included; ``segment``: the length of
+    the documents packed into each row, where attention sees them one by one."""
     prec = precision(train, dtype)
     pieces = (base_matmuls(model, train, prec) + adapter_work(model, train, prec)
-              + attention_work(model, train, prec) + elementwise_work(model, train, prec)
+              + attention_work(model, train, prec, segment) + elementwise_work(model, train, prec)
               + dequant_work(model, train, prec)
               + optimizer_work(model, train, prec, scheme(train, dtype).grad_scaler))
     if train.gradient_checkpointing:
-        pieces += [Work("recompute/forward", w.flops, w.nbytes, w.kind, narrow=w.narrow)
-                   for w in pieces if w.layer]
+        pieces += [replace(w, term="recompute/forward", layer=False) for w in pieces if w.layer]
     return pieces
 
 
 def step_time(model: ModelSpec, gpu: GpuSpec, train: TrainSpec, dtype: str,
-              eff: R.Efficiency = R.DEFAULT) -> StepTime | None:
+              eff: R.Efficiency = R.DEFAULT, segment: int | None = None) -> StepTime | None:
     """The roofline time of one step of ``train`` (resolved compute dtype ``dtype``) on
-    ``gpu``; None for an fp32 compute dtype (the catalog has 16-bit peaks only)."""
+    ``gpu``; None for an fp32 compute dtype (the catalog has 16-bit peaks only).
+    ``segment``: packed documents' length (:func:`work`)."""
     if dtype == "fp32":
         return None
-    pieces = work(model, train, dtype)
+    pieces = work(model, train, dtype, segment)
     terms: dict[str, dict] = {}
     compute_s = memory_s = 0.0
     for w in pieces:
-        sec = R.seconds(w.flops, w.nbytes, w.kind, gpu, eff, w.narrow)
+        sec, by_flops = R.work_seconds(w, gpu, eff)
         entry = terms.setdefault(w.term, {"flops": 0.0, "bytes": 0.0, "seconds": 0.0})
         entry["flops"] += w.flops
         entry["bytes"] += w.nbytes
         entry["seconds"] += sec
-        by_flops = R.seconds(w.flops, 0, w.kind, gpu, eff, w.narrow)
         compute_s, memory_s = (compute_s + sec, memory_s) if by_flops >= sec else (compute_s, memory_s + sec)
     gpu_s = sum(e["seconds"] for e in terms.values())
     dispatch_s = dispatched_ops(model, train) * eff.dispatch_seconds
