@@ -216,3 +216,27 @@ def test_a_layer_kind_the_formulas_do_not_know_is_one_line_exit_2(monkeypatch):
         if code:
             assert result.stderr.count("\n") == 1 and "layer kind 'linear_attention'" in result.stderr
             assert "Traceback" not in result.output
+
+
+def test_mean_len_packing_and_host_in_json_and_table():
+    """--mean-len 300 at batch 4: rows padded to 625 (300 x H_4), 1200 real tokens a step; the
+    hours count real tokens; --packing fills 1024-token rows; --host cloud-2vcpu says so."""
+    args = ["--model", "qwen2.5-0.5b", "--gpu", "l4", "--method", "lora", "--seq-len", "1024", "--batch-size", "4"]
+    p = json.loads(run(*args, "--mean-len", "300", "--dataset-tokens", "1200000", "--json").stdout)["plans"][0]
+    assert p["data"]["padded_len"] == 625 and p["data"]["real_tokens_per_step"] == 1200
+    assert p["data"]["real_tokens_per_second"] == pytest.approx(1200 / p["data"]["step_seconds"])
+    assert p["total_hours"] == pytest.approx(1000 * p["data"]["step_seconds"] / 3600)
+    assert p["settings"]["seq_len"] == 1024  # memory plans the longest batch
+    packed = json.loads(run(*args, "--mean-len", "300", "--packing", "--json").stdout)["plans"][0]
+    assert packed["data"]["padded_len"] == 1024 and packed["data"]["real_tokens_per_step"] == 4096
+    assert packed["peak_allocated_bytes"] == p["peak_allocated_bytes"]
+    table = run(*args, "--mean-len", "300", "--host", "cloud-2vcpu").stdout
+    assert "padded length                             625" in table
+    assert any(line.startswith("note: host cloud-2vcpu: ") for line in table.splitlines())
+    assert "padded length" not in run(*args).stdout  # no data rows unless asked
+
+
+def test_mean_len_longer_than_seq_len_is_refused():
+    result = run("--model", "7b", "--seq-len", "512", "--mean-len", "600")
+    assert result.exit_code == 2
+    assert result.stderr == "plan: error: --mean-len must be between 1 and --seq-len (512), got 600\n"
