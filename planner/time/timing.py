@@ -119,8 +119,7 @@ def _adapted(view: ModelSpec, train: TrainSpec) -> tuple:
     try:
         return targets.targeted_linears(view, train.target_modules)
     except ValueError:
-        return tuple(lin for lin in view.linears
-                     if any(lin.name == t or lin.name.endswith("." + t) for t in train.target_modules))
+        return tuple(lin for lin in view.linears if any(targets._matches(lin.name, t) for t in train.target_modules))
 
 
 def base_matmuls(model: ModelSpec, train: TrainSpec, prec: Precision) -> list[Work]:
