@@ -251,3 +251,17 @@ def test_kinds_alike_but_for_their_window_share_one_view():
     (the catalog plans stay as they were); tiny with a wider MLP in layer 1 gets two."""
     g = get_model("gemma-2-2b")
     assert timing.layer_views(g) == (g,)
+
+
+def test_a_target_one_kind_lacks_adapts_nothing_there(tiny):
+    """Layer 1 names its query projection otherwise: --target-modules q_proj adapts layer 0's
+    q_proj only (6*T*r*(8 + 8) in one layer), not twice, and raises nothing."""
+    from dataclasses import replace
+    from planner.model.architectures import Linear, LayerKind
+    first = tiny.kinds[0]
+    renamed = tuple(Linear("x_proj", l.in_features, l.out_features, l.bias, l.role) if l.name == "q_proj" else l
+                    for l in first.layer.linears)
+    kinds = (LayerKind("decoder", first.layer, (0,)), LayerKind("decoder", replace(first.layer, linears=renamed), (1,)))
+    mixed = replace(tiny, name="tiny-renamed", kinds=kinds)
+    st = timing.step_time(mixed, T4, TrainSpec(method="lora", rank=2, seq_len=4, target_modules=("q_proj",)), "fp16")
+    assert flops(st, "adapters/matmul") == 6 * 4 * 2 * (8 + 8)
