@@ -43,9 +43,10 @@ Attention, :func:`attention_efficiency` (the fused flash / memory-efficient kern
 - the length: each 128-row query block pays a fixed prologue and epilogue (loading Q,
   rescaling, writing O) worth about 3 key blocks of work, so a query block with j key blocks
   runs at j / (j + 3) (head dim 128; twice the overhead at head dim 64); causal masking
-  averages (n + 1) / 2 key blocks over n query blocks. This reproduces FlashAttention-2's
-  Figure 4 (causal, head dim 128, forward + backward): about 88, 119, 148, 164, 173, 178
-  TFLOP/s at 512 ... 16k tokens;
+  averages (n + 1) / 2 key blocks over n query blocks. On the A100 (causal, head dim 128,
+  forward + backward) the rule gives 89, 117, 144, 165, 179, 186 TFLOP/s at 512, 1k ... 16k
+  tokens, the rise of FlashAttention-2's Figure 4 (from about 90 at 512 tokens to about 180 at
+  16k);
 - wave quantization over the SMs of batch x heads x query blocks.
 
 Memory-bound work, :func:`memory_efficiency`: 0.80 of datasheet bandwidth for streaming
