@@ -97,6 +97,8 @@ def base_tensors(model: ModelSpec) -> tuple[Tensor, ...]:
         out.append(Tensor("norm.bias", (h,), "final_norm", ROOT))
     if not model.tie_word_embeddings:
         out.append(Tensor("lm_head.weight", (model.vocab_size, h), "lm_head", ROOT))
+        if model.lm_head_bias:
+            out.append(Tensor("lm_head.bias", (model.vocab_size,), "lm_head", ROOT))
     return tuple(out)
 
 

@@ -64,6 +64,7 @@ class ModelSpec:
     max_position_embeddings: int
     hf_id: str | None = None
     published_params: int | None = None
+    lm_head_bias: bool = False  # an untied lm_head with a bias (Phi-3.5-MoE's lm_head_bias)
     config_json: str = field(default="{}", repr=False, compare=False)
     # what every plan of this model says about it (a Hub model: where its config came from,
     # its parameter count against the checkpoint's)
