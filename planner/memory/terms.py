@@ -428,6 +428,8 @@ def moe_saved_parts(model: ModelSpec, train: TrainSpec, prec: Precision) -> dict
     parts = {tg.part for tg in adapted}
     experts_train = train.method == "full" or bool(parts & {"gate_up", "down"})
     router_train = train.method == "full" or "router" in parts
+    if moe.dispatch == "dense":
+        return dense_moe_saved_parts(model, train, prec, experts_train, router_train)
     if moe.activation == "clamped_swiglu":
         router = pairs * (8 + c)
         per_pair = (2 * h + 7 * i) * x + 24 + c + 8 if experts_train else (h + 6 * i) * x + 24 + c
@@ -444,6 +446,69 @@ def moe_saved_parts(model: ModelSpec, train: TrainSpec, prec: Precision) -> dict
     merged = sum((tg.weight + (tg.experts * tg.rank * (tg.in_features + tg.out_features) if copies else 0)) * weight
                  for tg in adapted)
     return {"router": router, "experts": pairs * per_pair + 4 * moe.experts, "merged": merged}
+
+
+def dense_moe_saved_parts(model: ModelSpec, train: TrainSpec, prec: Precision, experts_train: bool,
+                          router_train: bool) -> dict[str, int]:
+    """:func:`moe_saved_parts` where every expert runs on every token (Llama 4's Llama4TextMoe,
+    transformers 5.23): the input repeated E times (E*T rows) and multiplied by each row's router
+    score, then two batched matmuls over the E experts (torch.bmm), whatever the routing.
+
+    - Router (Llama4Router): the top-k indices (T*k*8, kept by topk and by the scatter of the
+      chosen logits into a -inf row) and the fp32 sigmoid of that row (T*E*4); its input
+      (T*h*x) when its weight trains.
+    - Experts, R = E*T rows: the repeated input (R*h*x, kept by the product with the scores),
+      the scores' column (R, a copy of the transposed scores, in the matmul dtype m: the compute
+      dtype under autocast, else the stream's), the gate_up output (R*2I*m) and act(gate)
+      (R*I*m); trainable experts (full fine-tuning) also keep the scaled input and act(gate)*up,
+      the two matmuls' inputs (R*(h + I)*m).
+    - Under autocast with experts and router stored in another dtype than the compute dtype
+      (QLoRA's fp32, `mixed`'s fp32 masters), each matmul runs on a compute-dtype copy of its
+      weight and keeps it: E*(2I*h + I*h + h)*c a layer ("weight_copies").
+    Tracer (saved-tensor hooks on Llama4TextMoe, h 64, I 96, E 4, T 40): these tensors, bf16
+    frozen, bf16 trainable and fp32 under bf16 autocast."""
+    moe = model.layer.moe
+    t, h, i, x, c, e = train.tokens, model.hidden_size, moe.intermediate, prec.stream, prec.compute, moe.experts
+    m = c if prec.autocast else x
+    rows = t * e
+    router = t * moe.top_k * 8 + t * e * FP32 + (t * h * x if router_train else 0)
+    experts = rows * (h * x + m + 3 * i * m) + (rows * (h + i) * m if experts_train else 0)
+    copies = e * (3 * i * h + h) * c if prec.autocast and parameter_bytes(train, prec) != c else 0
+    return {"router": router, "experts": experts, "merged": 0, "weight_copies": copies}
+
+
+def dense_moe_backward_workspace(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
+    """The backward of experts that see every token (:func:`dense_moe_saved_parts`), R = E*T
+    rows, with the layer's saved set alive: in the matmul dtype m, the gradient of act(gate)*up
+    (R*I) and of its two factors (2*R*I) at once, 3*R*I*m. With an fp32 stream (QLoRA) the
+    stream's gradients reach the experts as a m-byte copy of the output's gradient (R*h) beside
+    the gradient of act(gate)*up (R*I), the larger moment there: R*(h + I)*m. Tracer (byte
+    tracker on Llama4TextMoe, h 64 / 128, I 96 / 192, E 8 / 16, T 40): bf16 3*R*I*2 live at the
+    backward peak; fp32 under bf16 autocast R*(h + I)*2 live, the repeated fp32 input freed
+    before it (the plan then over by up to R*h*2)."""
+    moe = model.layer.moe
+    x, c = prec.stream, prec.compute
+    m = c if prec.autocast else x
+    rows = train.tokens * moe.experts
+    return rows * 3 * moe.intermediate * m if x == m else rows * (model.hidden_size + moe.intermediate) * m
+
+
+def qk_l2_norm_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
+    """Llama 4's qk-norm (Llama4TextL2Norm, no weight) on its RoPE layers, over each head of q
+    and k after RoPE: x.float() * rsqrt(mean(x^2) + eps) keeps the fp32 input and the fp32
+    rsqrt per head, T*(q_dim + kv_dim)*4 + T*(heads + kv_heads)*4 (its output, cast back, is
+    attention's input). Tracer (saved-tensor hooks, Llama4TextAttention layer 0): a fp32
+    [1, 40, 4, 16] and [1, 40, 4, 1] for q, the same for k."""
+    if not model.traits.qk_l2_norm:
+        return 0
+    return train.tokens * (model.q_dim + model.kv_dim + model.num_heads + model.num_kv_heads) * FP32
+
+
+def attn_temperature_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
+    """Llama 4's attention temperature on its no-RoPE layers: q times a per-position fp32 scale
+    (log1p(floor((pos + 1) / floor_scale)) * attn_scale + 1, expanded over the batch), which the
+    product keeps: seq*4."""
+    return train.seq_len * FP32 if model.traits.attn_temperature else 0
 
 
 def shared_expert_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
@@ -481,6 +546,8 @@ def moe_backward_workspace(model: ModelSpec, train: TrainSpec, prec: Precision) 
     32k vocabulary keeps small). 0 without LoRA on the experts (full fine-tuning's expert
     gradients are :func:`grads`)."""
     moe = model.layer.moe
+    if moe is not None and moe.dispatch == "dense":
+        return dense_moe_backward_workspace(model, train, prec)
     by_part = {t.part: t for t in targets.targeted_parameters(model, train)}
     first = by_part.get("down") or by_part.get("gate_up")
     if moe is None or first is None:
@@ -576,6 +643,7 @@ def layer_saved_sequence(model: ModelSpec, train: TrainSpec, prec: Precision) ->
     seq = norms("attn_in")
     seq += adapters(*ATTENTION_INPUT_ROLES)
     seq += norms("q", "k")
+    seq.append(("qk_l2_norm", qk_l2_norm_saved(model, train, prec) + attn_temperature_saved(model, train, prec)))
     seq.append(("attention", attention_core_saved(model, train, prec)))
     seq += adapters("o")
     seq += norms("attn_out", "mlp_in", "mlp_out")
@@ -625,6 +693,8 @@ def rope_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
     2*seq*rot*stream per attention type (fp32 where the rotary embedding returns fp32)."""
     traits = model.traits
     rot = int(model.head_dim * traits.rotary_fraction)
+    if traits.rope == "complex":  # Llama 4: one complex64 (1, seq, rot/2) table, seq*rot*4
+        return train.seq_len * rot * FP32
     return traits.rope_tables * 2 * train.seq_len * rot * (FP32 if traits.rope_fp32 else prec.stream)
 
 
