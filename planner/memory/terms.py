@@ -438,6 +438,11 @@ def moe_saved_parts(model: ModelSpec, train: TrainSpec, prec: Precision) -> dict
         w = FP32 if moe.weights_fp32 else c
         per_pair = (2 * h + 4 * i) * x + 24 + w if experts_train else (h + 3 * i) * x + 24 + w
     router += t * h * x if router_train else 0
+    # Phi-3.5-MoE's input jitter (training only): the block and then its router multiply the normed
+    # input in place by uniform noise of its shape and dtype, and each product keeps its noise,
+    # 2*T*h in the norm output's dtype (tracer, Phi-3.5-MoE 2 layers LoRA bs1x512: two fp32
+    # [512, 4096] per layer, the plan 0.55% under without them)
+    router += 2 * t * h * norm_output_bytes(model, prec) if moe.jitter else 0
     weight = parameter_bytes(train, prec)
     # the factors' copies in the weight's dtype: none when the weight is fp32, the factors' own
     # dtype (QLoRA's fp32 experts: Tensor.to returns the factor itself; tracer, OLMoE-1B-7B 2
