@@ -551,7 +551,9 @@ def moe_backward_workspace(model: ModelSpec, train: TrainSpec, prec: Precision) 
     32k vocabulary keeps small). 0 without LoRA on the experts (full fine-tuning's expert
     gradients are :func:`grads`)."""
     moe = model.layer.moe
-    if moe is not None and moe.dispatch == "dense":
+    if moe is None:
+        return 0
+    if moe.dispatch == "dense":
         return dense_moe_backward_workspace(model, train, prec)
     by_part = {t.part: t for t in targets.targeted_parameters(model, train)}
     first = by_part.get("down") or by_part.get("gate_up")
@@ -924,10 +926,13 @@ def autocast_weight_copies(model: ModelSpec, train: TrainSpec, prec: Precision) 
         return 0
     copies = counts.adapter_params(model, train) if train.is_adapter else 0
     # LoRA on fused parameters copies its factors itself (moe_saved), outside autocast
-    copies -= model.num_layers * sum(t.params for t in targets.targeted_parameters(model, train))
+    # (summed kind by kind: Llama 4 Maverick's dense and MoE layers differ in both)
+    views = model.by_kind()
+    copies -= sum(v.num_layers * sum(t.params for t in targets.targeted_parameters(v, train))
+                  for v in views if v.moe is not None)
     if train.is_dora:  # the magnitude vectors are not matmul weights
-        copies -= model.num_layers * sum(lin.out_features
-                                         for lin in targets.targeted_linears(model, train.target_modules))
+        copies -= sum(v.num_layers * sum(lin.out_features for lin in targets.targeted_linears(v, train.target_modules))
+                      for v in views)
     if train.method == "full" or not train.gradient_checkpointing:
         copies += mixed_linear_copies(model, train)
     return (copies - first_layer_uncopied(model, train, prec)) * prec.compute

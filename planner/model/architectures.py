@@ -144,6 +144,9 @@ class MoE:
     # runs on every token, pre-scaled by its router score, 0 for the experts not chosen: E*T rows)
     dispatch: str = "grouped"
     jitter: bool = False  # Phi-3.5-MoE's input_jitter_noise: the MoE input times uniform noise, twice, in training
+    # the router is an nn.Linear subclass whose forward returns a tuple (Llama4Router,
+    # PhimoeTopKRouter): peft cannot wrap it, so all-linear leaves it out (probes.build.routing_linears)
+    router_tuple: bool = False
 
 
 @dataclass(frozen=True)
@@ -501,12 +504,12 @@ def _moe(kind: str, config: dict, dims: Dims) -> MoE:
         # all-linear adapts its Linears, not the experts (and the router is left out: see
         # probes.build.routing_linears)
         return MoE(experts, top_k, inter, router="router", routing="sigmoid", dispatch="dense",
-                   shared_intermediate=inter)
+                   shared_intermediate=inter, router_tuple=True)
     if kind == "phimoe":
         # PhimoeSparseMoeBlock: its router is nn.Linear (left out of all-linear as Llama 4's);
         # the experts keep the grouped_mm path
         return MoE(experts, top_k, inter, router="router", routing="sparsemixer",
-                   jitter=bool(config.get("input_jitter_noise") or 0.0))
+                   jitter=bool(config.get("input_jitter_noise") or 0.0), router_tuple=True)
     return MoE(experts, top_k, inter, router="router", router_bias=True, expert_bias=True,
                activation="clamped_swiglu")
 

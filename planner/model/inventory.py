@@ -142,6 +142,7 @@ def _adapters(model: ModelSpec, train: TrainSpec, weight_bytes: int) -> list[Ten
     r = train.rank
     adapter = variant(train).adapter
     out = []
+    targets.targeted_parameters(model, train)  # refuses target_parameters on a model without experts
     for view in model.by_kind():
         kind, n = view.kinds[0].name, view.num_layers
 
@@ -150,7 +151,7 @@ def _adapters(model: ModelSpec, train: TrainSpec, weight_bytes: int) -> list[Ten
 
         for lin in targets.targeted_linears(view, train.target_modules):
             out += [tensor(f"{lin.name}.{name}", shape, role) for name, shape, role in adapter.tensors(lin, r)]
-        for tg in targets.targeted_parameters(view, train):
+        for tg in targets.targeted_parameters(view, train) if view.moe is not None else ():
             out += [tensor(f"mlp.{tg.name}.lora_A", (tg.rank * tg.experts, tg.in_features), "lora_A"),
                     tensor(f"mlp.{tg.name}.lora_B", (tg.out_features, tg.rank * tg.experts), "lora_B")]
     for module in train.modules_to_save:

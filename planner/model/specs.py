@@ -111,6 +111,18 @@ class ModelSpec:
         return tuple(lin.name for lin in self.linears)
 
     @property
+    def all_linear_names(self) -> tuple[str, ...]:
+        """The Linear module names of every kind, in order, once each (kinds whose Linears
+        differ: Llama 4 Maverick's dense and MoE layers)."""
+        return tuple(dict.fromkeys(lin.name for k in self.kinds for lin in k.layer.linears))
+
+    @property
+    def moe(self):
+        """The mixture of experts of the first kind that has one (None for a dense model, and
+        for a view of a dense kind)."""
+        return next((k.layer.moe for k in self.kinds if k.layer.moe is not None), None)
+
+    @property
     def traits(self) -> Traits:
         return self.layer.traits
 
