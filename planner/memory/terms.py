@@ -490,12 +490,20 @@ def dense_moe_backward_workspace(model: ModelSpec, train: TrainSpec, prec: Preci
     the gradient of act(gate)*up (R*I), the larger moment there: R*(h + I)*m. Tracer (byte
     tracker on Llama4TextMoe, h 64 / 128, I 96 / 192, E 8 / 16, T 40): bf16 3*R*I*2 live at the
     backward peak; fp32 under bf16 autocast R*(h + I)*2 live, the repeated fp32 input freed
-    before it (the plan then over by up to R*h*2)."""
+    before it (the plan then over by up to R*h*2). With checkpointing and an fp32 stream the
+    moment is the recomputed forward's first matmul: R*h*(x + 2m) above the recomputed saved set
+    (the same hooks inside torch.utils.checkpoint: 8*R*h bytes over four shapes, within T*h*4)."""
     moe = model.layer.moe
     x, c = prec.stream, prec.compute
     m = c if prec.autocast else x
     rows = train.tokens * moe.experts
-    return rows * 3 * moe.intermediate * m if x == m else rows * (model.hidden_size + moe.intermediate) * m
+    if x == m:
+        return rows * 3 * moe.intermediate * m
+    if train.gradient_checkpointing:
+        # the recomputed forward's first matmul: the scaled input in the stream dtype and its m-byte
+        # cast beside the output gradient's m-byte copy, R*h*(x + 2m)
+        return rows * model.hidden_size * (x + 2 * m)
+    return rows * (model.hidden_size + moe.intermediate) * m
 
 
 def qk_l2_norm_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
