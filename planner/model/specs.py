@@ -69,6 +69,8 @@ class ModelSpec:
     # what every plan of this model says about it (a Hub model: where its config came from,
     # its parameter count against the checkpoint's)
     notes: tuple[str, ...] = field(default=(), repr=False, compare=False)
+    # a view's (:meth:`by_kind`) whole model's Linear names, which targets are checked against
+    model_linear_names: tuple[str, ...] = field(default=(), repr=False, compare=False)
 
     @property
     def q_dim(self) -> int:
@@ -113,8 +115,8 @@ class ModelSpec:
     @property
     def all_linear_names(self) -> tuple[str, ...]:
         """The Linear module names of every kind, in order, once each (kinds whose Linears
-        differ: Llama 4 Maverick's dense and MoE layers)."""
-        return tuple(dict.fromkeys(lin.name for k in self.kinds for lin in k.layer.linears))
+        differ: Llama 4 Maverick's dense and MoE layers); a view's, its whole model's."""
+        return self.model_linear_names or tuple(dict.fromkeys(lin.name for k in self.kinds for lin in k.layer.linears))
 
     @property
     def moe(self):
@@ -142,7 +144,8 @@ class ModelSpec:
 
 @lru_cache(maxsize=256)
 def _views(model: ModelSpec) -> tuple[ModelSpec, ...]:
-    return tuple(replace(model, name=f"{model.name}[{k.name}]", num_layers=k.count, kinds=(k,)) for k in model.kinds)
+    return tuple(replace(model, name=f"{model.name}[{k.name}]", num_layers=k.count, kinds=(k,),
+                         model_linear_names=model.all_linear_names) for k in model.kinds)
 
 
 @dataclass(frozen=True)
