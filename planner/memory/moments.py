@@ -331,6 +331,17 @@ def _layer_module(s: Step):
                 transient__dora=fwd.dora, **s.parallel("in_layer"))
 
 
+@moment("forward", "layer_experts")
+def _layer_experts(s: Step):
+    """The last layer's experts forming their output where every expert sees every token (Llama 4)."""
+    before, working = s._last(C.dense_moe_forward_moment)
+    if not working:
+        return None
+    saved = s.saved - s.final_norm + before - (0 if s.gc else s.per_layer)
+    return dict(**s.persistent, activations__saved=saved, activations__autocast_weights=s.layer_copies,
+                transient__module=working, **s.parallel("in_layer"))
+
+
 @moment("forward", "layer_softmax")
 def _layer_softmax(s: Step):
     """Eager attention's softmax in the last layer's forward."""

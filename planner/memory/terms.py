@@ -491,8 +491,9 @@ def dense_moe_backward_workspace(model: ModelSpec, train: TrainSpec, prec: Preci
     tracker on Llama4TextMoe, h 64 / 128, I 96 / 192, E 8 / 16, T 40): bf16 3*R*I*2 live at the
     backward peak; fp32 under bf16 autocast R*(h + I)*2 live, the repeated fp32 input freed
     before it (the plan then over by up to R*h*2). With checkpointing and an fp32 stream the
-    moment is the recomputed forward's first matmul: R*h*(x + 2m) above the recomputed saved set
-    (the same hooks inside torch.utils.checkpoint: 8*R*h bytes over four shapes, within T*h*4)."""
+    moment is the recomputed forward's second matmul: R*(h*(x + 2m) + I*m) above the recomputed
+    saved set (tracer, Maverick 4 layers QLoRA with checkpointing, batch 1 x 2048: the scaled
+    fp32 input, act(gate)*up, the down output and the output gradient's copy at the peak)."""
     moe = model.layer.moe
     x, c = prec.stream, prec.compute
     m = c if prec.autocast else x
@@ -500,10 +501,37 @@ def dense_moe_backward_workspace(model: ModelSpec, train: TrainSpec, prec: Preci
     if x == m:
         return rows * 3 * moe.intermediate * m
     if train.gradient_checkpointing:
-        # the recomputed forward's first matmul: the scaled input in the stream dtype and its m-byte
-        # cast beside the output gradient's m-byte copy, R*h*(x + 2m)
-        return rows * model.hidden_size * (x + 2 * m)
+        # the recomputed forward's second matmul, beside the output gradient's m-byte copy: the
+        # scaled input in the stream dtype, act(gate)*up and the down output, R*(h*(x + 2m) + I*m)
+        return rows * (model.hidden_size * (x + 2 * m) + moe.intermediate * m)
     return rows * (model.hidden_size + moe.intermediate) * m
+
+
+def dense_moe_forward_moment(model: ModelSpec, train: TrainSpec, prec: Precision) -> tuple[int, int]:
+    """The last layer's forward at its experts' second matmul (dense dispatch,
+    :func:`dense_moe_saved_parts`), R = E*T rows: (what the layer holds before it, what the
+    experts are forming). Without checkpointing the layer has kept its saved set through the
+    experts' (:func:`layer_saved_sequence` up to "mlp"); with it, only the experts' locals: the
+    gate_up output (R*2I*m) and the down weight's compute-dtype copy where autocast makes one.
+    Forming: the scaled input in the stream dtype (R*h*x, a local of the experts' forward) and
+    act(gate)*up (R*I*m) unless trainable experts keep them, and the down output (R*h*m).
+    Tracer, Maverick 4 layers QLoRA batch 1 x 2048: the forward peak, 2.2% above the logits'
+    moment, with these three beside both MoE layers' saved sets. (0, 0) for other experts."""
+    moe = model.layer.moe
+    if moe is None or moe.dispatch != "dense":
+        return 0, 0
+    t, h, i, x, c = train.tokens, model.hidden_size, moe.intermediate, prec.stream, prec.compute
+    m = c if prec.autocast else x
+    rows = t * moe.experts
+    parts = moe_saved_parts(model, train, prec)
+    trained = train.method == "full"
+    working = rows * h * m + (0 if trained else rows * (h * x + i * m))
+    if train.gradient_checkpointing:
+        copy = moe.experts * i * h * c if parts["weight_copies"] else 0
+        return rows * 2 * i * m + copy, working
+    seq = layer_saved_sequence(model, train, prec)
+    before = sum(size for _, size in seq[:[name for name, _ in seq].index("mlp") + 1])
+    return before, working
 
 
 def qk_l2_norm_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
