@@ -485,7 +485,10 @@ def dense_moe_saved_parts(model: ModelSpec, train: TrainSpec, prec: Precision, e
 def dense_moe_backward_workspace(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
     """The backward of experts that see every token (:func:`dense_moe_saved_parts`), R = E*T
     rows, with the layer's saved set alive: in the matmul dtype m, the gradient of act(gate)*up
-    (R*I) and of its two factors (2*R*I) at once, 3*R*I*m. With an fp32 stream (QLoRA) the
+    (R*I) and of its two factors (2*R*I) at once, 3*R*I*m; trained experts (full fine-tuning)
+    have made the down weight's gradient (E*I*h) and freed act(gate)*up, which only that
+    gradient needed: 2*R*I*m + E*I*h*g (tracer, Maverick 4 layers full with checkpointing, batch
+    4 x 2048: the first MoE layer's backward, the plan 7.4% under without either). With an fp32 stream (QLoRA) the
     stream's gradients reach the experts as a m-byte copy of the output's gradient (R*h) beside
     the gradient of act(gate)*up (R*I), the larger moment there: R*(h + I)*m. Tracer (byte
     tracker on Llama4TextMoe, h 64 / 128, I 96 / 192, E 8 / 16, T 40): bf16 3*R*I*2 live at the
@@ -498,8 +501,12 @@ def dense_moe_backward_workspace(model: ModelSpec, train: TrainSpec, prec: Preci
     x, c = prec.stream, prec.compute
     m = c if prec.autocast else x
     rows = train.tokens * moe.experts
+    # trained experts (full fine-tuning): the down weight's gradient, made before this moment
+    down_grad = moe.experts * moe.intermediate * model.hidden_size * trainable_bytes_per_param(train, prec) \
+        if train.method == "full" else 0
     if x == m:
-        return rows * 3 * moe.intermediate * m
+        # trained, act(gate)*up (kept for the down weight's gradient) is freed when that is made
+        return rows * (2 if down_grad else 3) * moe.intermediate * m + down_grad
     if train.gradient_checkpointing:
         # the recomputed forward's second matmul, beside the output gradient's m-byte copy: the
         # scaled input in the stream dtype, act(gate)*up and the down output, R*(h*(x + 2m) + I*m)
