@@ -699,13 +699,17 @@ def layer_saved_sequence(model: ModelSpec, train: TrainSpec, prec: Precision) ->
     seq += adapters("o")
     seq += norms("attn_out", "mlp_in", "mlp_out")
     moe = layer.moe
+    shared = []
     if moe is not None and moe.shared_intermediate:
-        seq += adapters("shared_gate", "shared_up")
-        seq.append(("shared_expert", shared_expert_saved(model, train, prec)))
-        seq += adapters("shared_down")
+        shared = adapters("shared_gate", "shared_up") + [("shared_expert", shared_expert_saved(model, train, prec))]
+        shared += adapters("shared_down")
+    if moe is not None and moe.shared_first:
+        seq += shared
     seq += adapters(*MLP_INPUT_ROLES)
     seq.append(("mlp", mlp_core_saved(model, train, prec)))
     seq += adapters("down")
+    if moe is not None and not moe.shared_first:  # Llama 4: after the routed experts
+        seq += shared
     if moe is not None and moe.shared_scale:
         seq += adapters("shared_scale")
         seq.append(("shared_output", shared_output_saved(model, train, prec)))

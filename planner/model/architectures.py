@@ -147,6 +147,8 @@ class MoE:
     # the router is an nn.Linear subclass whose forward returns a tuple (Llama4Router,
     # PhimoeTopKRouter): peft cannot wrap it, so all-linear leaves it out (probes.build.routing_linears)
     router_tuple: bool = False
+    # the shared expert runs before the routed experts (Qwen2-MoE) or after them (Llama4TextMoe)
+    shared_first: bool = True
 
 
 @dataclass(frozen=True)
@@ -504,7 +506,7 @@ def _moe(kind: str, config: dict, dims: Dims) -> MoE:
         # all-linear adapts its Linears, not the experts (and the router is left out: see
         # probes.build.routing_linears)
         return MoE(experts, top_k, inter, router="router", routing="sigmoid", dispatch="dense",
-                   shared_intermediate=inter, router_tuple=True)
+                   shared_intermediate=inter, router_tuple=True, shared_first=False)
     if kind == "phimoe":
         # PhimoeSparseMoeBlock: its router is nn.Linear (left out of all-linear as Llama 4's);
         # the experts keep the grouped_mm path
