@@ -15,7 +15,7 @@ from planner.model.architectures import ATTENTION_ROLES, SHARED_ROLES, check_kno
 from planner.model.catalog import get_gpu, get_model
 from planner.memory.moments import step_memory
 from planner.model.precision import resolve_dtype
-from planner.model.specs import GpuSpec, ModelSpec, TrainSpec
+from planner.model.specs import ALL_LINEAR, GpuSpec, ModelSpec, TrainSpec
 
 
 @dataclass(frozen=True)
@@ -82,18 +82,33 @@ class Plan:
 
 def moe_notes(model: ModelSpec, train: TrainSpec, dtype: str) -> tuple[str, ...]:
     """What a plan of a mixture-of-experts model assumes and what changes its answer most."""
-    moe = model.layer.moe
+    moe = model.moe
     if moe is None:
         return ()
     gib = 1 << 30
-    notes = (f"mixture of experts ({moe.experts} experts, top-{moe.top_k}): balanced routing assumed "
-             "(transformers' grouped_mm experts keep the same tensors however tokens are routed); "
-             "the load-balancing loss is off, as in transformers' configs (output_router_logits=False)",)
+    # the view of the first MoE kind (Llama 4 Maverick's first layer is dense)
+    view = next(v for v in model.by_kind() if v.layer.moe is not None)
+    if moe.dispatch == "dense":
+        routing = ("every expert runs on every token, scaled by its router score (0 for the experts not "
+                   "chosen; transformers' Llama4TextMoe), so routing changes no tensor")
+    else:
+        routing = ("balanced routing assumed (transformers' grouped_mm experts keep the same tensors however "
+                   "tokens are routed)")
+    notes = (f"mixture of experts ({moe.experts} experts, top-{moe.top_k}): {routing}; the load-balancing loss "
+             "is off, as in transformers' configs (output_router_logits=False)",)
+    if moe.router_tuple and train.is_adapter and ALL_LINEAR in train.target_modules:
+        notes += (f"the router is an nn.Linear whose forward returns the routing as a tuple: peft 0.21 wraps it "
+                  f"under all-linear and the step fails ('tuple' object has no attribute 'dtype'), so it is "
+                  f"planned left out, as a script must leave it out: LoraConfig(exclude_modules=[...'{moe.router}'])",)
     expert_params = counts.role_params(model, "router", "router_bias", "experts", "expert_bias")
     if train.is_quantized:
         notes += (f"bitsandbytes 4-bit quantizes nn.Linear modules only: the fused experts and routers "
                   f"({expert_params / 1e9:.1f}B parameters) stay unquantized, and prepare_model_for_kbit_training "
                   f"casts them to fp32 ({expert_params * 4 / gib:.1f} GiB): QLoRA saves little on this model",)
+        if moe.dispatch == "dense" and C.precision(train, dtype).autocast:
+            copies = C.moe_saved_parts(view, train, C.precision(train, dtype))["weight_copies"]
+            notes += (f"under autocast each expert matmul (torch.bmm) runs on a {dtype if dtype != 'auto' else '16-bit'} "
+                      f"copy of its fp32 weight and keeps it for backward: {copies / gib:.2f} GiB per MoE layer",)
     adapted = targets.targeted_parameters(model, train)
     experts = [t for t in adapted if t.part != "router"]
     if experts:
@@ -104,9 +119,9 @@ def moe_notes(model: ModelSpec, train: TrainSpec, dtype: str) -> tuple[str, ...]
         notes += (f"{how}: every forward materializes the merged expert weights, {merged / gib:.2f} GiB per "
                   f"layer kept for backward; --target-modules {','.join(attention)} adapts the "
                   "attention only",)
-    shared = [lin for lin in model.linears if lin.role in SHARED_ROLES]
+    shared = [lin for lin in view.linears if lin.role in SHARED_ROLES]
     if shared and train.is_adapter:
-        adapted = [lin.name for lin in shared if lin.name in targets.targeted_names(model, train)]
+        adapted = [lin.name for lin in shared if lin.name in targets.targeted_names(view, train)]
         notes += (f"the shared expert (width {moe.shared_intermediate}) is made of nn.Linear modules: "
                   + (f"LoRA adapts {', '.join(adapted)}" if adapted else "not adapted by these targets")
                   + ("; bitsandbytes packs them to 4 bits" if train.is_quantized else ""),)

@@ -126,7 +126,7 @@ def parallel_tier() -> list[Config]:
 def supports(model_name: str, method: str) -> bool:
     """Whether peft can apply ``method`` with all-linear targets: it refuses DoRA on fused
     expert parameters, which its all-linear conversion targets on Mixtral and Qwen3-MoE."""
-    moe = spec_for(model_name).layer.moe
+    moe = spec_for(model_name).moe
     return not (method in ("dora", "qdora") and moe is not None and moe.peft_converts)
 
 
@@ -305,8 +305,11 @@ def append(row: dict, p: Path) -> None:
 # ---------------------------------------------------------------- tier 9: issue 18's mixture-of-experts families
 # Every new MoE family under every method peft accepts for it with all-linear targets (DoRA is
 # refused where all-linear reaches fused experts), batch {1, 4} x seq {512, 2048} x checkpointing,
-# cut to 2 layers at real widths (every layer of these models is alike).
-MOE_FAMILY_MODELS = ("qwen1.5-moe-a2.7b@2L", "olmoe-1b-7b@2L")
+# cut to 2 layers at real widths (every layer of these models is alike);
+# Llama 4 cut to four layers (Scout: three chunked RoPE layers and a full no-RoPE one; Maverick:
+# dense and MoE layers, RoPE and no-RoPE), Phi-3.5-MoE to two
+MOE_FAMILY_MODELS = ("qwen1.5-moe-a2.7b@2L", "olmoe-1b-7b@2L", "llama-4-scout@4L", "llama-4-maverick@4L",
+                     "phi-3.5-moe@2L")
 
 
 def moe_families_tier() -> list[Config]:

@@ -331,6 +331,17 @@ def _layer_module(s: Step):
                 transient__dora=fwd.dora, **s.parallel("in_layer"))
 
 
+@moment("forward", "layer_experts")
+def _layer_experts(s: Step):
+    """The last layer's experts forming their output where every expert sees every token (Llama 4)."""
+    before, working = s._last(C.dense_moe_forward_moment)
+    if not working:
+        return None
+    saved = s.saved - s.final_norm + before - (0 if s.gc else s.per_layer)
+    return dict(**s.persistent, activations__saved=saved, activations__autocast_weights=s.layer_copies,
+                transient__module=working, **s.parallel("in_layer"))
+
+
 @moment("forward", "layer_softmax")
 def _layer_softmax(s: Step):
     """Eager attention's softmax in the last layer's forward."""
@@ -472,12 +483,16 @@ def _first_layer_moe(s: Step):
     makes after the experts' (one GPU and DDP; tracer, OLMoE-1B-7B and Qwen3-30B-A3B 2 layers,
     LoRA all-linear with checkpointing, batch 2 x 512: layer 0's expert factor gradients,
     44 MiB for OLMoE, not yet there at the backward peak; the plan was 1.4% over with them)."""
-    first = s.first_view
+    # the first layer with experts (Llama 4 Maverick's first layer is dense: its second), every
+    # gradient made but its own and those of the dense layers before it
+    index = min(k.indices[0] for k in s.model.kinds if k.layer.moe is not None) if s.model.moe is not None else 0
+    first = replace(s, layer=index) if index else s.first_view
     values = _moe_part(first)
     if values is None:
         return None
-    pending = first.layer_grads if S.strategy(s.train).whole_gradients else 0
-    return dict(**s.persistent, grads=s.made - pending, activations__input_leaf=s.leaf, **values,
+    pending = (sum(replace(s, layer=j).layer_grads for j in range(index + 1))
+               if S.strategy(s.train).whole_gradients else 0)
+    return dict(**s.persistent, grads=s.made - pending, activations__input_leaf=s.leaf if not index else 0, **values,
                 **s.parallel("backward_end"))
 moment("backward", "first_layer_softmax")(_first_layer(_softmax_part))
 

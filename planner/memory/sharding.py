@@ -91,7 +91,7 @@ def layer_bytes(model: ModelSpec, train: TrainSpec, weight_bytes: int, packed: i
     """One decoder layer's parameters, whole: base (``packed``: its 4-bit weights' bytes, else
     the stored dtype) and adapters (fp32)."""
     base = sum(t.numel for t in base_tensors(model, layer_only=True))
-    linear = sum(lin.in_features * lin.out_features for lin in model.linears)
+    linear = sum(t.numel for t in base_tensors(model, layer_only=True) if t.role == "linear")
     if variant(train).base.quantized:
         base_bytes = packed + (base - linear) * FP32
     else:

@@ -103,6 +103,11 @@ class Traits:
     rope_tables: int = 1  # distinct cos/sin pairs per forward (Gemma-3: one per attention type)
     rope_fp32: bool = False  # the rotary embedding returns fp32 cos / sin (OLMo-2)
     sliding_window: int | None = None  # the window of a sliding-attention layer (its kind's trait)
+    # Llama 4 (modeling_llama4.Llama4TextAttention): "complex" where RoPE multiplies q and k as
+    # fp32 complex numbers (apply_rotary_emb), "none" on its no-RoPE layers; else "half" (rotate_half)
+    rope: str = "half"
+    qk_l2_norm: bool = False  # an L2 norm without weights over each head of q and k after RoPE (Llama 4's use_qk_norm)
+    attn_temperature: bool = False  # q times an fp32 per-position scale on no-RoPE layers (Llama 4's attn_temperature_tuning)
 
 
 @dataclass(frozen=True)
@@ -129,6 +134,21 @@ class MoE:
     # width made of Linear modules (roles shared_gate / shared_up / shared_down); 0: none
     shared_intermediate: int = 0
     shared_scale: bool = False  # Qwen2-MoE: sigmoid(shared_expert_gate(x)) scales the shared expert's output
+    # how the router weighs the experts: "softmax" (softmax over every expert's logit, the top-k
+    # of it: Mixtral, Qwen3-MoE); "sigmoid" (Llama 4's Llama4Router: top-k of the logits, sigmoid
+    # of those scattered into a -inf row); "sparsemixer" (Phi-3.5-MoE: top-2 by two masked
+    # softmaxes with Gumbel sampling in training, transformers 5.23 modeling_phimoe.sparsemixer)
+    routing: str = "softmax"
+    # how the tokens reach the experts: "grouped" (transformers' grouped_mm path: the T*k
+    # (token, expert) pairs sorted by expert) or "dense" (Llama 4's Llama4TextMoe: every expert
+    # runs on every token, pre-scaled by its router score, 0 for the experts not chosen: E*T rows)
+    dispatch: str = "grouped"
+    jitter: bool = False  # Phi-3.5-MoE's input_jitter_noise: the MoE input times uniform noise, twice, in training
+    # the router is an nn.Linear subclass whose forward returns a tuple (Llama4Router,
+    # PhimoeTopKRouter): peft cannot wrap it, so all-linear leaves it out (probes.build.routing_linears)
+    router_tuple: bool = False
+    # the shared expert runs before the routed experts (Qwen2-MoE) or after them (Llama4TextMoe)
+    shared_first: bool = True
 
 
 @dataclass(frozen=True)
@@ -150,7 +170,10 @@ class Layer:
 # The layer kinds the formulas know. A model is a sequence of kinds (planner.model.specs.ModelSpec):
 # "decoder" where every layer is alike; "sliding_attention" and "full_attention" where some
 # layers attend within a window. A kind the formulas do not know is refused by name.
-KNOWN_KINDS = ("decoder", "sliding_attention", "full_attention")
+KNOWN_KINDS = ("decoder", "sliding_attention", "full_attention", "chunked_attention")
+# Where a model's layers differ in their MLP too (Llama 4 Maverick: a dense MLP between MoE
+# layers), a kind's name is its attention kind and its MLP kind joined by "/": "chunked_attention/dense"
+MLP_KINDS = ("dense", "moe")
 
 
 @dataclass(frozen=True)
@@ -173,7 +196,8 @@ class UnknownLayerKind(ValueError):
 def check_known(kinds: tuple[LayerKind, ...]) -> None:
     """Refuse, in one line naming it, a layer kind or a Linear role the formulas do not know."""
     for kind in kinds:
-        if kind.name not in KNOWN_KINDS:
+        attention, _, mlp = kind.name.partition("/")
+        if attention not in KNOWN_KINDS or (mlp and mlp not in MLP_KINDS):
             raise UnknownLayerKind(f"layer kind {kind.name!r} (layers {_span(kind.indices)}) is not planned yet "
                                    f"(planned kinds: {', '.join(KNOWN_KINDS)}); `probe --device fake` traces it")
         for lin in kind.layer.linears:
@@ -221,6 +245,10 @@ class Architecture:
     out_bias: bool | None = None  # o_proj's bias where the family fixes it (GLM-4: never), else as above
     head_dim_default: int | None = None  # head_dim when the config omits it (else hidden / heads)
     dropout_defaults: tuple[tuple[str, float], ...] = ()  # DROPOUT_FIELDS the family's config defaults above 0
+    # Llama 4's layers (see :func:`_llama4_kinds`): chunked-attention layers with RoPE and no-RoPE
+    # full-attention layers, MoE layers every interleave_moe_layer_step-th, the others a dense MLP
+    llama4_layers: bool = False
+    lm_head_bias_field: str | None = None  # the config field that gives lm_head a bias (Phi-3.5-MoE's lm_head_bias)
 
 
 SANDWICH = (("input_layernorm", "attn_in"), ("post_attention_layernorm", "attn_out"),
@@ -302,6 +330,19 @@ TABLE: dict[str, Architecture] = {
     # norms multiply the weight in fp32 ((w * x_fp32).to(dtype)).
     "gpt_oss": Architecture(traits=Traits(norm="rms_fp32_out", eager_attention=True, attention_sinks=True),
                             sliding="alternate", attention_bias_default=True, moe="gpt_oss"),
+    # Llama 4's text decoder (transformers 5.23 modeling_llama4, configuration_llama4.Llama4TextConfig):
+    # Llama's pre-norm layer; three layers in four attend in chunks of attention_chunk_size with
+    # RoPE as fp32 complex products and (use_qk_norm) an L2 norm without weights over each head,
+    # every 4th (no_rope_layers) attends to everything without RoPE, q scaled per position
+    # (attn_temperature_tuning); MoE layers (every interleave_moe_layer_step-th: Scout all,
+    # Maverick every 2nd) have a shared expert of Linears beside experts that see every token
+    # (top-1 sigmoid routing), the others a dense gated MLP intermediate_size_mlp wide.
+    "llama4_text": Architecture(moe="llama4", llama4_layers=True, head_dim_default=128),
+    # Phi-3.5-MoE (modeling_phimoe.py): nn.LayerNorm with a bias before attention and MoE and at
+    # the end, q/k/v/o biases (attention_bias), 16 experts top-2 chosen by sparsemixer (Gumbel
+    # sampling in training), every layer in the sliding window when set, a bias on lm_head
+    # (lm_head_bias), and the MoE input times uniform noise in training (input_jitter_noise).
+    "phimoe": Architecture(traits=Traits(norm="layer"), moe="phimoe", sliding="all", lm_head_bias_field="lm_head_bias"),
 }
 SUPPORTED_MODEL_TYPES = tuple(sorted(TABLE))
 
@@ -346,6 +387,8 @@ def describe(arch: Architecture, config: dict, dims: Dims) -> tuple[LayerKind, .
     as kinds: one "decoder" kind where every layer is alike, or "sliding_attention" and
     "full_attention" where some layers attend within a window (the config's layer_types, or
     the family's rule)."""
+    if arch.llama4_layers:
+        return _llama4_kinds(arch, config, dims)
     layer = _layer(arch, config, dims)
     window = config.get("sliding_window")
     sliding = _sliding_indices(arch, config, dims.layers) if isinstance(window, int) and window > 0 else ()
@@ -458,8 +501,58 @@ def _moe(kind: str, config: dict, dims: Dims) -> MoE:
                               "architecture table needs")
         return MoE(experts, top_k, inter, renormalize=bool(config.get("norm_topk_prob", False)),
                    shared_intermediate=shared, shared_scale=True)
+    if kind == "llama4":
+        # Llama4TextMoe: the shared expert is a Llama4TextMLP intermediate_size wide; peft's
+        # all-linear adapts its Linears, not the experts (and the router is left out: see
+        # probes.build.routing_linears)
+        return MoE(experts, top_k, inter, router="router", routing="sigmoid", dispatch="dense",
+                   shared_intermediate=inter, router_tuple=True, shared_first=False)
+    if kind == "phimoe":
+        # PhimoeSparseMoeBlock: its router is nn.Linear (left out of all-linear as Llama 4's);
+        # the experts keep the grouped_mm path
+        return MoE(experts, top_k, inter, router="router", routing="sparsemixer",
+                   jitter=bool(config.get("input_jitter_noise") or 0.0), router_tuple=True)
     return MoE(experts, top_k, inter, router="router", router_bias=True, expert_bias=True,
                activation="clamped_swiglu")
+
+
+def _llama4_kinds(arch: Architecture, config: dict, dims: Dims) -> tuple[LayerKind, ...]:
+    """Llama 4's decoder layers as kinds (transformers 5.23 Llama4TextConfig.__post_init__ and
+    Llama4TextDecoderLayer): a layer uses RoPE where no_rope_layers[i] is 1 (default: all but
+    every no_rope_layer_interval-th, 4), and those attend in chunks (layer_types
+    "chunked_attention", the chunk planned as a window: transformers builds an explicit mask
+    once the sequence reaches it, as for sliding layers), the others "full_attention"; a layer
+    is MoE when in moe_layers (default every interleave_moe_layer_step-th, from step - 1), else
+    a dense gated MLP intermediate_size_mlp wide. Kinds are named by attention, and by
+    "attention/mlp" where both MLP kinds occur (Maverick)."""
+    n = dims.layers
+    interval = config.get("no_rope_layer_interval") or 4
+    rope = config.get("no_rope_layers") or [int((i + 1) % interval != 0) for i in range(n)]
+    types = config.get("layer_types") or ["chunked_attention" if r else "full_attention" for r in rope]
+    step = config.get("interleave_moe_layer_step") or 1
+    moe_layers = config.get("moe_layers")
+    moe_layers = set(range(step - 1, n, step) if moe_layers is None else moe_layers)
+    dense_width = config.get("intermediate_size_mlp")
+    if len(moe_layers & set(range(n))) < n and not isinstance(dense_width, int):
+        raise LayoutError("config.json lacks the field 'intermediate_size_mlp', which the architecture table needs")
+    chunk = config.get("attention_chunk_size", 8192)
+    moe_layer = _layer(arch, config, dims)
+    dense_layer = _layer(replace(arch, moe=None), config, replace(dims, intermediate=dense_width or 0))
+    mixed = 0 < len(moe_layers & set(range(n))) < n
+    groups: dict[tuple[str, bool], list[int]] = {}
+    for i in range(n):
+        groups.setdefault((types[i], i in moe_layers), []).append(i)
+    kinds = []
+    for (attention, is_moe), indices in groups.items():
+        layer = moe_layer if is_moe else dense_layer
+        if attention == "chunked_attention":
+            traits = replace(layer.traits, rope="complex", qk_l2_norm=bool(config.get("use_qk_norm", True)),
+                             sliding_window=chunk if isinstance(chunk, int) and chunk > 0 else None)
+        else:
+            traits = replace(layer.traits, rope="none", attn_temperature=bool(config.get("attn_temperature_tuning", True)))
+        name = f"{attention}/{'moe' if is_moe else 'dense'}" if mixed else attention
+        kinds.append(LayerKind(name, replace(layer, traits=traits), tuple(indices)))
+    return tuple(kinds)
 
 
 def _sliding_indices(arch: Architecture, config: dict, layers: int) -> tuple[int, ...]:

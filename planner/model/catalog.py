@@ -150,6 +150,7 @@ def model_from_config(config: dict, name: str, hf_id: str | None = None,
         max_position_embeddings=int(config.get("max_position_embeddings") or 4096),
         hf_id=hf_id,
         published_params=published_params,
+        lm_head_bias=bool(arch.lm_head_bias_field and config.get(arch.lm_head_bias_field)),
         config_json=json.dumps(config, sort_keys=True),
         notes=tuple(n for n in (dropout_note(arch, config),) if n),
     )

@@ -97,6 +97,8 @@ def base_tensors(model: ModelSpec) -> tuple[Tensor, ...]:
         out.append(Tensor("norm.bias", (h,), "final_norm", ROOT))
     if not model.tie_word_embeddings:
         out.append(Tensor("lm_head.weight", (model.vocab_size, h), "lm_head", ROOT))
+        if model.lm_head_bias:
+            out.append(Tensor("lm_head.bias", (model.vocab_size,), "lm_head", ROOT))
     return tuple(out)
 
 
@@ -140,6 +142,7 @@ def _adapters(model: ModelSpec, train: TrainSpec, weight_bytes: int) -> list[Ten
     r = train.rank
     adapter = variant(train).adapter
     out = []
+    targets.targeted_parameters(model, train)  # refuses target_parameters on a model without experts
     for view in model.by_kind():
         kind, n = view.kinds[0].name, view.num_layers
 
@@ -148,7 +151,7 @@ def _adapters(model: ModelSpec, train: TrainSpec, weight_bytes: int) -> list[Ten
 
         for lin in targets.targeted_linears(view, train.target_modules):
             out += [tensor(f"{lin.name}.{name}", shape, role) for name, shape, role in adapter.tensors(lin, r)]
-        for tg in targets.targeted_parameters(view, train):
+        for tg in targets.targeted_parameters(view, train) if view.moe is not None else ():
             out += [tensor(f"mlp.{tg.name}.lora_A", (tg.rank * tg.experts, tg.in_features), "lora_A"),
                     tensor(f"mlp.{tg.name}.lora_B", (tg.out_features, tg.rank * tg.experts), "lora_B")]
     for module in train.modules_to_save:

@@ -64,10 +64,13 @@ class ModelSpec:
     max_position_embeddings: int
     hf_id: str | None = None
     published_params: int | None = None
+    lm_head_bias: bool = False  # an untied lm_head with a bias (Phi-3.5-MoE's lm_head_bias)
     config_json: str = field(default="{}", repr=False, compare=False)
     # what every plan of this model says about it (a Hub model: where its config came from,
     # its parameter count against the checkpoint's)
     notes: tuple[str, ...] = field(default=(), repr=False, compare=False)
+    # a view's (:meth:`by_kind`) whole model's Linear names, which targets are checked against
+    model_linear_names: tuple[str, ...] = field(default=(), repr=False, compare=False)
 
     @property
     def q_dim(self) -> int:
@@ -110,6 +113,18 @@ class ModelSpec:
         return tuple(lin.name for lin in self.linears)
 
     @property
+    def all_linear_names(self) -> tuple[str, ...]:
+        """The Linear module names of every kind, in order, once each (kinds whose Linears
+        differ: Llama 4 Maverick's dense and MoE layers); a view's, its whole model's."""
+        return self.model_linear_names or tuple(dict.fromkeys(lin.name for k in self.kinds for lin in k.layer.linears))
+
+    @property
+    def moe(self):
+        """The mixture of experts of the first kind that has one (None for a dense model, and
+        for a view of a dense kind)."""
+        return next((k.layer.moe for k in self.kinds if k.layer.moe is not None), None)
+
+    @property
     def traits(self) -> Traits:
         return self.layer.traits
 
@@ -129,7 +144,8 @@ class ModelSpec:
 
 @lru_cache(maxsize=256)
 def _views(model: ModelSpec) -> tuple[ModelSpec, ...]:
-    return tuple(replace(model, name=f"{model.name}[{k.name}]", num_layers=k.count, kinds=(k,)) for k in model.kinds)
+    return tuple(replace(model, name=f"{model.name}[{k.name}]", num_layers=k.count, kinds=(k,),
+                         model_linear_names=model.all_linear_names) for k in model.kinds)
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ def targeted_linears(model: ModelSpec, targets: tuple[str, ...]) -> tuple[Linear
     """
     if ALL_LINEAR in targets:
         return model.linears
-    known = model.linear_names
+    known = model.all_linear_names
     unknown = [t for t in targets if not any(_matches(name, t) for name in known)]
     if unknown:
         hints = []
@@ -91,7 +91,7 @@ def targeted_parameters(model: ModelSpec, train: TrainSpec) -> tuple[ParamTarget
     (``convert_peft_config_for_transformers``) to the router at rank r, gate_up at 2r (alpha
     doubled: its rank_pattern) and down at r; for gpt-oss all-linear stays on the attention.
     """
-    moe = model.layer.moe
+    moe = model.moe
     if not train.is_adapter:
         return ()
     if moe is None:
@@ -137,7 +137,7 @@ def check_rank(model: ModelSpec, train: TrainSpec) -> None:
     """A LoRA rank above min(in, out) of a targeted layer cannot add expressiveness: refuse it."""
     if not train.is_adapter:
         return
-    for lin in targeted_linears(model, train.target_modules):
+    for lin in (lin for view in model.by_kind() for lin in targeted_linears(view, train.target_modules)):
         # Qwen2-MoE's shared-expert gate has one output: every rank exceeds it, peft adapts it
         # anyway under all-linear (lora_B (1, r)), so it is not a reason to refuse a plan
         if lin.role == "shared_scale":

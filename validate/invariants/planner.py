@@ -41,7 +41,7 @@ def target_parameter_sets(spec) -> dict[str, tuple[str, ...]]:
     experts (peft's target_parameters)."""
     from planner.model.targets import EXPERT_PARAMETERS
 
-    return {"mlp": EXPERT_PARAMETERS} if spec.layer.moe is not None else {}
+    return {"mlp": EXPERT_PARAMETERS} if spec.moe is not None else {}
 
 
 @dataclass(frozen=True)
@@ -87,6 +87,8 @@ def peft_counts(name: str, config: Config) -> tuple[int, int]:
     """(trainable, total) from peft's get_nb_trainable_parameters on the meta-device model."""
     from peft import get_peft_model
 
+    from probes.build import routing_linears
+
     from ..baselines import spec_for
 
     spec = spec_for(name)
@@ -97,7 +99,8 @@ def peft_counts(name: str, config: Config) -> tuple[int, int]:
         with torch.device("meta"):  # adapters on meta too: no memory, no random init cost
             peft_model = get_peft_model(model, M.lora_config("dora" if config.dora else "lora", config.rank,
                                                              targets=list(targets) if targets != ("all-linear",)
-                                                             else "all-linear", parameters=parameters))
+                                                             else "all-linear", parameters=parameters,
+                                                             exclude=routing_linears(model)))
     except ValueError:  # peft refuses the method here (DoRA on fused expert parameters)
         return None
     return peft_model.get_nb_trainable_parameters()
