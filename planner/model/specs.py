@@ -68,6 +68,9 @@ class ModelSpec:
     # what every plan of this model says about it (a Hub model: where its config came from,
     # its parameter count against the checkpoint's)
     notes: tuple[str, ...] = field(default=(), repr=False, compare=False)
+    # a view of one kind (:meth:`by_kind`): the Linear names of every kind of the whole model,
+    # which a module name given to target is checked against
+    model_linear_names: tuple[str, ...] = field(default=(), repr=False, compare=False)
 
     @property
     def q_dim(self) -> int:
@@ -129,7 +132,9 @@ class ModelSpec:
 
 @lru_cache(maxsize=256)
 def _views(model: ModelSpec) -> tuple[ModelSpec, ...]:
-    return tuple(replace(model, name=f"{model.name}[{k.name}]", num_layers=k.count, kinds=(k,)) for k in model.kinds)
+    names = tuple(dict.fromkeys(lin.name for k in model.kinds for lin in k.layer.linears))
+    return tuple(replace(model, name=f"{model.name}[{k.name}]", num_layers=k.count, kinds=(k,),
+                         model_linear_names=names) for k in model.kinds)
 
 
 @dataclass(frozen=True)

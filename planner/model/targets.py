@@ -25,7 +25,9 @@ def targeted_linears(model: ModelSpec, targets: tuple[str, ...]) -> tuple[Linear
     """
     if ALL_LINEAR in targets:
         return model.linears
-    known = model.linear_names
+    # a name is known when any kind has it (a hybrid's kinds differ: "q_proj" is in its attention
+    # layers only); the view of one kind (ModelSpec.by_kind) gets the modules it has
+    known = model.model_linear_names or tuple(dict.fromkeys(lin.name for k in model.kinds for lin in k.layer.linears))
     unknown = [t for t in targets if not any(_matches(name, t) for name in known)]
     if unknown:
         hints = []
