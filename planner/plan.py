@@ -153,6 +153,28 @@ def _as_gpu(gpu: str | GpuSpec) -> GpuSpec:
     return gpu if isinstance(gpu, GpuSpec) else get_gpu(gpu)
 
 
+def kernels_notes(model: ModelSpec, train: TrainSpec) -> tuple[str, ...]:
+    """Which kernels the plan assumes for the Mamba-2 and short-convolution layers (a note), or
+    a ValueError when ``--kernels fused`` is asked of a model with no such layers."""
+    mixers = [k for k in model.kinds if k.layer.mixer is not None]
+    if not mixers:
+        if train.kernels == "fused":
+            raise ValueError(f"--kernels fused: {model.name} has no Mamba-2 or short-convolution layers, the only "
+                             "ones with fused kernels here (use --kernels auto or torch)")
+        return ()
+    path = kernels_path(train)
+    what = ("the fused kernels (mamba-ssm's mamba_split_conv1d_scan_combined, causal-conv1d's causal_conv1d_fn)"
+            if path == "fused" else "transformers' torch fallback (chunked scan in torch ops, F.conv1d)")
+    why = " (--kernels auto: what transformers picks with mamba-ssm / causal-conv1d installed)" \
+        if train.kernels == "auto" else ""
+    return (f"{', '.join(k.name for k in mixers)} layers planned with {what}{why}",)
+
+
+def kernels_path(train: TrainSpec) -> str:
+    """"torch" or "fused": the kernels a plan assumes ("auto" resolves to fused)."""
+    return "torch" if train.kernels == "torch" else "fused"
+
+
 def plan(model: str | ModelSpec, gpu: str | GpuSpec, train: TrainSpec | None = None,
          calibrations: dict | None = None, speed: dict | None = None) -> Plan:
     """Predict the memory of one training step of ``train`` on ``model`` and ``gpu``.
@@ -169,7 +191,7 @@ def plan(model: str | ModelSpec, gpu: str | GpuSpec, train: TrainSpec | None = N
     check_known(model.kinds)
     targets.check_rank(model, train)
     dtype, notes = resolve_dtype(train.dtype, gpu.bf16, gpu.name)
-    notes = model.notes + notes
+    notes = model.notes + notes + kernels_notes(model, train)
     if train.seq_len > model.max_position_embeddings:
         notes += (f"seq_len {train.seq_len} exceeds {model.name}'s max_position_embeddings "
                   f"{model.max_position_embeddings}",)
