@@ -162,17 +162,14 @@ def kernels_notes(model: ModelSpec, train: TrainSpec) -> tuple[str, ...]:
             raise ValueError(f"--kernels fused: {model.name} has no Mamba-2 or short-convolution layers, the only "
                              "ones with fused kernels here (use --kernels auto or torch)")
         return ()
+    from planner.memory.mixers import kernels_path
+
     path = kernels_path(train)
     what = ("the fused kernels (mamba-ssm's mamba_split_conv1d_scan_combined, causal-conv1d's causal_conv1d_fn)"
             if path == "fused" else "transformers' torch fallback (chunked scan in torch ops, F.conv1d)")
     why = " (--kernels auto: what transformers picks with mamba-ssm / causal-conv1d installed)" \
         if train.kernels == "auto" else ""
     return (f"{', '.join(k.name for k in mixers)} layers planned with {what}{why}",)
-
-
-def kernels_path(train: TrainSpec) -> str:
-    """"torch" or "fused": the kernels a plan assumes ("auto" resolves to fused)."""
-    return "torch" if train.kernels == "torch" else "fused"
 
 
 def plan(model: str | ModelSpec, gpu: str | GpuSpec, train: TrainSpec | None = None,

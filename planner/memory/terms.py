@@ -16,7 +16,8 @@ from functools import lru_cache
 from planner.model import counts
 from planner.model import targets
 from planner.model import inventory as inv
-from planner.model.architectures import ATTENTION_INPUT_ROLES, MLP_INPUT_ROLES, NORM_READER_ROLES, Linear, Norm
+from planner.model.architectures import (ATTENTION_INPUT_ROLES, ATTENTION_ROLES, MIXER_INPUT_ROLES, MLP_INPUT_ROLES,
+                                        NORM_READER_ROLES, Linear, Norm)
 from planner.model.specs import DTYPE_BYTES, ModelSpec, TrainSpec
 from planner.memory.variants import variant
 from planner.units import FP32, ceil_div
@@ -574,19 +575,32 @@ def layer_saved_sequence(model: ModelSpec, train: TrainSpec, prec: Precision) ->
         return [("norm", norm_saved(model, train, prec, n)) for n in layer.norms_at(*sites)]
 
     seq = norms("attn_in")
-    seq += adapters(*ATTENTION_INPUT_ROLES)
-    seq += norms("q", "k")
-    seq.append(("attention", attention_core_saved(model, train, prec)))
-    seq += adapters("o")
+    if layer.mixer is not None:  # a Mamba-2 or short-convolution layer (planner.memory.mixers)
+        from planner.memory.mixers import mixer_saved
+
+        seq += adapters(*MIXER_INPUT_ROLES)
+        seq.append(("mixer", mixer_saved(model, train, prec)))
+        seq += adapters("ssm_out", "conv_out")
+    elif layer.by_role(*ATTENTION_ROLES):
+        seq += adapters(*ATTENTION_INPUT_ROLES)
+        seq += norms("q", "k")
+        seq.append(("attention", attention_core_saved(model, train, prec)))
+        seq += adapters("o")
     seq += norms("attn_out", "mlp_in", "mlp_out")
     moe = layer.moe
-    if moe is not None and moe.shared_intermediate:
+    if moe is not None and moe.shared_intermediate and not moe.shared_fused:
         seq += adapters("shared_gate", "shared_up")
         seq.append(("shared_expert", shared_expert_saved(model, train, prec)))
         seq += adapters("shared_down")
-    seq += adapters(*MLP_INPUT_ROLES)
-    seq.append(("mlp", mlp_core_saved(model, train, prec)))
-    seq += adapters("down")
+    if moe is not None and moe.shared_fused:  # Granite-4.0-H: the experts, then shared_mlp
+        seq.append(("mlp", mlp_core_saved(model, train, prec)))
+        seq += adapters("shared_gate_up")
+        seq.append(("shared_expert", shared_expert_saved(model, train, prec)))
+        seq += adapters("shared_down")
+    elif moe is not None or layer.by_role(*MLP_INPUT_ROLES):
+        seq += adapters(*MLP_INPUT_ROLES)
+        seq.append(("mlp", mlp_core_saved(model, train, prec)))
+        seq += adapters("down")
     if moe is not None and moe.shared_scale:
         seq += adapters("shared_scale")
         seq.append(("shared_output", shared_output_saved(model, train, prec)))
