@@ -18,6 +18,13 @@ def kernels_path(train: TrainSpec) -> str:
     return "torch" if train.kernels == "torch" else "fused"
 
 
+def runs_out_proj(model: ModelSpec, train: TrainSpec) -> bool:
+    """Whether a Mamba-2 layer's out_proj runs as its module (with its adapter): not on the fused
+    path, whose kernel multiplies by out_proj's weight itself (mamba-ssm's
+    mamba_split_conv1d_scan_combined, outproj_weight): an adapter there keeps and adds nothing."""
+    return not (isinstance(model.layer.mixer, Mamba2) and kernels_path(train) == "fused")
+
+
 def mixer_saved(model: ModelSpec, train: TrainSpec, prec) -> int:
     """What one layer's non-attention mixer keeps for backward, beyond its Linears' adapters
     (their inputs: the adapter kind's ``saved``); 0 for a layer without one."""

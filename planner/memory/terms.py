@@ -578,9 +578,11 @@ def layer_saved_sequence(model: ModelSpec, train: TrainSpec, prec: Precision) ->
     if layer.mixer is not None:  # a Mamba-2 or short-convolution layer (planner.memory.mixers)
         from planner.memory.mixers import mixer_saved
 
+        from planner.memory.mixers import runs_out_proj
+
         seq += adapters(*MIXER_INPUT_ROLES)
         seq.append(("mixer", mixer_saved(model, train, prec)))
-        seq += adapters("ssm_out", "conv_out")
+        seq += adapters(*(("ssm_out",) if runs_out_proj(model, train) else ()), "conv_out")
     elif layer.by_role(*ATTENTION_ROLES):
         seq += adapters(*ATTENTION_INPUT_ROLES)
         seq += norms("q", "k")
