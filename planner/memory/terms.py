@@ -751,6 +751,12 @@ def first_layer_unrecorded(model: ModelSpec, train: TrainSpec, prec: Precision) 
         return 0
     layer, t = model.layer, train.tokens
     roles = {lin.role for lin in layer.linears if lin.name in targets.targeted_names(model, train)}
+    if layer.mixer is not None or not layer.by_role(*ATTENTION_ROLES):
+        # a hybrid's first layer (a Mamba-2 or short-convolution mixer, or an MLP-only layer):
+        # with its input projection targeted everything after it needs a gradient and is kept
+        # (tracer, tiny LFM2 of two conv layers, LoRA: layer 0 keeps all but its input norm's);
+        # otherwise planned as kept (a bound)
+        return 0
     gq, gk, gv = ({r, "qkv"} & roles for r in ("q", "k", "v"))
     scores_grad = bool(gq or gk)
     out = sum(norm_saved(model, train, prec, n) for site, g in (("q", gq), ("k", gk)) if not g
