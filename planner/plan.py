@@ -162,13 +162,19 @@ def kernels_notes(model: ModelSpec, train: TrainSpec) -> tuple[str, ...]:
             raise ValueError(f"--kernels fused: {model.name} has no Mamba-2 or short-convolution layers, the only "
                              "ones with fused kernels here (use --kernels auto or torch)")
         return ()
-    from planner.memory.mixers import kernels_path
+    from planner.memory.mixers import fused_refusal, kernels_path
 
-    path = kernels_path(train)
+    refusal = fused_refusal(model, train)
+    if refusal and train.kernels == "fused":
+        raise targets.UnsupportedMethod(f"{refusal} (use --kernels torch)")
+    path = kernels_path(model, train)
     what = ("the fused kernels (mamba-ssm's mamba_split_conv1d_scan_combined, causal-conv1d's causal_conv1d_fn)"
             if path == "fused" else "transformers' torch fallback (chunked scan in torch ops, F.conv1d)")
     why = " (--kernels auto: what transformers picks with mamba-ssm / causal-conv1d installed)" \
         if train.kernels == "auto" else ""
+    if refusal:  # auto, 4-bit: the torch path, the one that runs
+        why = (f" (--kernels auto: {refusal}, so a step with mamba-ssm installed fails; planned without it, on the "
+               "torch path)")
     return (f"{', '.join(k.name for k in mixers)} layers planned with {what}{why}",)
 
 

@@ -334,7 +334,7 @@ def build(model: ModelSpec | ProbeModel, train: TrainSpec, device: str, weights:
             model = apply_method(model, train)
     # the kernels its steps run for the Mamba-2 / short-convolution layers (probes.mixer_kernels)
     # (traced ops on the CPU and the fake tracer; a CUDA step runs the kernels transformers found)
-    model.probe_kernels = (model_type, train.kernels if device in ("cpu", "meta") else "torch")
+    model.probe_kernels = (model_type, train.kernels if device in ("cpu", "meta") else "torch", train.is_quantized)
     return model
 
 

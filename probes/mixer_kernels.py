@@ -235,11 +235,18 @@ def has_fused_kernels(model_type: str) -> bool:
     return model_type in MODEL_TYPES
 
 
+MAMBA_MODEL_TYPES = ("granitemoehybrid", "nemotron_h")
+
+
 @contextlib.contextmanager
-def fused_kernels(model_type: str, kernels: str):
+def fused_kernels(model_type: str, kernels: str, quantized: bool = False):
     """While the block runs, the layers of ``model_type`` call the traced fused ops (``kernels``
-    "fused" or "auto"); nothing changes for "torch" or another model type."""
+    "fused" or "auto"); nothing changes for "torch" or another model type, nor for "auto" with a
+    4-bit method on Mamba-2 layers, whose fused kernel cannot take the packed out_proj (the plan
+    then assumes the torch path too: planner.memory.mixers.fused_refusal)."""
     module_name = MODEL_TYPES.get(model_type)
+    if kernels == "auto" and quantized and model_type in MAMBA_MODEL_TYPES:
+        kernels = "torch"
     if kernels == "torch" or module_name is None:
         yield
         return

@@ -12,17 +12,30 @@ from planner.model.specs import ModelSpec, TrainSpec
 from planner.units import FP32, ceil_div
 
 
-def kernels_path(train: TrainSpec) -> str:
+def kernels_path(model: ModelSpec, train: TrainSpec) -> str:
     """"torch" or "fused": the kernels a plan assumes ("auto": fused, what transformers picks
-    with mamba-ssm and causal-conv1d installed)."""
-    return "torch" if train.kernels == "torch" else "fused"
+    with mamba-ssm and causal-conv1d installed; but the torch path for a 4-bit method on Mamba-2
+    layers, since the fused kernel cannot take out_proj's packed weight: :func:`fused_refusal`)."""
+    if train.kernels == "torch" or (train.kernels == "auto" and fused_refusal(model, train)):
+        return "torch"
+    return "fused"
+
+
+def fused_refusal(model: ModelSpec, train: TrainSpec) -> str:
+    """Why the fused Mamba-2 kernel cannot run ``train``, or "": mamba-ssm's
+    mamba_split_conv1d_scan_combined multiplies by out_proj's weight itself (ssd_combined.py
+    lines 880-884), which a 4-bit method has packed (bitsandbytes' Params4bit, uint8)."""
+    if train.is_quantized and any(isinstance(k.layer.mixer, Mamba2) for k in model.kinds):
+        return (f"{train.method} with the fused Mamba-2 kernel: mamba-ssm's mamba_split_conv1d_scan_combined "
+                "multiplies by out_proj's weight itself, which bitsandbytes has packed to 4 bits")
+    return ""
 
 
 def runs_out_proj(model: ModelSpec, train: TrainSpec) -> bool:
     """Whether a Mamba-2 layer's out_proj runs as its module (with its adapter): not on the fused
     path, whose kernel multiplies by out_proj's weight itself (mamba-ssm's
     mamba_split_conv1d_scan_combined, outproj_weight): an adapter there keeps and adds nothing."""
-    return not (isinstance(model.layer.mixer, Mamba2) and kernels_path(train) == "fused")
+    return not (isinstance(model.layer.mixer, Mamba2) and kernels_path(model, train) == "fused")
 
 
 def mixer_saved(model: ModelSpec, train: TrainSpec, prec) -> int:
@@ -30,9 +43,9 @@ def mixer_saved(model: ModelSpec, train: TrainSpec, prec) -> int:
     (their inputs: the adapter kind's ``saved``); 0 for a layer without one."""
     mixer = model.layer.mixer
     if isinstance(mixer, Mamba2):
-        return (mamba_fused_saved if kernels_path(train) == "fused" else mamba_torch_saved)(mixer, train, prec)
+        return (mamba_fused_saved if kernels_path(model, train) == "fused" else mamba_torch_saved)(mixer, train, prec)
     if isinstance(mixer, ShortConv):
-        return short_conv_saved(mixer, train, prec)
+        return short_conv_saved(mixer, kernels_path(model, train), train, prec)
     return 0
 
 
@@ -81,7 +94,7 @@ def mamba_torch_saved(m: Mamba2, train: TrainSpec, prec) -> int:
     return conv + dt + scan + norm
 
 
-def short_conv_saved(m: ShortConv, train: TrainSpec, prec) -> int:
+def short_conv_saved(m: ShortConv, path: str, train: TrainSpec, prec) -> int:
     """LFM2's gated short convolution (Lfm2ShortConv.forward): B*x keeps the in_proj output
     (its chunks are views: T*3h*c), the conv keeps its input B*x (T*h*c) and C times the conv
     output keeps that output: with torch's F.conv1d the padded one (b*h*(S + K - 1)*c), with
@@ -89,5 +102,5 @@ def short_conv_saved(m: ShortConv, train: TrainSpec, prec) -> int:
     ``ctx.save_for_backward(x, weight, bias, ...)`` at line 59: its input only) an unpadded
     T*h*c output."""
     t, c, h = train.tokens, prec.compute, m.width
-    pad = 0 if kernels_path(train) == "fused" else train.batch_size * h * (m.kernel - 1) * c
+    pad = 0 if path == "fused" else train.batch_size * h * (m.kernel - 1) * c
     return t * 3 * h * c + t * h * c + t * h * c + pad
