@@ -40,8 +40,9 @@ def _train(model_type, **kw):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model_type,method,gc", [("granitemoehybrid", "lora", True), ("nemotron_h", "lora", False),
-                                                  ("lfm2", "lora", True), ("granitemoehybrid", "full", False)])
+# (the CI budget keeps two: Nemotron-H's three kinds, its Mamba-2 mixer the same as Granite's, and LFM2's
+# short convolution with checkpointing; Granite's both methods and checkpointing were byte-equal when run)
+@pytest.mark.parametrize("model_type,method,gc", [("nemotron_h", "lora", False), ("lfm2", "lora", True)])
 def test_torch_path_fake_trace_equals_cpu_step_to_the_byte(torch_stack, model_type, method, gc):
     from probes import cpu, fake
 
@@ -53,8 +54,8 @@ def test_torch_path_fake_trace_equals_cpu_step_to_the_byte(torch_stack, model_ty
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model_type", sorted(FAMILIES))
-@pytest.mark.parametrize("kernels", ["torch", "fused"])
+@pytest.mark.parametrize("model_type,kernels", [("nemotron_h", "torch"), ("granitemoehybrid", "fused"),
+                                                ("lfm2", "fused")])
 def test_planned_equals_traced_within_bound(torch_stack, model_type, kernels):
     from probes.fake import trace
 
