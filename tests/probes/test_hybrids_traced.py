@@ -165,3 +165,40 @@ def test_a_4bit_out_proj_cannot_reach_the_fused_kernel(torch_stack):
     kw = _mamba_inputs(torch)
     with pytest.raises(TypeError, match="4-bit"):
         mk.mamba_split_conv1d_scan_combined(**{**kw, "outproj_weight": torch.zeros(64, 1, dtype=torch.uint8)})
+
+
+@pytest.mark.parametrize("model_type", sorted(FAMILIES))
+def test_what_peft_adapts_and_bitsandbytes_packs_is_planned(torch_stack, model_type):
+    """The modules peft wraps (its all-linear, or Nemotron-H's named targets: in_proj and not
+    out_proj or conv1d) and, under QLoRA, the Linear4bit modules, layer by layer, equal the
+    planner's targeted Linears and 4-bit weights of each layer's kind (no conv, A_log, D)."""
+    import bitsandbytes as bnb
+
+    from planner.model import inventory, targets
+    from probes.build import build
+
+    spec = _spec(model_type)
+    train = _train(model_type, method="qlora")  # (LoRA adapts the same modules)
+    model = build(spec, train, "meta")
+    adapted, packed = set(), set()
+    for name, module in model.named_modules():
+        parts = name.split(".")
+        if "layers" not in parts or len(parts) < parts.index("layers") + 3:
+            continue
+        i = parts.index("layers")
+        layer, inner = int(parts[i + 1]), ".".join(parts[i + 2:])
+        if hasattr(module, "lora_A") and inner:
+            adapted.add((layer, inner))
+        if isinstance(module, bnb.nn.Linear4bit):
+            packed.add((layer, inner.removesuffix(".base_layer")))
+    planned_adapted, planned_packed = set(), set()
+    four_bit = {(t.kind, t.path) for t in inventory.inventory(spec, train, 2) if t.treatment == "4bit"}
+    for view, kind in zip(spec.by_kind(), spec.kinds):
+        names = {lin.name for lin in targets.targeted_linears(view, train.target_modules)}
+        for i in kind.indices:
+            planned_adapted |= {(i, n) for n in names}
+            planned_packed |= {(i, p.removeprefix("layers.*.").removesuffix(".weight"))
+                               for k, p in four_bit if k == kind.name}
+    assert adapted == planned_adapted
+    assert packed == planned_packed
+    assert not any("conv" in n and "proj" not in n for _, n in adapted)
