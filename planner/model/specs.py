@@ -90,8 +90,9 @@ class ModelSpec:
 
     @property
     def layer(self) -> Layer:
-        """The layout every kind shares (the first kind's layer; the kinds of today's catalog differ
-        only in their attention window, which only the kind's own terms read)."""
+        """The first kind's layout: the layout of every layer where the kinds differ only in their
+        attention window; a hybrid's kinds differ in their modules, so its per-layer terms read
+        each kind's view (:meth:`by_kind`, :meth:`kind_view`), whose layer is that kind's."""
         return self.kinds[0].layer
 
     def by_kind(self) -> tuple["ModelSpec", ...]:
