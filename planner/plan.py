@@ -168,6 +168,31 @@ def _as_gpu(gpu: str | GpuSpec) -> GpuSpec:
     return gpu if isinstance(gpu, GpuSpec) else get_gpu(gpu)
 
 
+def kernels_notes(model: ModelSpec, train: TrainSpec) -> tuple[str, ...]:
+    """Which kernels the plan assumes for the Mamba-2 and short-convolution layers (a note), or
+    a ValueError when ``--kernels fused`` is asked of a model with no such layers."""
+    mixers = [k for k in model.kinds if k.layer.mixer is not None]
+    if not mixers:
+        if train.kernels == "fused":
+            raise ValueError(f"--kernels fused: {model.name} has no Mamba-2 or short-convolution layers, the only "
+                             "ones with fused kernels here (use --kernels auto or torch)")
+        return ()
+    from planner.memory.mixers import fused_refusal, kernels_path
+
+    refusal = fused_refusal(model, train)
+    if refusal and train.kernels == "fused":
+        raise targets.UnsupportedMethod(f"{refusal} (use --kernels torch)")
+    path = kernels_path(model, train)
+    what = ("the fused kernels (mamba-ssm's mamba_split_conv1d_scan_combined, causal-conv1d's causal_conv1d_fn)"
+            if path == "fused" else "transformers' torch fallback (chunked scan in torch ops, F.conv1d)")
+    why = " (--kernels auto: what transformers picks with mamba-ssm / causal-conv1d installed)" \
+        if train.kernels == "auto" else ""
+    if refusal:  # auto, 4-bit: the torch path, the one that runs
+        why = (f" (--kernels auto: {refusal}, so a step with mamba-ssm installed fails; planned without it, on the "
+               "torch path)")
+    return (f"{', '.join(k.name for k in mixers)} layers planned with {what}{why}",)
+
+
 def plan(model: str | ModelSpec, gpu: str | GpuSpec, train: TrainSpec | None = None,
          calibrations: dict | None = None, speed: dict | None = None, host: str = roofline.DEFAULT_HOST) -> Plan:
     """Predict the memory of one training step of ``train`` on ``model`` and ``gpu``.
@@ -185,7 +210,7 @@ def plan(model: str | ModelSpec, gpu: str | GpuSpec, train: TrainSpec | None = N
     check_known(model.kinds)
     targets.check_rank(model, train)
     dtype, notes = resolve_dtype(train.dtype, gpu.bf16, gpu.name)
-    notes = model.notes + notes
+    notes = model.notes + notes + kernels_notes(model, train)
     if train.seq_len > model.max_position_embeddings:
         notes += (f"seq_len {train.seq_len} exceeds {model.name}'s max_position_embeddings "
                   f"{model.max_position_embeddings}",)

@@ -359,12 +359,17 @@ def disable_bnb_cpu_fast_path(model) -> None:
 def build(model: ModelSpec | ProbeModel, train: TrainSpec, device: str, weights: str | Path | None = None):
     """The model of ``train`` on ``device`` ("cpu", "cuda", or "meta" for the fake tracer)."""
     precision = resolve_precision(train, "fake" if device == "meta" else device)
+    model_type = probe_model(model).model_type
     with _quiet():
         model = load_base(model, train, precision, device, weights)
         # On meta, tensors peft / bitsandbytes create without a device (e.g. the empty
         # placeholder of Params4bit.__deepcopy__, used by QDoRA's init) must be meta too.
         with torch.device("meta") if device == "meta" else contextlib.nullcontext():
-            return apply_method(model, train)
+            model = apply_method(model, train)
+    # the kernels its steps run for the Mamba-2 / short-convolution layers (probes.mixer_kernels)
+    # (traced ops on the CPU and the fake tracer; a CUDA step runs the kernels transformers found)
+    model.probe_kernels = (model_type, train.kernels if device in ("cpu", "meta") else "torch", train.is_quantized)
+    return model
 
 
 @contextlib.contextmanager

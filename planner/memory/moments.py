@@ -290,16 +290,31 @@ def step_memory(model: ModelSpec, train: TrainSpec, dtype: str) -> StepMemory:
     chosen = {}
     for phase, moments in REGISTRY.items():
         candidates = []
-        for name, fn in moments:
-            values = fn(step)
-            if isinstance(values, list):
-                candidates += [_breakdown(member, **terms) for member, terms in values]
-            elif values is not None:
-                candidates.append(_breakdown(name, **values))
+        for at in _layer_views(step):
+            for name, fn in moments:
+                values = fn(at)
+                if isinstance(values, list):
+                    candidates += [_breakdown(member, **terms) for member, terms in values]
+                elif values is not None:
+                    candidates.append(_breakdown(name, **values))
         chosen[phase] = max(candidates, key=_total)
     return StepMemory(phases={phase: m.terms for phase, m in chosen.items()},
                       paged_optimizer_bytes=C.optimizer_states_paged(model, train, step.prec),
                       moments={phase: m.name for phase, m in chosen.items()})
+
+
+def _layer_views(step: Step) -> tuple[Step, ...]:
+    """The step, and where a model's kinds differ in their modules (the hybrids: Mamba-2, short
+    convolutions, attention-only and MLP-only layers), the step with each other kind's layer in
+    the last layer's place: its in-layer moments read that kind, beside every other layer's
+    saved set (a bound: the layers after it have not run yet when it does). Tracer, Nemotron-H-8B
+    widths cut to 3 layers (Mamba-2, MLP, attention), DoRA bs1x512: the MLP layer's DoRA norm
+    transient is the forward peak, 1.5 times what the attention layer's moment plans."""
+    kinds = step.model.kinds
+    if len(kinds) < 2 or len({k.layer.linears for k in kinds}) < 2:
+        return (step,)
+    last = step.model.num_layers - 1
+    return (step,) + tuple(replace(step, layer=k.indices[-1]) for k in kinds if k.indices[-1] != last)
 
 
 def clear_caches() -> None:

@@ -16,7 +16,8 @@ from functools import lru_cache
 from planner.model import counts
 from planner.model import targets
 from planner.model import inventory as inv
-from planner.model.architectures import ATTENTION_INPUT_ROLES, MLP_INPUT_ROLES, NORM_READER_ROLES, Linear, Norm
+from planner.model.architectures import (ATTENTION_INPUT_ROLES, ATTENTION_ROLES, MIXER_INPUT_ROLES, MLP_INPUT_ROLES,
+                                        NORM_READER_ROLES, Linear, Norm)
 from planner.model.specs import DTYPE_BYTES, ModelSpec, TrainSpec
 from planner.memory.variants import variant
 from planner.units import FP32, ceil_div
@@ -692,22 +693,35 @@ def layer_saved_sequence(model: ModelSpec, train: TrainSpec, prec: Precision) ->
         return [("norm", norm_saved(model, train, prec, n)) for n in layer.norms_at(*sites)]
 
     seq = norms("attn_in")
-    seq += adapters(*ATTENTION_INPUT_ROLES)
-    seq += norms("q", "k")
-    seq.append(("qk_l2_norm", qk_l2_norm_saved(model, train, prec) + attn_temperature_saved(model, train, prec)))
-    seq.append(("attention", attention_core_saved(model, train, prec)))
-    seq += adapters("o")
+    if layer.mixer is not None:  # a Mamba-2 or short-convolution layer (planner.memory.mixers)
+        from planner.memory.mixers import mixer_saved, runs_out_proj
+
+        seq += adapters(*MIXER_INPUT_ROLES)
+        seq.append(("mixer", mixer_saved(model, train, prec)))
+        seq += adapters(*(("ssm_out",) if runs_out_proj(model, train) else ()), "conv_out")
+    elif layer.by_role(*ATTENTION_ROLES):
+        seq += adapters(*ATTENTION_INPUT_ROLES)
+        seq += norms("q", "k")
+        seq.append(("qk_l2_norm", qk_l2_norm_saved(model, train, prec) + attn_temperature_saved(model, train, prec)))
+        seq.append(("attention", attention_core_saved(model, train, prec)))
+        seq += adapters("o")
     seq += norms("attn_out", "mlp_in", "mlp_out")
     moe = layer.moe
     shared = []
-    if moe is not None and moe.shared_intermediate:
+    if moe is not None and moe.shared_intermediate and not moe.shared_fused:
         shared = adapters("shared_gate", "shared_up") + [("shared_expert", shared_expert_saved(model, train, prec))]
         shared += adapters("shared_down")
     if moe is not None and moe.shared_first:
         seq += shared
-    seq += adapters(*MLP_INPUT_ROLES)
-    seq.append(("mlp", mlp_core_saved(model, train, prec)))
-    seq += adapters("down")
+    if moe is not None and moe.shared_fused:  # Granite-4.0-H: the experts, then shared_mlp
+        seq.append(("mlp", mlp_core_saved(model, train, prec)))
+        seq += adapters("shared_gate_up")
+        seq.append(("shared_expert", shared_expert_saved(model, train, prec)))
+        seq += adapters("shared_down")
+    elif moe is not None or layer.by_role(*MLP_INPUT_ROLES):
+        seq += adapters(*MLP_INPUT_ROLES)
+        seq.append(("mlp", mlp_core_saved(model, train, prec)))
+        seq += adapters("down")
     if moe is not None and not moe.shared_first:  # Llama 4: after the routed experts
         seq += shared
     if moe is not None and moe.shared_scale:
@@ -860,6 +874,12 @@ def first_layer_unrecorded(model: ModelSpec, train: TrainSpec, prec: Precision) 
         return 0
     layer, t = model.layer, train.tokens
     roles = {lin.role for lin in layer.linears if lin.name in targets.targeted_names(model, train)}
+    if layer.mixer is not None or not layer.by_role(*ATTENTION_ROLES):
+        # a hybrid's first layer (a Mamba-2 or short-convolution mixer, or an MLP-only layer):
+        # with its input projection targeted everything after it needs a gradient and is kept
+        # (tracer, tiny LFM2 of two conv layers, LoRA: layer 0 keeps all but its input norm's);
+        # otherwise planned as kept (a bound)
+        return 0
     gq, gk, gv = ({r, "qkv"} & roles for r in ("q", "k", "v"))
     scores_grad = bool(gq or gk)
     out = sum(norm_saved(model, train, prec, n) for site, g in (("q", gq), ("k", gk)) if not g

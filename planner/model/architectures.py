@@ -23,7 +23,23 @@ shared_*   a mixture of experts' shared expert, beside the      mlp.shared_exper
            routed ones: shared_gate, shared_up, shared_down     up_proj, down_proj (Qwen2-MoE)
 shared_    the shared expert's sigmoid gate (h -> 1): its       mlp.shared_expert_gate
 scale      output scales the shared expert's (Qwen2-MoE)
+shared_    the shared expert's gate and up fused (h -> 2*I_s)   shared_mlp.input_linear
+gate_up    (Granite-4.0 hybrids with experts)                   (Granite-4.0-H-Tiny)
+ssm_in     a Mamba-2 mixer's input projection: h -> z (gate,    mamba.in_proj, mixer.in_proj
+           d_inner), x B C (the conv input, d_inner + 2GN),
+           dt (one per head)
+ssm_out    a Mamba-2 mixer's output projection, d_inner -> h    mamba.out_proj
+conv_in    a short gated convolution's input projection,        conv.in_proj (LFM2)
+           h -> B, C, x (3h)
+conv_out   a short gated convolution's output projection        conv.out_proj (LFM2)
 =========  ===================================================  ==============================
+
+Mixers that are not attention (a layer's ``mixer``, planner.model.architectures.Mamba2 and
+ShortConv) also hold parameters that are not Linear weights: Mamba-2's depthwise conv1d weight
+(conv_dim, 1, K) and bias, A_log, D and dt_bias (one per head) and its gated RMSNorm's weight
+(d_inner); a short convolution's depthwise conv weight (h, 1, K) and optional bias. The
+inventory (planner.model.inventory) lists them; peft's all-linear adapts none of them (Conv1d
+is not a Linear) and bitsandbytes quantizes none (it swaps nn.Linear modules only).
 
 Sites of a norm: ``attn_in`` (before attention), ``attn_out`` (on the attention output:
 sandwich and post-norm layers), ``mlp_in``, ``mlp_out``, and ``q`` / ``k`` (qk-norm).
@@ -43,9 +59,13 @@ MLP_INPUT_ROLES = frozenset({"gate", "up", "gate_up", "fc_in"})
 NORM_READER_ROLES = ATTENTION_INPUT_ROLES | MLP_INPUT_ROLES
 ATTENTION_ROLES = ATTENTION_INPUT_ROLES | {"o"}
 # a mixture of experts' shared expert (a gated MLP beside the routed experts) and its gate
-SHARED_INPUT_ROLES = frozenset({"shared_gate", "shared_up"})
+SHARED_INPUT_ROLES = frozenset({"shared_gate", "shared_up", "shared_gate_up"})
 SHARED_ROLES = SHARED_INPUT_ROLES | {"shared_down", "shared_scale"}
-ROLES = tuple(sorted(NORM_READER_ROLES | ATTENTION_ROLES | SHARED_ROLES | {"down"}))  # every role the formulas know
+# the Linears of the mixers that are not attention: Mamba-2 (ssm_*) and short convolutions (conv_*)
+MIXER_INPUT_ROLES = frozenset({"ssm_in", "conv_in"})
+MIXER_ROLES = MIXER_INPUT_ROLES | {"ssm_out", "conv_out"}
+# every role the formulas know
+ROLES = tuple(sorted(NORM_READER_ROLES | ATTENTION_ROLES | SHARED_ROLES | MIXER_ROLES | {"down"}))
 
 
 @dataclass(frozen=True)
@@ -149,16 +169,66 @@ class MoE:
     router_tuple: bool = False
     # the shared expert runs before the routed experts (Qwen2-MoE) or after them (Llama4TextMoe)
     shared_first: bool = True
+    shared_fused: bool = False  # the shared expert's gate and up are one Linear (Granite-4.0-H's input_linear)
+    # the router's softmax runs over the top-k logits only, cast to the compute dtype
+    # (GraniteMoeHybridTopKRouter.forward), not over every expert's logit
+    router_topk_softmax: bool = False
+
+
+@dataclass(frozen=True)
+class Mamba2:
+    """A Mamba-2 mixer (Dao & Gu 2024, "Transformers are SSMs"; transformers 5.23
+    modeling_granitemoehybrid.GraniteMoeHybridMambaLayer, modeling_nemotron_h.NemotronHMamba2Mixer):
+    in_proj (role ssm_in) makes z (d_inner), xBC (conv_dim = d_inner + 2*G*N) and dt (H); a
+    depthwise causal conv1d of width K over xBC, then SiLU; the chunked selective scan over
+    H heads of P dims with G groups of N-dim B and C; y * silu(z) through a gated RMSNorm
+    (groups of d_inner / G); out_proj (role ssm_out)."""
+
+    heads: int  # H
+    head_dim: int  # P
+    state: int  # N
+    groups: int  # G
+    conv_kernel: int  # K
+    conv_bias: bool
+    chunk: int  # the scan's chunk length
+
+    @property
+    def inner(self) -> int:
+        """d_inner = H * P."""
+        return self.heads * self.head_dim
+
+    @property
+    def conv_dim(self) -> int:
+        return self.inner + 2 * self.groups * self.state
+
+    @property
+    def projection(self) -> int:
+        """in_proj's output width: z, xBC and dt."""
+        return self.inner + self.conv_dim + self.heads
+
+
+@dataclass(frozen=True)
+class ShortConv:
+    """LFM2's gated short convolution (transformers 5.23 modeling_lfm2.Lfm2ShortConv): in_proj
+    (role conv_in, h -> 3h) gives B, C, x; B*x runs through a depthwise causal conv of width K;
+    C times its output goes to out_proj (role conv_out)."""
+
+    width: int  # h
+    kernel: int  # K (conv_L_cache)
+    bias: bool
 
 
 @dataclass(frozen=True)
 class Layer:
-    """One decoder layer (every layer alike): its Linears in forward order, norms, traits."""
+    """One decoder layer (every layer of its kind alike): its Linears in forward order, norms,
+    traits, its mixture of experts and its mixer when that is not attention (Mamba-2, a short
+    convolution)."""
 
     linears: tuple[Linear, ...]
     norms: tuple[Norm, ...]
     traits: Traits = field(default_factory=Traits)
     moe: MoE | None = None
+    mixer: Mamba2 | ShortConv | None = None
 
     def by_role(self, *roles: str) -> tuple[Linear, ...]:
         return tuple(lin for lin in self.linears if lin.role in roles)
@@ -169,8 +239,12 @@ class Layer:
 
 # The layer kinds the formulas know. A model is a sequence of kinds (planner.model.specs.ModelSpec):
 # "decoder" where every layer is alike; "sliding_attention" and "full_attention" where some
-# layers attend within a window. A kind the formulas do not know is refused by name.
-KNOWN_KINDS = ("decoder", "sliding_attention", "full_attention", "chunked_attention")
+# layers attend within a window ("chunked_attention": Llama 4's chunks); in the hybrids
+# (planner.model.hybrids) "mamba2" (a Mamba-2 mixer), "short_conv" (LFM2's gated short
+# convolution), "attention" (attention in a hybrid) and "mlp" (an MLP-only layer, Nemotron-H).
+# A kind the formulas do not know is refused by name.
+KNOWN_KINDS = ("decoder", "sliding_attention", "full_attention", "chunked_attention", "mamba2", "short_conv",
+               "attention", "mlp")
 # Where a model's layers differ in their MLP too (Llama 4 Maverick: a dense MLP between MoE
 # layers), a kind's name is its attention kind and its MLP kind joined by "/": "chunked_attention/dense"
 MLP_KINDS = ("dense", "moe")
@@ -249,6 +323,7 @@ class Architecture:
     # full-attention layers, MoE layers every interleave_moe_layer_step-th, the others a dense MLP
     llama4_layers: bool = False
     lm_head_bias_field: str | None = None  # the config field that gives lm_head a bias (Phi-3.5-MoE's lm_head_bias)
+    hybrid: str | None = None  # a hybrid family whose layer kinds planner.model.hybrids describes
 
 
 SANDWICH = (("input_layernorm", "attn_in"), ("post_attention_layernorm", "attn_out"),
@@ -316,6 +391,18 @@ TABLE: dict[str, Architecture] = {
     # as transformers' docstring describes it only through layer_types (see _sliding_indices).
     "exaone4": Architecture(norm_sites=POST_NORM, sliding="pattern", sliding_pattern=4,
                             traits=Traits(placement="post", qk_norm="head")),
+    # The hybrids (planner.model.hybrids): Mamba-2 or short-convolution layers between attention ones.
+    # Granite-4.0-H (modeling_granitemoehybrid.py): every layer a mixer (Mamba-2 or attention
+    # without RoPE, position_embedding_type "nope") then an MLP (shared_mlp, with experts beside it
+    # in H-Tiny / H-Small); Granite's embedding and residual multipliers.
+    "granitemoehybrid": Architecture(hybrid="granitemoehybrid", tie_default=True,
+                                     traits=Traits(embedding_multiplier=True, residual_multiplier=True)),
+    # Nemotron-H (modeling_nemotron_h.py): one block per layer, a norm then a Mamba-2 mixer, attention
+    # (no RoPE) or a relu2 MLP (layers_block_type or hybrid_override_pattern).
+    "nemotron_h": Architecture(hybrid="nemotron_h", head_dim_default=128, traits=Traits(rope_tables=0)),
+    # LFM2 (modeling_lfm2.py): a gated short convolution or attention with per-head q/k norms
+    # (layer_types or full_attn_idxs), each then a SwiGLU MLP (w1, w3, w2); RoPE.
+    "lfm2": Architecture(hybrid="lfm2", tie_default=True, traits=Traits(qk_norm="head")),
     "mixtral": Architecture(sliding="all", moe="mixtral"),
     # Qwen2-MoE (Qwen1.5-MoE): Qwen2's attention (q/k/v biases, the config's qkv_bias), routed
     # fused experts and a shared expert of Linear modules with its own sigmoid gate
@@ -389,6 +476,10 @@ def describe(arch: Architecture, config: dict, dims: Dims) -> tuple[LayerKind, .
     the family's rule)."""
     if arch.llama4_layers:
         return _llama4_kinds(arch, config, dims)
+    if arch.hybrid:
+        from planner.model import hybrids
+
+        return hybrids.describe(arch, config, dims)
     layer = _layer(arch, config, dims)
     window = config.get("sliding_window")
     sliding = _sliding_indices(arch, config, dims.layers) if isinstance(window, int) and window > 0 else ()

@@ -134,6 +134,10 @@ def model_from_config(config: dict, name: str, hf_id: str | None = None,
     head_dim = config.get("head_dim") or arch.head_dim_default or hidden // heads  # the family's config default
     if not isinstance(head_dim, int) or head_dim < 1:
         raise CatalogError(f"{name}: head_dim {head_dim!r} must be a positive integer")
+    if arch.hybrid:
+        from planner.model.hybrids import intermediate
+
+        inter = intermediate(arch, config, inter)
     dims = Dims(hidden=hidden, intermediate=inter, heads=heads, kv_heads=kv_heads, head_dim=head_dim, layers=layers)
     return ModelSpec(
         name=name,

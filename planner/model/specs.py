@@ -29,6 +29,10 @@ PRECISIONS = ("autocast", "pure", "mixed")
 # attention kernels a training script can ask transformers for; "auto" is what transformers
 # picks for the model (SDPA, or eager where the model needs it: softcapping, sinks)
 ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "eager", "flash_attention_2")
+# kernels of the mixers that are not attention (Mamba-2, short convolutions): "torch" is
+# transformers' torch fallback, "fused" the kernel packages' fused ops (mamba-ssm, causal-conv1d),
+# "auto" what transformers picks when those packages are installed: fused where a kernel exists
+KERNELS = ("auto", "torch", "fused")
 ALL_LINEAR = "all-linear"
 # The modules a decoder's fine-tuning script trains whole beside the adapters (peft's
 # modules_to_save), each a vocab_size x hidden_size matrix.
@@ -86,8 +90,9 @@ class ModelSpec:
 
     @property
     def layer(self) -> Layer:
-        """The layout every kind shares (the first kind's layer; the kinds of today's catalog differ
-        only in their attention window, which only the kind's own terms read)."""
+        """The first kind's layout: the layout of every layer where the kinds differ only in their
+        attention window; a hybrid's kinds differ in their modules, so its per-layer terms read
+        each kind's view (:meth:`by_kind`, :meth:`kind_view`), whose layer is that kind's."""
         return self.kinds[0].layer
 
     def by_kind(self) -> tuple["ModelSpec", ...]:
@@ -188,6 +193,7 @@ class TrainSpec:
     double_quant: bool = True
     lora_dropout: float = 0.0  # peft's default
     attn_implementation: str = "auto"
+    kernels: str = "auto"  # KERNELS
     # peft's modules_to_save: whole modules trained beside the adapters ("embed_tokens", "lm_head")
     modules_to_save: tuple[str, ...] = ()
     num_gpus: int = 1  # data-parallel ranks; batch_size is per GPU
@@ -228,6 +234,8 @@ class TrainSpec:
         if self.attn_implementation not in ATTN_IMPLEMENTATIONS:
             problems.append(f"unknown attention implementation {self.attn_implementation!r} "
                             f"(choose from {', '.join(ATTN_IMPLEMENTATIONS)})")
+        if self.kernels not in KERNELS:
+            problems.append(f"unknown kernels {self.kernels!r} (choose from {', '.join(KERNELS)})")
         problems += self._parallel_problems()
         if problems:
             raise ValueError("; ".join(problems))

@@ -30,9 +30,15 @@ def target_sets(spec) -> dict[str, tuple[str, ...]]:
     """Named target-module sets for a model: all linear layers, attention q/v, the MLP (for a
     mixture of experts, whose MLP has no Linear, o_proj: its experts are in
     :func:`target_parameter_sets`)."""
-    names = spec.linear_names
-    attention = tuple(n for n in names if n in ("q_proj", "v_proj", "qkv_proj"))
-    mlp = tuple(n for n in names if n.split("_")[0] in ("gate", "up", "down")) or ("o_proj",)
+    # by role, over every kind (a hybrid's kinds differ: Granite-4.0-H's Mamba-2 layers have no q_proj),
+    # named as peft matches them (the module's own name: "self_attn.q_proj" -> "q_proj")
+    linears = [lin for kind in spec.kinds for lin in kind.layer.linears]
+
+    def named(*roles):
+        return tuple(dict.fromkeys(lin.name.rsplit(".", 1)[-1] for lin in linears if lin.role in roles))
+
+    attention = named("q", "v", "qkv")
+    mlp = named("gate", "up", "down", "gate_up", "fc_in") or named("o")
     return {"all-linear": ("all-linear",), "attention": attention, "mlp": mlp}
 
 
@@ -116,6 +122,7 @@ def count_pairs(names, configs, planner_method_override: str | None = None, laye
     from planner import TrainSpec, get_model
     from planner.model import counts
     from planner.model.targets import UnsupportedMethod
+    from planner.model.targets import check_peft_refusals as targets_refused
 
     from ..baselines import spec_for
 
@@ -129,6 +136,8 @@ def count_pairs(names, configs, planner_method_override: str | None = None, laye
         name = f"{whole}@{layers}L" if layers else whole
         spec = spec_for(name)
         for config in configs:
+            if not target_sets(spec)[config.targets]:  # a cut hybrid without such modules (Nemotron-H@2L: no attention)
+                continue
             peft = peft_counts(name, config)
             targets = target_sets(spec)[config.targets]
             parameters = target_parameter_sets(spec).get(config.targets, ())
@@ -137,6 +146,7 @@ def count_pairs(names, configs, planner_method_override: str | None = None, laye
                                   target_parameters=parameters)
                 label = f"{name} {method} {config.targets} r{config.rank}"
                 try:
+                    targets_refused(spec, train)
                     planned = (counts.trainable_params(spec, train),
                                counts.total_params(spec) + counts.adapter_params(spec, train))
                 except UnsupportedMethod:
