@@ -82,10 +82,10 @@ class Plan:
 
 def moe_notes(model: ModelSpec, train: TrainSpec, dtype: str) -> tuple[str, ...]:
     """What a plan of a mixture-of-experts model assumes and what changes its answer most."""
-    moe = model.layer.moe
-    if moe is None:
+    view = model.moe_view
+    if view is None:
         return ()
-    gib = 1 << 30
+    moe, gib = view.layer.moe, 1 << 30
     notes = (f"mixture of experts ({moe.experts} experts, top-{moe.top_k}): balanced routing assumed "
              "(transformers' grouped_mm experts keep the same tensors however tokens are routed); "
              "the load-balancing loss is off, as in transformers' configs (output_router_logits=False)",)
@@ -94,19 +94,24 @@ def moe_notes(model: ModelSpec, train: TrainSpec, dtype: str) -> tuple[str, ...]
         notes += (f"bitsandbytes 4-bit quantizes nn.Linear modules only: the fused experts and routers "
                   f"({expert_params / 1e9:.1f}B parameters) stay unquantized, and prepare_model_for_kbit_training "
                   f"casts them to fp32 ({expert_params * 4 / gib:.1f} GiB): QLoRA saves little on this model",)
-    adapted = targets.targeted_parameters(model, train)
+    adapted = targets.targeted_parameters(view, train)
     experts = [t for t in adapted if t.part != "router"]
     if experts:
         merged = sum(t.weight for t in experts) * C.parameter_bytes(train, C.precision(train, dtype))
         how = ("peft's all-linear also adapts the router and the fused experts (target_parameters; "
                "gate_up at rank 2r)" if not train.target_parameters else "LoRA on the fused experts")
-        attention = [lin.name for lin in model.linears if lin.role in ATTENTION_ROLES]
+        attention = [lin.name for lin in view.linears if lin.role in ATTENTION_ROLES]
         notes += (f"{how}: every forward materializes the merged expert weights, {merged / gib:.2f} GiB per "
                   f"layer kept for backward; --target-modules {','.join(attention)} adapts the "
                   "attention only",)
-    shared = [lin for lin in model.linears if lin.role in SHARED_ROLES]
+    dropped = (["the dense layers' MLP"] if len(model.kinds) > 1 else []) + (
+        ["the shared experts"] if view.layer.by_role(*SHARED_ROLES) else [])
+    if view.traits.peft_moe_conversion and train.is_adapter and dropped:
+        notes += ("peft converts the MLP module names (gate_proj, up_proj, down_proj) to the fused experts' "
+                  f"target_parameters: no adapter on {' or '.join(dropped)}",)
+    shared = [lin for lin in view.linears if lin.role in SHARED_ROLES]
     if shared and train.is_adapter:
-        adapted = [lin.name for lin in shared if lin.name in targets.targeted_names(model, train)]
+        adapted = [lin.name for lin in shared if lin.name in targets.targeted_names(view, train)]
         notes += (f"the shared expert (width {moe.shared_intermediate}) is made of nn.Linear modules: "
                   + (f"LoRA adapts {', '.join(adapted)}" if adapted else "not adapted by these targets")
                   + ("; bitsandbytes packs them to 4 bits" if train.is_quantized else ""),)

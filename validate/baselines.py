@@ -126,7 +126,8 @@ def parallel_tier() -> list[Config]:
 def supports(model_name: str, method: str) -> bool:
     """Whether peft can apply ``method`` with all-linear targets: it refuses DoRA on fused
     expert parameters, which its all-linear conversion targets on Mixtral and Qwen3-MoE."""
-    moe = spec_for(model_name).layer.moe
+    view = spec_for(model_name).moe_view
+    moe = view.layer.moe if view is not None else None
     return not (method in ("dora", "qdora") and moe is not None and moe.peft_converts)
 
 

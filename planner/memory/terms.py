@@ -102,8 +102,9 @@ def weights_base(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
 
 @lru_cache(maxsize=256)
 def packed_layer_bytes(model: ModelSpec) -> int:
-    """One decoder layer's Linear weights packed to 4 bits (:func:`quantized_weight_bytes` each)."""
-    return sum(quantized_weight_bytes(t.numel) for t in inv.base_tensors(model) if t.role == "linear")
+    """One decoder layer's Linear weights packed to 4 bits (:func:`quantized_weight_bytes` each), of
+    the largest layer kind (the layer an FSDP unit all-gathers, planner.model.inventory.one_layer)."""
+    return sum(quantized_weight_bytes(t.numel) for t in inv.one_layer(inv.base_tensors(model)) if t.role == "linear")
 
 
 def quant_state_per_weight(n: int, double_quant: bool) -> int:
@@ -431,6 +432,10 @@ def moe_saved_parts(model: ModelSpec, train: TrainSpec, prec: Precision) -> dict
     if moe.activation == "clamped_swiglu":
         router = pairs * (8 + c)
         per_pair = (2 * h + 7 * i) * x + 24 + c + 8 if experts_train else (h + 6 * i) * x + 24 + c
+    elif moe.routing == "sigmoid_group":
+        router, w = sigmoid_router_saved(model, train, prec, router_train)
+        per_pair = (2 * h + 4 * i) * x + 24 + w if experts_train else (h + 3 * i) * x + 24 + w
+        router_train = False  # its input is counted above
     else:
         router = t * moe.experts * FP32 + pairs * 8 + ((pairs + t) * FP32 if moe.renormalize else 0)
         w = FP32 if moe.weights_fp32 else c
@@ -446,6 +451,28 @@ def moe_saved_parts(model: ModelSpec, train: TrainSpec, prec: Precision) -> dict
     return {"router": router, "experts": pairs * per_pair + 4 * moe.experts, "merged": merged}
 
 
+def sigmoid_router_saved(model: ModelSpec, train: TrainSpec, prec: Precision, trained: bool) -> tuple[int, int]:
+    """DeepSeek-V3's router (GLM-4.5's alike; transformers 5.23 DeepseekV3TopkRouter): one MoE
+    layer's saved set, and the bytes of one routing weight. The router casts its input and
+    weight to fp32 (``F.linear(x.type(float32), w.type(float32))``), which CUDA autocast casts
+    back to the compute dtype: its tensors are r bytes, the compute dtype under autocast, else
+    fp32. The matmul keeps the weight's r-byte copy for the input's gradient (E*h*r) and, when the
+    router's weight or its LoRA trains, the input's r-byte copy (T*h*r); sigmoid keeps its
+    output (T*E*r); the expert choice (bias-corrected scores, group top-k, masked top-k) keeps
+    nothing but the top-k indices gather keeps (T*k*8); renormalizing (norm_topk_prob) keeps
+    the gathered weights and their sum (T*k*r + T*r); the routed scaling is a scalar. The
+    routing weights are r bytes each. Tracer, tiny GLM-4.5 (8 experts, 2 groups), LoRA bf16
+    autocast: a bf16 [T, 8] sigmoid, an int64 [T, 2] top-k, a bf16 [T, 2] clone and [T, 1] sum;
+    the router's LoRA (peft's ParamWrapper) keeps its merged weight instead of the weight's copy."""
+    moe = model.layer.moe
+    t, h, pairs = train.tokens, model.hidden_size, train.tokens * moe.top_k
+    r = prec.compute if prec.autocast else FP32
+    lora = any(tg.part == "router" for tg in targets.targeted_parameters(model, train))
+    weight = 0 if lora else moe.experts * h * r  # LoRA's merged weight (the "merged" part) is the one kept
+    saved = weight + t * moe.experts * r + pairs * 8 + ((pairs + t) * r if moe.renormalize else 0)
+    return saved + (t * h * r if trained else 0), r
+
+
 def shared_expert_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
     """What a mixture of experts' shared expert keeps for backward, one layer: a gated MLP of
     width I_s over every token (Linear modules, roles shared_gate / shared_up / shared_down):
@@ -457,7 +484,10 @@ def shared_expert_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> 
     if moe is None or not moe.shared_intermediate:
         return 0
     t, i = train.tokens, moe.shared_intermediate
-    return 3 * t * i * prec.hidden + (t * i * prec.compute if train.method == "full" else 0)
+    # DeepSeek-V3's router keeps its own cast of the MoE input, not the input: the shared
+    # expert's trained gate / up keep that (tracer, tiny GLM-4.5 full: one T x h more per layer)
+    own_input = t * model.hidden_size * prec.stream if train.method == "full" and moe.routing == "sigmoid_group" else 0
+    return 3 * t * i * prec.hidden + (t * i * prec.compute if train.method == "full" else 0) + own_input
 
 
 def shared_output_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
@@ -848,11 +878,12 @@ def autocast_weight_copies(model: ModelSpec, train: TrainSpec, prec: Precision) 
     if not prec.autocast:
         return 0
     copies = counts.adapter_params(model, train) if train.is_adapter else 0
-    # LoRA on fused parameters copies its factors itself (moe_saved), outside autocast
-    copies -= model.num_layers * sum(t.params for t in targets.targeted_parameters(model, train))
-    if train.is_dora:  # the magnitude vectors are not matmul weights
-        copies -= model.num_layers * sum(lin.out_features
-                                         for lin in targets.targeted_linears(model, train.target_modules))
+    for view in model.by_kind():
+        # LoRA on fused parameters copies its factors itself (moe_saved), outside autocast
+        copies -= view.num_layers * sum(t.params for t in targets.targeted_parameters(view, train))
+        if train.is_dora:  # the magnitude vectors are not matmul weights
+            copies -= view.num_layers * sum(lin.out_features
+                                            for lin in targets.targeted_linears(view, train.target_modules))
     if train.method == "full" or not train.gradient_checkpointing:
         copies += mixed_linear_copies(model, train)
     return (copies - first_layer_uncopied(model, train, prec)) * prec.compute

@@ -103,6 +103,11 @@ class Traits:
     rope_tables: int = 1  # distinct cos/sin pairs per forward (Gemma-3: one per attention type)
     rope_fp32: bool = False  # the rotary embedding returns fp32 cos / sin (OLMo-2)
     sliding_window: int | None = None  # the window of a sliding-attention layer (its kind's trait)
+    # peft 0.21 rewrites all-linear (and MLP module names) for the model type's checkpoint
+    # conversion pattern (transformers' conversion_mapping "mixtral" / "qwen2_moe"): the MLP's
+    # gate_proj / up_proj / down_proj names become the fused experts' target_parameters, so no
+    # Linear of an MLP role keeps an adapter in any layer (a dense layer's MLP, a shared expert's)
+    peft_moe_conversion: bool = False
 
 
 @dataclass(frozen=True)
@@ -129,6 +134,15 @@ class MoE:
     # width made of Linear modules (roles shared_gate / shared_up / shared_down); 0: none
     shared_intermediate: int = 0
     shared_scale: bool = False  # Qwen2-MoE: sigmoid(shared_expert_gate(x)) scales the shared expert's output
+    shared_name: str = "shared_expert"  # the shared expert's module inside the MLP (DeepSeek-V3, GLM-4.5: "shared_experts")
+    # "softmax": softmax over the router logits, top-k of the probabilities (Mixtral, Qwen3-MoE);
+    # "sigmoid_group": DeepSeek-V3's fp32 router (the input and weight cast to fp32), sigmoid
+    # scores plus the e_score_correction_bias buffer choose the experts within the top
+    # ``topk_groups`` of ``groups`` expert groups, the chosen sigmoid scores are the weights,
+    # renormalized and scaled by routed_scaling_factor (GLM-4.5, DeepSeek-V3)
+    routing: str = "softmax"
+    groups: int = 1  # n_group
+    topk_groups: int = 1  # topk_group
 
 
 @dataclass(frozen=True)
@@ -150,7 +164,9 @@ class Layer:
 # The layer kinds the formulas know. A model is a sequence of kinds (planner.model.specs.ModelSpec):
 # "decoder" where every layer is alike; "sliding_attention" and "full_attention" where some
 # layers attend within a window. A kind the formulas do not know is refused by name.
-KNOWN_KINDS = ("decoder", "sliding_attention", "full_attention")
+# "dense" and "moe" where the first layers have a dense MLP and the others a mixture of experts
+# (first_k_dense_replace: DeepSeek-V3, GLM-4.5): their Linears differ.
+KNOWN_KINDS = ("decoder", "sliding_attention", "full_attention", "dense", "moe")
 
 
 @dataclass(frozen=True)
@@ -221,6 +237,12 @@ class Architecture:
     out_bias: bool | None = None  # o_proj's bias where the family fixes it (GLM-4: never), else as above
     head_dim_default: int | None = None  # head_dim when the config omits it (else hidden / heads)
     dropout_defaults: tuple[tuple[str, float], ...] = ()  # DROPOUT_FIELDS the family's config defaults above 0
+    # a mixture of experts whose first layers are dense (config first_k_dense_replace, the
+    # family's default when omitted): a "dense" kind (a gated MLP intermediate_size wide) before a "moe" kind
+    dense_first_default: int | None = None
+    # MoE config fields the family's config defaults when the config omits them
+    moe_defaults: tuple[tuple[str, object], ...] = ()
+    qk_norm_field: str | None = None  # a config field that adds per-head q/k RMSNorms (GLM-4.5's use_qk_norm)
 
 
 SANDWICH = (("input_layernorm", "attn_in"), ("post_attention_layernorm", "attn_out"),
@@ -300,6 +322,16 @@ TABLE: dict[str, Architecture] = {
     "qwen3_moe": Architecture(traits=Traits(qk_norm="head"), sliding="flag", moe="qwen"),
     # gpt-oss has no SDPA path in transformers (its sinks need the eager softmax), and its
     # norms multiply the weight in fp32 ((w * x_fp32).to(dtype)).
+    # GLM-4.5 / GLM-4.5-Air (modeling_glm4_moe.py, configuration_glm4_moe.py): Llama's pre-norm
+    # layer with q/k/v biases (attention_bias) and none on o_proj, per-head q/k norms with
+    # use_qk_norm, RoPE on the first half of each head (partial_rotary_factor defaults to 0.5;
+    # rotate_half, the pass-through half joined with torch.cat); the first first_k_dense_replace
+    # layers (default 1) have a dense gated MLP, the others DeepSeek-V3's mixture of experts
+    # (see _deepseek_moe; n_shared_experts defaults to 1, n_group and topk_group to 1).
+    "glm4_moe": Architecture(out_bias=False, moe="deepseek", dense_first_default=1, qk_norm_field="use_qk_norm",
+                             moe_defaults=(("n_shared_experts", 1), ("n_group", 1), ("topk_group", 1),
+                                           ("n_routed_experts", 128), ("num_experts_per_tok", 8)),
+                             traits=Traits(rotary_concat=True, rotary_fraction=0.5)),
     "gpt_oss": Architecture(traits=Traits(norm="rms_fp32_out", eager_attention=True, attention_sinks=True),
                             sliding="alternate", attention_bias_default=True, moe="gpt_oss"),
 }
@@ -343,13 +375,19 @@ class Dims:
 
 def describe(arch: Architecture, config: dict, dims: Dims) -> tuple[LayerKind, ...]:
     """The decoder layers of ``arch`` for a config's fields (already validated into ``dims``),
-    as kinds: one "decoder" kind where every layer is alike, or "sliding_attention" and
+    as kinds: one "decoder" kind where every layer is alike; "sliding_attention" and
     "full_attention" where some layers attend within a window (the config's layer_types, or
-    the family's rule)."""
+    the family's rule); "dense" and "moe" where the first first_k_dense_replace layers have a
+    dense MLP before the mixture-of-experts layers (DeepSeek-V3, GLM-4.5)."""
     layer = _layer(arch, config, dims)
     window = config.get("sliding_window")
     sliding = _sliding_indices(arch, config, dims.layers) if isinstance(window, int) and window > 0 else ()
     everything = tuple(range(dims.layers))
+    if arch.dense_first_default is not None:
+        first = _dense_first(arch, config, dims.layers)
+        dense = replace(_layer(arch, config, dims, moe=False), traits=layer.traits)
+        return tuple(LayerKind(name, lay, idx) for name, lay, idx in
+                     (("dense", dense, everything[:first]), ("moe", layer, everything[first:])) if idx)
     if not sliding:
         return (LayerKind("decoder", layer, everything),)
     windowed = LayerKind("sliding_attention", replace(layer, traits=replace(layer.traits, sliding_window=window)),
@@ -358,8 +396,19 @@ def describe(arch: Architecture, config: dict, dims: Dims) -> tuple[LayerKind, .
     return (windowed,) + ((LayerKind("full_attention", layer, full),) if full else ())
 
 
-def _layer(arch: Architecture, config: dict, dims: Dims) -> Layer:
-    """The module layout and traits of one decoder layer of ``arch``."""
+def _dense_first(arch: Architecture, config: dict, layers: int) -> int:
+    """How many first layers have a dense MLP (first_k_dense_replace, else the family's default)."""
+    first = config.get("first_k_dense_replace", arch.dense_first_default)
+    if first is None:
+        first = arch.dense_first_default
+    if not isinstance(first, int) or isinstance(first, bool) or first < 0:
+        raise LayoutError(f"config field 'first_k_dense_replace' must be a non-negative integer, got {first!r}")
+    return min(first, layers)
+
+
+def _layer(arch: Architecture, config: dict, dims: Dims, moe: bool = True) -> Layer:
+    """The module layout and traits of one decoder layer of ``arch`` (``moe`` False: the dense
+    layer of a family whose first layers are dense)."""
     h, inter, q_dim, kv_dim = dims.hidden, dims.intermediate, dims.q_dim, dims.kv_dim
     attn_bias = bool(config.get("attention_bias", arch.attention_bias_default))
     mlp_bias = bool(config.get("mlp_bias", False))
@@ -375,7 +424,7 @@ def _layer(arch: Architecture, config: dict, dims: Dims) -> Layer:
     if arch.out_bias is not None:
         out_bias = arch.out_bias
     attention += (Linear("o_proj", q_dim, h, out_bias, "o"),)
-    moe = _moe(arch.moe, config, dims) if arch.moe else None
+    moe = _moe(arch.moe, {**dict(arch.moe_defaults), **config}, dims) if arch.moe and moe else None
     if moe is not None:
         mlp = _shared_expert(moe, h)
     elif arch.mlp == "fused_gated":
@@ -388,12 +437,14 @@ def _layer(arch: Architecture, config: dict, dims: Dims) -> Layer:
         mlp += (Linear("c_proj" if arch.mlp == "plain" else "down_proj", inter, h, mlp_bias, "down"),)
     layer_norm = arch.traits.norm == "layer"
     norms = tuple(Norm(name, site, h, bias=layer_norm) for name, site in arch.norm_sites)
-    if arch.traits.qk_norm == "head":
+    # the config field that turns per-head q/k norms on (GLM-4.5's use_qk_norm)
+    qk_norm = "head" if arch.qk_norm_field and config.get(arch.qk_norm_field) else arch.traits.qk_norm
+    if qk_norm == "head":
         norms += (Norm("q_norm", "q", dims.head_dim, per_head=True), Norm("k_norm", "k", dims.head_dim, per_head=True))
     elif arch.traits.qk_norm == "full":
         norms += (Norm("q_norm", "q", q_dim), Norm("k_norm", "k", kv_dim))
     # the traits a config sets on top of its family's
-    changes: dict = {}
+    changes: dict = {"qk_norm": qk_norm} if qk_norm != arch.traits.qk_norm else {}
     rotary = config.get("partial_rotary_factor") or (config.get("rope_parameters") or {}).get("partial_rotary_factor")
     if rotary:
         changes["rotary_fraction"] = float(rotary)
@@ -401,6 +452,8 @@ def _layer(arch: Architecture, config: dict, dims: Dims) -> Layer:
         changes["eager_attention"] = True
     if config.get("final_logit_softcapping"):
         changes["logit_softcapping"] = True
+    if arch.moe in PEFT_CONVERTED:
+        changes["peft_moe_conversion"] = True
     return Layer(linears=attention + mlp, norms=norms, traits=replace(arch.traits, **changes), moe=moe)
 
 
@@ -413,10 +466,10 @@ def _shared_expert(moe: MoE, h: int) -> tuple[Linear, ...]:
     it before the router, and its sigmoid gate after the routed experts)."""
     if not moe.shared_intermediate:
         return ()
-    i = moe.shared_intermediate
-    out = (Linear("shared_expert.gate_proj", h, i, False, "shared_gate"),
-           Linear("shared_expert.up_proj", h, i, False, "shared_up"),
-           Linear("shared_expert.down_proj", i, h, False, "shared_down"))
+    i, name = moe.shared_intermediate, moe.shared_name
+    out = (Linear(f"{name}.gate_proj", h, i, False, "shared_gate"),
+           Linear(f"{name}.up_proj", h, i, False, "shared_up"),
+           Linear(f"{name}.down_proj", i, h, False, "shared_down"))
     if moe.shared_scale:
         out += (Linear("shared_expert_gate", h, 1, False, "shared_scale"),)
     return out
@@ -428,9 +481,9 @@ def _moe(kind: str, config: dict, dims: Dims) -> MoE:
     peft's all-linear reaches the router and the experts only for the families whose
     checkpoint-conversion pattern it knows (Mixtral, Qwen3-MoE: it rewrites the targets to
     ``target_parameters``); for gpt-oss it adapts the attention Linears only."""
-    experts = config.get("num_local_experts") or config.get("num_experts")
+    experts = config.get("num_local_experts") or config.get("num_experts") or config.get("n_routed_experts")
     top_k = config.get("num_experts_per_tok") or config.get("experts_per_token")
-    inter = config.get("moe_intermediate_size") if kind in ("qwen", "qwen2") else dims.intermediate
+    inter = config.get("moe_intermediate_size") if kind in ("qwen", "qwen2", "deepseek") else dims.intermediate
     for field_name, value in (("num_local_experts", experts), ("num_experts_per_tok", top_k),
                               ("moe_intermediate_size", inter)):
         if value is None:
@@ -442,6 +495,8 @@ def _moe(kind: str, config: dict, dims: Dims) -> MoE:
                           "planned yet: use probe --device fake")
     if kind == "mixtral":
         return MoE(experts, top_k, inter, renormalize=True, weights_fp32=True, peft_converts=True)
+    if kind == "deepseek":
+        return _deepseek_moe(config, experts, top_k, inter)
     if kind == "qwen":
         return MoE(experts, top_k, inter, renormalize=bool(config.get("norm_topk_prob", False)), peft_converts=True)
     if kind == "olmoe":
@@ -460,6 +515,36 @@ def _moe(kind: str, config: dict, dims: Dims) -> MoE:
                    shared_intermediate=shared, shared_scale=True)
     return MoE(experts, top_k, inter, router="router", router_bias=True, expert_bias=True,
                activation="clamped_swiglu")
+
+
+def _deepseek_moe(config: dict, experts: int, top_k: int, inter: int) -> MoE:
+    """DeepSeek-V3's mixture of experts (GLM-4.5's alike; transformers 5.23 DeepseekV3MoE,
+    Glm4MoeMoE): an fp32 sigmoid router with group-limited top-k (DeepseekV3TopkRouter), fused
+    routed experts whose routing weights stay fp32, and n_shared_experts shared experts as one
+    gated MLP of Linear modules (``shared_experts``), n_shared_experts * moe_intermediate_size
+    wide, run after the routed ones on the MoE's input. peft's all-linear adapts the router
+    (r) and the fused experts (gate_up 2r, down r) and drops every MLP Linear (the dense
+    layers' and the shared experts': transformers maps both model types to the "qwen2_moe"
+    conversion pattern; tracer)."""
+    values = {}
+    for name in ("n_shared_experts", "n_group", "topk_group"):
+        value = config.get(name)
+        if value is None:
+            raise LayoutError(f"config.json lacks the field {name!r}, which the architecture table needs")
+        if not isinstance(value, int) or isinstance(value, bool) or value < (0 if name == "n_shared_experts" else 1):
+            raise LayoutError(f"config field {name!r} must be a positive integer, got {value!r}")
+        values[name] = value
+    if experts % values["n_group"] or values["topk_group"] > values["n_group"]:
+        raise LayoutError(f"config fields 'n_group' {values['n_group']} and 'topk_group' {values['topk_group']} must "
+                          f"split the {experts} experts into groups and choose among them")
+    return MoE(experts, top_k, inter, renormalize=bool(config.get("norm_topk_prob", True)), weights_fp32=True,
+               peft_converts=True, shared_intermediate=values["n_shared_experts"] * inter,
+               shared_name="shared_experts", routing="sigmoid_group", groups=values["n_group"],
+               topk_groups=values["topk_group"])
+
+
+# MoE kinds whose model types peft 0.21 converts (see Traits.peft_moe_conversion)
+PEFT_CONVERTED = frozenset({"mixtral", "qwen", "olmoe", "deepseek"})
 
 
 def _sliding_indices(arch: Architecture, config: dict, layers: int) -> tuple[int, ...]:

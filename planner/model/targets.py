@@ -12,7 +12,7 @@ import difflib
 from dataclasses import dataclass
 from functools import lru_cache
 
-from planner.model.architectures import Linear
+from planner.model.architectures import MLP_INPUT_ROLES, SHARED_ROLES, Linear
 from planner.model.specs import ALL_LINEAR, ModelSpec, TrainSpec
 
 
@@ -24,7 +24,7 @@ def targeted_linears(model: ModelSpec, targets: tuple[str, ...]) -> tuple[Linear
     layer (lm_head). Names are matched exactly against the layer's module names.
     """
     if ALL_LINEAR in targets:
-        return model.linears
+        return _unconverted(model, model.linears)
     known = model.linear_names
     unknown = [t for t in targets if not any(_matches(name, t) for name in known)]
     if unknown:
@@ -34,7 +34,23 @@ def targeted_linears(model: ModelSpec, targets: tuple[str, ...]) -> tuple[Linear
             hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
         raise ValueError(f"{model.name} has no module {', '.join(hints)}; "
                          f"its Linear modules are {', '.join(known)} (or use {ALL_LINEAR})")
-    return tuple(lin for lin in model.linears if any(_matches(lin.name, t) for t in targets))
+    return _unconverted(model, tuple(lin for lin in model.linears if any(_matches(lin.name, t) for t in targets)))
+
+
+def _unconverted(model: ModelSpec, linears: tuple[Linear, ...]) -> tuple[Linear, ...]:
+    """The Linears that keep their adapter once peft has converted the targets for the model
+    type's checkpoint conversion (Traits.peft_moe_conversion): peft's
+    ``_convert_peft_config_moe`` maps the MLP names (gate_proj, up_proj, down_proj) to the fused
+    experts' target_parameters and removes them from target_modules, so the MLP Linears of every
+    layer (a dense layer's, a shared expert's) keep none (tracer, tiny GLM-4.5 and DeepSeek-V3,
+    all-linear: no LoRA on mlp.gate_proj of the dense layer nor on mlp.shared_experts.*)."""
+    if not model.traits.peft_moe_conversion:
+        return linears
+    return tuple(lin for lin in linears if lin.role not in MLP_ROLES)
+
+
+# the Linear roles of an MLP (a dense one's, a shared expert's)
+MLP_ROLES = MLP_INPUT_ROLES | SHARED_ROLES | {"down"}
 
 
 def _matches(name: str, target: str) -> bool:
@@ -95,7 +111,7 @@ def targeted_parameters(model: ModelSpec, train: TrainSpec) -> tuple[ParamTarget
     if not train.is_adapter:
         return ()
     if moe is None:
-        if train.target_parameters:
+        if train.target_parameters and not model.traits.peft_moe_conversion:  # (a dense kind of an MoE model: none)
             raise ValueError(f"{model.name} has no fused expert parameters to target "
                              f"({', '.join(train.target_parameters)}); use --target-modules")
         return ()
@@ -137,7 +153,7 @@ def check_rank(model: ModelSpec, train: TrainSpec) -> None:
     """A LoRA rank above min(in, out) of a targeted layer cannot add expressiveness: refuse it."""
     if not train.is_adapter:
         return
-    for lin in targeted_linears(model, train.target_modules):
+    for lin in (lin for view in model.by_kind() for lin in targeted_linears(view, train.target_modules)):
         # Qwen2-MoE's shared-expert gate has one output: every rank exceeds it, peft adapts it
         # anyway under all-linear (lora_B (1, r)), so it is not a reason to refuse a plan
         if lin.role == "shared_scale":

@@ -41,7 +41,7 @@ def target_parameter_sets(spec) -> dict[str, tuple[str, ...]]:
     experts (peft's target_parameters)."""
     from planner.model.targets import EXPERT_PARAMETERS
 
-    return {"mlp": EXPERT_PARAMETERS} if spec.layer.moe is not None else {}
+    return {"mlp": EXPERT_PARAMETERS} if spec.moe_view is not None else {}
 
 
 @dataclass(frozen=True)
