@@ -16,7 +16,8 @@ from functools import lru_cache
 from planner.model import counts
 from planner.model import targets
 from planner.model import inventory as inv
-from planner.model.architectures import ATTENTION_INPUT_ROLES, MLP_INPUT_ROLES, NORM_READER_ROLES, Linear, Norm
+from planner.model.architectures import (ATTENTION_INPUT_ROLES, ATTENTION_ROLES, LATENT_ROLES, MLP_INPUT_ROLES, NORM_READER_ROLES, Q_SIDE,
+                                        K_SIDE, V_SIDE, Linear, Norm)
 from planner.model.specs import DTYPE_BYTES, ModelSpec, TrainSpec
 from planner.memory.variants import variant
 from planner.units import FP32, ceil_div
@@ -277,7 +278,14 @@ def norm_saved(model: ModelSpec, train: TrainSpec, prec: Precision, norm: Norm |
     more than Llama per layer, OLMo-2 4Tq + 4Tkv + 8T.
     """
     t = train.tokens
-    if norm is None or norm.site not in ("q", "k"):
+    if norm is not None and norm.site in ("q_a", "kv_a"):  # MLA's latent norms: over the latent, per token
+        rows, width, kept = t, norm.size, prec.hidden
+        if norm.site == "kv_a" and prec.hidden == FP32:
+            # the kv latent is a slice of the kv_a output: in fp32, x.to(float32) is that slice, which
+            # keeps the whole output, the shared rope key with it (tracer, tiny DeepSeek-V3 QLoRA)
+            return rows * (width + model.layer.mla.rope) * FP32 + rows * FP32 + (
+                rows * width * kept if train.method == "full" else 0)
+    elif norm is None or norm.site not in ("q", "k"):
         rows, width, kept = t, model.hidden_size, prec.stream
     else:
         heads = model.num_heads if norm.site == "q" else model.num_kv_heads
@@ -328,6 +336,8 @@ def attention_core_saved(model: ModelSpec, train: TrainSpec, prec: Precision) ->
     probabilities :attr:`Precision.eager_probabilities`.
     """
     t, c = train.tokens, prec.attention
+    if model.layer.mla is not None:
+        return mla_attention_saved(model, train, prec)
     saved = t * (2 * model.q_dim + 2 * model.kv_dim) * c
     if model.layer.by_role("qkv") and prec.hidden == c:
         # Fused qkv (Phi-3): v is a slice of the qkv output, so keeping v keeps the whole
@@ -360,6 +370,33 @@ def attention_core_saved(model: ModelSpec, train: TrainSpec, prec: Precision) ->
     softcapped = model.eager_attention
     return (3 * t * model.q_dim * c + scores * (prec.eager_probabilities + (c if softcapped else 0))
             + eager_fused_qkv_kept(model, train, prec))
+
+
+def mla_attention_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
+    """What multi-head latent attention keeps for backward, one layer (transformers 5.23
+    DeepseekV3Attention.forward), in the attention dtype c (:attr:`Precision.attention`), H heads
+    of q / k width qk = nope + rope and v width dv, latents of q_rank and kv_rank:
+
+    - nothing of RoPE's (it multiplies the q_b and kv_a outputs' rope slices by the cos / sin
+      tables, which need no gradient, so autograd keeps only the tables);
+    - q, the torch.cat of its nope and rotated parts, and k, a new tensor the nope and rope
+      keys are copied into: 2*T*H*qk;
+    - v is a view of the kv_b output, which it keeps whole: T*H*(nope + dv) (with an fp32 hidden
+      stream under autocast, the kernel keeps autocast's c-byte copy of v instead, T*H*dv);
+    - the kernel's output, T*H*dv, and its logsumexp. q / k heads of 192 against v heads of 128
+      rule out flash attention (PyTorch's sdp_utils.cpp, check_head_dim_size_flash: q, k, v of
+      one last dimension); CUDA runs the memory-efficient kernel (check_head_dim_size_mem_efficient
+      lets v differ), whose fp32 logsumexp has the sequence padded to a multiple of 32:
+      B*H*ceil(S/32)*32*4. The tracer runs that kernel's saved set (probes.kernels).
+    The latent norms are :func:`norm_saved` entries of their own (sites q_a, kv_a)."""
+    mla, t, c, heads = model.layer.mla, train.tokens, prec.attention, model.num_heads
+    if uses_eager(model, train):
+        raise ValueError("eager attention with multi-head latent attention is not planned yet: "
+                         "`probe --device fake` traces it")
+    # v keeps the kv_b output whole, unless autocast casts it (an fp32 hidden stream): its own copy
+    v = t * heads * (mla.nope + mla.v if prec.hidden == c else mla.v) * c
+    lse = train.batch_size * heads * ceil_div(train.seq_len, 32) * 32 * FP32
+    return t * heads * (2 * mla.qk + mla.v) * c + v + lse
 
 
 def eager_fused_qkv_kept(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
@@ -553,8 +590,11 @@ def linear_inputs_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> 
     else:
         readers = 1 if moe else 2  # one attention input and one MLP input, shared
     mlp_inner = 0 if moe else model.intermediate_size
-    attention_output_copy = t * model.q_dim * c if model.traits.rotary_concat or uses_eager(model, train) else 0
-    return t * (readers * model.hidden_size + mlp_inner) * c + attention_output_copy
+    o_in = model.layer.by_role("o")[0].in_features
+    attention_output_copy = t * o_in * c if model.traits.rotary_concat or uses_eager(model, train) else 0
+    # MLA's q_b / kv_b keep their inputs, the latent norms' outputs
+    latents = sum(lin.in_features for lin in model.layer.by_role("q_b", "kv_b"))
+    return t * (readers * model.hidden_size + mlp_inner + latents) * c + attention_output_copy
 
 
 def shared_input_bytes(model: ModelSpec, train: TrainSpec, prec: Precision, lin: Linear) -> int:
@@ -605,6 +645,8 @@ def layer_saved_sequence(model: ModelSpec, train: TrainSpec, prec: Precision) ->
 
     seq = norms("attn_in")
     seq += adapters(*ATTENTION_INPUT_ROLES)
+    seq += norms("q_a", "kv_a")  # multi-head latent attention's latents, and their up-projections
+    seq += adapters(*LATENT_ROLES)
     seq += norms("q", "k")
     seq.append(("attention", attention_core_saved(model, train, prec)))
     seq += adapters("o")
@@ -765,7 +807,7 @@ def first_layer_unrecorded(model: ModelSpec, train: TrainSpec, prec: Precision) 
         return 0
     layer, t = model.layer, train.tokens
     roles = {lin.role for lin in layer.linears if lin.name in targets.targeted_names(model, train)}
-    gq, gk, gv = ({r, "qkv"} & roles for r in ("q", "k", "v"))
+    gq, gk, gv = (side & roles for side in (Q_SIDE, K_SIDE, V_SIDE))
     scores_grad = bool(gq or gk)
     out = sum(norm_saved(model, train, prec, n) for site, g in (("q", gq), ("k", gk)) if not g
               for n in layer.norms_at(site))
@@ -786,7 +828,7 @@ def first_layer_unrecorded(model: ModelSpec, train: TrainSpec, prec: Precision) 
             out += (0 if scores_grad else scores * FP32) + (0 if gv else scores * c)
     # a targeted module whose input needs no gradient keeps no dropout mask nor weight copy
     # (q, k and v: first_norm_unrecorded)
-    attention = bool(roles & (ATTENTION_INPUT_ROLES | {"o"}))
+    attention = bool(roles & ATTENTION_ROLES)
     no_grad_input = ({"o"} if not (gq or gk or gv) else set()) | (set() if attention else MLP_INPUT_ROLES)
     if not (attention or roles & MLP_INPUT_ROLES):
         no_grad_input.add("down")

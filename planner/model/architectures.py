@@ -23,10 +23,19 @@ shared_*   a mixture of experts' shared expert, beside the      mlp.shared_exper
            routed ones: shared_gate, shared_up, shared_down     up_proj, down_proj (Qwen2-MoE)
 shared_    the shared expert's sigmoid gate (h -> 1): its       mlp.shared_expert_gate
 scale      output scales the shared expert's (Qwen2-MoE)
+q_a        multi-head latent attention: q's down-projection     q_a_proj (DeepSeek-V3)
+           from the normed input to q_lora_rank
+q_b        q's up-projection from the normed q latent to every  q_b_proj
+           head's nope + rope dims
+kv_a       the joint k / v down-projection to kv_lora_rank,     kv_a_proj_with_mqa
+           plus the one rope key every head shares
+kv_b       every head's k nope dims and v dims, from the        kv_b_proj
+           normed kv latent
 =========  ===================================================  ==============================
 
 Sites of a norm: ``attn_in`` (before attention), ``attn_out`` (on the attention output:
-sandwich and post-norm layers), ``mlp_in``, ``mlp_out``, and ``q`` / ``k`` (qk-norm).
+sandwich and post-norm layers), ``mlp_in``, ``mlp_out``, ``q`` / ``k`` (qk-norm), and
+``q_a`` / ``kv_a`` (multi-head latent attention's norms over its q and kv latents).
 
 Norm kinds (the ``norm`` trait): ``rms`` (transformers' RMSNorm: an fp32 upcast of its input,
 the product cast back), ``rms_fp32_out`` (the weight multiplies in fp32), ``layer``
@@ -37,11 +46,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-ATTENTION_INPUT_ROLES = frozenset({"q", "k", "v", "qkv"})
+# (multi-head latent attention's q_a / kv_a read the normed input; q_b / kv_b their latent norms' outputs)
+ATTENTION_INPUT_ROLES = frozenset({"q", "k", "v", "qkv", "q_a", "kv_a"})
+LATENT_ROLES = frozenset({"q_b", "kv_b"})
 MLP_INPUT_ROLES = frozenset({"gate", "up", "gate_up", "fc_in"})
 # Linears that read the layer's normed input (the attention and MLP inputs).
 NORM_READER_ROLES = ATTENTION_INPUT_ROLES | MLP_INPUT_ROLES
-ATTENTION_ROLES = ATTENTION_INPUT_ROLES | {"o"}
+ATTENTION_ROLES = ATTENTION_INPUT_ROLES | LATENT_ROLES | {"o"}
+# the attention modules whose gradients reach q, k and v (MLA's kv_a and kv_b make both k and v)
+Q_SIDE, K_SIDE, V_SIDE = (frozenset({"q", "qkv", "q_a", "q_b"}), frozenset({"k", "qkv", "kv_a", "kv_b"}),
+                          frozenset({"v", "qkv", "kv_a", "kv_b"}))
 # a mixture of experts' shared expert (a gated MLP beside the routed experts) and its gate
 SHARED_INPUT_ROLES = frozenset({"shared_gate", "shared_up"})
 SHARED_ROLES = SHARED_INPUT_ROLES | {"shared_down", "shared_scale"}
@@ -146,6 +160,25 @@ class MoE:
 
 
 @dataclass(frozen=True)
+class MLA:
+    """DeepSeek-V3's multi-head latent attention (transformers 5.23 DeepseekV3Attention): q
+    through a latent of ``q_rank`` (q_a_proj, q_a_layernorm, q_b_proj; a plain q_proj when
+    q_lora_rank is None), k and v through one of ``kv_rank`` (kv_a_proj_with_mqa, whose last
+    ``rope`` outputs are a key every head shares, kv_a_layernorm, kv_b_proj). Every head's q
+    and k are ``nope + rope`` wide, its v ``v`` wide."""
+
+    q_rank: int | None
+    kv_rank: int
+    nope: int
+    rope: int
+    v: int
+
+    @property
+    def qk(self) -> int:
+        return self.nope + self.rope
+
+
+@dataclass(frozen=True)
 class Layer:
     """One decoder layer (every layer alike): its Linears in forward order, norms, traits."""
 
@@ -153,6 +186,7 @@ class Layer:
     norms: tuple[Norm, ...]
     traits: Traits = field(default_factory=Traits)
     moe: MoE | None = None
+    mla: MLA | None = None
 
     def by_role(self, *roles: str) -> tuple[Linear, ...]:
         return tuple(lin for lin in self.linears if lin.role in roles)
@@ -206,7 +240,8 @@ def _span(indices: tuple[int, ...]) -> str:
 class Architecture:
     """One table entry: how an HF model_type lays out its decoder layer.
 
-    ``attention``: "split" (q_proj, k_proj, v_proj, o_proj) or "fused" (qkv_proj, o_proj).
+    ``attention``: "split" (q_proj, k_proj, v_proj, o_proj), "fused" (qkv_proj, o_proj) or
+    "mla" (multi-head latent attention, :class:`MLA`).
     ``mlp``: "gated" (gate_proj, up_proj, down_proj), "fused_gated" (gate_up_proj, down_proj) or
     "plain" (a non-gated MLP: StarCoder2's c_fc, act, c_proj).
     ``bias_field``: the config field that gives every Linear a bias (StarCoder2's ``use_bias``,
@@ -242,7 +277,8 @@ class Architecture:
     dense_first_default: int | None = None
     # MoE config fields the family's config defaults when the config omits them
     moe_defaults: tuple[tuple[str, object], ...] = ()
-    qk_norm_field: str | None = None  # a config field that adds per-head q/k RMSNorms (GLM-4.5's use_qk_norm)
+    qk_norm_field: str | None = None
+    head_dim_field: str | None = None  # the config field head_dim defaults to (DeepSeek-V3: qk_rope_head_dim)  # a config field that adds per-head q/k RMSNorms (GLM-4.5's use_qk_norm)
 
 
 SANDWICH = (("input_layernorm", "attn_in"), ("post_attention_layernorm", "attn_out"),
@@ -332,6 +368,16 @@ TABLE: dict[str, Architecture] = {
                              moe_defaults=(("n_shared_experts", 1), ("n_group", 1), ("topk_group", 1),
                                            ("n_routed_experts", 128), ("num_experts_per_tok", 8)),
                              traits=Traits(rotary_concat=True, rotary_fraction=0.5)),
+    # DeepSeek-V3 / Kimi-K2 (modeling_deepseek_v3.py, configuration_deepseek_v3.py): multi-head
+    # latent attention (:class:`MLA`; q is the cat of its nope and rotated parts, the rotation
+    # interleaved by default, rope_interleave) in Llama's pre-norm layer; the first
+    # first_k_dense_replace layers (default 3) dense, the others the sigmoid-routed experts of
+    # _deepseek_moe (n_group 8, topk_group 4 by default). The config's head_dim is
+    # qk_rope_head_dim (the rotated width, which sizes RoPE's tables).
+    "deepseek_v3": Architecture(attention="mla", moe="deepseek", dense_first_default=3, head_dim_field="qk_rope_head_dim",
+                                moe_defaults=(("n_shared_experts", 1), ("n_group", 8), ("topk_group", 4),
+                                              ("n_routed_experts", 256), ("num_experts_per_tok", 8)),
+                                traits=Traits(rotary_concat=True)),
     "gpt_oss": Architecture(traits=Traits(norm="rms_fp32_out", eager_attention=True, attention_sinks=True),
                             sliding="alternate", attention_bias_default=True, moe="gpt_oss"),
 }
@@ -415,7 +461,11 @@ def _layer(arch: Architecture, config: dict, dims: Dims, moe: bool = True) -> La
     if arch.bias_field:
         attn_bias = mlp_bias = bool(config.get(arch.bias_field, arch.bias_default))
     qkv_bias = bool(config.get("qkv_bias", arch.qkv_bias)) or attn_bias
-    if arch.attention == "fused":
+    mla = _mla(config, dims) if arch.attention == "mla" else None
+    if mla is not None:
+        attention = _mla_linears(mla, h, dims.heads, attn_bias)
+        q_dim = dims.heads * mla.v  # o_proj's input
+    elif arch.attention == "fused":
         attention = (Linear("qkv_proj", h, q_dim + 2 * kv_dim, qkv_bias, "qkv"),)
     else:
         attention = (Linear("q_proj", h, q_dim, qkv_bias, "q"), Linear("k_proj", h, kv_dim, qkv_bias, "k"),
@@ -439,6 +489,9 @@ def _layer(arch: Architecture, config: dict, dims: Dims, moe: bool = True) -> La
     norms = tuple(Norm(name, site, h, bias=layer_norm) for name, site in arch.norm_sites)
     # the config field that turns per-head q/k norms on (GLM-4.5's use_qk_norm)
     qk_norm = "head" if arch.qk_norm_field and config.get(arch.qk_norm_field) else arch.traits.qk_norm
+    if mla is not None:
+        norms += tuple(Norm(name, site, size) for name, site, size in
+                       (("q_a_layernorm", "q_a", mla.q_rank), ("kv_a_layernorm", "kv_a", mla.kv_rank)) if size)
     if qk_norm == "head":
         norms += (Norm("q_norm", "q", dims.head_dim, per_head=True), Norm("k_norm", "k", dims.head_dim, per_head=True))
     elif arch.traits.qk_norm == "full":
@@ -454,7 +507,38 @@ def _layer(arch: Architecture, config: dict, dims: Dims, moe: bool = True) -> La
         changes["logit_softcapping"] = True
     if arch.moe in PEFT_CONVERTED:
         changes["peft_moe_conversion"] = True
-    return Layer(linears=attention + mlp, norms=norms, traits=replace(arch.traits, **changes), moe=moe)
+    return Layer(linears=attention + mlp, norms=norms, traits=replace(arch.traits, **changes), moe=moe, mla=mla)
+
+
+def _mla(config: dict, dims: Dims) -> MLA:
+    """The latent attention of a DeepSeek-V3 config (configuration_deepseek_v3.py's fields)."""
+    values = {}
+    for name in ("kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"):
+        value = config.get(name)
+        if value is None:
+            raise LayoutError(f"config.json lacks the field {name!r}, which the architecture table needs")
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise LayoutError(f"config field {name!r} must be a positive integer, got {value!r}")
+        values[name] = value
+    q_rank = config.get("q_lora_rank")
+    if q_rank is not None and (not isinstance(q_rank, int) or isinstance(q_rank, bool) or q_rank < 1):
+        raise LayoutError(f"config field 'q_lora_rank' must be a positive integer or null, got {q_rank!r}")
+    if dims.kv_heads != dims.heads:
+        raise LayoutError(f"num_key_value_heads {dims.kv_heads} differs from num_attention_heads {dims.heads}: "
+                          "multi-head latent attention makes k and v for every head")
+    return MLA(q_rank, values["kv_lora_rank"], values["qk_nope_head_dim"], values["qk_rope_head_dim"],
+               values["v_head_dim"])
+
+
+def _mla_linears(mla: MLA, h: int, heads: int, bias: bool) -> tuple[Linear, ...]:
+    """The latent attention's Linears in forward order (biases on q_a, kv_a and o_proj with
+    attention_bias; o_proj is appended by the caller)."""
+    if mla.q_rank is None:
+        q = (Linear("q_proj", h, heads * mla.qk, False, "q"),)
+    else:
+        q = (Linear("q_a_proj", h, mla.q_rank, bias, "q_a"), Linear("q_b_proj", mla.q_rank, heads * mla.qk, False, "q_b"))
+    return q + (Linear("kv_a_proj_with_mqa", h, mla.kv_rank + mla.rope, bias, "kv_a"),
+                Linear("kv_b_proj", mla.kv_rank, heads * (mla.nope + mla.v), False, "kv_b"))
 
 
 class LayoutError(ValueError):

@@ -131,7 +131,8 @@ def model_from_config(config: dict, name: str, hf_id: str | None = None,
     kv_heads = config.get("num_key_value_heads") or heads
     if not isinstance(kv_heads, int) or kv_heads < 1 or heads % kv_heads:
         raise CatalogError(f"{name}: num_key_value_heads {kv_heads!r} must divide num_attention_heads {heads}")
-    head_dim = config.get("head_dim") or arch.head_dim_default or hidden // heads  # the family's config default
+    head_dim = (config.get("head_dim") or (arch.head_dim_field and config.get(arch.head_dim_field))
+                or arch.head_dim_default or hidden // heads)  # the family's config default
     if not isinstance(head_dim, int) or head_dim < 1:
         raise CatalogError(f"{name}: head_dim {head_dim!r} must be a positive integer")
     dims = Dims(hidden=hidden, intermediate=inter, heads=heads, kv_heads=kv_heads, head_dim=head_dim, layers=layers)
