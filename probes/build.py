@@ -208,8 +208,26 @@ def random_init(model: ModelSpec | ProbeModel, dtype: torch.dtype, device: str, 
     model = probe_model(model)
     torch.manual_seed(seed)
     with torch.device(device):
-        return AutoModelForCausalLM.from_config(
+        built = AutoModelForCausalLM.from_config(
             hf_config(model), dtype=dtype, attn_implementation=model.attn_implementation)
+    keep_fp32_strict(built)
+    return built
+
+
+def keep_fp32_strict(model) -> None:
+    """The tensors a model class names in ``_keep_in_fp32_modules_strict`` in fp32, as
+    ``from_pretrained`` loads them whatever the dtype (``from_config`` makes a buffer such as
+    DeepSeek-V3's e_score_correction_bias, created without a dtype, in the load dtype):
+    so that a random-init model is the checkpoint a user loads."""
+    names = getattr(model, "_keep_in_fp32_modules_strict", None) or ()
+    for module_name, module in model.named_modules():
+        for kind in ("_parameters", "_buffers"):
+            for name, value in getattr(module, kind).items():
+                full = f"{module_name}.{name}" if module_name else name
+                if value is not None and value.is_floating_point() and value.dtype != torch.float32 and any(
+                        n in full.split(".") for n in names):
+                    getattr(module, kind)[name] = (torch.nn.Parameter(value.float(), value.requires_grad)
+                                                   if kind == "_parameters" else value.float())
 
 
 def load_pretrained(path: str | Path, model: ModelSpec | ProbeModel, dtype: torch.dtype, device: str,
