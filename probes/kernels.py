@@ -91,7 +91,10 @@ def expansions() -> dict:
 
 
 def attention_kernel_from_ops(ops: dict) -> str:
-    """The attention kernel a tracked step ran: 'flash', 'math' or 'none'."""
+    """The attention kernel a tracked step ran: 'flash', 'efficient' (:func:`efficient_attention`,
+    for unequal q / v head dims), 'math' or 'none'."""
+    if ops.get("probes.efficient_attention"):
+        return "efficient" + ("+math" if any(ops.get(name) for name in MATH_ATTENTION_OPS) else "")
     if any(ops.get(name) for name in FLASH_CPU_OPS):
         if any(ops.get(name) for name in MATH_ATTENTION_OPS):
             return "flash+math"
@@ -137,8 +140,13 @@ def force_flash():
 LSE_PAD = 32  # the memory-efficient kernel's logsumexp is padded to a multiple of 32 positions
 
 
+def _acc(t):
+    """``t`` in the accumulation dtype: fp32, or fp64 for fp64 inputs."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
 def _math_attention(q, k, v, scale, is_causal):
-    scores = torch.matmul(q.float(), k.float().transpose(-2, -1)) * scale
+    scores = torch.matmul(_acc(q), _acc(k).transpose(-2, -1)) * scale
     if is_causal:
         s, n = scores.shape[-2:]
         scores = scores.masked_fill(torch.ones(s, n, dtype=torch.bool, device=q.device).triu(n - s + 1), float("-inf"))
@@ -152,10 +160,10 @@ def efficient_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale
     dtype and the fp32 logsumexp, (batch, heads, seq padded to :data:`LSE_PAD`)."""
     scores = _math_attention(q, k, v, scale, is_causal)
     lse = torch.logsumexp(scores, dim=-1)
-    out = torch.matmul(torch.exp(scores - lse.unsqueeze(-1)), v.float()).to(q.dtype)
+    out = torch.matmul(torch.exp(scores - lse.unsqueeze(-1)), _acc(v)).to(q.dtype)
     b, h, s = lse.shape
     padded = torch.full((b, h, -(-s // LSE_PAD) * LSE_PAD), float("inf"), dtype=torch.float32, device=q.device)
-    padded[..., :s] = lse
+    padded[..., :s] = lse  # (fp32, as the CUDA kernel's; fp64 inputs are for tests only)
     return out, padded
 
 
@@ -171,13 +179,13 @@ def efficient_attention_backward(grad: torch.Tensor, q: torch.Tensor, k: torch.T
                                  out: torch.Tensor, lse: torch.Tensor, scale: float,
                                  is_causal: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The gradients of q, k and v (each in its input's dtype)."""
-    s = q.shape[-2]
-    probs = torch.exp(_math_attention(q, k, v, scale, is_causal) - lse[..., :s].unsqueeze(-1))
-    g = grad.float()
+    scores = _math_attention(q, k, v, scale, is_causal)
+    probs = torch.exp(scores - torch.logsumexp(scores, dim=-1, keepdim=True))
+    g = _acc(grad)
     dv = torch.matmul(probs.transpose(-2, -1), g)
-    dp = torch.matmul(g, v.float().transpose(-2, -1))
-    ds = probs * (dp - (g * out.float()).sum(-1, keepdim=True)) * scale
-    return (torch.matmul(ds, k.float()).to(q.dtype), torch.matmul(ds.transpose(-2, -1), q.float()).to(k.dtype),
+    dp = torch.matmul(g, _acc(v).transpose(-2, -1))
+    ds = probs * (dp - (g * _acc(out)).sum(-1, keepdim=True)) * scale
+    return (torch.matmul(ds, _acc(k)).to(q.dtype), torch.matmul(ds.transpose(-2, -1), _acc(q)).to(k.dtype),
             dv.to(v.dtype))
 
 

@@ -99,11 +99,23 @@ MOE_FAMILIES = {
     "qwen2_moe": dict(moe_intermediate_size=64, shared_expert_intermediate_size=96, num_experts=8,
                       num_experts_per_tok=2),
     "olmoe": dict(intermediate_size=64, num_experts=8, num_experts_per_tok=2),
+    # GLM-4.5: a dense first layer, then DeepSeek-V3's sigmoid-routed experts (2 groups, one
+    # chosen) and a shared expert; q/k/v biases, RoPE on half of each head
+    "glm4_moe": dict(moe_intermediate_size=48, n_routed_experts=8, num_experts_per_tok=2, n_shared_experts=1,
+                     first_k_dense_replace=1, n_group=2, topk_group=1, routed_scaling_factor=2.5,
+                     attention_bias=True, partial_rotary_factor=0.5),
+    # DeepSeek-V3: the same MoE behind multi-head latent attention (q / k heads of 24, v heads of
+    # 16: the memory-efficient kernel's saved set, probes.kernels.efficient_attention)
+    "deepseek_v3": dict(moe_intermediate_size=48, n_routed_experts=8, num_experts_per_tok=2, n_shared_experts=1,
+                        first_k_dense_replace=1, n_group=2, topk_group=1, routed_scaling_factor=2.5,
+                        num_key_value_heads=4, head_dim=None, q_lora_rank=48, kv_lora_rank=32, qk_nope_head_dim=16,
+                        qk_rope_head_dim=8, v_head_dim=16),
 }
 
 
 def _tiny_moe(model_type):
-    return {"model_type": model_type, **BASE, "vocab_size": 512, **MOE_FAMILIES[model_type]}
+    return {k: v for k, v in {"model_type": model_type, **BASE, "vocab_size": 512, **MOE_FAMILIES[model_type]}.items()
+            if v is not None}
 
 
 @pytest.mark.slow
@@ -116,6 +128,42 @@ def test_moe_family_fake_trace_equals_cpu_step_to_the_byte(torch_stack, model_ty
     real, traced = cpu.measure(spec, train), fake.trace(spec, train)
     assert traced.peak_allocated_bytes == real.peak_allocated_bytes
     assert traced.phase_peaks == real.phase_peaks and traced.breakdown == real.breakdown
+    # (a softmax router adds "+math" to the kernel's name: its _softmax)
+    kernel = "efficient" if model_type == "deepseek_v3" else "flash"
+    assert real.attention_kernel.split("+")[0] == traced.attention_kernel.split("+")[0] == kernel
+
+
+# GLM-4.5 and DeepSeek-V3 under QLoRA and full fine-tuning too: the 4-bit dense and shared-expert
+# Linears beside the fp32 experts and router, and the latent attention's fp32 Linear outputs
+@pytest.mark.slow
+@pytest.mark.parametrize("model_type", ["glm4_moe", "deepseek_v3"])
+@pytest.mark.parametrize("method,gc", [("qlora", False), ("full", True)])
+def test_deepseek_family_fake_trace_equals_cpu_step_to_the_byte(torch_stack, model_type, method, gc):
+    from probes import cpu, fake
+
+    spec = model_from_config(_tiny_moe(model_type), f"tiny-{model_type}")
+    train = TrainSpec(method=method, rank=4, batch_size=2, seq_len=48, dtype="bf16", gradient_checkpointing=gc)
+    real, traced = cpu.measure(spec, train), fake.trace(spec, train)
+    assert traced.peak_allocated_bytes == real.peak_allocated_bytes
+    assert traced.phase_peaks == real.phase_peaks and traced.breakdown == real.breakdown
+
+
+def test_efficient_attention_equals_math_attention(torch_stack):
+    """The op that stands for CUDA's memory-efficient kernel computes attention: its output and
+    gradients equal torch's math SDPA for q / k heads wider than v's (negative control: without
+    the causal mask they differ)."""
+    import torch
+
+    from probes.kernels import efficient_attention
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 10, d, dtype=torch.float64, requires_grad=True) for d in (12, 12, 8))
+    out, lse = efficient_attention(q, k, v, 12 ** -0.5, True)
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+    assert torch.allclose(out, ref) and lse.shape == (2, 3, 32)
+    grads = torch.autograd.grad(out.sum(), (q, k, v))
+    assert all(torch.allclose(a, b) for a, b in zip(grads, torch.autograd.grad(ref.sum(), (q, k, v))))
+    assert not torch.allclose(efficient_attention(q, k, v, 12 ** -0.5, False)[0], ref)
 
 
 @pytest.mark.slow
