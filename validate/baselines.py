@@ -200,11 +200,15 @@ def spec_for(model: str):
 
 
 def with_layers(spec, layers: int, name: str):
-    """``spec`` with ``layers`` decoder layers (per-layer lists in its config cut to match)."""
+    """``spec`` with ``layers`` decoder layers (per-layer lists in its config cut to match; dense
+    first layers, first_k_dense_replace, at most all but one, so that the cut keeps a layer of
+    each kind: DeepSeek-V3's 3 dense layers cut to 2 layers are 1 dense and 1 MoE)."""
     from planner.model.catalog import model_from_config
 
     config = spec.hf_config()
     config["num_hidden_layers"] = layers
+    if isinstance(config.get("first_k_dense_replace"), int) and layers > 1:
+        config["first_k_dense_replace"] = min(config["first_k_dense_replace"], layers - 1)
     for key in ("layer_types", "no_rope_layers"):
         if isinstance(config.get(key), list):
             config[key] = config[key][:layers]
@@ -306,8 +310,10 @@ def append(row: dict, p: Path) -> None:
 # ---------------------------------------------------------------- tier 9: issue 18's mixture-of-experts families
 # Every new MoE family under every method peft accepts for it with all-linear targets (DoRA is
 # refused where all-linear reaches fused experts), batch {1, 4} x seq {512, 2048} x checkpointing,
-# cut to 2 layers at real widths (every layer of these models is alike).
-MOE_FAMILY_MODELS = ("qwen1.5-moe-a2.7b@2L", "olmoe-1b-7b@2L")
+# cut to 2 layers at real widths (every layer of Qwen1.5-MoE and OLMoE is alike; GLM-4.5's and
+# DeepSeek-V3's cuts hold a dense layer and a MoE layer, see with_layers).
+MOE_FAMILY_MODELS = ("qwen1.5-moe-a2.7b@2L", "olmoe-1b-7b@2L", "glm-4.5-air@2L", "glm-4.5@2L", "deepseek-v3@2L",
+                     "kimi-k2@2L")
 
 
 def moe_families_tier() -> list[Config]:
