@@ -91,9 +91,16 @@ def moe_notes(model: ModelSpec, train: TrainSpec, dtype: str) -> tuple[str, ...]
              "the load-balancing loss is off, as in transformers' configs (output_router_logits=False)",)
     expert_params = counts.role_params(model, "router", "router_bias", "experts", "expert_bias")
     if train.is_quantized:
+        # the base weights as QLoRA stores them against LoRA's 16-bit ones (the same targets)
+        prec = C.precision(train, dtype)
+        quantized = C.weights_base(model, train, prec)
+        sixteen = C.weights_base(model, train.with_(method="lora"), C.precision(train.with_(method="lora"), dtype))
+        verdict = ("QLoRA's base weights are larger than LoRA's on this model "
+                   f"({quantized / gib:.1f} against {sixteen / gib:.1f} GiB)" if quantized > sixteen
+                   else "QLoRA saves little on this model")
         notes += (f"bitsandbytes 4-bit quantizes nn.Linear modules only: the fused experts and routers "
                   f"({expert_params / 1e9:.1f}B parameters) stay unquantized, and prepare_model_for_kbit_training "
-                  f"casts them to fp32 ({expert_params * 4 / gib:.1f} GiB): QLoRA saves little on this model",)
+                  f"casts them to fp32 ({expert_params * 4 / gib:.1f} GiB): {verdict}",)
     adapted = targets.targeted_parameters(view, train)
     experts = [t for t in adapted if t.part != "router"]
     if experts:
