@@ -18,10 +18,11 @@ def test_matrix_size_by_hand():
     #         = 90, and Llama-2-70B QLoRA under FSDP x 3 GPU counts x 2 checkpointing = 6: 96
     # tier 8: today's dense families, one model each x 5 methods x 8
     tier8 = len(B.DENSE_FAMILY_MODELS) * 5 * 8
-    # tier 9: today's mixtures of experts x 5 methods x 8, less DoRA and QDoRA on OLMoE, whose
-    # all-linear peft converts to fused experts (2 x 8): 2 x 40 - 16 = 64
-    tier9 = len(B.MOE_FAMILY_MODELS) * 5 * 8 - 2 * 8
-    assert len(configs) == 440 + 1056 + 32 + 144 + 328 + 160 + 96 + tier8 + tier9 == 2360
+    # tier 9: today's mixtures of experts x 5 methods x 8, less DoRA and QDoRA (2 x 8) on each
+    # whose all-linear peft converts to fused experts (OLMoE, GLM-4.5-Air, GLM-4.5, DeepSeek-V3,
+    # Kimi-K2): 6 x 40 - 5 x 16 = 160
+    tier9 = len(B.MOE_FAMILY_MODELS) * 5 * 8 - 5 * 2 * 8
+    assert len(configs) == 440 + 1056 + 32 + 144 + 328 + 160 + 96 + tier8 + tier9 == 2456
     assert len({c.key() for c in configs}) == len(configs)
 
 
