@@ -155,6 +155,9 @@ class MoE:
     # ``topk_groups`` of ``groups`` expert groups, the chosen sigmoid scores are the weights,
     # renormalized and scaled by routed_scaling_factor (GLM-4.5, DeepSeek-V3)
     routing: str = "softmax"
+    # the MLP module names peft's conversion maps to the router, gate_up (the gate and up names)
+    # and down (transformers' conversion_mapping: "qwen2_moe"'s pattern; Mixtral's gate, w1, w3, w2)
+    peft_names: tuple[str, str, str, str] = ("gate", "gate_proj", "up_proj", "down_proj")
     groups: int = 1  # n_group
     topk_groups: int = 1  # topk_group
 
@@ -578,7 +581,8 @@ def _moe(kind: str, config: dict, dims: Dims) -> MoE:
         raise LayoutError("dense layers between the MoE layers (mlp_only_layers, decoder_sparse_step) are not "
                           "planned yet: use probe --device fake")
     if kind == "mixtral":
-        return MoE(experts, top_k, inter, renormalize=True, weights_fp32=True, peft_converts=True)
+        return MoE(experts, top_k, inter, renormalize=True, weights_fp32=True, peft_converts=True,
+                   peft_names=("gate", "w1", "w3", "w2"))
     if kind == "deepseek":
         return _deepseek_moe(config, experts, top_k, inter)
     if kind == "qwen":

@@ -155,3 +155,20 @@ def test_missing_fields_are_named(field):
         fields["n_group"] = None
     with pytest.raises((CatalogError, ValueError), match=field):
         spec(arch, **fields)
+
+
+def test_mlp_module_names_are_converted_as_peft_converts_them():
+    """Named MLP modules on a converting family become fused parameters (peft's conversion):
+    gate_proj with up_proj gives gate_up at 2r, down_proj down at r, no Linear keeps a LoRA;
+    gate_proj without up_proj is refused, as peft refuses it (traced counts: GLM-4.5-Air's
+    "mlp" target set equals peft's on a meta model, tests/validate/test_planner_counts.py)."""
+    from planner.model.targets import UnsupportedMethod
+
+    moe = spec("glm4_moe", **GLM).by_kind()[1]
+    t = train(target_modules=("gate_proj", "up_proj", "down_proj"))
+    assert [(p.part, p.rank) for p in targets.targeted_parameters(moe, t)] == [("gate_up", 16), ("down", 8)]
+    assert targets.targeted_names(moe, t) == frozenset()
+    both = train(target_modules=("gate_proj", "up_proj"), target_parameters=("experts.gate_up_proj",))
+    assert [(p.part, p.rank) for p in targets.targeted_parameters(moe, both)] == [("gate_up", 16)]
+    with pytest.raises(UnsupportedMethod, match="without up_proj"):
+        targets.targeted_parameters(moe, train(target_modules=("q_proj", "gate_proj")))

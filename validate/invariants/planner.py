@@ -32,6 +32,8 @@ def target_sets(spec) -> dict[str, tuple[str, ...]]:
     :func:`target_parameter_sets`)."""
     names = spec.linear_names
     attention = tuple(n for n in names if n in ("q_proj", "v_proj", "qkv_proj"))
+    if spec.layer.mla is not None:  # multi-head latent attention: its q and kv up-projections
+        attention = tuple(lin.name for lin in spec.layer.by_role("q", "q_b", "kv_b"))
     mlp = tuple(n for n in names if n.split("_")[0] in ("gate", "up", "down")) or ("o_proj",)
     return {"all-linear": ("all-linear",), "attention": attention, "mlp": mlp}
 
