@@ -105,14 +105,17 @@ def attention_kernel_from_ops(ops: dict) -> str:
 
 
 def sdpa_choice(heads: int, kv_heads: int, head_dim: int, seq_len: int, dtype: torch.dtype,
-                device: str) -> str:
-    """The SDPA backend torch picks for this attention shape (``torch._fused_sdp_choice``).
+                device: str, v_head_dim: int | None = None) -> str:
+    """The SDPA backend torch picks for this attention shape (``torch._fused_sdp_choice``;
+    ``v_head_dim``: v's head dim where it differs, multi-head latent attention's).
 
-    Uses batch 1 (the batch size does not change the choice): three small empty tensors.
+    Uses batch 1 (the batch size does not change the choice): small empty tensors.
     """
     q = torch.empty(1, heads, seq_len, head_dim, dtype=dtype, device=device)
     kv = torch.empty(1, kv_heads, seq_len, head_dim, dtype=dtype, device=device)
-    choice = torch._fused_sdp_choice(q, kv, kv, is_causal=True, enable_gqa=kv_heads != heads)
+    v = kv if v_head_dim in (None, head_dim) else torch.empty(1, kv_heads, seq_len, v_head_dim, dtype=dtype,
+                                                               device=device)
+    choice = torch._fused_sdp_choice(q, kv, v, is_causal=True, enable_gqa=kv_heads != heads)
     return SDPA_BACKENDS.get(int(choice), str(choice))
 
 
@@ -213,13 +216,14 @@ efficient_attention.register_autograd(_backward, setup_context=_setup)
 def unequal_head_dims():
     """Inside the block, ``F.scaled_dot_product_attention`` with v heads narrower or wider than
     q / k heads runs :func:`efficient_attention` (what CUDA runs for them), its inputs cast to
-    the autocast dtype first as autocast casts SDPA's; every other call is torch's own."""
+    the autocast dtype first as autocast casts SDPA's; every other call (and every call on CUDA,
+    which has the real kernel) is torch's own."""
     import torch.nn.functional as F
 
     original = F.scaled_dot_product_attention
 
     def sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
-        if query.shape[-1] == value.shape[-1] or attn_mask is not None or dropout_p:
+        if query.shape[-1] == value.shape[-1] or attn_mask is not None or dropout_p or query.device.type == "cuda":
             return original(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
                             scale=scale, enable_gqa=enable_gqa)
         if key.shape[1] != query.shape[1]:
