@@ -172,3 +172,20 @@ def test_mlp_module_names_are_converted_as_peft_converts_them():
     assert [(p.part, p.rank) for p in targets.targeted_parameters(moe, both)] == [("gate_up", 16)]
     with pytest.raises(UnsupportedMethod, match="without up_proj"):
         targets.targeted_parameters(moe, train(target_modules=("q_proj", "gate_proj")))
+
+
+def test_checkpointed_experts_forward_holds_the_merged_weights():
+    """With checkpointing the MoE layer keeps nothing, but its forward still builds the merged
+    expert weights: a forward moment of their bytes, four S x h and two T x h tensors and the
+    sort's int64 vectors (S = T*k pairs); none without checkpointing or without LoRA on experts."""
+    moe = spec("glm4_moe", **GLM).by_kind()[1]
+    t = train(gradient_checkpointing=True)
+    p = C.precision(t, "bf16")
+    merged = C.moe_saved_parts(moe, t, p)["merged"]
+    assert merged and C.moe_forward_workspace(moe, t, p) == merged + (4 * 80 + 2 * 40) * 128 * 2 + 24 * 80
+    assert C.moe_forward_workspace(moe, train(), p) == 0
+    assert C.moe_forward_workspace(moe, train(gradient_checkpointing=True, target_modules=("q_proj",)), p) == 0
+    from planner.memory.moments import step_memory
+
+    step = step_memory(spec("glm4_moe", **GLM), t, "bf16")
+    assert step.moments["forward"] == "layer_experts"  # (at seq 40 the merged weights outweigh the logits)
