@@ -103,6 +103,12 @@ def _not_a_decoder(config: dict) -> str:
     return ""
 
 
+# Model types that ship remote code for a layout transformers builds under another type (never
+# run): Kimi-K2's config says "kimi_k2" and its architectures DeepseekV3ForCausalLM, DeepSeek-V3's
+# layout (64 heads, 384 experts), which transformers' own deepseek_v3 classes build.
+MODEL_TYPE_ALIASES = {"kimi_k2": "deepseek_v3"}
+
+
 def model_from_config(config: dict, name: str, hf_id: str | None = None,
                       published_params: int | None = None) -> ModelSpec:
     """Build a :class:`ModelSpec` from the fields of an HF config.json, through the
@@ -110,6 +116,9 @@ def model_from_config(config: dict, name: str, hf_id: str | None = None,
     if not isinstance(config, dict):
         raise CatalogError(f"{name}: a config.json must hold a JSON object")
     model_type = config.get("model_type")
+    if model_type in MODEL_TYPE_ALIASES:  # a remote-code model type whose layout an entry has
+        config = {**config, "model_type": MODEL_TYPE_ALIASES[model_type]}
+        model_type = config["model_type"]
     text = config.get("text_config")
     if model_type not in TABLE and isinstance(text, dict) and text.get("model_type") in TABLE:
         # a multimodal checkpoint (Gemma-3 4B and up): plan its text decoder, as Gemma3ForCausalLM loads it

@@ -189,3 +189,18 @@ def test_checkpointed_experts_forward_holds_the_merged_weights():
 
     step = step_memory(spec("glm4_moe", **GLM), t, "bf16")
     assert step.moments["forward"] == "layer_experts"  # (at seq 40 the merged weights outweigh the logits)
+
+
+def test_kimi_k2_config_plans_as_deepseek_v3():
+    """Kimi-K2's config.json says model_type "kimi_k2" (remote code, never run); its layout is
+    DeepSeek-V3's, which the catalog entry and a Hub config both plan (negative control: an
+    unknown model type is still refused)."""
+    from planner import get_model
+    from planner.model.catalog import UnknownArchitecture, model_from_config
+
+    cfg = dict(get_model("kimi-k2").hf_config(), model_type="kimi_k2")
+    m = model_from_config(cfg, "kimi")
+    assert m.model_type == "deepseek_v3" and m.hf_config()["model_type"] == "deepseek_v3"
+    assert counts.total_params(m) == counts.total_params(get_model("kimi-k2"))
+    with pytest.raises(UnknownArchitecture):
+        model_from_config(dict(cfg, model_type="kimi_k9"), "unknown")
