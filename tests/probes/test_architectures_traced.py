@@ -133,11 +133,11 @@ def test_moe_family_fake_trace_equals_cpu_step_to_the_byte(torch_stack, model_ty
     assert real.attention_kernel.split("+")[0] == traced.attention_kernel.split("+")[0] == kernel
 
 
-# GLM-4.5 and DeepSeek-V3 under QLoRA and full fine-tuning too: the 4-bit dense and shared-expert
-# Linears beside the fp32 experts and router, and the latent attention's fp32 Linear outputs
+# DeepSeek-V3 under QLoRA (4-bit dense and shared-expert Linears beside fp32 experts and router, the
+# latent attention's fp32 Linear outputs) and GLM-4.5 fully fine-tuned with checkpointing (the CI
+# budget keeps the other two of this grid, byte-equal when run, out of the suite)
 @pytest.mark.slow
-@pytest.mark.parametrize("model_type", ["glm4_moe", "deepseek_v3"])
-@pytest.mark.parametrize("method,gc", [("qlora", False), ("full", True)])
+@pytest.mark.parametrize("model_type,method,gc", [("deepseek_v3", "qlora", False), ("glm4_moe", "full", True)])
 def test_deepseek_family_fake_trace_equals_cpu_step_to_the_byte(torch_stack, model_type, method, gc):
     from probes import cpu, fake
 
