@@ -204,3 +204,15 @@ def test_kimi_k2_config_plans_as_deepseek_v3():
     assert counts.total_params(m) == counts.total_params(get_model("kimi-k2"))
     with pytest.raises(UnknownArchitecture):
         model_from_config(dict(cfg, model_type="kimi_k9"), "unknown")
+
+
+def test_offload_advice_says_it_needs_checkpointing_too():
+    """DeepSeek-V3 LoRA on 8 H200s under FSDP: the merged expert weights every layer keeps rule
+    out any fit without checkpointing, so the offload advice (planned with checkpointing) says so."""
+    from planner import TrainSpec, get_gpu, get_model
+    from planner.fit import recommend
+
+    model, gpu = get_model("deepseek-v3"), get_gpu("h200")
+    t = TrainSpec(method="lora", num_gpus=8, sharding="fsdp", dtype="bf16")
+    text = recommend(model, gpu, t, [plan(model, gpu, t)]).text
+    assert "With --offload params and checkpointing lora fits" in text
