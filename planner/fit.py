@@ -165,7 +165,8 @@ def _nothing_fits(model: ModelSpec, gpu: GpuSpec, train: TrainSpec, by: dict[str
     if train.offload == "none" and offloads:
         off = plan(model, gpu, base.with_(offload=offloads[-1]))
         if off.fits:
-            tips.append(f"With --offload {offloads[-1]} {method} fits ({_gib(off.device_used_bytes)} per GPU).")
+            also = " and checkpointing" if base.gradient_checkpointing and not train.gradient_checkpointing else ""
+            tips.append(f"With --offload {offloads[-1]}{also} {method} fits ({_gib(off.device_used_bytes)} per GPU).")
     bigger = _smallest_gpu_that_fits(model, base.with_(gradient_checkpointing=train.gradient_checkpointing))
     if bigger:
         count = f"{train.num_gpus} x " if train.parallel else ""

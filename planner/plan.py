@@ -82,12 +82,10 @@ class Plan:
 
 def moe_notes(model: ModelSpec, train: TrainSpec, dtype: str) -> tuple[str, ...]:
     """What a plan of a mixture-of-experts model assumes and what changes its answer most."""
-    moe = model.moe
-    if moe is None:
+    view = model.moe_view
+    if view is None:
         return ()
-    gib = 1 << 30
-    # the view of the first MoE kind (Llama 4 Maverick's first layer is dense)
-    view = next(v for v in model.by_kind() if v.layer.moe is not None)
+    moe, gib = view.layer.moe, 1 << 30
     if moe.dispatch == "dense":
         routing = ("every expert runs on every token, scaled by its router score (0 for the experts not "
                    "chosen; transformers' Llama4TextMoe), so routing changes no tensor")
@@ -102,23 +100,40 @@ def moe_notes(model: ModelSpec, train: TrainSpec, dtype: str) -> tuple[str, ...]
                   f"planned left out, as a script must leave it out: LoraConfig(exclude_modules=[...'{moe.router}'])",)
     expert_params = counts.role_params(model, "router", "router_bias", "experts", "expert_bias")
     if train.is_quantized:
+        # the base weights as QLoRA stores them against LoRA's 16-bit ones (the same targets)
+        prec = C.precision(train, dtype)
+        quantized = C.weights_base(model, train, prec)
+        sixteen = C.weights_base(model, train.with_(method="lora"), C.precision(train.with_(method="lora"), dtype))
+        verdict = ("QLoRA's base weights are larger than LoRA's on this model "
+                   f"({quantized / gib:.1f} against {sixteen / gib:.1f} GiB)" if quantized > sixteen
+                   else "QLoRA saves little on this model")
         notes += (f"bitsandbytes 4-bit quantizes nn.Linear modules only: the fused experts and routers "
                   f"({expert_params / 1e9:.1f}B parameters) stay unquantized, and prepare_model_for_kbit_training "
-                  f"casts them to fp32 ({expert_params * 4 / gib:.1f} GiB): QLoRA saves little on this model",)
+                  f"casts them to fp32 ({expert_params * 4 / gib:.1f} GiB): {verdict}",)
         if moe.dispatch == "dense" and C.precision(train, dtype).autocast:
             copies = C.moe_saved_parts(view, train, C.precision(train, dtype))["weight_copies"]
             notes += (f"under autocast each expert matmul (torch.bmm) runs on a {dtype if dtype != 'auto' else '16-bit'} "
                       f"copy of its fp32 weight and keeps it for backward: {copies / gib:.2f} GiB per MoE layer",)
-    adapted = targets.targeted_parameters(model, train)
+    adapted = targets.targeted_parameters(view, train)
     experts = [t for t in adapted if t.part != "router"]
     if experts:
         merged = sum(t.weight for t in experts) * C.parameter_bytes(train, C.precision(train, dtype))
         how = ("peft's all-linear also adapts the router and the fused experts (target_parameters; "
                "gate_up at rank 2r)" if not train.target_parameters else "LoRA on the fused experts")
-        attention = [lin.name for lin in model.linears if lin.role in ATTENTION_ROLES]
+        attention = [lin.name for lin in view.linears if lin.role in ATTENTION_ROLES]
         notes += (f"{how}: every forward materializes the merged expert weights, {merged / gib:.2f} GiB per "
                   f"layer kept for backward; --target-modules {','.join(attention)} adapts the "
                   "attention only",)
+    dropped = (["the dense layers' MLP"] if len(model.kinds) > 1 else []) + (
+        ["the shared experts"] if view.layer.by_role(*SHARED_ROLES) else [])
+    if view.traits.peft_moe_conversion and train.is_adapter and dropped:
+        notes += ("peft converts the MLP module names (gate_proj, up_proj, down_proj) to the fused experts' "
+                  f"target_parameters: no adapter on {' or '.join(dropped)}",)
+    if train.sharding in ("fsdp", "zero3") and len(model.kinds) > 1:
+        notes += ("the dense first layers are planned with the MoE layers' unsharded size (FSDP's all-gathered "
+                  "layer, its prefetch and reduce-scatter buffers are sized by the largest layer): an over-estimate "
+                  "while a dense layer runs (traced, GLM-4.5-Air cut to 2 dense + 1 MoE layers, full fine-tuning "
+                  "on 2 GPUs: planned 1.25x the trace; LoRA 1.07x)",)
     shared = [lin for lin in view.linears if lin.role in SHARED_ROLES]
     if shared and train.is_adapter:
         adapted = [lin.name for lin in shared if lin.name in targets.targeted_names(view, train)]

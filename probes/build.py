@@ -106,11 +106,18 @@ class ProbeModel:
         return self.attn_implementation == "eager"
 
     def attention_shape(self) -> tuple[int, int, int]:
-        """(heads, KV heads, head dim) from the config, as the HF decoders read them."""
+        """(heads, KV heads, q / k head dim) from the config, as the HF decoders read them
+        (multi-head latent attention: qk_nope_head_dim + qk_rope_head_dim)."""
         heads = self.config["num_attention_heads"]
         kv_heads = self.config.get("num_key_value_heads") or heads
+        if self.config.get("qk_nope_head_dim") and self.config.get("qk_rope_head_dim"):
+            return heads, kv_heads, self.config["qk_nope_head_dim"] + self.config["qk_rope_head_dim"]
         head_dim = self.config.get("head_dim") or self.config["hidden_size"] // heads
         return heads, kv_heads, head_dim
+
+    def value_head_dim(self) -> int:
+        """v's head dim: the q / k head dim, or multi-head latent attention's v_head_dim."""
+        return self.config.get("v_head_dim") or self.attention_shape()[2]
 
 
 def from_spec(spec: ModelSpec) -> ProbeModel:
@@ -211,8 +218,26 @@ def random_init(model: ModelSpec | ProbeModel, dtype: torch.dtype, device: str, 
     model = probe_model(model)
     torch.manual_seed(seed)
     with torch.device(device):
-        return AutoModelForCausalLM.from_config(
+        built = AutoModelForCausalLM.from_config(
             hf_config(model), dtype=dtype, attn_implementation=model.attn_implementation)
+    keep_fp32_strict(built)
+    return built
+
+
+def keep_fp32_strict(model) -> None:
+    """The tensors a model class names in ``_keep_in_fp32_modules_strict`` in fp32, as
+    ``from_pretrained`` loads them whatever the dtype (``from_config`` makes a buffer such as
+    DeepSeek-V3's e_score_correction_bias, created without a dtype, in the load dtype):
+    so that a random-init model is the checkpoint a user loads."""
+    names = getattr(model, "_keep_in_fp32_modules_strict", None) or ()
+    for module_name, module in model.named_modules():
+        for kind in ("_parameters", "_buffers"):
+            for name, value in getattr(module, kind).items():
+                full = f"{module_name}.{name}" if module_name else name
+                if value is not None and value.is_floating_point() and value.dtype != torch.float32 and any(
+                        f".{n}." in f".{full}." for n in names):  # a name or dotted path inside the tensor's
+                    getattr(module, kind)[name] = (torch.nn.Parameter(value.float(), value.requires_grad)
+                                                   if kind == "_parameters" else value.float())
 
 
 def load_pretrained(path: str | Path, model: ModelSpec | ProbeModel, dtype: torch.dtype, device: str,

@@ -300,5 +300,5 @@ def measure(spec, train, *, steps: int = 3, warmup: int = 2, weights: str | Path
     from .kernels import sdpa_choice
 
     kernel = "eager" if spec.eager else sdpa_choice(
-        *spec.attention_shape(), train.seq_len, precision.compute, "cuda")
+        *spec.attention_shape(), train.seq_len, precision.compute, "cuda", spec.value_head_dim())
     return replace(measurement, attention_kernel=kernel), info

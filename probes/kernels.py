@@ -91,7 +91,10 @@ def expansions() -> dict:
 
 
 def attention_kernel_from_ops(ops: dict) -> str:
-    """The attention kernel a tracked step ran: 'flash', 'math' or 'none'."""
+    """The attention kernel a tracked step ran: 'flash', 'efficient' (:func:`efficient_attention`,
+    for unequal q / v head dims), 'math' or 'none'."""
+    if ops.get("probes.efficient_attention"):
+        return "efficient" + ("+math" if any(ops.get(name) for name in MATH_ATTENTION_OPS) else "")
     if any(ops.get(name) for name in FLASH_CPU_OPS):
         if any(ops.get(name) for name in MATH_ATTENTION_OPS):
             return "flash+math"
@@ -102,14 +105,17 @@ def attention_kernel_from_ops(ops: dict) -> str:
 
 
 def sdpa_choice(heads: int, kv_heads: int, head_dim: int, seq_len: int, dtype: torch.dtype,
-                device: str) -> str:
-    """The SDPA backend torch picks for this attention shape (``torch._fused_sdp_choice``).
+                device: str, v_head_dim: int | None = None) -> str:
+    """The SDPA backend torch picks for this attention shape (``torch._fused_sdp_choice``;
+    ``v_head_dim``: v's head dim where it differs, multi-head latent attention's).
 
-    Uses batch 1 (the batch size does not change the choice): three small empty tensors.
+    Uses batch 1 (the batch size does not change the choice): small empty tensors.
     """
     q = torch.empty(1, heads, seq_len, head_dim, dtype=dtype, device=device)
     kv = torch.empty(1, kv_heads, seq_len, head_dim, dtype=dtype, device=device)
-    choice = torch._fused_sdp_choice(q, kv, kv, is_causal=True, enable_gqa=kv_heads != heads)
+    v = kv if v_head_dim in (None, head_dim) else torch.empty(1, kv_heads, seq_len, v_head_dim, dtype=dtype,
+                                                               device=device)
+    choice = torch._fused_sdp_choice(q, kv, v, is_causal=True, enable_gqa=kv_heads != heads)
     return SDPA_BACKENDS.get(int(choice), str(choice))
 
 
@@ -118,3 +124,118 @@ def force_flash():
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     return sdpa_kernel([SDPBackend.FLASH_ATTENTION])
+
+
+# ---------------------------------------------------------------- unequal q / v head dims
+
+# Multi-head latent attention (DeepSeek-V3) calls SDPA with q / k heads of nope + rope dims and
+# v heads of v_head_dim (192 against 128). The CPU has no kernel for that but the math path,
+# whose seq x seq probabilities no GPU keeps: CUDA's flash kernel refuses the shape (PyTorch's
+# aten/src/ATen/native/transformers/cuda/sdp_utils.cpp, check_head_dim_size_flash: q, k and v
+# of one last dimension) and torch picks the memory-efficient kernel, which lets v differ
+# (check_head_dim_size_mem_efficient: q and k equal, each a multiple of the alignment). That
+# kernel (_scaled_dot_product_efficient_attention) keeps q, k, v, its output and an fp32
+# logsumexp of (batch, heads, seq rounded up to 32). :func:`efficient_attention` is an op with
+# that saved set and those outputs, for the CPU (computed without autograd, its temporaries
+# inside the kernel as a GPU's are) and for fake tensors alike; :func:`unequal_head_dims` sends
+# SDPA calls with unequal q / v head dims to it inside a tracked step.
+
+LSE_PAD = 32  # the memory-efficient kernel's logsumexp is padded to a multiple of 32 positions
+
+
+def _acc(t):
+    """``t`` in the accumulation dtype: fp32, or fp64 for fp64 inputs."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
+def _math_attention(q, k, v, scale, is_causal):
+    scores = torch.matmul(_acc(q), _acc(k).transpose(-2, -1)) * scale
+    if is_causal:
+        s, n = scores.shape[-2:]
+        scores = scores.masked_fill(torch.ones(s, n, dtype=torch.bool, device=q.device).triu(n - s + 1), float("-inf"))
+    return scores
+
+
+@torch.library.custom_op("probes::efficient_attention", mutates_args=())
+def efficient_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
+                        is_causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention with the memory-efficient kernel's outputs: (batch, heads, seq, v dims) in q's
+    dtype and the fp32 logsumexp, (batch, heads, seq padded to :data:`LSE_PAD`)."""
+    scores = _math_attention(q, k, v, scale, is_causal)
+    lse = torch.logsumexp(scores, dim=-1)
+    out = torch.matmul(torch.exp(scores - lse.unsqueeze(-1)), _acc(v)).to(q.dtype)
+    b, h, s = lse.shape
+    padded = torch.full((b, h, -(-s // LSE_PAD) * LSE_PAD), float("inf"), dtype=torch.float32, device=q.device)
+    padded[..., :s] = lse  # (fp32, as the CUDA kernel's; fp64 inputs are for tests only)
+    return out, padded
+
+
+@efficient_attention.register_fake
+def _(q, k, v, scale, is_causal):
+    b, h, s, _ = q.shape
+    return (q.new_empty(b, h, s, v.shape[-1]),
+            q.new_empty((b, h, -(-s // LSE_PAD) * LSE_PAD), dtype=torch.float32))
+
+
+@torch.library.custom_op("probes::efficient_attention_backward", mutates_args=())
+def efficient_attention_backward(grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                                 out: torch.Tensor, lse: torch.Tensor, scale: float,
+                                 is_causal: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The gradients of q, k and v (each in its input's dtype)."""
+    scores = _math_attention(q, k, v, scale, is_causal)
+    probs = torch.exp(scores - torch.logsumexp(scores, dim=-1, keepdim=True))
+    g = _acc(grad)
+    dv = torch.matmul(probs.transpose(-2, -1), g)
+    dp = torch.matmul(g, _acc(v).transpose(-2, -1))
+    ds = probs * (dp - (g * _acc(out)).sum(-1, keepdim=True)) * scale
+    return (torch.matmul(ds, _acc(k)).to(q.dtype), torch.matmul(ds.transpose(-2, -1), _acc(q)).to(k.dtype),
+            dv.to(v.dtype))
+
+
+@efficient_attention_backward.register_fake
+def _(grad, q, k, v, out, lse, scale, is_causal):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _setup(ctx, inputs, output):
+    q, k, v, scale, is_causal = inputs
+    ctx.save_for_backward(q, k, v, *output)
+    ctx.scale, ctx.is_causal = scale, is_causal
+
+
+def _backward(ctx, grad_out, grad_lse):
+    q, k, v, out, lse = ctx.saved_tensors
+    dq, dk, dv = efficient_attention_backward(grad_out, q, k, v, out, lse, ctx.scale, ctx.is_causal)
+    return dq, dk, dv, None, None
+
+
+efficient_attention.register_autograd(_backward, setup_context=_setup)
+
+
+@contextlib.contextmanager
+def unequal_head_dims():
+    """Inside the block, ``F.scaled_dot_product_attention`` with v heads narrower or wider than
+    q / k heads runs :func:`efficient_attention` (what CUDA runs for them), its inputs cast to
+    the autocast dtype first as autocast casts SDPA's; every other call (and every call on CUDA,
+    which has the real kernel) is torch's own."""
+    import torch.nn.functional as F
+
+    original = F.scaled_dot_product_attention
+
+    def sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+        if query.shape[-1] == value.shape[-1] or attn_mask is not None or dropout_p or query.device.type == "cuda":
+            return original(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
+                            scale=scale, enable_gqa=enable_gqa)
+        if key.shape[1] != query.shape[1]:
+            raise ValueError("unequal q / v head dims with grouped k / v heads are not traced")
+        if torch.is_autocast_enabled(query.device.type):
+            dtype = torch.get_autocast_dtype(query.device.type)
+            query, key, value = (t.to(dtype) for t in (query, key, value))
+        return efficient_attention(query, key, value, query.shape[-1] ** -0.5 if scale is None else scale,
+                                   is_causal)[0]
+
+    F.scaled_dot_product_attention = sdpa
+    try:
+        yield
+    finally:
+        F.scaled_dot_product_attention = original

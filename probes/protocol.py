@@ -92,8 +92,10 @@ def measure_tracked(model, optimizer, ids: torch.Tensor, precision, *, steps: in
         if on_step is not None:
             on_step(kind, k, n, time.perf_counter() - since)
 
+    @contextlib.contextmanager
     def attention():
-        return kernels.force_flash() if force_flash else contextlib.nullcontext()
+        with kernels.force_flash() if force_flash else contextlib.nullcontext(), kernels.unequal_head_dims():
+            yield
 
     gc.collect()
     with attention():

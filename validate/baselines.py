@@ -127,7 +127,8 @@ def parallel_tier() -> list[Config]:
 def supports(model_name: str, method: str) -> bool:
     """Whether peft can apply ``method`` with all-linear targets: it refuses DoRA on fused
     expert parameters, which its all-linear conversion targets on Mixtral and Qwen3-MoE."""
-    moe = spec_for(model_name).moe
+    view = spec_for(model_name).moe_view
+    moe = view.layer.moe if view is not None else None
     return not (method in ("dora", "qdora") and moe is not None and moe.peft_converts)
 
 
@@ -201,11 +202,15 @@ def spec_for(model: str):
 
 
 def with_layers(spec, layers: int, name: str):
-    """``spec`` with ``layers`` decoder layers (per-layer lists in its config cut to match)."""
+    """``spec`` with ``layers`` decoder layers (per-layer lists in its config cut to match; dense
+    first layers, first_k_dense_replace, at most all but one, so that the cut keeps a layer of
+    each kind: DeepSeek-V3's 3 dense layers cut to 2 layers are 1 dense and 1 MoE)."""
     from planner.model.catalog import model_from_config
 
     config = spec.hf_config()
     config["num_hidden_layers"] = layers
+    if isinstance(config.get("first_k_dense_replace"), int) and layers > 1:
+        config["first_k_dense_replace"] = min(config["first_k_dense_replace"], layers - 1)
     keep = _kept_layers(spec, layers)
     for key in ("layer_types", "no_rope_layers", "layers_block_type"):
         if isinstance(config.get(key), list):
@@ -336,11 +341,12 @@ def append(row: dict, p: Path) -> None:
 # ---------------------------------------------------------------- tier 9: issue 18's mixture-of-experts families
 # Every new MoE family under every method peft accepts for it with all-linear targets (DoRA is
 # refused where all-linear reaches fused experts), batch {1, 4} x seq {512, 2048} x checkpointing,
-# cut to 2 layers at real widths (every layer of these models is alike);
+# cut to 2 layers at real widths (every layer of Qwen1.5-MoE, OLMoE and Phi-3.5-MoE is alike;
+# GLM-4.5's and DeepSeek-V3's cuts hold a dense layer and a MoE layer, see with_layers);
 # Llama 4 cut to four layers (Scout: three chunked RoPE layers and a full no-RoPE one; Maverick:
-# dense and MoE layers, RoPE and no-RoPE), Phi-3.5-MoE to two
+# dense and MoE layers, RoPE and no-RoPE)
 MOE_FAMILY_MODELS = ("qwen1.5-moe-a2.7b@2L", "olmoe-1b-7b@2L", "llama-4-scout@4L", "llama-4-maverick@4L",
-                     "phi-3.5-moe@2L")
+                     "phi-3.5-moe@2L", "glm-4.5-air@2L", "glm-4.5@2L", "deepseek-v3@2L", "kimi-k2@2L")
 
 
 def moe_families_tier() -> list[Config]:

@@ -366,6 +366,17 @@ def _layer_softmax(s: Step):
                 transient__module=eager.locals, transient__attention=eager.working, **s.parallel("in_layer"))
 
 
+@moment("forward", "layer_experts")
+def _layer_experts(s: Step):
+    """With checkpointing, the last layer's experts in its forward, LoRA on them: the merged
+    expert weights and the experts' tensors (terms.moe_forward_workspace), beside the checkpoints."""
+    work = s._last(C.moe_forward_workspace)
+    if not work:
+        return None
+    return dict(**s.persistent, activations__saved=s.saved - s.final_norm, activations__autocast_weights=s.layer_copies,
+                transient__module=work, **s.parallel("in_layer"))
+
+
 @moment("forward", "last_layer_unsharded")
 def _last_layer_unsharded(s: Step):
     """Several GPUs: the last layer being unsharded, beside what the earlier layers kept and two

@@ -90,8 +90,9 @@ def unsharded_root(model: ModelSpec, train: TrainSpec, weight_bytes: int) -> int
 def layer_bytes(model: ModelSpec, train: TrainSpec, weight_bytes: int, packed: int) -> int:
     """One decoder layer's parameters, whole: base (``packed``: its 4-bit weights' bytes, else
     the stored dtype) and adapters (fp32)."""
-    base = sum(t.numel for t in base_tensors(model, layer_only=True))
-    linear = sum(t.numel for t in base_tensors(model, layer_only=True) if t.role == "linear")
+    layer = base_tensors(model, layer_only=True)
+    base = sum(t.numel for t in layer)
+    linear = sum(t.numel for t in layer if t.role == "linear")  # the largest kind's Linear weights
     if variant(train).base.quantized:
         base_bytes = packed + (base - linear) * FP32
     else:
@@ -124,8 +125,9 @@ def fsdp_root_grads(model: ModelSpec, train: TrainSpec, grad_bytes: int) -> int:
 def fsdp_grads_at_backward_end(model: ModelSpec, train: TrainSpec, grad_bytes: int) -> int:
     """FSDP: the sharded gradients already there while the first layer's backward runs: every
     other layer's shard (the root's and the first layer's are still whole: :meth:`FSDP.terms`' reduce_scatter)."""
-    layer = sharded(trainable_tensors(model, train, layer_only=True), train.num_gpus)
-    return (model.num_layers - 1) * layer * grad_bytes
+    first = next(k.name for k in model.kinds if 0 in k.indices)  # the first layer's kind
+    first_layer = sharded(inv.of_kind(trainable_tensors(model, train), first), train.num_gpus)
+    return fsdp_grads_after_layers(model, train, grad_bytes) - first_layer * grad_bytes
 
 
 def fsdp_grads_after_layers(model: ModelSpec, train: TrainSpec, grad_bytes: int) -> int:
@@ -135,7 +137,9 @@ def fsdp_grads_after_layers(model: ModelSpec, train: TrainSpec, grad_bytes: int)
     (:func:`fsdp_root_grads`). Tracer, Phi-4-mini full fine-tuning, 2 layers, 2 GPUs, tied
     embedding: at the embedding's backward both layers' [50334720] bf16 gradient shards are
     live beside lm_head's [200064, 3072] gradient, the embedding's and their sum."""
-    return model.num_layers * sharded(trainable_tensors(model, train, layer_only=True), train.num_gpus) * grad_bytes
+    # every layer of every kind (dense and MoE layers' tensors differ)
+    layers = tuple(t for t in trainable_tensors(model, train) if t.kind != inv.ROOT)
+    return sharded(layers, train.num_gpus) * grad_bytes
 
 
 def ddp_grad_buckets(model: ModelSpec, train: TrainSpec, grad_bytes: int) -> int:

@@ -16,8 +16,8 @@ from functools import lru_cache
 from planner.model import counts
 from planner.model import targets
 from planner.model import inventory as inv
-from planner.model.architectures import (ATTENTION_INPUT_ROLES, ATTENTION_ROLES, MIXER_INPUT_ROLES, MLP_INPUT_ROLES,
-                                        NORM_READER_ROLES, Linear, Norm)
+from planner.model.architectures import (ATTENTION_INPUT_ROLES, ATTENTION_ROLES, K_SIDE, LATENT_ROLES, MIXER_INPUT_ROLES,
+                                         MLP_INPUT_ROLES, NORM_READER_ROLES, Q_SIDE, V_SIDE, Linear, Norm)
 from planner.model.specs import DTYPE_BYTES, ModelSpec, TrainSpec
 from planner.memory.variants import variant
 from planner.units import FP32, ceil_div
@@ -278,7 +278,14 @@ def norm_saved(model: ModelSpec, train: TrainSpec, prec: Precision, norm: Norm |
     more than Llama per layer, OLMo-2 4Tq + 4Tkv + 8T.
     """
     t = train.tokens
-    if norm is None or norm.site not in ("q", "k"):
+    if norm is not None and norm.site in ("q_a", "kv_a"):  # MLA's latent norms: over the latent, per token
+        rows, width, kept = t, norm.size, prec.hidden
+        if norm.site == "kv_a" and prec.hidden == FP32:
+            # the kv latent is a slice of the kv_a output: in fp32, x.to(float32) is that slice, which
+            # keeps the whole output, the shared rope key with it (tracer, tiny DeepSeek-V3 QLoRA)
+            return rows * (width + model.layer.mla.rope) * FP32 + rows * FP32 + (
+                rows * width * kept if train.method == "full" else 0)
+    elif norm is None or norm.site not in ("q", "k"):
         rows, width, kept = t, model.hidden_size, prec.stream
     else:
         heads = model.num_heads if norm.site == "q" else model.num_kv_heads
@@ -329,6 +336,8 @@ def attention_core_saved(model: ModelSpec, train: TrainSpec, prec: Precision) ->
     probabilities :attr:`Precision.eager_probabilities`.
     """
     t, c = train.tokens, prec.attention
+    if model.layer.mla is not None:
+        return mla_attention_saved(model, train, prec)
     saved = t * (2 * model.q_dim + 2 * model.kv_dim) * c
     if model.layer.by_role("qkv") and prec.hidden == c:
         # Fused qkv (Phi-3): v is a slice of the qkv output, so keeping v keeps the whole
@@ -361,6 +370,33 @@ def attention_core_saved(model: ModelSpec, train: TrainSpec, prec: Precision) ->
     softcapped = model.eager_attention
     return (3 * t * model.q_dim * c + scores * (prec.eager_probabilities + (c if softcapped else 0))
             + eager_fused_qkv_kept(model, train, prec))
+
+
+def mla_attention_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
+    """What multi-head latent attention keeps for backward, one layer (transformers 5.23
+    DeepseekV3Attention.forward), in the attention dtype c (:attr:`Precision.attention`), H heads
+    of q / k width qk = nope + rope and v width dv, latents of q_rank and kv_rank:
+
+    - nothing of RoPE's (it multiplies the q_b and kv_a outputs' rope slices by the cos / sin
+      tables, which need no gradient, so autograd keeps only the tables);
+    - q, the torch.cat of its nope and rotated parts, and k, a new tensor the nope and rope
+      keys are copied into: 2*T*H*qk;
+    - v is a view of the kv_b output, which it keeps whole: T*H*(nope + dv) (with an fp32 hidden
+      stream under autocast, the kernel keeps autocast's c-byte copy of v instead, T*H*dv);
+    - the kernel's output, T*H*dv, and its logsumexp. q / k heads of 192 against v heads of 128
+      rule out flash attention (PyTorch's sdp_utils.cpp, check_head_dim_size_flash: q, k, v of
+      one last dimension); CUDA runs the memory-efficient kernel (check_head_dim_size_mem_efficient
+      lets v differ), whose fp32 logsumexp has the sequence padded to a multiple of 32:
+      B*H*ceil(S/32)*32*4. The tracer runs that kernel's saved set (probes.kernels).
+    The latent norms are :func:`norm_saved` entries of their own (sites q_a, kv_a)."""
+    mla, t, c, heads = model.layer.mla, train.tokens, prec.attention, model.num_heads
+    if uses_eager(model, train):
+        raise ValueError("eager attention with multi-head latent attention is not planned yet: "
+                         "`probe --device fake` traces it")
+    # v keeps the kv_b output whole, unless autocast casts it (an fp32 hidden stream): its own copy
+    v = t * heads * (mla.nope + mla.v if prec.hidden == c else mla.v) * c
+    lse = train.batch_size * heads * ceil_div(train.seq_len, 32) * 32 * FP32
+    return t * heads * (2 * mla.qk + mla.v) * c + v + lse
 
 
 def eager_fused_qkv_kept(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
@@ -435,6 +471,10 @@ def moe_saved_parts(model: ModelSpec, train: TrainSpec, prec: Precision) -> dict
     if moe.activation == "clamped_swiglu":
         router = pairs * (8 + c)
         per_pair = (2 * h + 7 * i) * x + 24 + c + 8 if experts_train else (h + 6 * i) * x + 24 + c
+    elif moe.routing == "sigmoid_group":
+        router, w = sigmoid_router_saved(model, train, prec, router_train)
+        per_pair = (2 * h + 4 * i) * x + 24 + w if experts_train else (h + 3 * i) * x + 24 + w
+        router_train = False  # its input is counted above
     else:
         router = t * moe.experts * FP32 + pairs * 8 + ((pairs + t) * FP32 if moe.renormalize else 0)
         w = FP32 if moe.weights_fp32 else c
@@ -559,6 +599,26 @@ def attn_temperature_saved(model: ModelSpec, train: TrainSpec, prec: Precision) 
     (log1p(floor((pos + 1) / floor_scale)) * attn_scale + 1, expanded over the batch), which the
     product keeps: seq*4."""
     return train.seq_len * FP32 if model.traits.attn_temperature else 0
+def sigmoid_router_saved(model: ModelSpec, train: TrainSpec, prec: Precision, trained: bool) -> tuple[int, int]:
+    """DeepSeek-V3's router (GLM-4.5's alike; transformers 5.23 DeepseekV3TopkRouter): one MoE
+    layer's saved set, and the bytes of one routing weight. The router casts its input and
+    weight to fp32 (``F.linear(x.type(float32), w.type(float32))``), which CUDA autocast casts
+    back to the compute dtype: its tensors are r bytes, the compute dtype under autocast, else
+    fp32. The matmul keeps the weight's r-byte copy for the input's gradient (E*h*r) and, when the
+    router's weight or its LoRA trains, the input's r-byte copy (T*h*r); sigmoid keeps its
+    output (T*E*r); the expert choice (bias-corrected scores, group top-k, masked top-k) keeps
+    nothing but the top-k indices gather keeps (T*k*8); renormalizing (norm_topk_prob) keeps
+    the gathered weights and their sum (T*k*r + T*r); the routed scaling is a scalar. The
+    routing weights are r bytes each. Tracer, tiny GLM-4.5 (8 experts, 2 groups), LoRA bf16
+    autocast: a bf16 [T, 8] sigmoid, an int64 [T, 2] top-k, a bf16 [T, 2] clone and [T, 1] sum;
+    the router's LoRA (peft's ParamWrapper) keeps its merged weight instead of the weight's copy."""
+    moe = model.layer.moe
+    t, h, pairs = train.tokens, model.hidden_size, train.tokens * moe.top_k
+    r = prec.compute if prec.autocast else FP32
+    lora = any(tg.part == "router" for tg in targets.targeted_parameters(model, train))
+    weight = 0 if lora else moe.experts * h * r  # LoRA's merged weight (the "merged" part) is the one kept
+    saved = weight + t * moe.experts * r + pairs * 8 + ((pairs + t) * r if moe.renormalize else 0)
+    return saved + (t * h * r if trained else 0), r
 
 
 def shared_expert_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
@@ -572,7 +632,10 @@ def shared_expert_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> 
     if moe is None or not moe.shared_intermediate:
         return 0
     t, i = train.tokens, moe.shared_intermediate
-    return 3 * t * i * prec.hidden + (t * i * prec.compute if train.method == "full" else 0)
+    # DeepSeek-V3's router keeps its own cast of the MoE input, not the input: the shared
+    # expert's trained gate / up keep that (tracer, tiny GLM-4.5 full: one T x h more per layer)
+    own_input = t * model.hidden_size * prec.stream if train.method == "full" and moe.routing == "sigmoid_group" else 0
+    return 3 * t * i * prec.hidden + (t * i * prec.compute if train.method == "full" else 0) + own_input
 
 
 def shared_output_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
@@ -616,6 +679,26 @@ def moe_backward_workspace(model: ModelSpec, train: TrainSpec, prec: Precision) 
     return max(down, inputs)
 
 
+def moe_forward_workspace(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
+    """A checkpointed layer's experts in its forward, with LoRA on them: the layer keeps nothing
+    for backward, but while its experts run the merged weights W + s*B@A (both, the router's
+    too, and the factors' copies: the "merged" part of :func:`moe_saved_parts`) exist, beside
+    the gathered input, the down output, its product with the routing weights and the
+    unpermuted result (4*S*h*x), the MoE's input and the residual sum it is added to (2*T*h*x)
+    and the sort's int64 vectors (24*S). Tracer, GLM-4.5-Air 2 layers, LoRA all-linear with
+    checkpointing, batch 2 x 512: both bf16 merged weights ([128, 2816, 4096], [128, 4096,
+    1408]) and four [8192, 4096] at the forward peak, which the plan had 25% under without them.
+    0 without checkpointing (the loss moment holds the merged weights as saved) or without LoRA
+    on the experts."""
+    if not train.gradient_checkpointing or model.layer.moe is None:
+        return 0
+    if not any(tg.part in ("gate_up", "down") for tg in targets.targeted_parameters(model, train)):
+        return 0
+    t, h, x = train.tokens, model.hidden_size, prec.stream
+    pairs = t * model.layer.moe.top_k
+    return moe_saved_parts(model, train, prec)["merged"] + (4 * pairs + 2 * t) * h * x + 24 * pairs
+
+
 def linear_inputs_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
     """Inputs the frozen or trainable base Linear layers keep, one layer.
 
@@ -642,8 +725,12 @@ def linear_inputs_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> 
     else:
         readers = 1 if moe else 2  # one attention input and one MLP input, shared
     mlp_inner = 0 if moe else model.intermediate_size
-    attention_output_copy = t * model.q_dim * c if model.traits.rotary_concat or uses_eager(model, train) else 0
-    return t * (readers * model.hidden_size + mlp_inner) * c + attention_output_copy
+    o = model.layer.by_role("o")
+    o_in = o[0].in_features if o else model.q_dim  # (MLA: heads x v dims; a layer without attention copies nothing)
+    attention_output_copy = t * o_in * c if model.traits.rotary_concat or uses_eager(model, train) else 0
+    # MLA's q_b / kv_b keep their inputs, the latent norms' outputs
+    latents = sum(lin.in_features for lin in model.layer.by_role("q_b", "kv_b"))
+    return t * (readers * model.hidden_size + mlp_inner + latents) * c + attention_output_copy
 
 
 def shared_input_bytes(model: ModelSpec, train: TrainSpec, prec: Precision, lin: Linear) -> int:
@@ -701,6 +788,8 @@ def layer_saved_sequence(model: ModelSpec, train: TrainSpec, prec: Precision) ->
         seq += adapters(*(("ssm_out",) if runs_out_proj(model, train) else ()), "conv_out")
     elif layer.by_role(*ATTENTION_ROLES):
         seq += adapters(*ATTENTION_INPUT_ROLES)
+        seq += norms("q_a", "kv_a")  # multi-head latent attention's latents, and their up-projections
+        seq += adapters(*LATENT_ROLES)
         seq += norms("q", "k")
         seq.append(("qk_l2_norm", qk_l2_norm_saved(model, train, prec) + attn_temperature_saved(model, train, prec)))
         seq.append(("attention", attention_core_saved(model, train, prec)))
@@ -880,7 +969,7 @@ def first_layer_unrecorded(model: ModelSpec, train: TrainSpec, prec: Precision) 
         # (tracer, tiny LFM2 of two conv layers, LoRA: layer 0 keeps all but its input norm's);
         # otherwise planned as kept (a bound)
         return 0
-    gq, gk, gv = ({r, "qkv"} & roles for r in ("q", "k", "v"))
+    gq, gk, gv = (side & roles for side in (Q_SIDE, K_SIDE, V_SIDE))
     scores_grad = bool(gq or gk)
     out = sum(norm_saved(model, train, prec, n) for site, g in (("q", gq), ("k", gk)) if not g
               for n in layer.norms_at(site))
@@ -901,7 +990,7 @@ def first_layer_unrecorded(model: ModelSpec, train: TrainSpec, prec: Precision) 
             out += (0 if scores_grad else scores * FP32) + (0 if gv else scores * c)
     # a targeted module whose input needs no gradient keeps no dropout mask nor weight copy
     # (q, k and v: first_norm_unrecorded)
-    attention = bool(roles & (ATTENTION_INPUT_ROLES | {"o"}))
+    attention = bool(roles & ATTENTION_ROLES)
     no_grad_input = ({"o"} if not (gq or gk or gv) else set()) | (set() if attention else MLP_INPUT_ROLES)
     if not (attention or roles & MLP_INPUT_ROLES):
         no_grad_input.add("down")
@@ -993,14 +1082,12 @@ def autocast_weight_copies(model: ModelSpec, train: TrainSpec, prec: Precision) 
     if not prec.autocast:
         return 0
     copies = counts.adapter_params(model, train) if train.is_adapter else 0
-    # LoRA on fused parameters copies its factors itself (moe_saved), outside autocast
-    # (summed kind by kind: Llama 4 Maverick's dense and MoE layers differ in both)
-    views = model.by_kind()
-    copies -= sum(v.num_layers * sum(t.params for t in targets.targeted_parameters(v, train))
-                  for v in views if v.moe is not None)
-    if train.is_dora:  # the magnitude vectors are not matmul weights
-        copies -= sum(v.num_layers * sum(lin.out_features for lin in targets.targeted_linears(v, train.target_modules))
-                      for v in views)
+    for view in model.by_kind():
+        # LoRA on fused parameters copies its factors itself (moe_saved), outside autocast
+        copies -= view.num_layers * sum(t.params for t in targets.targeted_parameters(view, train))
+        if train.is_dora:  # the magnitude vectors are not matmul weights
+            copies -= view.num_layers * sum(lin.out_features
+                                            for lin in targets.targeted_linears(view, train.target_modules))
     if train.method == "full" or not train.gradient_checkpointing:
         copies += mixed_linear_copies(model, train)
     return (copies - first_layer_uncopied(model, train, prec)) * prec.compute

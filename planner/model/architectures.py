@@ -32,6 +32,14 @@ ssm_out    a Mamba-2 mixer's output projection, d_inner -> h    mamba.out_proj
 conv_in    a short gated convolution's input projection,        conv.in_proj (LFM2)
            h -> B, C, x (3h)
 conv_out   a short gated convolution's output projection        conv.out_proj (LFM2)
+q_a        multi-head latent attention: q's down-projection     q_a_proj (DeepSeek-V3)
+           from the normed input to q_lora_rank
+q_b        q's up-projection from the normed q latent to every  q_b_proj
+           head's nope + rope dims
+kv_a       the joint k / v down-projection to kv_lora_rank,     kv_a_proj_with_mqa
+           plus the one rope key every head shares
+kv_b       every head's k nope dims and v dims, from the        kv_b_proj
+           normed kv latent
 =========  ===================================================  ==============================
 
 Mixers that are not attention (a layer's ``mixer``, planner.model.architectures.Mamba2 and
@@ -42,7 +50,8 @@ inventory (planner.model.inventory) lists them; peft's all-linear adapts none of
 is not a Linear) and bitsandbytes quantizes none (it swaps nn.Linear modules only).
 
 Sites of a norm: ``attn_in`` (before attention), ``attn_out`` (on the attention output:
-sandwich and post-norm layers), ``mlp_in``, ``mlp_out``, and ``q`` / ``k`` (qk-norm).
+sandwich and post-norm layers), ``mlp_in``, ``mlp_out``, ``q`` / ``k`` (qk-norm), and
+``q_a`` / ``kv_a`` (multi-head latent attention's norms over its q and kv latents).
 
 Norm kinds (the ``norm`` trait): ``rms`` (transformers' RMSNorm: an fp32 upcast of its input,
 the product cast back), ``rms_fp32_out`` (the weight multiplies in fp32), ``layer``
@@ -53,11 +62,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-ATTENTION_INPUT_ROLES = frozenset({"q", "k", "v", "qkv"})
+# (multi-head latent attention's q_a / kv_a read the normed input; q_b / kv_b their latent norms' outputs)
+ATTENTION_INPUT_ROLES = frozenset({"q", "k", "v", "qkv", "q_a", "kv_a"})
+LATENT_ROLES = frozenset({"q_b", "kv_b"})
 MLP_INPUT_ROLES = frozenset({"gate", "up", "gate_up", "fc_in"})
 # Linears that read the layer's normed input (the attention and MLP inputs).
 NORM_READER_ROLES = ATTENTION_INPUT_ROLES | MLP_INPUT_ROLES
-ATTENTION_ROLES = ATTENTION_INPUT_ROLES | {"o"}
+ATTENTION_ROLES = ATTENTION_INPUT_ROLES | LATENT_ROLES | {"o"}
+# the attention modules whose gradients reach q, k and v (MLA's kv_a and kv_b make both k and v)
+Q_SIDE, K_SIDE, V_SIDE = (frozenset({"q", "qkv", "q_a", "q_b"}), frozenset({"k", "qkv", "kv_a", "kv_b"}),
+                          frozenset({"v", "qkv", "kv_a", "kv_b"}))
 # a mixture of experts' shared expert (a gated MLP beside the routed experts) and its gate
 SHARED_INPUT_ROLES = frozenset({"shared_gate", "shared_up", "shared_gate_up"})
 SHARED_ROLES = SHARED_INPUT_ROLES | {"shared_down", "shared_scale"}
@@ -128,6 +142,11 @@ class Traits:
     rope: str = "half"
     qk_l2_norm: bool = False  # an L2 norm without weights over each head of q and k after RoPE (Llama 4's use_qk_norm)
     attn_temperature: bool = False  # q times an fp32 per-position scale on no-RoPE layers (Llama 4's attn_temperature_tuning)
+    # peft 0.21 rewrites all-linear (and MLP module names) for the model type's checkpoint
+    # conversion pattern (transformers' conversion_mapping "mixtral" / "qwen2_moe"): the MLP's
+    # gate_proj / up_proj / down_proj names become the fused experts' target_parameters, so no
+    # Linear of an MLP role keeps an adapter in any layer (a dense layer's MLP, a shared expert's)
+    peft_moe_conversion: bool = False
 
 
 @dataclass(frozen=True)
@@ -157,7 +176,11 @@ class MoE:
     # how the router weighs the experts: "softmax" (softmax over every expert's logit, the top-k
     # of it: Mixtral, Qwen3-MoE); "sigmoid" (Llama 4's Llama4Router: top-k of the logits, sigmoid
     # of those scattered into a -inf row); "sparsemixer" (Phi-3.5-MoE: top-2 by two masked
-    # softmaxes with Gumbel sampling in training, transformers 5.23 modeling_phimoe.sparsemixer)
+    # softmaxes with Gumbel sampling in training, transformers 5.23 modeling_phimoe.sparsemixer);
+    # "sigmoid_group": DeepSeek-V3's fp32 router (the input and weight cast to fp32), sigmoid
+    # scores plus the e_score_correction_bias buffer choose the experts within the top
+    # ``topk_groups`` of ``groups`` expert groups, the chosen sigmoid scores are the weights,
+    # renormalized and scaled by routed_scaling_factor (GLM-4.5, DeepSeek-V3)
     routing: str = "softmax"
     # how the tokens reach the experts: "grouped" (transformers' grouped_mm path: the T*k
     # (token, expert) pairs sorted by expert) or "dense" (Llama 4's Llama4TextMoe: every expert
@@ -173,6 +196,12 @@ class MoE:
     # the router's softmax runs over the top-k logits only, cast to the compute dtype
     # (GraniteMoeHybridTopKRouter.forward), not over every expert's logit
     router_topk_softmax: bool = False
+    shared_name: str = "shared_expert"  # the shared expert's module inside the MLP (DeepSeek-V3, GLM-4.5: "shared_experts")
+    # the MLP module names peft's conversion maps to the router, gate_up (the gate and up names)
+    # and down (transformers' conversion_mapping: "qwen2_moe"'s pattern; Mixtral's gate, w1, w3, w2)
+    peft_names: tuple[str, str, str, str] = ("gate", "gate_proj", "up_proj", "down_proj")
+    groups: int = 1  # n_group
+    topk_groups: int = 1  # topk_group
 
 
 @dataclass(frozen=True)
@@ -219,6 +248,25 @@ class ShortConv:
 
 
 @dataclass(frozen=True)
+class MLA:
+    """DeepSeek-V3's multi-head latent attention (transformers 5.23 DeepseekV3Attention): q
+    through a latent of ``q_rank`` (q_a_proj, q_a_layernorm, q_b_proj; a plain q_proj when
+    q_lora_rank is None), k and v through one of ``kv_rank`` (kv_a_proj_with_mqa, whose last
+    ``rope`` outputs are a key every head shares, kv_a_layernorm, kv_b_proj). Every head's q
+    and k are ``nope + rope`` wide, its v ``v`` wide."""
+
+    q_rank: int | None
+    kv_rank: int
+    nope: int
+    rope: int
+    v: int
+
+    @property
+    def qk(self) -> int:
+        return self.nope + self.rope
+
+
+@dataclass(frozen=True)
 class Layer:
     """One decoder layer (every layer of its kind alike): its Linears in forward order, norms,
     traits, its mixture of experts and its mixer when that is not attention (Mamba-2, a short
@@ -229,6 +277,7 @@ class Layer:
     traits: Traits = field(default_factory=Traits)
     moe: MoE | None = None
     mixer: Mamba2 | ShortConv | None = None
+    mla: MLA | None = None
 
     def by_role(self, *roles: str) -> tuple[Linear, ...]:
         return tuple(lin for lin in self.linears if lin.role in roles)
@@ -239,12 +288,13 @@ class Layer:
 
 # The layer kinds the formulas know. A model is a sequence of kinds (planner.model.specs.ModelSpec):
 # "decoder" where every layer is alike; "sliding_attention" and "full_attention" where some
-# layers attend within a window ("chunked_attention": Llama 4's chunks); in the hybrids
-# (planner.model.hybrids) "mamba2" (a Mamba-2 mixer), "short_conv" (LFM2's gated short
-# convolution), "attention" (attention in a hybrid) and "mlp" (an MLP-only layer, Nemotron-H).
-# A kind the formulas do not know is refused by name.
-KNOWN_KINDS = ("decoder", "sliding_attention", "full_attention", "chunked_attention", "mamba2", "short_conv",
-               "attention", "mlp")
+# layers attend within a window ("chunked_attention": Llama 4's chunks); "dense" and "moe" where
+# the first layers have a dense MLP and the others a mixture of experts (first_k_dense_replace:
+# DeepSeek-V3, GLM-4.5), their Linears differ; in the hybrids (planner.model.hybrids) "mamba2"
+# (a Mamba-2 mixer), "short_conv" (LFM2's gated short convolution), "attention" (attention in a
+# hybrid) and "mlp" (an MLP-only layer, Nemotron-H). A kind the formulas do not know is refused by name.
+KNOWN_KINDS = ("decoder", "sliding_attention", "full_attention", "chunked_attention", "dense", "moe", "mamba2",
+               "short_conv", "attention", "mlp")
 # Where a model's layers differ in their MLP too (Llama 4 Maverick: a dense MLP between MoE
 # layers), a kind's name is its attention kind and its MLP kind joined by "/": "chunked_attention/dense"
 MLP_KINDS = ("dense", "moe")
@@ -288,7 +338,8 @@ def _span(indices: tuple[int, ...]) -> str:
 class Architecture:
     """One table entry: how an HF model_type lays out its decoder layer.
 
-    ``attention``: "split" (q_proj, k_proj, v_proj, o_proj) or "fused" (qkv_proj, o_proj).
+    ``attention``: "split" (q_proj, k_proj, v_proj, o_proj), "fused" (qkv_proj, o_proj) or
+    "mla" (multi-head latent attention, :class:`MLA`).
     ``mlp``: "gated" (gate_proj, up_proj, down_proj), "fused_gated" (gate_up_proj, down_proj) or
     "plain" (a non-gated MLP: StarCoder2's c_fc, act, c_proj).
     ``bias_field``: the config field that gives every Linear a bias (StarCoder2's ``use_bias``,
@@ -324,6 +375,13 @@ class Architecture:
     llama4_layers: bool = False
     lm_head_bias_field: str | None = None  # the config field that gives lm_head a bias (Phi-3.5-MoE's lm_head_bias)
     hybrid: str | None = None  # a hybrid family whose layer kinds planner.model.hybrids describes
+    # a mixture of experts whose first layers are dense (config first_k_dense_replace, the
+    # family's default when omitted): a "dense" kind (a gated MLP intermediate_size wide) before a "moe" kind
+    dense_first_default: int | None = None
+    # MoE config fields the family's config defaults when the config omits them
+    moe_defaults: tuple[tuple[str, object], ...] = ()
+    qk_norm_field: str | None = None  # a config field that adds per-head q/k RMSNorms (GLM-4.5's use_qk_norm)
+    head_dim_field: str | None = None  # the config field head_dim defaults to (DeepSeek-V3: qk_rope_head_dim)
 
 
 SANDWICH = (("input_layernorm", "attn_in"), ("post_attention_layernorm", "attn_out"),
@@ -415,6 +473,26 @@ TABLE: dict[str, Architecture] = {
     "qwen3_moe": Architecture(traits=Traits(qk_norm="head"), sliding="flag", moe="qwen"),
     # gpt-oss has no SDPA path in transformers (its sinks need the eager softmax), and its
     # norms multiply the weight in fp32 ((w * x_fp32).to(dtype)).
+    # GLM-4.5 / GLM-4.5-Air (modeling_glm4_moe.py, configuration_glm4_moe.py): Llama's pre-norm
+    # layer with q/k/v biases (attention_bias) and none on o_proj, per-head q/k norms with
+    # use_qk_norm, RoPE on the first half of each head (partial_rotary_factor defaults to 0.5;
+    # rotate_half, the pass-through half joined with torch.cat); the first first_k_dense_replace
+    # layers (default 1) have a dense gated MLP, the others DeepSeek-V3's mixture of experts
+    # (see _deepseek_moe; n_shared_experts defaults to 1, n_group and topk_group to 1).
+    "glm4_moe": Architecture(out_bias=False, moe="deepseek", dense_first_default=1, qk_norm_field="use_qk_norm",
+                             moe_defaults=(("n_shared_experts", 1), ("n_group", 1), ("topk_group", 1),
+                                           ("n_routed_experts", 128), ("num_experts_per_tok", 8)),
+                             traits=Traits(rotary_concat=True, rotary_fraction=0.5)),
+    # DeepSeek-V3 / Kimi-K2 (modeling_deepseek_v3.py, configuration_deepseek_v3.py): multi-head
+    # latent attention (:class:`MLA`; q is the cat of its nope and rotated parts, the rotation
+    # interleaved by default, rope_interleave) in Llama's pre-norm layer; the first
+    # first_k_dense_replace layers (default 3) dense, the others the sigmoid-routed experts of
+    # _deepseek_moe (n_group 8, topk_group 4 by default). The config's head_dim is
+    # qk_rope_head_dim (the rotated width, which sizes RoPE's tables).
+    "deepseek_v3": Architecture(attention="mla", moe="deepseek", dense_first_default=3, head_dim_field="qk_rope_head_dim",
+                                moe_defaults=(("n_shared_experts", 1), ("n_group", 8), ("topk_group", 4),
+                                              ("n_routed_experts", 256), ("num_experts_per_tok", 8)),
+                                traits=Traits(rotary_concat=True)),
     "gpt_oss": Architecture(traits=Traits(norm="rms_fp32_out", eager_attention=True, attention_sinks=True),
                             sliding="alternate", attention_bias_default=True, moe="gpt_oss"),
     # Llama 4's text decoder (transformers 5.23 modeling_llama4, configuration_llama4.Llama4TextConfig):
@@ -471,9 +549,10 @@ class Dims:
 
 def describe(arch: Architecture, config: dict, dims: Dims) -> tuple[LayerKind, ...]:
     """The decoder layers of ``arch`` for a config's fields (already validated into ``dims``),
-    as kinds: one "decoder" kind where every layer is alike, or "sliding_attention" and
+    as kinds: one "decoder" kind where every layer is alike; "sliding_attention" and
     "full_attention" where some layers attend within a window (the config's layer_types, or
-    the family's rule)."""
+    the family's rule); "dense" and "moe" where the first first_k_dense_replace layers have a
+    dense MLP before the mixture-of-experts layers (DeepSeek-V3, GLM-4.5)."""
     if arch.llama4_layers:
         return _llama4_kinds(arch, config, dims)
     if arch.hybrid:
@@ -484,6 +563,11 @@ def describe(arch: Architecture, config: dict, dims: Dims) -> tuple[LayerKind, .
     window = config.get("sliding_window")
     sliding = _sliding_indices(arch, config, dims.layers) if isinstance(window, int) and window > 0 else ()
     everything = tuple(range(dims.layers))
+    if arch.dense_first_default is not None:
+        first = _dense_first(arch, config, dims.layers)
+        dense = replace(_layer(arch, config, dims, moe=False), traits=layer.traits)
+        return tuple(LayerKind(name, lay, idx) for name, lay, idx in
+                     (("dense", dense, everything[:first]), ("moe", layer, everything[first:])) if idx)
     if not sliding:
         return (LayerKind("decoder", layer, everything),)
     windowed = LayerKind("sliding_attention", replace(layer, traits=replace(layer.traits, sliding_window=window)),
@@ -492,15 +576,30 @@ def describe(arch: Architecture, config: dict, dims: Dims) -> tuple[LayerKind, .
     return (windowed,) + ((LayerKind("full_attention", layer, full),) if full else ())
 
 
-def _layer(arch: Architecture, config: dict, dims: Dims) -> Layer:
-    """The module layout and traits of one decoder layer of ``arch``."""
+def _dense_first(arch: Architecture, config: dict, layers: int) -> int:
+    """How many first layers have a dense MLP (first_k_dense_replace, else the family's default)."""
+    first = config.get("first_k_dense_replace", arch.dense_first_default)
+    if first is None:
+        first = arch.dense_first_default
+    if not isinstance(first, int) or isinstance(first, bool) or first < 0:
+        raise LayoutError(f"config field 'first_k_dense_replace' must be a non-negative integer, got {first!r}")
+    return min(first, layers)
+
+
+def _layer(arch: Architecture, config: dict, dims: Dims, moe: bool = True) -> Layer:
+    """The module layout and traits of one decoder layer of ``arch`` (``moe`` False: the dense
+    layer of a family whose first layers are dense)."""
     h, inter, q_dim, kv_dim = dims.hidden, dims.intermediate, dims.q_dim, dims.kv_dim
     attn_bias = bool(config.get("attention_bias", arch.attention_bias_default))
     mlp_bias = bool(config.get("mlp_bias", False))
     if arch.bias_field:
         attn_bias = mlp_bias = bool(config.get(arch.bias_field, arch.bias_default))
     qkv_bias = bool(config.get("qkv_bias", arch.qkv_bias)) or attn_bias
-    if arch.attention == "fused":
+    mla = _mla(config, dims) if arch.attention == "mla" else None
+    if mla is not None:
+        attention = _mla_linears(mla, h, dims.heads, attn_bias)
+        q_dim = dims.heads * mla.v  # o_proj's input
+    elif arch.attention == "fused":
         attention = (Linear("qkv_proj", h, q_dim + 2 * kv_dim, qkv_bias, "qkv"),)
     else:
         attention = (Linear("q_proj", h, q_dim, qkv_bias, "q"), Linear("k_proj", h, kv_dim, qkv_bias, "k"),
@@ -509,7 +608,7 @@ def _layer(arch: Architecture, config: dict, dims: Dims) -> Layer:
     if arch.out_bias is not None:
         out_bias = arch.out_bias
     attention += (Linear("o_proj", q_dim, h, out_bias, "o"),)
-    moe = _moe(arch.moe, config, dims) if arch.moe else None
+    moe = _moe(arch.moe, {**dict(arch.moe_defaults), **config}, dims) if arch.moe and moe else None
     if moe is not None:
         mlp = _shared_expert(moe, h)
     elif arch.mlp == "fused_gated":
@@ -522,12 +621,17 @@ def _layer(arch: Architecture, config: dict, dims: Dims) -> Layer:
         mlp += (Linear("c_proj" if arch.mlp == "plain" else "down_proj", inter, h, mlp_bias, "down"),)
     layer_norm = arch.traits.norm == "layer"
     norms = tuple(Norm(name, site, h, bias=layer_norm) for name, site in arch.norm_sites)
-    if arch.traits.qk_norm == "head":
+    # the config field that turns per-head q/k norms on (GLM-4.5's use_qk_norm)
+    qk_norm = "head" if arch.qk_norm_field and config.get(arch.qk_norm_field) else arch.traits.qk_norm
+    if mla is not None:
+        norms += tuple(Norm(name, site, size) for name, site, size in
+                       (("q_a_layernorm", "q_a", mla.q_rank), ("kv_a_layernorm", "kv_a", mla.kv_rank)) if size)
+    if qk_norm == "head":
         norms += (Norm("q_norm", "q", dims.head_dim, per_head=True), Norm("k_norm", "k", dims.head_dim, per_head=True))
     elif arch.traits.qk_norm == "full":
         norms += (Norm("q_norm", "q", q_dim), Norm("k_norm", "k", kv_dim))
     # the traits a config sets on top of its family's
-    changes: dict = {}
+    changes: dict = {"qk_norm": qk_norm} if qk_norm != arch.traits.qk_norm else {}
     rotary = config.get("partial_rotary_factor") or (config.get("rope_parameters") or {}).get("partial_rotary_factor")
     if rotary:
         changes["rotary_fraction"] = float(rotary)
@@ -535,7 +639,40 @@ def _layer(arch: Architecture, config: dict, dims: Dims) -> Layer:
         changes["eager_attention"] = True
     if config.get("final_logit_softcapping"):
         changes["logit_softcapping"] = True
-    return Layer(linears=attention + mlp, norms=norms, traits=replace(arch.traits, **changes), moe=moe)
+    if arch.moe in PEFT_CONVERTED:
+        changes["peft_moe_conversion"] = True
+    return Layer(linears=attention + mlp, norms=norms, traits=replace(arch.traits, **changes), moe=moe, mla=mla)
+
+
+def _mla(config: dict, dims: Dims) -> MLA:
+    """The latent attention of a DeepSeek-V3 config (configuration_deepseek_v3.py's fields)."""
+    values = {}
+    for name in ("kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"):
+        value = config.get(name)
+        if value is None:
+            raise LayoutError(f"config.json lacks the field {name!r}, which the architecture table needs")
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise LayoutError(f"config field {name!r} must be a positive integer, got {value!r}")
+        values[name] = value
+    q_rank = config.get("q_lora_rank")
+    if q_rank is not None and (not isinstance(q_rank, int) or isinstance(q_rank, bool) or q_rank < 1):
+        raise LayoutError(f"config field 'q_lora_rank' must be a positive integer or null, got {q_rank!r}")
+    if dims.kv_heads != dims.heads:
+        raise LayoutError(f"num_key_value_heads {dims.kv_heads} differs from num_attention_heads {dims.heads}: "
+                          "multi-head latent attention makes k and v for every head")
+    return MLA(q_rank, values["kv_lora_rank"], values["qk_nope_head_dim"], values["qk_rope_head_dim"],
+               values["v_head_dim"])
+
+
+def _mla_linears(mla: MLA, h: int, heads: int, bias: bool) -> tuple[Linear, ...]:
+    """The latent attention's Linears in forward order (biases on q_a, kv_a and o_proj with
+    attention_bias; o_proj is appended by the caller)."""
+    if mla.q_rank is None:
+        q = (Linear("q_proj", h, heads * mla.qk, False, "q"),)
+    else:
+        q = (Linear("q_a_proj", h, mla.q_rank, bias, "q_a"), Linear("q_b_proj", mla.q_rank, heads * mla.qk, False, "q_b"))
+    return q + (Linear("kv_a_proj_with_mqa", h, mla.kv_rank + mla.rope, bias, "kv_a"),
+                Linear("kv_b_proj", mla.kv_rank, heads * (mla.nope + mla.v), False, "kv_b"))
 
 
 class LayoutError(ValueError):
@@ -547,10 +684,10 @@ def _shared_expert(moe: MoE, h: int) -> tuple[Linear, ...]:
     it before the router, and its sigmoid gate after the routed experts)."""
     if not moe.shared_intermediate:
         return ()
-    i = moe.shared_intermediate
-    out = (Linear("shared_expert.gate_proj", h, i, False, "shared_gate"),
-           Linear("shared_expert.up_proj", h, i, False, "shared_up"),
-           Linear("shared_expert.down_proj", i, h, False, "shared_down"))
+    i, name = moe.shared_intermediate, moe.shared_name
+    out = (Linear(f"{name}.gate_proj", h, i, False, "shared_gate"),
+           Linear(f"{name}.up_proj", h, i, False, "shared_up"),
+           Linear(f"{name}.down_proj", i, h, False, "shared_down"))
     if moe.shared_scale:
         out += (Linear("shared_expert_gate", h, 1, False, "shared_scale"),)
     return out
@@ -562,9 +699,9 @@ def _moe(kind: str, config: dict, dims: Dims) -> MoE:
     peft's all-linear reaches the router and the experts only for the families whose
     checkpoint-conversion pattern it knows (Mixtral, Qwen3-MoE: it rewrites the targets to
     ``target_parameters``); for gpt-oss it adapts the attention Linears only."""
-    experts = config.get("num_local_experts") or config.get("num_experts")
+    experts = config.get("num_local_experts") or config.get("num_experts") or config.get("n_routed_experts")
     top_k = config.get("num_experts_per_tok") or config.get("experts_per_token")
-    inter = config.get("moe_intermediate_size") if kind in ("qwen", "qwen2") else dims.intermediate
+    inter = config.get("moe_intermediate_size") if kind in ("qwen", "qwen2", "deepseek") else dims.intermediate
     for field_name, value in (("num_local_experts", experts), ("num_experts_per_tok", top_k),
                               ("moe_intermediate_size", inter)):
         if value is None:
@@ -575,7 +712,10 @@ def _moe(kind: str, config: dict, dims: Dims) -> MoE:
         raise LayoutError("dense layers between the MoE layers (mlp_only_layers, decoder_sparse_step) are not "
                           "planned yet: use probe --device fake")
     if kind == "mixtral":
-        return MoE(experts, top_k, inter, renormalize=True, weights_fp32=True, peft_converts=True)
+        return MoE(experts, top_k, inter, renormalize=True, weights_fp32=True, peft_converts=True,
+                   peft_names=("gate", "w1", "w3", "w2"))
+    if kind == "deepseek":
+        return _deepseek_moe(config, experts, top_k, inter)
     if kind == "qwen":
         return MoE(experts, top_k, inter, renormalize=bool(config.get("norm_topk_prob", False)), peft_converts=True)
     if kind == "olmoe":
@@ -644,6 +784,34 @@ def _llama4_kinds(arch: Architecture, config: dict, dims: Dims) -> tuple[LayerKi
         name = f"{attention}/{'moe' if is_moe else 'dense'}" if mixed else attention
         kinds.append(LayerKind(name, replace(layer, traits=traits), tuple(indices)))
     return tuple(kinds)
+def _deepseek_moe(config: dict, experts: int, top_k: int, inter: int) -> MoE:
+    """DeepSeek-V3's mixture of experts (GLM-4.5's alike; transformers 5.23 DeepseekV3MoE,
+    Glm4MoeMoE): an fp32 sigmoid router with group-limited top-k (DeepseekV3TopkRouter), fused
+    routed experts whose routing weights stay fp32, and n_shared_experts shared experts as one
+    gated MLP of Linear modules (``shared_experts``), n_shared_experts * moe_intermediate_size
+    wide, run after the routed ones on the MoE's input. peft's all-linear adapts the router
+    (r) and the fused experts (gate_up 2r, down r) and drops every MLP Linear (the dense
+    layers' and the shared experts': transformers maps both model types to the "qwen2_moe"
+    conversion pattern; tracer)."""
+    values = {}
+    for name in ("n_shared_experts", "n_group", "topk_group"):
+        value = config.get(name)
+        if value is None:
+            raise LayoutError(f"config.json lacks the field {name!r}, which the architecture table needs")
+        if not isinstance(value, int) or isinstance(value, bool) or value < (0 if name == "n_shared_experts" else 1):
+            raise LayoutError(f"config field {name!r} must be a positive integer, got {value!r}")
+        values[name] = value
+    if experts % values["n_group"] or values["topk_group"] > values["n_group"]:
+        raise LayoutError(f"config fields 'n_group' {values['n_group']} and 'topk_group' {values['topk_group']} must "
+                          f"split the {experts} experts into groups and choose among them")
+    return MoE(experts, top_k, inter, renormalize=bool(config.get("norm_topk_prob", True)), weights_fp32=True,
+               peft_converts=True, shared_intermediate=values["n_shared_experts"] * inter,
+               shared_name="shared_experts", routing="sigmoid_group", groups=values["n_group"],
+               topk_groups=values["topk_group"])
+
+
+# MoE kinds whose model types peft 0.21 converts (see Traits.peft_moe_conversion)
+PEFT_CONVERTED = frozenset({"mixtral", "qwen", "olmoe", "deepseek"})
 
 
 def _sliding_indices(arch: Architecture, config: dict, layers: int) -> tuple[int, ...]:

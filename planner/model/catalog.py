@@ -103,6 +103,12 @@ def _not_a_decoder(config: dict) -> str:
     return ""
 
 
+# Model types that ship remote code for a layout transformers builds under another type (never
+# run): Kimi-K2's config says "kimi_k2" and its architectures DeepseekV3ForCausalLM, DeepSeek-V3's
+# layout (64 heads, 384 experts), which transformers' own deepseek_v3 classes build.
+MODEL_TYPE_ALIASES = {"kimi_k2": "deepseek_v3"}
+
+
 def model_from_config(config: dict, name: str, hf_id: str | None = None,
                       published_params: int | None = None) -> ModelSpec:
     """Build a :class:`ModelSpec` from the fields of an HF config.json, through the
@@ -110,6 +116,9 @@ def model_from_config(config: dict, name: str, hf_id: str | None = None,
     if not isinstance(config, dict):
         raise CatalogError(f"{name}: a config.json must hold a JSON object")
     model_type = config.get("model_type")
+    if model_type in MODEL_TYPE_ALIASES:  # a remote-code model type whose layout an entry has
+        config = {**config, "model_type": MODEL_TYPE_ALIASES[model_type]}
+        model_type = config["model_type"]
     text = config.get("text_config")
     if model_type not in TABLE and isinstance(text, dict) and text.get("model_type") in TABLE:
         # a multimodal checkpoint (Gemma-3 4B and up): plan its text decoder, as Gemma3ForCausalLM loads it
@@ -131,7 +140,8 @@ def model_from_config(config: dict, name: str, hf_id: str | None = None,
     kv_heads = config.get("num_key_value_heads") or heads
     if not isinstance(kv_heads, int) or kv_heads < 1 or heads % kv_heads:
         raise CatalogError(f"{name}: num_key_value_heads {kv_heads!r} must divide num_attention_heads {heads}")
-    head_dim = config.get("head_dim") or arch.head_dim_default or hidden // heads  # the family's config default
+    head_dim = (config.get("head_dim") or (arch.head_dim_field and config.get(arch.head_dim_field))
+                or arch.head_dim_default or hidden // heads)  # the family's config default
     if not isinstance(head_dim, int) or head_dim < 1:
         raise CatalogError(f"{name}: head_dim {head_dim!r} must be a positive integer")
     if arch.hybrid:

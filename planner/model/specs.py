@@ -110,6 +110,12 @@ class ModelSpec:
         return next(v for v, k in zip(views, self.kinds) if index in k.indices) if len(views) > 1 else self
 
     @property
+    def moe_view(self) -> "ModelSpec | None":
+        """The view (:meth:`by_kind`) of the first kind with a mixture of experts, or None
+        (a model whose first layers are dense has its experts in a later kind)."""
+        return next((v for v, k in zip(self.by_kind(), self.kinds) if k.layer.moe is not None), None)
+
+    @property
     def linears(self) -> tuple[Linear, ...]:
         return self.layer.linears
 

@@ -12,7 +12,7 @@ import difflib
 from dataclasses import dataclass
 from functools import lru_cache
 
-from planner.model.architectures import Linear
+from planner.model.architectures import MLP_INPUT_ROLES, SHARED_ROLES, Linear
 from planner.model.specs import ALL_LINEAR, ModelSpec, TrainSpec
 
 
@@ -24,7 +24,7 @@ def targeted_linears(model: ModelSpec, targets: tuple[str, ...]) -> tuple[Linear
     layer (lm_head). Names are matched exactly against the layer's module names.
     """
     if ALL_LINEAR in targets:
-        return model.linears
+        return _unconverted(model, model.linears)
     known = model.all_linear_names
     unknown = [t for t in targets if not any(_matches(name, t) for name in known)]
     if unknown:
@@ -34,7 +34,23 @@ def targeted_linears(model: ModelSpec, targets: tuple[str, ...]) -> tuple[Linear
             hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
         raise ValueError(f"{model.name} has no module {', '.join(hints)}; "
                          f"its Linear modules are {', '.join(known)} (or use {ALL_LINEAR})")
-    return tuple(lin for lin in model.linears if any(_matches(lin.name, t) for t in targets))
+    return _unconverted(model, tuple(lin for lin in model.linears if any(_matches(lin.name, t) for t in targets)))
+
+
+def _unconverted(model: ModelSpec, linears: tuple[Linear, ...]) -> tuple[Linear, ...]:
+    """The Linears that keep their adapter once peft has converted the targets for the model
+    type's checkpoint conversion (Traits.peft_moe_conversion): peft's
+    ``_convert_peft_config_moe`` maps the MLP names (gate_proj, up_proj, down_proj) to the fused
+    experts' target_parameters and removes them from target_modules, so the MLP Linears of every
+    layer (a dense layer's, a shared expert's) keep none (tracer, tiny GLM-4.5 and DeepSeek-V3,
+    all-linear: no LoRA on mlp.gate_proj of the dense layer nor on mlp.shared_experts.*)."""
+    if not model.traits.peft_moe_conversion:
+        return linears
+    return tuple(lin for lin in linears if lin.role not in MLP_ROLES)
+
+
+# the Linear roles of an MLP (a dense one's, a shared expert's)
+MLP_ROLES = MLP_INPUT_ROLES | SHARED_ROLES | {"down"}
 
 
 def _matches(name: str, target: str) -> bool:
@@ -86,29 +102,28 @@ def targeted_parameters(model: ModelSpec, train: TrainSpec) -> tuple[ParamTarget
     """The fused parameters an adapter targets.
 
     Explicit ``target_parameters`` (peft matches them as suffixes: "experts.gate_up_proj" or
-    "mlp.experts.gate_up_proj") get the rank as given. ``all-linear`` on a family whose
-    checkpoint conversion peft knows (Mixtral, Qwen3-MoE) is rewritten by peft
-    (``convert_peft_config_for_transformers``) to the router at rank r, gate_up at 2r (alpha
-    doubled: its rank_pattern) and down at r; for gpt-oss all-linear stays on the attention.
+    "mlp.experts.gate_up_proj") get the rank as given. ``all-linear``, and the MLP's module
+    names, on a family whose checkpoint conversion peft knows (Mixtral, Qwen3-MoE, GLM-4.5,
+    DeepSeek-V3) are rewritten by peft (``convert_peft_config_for_transformers``) to the router
+    at rank r, gate_up at 2r (alpha doubled: its rank_pattern) and down at r (:func:`_converted`);
+    for gpt-oss all-linear stays on the attention.
     """
     moe = model.moe
     if not train.is_adapter:
         return ()
     if moe is None:
-        if train.target_parameters:
+        if train.target_parameters and not model.traits.peft_moe_conversion:  # (a dense kind of an MoE model: none)
             raise ValueError(f"{model.name} has no fused expert parameters to target "
                              f"({', '.join(train.target_parameters)}); use --target-modules")
         return ()
     e, h, i, r = moe.experts, model.hidden_size, moe.intermediate, train.rank
-    wanted: dict[str, int] = {}
-    if ALL_LINEAR in train.target_modules and moe.peft_converts:
-        wanted = {"router": r, "gate_up": 2 * r, "down": r}
+    wanted = _converted(model, train) if moe.peft_converts else {}
     for name in train.target_parameters:
         part = next((p for p in ("gate_up", "down") if name.endswith(f"experts.{p}_proj")), None)
         if part is None:
             raise ValueError(f"unknown target parameter {name!r} for {model.name} "
                              f"(its fused experts are {', '.join(EXPERT_PARAMETERS)})")
-        wanted[part] = r
+        wanted.setdefault(part, r)  # (peft's rank_pattern for a converted gate_up still gives it 2r)
     shapes = {"router": (1, h, e, f"{moe.router}.weight"), "gate_up": (e, h, 2 * i, EXPERT_PARAMETERS[0]),
               "down": (e, i, h, EXPERT_PARAMETERS[1])}
     out = []
@@ -121,6 +136,28 @@ def targeted_parameters(model: ModelSpec, train: TrainSpec) -> tuple[ParamTarget
                          f"{', '.join(t.name for t in out)}); adapt the attention only, e.g. "
                          f"--target-modules {','.join(model.linear_names)}")
     return tuple(out)
+
+
+def _converted(model: ModelSpec, train: TrainSpec) -> dict[str, int]:
+    """The fused parameters peft's conversion makes of target module names (peft 0.21
+    ``_convert_peft_config_moe``): all-linear names every MLP name; the router's name gives the
+    router at rank r, the gate and up names together gate_up at 2r (alpha doubled: its
+    rank_pattern and alpha_pattern; one without the other is refused), the down name down at r.
+    Names match as peft matches them, the name or a dotted suffix (tracer: GLM-4.5-Air with
+    target_modules gate_proj, up_proj, down_proj: gate_up at 2r, no dense-layer or shared-expert LoRA)."""
+    moe, r = model.moe, train.rank
+    router, gate, up, down = moe.peft_names
+    if ALL_LINEAR in train.target_modules:
+        names = {router, gate, up, down}
+    else:
+        names = {name for t in train.target_modules for name in (router, gate, up, down)
+                 if t == name or t.endswith("." + name)}
+    if (gate in names) != (up in names):
+        raise UnsupportedMethod(f"peft cannot convert {gate if gate in names else up} without "
+                                f"{up if gate in names else gate} on {model.name}: they are fused into "
+                                f"{EXPERT_PARAMETERS[0]}")
+    parts = (("router", router, r), ("gate_up", gate, 2 * r), ("down", down, r))
+    return {part: rank for part, name, rank in parts if name in names}
 
 
 def trains_embedding(train: TrainSpec) -> bool:

@@ -20,6 +20,9 @@ def test_every_entry_builds_a_layer_with_roles():
             continue
         fields = {"moe_intermediate_size": 48, "num_experts": 8, "num_experts_per_tok": 2,
                   "shared_expert_intermediate_size": 64}
+        if model_type == "deepseek_v3":  # multi-head latent attention's fields, every head with its k / v
+            fields.update(kv_lora_rank=32, qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16,
+                          num_key_value_heads=4)
         model = spec(model_type, **fields)
         roles = {lin.role for lin in model.linears}
         assert roles >= {"o"}, model_type

@@ -21,11 +21,10 @@ def formula_trained(model, train) -> int:
     if train.method == "full":
         return counts.total_params(model)
     layers = 0
-    for view in model.by_kind():  # kind by kind: Llama 4 Maverick's dense and MoE layers differ
+    for view in model.by_kind():  # each layer kind its own Linears (dense and MoE layers)
         per_layer = sum(train.rank * (lin.in_features + lin.out_features) + (lin.out_features if train.is_dora else 0)
                         for lin in targeted_linears(view, train.target_modules))
-        fused = targeted_parameters(view, train) if view.moe is not None else ()
-        per_layer += sum(p.experts * p.rank * (p.in_features + p.out_features) for p in fused)
+        per_layer += sum(p.experts * p.rank * (p.in_features + p.out_features) for p in targeted_parameters(view, train))
         layers += view.num_layers * per_layer
     return layers + len(train.modules_to_save) * model.vocab_size * model.hidden_size
 

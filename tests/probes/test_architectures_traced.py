@@ -107,11 +107,23 @@ MOE_FAMILIES = {
     # Phi-3.5-MoE: LayerNorm with bias, q/k/v/o and lm_head biases, sparsemixer top-2, input jitter
     "phimoe": dict(intermediate_size=64, num_local_experts=8, num_experts_per_tok=2, attention_bias=True,
                    lm_head_bias=True, input_jitter_noise=0.01),
+    # GLM-4.5: a dense first layer, then DeepSeek-V3's sigmoid-routed experts (2 groups, one
+    # chosen) and a shared expert; q/k/v biases, RoPE on half of each head
+    "glm4_moe": dict(moe_intermediate_size=48, n_routed_experts=8, num_experts_per_tok=2, n_shared_experts=1,
+                     first_k_dense_replace=1, n_group=2, topk_group=1, routed_scaling_factor=2.5,
+                     attention_bias=True, partial_rotary_factor=0.5),
+    # DeepSeek-V3: the same MoE behind multi-head latent attention (q / k heads of 24, v heads of
+    # 16: the memory-efficient kernel's saved set, probes.kernels.efficient_attention)
+    "deepseek_v3": dict(moe_intermediate_size=48, n_routed_experts=8, num_experts_per_tok=2, n_shared_experts=1,
+                        first_k_dense_replace=1, n_group=2, topk_group=1, routed_scaling_factor=2.5,
+                        num_key_value_heads=4, head_dim=None, q_lora_rank=48, kv_lora_rank=32, qk_nope_head_dim=16,
+                        qk_rope_head_dim=8, v_head_dim=16),
 }
 
 
 def _tiny_moe(model_type):
-    return {"model_type": model_type, **BASE, "vocab_size": 512, **MOE_FAMILIES[model_type]}
+    return {k: v for k, v in {"model_type": model_type, **BASE, "vocab_size": 512, **MOE_FAMILIES[model_type]}.items()
+            if v is not None}
 
 
 @pytest.mark.slow
@@ -124,6 +136,42 @@ def test_moe_family_fake_trace_equals_cpu_step_to_the_byte(torch_stack, model_ty
     real, traced = cpu.measure(spec, train), fake.trace(spec, train)
     assert traced.peak_allocated_bytes == real.peak_allocated_bytes
     assert traced.phase_peaks == real.phase_peaks and traced.breakdown == real.breakdown
+    # (a softmax router adds "+math" to the kernel's name: its _softmax)
+    kernel = "efficient" if model_type == "deepseek_v3" else "flash"
+    assert real.attention_kernel.split("+")[0] == traced.attention_kernel.split("+")[0] == kernel
+
+
+# DeepSeek-V3 under QLoRA (4-bit dense and shared-expert Linears beside fp32 experts and router, the
+# latent attention's fp32 Linear outputs) and GLM-4.5 fully fine-tuned with checkpointing (the CI
+# budget keeps the other two of this grid, byte-equal when run, out of the suite)
+@pytest.mark.slow
+@pytest.mark.parametrize("model_type,method,gc", [("deepseek_v3", "qlora", False), ("glm4_moe", "full", True)])
+def test_deepseek_family_fake_trace_equals_cpu_step_to_the_byte(torch_stack, model_type, method, gc):
+    from probes import cpu, fake
+
+    spec = model_from_config(_tiny_moe(model_type), f"tiny-{model_type}")
+    train = TrainSpec(method=method, rank=4, batch_size=2, seq_len=48, dtype="bf16", gradient_checkpointing=gc)
+    real, traced = cpu.measure(spec, train), fake.trace(spec, train)
+    assert traced.peak_allocated_bytes == real.peak_allocated_bytes
+    assert traced.phase_peaks == real.phase_peaks and traced.breakdown == real.breakdown
+
+
+def test_efficient_attention_equals_math_attention(torch_stack):
+    """The op that stands for CUDA's memory-efficient kernel computes attention: its output and
+    gradients equal torch's math SDPA for q / k heads wider than v's (negative control: without
+    the causal mask they differ)."""
+    import torch
+
+    from probes.kernels import efficient_attention
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 10, d, dtype=torch.float64, requires_grad=True) for d in (12, 12, 8))
+    out, lse = efficient_attention(q, k, v, 12 ** -0.5, True)
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+    assert torch.allclose(out, ref) and lse.shape == (2, 3, 32)
+    grads = torch.autograd.grad(out.sum(), (q, k, v))
+    assert all(torch.allclose(a, b) for a, b in zip(grads, torch.autograd.grad(ref.sum(), (q, k, v))))
+    assert not torch.allclose(efficient_attention(q, k, v, 12 ** -0.5, False)[0], ref)
 
 
 @pytest.mark.slow

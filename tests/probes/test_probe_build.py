@@ -12,7 +12,9 @@ def test_from_spec_keeps_what_the_measurements_read(torch_stack):
         spec = get_model(name)
         model = from_spec(spec)
         assert model.config == spec.hf_config() and model.vocab_size == spec.vocab_size
-        assert model.attention_shape() == (spec.num_heads, spec.num_kv_heads, spec.head_dim)
+        mla = spec.layer.mla  # multi-head latent attention: q / k heads of nope + rope, v heads of its own
+        assert model.attention_shape() == (spec.num_heads, spec.num_kv_heads, mla.qk if mla else spec.head_dim)
+        assert model.value_head_dim() == (mla.v if mla else spec.head_dim)
         assert model.eager == spec.eager_attention  # Gemma-2: softcapping, eager attention
     assert from_spec(get_model("gemma-2-2b")).attn_implementation == "eager"
     assert from_spec(get_model("7b")).attn_implementation == "sdpa"

@@ -38,6 +38,8 @@ def target_sets(spec) -> dict[str, tuple[str, ...]]:
         return tuple(dict.fromkeys(lin.name.rsplit(".", 1)[-1] for lin in linears if lin.role in roles))
 
     attention = named("q", "v", "qkv")
+    if any(kind.layer.mla is not None for kind in spec.kinds):  # multi-head latent attention: its q and kv up-projections
+        attention = named("q", "q_b", "kv_b")
     mlp = named("gate", "up", "down", "gate_up", "fc_in") or named("o")
     return {"all-linear": ("all-linear",), "attention": attention, "mlp": mlp}
 
@@ -47,7 +49,7 @@ def target_parameter_sets(spec) -> dict[str, tuple[str, ...]]:
     experts (peft's target_parameters)."""
     from planner.model.targets import EXPERT_PARAMETERS
 
-    return {"mlp": EXPERT_PARAMETERS} if spec.moe is not None else {}
+    return {"mlp": EXPERT_PARAMETERS} if spec.moe_view is not None else {}
 
 
 @dataclass(frozen=True)
