@@ -287,8 +287,24 @@ def norm_saved(model: ModelSpec, train: TrainSpec, prec: Precision, norm: Norm |
         # (without autocast the input itself, in the stream's dtype), and fp32 mean and rstd
         # per row; its weight's gradient needs nothing more (tracer, StarCoder2-3B 2 layers)
         return rows * width * (FP32 if prec.autocast else prec.stream) + 2 * rows * FP32
+    if model.traits.norm == "centered":
+        return centered_norm_saved(train, prec, rows, width, width * (norm.weight_heads if norm else 1))
     if train.method == "full":
         saved += rows * width * (FP32 if model.traits.norm == "rms_fp32_out" else kept)
+    return saved
+
+
+def centered_norm_saved(train: TrainSpec, prec: Precision, rows: int, width: int, weight: int) -> int:
+    """What Cohere's LayerNorm keeps for backward (transformers' CohereLayerNorm.forward: x in
+    fp32, x - mean computed twice, once squared for the variance and once scaled by
+    rsqrt(variance + eps), then the fp32 weight times that, cast back): the two fp32 centered
+    inputs (rows*width*4 each, kept by pow and by the product), rsqrt (rows*4) and the weight's
+    fp32 copy (``weight``*4; none where the weight is fp32 already: QLoRA's, fp32 master
+    weights); when the weight is trained, the normalized fp32 input too (rows*width*4)."""
+    saved = 2 * rows * width * FP32 + rows * FP32
+    saved += weight * FP32 if parameter_bytes(train, prec) != FP32 else 0
+    if train.method == "full":
+        saved += rows * width * FP32
     return saved
 
 
@@ -520,8 +536,8 @@ def linear_inputs_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> 
     moe = model.layer.moe is not None  # the MoE's input is counted in moe_saved
     if prec.autocast and norm_output_bytes(model, prec) != c:
         readers = len(model.layer.by_role(*NORM_READER_ROLES))
-    else:
-        readers = 1 if moe else 2  # one attention input and one MLP input, shared
+    else:  # one attention input and one MLP input, shared; one for both in a parallel layer
+        readers = 1 if moe or model.traits.placement == "parallel" else 2
     mlp_inner = 0 if moe else model.intermediate_size
     attention_output_copy = t * model.q_dim * c if model.traits.rotary_concat or uses_eager(model, train) else 0
     return t * (readers * model.hidden_size + mlp_inner) * c + attention_output_copy
@@ -550,6 +566,8 @@ def shared_input_bytes(model: ModelSpec, train: TrainSpec, prec: Precision, lin:
     if lin.role not in NORM_READER_ROLES:
         return 0
     group = ATTENTION_INPUT_ROLES if lin.role in ATTENTION_INPUT_ROLES else MLP_INPUT_ROLES
+    if model.traits.placement == "parallel":  # attention and MLP read the one norm output
+        group = NORM_READER_ROLES
     targeted = targets.targeted_names(model, train)
     readers = [other.name for other in model.layer.by_role(*group) if other.name in targeted]
     return 0 if not readers or readers[0] == lin.name else train.tokens * lin.in_features * FP32

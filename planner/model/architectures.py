@@ -77,10 +77,18 @@ class Norm:
     size: int
     bias: bool = False  # LayerNorm with a bias
     per_head: bool = False
+    # heads with a weight of their own (Cohere's qk-norm: a (heads, head_dim) weight); 1: one
+    # weight of ``size`` shared by every head
+    weight_heads: int = 1
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Its weight's shape (and its bias's)."""
+        return (self.weight_heads, self.size) if self.weight_heads > 1 else (self.size,)
 
     @property
     def params(self) -> int:
-        return self.size * (2 if self.bias else 1)
+        return self.size * self.weight_heads * (2 if self.bias else 1)
 
 
 @dataclass(frozen=True)
@@ -89,10 +97,17 @@ class Traits:
 
     # "rms"; "rms_fp32_out": the weight multiplies the fp32 normalized input (Gemma's
     # x_norm * (1 + w.float()), OLMo-2's (w * x_norm).to(dtype)), so that product is fp32;
-    # "layer": nn.LayerNorm with a bias (StarCoder2), fp32 in and out under CUDA autocast
+    # "layer": nn.LayerNorm with a bias (StarCoder2), fp32 in and out under CUDA autocast;
+    # "centered": Cohere's LayerNorm without a bias, written out in fp32 ops (x - mean twice,
+    # rsqrt, the fp32 weight times the normalized input, cast back to the input's dtype)
     norm: str = "rms"
-    placement: str = "pre"  # "pre", "sandwich" (pre and post), "post" (OLMo-2: after each block only)
-    qk_norm: str = "none"  # "none", "head" (over head_dim, after the reshape), "full" (over q_dim / kv_dim)
+    # "pre", "sandwich" (pre and post), "post" (OLMo-2: after each block only), "parallel"
+    # (Cohere: attention and MLP both read the one input norm's output, and their outputs join
+    # the residual in one sum)
+    placement: str = "pre"
+    # "none", "head" (over head_dim, after the reshape), "full" (over q_dim / kv_dim),
+    # "head_weights" (over head_dim, each head its own weight: Cohere's (heads, head_dim))
+    qk_norm: str = "none"
     eager_attention: bool = False  # attention logit softcapping (Gemma-2) rules out the SDPA kernels
     logit_softcapping: bool = False  # final logits pass through cap * tanh(logits / cap) (Gemma-2)
     rotary_concat: bool = False  # RoPE joins rotated and pass-through dims with torch.cat (Phi-3)
@@ -103,6 +118,9 @@ class Traits:
     rope_tables: int = 1  # distinct cos/sin pairs per forward (Gemma-3: one per attention type)
     rope_fp32: bool = False  # the rotary embedding returns fp32 cos / sin (OLMo-2)
     sliding_window: int | None = None  # the window of a sliding-attention layer (its kind's trait)
+    # the config field that turns on a per-head qk-norm with a weight per head (Cohere's
+    # use_qk_norm: q_norm (heads, head_dim), k_norm (kv_heads, head_dim)), "" where none does
+    qk_norm_field: str = ""
 
 
 @dataclass(frozen=True)
@@ -228,6 +246,8 @@ SANDWICH = (("input_layernorm", "attn_in"), ("post_attention_layernorm", "attn_o
 
 # model_type -> layout (transformers 5.23 modeling files).
 POST_NORM = (("post_attention_layernorm", "attn_out"), ("post_feedforward_layernorm", "mlp_out"))
+# Cohere's one norm, read by attention and the MLP alike
+PARALLEL_NORM = (("input_layernorm", "attn_in"),)
 # GLM-4's sandwich: its names differ from Gemma's (post_attention_layernorm is the MLP's input norm)
 GLM4_SANDWICH = (("input_layernorm", "attn_in"), ("post_self_attn_layernorm", "attn_out"),
                  ("post_attention_layernorm", "mlp_in"), ("post_mlp_layernorm", "mlp_out"))
@@ -288,6 +308,19 @@ TABLE: dict[str, Architecture] = {
     # as transformers' docstring describes it only through layer_types (see _sliding_indices).
     "exaone4": Architecture(norm_sites=POST_NORM, sliding="pattern", sliding_pattern=4,
                             traits=Traits(placement="post", qk_norm="head")),
+    # Cohere (Command-R; modeling_cohere.py): one LayerNorm without a bias (CohereLayerNorm,
+    # centered, in fp32 ops) whose output both attention and the gated MLP read, their outputs
+    # summed with the residual in one add; RoPE on interleaved pairs, in fp32 (q and k upcast,
+    # the rotated ones cast back); with use_qk_norm that LayerNorm over each head's head_dim,
+    # a weight per head; the logits scaled by logit_scale; tied embeddings by default; o_proj's
+    # bias with attention_bias.
+    "cohere": Architecture(norm_sites=PARALLEL_NORM, tie_default=True,
+                           traits=Traits(norm="centered", placement="parallel", qk_norm_field="use_qk_norm")),
+    # Cohere-2 (Command-R7B; modeling_cohere2.py): Cohere's layer without qk-norm; three sliding
+    # layers (RoPE) then a full one (no RoPE: the q_proj / k_proj outputs go to attention,
+    # the same bytes as the rotated ones), by layer_types or sliding_window_pattern (4).
+    "cohere2": Architecture(norm_sites=PARALLEL_NORM, tie_default=True, sliding="pattern", sliding_pattern=4,
+                            traits=Traits(norm="centered", placement="parallel")),
     "mixtral": Architecture(sliding="all", moe="mixtral"),
     # Qwen2-MoE (Qwen1.5-MoE): Qwen2's attention (q/k/v biases, the config's qkv_bias), routed
     # fused experts and a shared expert of Linear modules with its own sigmoid gate
@@ -392,6 +425,9 @@ def _layer(arch: Architecture, config: dict, dims: Dims) -> Layer:
         norms += (Norm("q_norm", "q", dims.head_dim, per_head=True), Norm("k_norm", "k", dims.head_dim, per_head=True))
     elif arch.traits.qk_norm == "full":
         norms += (Norm("q_norm", "q", q_dim), Norm("k_norm", "k", kv_dim))
+    elif arch.traits.qk_norm_field and config.get(arch.traits.qk_norm_field):
+        norms += (Norm("q_norm", "q", dims.head_dim, per_head=True, weight_heads=dims.heads),
+                  Norm("k_norm", "k", dims.head_dim, per_head=True, weight_heads=dims.kv_heads))
     # the traits a config sets on top of its family's
     changes: dict = {}
     rotary = config.get("partial_rotary_factor") or (config.get("rope_parameters") or {}).get("partial_rotary_factor")

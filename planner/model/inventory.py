@@ -109,9 +109,9 @@ def _layer_tensors(model: ModelSpec, layer, kind: str, n: int) -> list[Tensor]:
 
     out = []
     for norm in layer.norms:
-        out.append(tensor(f"{norm.name}.weight", (norm.size,), "norm"))
+        out.append(tensor(f"{norm.name}.weight", norm.shape, "norm"))
         if norm.bias:
-            out.append(tensor(f"{norm.name}.bias", (norm.size,), "norm"))
+            out.append(tensor(f"{norm.name}.bias", norm.shape, "norm"))
     for lin in layer.linears:
         out.append(tensor(f"{lin.name}.weight", (lin.out_features, lin.in_features), "linear"))
         if lin.bias:

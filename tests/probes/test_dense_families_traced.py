@@ -4,7 +4,9 @@ the byte on a tiny config of each, and the planner stays within the architecture
 Each tiny config keeps what is new in the family's layers (StarCoder2: nn.LayerNorm with a
 bias, a plain c_fc -> gelu -> c_proj MLP, a bias on every Linear, tied embeddings, a sliding
 window shorter than the sequence; OLMo-3: sliding and full layers by its default layer_types; GLM-4: fused gate_up and partial
-rotary; EXAONE-4: post-norms, per-head qk-norm, no RoPE on its full layers). At real widths the planner is checked by the baseline
+rotary; EXAONE-4: post-norms, per-head qk-norm, no RoPE on its full layers; Cohere: attention and
+MLP in parallel from one centered LayerNorm, a qk-norm with a weight per head, scaled logits;
+Cohere-2: its sliding layers and full layers without RoPE). At real widths the planner is checked by the baseline
 matrix's tier 8 (validate.baselines) and the memory gate.
 """
 import pytest
@@ -29,6 +31,11 @@ FAMILIES = {
     "glm4": dict(head_dim=16, attention_bias=True, partial_rotary_factor=0.5),
     # EXAONE-4: post-norms, per-head qk-norm, three sliding layers (RoPE) then a full one (no RoPE)
     "exaone4": dict(sliding_window=32, sliding_window_pattern=4, num_hidden_layers=4),
+    # Cohere: one centered LayerNorm read by attention and the MLP (parallel), a per-head qk-norm
+    # with a weight per head, fp32 RoPE on interleaved pairs, scaled logits, tied embeddings
+    "cohere": dict(use_qk_norm=True, logit_scale=0.25),
+    # Cohere-2: Cohere's layer, three sliding layers (RoPE) then a full one (no RoPE)
+    "cohere2": dict(sliding_window=32, num_hidden_layers=4, logit_scale=0.25),
 }
 BOUND = 0.03
 
@@ -41,7 +48,7 @@ def _spec(model_type):
 # MLP under QLoRA and full fine-tuning too: the CI budget keeps the rest of the grid (every
 # method, with and without checkpointing, byte-equal when run) out of the suite.
 BYTE_CASES = [(model_type, "lora", True) for model_type in sorted(FAMILIES)] + [
-    ("starcoder2", "qlora", False), ("starcoder2", "full", False)]
+    ("starcoder2", "qlora", False), ("starcoder2", "full", False), ("cohere", "full", False)]
 
 
 @pytest.mark.slow
