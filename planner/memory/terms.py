@@ -406,8 +406,23 @@ def mlp_core_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
     keeps (:func:`linear_inputs_saved`, the adapter kind's ``saved``)."""
     if model.layer.moe is not None:
         return moe_saved(model, train, prec)
+    if model.traits.activation == "xielu":
+        return xielu_saved(model, train, prec)
     gates = 1 if model.layer.by_role("fc_in") else 3
     return gates * train.tokens * model.intermediate_size * prec.hidden
+
+
+def xielu_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
+    """Apertus's plain MLP with xIELU (transformers' XIELUActivation._xielu_python, the path
+    outside its optional CUDA kernel): where(x > 0, a_p*x*x + b*x, (expm1(min(x, eps)) - x)*a_n
+    + b*x) keeps, of x = up_proj's output (T x I): x itself (for min and the products), the
+    bool mask x > 0 (1 byte), a_p*x (kept by its product with x) and expm1's output; when the
+    alphas are trained (full fine-tuning) also expm1(...) - x, which a_n's gradient needs:
+    T*I*(3*hidden + 1), or T*I*(4*hidden + 1) trained. Tracer, tiny Apertus (I 160, T 128, 2
+    layers) against the same model with GELU: 204,824 B more for LoRA (one mask, two bf16
+    tensors a layer), 368,680 for QLoRA (fp32 ones), 286,776 for full fine-tuning."""
+    per = 4 if train.method == "full" else 3
+    return train.tokens * model.intermediate_size * (per * prec.hidden + 1)
 
 
 def moe_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:

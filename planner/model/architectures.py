@@ -121,6 +121,9 @@ class Traits:
     # the config field that turns on a per-head qk-norm with a weight per head (Cohere's
     # use_qk_norm: q_norm (heads, head_dim), k_norm (kv_heads, head_dim)), "" where none does
     qk_norm_field: str = ""
+    # the MLP's activation where its saved set is not a Linear output's alone: "xielu" (Apertus's
+    # xIELU, with two learned scalars alpha_p and alpha_n per layer); "" for SiLU / GELU
+    activation: str = ""
 
 
 @dataclass(frozen=True)
@@ -239,6 +242,7 @@ class Architecture:
     out_bias: bool | None = None  # o_proj's bias where the family fixes it (GLM-4: never), else as above
     head_dim_default: int | None = None  # head_dim when the config omits it (else hidden / heads)
     dropout_defaults: tuple[tuple[str, float], ...] = ()  # DROPOUT_FIELDS the family's config defaults above 0
+    plain_names: tuple[str, str] = ("c_fc", "c_proj")  # a plain MLP's two Linears (Apertus: up_proj, down_proj)
 
 
 SANDWICH = (("input_layernorm", "attn_in"), ("post_attention_layernorm", "attn_out"),
@@ -321,6 +325,12 @@ TABLE: dict[str, Architecture] = {
     # the same bytes as the rotated ones), by layer_types or sliding_window_pattern (4).
     "cohere2": Architecture(norm_sites=PARALLEL_NORM, tie_default=True, sliding="pattern", sliding_pattern=4,
                             traits=Traits(norm="centered", placement="parallel")),
+    # Apertus (modeling_apertus.py): Llama's attention with per-head q/k RMSNorms (after the
+    # transpose), a plain MLP up_proj -> xIELU -> down_proj (no gate), its norms named
+    # attention_layernorm and feedforward_layernorm.
+    "apertus": Architecture(norm_sites=(("attention_layernorm", "attn_in"), ("feedforward_layernorm", "mlp_in")),
+                            mlp="plain", plain_names=("up_proj", "down_proj"),
+                            traits=Traits(qk_norm="head", activation="xielu")),
     "mixtral": Architecture(sliding="all", moe="mixtral"),
     # Qwen2-MoE (Qwen1.5-MoE): Qwen2's attention (q/k/v biases, the config's qkv_bias), routed
     # fused experts and a shared expert of Linear modules with its own sigmoid gate
@@ -414,11 +424,11 @@ def _layer(arch: Architecture, config: dict, dims: Dims) -> Layer:
     elif arch.mlp == "fused_gated":
         mlp = (Linear("gate_up_proj", h, 2 * inter, mlp_bias, "gate_up"),)
     elif arch.mlp == "plain":
-        mlp = (Linear("c_fc", h, inter, mlp_bias, "fc_in"),)
+        mlp = (Linear(arch.plain_names[0], h, inter, mlp_bias, "fc_in"),)
     else:
         mlp = (Linear("gate_proj", h, inter, mlp_bias, "gate"), Linear("up_proj", h, inter, mlp_bias, "up"))
     if moe is None:
-        mlp += (Linear("c_proj" if arch.mlp == "plain" else "down_proj", inter, h, mlp_bias, "down"),)
+        mlp += (Linear(arch.plain_names[1] if arch.mlp == "plain" else "down_proj", inter, h, mlp_bias, "down"),)
     layer_norm = arch.traits.norm == "layer"
     norms = tuple(Norm(name, site, h, bias=layer_norm) for name, site in arch.norm_sites)
     if arch.traits.qk_norm == "head":
@@ -437,6 +447,8 @@ def _layer(arch: Architecture, config: dict, dims: Dims) -> Layer:
         changes["eager_attention"] = True
     if config.get("final_logit_softcapping"):
         changes["logit_softcapping"] = True
+    if arch.traits.activation and config.get("hidden_act", arch.traits.activation) != arch.traits.activation:
+        changes["activation"] = ""  # Apertus with another hidden_act: transformers' ACT2FN one
     return Layer(linears=attention + mlp, norms=norms, traits=replace(arch.traits, **changes), moe=moe)
 
 

@@ -361,3 +361,25 @@ def test_parallel_layer_shares_one_input_between_attention_and_mlp():
     # Cohere's centered norm: two fp32 centered inputs, rsqrt, the fp32 normalized input (its
     # weight trained) and the weight's fp32 copy
     assert C.norm_saved(co, tr, prec) == 3 * t * h * 4 + t * 4 + h * 4
+
+
+def test_apertus_plain_mlp_xielu_and_its_saved_set():
+    """Apertus (modeling_apertus.py): q/k/v/o, per-head q/k norms, a plain up_proj -> xIELU ->
+    down_proj MLP and two learned scalars (alpha_p, alpha_n) a layer: 197,320 parameters on the
+    tiny 4-layer config, as transformers builds it. xIELU keeps x's mask and two more T x I
+    tensors (three when its alphas train) beyond GELU's input: tracer, tiny Apertus LoRA (T 128,
+    I 160, 2 layers) 204,824 B above the same model with GELU, 24 of them scalars."""
+    base = dict(model_type="apertus", vocab_size=512, hidden_size=64, intermediate_size=160, num_hidden_layers=4,
+                num_attention_heads=4, num_key_value_heads=2, pad_token_id=0)
+    ap = model_from_config(base, "ap")
+    assert layout(ap.layer) == [("q_proj", "q", 64, 64, False), ("k_proj", "k", 64, 32, False),
+                                ("v_proj", "v", 64, 32, False), ("o_proj", "o", 64, 64, False),
+                                ("up_proj", "fc_in", 64, 160, False), ("down_proj", "down", 160, 64, False)]
+    assert [n.name for n in ap.layer.norms] == ["attention_layernorm", "feedforward_layernorm", "q_norm", "k_norm"]
+    assert counts.total_params(ap) == 197_320
+    gelu = model_from_config({**base, "hidden_act": "gelu"}, "apg")
+    assert counts.total_params(gelu) == 197_320 - 8  # no alphas
+    for method, per_layer in (("lora", 128 * 160 * (2 * 2 + 1)), ("full", 128 * 160 * (3 * 2 + 1))):
+        tr = train(method=method, batch_size=2, seq_len=64)
+        prec = C.precision(tr, "bf16")
+        assert C.mlp_core_saved(ap, tr, prec) - C.mlp_core_saved(gelu, tr, prec) == per_layer

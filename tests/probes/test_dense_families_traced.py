@@ -6,7 +6,7 @@ bias, a plain c_fc -> gelu -> c_proj MLP, a bias on every Linear, tied embedding
 window shorter than the sequence; OLMo-3: sliding and full layers by its default layer_types; GLM-4: fused gate_up and partial
 rotary; EXAONE-4: post-norms, per-head qk-norm, no RoPE on its full layers; Cohere: attention and
 MLP in parallel from one centered LayerNorm, a qk-norm with a weight per head, scaled logits;
-Cohere-2: its sliding layers and full layers without RoPE). At real widths the planner is checked by the baseline
+Cohere-2: its sliding layers and full layers without RoPE; Apertus: xIELU's saved set). At real widths the planner is checked by the baseline
 matrix's tier 8 (validate.baselines) and the memory gate.
 """
 import pytest
@@ -36,6 +36,9 @@ FAMILIES = {
     "cohere": dict(use_qk_norm=True, logit_scale=0.25),
     # Cohere-2: Cohere's layer, three sliding layers (RoPE) then a full one (no RoPE)
     "cohere2": dict(sliding_window=32, num_hidden_layers=4, logit_scale=0.25),
+    # Apertus: a plain up_proj -> xIELU -> down_proj MLP (two learned scalars a layer), per-head
+    # q/k RMSNorms, its norms named attention_layernorm / feedforward_layernorm
+    "apertus": dict(),
 }
 BOUND = 0.03
 
@@ -48,7 +51,8 @@ def _spec(model_type):
 # MLP under QLoRA and full fine-tuning too: the CI budget keeps the rest of the grid (every
 # method, with and without checkpointing, byte-equal when run) out of the suite.
 BYTE_CASES = [(model_type, "lora", True) for model_type in sorted(FAMILIES)] + [
-    ("starcoder2", "qlora", False), ("starcoder2", "full", False), ("cohere", "full", False)]
+    ("starcoder2", "qlora", False), ("starcoder2", "full", False), ("cohere", "full", False),
+    ("apertus", "full", False)]
 
 
 @pytest.mark.slow
