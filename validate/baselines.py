@@ -143,8 +143,9 @@ def matrix() -> list[Config]:
     return tier1 + tier2 + tier3 + tier4 + tier5 + settings_tier() + parallel_tier() + dense_families_tier() + moe_families_tier()
 
 
-# Tier 8: today's dense families, one catalog model of each cut to 2 layers at its real widths.
-DENSE_FAMILY_MODELS = ("starcoder2-3b@2L",)
+# Tier 8: today's dense families, one catalog model of each cut to 2 layers at its real widths
+# (OLMo-3 to 4: three sliding layers and a full one).
+DENSE_FAMILY_MODELS = ("starcoder2-3b@2L", "olmo-3-7b@4L", "glm-4-9b-0414@2L", "apertus-8b@2L")
 
 
 def dense_families_tier() -> list[Config]:

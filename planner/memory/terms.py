@@ -412,17 +412,37 @@ def mlp_core_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
     return gates * train.tokens * model.intermediate_size * prec.hidden
 
 
+def mlp_backward_work(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
+    """What the MLP's activation backward makes beyond the layer's saved set, one layer (the MLP
+    block of full fine-tuning's first-layer walk, layer.first_layer_backward_walk), a = hidden
+    bytes: a gated MLP the gradients of gate, up and act(gate), 3*T*I*a; a plain MLP (StarCoder2's
+    c_fc -> gelu) the activation's output and input gradients, 2*T*I*a; xIELU (Apertus) the
+    where's two branch gradients and the fp32 gradients of its products, T*I*(4f + 1), f = 4
+    under autocast (expm1 and softplus run in fp32), else a. Tracer, Apertus widths h 1024, I
+    8192, 2 layers, 512-token vocabulary, full fine-tuning with checkpointing, batch 2 x 1024:
+    the first layer's MLP backward 11*T*I above the gated figure under bf16 autocast (so 17), 3
+    in pure bf16 (9); the same model with GELU 2*T*I below it (4); at other widths (h 512, I
+    6144, 1 x 2048; h 1024, I 4096, 4 x 512) the same 11*T*I."""
+    t, i, a = train.tokens, model.intermediate_size, prec.hidden
+    if model.traits.activation == "xielu":
+        return t * i * (4 * (FP32 if prec.autocast else a) + 1)
+    return (2 if model.layer.by_role("fc_in") else 3) * t * i * a
+
+
 def xielu_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
     """Apertus's plain MLP with xIELU (transformers' XIELUActivation._xielu_python, the path
     outside its optional CUDA kernel): where(x > 0, a_p*x*x + b*x, (expm1(min(x, eps)) - x)*a_n
-    + b*x) keeps, of x = up_proj's output (T x I): x itself (for min and the products), the
-    bool mask x > 0 (1 byte), a_p*x (kept by its product with x) and expm1's output; when the
-    alphas are trained (full fine-tuning) also expm1(...) - x, which a_n's gradient needs:
-    T*I*(3*hidden + 1), or T*I*(4*hidden + 1) trained. Tracer, tiny Apertus (I 160, T 128, 2
-    layers) against the same model with GELU: 204,824 B more for LoRA (one mask, two bf16
-    tensors a layer), 368,680 for QLoRA (fp32 ones), 286,776 for full fine-tuning."""
-    per = 4 if train.method == "full" else 3
-    return train.tokens * model.intermediate_size * (per * prec.hidden + 1)
+    + b*x) keeps, of x = up_proj's output (T x I, hidden bytes): x itself (for min and the
+    products), the bool mask x > 0 (1 byte), a_p*x (kept by its product with x) and expm1's
+    output; when the alphas are trained (full fine-tuning) also expm1(...) - x, which a_n's
+    gradient needs. Under autocast those are fp32: CUDA autocast runs expm1 and softplus in
+    fp32 (softplus(a_p) is a 1-element tensor, so a_p*x is fp32 too); without it they are in
+    the hidden dtype. T*I*(hidden + 1 + 2f), 3f when trained, f = 4 under autocast. Tracer,
+    tiny Apertus (I 160, T 128, 2 layers) against the same model with GELU: LoRA bf16 autocast
+    368,672 B more, QLoRA 368,680, full fine-tuning 532,560 (8 to 80 B of them scalars)."""
+    f = FP32 if prec.autocast else prec.hidden
+    kept = 3 if train.method == "full" else 2
+    return train.tokens * model.intermediate_size * (prec.hidden + 1 + kept * f)
 
 
 def moe_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:

@@ -367,8 +367,12 @@ def test_apertus_plain_mlp_xielu_and_its_saved_set():
     """Apertus (modeling_apertus.py): q/k/v/o, per-head q/k norms, a plain up_proj -> xIELU ->
     down_proj MLP and two learned scalars (alpha_p, alpha_n) a layer: 197,320 parameters on the
     tiny 4-layer config, as transformers builds it. xIELU keeps x's mask and two more T x I
-    tensors (three when its alphas train) beyond GELU's input: tracer, tiny Apertus LoRA (T 128,
-    I 160, 2 layers) 204,824 B above the same model with GELU, 24 of them scalars."""
+    tensors (three when its alphas train), fp32 under autocast (CUDA runs expm1 and softplus in
+    fp32): tracer, tiny Apertus LoRA (T 128, I 160, 2 layers) 368,672 B above the same model with
+    GELU, full fine-tuning 532,560, LoRA in pure bf16 (no fp32) 204,824 (scalars: 24 to 80 B of
+    them). Its backward in full
+    fine-tuning's first-layer walk: 17 bytes per T x I element under bf16 autocast, 9 in pure
+    bf16 (tracer, h 1024, I 8192, 512-token vocabulary, batch 2 x 1024, checkpointing)."""
     base = dict(model_type="apertus", vocab_size=512, hidden_size=64, intermediate_size=160, num_hidden_layers=4,
                 num_attention_heads=4, num_key_value_heads=2, pad_token_id=0)
     ap = model_from_config(base, "ap")
@@ -379,7 +383,17 @@ def test_apertus_plain_mlp_xielu_and_its_saved_set():
     assert counts.total_params(ap) == 197_320
     gelu = model_from_config({**base, "hidden_act": "gelu"}, "apg")
     assert counts.total_params(gelu) == 197_320 - 8  # no alphas
-    for method, per_layer in (("lora", 128 * 160 * (2 * 2 + 1)), ("full", 128 * 160 * (3 * 2 + 1))):
-        tr = train(method=method, batch_size=2, seq_len=64)
+    ti = 128 * 160
+    for method, precision, per_layer in (("lora", "autocast", ti * 9), ("full", "autocast", ti * 13),
+                                         ("lora", "pure", ti * 5)):
+        tr = train(method=method, batch_size=2, seq_len=64, precision=precision)
         prec = C.precision(tr, "bf16")
-        assert C.mlp_core_saved(ap, tr, prec) - C.mlp_core_saved(gelu, tr, prec) == per_layer
+        assert C.mlp_core_saved(ap, tr, prec) - C.mlp_core_saved(gelu, tr, prec) == per_layer, (method, precision)
+    for precision, per_element in (("autocast", 17), ("pure", 9)):
+        tr = train(method="full", batch_size=2, seq_len=64, precision=precision)
+        assert C.mlp_backward_work(ap, tr, C.precision(tr, "bf16")) == ti * per_element
+    # a plain MLP's activation backward: its output and input gradients; a gated one's three
+    tr = train(method="full", batch_size=2, seq_len=64)
+    llama = model_from_config({**base, "model_type": "llama"}, "ll")
+    assert C.mlp_backward_work(gelu, tr, C.precision(tr, "bf16")) == 2 * ti * 2
+    assert C.mlp_backward_work(llama, tr, C.precision(tr, "bf16")) == 3 * ti * 2

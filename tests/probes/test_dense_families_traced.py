@@ -106,3 +106,22 @@ def test_cuda_autocast_runs_layer_norm_in_fp32(torch_stack):
     with cuda_autocast_layer_norm(torch.nn.Linear(8, 8)):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             assert norm(x).dtype == torch.bfloat16
+
+
+def test_cuda_autocast_runs_xielu_exp_ops_in_fp32(torch_stack):
+    """Inside a step of a model with xIELU (Apertus), CPU autocast runs expm1 and softplus in fp32
+    as CUDA autocast does; a model without it, and the same model outside autocast, keep bf16."""
+    import torch
+    from transformers.activations import XIELUActivation
+
+    from probes.kernels import cuda_autocast_layer_norm
+
+    x = torch.randn(2, 8, dtype=torch.bfloat16)
+    act = XIELUActivation(dtype=torch.bfloat16)
+    with cuda_autocast_layer_norm(act):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert torch.expm1(x).dtype == torch.float32 and torch.nn.functional.softplus(x).dtype == torch.float32
+        assert torch.expm1(x).dtype == torch.bfloat16
+    with cuda_autocast_layer_norm(torch.nn.Linear(8, 8)):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert torch.expm1(x).dtype == torch.bfloat16
