@@ -26,8 +26,9 @@ from planner import TrainSpec
 RANDOM_MODELS = ("qwen2.5-0.5b@2L", "llama-3.2-1b@2L", "llama-3.1-8b@2L", "mistral-7b@2L", "gemma-2-2b@2L",
                  "phi-3-mini@2L", "phi-4-mini@2L", "qwen3-0.6b@2L", "gemma-3-1b@2L", "smollm3-3b@2L",
                  "olmo-2-7b@2L", "granite-3.3-8b@2L", "qwen3-30b-a3b@2L", "mixtral-8x7b@2L", "gpt-oss-20b@2L",
-                 # today's dense families with a catalog model (OLMo-3 at 4 layers: three sliding, one full)
-                 "starcoder2-3b@2L", "olmo-3-7b@4L", "glm-4-9b-0414@2L", "apertus-8b@2L")
+                 # today's dense families with a catalog model (OLMo-3 and EXAONE-4 at 4 layers: three sliding, one full)
+                 "starcoder2-3b@2L", "olmo-3-7b@4L", "glm-4-9b-0414@2L", "apertus-8b@2L", "exaone-4.0-32b@4L",
+                 "seed-oss-36b@2L")
 RANDOM_METHODS = ("full", "lora", "rslora", "qlora", "dora", "qdora")
 RANDOM_OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "sgd")  # 8-bit / paged: CUDA only
 RANDOM_SAVED = ((), ("lm_head",), ("embed_tokens",), ("embed_tokens", "lm_head"))

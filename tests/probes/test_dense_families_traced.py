@@ -51,8 +51,7 @@ def _spec(model_type):
 # MLP under QLoRA and full fine-tuning too: the CI budget keeps the rest of the grid (every
 # method, with and without checkpointing, byte-equal when run) out of the suite.
 BYTE_CASES = [(model_type, "lora", True) for model_type in sorted(FAMILIES)] + [
-    ("starcoder2", "qlora", False), ("starcoder2", "full", False), ("cohere", "full", False),
-    ("apertus", "full", False)]
+    ("starcoder2", "qlora", False), ("starcoder2", "full", False)]
 
 
 @pytest.mark.slow
