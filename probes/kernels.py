@@ -22,7 +22,9 @@ counters are CPU scalars on CUDA too (capturable=False) but count 4 bytes each h
 CUDA context, cuBLAS workspaces and the caching allocator's reserve are not tensors.
 Autocast: CPU and CUDA autocast lists agree on the ops these models run (linear / matmul /
 SDPA in the compute dtype; transformers upcasts logits to fp32 itself before the loss;
-RMSNorm and rotary embeddings compute in fp32 explicitly), so dtypes match.
+RMSNorm and rotary embeddings compute in fp32 explicitly), so dtypes match, except for the
+ops of :data:`CUDA_FP32_OPS` (nn.LayerNorm's layer_norm, xIELU's expm1 and softplus), which
+the step runs in fp32 as CUDA does (:func:`cuda_autocast_layer_norm`).
 On a GPU without flash attention for the shape (T4 / V100, or head_dim > 256), CUDA may fall
 back to memory-efficient or, with GQA, the math kernel: the row's ``attention_kernel``
 records what torch chose there (``torch._fused_sdp_choice``).
