@@ -22,7 +22,9 @@ counters are CPU scalars on CUDA too (capturable=False) but count 4 bytes each h
 CUDA context, cuBLAS workspaces and the caching allocator's reserve are not tensors.
 Autocast: CPU and CUDA autocast lists agree on the ops these models run (linear / matmul /
 SDPA in the compute dtype; transformers upcasts logits to fp32 itself before the loss;
-RMSNorm and rotary embeddings compute in fp32 explicitly), so dtypes match.
+RMSNorm and rotary embeddings compute in fp32 explicitly), so dtypes match, except for the
+ops of :data:`CUDA_FP32_OPS` (nn.LayerNorm's layer_norm, xIELU's expm1 and softplus), which
+the step runs in fp32 as CUDA does (:func:`cuda_autocast_layer_norm`).
 On a GPU without flash attention for the shape (T4 / V100, or head_dim > 256), CUDA may fall
 back to memory-efficient or, with GQA, the math kernel: the row's ``attention_kernel``
 records what torch chose there (``torch._fused_sdp_choice``).
@@ -47,33 +49,51 @@ MATH_ATTENTION_OPS = ("_softmax", "_safe_softmax", "_scaled_dot_product_attentio
 SDPA_BACKENDS = {0: "math", 1: "flash", 2: "efficient", 3: "cudnn", 4: "overrideable"}
 
 
+# The ops of CUDA autocast's float32 list (torch's autocast docs, "CUDA Ops that can autocast to
+# float32") that CPU autocast leaves in the input's dtype and these models run on 16-bit
+# tensors, each with the module class that runs it: nn.LayerNorm (StarCoder2) and transformers'
+# XIELUActivation (Apertus: expm1 on the MLP's pre-activation, softplus on its two scalars).
+CUDA_FP32_OPS = (("LayerNorm", ("layer_norm",)), ("XIELUActivation", ("expm1", "softplus")))
+
+
+def _upcast(t):
+    return t.float() if isinstance(t, torch.Tensor) and t.dtype in (torch.bfloat16, torch.float16) else t
+
+
+def _fp32_kernel(op: str):
+    """An AutocastCPU kernel for aten ``op`` that runs it as CUDA autocast does: its 16-bit
+    tensor arguments cast to fp32, the op run below autocast, its output fp32."""
+    exclude = torch._C.DispatchKeySet(torch._C.DispatchKey.AutocastCPU)
+    target = getattr(torch.ops.aten, op)
+
+    def kernel(*args, **kwargs):
+        with torch._C._ExcludeDispatchKeyGuard(exclude):
+            return target(*(_upcast(a) for a in args), **{k: _upcast(v) for k, v in kwargs.items()})
+
+    return kernel
+
+
 @contextlib.contextmanager
 def cuda_autocast_layer_norm(model):
-    """Make CPU autocast run ``layer_norm`` as CUDA autocast does, in fp32 (input and output),
-    while the block runs, for a model with ``nn.LayerNorm`` modules (StarCoder2).
+    """Make CPU autocast run the ops of :data:`CUDA_FP32_OPS` as CUDA autocast does, in fp32
+    (input and output), while the block runs, for a model with a module that runs them
+    (nn.LayerNorm: StarCoder2; XIELUActivation: Apertus).
 
-    CUDA's autocast lists ``layer_norm`` among the ops it casts to float32 (torch's autocast
-    docs, "CUDA Ops that can autocast to float32"); CPU autocast leaves it in the input's dtype,
-    so a CPU or fake step would keep 16-bit norms where a GPU keeps fp32 ones. The kernel is
-    registered under the AutocastCPU key for the block only, and only for such a model: a
-    registration for the whole process changed the memory of unrelated runs (the gloo FSDP rank
-    of a Llama, which has no LayerNorm, no longer equalled its trace). Outside autocast, and on
-    CUDA, nothing changes."""
-    if not any(isinstance(m, torch.nn.LayerNorm) for m in model.modules()):
+    CUDA's autocast lists ``layer_norm``, ``expm1`` and ``softplus`` among the ops it casts to
+    float32; CPU autocast leaves them in the input's dtype, so a CPU or fake step would keep
+    16-bit tensors where a GPU keeps fp32 ones. The kernels are registered under the
+    AutocastCPU key for the block only, and only for such a model: a registration for the
+    whole process changed the memory of unrelated runs (the gloo FSDP rank of a Llama, which
+    has no LayerNorm, no longer equalled its trace). Outside autocast, and on CUDA, nothing
+    changes."""
+    classes = {type(m).__name__ for m in model.modules()}
+    ops = [op for name, names in CUDA_FP32_OPS if name in classes for op in names]
+    if not ops:
         yield
         return
     lib = torch.library.Library("aten", "IMPL")
-    exclude = torch._C.DispatchKeySet(torch._C.DispatchKey.AutocastCPU)
-
-    def upcast(t):
-        return t.float() if isinstance(t, torch.Tensor) and t.dtype in (torch.bfloat16, torch.float16) else t
-
-    def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5, cudnn_enable=True):
-        with torch._C._ExcludeDispatchKeyGuard(exclude):
-            return torch.ops.aten.layer_norm(upcast(input), normalized_shape, upcast(weight), upcast(bias), eps,
-                                             cudnn_enable)
-
-    lib.impl("layer_norm", layer_norm, "AutocastCPU")
+    for op in ops:
+        lib.impl(op, _fp32_kernel(op), "AutocastCPU")
     try:
         yield
     finally:

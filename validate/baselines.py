@@ -146,8 +146,10 @@ def matrix() -> list[Config]:
             + moe_families_tier() + hybrid_families_tier())
 
 
-# Tier 8: today's dense families, one catalog model of each cut to 2 layers at its real widths.
-DENSE_FAMILY_MODELS = ("starcoder2-3b@2L",)
+# Tier 8: today's dense families, one catalog model of each cut to 2 layers at its real widths
+# (OLMo-3 and EXAONE-4 to 4: three sliding layers and a full one).
+DENSE_FAMILY_MODELS = ("starcoder2-3b@2L", "olmo-3-7b@4L", "glm-4-9b-0414@2L", "apertus-8b@2L", "exaone-4.0-32b@4L",
+                       "seed-oss-36b@2L")
 
 
 def dense_families_tier() -> list[Config]:

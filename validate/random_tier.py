@@ -14,7 +14,9 @@ be stopped and resumed:
 - one rank of 2 or 4 GPUs under FSDP or DDP, for about one draw in five.
 
 Models: one catalog model of every architecture, at its real widths, cut to 2 decoder
-layers (``name@2L``). A draw the probe refuses (fp16 autocast with fp16 trainable weights,
+layers (``name@2L``). Today's families (:data:`FAMILY_MODELS`, cut to the layers that hold
+every kind) are drawn model by model, :data:`FAMILY_DRAWS` each with a seed of the model's
+name, so that a family added later leaves every earlier draw as it was. A draw the probe refuses (fp16 autocast with fp16 trainable weights,
 which a GradScaler cannot unscale; DoRA on fused experts, which peft refuses) is dropped, as
 is a draw the planner's settings refuse (``TrainSpec`` raises).
 """
@@ -26,21 +28,27 @@ from planner import TrainSpec
 RANDOM_MODELS = ("qwen2.5-0.5b@2L", "llama-3.2-1b@2L", "llama-3.1-8b@2L", "mistral-7b@2L", "gemma-2-2b@2L",
                  "phi-3-mini@2L", "phi-4-mini@2L", "qwen3-0.6b@2L", "gemma-3-1b@2L", "smollm3-3b@2L",
                  "olmo-2-7b@2L", "granite-3.3-8b@2L", "qwen3-30b-a3b@2L", "mixtral-8x7b@2L", "gpt-oss-20b@2L")
+# today's families, one catalog model each (Llama 4, OLMo-3 and EXAONE-4 at 4 layers: every kind;
+# GLM-4.5 and DeepSeek-V3 at 2: a dense and a MoE layer; the hybrids at 2: a mixer and attention)
+FAMILY_MODELS = ("starcoder2-3b@2L", "olmo-3-7b@4L", "glm-4-9b-0414@2L", "apertus-8b@2L", "exaone-4.0-32b@4L",
+                 "seed-oss-36b@2L", "qwen1.5-moe-a2.7b@2L", "olmoe-1b-7b@2L", "llama-4-scout@4L", "phi-3.5-moe@2L",
+                 "glm-4.5-air@2L", "deepseek-v3@2L", "granite-4.0-h-tiny@2L", "lfm2-1.2b@2L")
+FAMILY_DRAWS = 12  # per model, before refused draws are dropped
 RANDOM_METHODS = ("full", "lora", "rslora", "qlora", "dora", "qdora")
 RANDOM_OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "sgd")  # 8-bit / paged: CUDA only
 RANDOM_SAVED = ((), ("lm_head",), ("embed_tokens",), ("embed_tokens", "lm_head"))
 SIZE = 460  # draws; duplicates and refused draws are dropped (at least 300 remain)
 
 
-def _strategy():
+def _strategy(models: tuple[str, ...] = RANDOM_MODELS):
     from hypothesis import strategies as st
 
     from .baselines import spec_for
 
     @st.composite
     def draw(d):
-        model = d(st.sampled_from(RANDOM_MODELS))
-        names = spec_for(model).linear_names
+        model = d(st.sampled_from(models))
+        names = spec_for(model).all_linear_names
         method = d(st.sampled_from(RANDOM_METHODS))
         targets = d(st.one_of(st.just(("all-linear",)),
                               st.lists(st.sampled_from(names), min_size=1, max_size=len(names), unique=True)
@@ -76,7 +84,47 @@ def refused(model: str, train: TrainSpec) -> str | None:
 
 
 def draws() -> list:
-    """The tier's configurations, in draw order (``validate.baselines.Config``)."""
+    """The tier's configurations, in draw order (``validate.baselines.Config``): the first
+    draws over :data:`RANDOM_MODELS`, then today's families model by model."""
+    return _first_draws() + [c for model in FAMILY_MODELS for c in family_draws(model)]
+
+
+def family_draws(model: str) -> list:
+    """:data:`FAMILY_DRAWS` draws on one model, seeded by its name."""
+    import zlib
+
+    from hypothesis import HealthCheck, given, seed, settings
+
+    from .baselines import Config
+
+    out, seen = [], set()
+
+    @seed(zlib.crc32(model.encode()))
+    @settings(max_examples=FAMILY_DRAWS, database=None, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(_strategy((model,)))
+    def collect(drawn):
+        _keep(drawn, out, seen, Config)
+
+    collect()
+    return out
+
+
+def _keep(drawn, out: list, seen: set, Config) -> None:
+    model, fields = drawn
+    if not fields["method"] in ("qlora", "qdora"):
+        fields = {**fields, "quant_type": "nf4", "double_quant": True}
+    try:
+        train = TrainSpec(**fields)
+    except ValueError:
+        return
+    cfg = Config(model, train)
+    if refused(model, train) is None and cfg.key() not in seen:
+        seen.add(cfg.key())
+        out.append(cfg)
+
+
+def _first_draws() -> list:
+    """The first draws, over :data:`RANDOM_MODELS` (data/baselines/random.csv's rows)."""
     from hypothesis import HealthCheck, given, settings
 
     from .baselines import Config

@@ -315,7 +315,8 @@ def first_layer_backward_walk(model: ModelSpec, train: TrainSpec, prec: Precisio
     beside the whole saved set.
     """
     from planner.memory.sharding import elements, trainable_tensors
-    from planner.memory.terms import (step_small_bytes, layer_saved, mlp_core_saved, norm_saved, norm_output_bytes,
+    from planner.memory.terms import (step_small_bytes, layer_saved, mlp_backward_work, mlp_core_saved, norm_saved,
+                                      norm_output_bytes,
                                       recompute_incoming_grads, rope_saved, trainable_bytes_per_param)
     from planner.model.architectures import MLP_INPUT_ROLES, ATTENTION_INPUT_ROLES
 
@@ -361,7 +362,7 @@ def first_layer_backward_walk(model: ModelSpec, train: TrainSpec, prec: Precisio
                        t * lin.in_features * a + (t * lin.out_features * a if "attn_out" in sandwich else 0)))
     blocks += [norm_block(n) for n in layer.norms_at("attn_out", "mlp_in")]
     blocks += readers_block(MLP_INPUT_ROLES, "mlp_input")
-    blocks.append(("mlp", mlp_core_saved(model, train, prec), 0, 3 * t * model.intermediate_size * a))
+    blocks.append(("mlp", mlp_core_saved(model, train, prec), 0, mlp_backward_work(model, train, prec)))
     for lin in layer.by_role("down"):
         blocks.append(("down", t * lin.in_features * c + copy(lin), lin.params * g,
                        t * lin.in_features * a + (t * lin.out_features * a if "mlp_out" in sandwich else 0)))

@@ -296,8 +296,24 @@ def norm_saved(model: ModelSpec, train: TrainSpec, prec: Precision, norm: Norm |
         # (without autocast the input itself, in the stream's dtype), and fp32 mean and rstd
         # per row; its weight's gradient needs nothing more (tracer, StarCoder2-3B 2 layers)
         return rows * width * (FP32 if prec.autocast else prec.stream) + 2 * rows * FP32
+    if model.traits.norm == "centered":
+        return centered_norm_saved(train, prec, rows, width, width * (norm.weight_heads if norm else 1))
     if train.method == "full":
         saved += rows * width * (FP32 if model.traits.norm == "rms_fp32_out" else kept)
+    return saved
+
+
+def centered_norm_saved(train: TrainSpec, prec: Precision, rows: int, width: int, weight: int) -> int:
+    """What Cohere's LayerNorm keeps for backward (transformers' CohereLayerNorm.forward: x in
+    fp32, x - mean computed twice, once squared for the variance and once scaled by
+    rsqrt(variance + eps), then the fp32 weight times that, cast back): the two fp32 centered
+    inputs (rows*width*4 each, kept by pow and by the product), rsqrt (rows*4) and the weight's
+    fp32 copy (``weight``*4; none where the weight is fp32 already: QLoRA's, fp32 master
+    weights); when the weight is trained, the normalized fp32 input too (rows*width*4)."""
+    saved = 2 * rows * width * FP32 + rows * FP32
+    saved += weight * FP32 if parameter_bytes(train, prec) != FP32 else 0
+    if train.method == "full":
+        saved += rows * width * FP32
     return saved
 
 
@@ -428,8 +444,43 @@ def mlp_core_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
     keeps (:func:`linear_inputs_saved`, the adapter kind's ``saved``)."""
     if model.layer.moe is not None:
         return moe_saved(model, train, prec)
+    if model.traits.activation == "xielu":
+        return xielu_saved(model, train, prec)
     gates = 1 if model.layer.by_role("fc_in") else 3
     return gates * train.tokens * model.intermediate_size * prec.hidden
+
+
+def mlp_backward_work(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
+    """What the MLP's activation backward makes beyond the layer's saved set, one layer (the MLP
+    block of full fine-tuning's first-layer walk, layer.first_layer_backward_walk), a = hidden
+    bytes: a gated MLP the gradients of gate, up and act(gate), 3*T*I*a; a plain MLP (StarCoder2's
+    c_fc -> gelu) the activation's output and input gradients, 2*T*I*a; xIELU (Apertus) the
+    where's two branch gradients and the fp32 gradients of its products, T*I*(4f + 1), f = 4
+    under autocast (expm1 and softplus run in fp32), else a. Tracer, Apertus widths h 1024, I
+    8192, 2 layers, 512-token vocabulary, full fine-tuning with checkpointing, batch 2 x 1024:
+    the first layer's MLP backward 11*T*I above the gated figure under bf16 autocast (so 17), 3
+    in pure bf16 (9); the same model with GELU 2*T*I below it (4); at other widths (h 512, I
+    6144, 1 x 2048; h 1024, I 4096, 4 x 512) the same 11*T*I."""
+    t, i, a = train.tokens, model.intermediate_size, prec.hidden
+    if model.traits.activation == "xielu":
+        return t * i * (4 * (FP32 if prec.autocast else a) + 1)
+    return (2 if model.layer.by_role("fc_in") else 3) * t * i * a
+
+
+def xielu_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
+    """Apertus's plain MLP with xIELU (transformers' XIELUActivation._xielu_python, the path
+    outside its optional CUDA kernel): where(x > 0, a_p*x*x + b*x, (expm1(min(x, eps)) - x)*a_n
+    + b*x) keeps, of x = up_proj's output (T x I, hidden bytes): x itself (for min and the
+    products), the bool mask x > 0 (1 byte), a_p*x (kept by its product with x) and expm1's
+    output; when the alphas are trained (full fine-tuning) also expm1(...) - x, which a_n's
+    gradient needs. Under autocast those are fp32: CUDA autocast runs expm1 and softplus in
+    fp32 (softplus(a_p) is a 1-element tensor, so a_p*x is fp32 too); without it they are in
+    the hidden dtype. T*I*(hidden + 1 + 2f), 3f when trained, f = 4 under autocast. Tracer,
+    tiny Apertus (I 160, T 128, 2 layers) against the same model with GELU: LoRA bf16 autocast
+    368,672 B more, QLoRA 368,680, full fine-tuning 532,560 (8 to 80 B of them scalars)."""
+    f = FP32 if prec.autocast else prec.hidden
+    kept = 3 if train.method == "full" else 2
+    return train.tokens * model.intermediate_size * (prec.hidden + 1 + kept * f)
 
 
 def moe_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
@@ -722,8 +773,8 @@ def linear_inputs_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> 
     moe = model.layer.moe is not None  # the MoE's input is counted in moe_saved
     if prec.autocast and norm_output_bytes(model, prec) != c:
         readers = len(model.layer.by_role(*NORM_READER_ROLES))
-    else:
-        readers = 1 if moe else 2  # one attention input and one MLP input, shared
+    else:  # one attention input and one MLP input, shared; one for both in a parallel layer
+        readers = 1 if moe or model.traits.placement == "parallel" else 2
     mlp_inner = 0 if moe else model.intermediate_size
     o = model.layer.by_role("o")
     o_in = o[0].in_features if o else model.q_dim  # (MLA: heads x v dims; a layer without attention copies nothing)
@@ -756,6 +807,8 @@ def shared_input_bytes(model: ModelSpec, train: TrainSpec, prec: Precision, lin:
     if lin.role not in NORM_READER_ROLES:
         return 0
     group = ATTENTION_INPUT_ROLES if lin.role in ATTENTION_INPUT_ROLES else MLP_INPUT_ROLES
+    if model.traits.placement == "parallel":  # attention and MLP read the one norm output
+        group = NORM_READER_ROLES
     targeted = targets.targeted_names(model, train)
     readers = [other.name for other in model.layer.by_role(*group) if other.name in targeted]
     return 0 if not readers or readers[0] == lin.name else train.tokens * lin.in_features * FP32

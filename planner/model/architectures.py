@@ -111,10 +111,18 @@ class Norm:
     size: int
     bias: bool = False  # LayerNorm with a bias
     per_head: bool = False
+    # heads with a weight of their own (Cohere's qk-norm: a (heads, head_dim) weight); 1: one
+    # weight of ``size`` shared by every head
+    weight_heads: int = 1
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Its weight's shape (and its bias's)."""
+        return (self.weight_heads, self.size) if self.weight_heads > 1 else (self.size,)
 
     @property
     def params(self) -> int:
-        return self.size * (2 if self.bias else 1)
+        return self.size * self.weight_heads * (2 if self.bias else 1)
 
 
 @dataclass(frozen=True)
@@ -123,10 +131,17 @@ class Traits:
 
     # "rms"; "rms_fp32_out": the weight multiplies the fp32 normalized input (Gemma's
     # x_norm * (1 + w.float()), OLMo-2's (w * x_norm).to(dtype)), so that product is fp32;
-    # "layer": nn.LayerNorm with a bias (StarCoder2), fp32 in and out under CUDA autocast
+    # "layer": nn.LayerNorm with a bias (StarCoder2), fp32 in and out under CUDA autocast;
+    # "centered": Cohere's LayerNorm without a bias, written out in fp32 ops (x - mean twice,
+    # rsqrt, the fp32 weight times the normalized input, cast back to the input's dtype)
     norm: str = "rms"
-    placement: str = "pre"  # "pre", "sandwich" (pre and post), "post" (OLMo-2: after each block only)
-    qk_norm: str = "none"  # "none", "head" (over head_dim, after the reshape), "full" (over q_dim / kv_dim)
+    # "pre", "sandwich" (pre and post), "post" (OLMo-2: after each block only), "parallel"
+    # (Cohere: attention and MLP both read the one input norm's output, and their outputs join
+    # the residual in one sum)
+    placement: str = "pre"
+    # "none", "head" (over head_dim, after the reshape), "full" (over q_dim / kv_dim),
+    # "head_weights" (over head_dim, each head its own weight: Cohere's (heads, head_dim))
+    qk_norm: str = "none"
     eager_attention: bool = False  # attention logit softcapping (Gemma-2) rules out the SDPA kernels
     logit_softcapping: bool = False  # final logits pass through cap * tanh(logits / cap) (Gemma-2)
     rotary_concat: bool = False  # RoPE joins rotated and pass-through dims with torch.cat (Phi-3)
@@ -147,6 +162,12 @@ class Traits:
     # gate_proj / up_proj / down_proj names become the fused experts' target_parameters, so no
     # Linear of an MLP role keeps an adapter in any layer (a dense layer's MLP, a shared expert's)
     peft_moe_conversion: bool = False
+    # the config field that turns on a per-head qk-norm with a weight per head (Cohere's
+    # use_qk_norm: q_norm (heads, head_dim), k_norm (kv_heads, head_dim)), "" where none does
+    qk_norm_field: str = ""
+    # the MLP's activation where its saved set is not a Linear output's alone: "xielu" (Apertus's
+    # xIELU, with two learned scalars alpha_p and alpha_n per layer); "" for SiLU / GELU
+    activation: str = ""
 
 
 @dataclass(frozen=True)
@@ -382,6 +403,7 @@ class Architecture:
     moe_defaults: tuple[tuple[str, object], ...] = ()
     qk_norm_field: str | None = None  # a config field that adds per-head q/k RMSNorms (GLM-4.5's use_qk_norm)
     head_dim_field: str | None = None  # the config field head_dim defaults to (DeepSeek-V3: qk_rope_head_dim)
+    plain_names: tuple[str, str] = ("c_fc", "c_proj")  # a plain MLP's two Linears (Apertus: up_proj, down_proj)
 
 
 SANDWICH = (("input_layernorm", "attn_in"), ("post_attention_layernorm", "attn_out"),
@@ -389,6 +411,8 @@ SANDWICH = (("input_layernorm", "attn_in"), ("post_attention_layernorm", "attn_o
 
 # model_type -> layout (transformers 5.23 modeling files).
 POST_NORM = (("post_attention_layernorm", "attn_out"), ("post_feedforward_layernorm", "mlp_out"))
+# Cohere's one norm, read by attention and the MLP alike
+PARALLEL_NORM = (("input_layernorm", "attn_in"),)
 # GLM-4's sandwich: its names differ from Gemma's (post_attention_layernorm is the MLP's input norm)
 GLM4_SANDWICH = (("input_layernorm", "attn_in"), ("post_self_attn_layernorm", "attn_out"),
                  ("post_attention_layernorm", "mlp_in"), ("post_mlp_layernorm", "mlp_out"))
@@ -461,6 +485,25 @@ TABLE: dict[str, Architecture] = {
     # LFM2 (modeling_lfm2.py): a gated short convolution or attention with per-head q/k norms
     # (layer_types or full_attn_idxs), each then a SwiGLU MLP (w1, w3, w2); RoPE.
     "lfm2": Architecture(hybrid="lfm2", tie_default=True, traits=Traits(qk_norm="head")),
+    # Cohere (Command-R; modeling_cohere.py): one LayerNorm without a bias (CohereLayerNorm,
+    # centered, in fp32 ops) whose output both attention and the gated MLP read, their outputs
+    # summed with the residual in one add; RoPE on interleaved pairs, in fp32 (q and k upcast,
+    # the rotated ones cast back); with use_qk_norm that LayerNorm over each head's head_dim,
+    # a weight per head; the logits scaled by logit_scale; tied embeddings by default; o_proj's
+    # bias with attention_bias.
+    "cohere": Architecture(norm_sites=PARALLEL_NORM, tie_default=True,
+                           traits=Traits(norm="centered", placement="parallel", qk_norm_field="use_qk_norm")),
+    # Cohere-2 (Command-R7B; modeling_cohere2.py): Cohere's layer without qk-norm; three sliding
+    # layers (RoPE) then a full one (no RoPE: the q_proj / k_proj outputs go to attention,
+    # the same bytes as the rotated ones), by layer_types or sliding_window_pattern (4).
+    "cohere2": Architecture(norm_sites=PARALLEL_NORM, tie_default=True, sliding="pattern", sliding_pattern=4,
+                            traits=Traits(norm="centered", placement="parallel")),
+    # Apertus (modeling_apertus.py): Llama's attention with per-head q/k RMSNorms (after the
+    # transpose), a plain MLP up_proj -> xIELU -> down_proj (no gate), its norms named
+    # attention_layernorm and feedforward_layernorm.
+    "apertus": Architecture(norm_sites=(("attention_layernorm", "attn_in"), ("feedforward_layernorm", "mlp_in")),
+                            mlp="plain", plain_names=("up_proj", "down_proj"),
+                            traits=Traits(qk_norm="head", activation="xielu")),
     "mixtral": Architecture(sliding="all", moe="mixtral"),
     # Qwen2-MoE (Qwen1.5-MoE): Qwen2's attention (q/k/v biases, the config's qkv_bias), routed
     # fused experts and a shared expert of Linear modules with its own sigmoid gate
@@ -614,11 +657,11 @@ def _layer(arch: Architecture, config: dict, dims: Dims, moe: bool = True) -> La
     elif arch.mlp == "fused_gated":
         mlp = (Linear("gate_up_proj", h, 2 * inter, mlp_bias, "gate_up"),)
     elif arch.mlp == "plain":
-        mlp = (Linear("c_fc", h, inter, mlp_bias, "fc_in"),)
+        mlp = (Linear(arch.plain_names[0], h, inter, mlp_bias, "fc_in"),)
     else:
         mlp = (Linear("gate_proj", h, inter, mlp_bias, "gate"), Linear("up_proj", h, inter, mlp_bias, "up"))
     if moe is None:
-        mlp += (Linear("c_proj" if arch.mlp == "plain" else "down_proj", inter, h, mlp_bias, "down"),)
+        mlp += (Linear(arch.plain_names[1] if arch.mlp == "plain" else "down_proj", inter, h, mlp_bias, "down"),)
     layer_norm = arch.traits.norm == "layer"
     norms = tuple(Norm(name, site, h, bias=layer_norm) for name, site in arch.norm_sites)
     # the config field that turns per-head q/k norms on (GLM-4.5's use_qk_norm)
@@ -630,6 +673,9 @@ def _layer(arch: Architecture, config: dict, dims: Dims, moe: bool = True) -> La
         norms += (Norm("q_norm", "q", dims.head_dim, per_head=True), Norm("k_norm", "k", dims.head_dim, per_head=True))
     elif arch.traits.qk_norm == "full":
         norms += (Norm("q_norm", "q", q_dim), Norm("k_norm", "k", kv_dim))
+    elif arch.traits.qk_norm_field and config.get(arch.traits.qk_norm_field):
+        norms += (Norm("q_norm", "q", dims.head_dim, per_head=True, weight_heads=dims.heads),
+                  Norm("k_norm", "k", dims.head_dim, per_head=True, weight_heads=dims.kv_heads))
     # the traits a config sets on top of its family's
     changes: dict = {"qk_norm": qk_norm} if qk_norm != arch.traits.qk_norm else {}
     rotary = config.get("partial_rotary_factor") or (config.get("rope_parameters") or {}).get("partial_rotary_factor")
@@ -639,6 +685,8 @@ def _layer(arch: Architecture, config: dict, dims: Dims, moe: bool = True) -> La
         changes["eager_attention"] = True
     if config.get("final_logit_softcapping"):
         changes["logit_softcapping"] = True
+    if arch.traits.activation and config.get("hidden_act", arch.traits.activation) != arch.traits.activation:
+        changes["activation"] = ""  # Apertus with another hidden_act: transformers' ACT2FN one
     if arch.moe in PEFT_CONVERTED:
         changes["peft_moe_conversion"] = True
     return Layer(linears=attention + mlp, norms=norms, traits=replace(arch.traits, **changes), moe=moe, mla=mla)

@@ -48,7 +48,7 @@ class Tensor:
     path: str
     shape: tuple[int, ...]
     role: str  # embedding, lm_head, final_norm, norm, linear, bias, router, router_bias, experts,
-    #            expert_bias, sinks, conv, ssm, lora_A, lora_B, magnitude
+    #            expert_bias, sinks, activation, conv, ssm, lora_A, lora_B, magnitude
     kind: str = "decoder"  # the layer kind that holds it, or ROOT
     layers: int = 1  # how many layers hold one (1 for the root's)
     treatment: str = "frozen"
@@ -112,9 +112,9 @@ def _layer_tensors(model: ModelSpec, layer, kind: str, n: int) -> list[Tensor]:
 
     out = []
     for norm in layer.norms:
-        out.append(tensor(f"{norm.name}.weight", (norm.size,), "norm"))
+        out.append(tensor(f"{norm.name}.weight", norm.shape, "norm"))
         if norm.bias:
-            out.append(tensor(f"{norm.name}.bias", (norm.size,), "norm"))
+            out.append(tensor(f"{norm.name}.bias", norm.shape, "norm"))
     for lin in layer.linears:
         out.append(tensor(f"{lin.name}.weight", (lin.out_features, lin.in_features), "linear"))
         if lin.bias:
@@ -130,6 +130,8 @@ def _layer_tensors(model: ModelSpec, layer, kind: str, n: int) -> list[Tensor]:
         if moe.expert_bias:
             out += [tensor("mlp.experts.gate_up_proj_bias", (e, 2 * i), "expert_bias"),
                     tensor("mlp.experts.down_proj_bias", (e, h), "expert_bias")]
+    if layer.traits.activation == "xielu":  # transformers' XIELUActivation: alpha_p, alpha_n of shape (1,)
+        out += [tensor("mlp.act_fn.alpha_p", (1,), "activation"), tensor("mlp.act_fn.alpha_n", (1,), "activation")]
     if layer.traits.attention_sinks:
         out.append(tensor("self_attn.sinks", (model.num_heads,), "sinks"))
     out += [tensor(path, shape, role) for path, shape, role in mixer_parameters(layer.mixer)]

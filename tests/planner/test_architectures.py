@@ -330,3 +330,75 @@ def test_exaone4_post_norms_qk_norm_and_its_layer_pattern():
     assert {k.name: k.indices for k in given.kinds}["full_attention"] == (7,)
     with pytest.raises(CatalogError, match="sliding_window_pattern"):
         model_from_config({**base, "sliding_window": 32, "sliding_window_pattern": "LLLG"}, "ex4s")
+
+
+def test_cohere_parallel_layer_and_its_qk_norm_weights():
+    """Cohere (modeling_cohere.py): one input LayerNorm, no bias, read by attention and the MLP
+    alike; with use_qk_norm, q_norm (heads, head_dim) and k_norm (kv_heads, head_dim): a weight per
+    head. Cohere-2: the same layer, every 4th layer full. Parameter counts as transformers builds
+    them (tiny configs: 205,504 with the qk-norm, 205,120 for Cohere-2's 4 layers)."""
+    base = dict(vocab_size=512, hidden_size=64, intermediate_size=160, num_hidden_layers=4, num_attention_heads=4,
+                num_key_value_heads=2, pad_token_id=0)
+    co = model_from_config({**base, "model_type": "cohere", "use_qk_norm": True}, "co")
+    assert [(n.name, n.site, n.params) for n in co.layer.norms] == [
+        ("input_layernorm", "attn_in", 64), ("q_norm", "q", 64), ("k_norm", "k", 32)]
+    assert co.traits.placement == "parallel" and co.tie_word_embeddings
+    assert counts.total_params(co) == 205_504
+    plain = model_from_config({**base, "model_type": "cohere"}, "co0")
+    assert [n.name for n in plain.layer.norms] == ["input_layernorm"]
+    co2 = model_from_config({**base, "model_type": "cohere2", "sliding_window": 32}, "co2")
+    assert {k.name: k.indices for k in co2.kinds} == {"sliding_attention": (0, 1, 2), "full_attention": (3,)}
+    assert counts.total_params(co2) == 205_120
+
+
+def test_parallel_layer_shares_one_input_between_attention_and_mlp():
+    """Full fine-tuning keeps one copy of the normed input for q, k, v, gate and up in a parallel
+    layer (Cohere), two (the attention's and the MLP's) in a pre-norm one; a negative control: the
+    same dims as Llama differ by one T x h input and one norm's saved set."""
+    base = dict(vocab_size=512, hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2)
+    tr = train(method="full", batch_size=2, seq_len=64)
+    prec = C.precision(tr, "bf16")
+    co = model_from_config({**base, "model_type": "cohere"}, "co")
+    ll = model_from_config({**base, "model_type": "llama"}, "ll")
+    t, h = 128, 64
+    assert C.linear_inputs_saved(ll, tr, prec) - C.linear_inputs_saved(co, tr, prec) == t * h * 2
+    # Cohere's centered norm: two fp32 centered inputs, rsqrt, the fp32 normalized input (its
+    # weight trained) and the weight's fp32 copy
+    assert C.norm_saved(co, tr, prec) == 3 * t * h * 4 + t * 4 + h * 4
+
+
+def test_apertus_plain_mlp_xielu_and_its_saved_set():
+    """Apertus (modeling_apertus.py): q/k/v/o, per-head q/k norms, a plain up_proj -> xIELU ->
+    down_proj MLP and two learned scalars (alpha_p, alpha_n) a layer: 197,320 parameters on the
+    tiny 4-layer config, as transformers builds it. xIELU keeps x's mask and two more T x I
+    tensors (three when its alphas train), fp32 under autocast (CUDA runs expm1 and softplus in
+    fp32): tracer, tiny Apertus LoRA (T 128, I 160, 2 layers) 368,672 B above the same model with
+    GELU, full fine-tuning 532,560, LoRA in pure bf16 (no fp32) 204,824 (scalars: 24 to 80 B of
+    them). Its backward in full
+    fine-tuning's first-layer walk: 17 bytes per T x I element under bf16 autocast, 9 in pure
+    bf16 (tracer, h 1024, I 8192, 512-token vocabulary, batch 2 x 1024, checkpointing)."""
+    base = dict(model_type="apertus", vocab_size=512, hidden_size=64, intermediate_size=160, num_hidden_layers=4,
+                num_attention_heads=4, num_key_value_heads=2, pad_token_id=0)
+    ap = model_from_config(base, "ap")
+    assert layout(ap.layer) == [("q_proj", "q", 64, 64, False), ("k_proj", "k", 64, 32, False),
+                                ("v_proj", "v", 64, 32, False), ("o_proj", "o", 64, 64, False),
+                                ("up_proj", "fc_in", 64, 160, False), ("down_proj", "down", 160, 64, False)]
+    assert [n.name for n in ap.layer.norms] == ["attention_layernorm", "feedforward_layernorm", "q_norm", "k_norm"]
+    assert counts.total_params(ap) == 197_320
+    gelu = model_from_config({**base, "hidden_act": "gelu"}, "apg")
+    assert counts.total_params(gelu) == 197_320 - 8  # no alphas
+    ti = 128 * 160
+    for method, precision, per_layer in (("lora", "autocast", ti * 9), ("full", "autocast", ti * 13),
+                                         ("lora", "pure", ti * 5)):
+        tr = train(method=method, batch_size=2, seq_len=64, precision=precision)
+        prec = C.precision(tr, "bf16")
+        assert C.mlp_core_saved(ap, tr, prec) - C.mlp_core_saved(gelu, tr, prec) == per_layer, (method, precision)
+    for precision, per_element in (("autocast", 17), ("pure", 9)):
+        tr = train(method="full", batch_size=2, seq_len=64, precision=precision)
+        assert C.mlp_backward_work(ap, tr, C.precision(tr, "bf16")) == ti * per_element
+    # a plain MLP's activation backward: its output and input gradients; a gated one's three
+    tr = train(method="full", batch_size=2, seq_len=64)
+    llama = model_from_config({**base, "model_type": "llama"}, "ll")
+    assert C.mlp_backward_work(gelu, tr, C.precision(tr, "bf16")) == 2 * ti * 2
+    assert C.mlp_backward_work(llama, tr, C.precision(tr, "bf16")) == 3 * ti * 2

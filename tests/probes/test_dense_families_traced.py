@@ -4,7 +4,9 @@ the byte on a tiny config of each, and the planner stays within the architecture
 Each tiny config keeps what is new in the family's layers (StarCoder2: nn.LayerNorm with a
 bias, a plain c_fc -> gelu -> c_proj MLP, a bias on every Linear, tied embeddings, a sliding
 window shorter than the sequence; OLMo-3: sliding and full layers by its default layer_types; GLM-4: fused gate_up and partial
-rotary; EXAONE-4: post-norms, per-head qk-norm, no RoPE on its full layers). At real widths the planner is checked by the baseline
+rotary; EXAONE-4: post-norms, per-head qk-norm, no RoPE on its full layers; Cohere: attention and
+MLP in parallel from one centered LayerNorm, a qk-norm with a weight per head, scaled logits;
+Cohere-2: its sliding layers and full layers without RoPE; Apertus: xIELU's saved set). At real widths the planner is checked by the baseline
 matrix's tier 8 (validate.baselines) and the memory gate.
 """
 import pytest
@@ -29,6 +31,14 @@ FAMILIES = {
     "glm4": dict(head_dim=16, attention_bias=True, partial_rotary_factor=0.5),
     # EXAONE-4: post-norms, per-head qk-norm, three sliding layers (RoPE) then a full one (no RoPE)
     "exaone4": dict(sliding_window=32, sliding_window_pattern=4, num_hidden_layers=4),
+    # Cohere: one centered LayerNorm read by attention and the MLP (parallel), a per-head qk-norm
+    # with a weight per head, fp32 RoPE on interleaved pairs, scaled logits, tied embeddings
+    "cohere": dict(use_qk_norm=True, logit_scale=0.25),
+    # Cohere-2: Cohere's layer, three sliding layers (RoPE) then a full one (no RoPE)
+    "cohere2": dict(sliding_window=32, num_hidden_layers=4, logit_scale=0.25),
+    # Apertus: a plain up_proj -> xIELU -> down_proj MLP (two learned scalars a layer), per-head
+    # q/k RMSNorms, its norms named attention_layernorm / feedforward_layernorm
+    "apertus": dict(),
 }
 BOUND = 0.03
 
@@ -95,3 +105,22 @@ def test_cuda_autocast_runs_layer_norm_in_fp32(torch_stack):
     with cuda_autocast_layer_norm(torch.nn.Linear(8, 8)):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             assert norm(x).dtype == torch.bfloat16
+
+
+def test_cuda_autocast_runs_xielu_exp_ops_in_fp32(torch_stack):
+    """Inside a step of a model with xIELU (Apertus), CPU autocast runs expm1 and softplus in fp32
+    as CUDA autocast does; a model without it, and the same model outside autocast, keep bf16."""
+    import torch
+    from transformers.activations import XIELUActivation
+
+    from probes.kernels import cuda_autocast_layer_norm
+
+    x = torch.randn(2, 8, dtype=torch.bfloat16)
+    act = XIELUActivation(dtype=torch.bfloat16)
+    with cuda_autocast_layer_norm(act):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert torch.expm1(x).dtype == torch.float32 and torch.nn.functional.softplus(x).dtype == torch.float32
+        assert torch.expm1(x).dtype == torch.bfloat16
+    with cuda_autocast_layer_norm(torch.nn.Linear(8, 8)):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert torch.expm1(x).dtype == torch.bfloat16
