@@ -12,7 +12,7 @@ from pathlib import Path
 
 import data
 
-from planner.model.architectures import (SUPPORTED_MODEL_TYPES, TABLE, Dims, LayoutError, UnknownLayerKind, check_known,
+from planner.model.architectures import (SUPPORTED_MODEL_TYPES, TABLE, Dims, LayoutError, per_layer_input, UnknownLayerKind, check_known,
                                         describe, dropout_note)
 from planner.model.specs import GpuSpec, ModelSpec
 
@@ -152,7 +152,19 @@ def model_from_config(config: dict, name: str, hf_id: str | None = None,
         published_params=published_params,
         config_json=json.dumps(config, sort_keys=True),
         notes=tuple(n for n in (dropout_note(arch, config),) if n),
+        **_per_layer_inputs(arch, config, name),
     )
+
+
+def _per_layer_inputs(arch, config: dict, name: str) -> dict:
+    """Gemma 4's per-layer input widths (ModelSpec.per_layer_input, per_layer_vocab); none elsewhere."""
+    if arch.layout != "gemma4":
+        return {}
+    try:
+        p, vocab = per_layer_input(config)
+    except LayoutError as exc:
+        raise CatalogError(f"{name}: {exc}") from None
+    return {"per_layer_input": p, "per_layer_vocab": vocab}
 
 
 def _describe(arch, config: dict, dims: Dims, name: str):

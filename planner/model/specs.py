@@ -68,6 +68,14 @@ class ModelSpec:
     # what every plan of this model says about it (a Hub model: where its config came from,
     # its parameter count against the checkpoint's)
     notes: tuple[str, ...] = field(default=(), repr=False, compare=False)
+    # Gemma 4's per-layer inputs (PLE): p = hidden_size_per_layer_input values per token and
+    # layer, from an embedding of per_layer_vocab rows (L*p wide) and a Linear h -> L*p of the
+    # embedding output (per_layer_model_projection); 0: none
+    per_layer_input: int = 0
+    per_layer_vocab: int = 0
+    # a kind's view (:meth:`by_kind`): the Linear names of every kind of the whole model, which a
+    # target name may match in another kind (Gemma 4's k_proj, absent from its KV-shared layers)
+    model_linear_names: tuple[str, ...] = field(default=(), repr=False, compare=False)
 
     @property
     def q_dim(self) -> int:
@@ -89,7 +97,8 @@ class ModelSpec:
 
     def by_kind(self) -> tuple["ModelSpec", ...]:
         """This model seen one kind at a time: a model of that kind's layers only (its
-        num_layers the kind's count), for the per-layer terms, which sum over the kinds."""
+        num_layers the kind's count, and its head_dim, kv heads and intermediate size the
+        kind's own where it has them), for the per-layer terms, which sum over the kinds."""
         if len(self.kinds) == 1:
             return (self,)
         return _views(self)
@@ -108,6 +117,11 @@ class ModelSpec:
     @property
     def linear_names(self) -> tuple[str, ...]:
         return tuple(lin.name for lin in self.linears)
+
+    @property
+    def every_linear_name(self) -> tuple[str, ...]:
+        """The Linear names of every kind (of the whole model, for a kind's view), in order."""
+        return self.model_linear_names or tuple(dict.fromkeys(lin.name for k in self.kinds for lin in k.layer.linears))
 
     @property
     def traits(self) -> Traits:
@@ -129,7 +143,10 @@ class ModelSpec:
 
 @lru_cache(maxsize=256)
 def _views(model: ModelSpec) -> tuple[ModelSpec, ...]:
-    return tuple(replace(model, name=f"{model.name}[{k.name}]", num_layers=k.count, kinds=(k,)) for k in model.kinds)
+    names = model.every_linear_name
+    return tuple(replace(model, name=f"{model.name}[{k.name}]", num_layers=k.count, kinds=(k,), model_linear_names=names,
+                         head_dim=k.head_dim or model.head_dim, num_kv_heads=k.kv_heads or model.num_kv_heads,
+                         intermediate_size=k.intermediate or model.intermediate_size) for k in model.kinds)
 
 
 @dataclass(frozen=True)

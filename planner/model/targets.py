@@ -25,7 +25,7 @@ def targeted_linears(model: ModelSpec, targets: tuple[str, ...]) -> tuple[Linear
     """
     if ALL_LINEAR in targets:
         return model.linears
-    known = model.linear_names
+    known = model.every_linear_name + tuple(lin.name for lin in targeted_root_linears(model, (ALL_LINEAR,)))
     unknown = [t for t in targets if not any(_matches(name, t) for name in known)]
     if unknown:
         hints = []
@@ -35,6 +35,16 @@ def targeted_linears(model: ModelSpec, targets: tuple[str, ...]) -> tuple[Linear
         raise ValueError(f"{model.name} has no module {', '.join(hints)}; "
                          f"its Linear modules are {', '.join(known)} (or use {ALL_LINEAR})")
     return tuple(lin for lin in model.linears if any(_matches(lin.name, t) for t in targets))
+
+
+@lru_cache(maxsize=256)
+def targeted_root_linears(model: ModelSpec, targets: tuple[str, ...]) -> tuple[Linear, ...]:
+    """The Linear modules outside the decoder layers an adapter targets (planner.model.inventory.root_linears:
+    Gemma 4's per_layer_model_projection): all of them under ``all-linear``, else by name."""
+    from planner.model.inventory import root_linears
+
+    return tuple(lin for lin in root_linears(model)
+                 if ALL_LINEAR in targets or any(_matches(lin.name, t) for t in targets))
 
 
 def _matches(name: str, target: str) -> bool:
