@@ -203,10 +203,14 @@ def with_layers(spec, layers: int, name: str):
     from planner.model.catalog import model_from_config
 
     config = spec.hf_config()
+    total = config["num_hidden_layers"]
     config["num_hidden_layers"] = layers
     for key in ("layer_types", "no_rope_layers"):
         if isinstance(config.get(key), list):
             config[key] = config[key][:layers]
+    if config.get("num_kv_shared_layers"):
+        # Gemma 4's KV-shared layers end the model: the cut keeps their share, rounded down
+        config["num_kv_shared_layers"] = config["num_kv_shared_layers"] * layers // total
     return model_from_config(config, name, spec.hf_id)
 
 

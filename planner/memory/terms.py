@@ -372,6 +372,8 @@ def attention_core_saved(model: ModelSpec, train: TrainSpec, prec: Precision) ->
     t, c = train.tokens, prec.attention
     # a KV-shared layer (Gemma 4) passes the keys and values an earlier layer made and keeps
     kv = 0 if model.traits.kv_shared else 2 * model.kv_dim
+    if repeats_kv_unmasked(model, train, prec):  # k and v repeated to all heads: the kernel keeps those
+        kv = 2 * model.q_dim
     saved = t * (2 * model.q_dim + kv) * c
     if model.layer.by_role("qkv") and prec.hidden == c:
         # Fused qkv (Phi-3): v is a slice of the qkv output, so keeping v keeps the whole
@@ -404,6 +406,35 @@ def attention_core_saved(model: ModelSpec, train: TrainSpec, prec: Precision) ->
     softcapped = model.eager_attention
     return (3 * t * model.q_dim * c + scores * (prec.eager_probabilities + (c if softcapped else 0))
             + eager_fused_qkv_kept(model, train, prec))
+
+
+SDPA_GQA_MAX_HEAD_DIM = 256  # transformers passes grouped k / v to SDPA natively only up to this head_dim
+
+
+def repeats_kv_unmasked(model: ModelSpec, train: TrainSpec, prec: Precision) -> bool:
+    """Whether SDPA gets k and v repeated to all heads although no mask is passed: transformers'
+    use_gqa_in_sdpa (integrations/sdpa_attention.py) passes grouped k / v natively only without
+    a mask and with head_dim <= 256, so a layer of wider heads (Gemma 4's full-attention layers,
+    512) repeats them (repeat_kv), T*q_dim each, and the kernel keeps the copies (tracer, Gemma 4
+    31B 2 layers, LoRA bs1x2048: two bf16 [1, 4, 8, 2048, 512] clones in the full layer). The
+    masked case (sliding layers past their window) is :func:`sliding_mask_saved`'s."""
+    return (not uses_eager(model, train) and copies_repeated_kv(model, prec)
+            and model.head_dim > SDPA_GQA_MAX_HEAD_DIM)
+
+
+def copies_repeated_kv(model: ModelSpec, prec: Precision) -> bool:
+    """Whether repeating k and v to all heads (transformers' repeat_kv: expand, then reshape)
+    makes new tensors the kernel keeps: with several kv heads the reshape copies; with one it
+    merges a size-1 dim with the expanded one and returns a view of the original, so nothing new
+    is kept (tracer, Gemma 4 E2B 10 layers and Gemma-3-1B 2 layers, LoRA, one kv head: no repeated
+    k / v in the masked sliding layers nor in E2B's 512-wide full layers), unless autocast casts
+    that view for the kernel (the attention dtype is not the projections': an fp32 hidden stream,
+    QLoRA) or the attention runs in fp32 (QLoRA without autocast, an fp32 model), either of which
+    materializes it (tracer, Gemma-3-1B 2 layers, QLoRA bs4x1600, autocast and pure: the plan
+    0.15% under without them)."""
+    if model.num_kv_heads >= model.num_heads:
+        return False
+    return model.num_kv_heads > 1 or prec.hidden != prec.attention or prec.attention == FP32
 
 
 def eager_fused_qkv_kept(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
@@ -712,7 +743,8 @@ def sliding_mask_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> i
 
     def per_layer(view):  # a KV-shared layer repeats the keys and values it reads: all of it is new
         kept = 0 if view.traits.kv_shared else view.kv_dim
-        return train.batch_size * s * s * prec.compute + 2 * train.tokens * (view.q_dim - kept) * prec.compute
+        repeated = 2 * train.tokens * (view.q_dim - kept) * prec.compute if copies_repeated_kv(view, prec) else 0
+        return train.batch_size * s * s * prec.compute + repeated
     return sum(view.num_layers * per_layer(view) for view in model.by_kind()
                if view.traits.sliding_window and s >= view.traits.sliding_window)
 
@@ -742,21 +774,30 @@ def activations_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> in
     else:
         layers = (sum(view.num_layers * layer_saved(view, train, prec) for view in model.by_kind())
                   - first_norm_unrecorded(model, train, prec) - first_layer_unrecorded(model, train, prec)
-                  + sliding_mask_saved(model, train, prec))
+                  + sliding_mask_saved(model, train, prec) + shared_kv_kept(model, train, prec))
     return layers + model_level_saved(model, train, prec)
 
 
 def shared_kv_kept(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
-    """With gradient checkpointing, the keys and values a Gemma 4 model hands to its KV-shared
-    layers: the last layer of each attention type before them stores its rotated k and normed v
-    (transformers 5.23 Gemma4TextAttention, store_full_length_kv) in a dict that outlives the
-    checkpointed layers, 2*T*kv_dim*c per attention type (its kind's kv_dim). Without
-    checkpointing that layer's attention keeps them anyway (:func:`attention_core_saved`).
+    """The keys and values a Gemma 4 model hands to its KV-shared layers: the last layer of each
+    attention type before them stores its rotated k and normed v (transformers 5.23
+    Gemma4TextAttention, store_full_length_kv) in a dict that outlives the layer, 2*T*kv_dim*c
+    per attention type (its kind's kv_dim), under checkpointing, and without it where that layer's
+    kernel keeps repeated copies instead (otherwise it keeps these: :func:`attention_core_saved`).
     Tracer, tiny Gemma 4 LoRA with checkpointing: layer 0's [2, 48, 2, 16] and layer 1's
     [2, 48, 1, 32] k and v alive through the step. 0 without KV-shared layers."""
     if not any(k.layer.traits.kv_shared for k in model.kinds):
         return 0
-    stores = {view.kinds[0].attention_type: view.kv_dim for view in model.by_kind() if not view.traits.kv_shared}
+    s, gc = train.seq_len, train.gradient_checkpointing
+    stores = {}
+    for view in model.by_kind():
+        if view.traits.kv_shared:
+            continue
+        window = view.traits.sliding_window
+        masked = bool(window) and s >= window and not uses_eager(view, train) and copies_repeated_kv(view, prec)
+        repeats = repeats_kv_unmasked(view, train, prec) or masked
+        # without checkpointing the storing layer's kernel keeps them, unless it keeps repeated copies instead
+        stores[view.kinds[0].attention_type] = view.kv_dim if gc or repeats else 0
     return sum(2 * train.tokens * kv * prec.attention for kv in stores.values())
 
 
