@@ -143,8 +143,10 @@ def matrix() -> list[Config]:
     return tier1 + tier2 + tier3 + tier4 + tier5 + settings_tier() + parallel_tier() + dense_families_tier() + moe_families_tier()
 
 
-# Tier 8: today's dense families, one catalog model of each cut to 2 layers at its real widths.
-DENSE_FAMILY_MODELS = ("starcoder2-3b@2L",)
+# Tier 8: today's dense families, one catalog model of each cut to 2 layers at its real widths
+# (Gemma 4 E2B to 10: the fewest of its 4:1 pattern whose last half, KV-shared, holds both
+# attention types, so that every kind is traced: sliding, full, and both KV-shared).
+DENSE_FAMILY_MODELS = ("starcoder2-3b@2L", "gemma-4-e2b@10L")
 
 
 def dense_families_tier() -> list[Config]:
