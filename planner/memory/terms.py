@@ -103,7 +103,8 @@ def weights_base(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
 @lru_cache(maxsize=256)
 def packed_layer_bytes(model: ModelSpec) -> int:
     """One decoder layer's Linear weights packed to 4 bits (:func:`quantized_weight_bytes` each)."""
-    return sum(quantized_weight_bytes(t.numel) for t in inv.base_tensors(model) if t.role == "linear")
+    return sum(quantized_weight_bytes(t.numel) for t in inv.base_tensors(model)
+               if t.role == "linear" and t.kind != inv.ROOT)
 
 
 def quant_state_per_weight(n: int, double_quant: bool) -> int:

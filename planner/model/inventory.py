@@ -156,7 +156,7 @@ def _per_layer_input_tensors(model: ModelSpec) -> list[Tensor]:
     return [Tensor("embed_tokens_per_layer.weight", (model.per_layer_vocab, wide), "ple_embedding", ROOT),
             *(Tensor(f"{lin.name}.weight", (lin.out_features, lin.in_features), "linear", ROOT)
               for lin in root_linears(model)),
-            Tensor("per_layer_projection_norm.weight", (p,), "final_norm", ROOT)]
+            Tensor("per_layer_projection_norm.weight", (p,), "norm", ROOT)]
 
 
 # ---------------------------------------------------------------- what a method does to them
