@@ -52,7 +52,8 @@ SHARED_INPUT_ROLES = frozenset({"shared_gate", "shared_up"})
 SHARED_ROLES = SHARED_INPUT_ROLES | {"shared_down", "shared_scale"}
 # Gemma 4's per-layer inputs (PLE): each layer gates a p-wide per-layer input by its own output
 PLE_ROLES = frozenset({"ple_gate", "ple_proj"})
-ROLES = tuple(sorted(NORM_READER_ROLES | ATTENTION_ROLES | SHARED_ROLES | PLE_ROLES | {"down"}))  # every role the formulas know
+# every role the formulas know
+ROLES = tuple(sorted(NORM_READER_ROLES | ATTENTION_ROLES | SHARED_ROLES | PLE_ROLES | {"down"}))
 
 
 @dataclass(frozen=True)

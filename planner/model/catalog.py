@@ -12,8 +12,8 @@ from pathlib import Path
 
 import data
 
-from planner.model.architectures import (SUPPORTED_MODEL_TYPES, TABLE, Dims, LayoutError, per_layer_input, UnknownLayerKind, check_known,
-                                        describe, dropout_note)
+from planner.model.architectures import (SUPPORTED_MODEL_TYPES, TABLE, Dims, LayoutError, UnknownLayerKind, check_known,
+                                        describe, dropout_note, per_layer_input)
 from planner.model.specs import GpuSpec, ModelSpec
 
 MIB = 1 << 20

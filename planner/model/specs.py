@@ -144,7 +144,8 @@ class ModelSpec:
 @lru_cache(maxsize=256)
 def _views(model: ModelSpec) -> tuple[ModelSpec, ...]:
     names = model.every_linear_name
-    return tuple(replace(model, name=f"{model.name}[{k.name}]", num_layers=k.count, kinds=(k,), model_linear_names=names,
+    return tuple(replace(model, name=f"{model.name}[{k.name}]", num_layers=k.count, kinds=(k,),
+                         model_linear_names=names,
                          head_dim=k.head_dim or model.head_dim, num_kv_heads=k.kv_heads or model.num_kv_heads,
                          intermediate_size=k.intermediate or model.intermediate_size) for k in model.kinds)
 
