@@ -211,8 +211,14 @@ def with_layers(spec, layers: int, name: str):
         if isinstance(config.get(key), list):
             config[key] = config[key][:layers]
     if config.get("num_kv_shared_layers"):
-        # Gemma 4's KV-shared layers end the model: the cut keeps their share, rounded down
-        config["num_kv_shared_layers"] = config["num_kv_shared_layers"] * layers // total
+        # Gemma 4's KV-shared layers end the model: the cut keeps their share, rounded down, and
+        # fewer where a shared layer's attention type would have no earlier layer (the last
+        # layer is full attention, as transformers forces it)
+        types = (config.get("layer_types") or [])[:-1] + ["full_attention"]
+        shared = config["num_kv_shared_layers"] * layers // total
+        while shared and set(types[layers - shared:]) - set(types[:layers - shared]):
+            shared -= 1
+        config["num_kv_shared_layers"] = shared
     return model_from_config(config, name, spec.hf_id)
 
 

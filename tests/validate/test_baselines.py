@@ -21,8 +21,18 @@ def test_matrix_size_by_hand():
     # tier 9: today's mixtures of experts x 5 methods x 8, less DoRA and QDoRA on OLMoE, whose
     # all-linear peft converts to fused experts (2 x 8): 2 x 40 - 16 = 64
     tier9 = len(B.MOE_FAMILY_MODELS) * 5 * 8 - 2 * 8
-    assert len(configs) == 440 + 1056 + 32 + 144 + 328 + 160 + 96 + tier8 + tier9 == 2360
+    assert len(configs) == 440 + 1056 + 32 + 144 + 328 + 160 + 96 + tier8 + tier9 == 2400
     assert len({c.key() for c in configs}) == len(configs)
+
+
+def test_a_cut_gemma4_keeps_valid_kv_shared_layers():
+    """Gemma 4's KV-shared layers end the model: a cut keeps their share, rounded down, and fewer
+    where a shared layer's attention type would have no earlier layer (E2B: 4 sliding : 1 full)."""
+    kinds = {k.name: k.indices for k in B.spec_for("gemma-4-e2b@10L").kinds}
+    assert kinds == {"sliding_attention": (0, 1, 2, 3), "full_attention": (4,),
+                     "shared_kv_sliding_attention": (5, 6, 7, 8), "shared_kv_full_attention": (9,)}
+    # 20 of 35 shared gives 1 of 2, whose full layer would read from no earlier full layer: none
+    assert [k.name for k in B.spec_for("gemma-4-e2b@2L").kinds] == ["sliding_attention", "full_attention"]
 
 
 def test_precision_tier():
