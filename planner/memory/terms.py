@@ -102,9 +102,9 @@ def weights_base(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
 
 @lru_cache(maxsize=256)
 def packed_layer_bytes(model: ModelSpec) -> int:
-    """One decoder layer's Linear weights packed to 4 bits (:func:`quantized_weight_bytes` each)."""
-    return sum(quantized_weight_bytes(t.numel) for t in inv.base_tensors(model)
-               if t.role == "linear" and t.kind != inv.ROOT)
+    """One decoder layer's Linear weights packed to 4 bits (:func:`quantized_weight_bytes` each): the
+    layer of the largest kind (planner.model.inventory.one_layer), as FSDP gathers it."""
+    return sum(quantized_weight_bytes(t.numel) for t in inv.one_layer(inv.base_tensors(model)) if t.role == "linear")
 
 
 def quant_state_per_weight(n: int, double_quant: bool) -> int:
