@@ -285,7 +285,7 @@ def of_kind(tensors, kind: str) -> tuple[Tensor, ...]:
 
 def one_layer(tensors) -> tuple[Tensor, ...]:
     """One layer's tensors: one copy of each tensor of the largest layer kind (the layer an
-    FSDP unit all-gathers; the kinds of today share one layout)."""
+    FSDP unit all-gathers; Gemma 4's kinds differ, the others' share one layout)."""
     sizes: dict[str, int] = {}
     for t in tensors:
         if t.kind != ROOT:

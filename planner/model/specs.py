@@ -91,8 +91,9 @@ class ModelSpec:
 
     @property
     def layer(self) -> Layer:
-        """The layout every kind shares (the first kind's layer; the kinds of today's catalog differ
-        only in their attention window, which only the kind's own terms read)."""
+        """The first kind's layer (the first layer's). Kinds may differ in their attention window
+        and, in Gemma 4, in their widths and Linears: every per-layer term reads each kind's view
+        (:meth:`by_kind`, :meth:`kind_view`), and this layer only stands for the first layer."""
         return self.kinds[0].layer
 
     def by_kind(self) -> tuple["ModelSpec", ...]:
