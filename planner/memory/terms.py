@@ -285,6 +285,11 @@ def norm_saved(model: ModelSpec, train: TrainSpec, prec: Precision, norm: Norm |
     # Gemma 4's x * pow(mean(x^2) + eps, -0.5) keeps mean + eps and its power (tracer, tiny Gemma 4:
     # a [2, 48, 1] fp32 pow and add output per hidden norm)
     saved = rows * width * FP32 + rows * FP32 * (2 if model.traits.pow_norm else 1)
+    if norm is not None and norm.site == "v" and not model.layer.by_role("v") and prec.hidden == FP32:
+        # no v_proj (Gemma 4's attention_k_eq_v): v_norm reads k_proj's output, which in fp32 both
+        # norms keep as their upcast (x.float() returns it): one tensor (tracer, Gemma 4 31B 2
+        # layers, QLoRA bs4x2048: the plan 0.14% over without this)
+        saved -= rows * width * FP32
     if model.traits.norm == "layer" and norm is None or (norm is not None and norm.bias):
         # nn.LayerNorm (native_layer_norm) keeps its input, under CUDA autocast its fp32 cast
         # (without autocast the input itself, in the stream's dtype), and fp32 mean and rstd
@@ -298,7 +303,7 @@ def norm_saved(model: ModelSpec, train: TrainSpec, prec: Precision, norm: Norm |
 def per_layer_inputs_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
     """Gemma 4's per-layer inputs outside the layers (transformers 5.23
     Gemma4TextModel.get_per_layer_inputs / project_per_layer_inputs): the combined per-layer
-    inputs, (projection + embedding) * 2^-1/2, T*L*p in the compute dtype, which every layer's
+    inputs, (projection + embedding) * 2^-1/2, T*L*p in the residual stream's dtype, which every layer's
     product with its slice keeps (the slices are views of it); when the projection needs a
     gradient (per_layer_model_projection targeted, or full fine-tuning) its norm over p keeps
     its fp32 input and two fp32 values per row (T*L rows, :func:`norm_saved`) and the
@@ -309,7 +314,7 @@ def per_layer_inputs_saved(model: ModelSpec, train: TrainSpec, prec: Precision) 
     if not p:
         return 0
     t, wide = train.tokens, model.num_layers * model.per_layer_input
-    saved = t * wide * prec.compute
+    saved = t * wide * prec.stream  # fp32 with an fp32 embedding (QLoRA, mixed): the sum takes its dtype
     roots = targets.targeted_root_linears(model, train.target_modules) if train.is_adapter else ()
     if roots or train.method == "full":
         rows = t * model.num_layers
@@ -780,26 +785,20 @@ def activations_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> in
 
 
 def shared_kv_kept(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
-    """The keys and values a Gemma 4 model hands to its KV-shared layers: the last layer of each
-    attention type before them stores its rotated k and normed v (transformers 5.23
-    Gemma4TextAttention, store_full_length_kv) in a dict that outlives the layer, 2*T*kv_dim*c
-    per attention type (its kind's kv_dim), under checkpointing, and without it where that layer's
-    kernel keeps repeated copies instead (otherwise it keeps these: :func:`attention_core_saved`).
+    """With gradient checkpointing, the keys and values a Gemma 4 model hands to its KV-shared
+    layers: the last layer of each attention type before them stores its rotated k and normed v
+    (transformers 5.23 Gemma4TextAttention, store_full_length_kv) in a dict the checkpointed
+    layers keep for their recomputation, 2*T*kv_dim per attention type (its kind's kv_dim) in
+    the projections' dtype (fp32 under QLoRA, whose k_proj returns the fp32 stream's dtype).
     Tracer, tiny Gemma 4 LoRA with checkpointing: layer 0's [2, 48, 2, 16] and layer 1's
-    [2, 48, 1, 32] k and v alive through the step. 0 without KV-shared layers."""
-    if not any(k.layer.traits.kv_shared for k in model.kinds):
+    [2, 48, 1, 32] k and v alive through the step; E2B 10 layers QLoRA: fp32 [1, 2048, 1, 256]
+    and [1, 2048, 1, 512] ones. Without checkpointing the dict is gone once the forward returns
+    (the storing layer's kernel keeps what it keeps: :func:`attention_core_saved`). 0 without
+    KV-shared layers."""
+    if not train.gradient_checkpointing or not any(k.layer.traits.kv_shared for k in model.kinds):
         return 0
-    s, gc = train.seq_len, train.gradient_checkpointing
-    stores = {}
-    for view in model.by_kind():
-        if view.traits.kv_shared:
-            continue
-        window = view.traits.sliding_window
-        masked = bool(window) and s >= window and not uses_eager(view, train) and copies_repeated_kv(view, prec)
-        repeats = repeats_kv_unmasked(view, train, prec) or masked
-        # without checkpointing the storing layer's kernel keeps them, unless it keeps repeated copies instead
-        stores[view.kinds[0].attention_type] = view.kv_dim if gc or repeats else 0
-    return sum(2 * train.tokens * kv * prec.attention for kv in stores.values())
+    stores = {view.kinds[0].attention_type: view.kv_dim for view in model.by_kind() if not view.traits.kv_shared}
+    return sum(2 * train.tokens * kv * prec.hidden for kv in stores.values())
 
 
 def first_norm_unrecorded(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
