@@ -455,6 +455,11 @@ class LayoutError(ValueError):
     """A config the architecture table cannot describe (the message names the field)."""
 
 
+class NotPlannedLayout(LayoutError):
+    """A valid config whose layers the formulas do not plan yet (Gemma 4's mixture of experts):
+    the tracer measures it (`probe --device fake`)."""
+
+
 def _shared_expert(moe: MoE, h: int) -> tuple[Linear, ...]:
     """A mixture of experts' shared expert as Linear modules, in forward order (Qwen2-MoE runs
     it before the router, and its sigmoid gate after the routed experts)."""
@@ -623,8 +628,8 @@ def _gemma4_kinds(arch: Architecture, config: dict, dims: Dims) -> tuple[LayerKi
         for name in GEMMA4_MOE_FIELDS:
             if not isinstance(config.get(name), int):
                 raise LayoutError(f"config.json lacks the field {name!r}, which enable_moe_block needs")
-        raise LayoutError("Gemma 4's mixture-of-experts layers (enable_moe_block: a dense MLP and routed experts "
-                          "side by side) are not planned yet: use probe --device fake")
+        raise NotPlannedLayout("Gemma 4's mixture-of-experts layers (enable_moe_block: a dense MLP and routed "
+                               "experts side by side) are not planned yet: use probe --device fake")
     types = _gemma4_types(config, dims.layers)
     widths = _gemma4_overrides(config, dims, types)
     shared = gemma4_field(config, "num_kv_shared_layers") or 0
@@ -645,8 +650,8 @@ def _gemma4_kinds(arch: Architecture, config: dict, dims: Dims) -> tuple[LayerKi
         indices = tuple(groups[name])
         sizes = {tuple(widths[i].values()) for i in indices}
         if len(sizes) > 1:
-            raise LayoutError(f"config field 'per_layer_config' gives the {name} layers different head_dim / "
-                              "num_key_value_heads: not planned yet (use probe --device fake)")
+            raise NotPlannedLayout(f"config field 'per_layer_config' gives the {name} layers different head_dim / "
+                                   "num_key_value_heads: not planned yet (use probe --device fake)")
         d, kv = sizes.pop()
         is_shared = name.startswith(SHARED_KV_PREFIX)
         inter = dims.intermediate * (2 if is_shared and gemma4_field(config, "use_double_wide_mlp") else 1)
