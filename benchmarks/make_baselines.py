@@ -44,6 +44,9 @@ def main() -> None:
     parser.add_argument("--merge", nargs="+", metavar="CSV", default=None,
                         help="append the rows of these files (e.g. shard outputs) that the committed file lacks, "
                              "in matrix order, and exit")
+    parser.add_argument("--models", default=None, metavar="NAMES",
+                        help="trace only the configurations of these baseline models (comma list, e.g. "
+                             "granite-4.0-h-tiny@2L,lfm2-1.2b@2L)")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     from probes import quiet_libraries
@@ -64,7 +67,8 @@ def main() -> None:
     out = Path(args.output) if args.output else committed
     done = {B.config_of(r).key() for p in {out.resolve(), committed} if p.exists() for r in B.load(str(p))}
     k, n = args.shard
-    todo = [c for c in configs if c.key() not in done][k - 1::n]
+    only = set(args.models.split(",")) if args.models else None
+    todo = [c for c in configs if c.key() not in done and (only is None or c.model in only)][k - 1::n]
     if args.limit is not None:
         todo = todo[:args.limit]
     vers = versions()

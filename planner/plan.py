@@ -15,7 +15,7 @@ from planner.model.architectures import ATTENTION_ROLES, SHARED_ROLES, check_kno
 from planner.model.catalog import get_gpu, get_model
 from planner.memory.moments import step_memory
 from planner.model.precision import resolve_dtype
-from planner.model.specs import GpuSpec, ModelSpec, TrainSpec
+from planner.model.specs import ALL_LINEAR, GpuSpec, ModelSpec, TrainSpec
 
 
 @dataclass(frozen=True)
@@ -82,18 +82,33 @@ class Plan:
 
 def moe_notes(model: ModelSpec, train: TrainSpec, dtype: str) -> tuple[str, ...]:
     """What a plan of a mixture-of-experts model assumes and what changes its answer most."""
-    moe = model.layer.moe
+    moe = model.moe
     if moe is None:
         return ()
     gib = 1 << 30
-    notes = (f"mixture of experts ({moe.experts} experts, top-{moe.top_k}): balanced routing assumed "
-             "(transformers' grouped_mm experts keep the same tensors however tokens are routed); "
-             "the load-balancing loss is off, as in transformers' configs (output_router_logits=False)",)
+    # the view of the first MoE kind (Llama 4 Maverick's first layer is dense)
+    view = next(v for v in model.by_kind() if v.layer.moe is not None)
+    if moe.dispatch == "dense":
+        routing = ("every expert runs on every token, scaled by its router score (0 for the experts not "
+                   "chosen; transformers' Llama4TextMoe), so routing changes no tensor")
+    else:
+        routing = ("balanced routing assumed (transformers' grouped_mm experts keep the same tensors however "
+                   "tokens are routed)")
+    notes = (f"mixture of experts ({moe.experts} experts, top-{moe.top_k}): {routing}; the load-balancing loss "
+             "is off, as in transformers' configs (output_router_logits=False)",)
+    if moe.router_tuple and train.is_adapter and ALL_LINEAR in train.target_modules:
+        notes += (f"the router is an nn.Linear whose forward returns the routing as a tuple: peft 0.21 wraps it "
+                  f"under all-linear and the step fails ('tuple' object has no attribute 'dtype'), so it is "
+                  f"planned left out, as a script must leave it out: LoraConfig(exclude_modules=[...'{moe.router}'])",)
     expert_params = counts.role_params(model, "router", "router_bias", "experts", "expert_bias")
     if train.is_quantized:
         notes += (f"bitsandbytes 4-bit quantizes nn.Linear modules only: the fused experts and routers "
                   f"({expert_params / 1e9:.1f}B parameters) stay unquantized, and prepare_model_for_kbit_training "
                   f"casts them to fp32 ({expert_params * 4 / gib:.1f} GiB): QLoRA saves little on this model",)
+        if moe.dispatch == "dense" and C.precision(train, dtype).autocast:
+            copies = C.moe_saved_parts(view, train, C.precision(train, dtype))["weight_copies"]
+            notes += (f"under autocast each expert matmul (torch.bmm) runs on a {dtype if dtype != 'auto' else '16-bit'} "
+                      f"copy of its fp32 weight and keeps it for backward: {copies / gib:.2f} GiB per MoE layer",)
     adapted = targets.targeted_parameters(model, train)
     experts = [t for t in adapted if t.part != "router"]
     if experts:
@@ -104,9 +119,9 @@ def moe_notes(model: ModelSpec, train: TrainSpec, dtype: str) -> tuple[str, ...]
         notes += (f"{how}: every forward materializes the merged expert weights, {merged / gib:.2f} GiB per "
                   f"layer kept for backward; --target-modules {','.join(attention)} adapts the "
                   "attention only",)
-    shared = [lin for lin in model.linears if lin.role in SHARED_ROLES]
+    shared = [lin for lin in view.linears if lin.role in SHARED_ROLES]
     if shared and train.is_adapter:
-        adapted = [lin.name for lin in shared if lin.name in targets.targeted_names(model, train)]
+        adapted = [lin.name for lin in shared if lin.name in targets.targeted_names(view, train)]
         notes += (f"the shared expert (width {moe.shared_intermediate}) is made of nn.Linear modules: "
                   + (f"LoRA adapts {', '.join(adapted)}" if adapted else "not adapted by these targets")
                   + ("; bitsandbytes packs them to 4 bits" if train.is_quantized else ""),)
@@ -153,15 +168,41 @@ def _as_gpu(gpu: str | GpuSpec) -> GpuSpec:
     return gpu if isinstance(gpu, GpuSpec) else get_gpu(gpu)
 
 
+def kernels_notes(model: ModelSpec, train: TrainSpec) -> tuple[str, ...]:
+    """Which kernels the plan assumes for the Mamba-2 and short-convolution layers (a note), or
+    a ValueError when ``--kernels fused`` is asked of a model with no such layers."""
+    mixers = [k for k in model.kinds if k.layer.mixer is not None]
+    if not mixers:
+        if train.kernels == "fused":
+            raise ValueError(f"--kernels fused: {model.name} has no Mamba-2 or short-convolution layers, the only "
+                             "ones with fused kernels here (use --kernels auto or torch)")
+        return ()
+    from planner.memory.mixers import fused_refusal, kernels_path
+
+    refusal = fused_refusal(model, train)
+    if refusal and train.kernels == "fused":
+        raise targets.UnsupportedMethod(f"{refusal} (use --kernels torch)")
+    path = kernels_path(model, train)
+    what = ("the fused kernels (mamba-ssm's mamba_split_conv1d_scan_combined, causal-conv1d's causal_conv1d_fn)"
+            if path == "fused" else "transformers' torch fallback (chunked scan in torch ops, F.conv1d)")
+    why = " (--kernels auto: what transformers picks with mamba-ssm / causal-conv1d installed)" \
+        if train.kernels == "auto" else ""
+    if refusal:  # auto, 4-bit: the torch path, the one that runs
+        why = (f" (--kernels auto: {refusal}, so a step with mamba-ssm installed fails; planned without it, on the "
+               "torch path)")
+    return (f"{', '.join(k.name for k in mixers)} layers planned with {what}{why}",)
+
+
 def plan(model: str | ModelSpec, gpu: str | GpuSpec, train: TrainSpec | None = None,
-         calibrations: dict | None = None, speed: dict | None = None) -> Plan:
+         calibrations: dict | None = None, speed: dict | None = None, host: str = roofline.DEFAULT_HOST) -> Plan:
     """Predict the memory of one training step of ``train`` on ``model`` and ``gpu``.
 
     ``model`` and ``gpu`` are specs or catalog names (or a config.json path for the model).
     ``calibrations`` (family -> planner.memory.calibration.Calibration) replaces the runtime
     estimates; None loads them from the committed CUDA rows, {} turns them off. ``speed``
     (family -> planner.time.calibration.SpeedCalibration) does the same for the time
-    model's efficiency factors.
+    model's efficiency factors. ``host``: the CPU that launches the eager ops
+    (planner.time.roofline.HOSTS).
     Raises ValueError (CatalogError for names) on impossible settings.
     """
     model, gpu = _as_model(model), _as_gpu(gpu)
@@ -169,7 +210,7 @@ def plan(model: str | ModelSpec, gpu: str | GpuSpec, train: TrainSpec | None = N
     check_known(model.kinds)
     targets.check_rank(model, train)
     dtype, notes = resolve_dtype(train.dtype, gpu.bf16, gpu.name)
-    notes = model.notes + notes
+    notes = model.notes + notes + kernels_notes(model, train)
     if train.seq_len > model.max_position_embeddings:
         notes += (f"seq_len {train.seq_len} exceeds {model.name}'s max_position_embeddings "
                   f"{model.max_position_embeddings}",)
@@ -227,7 +268,7 @@ def plan(model: str | ModelSpec, gpu: str | GpuSpec, train: TrainSpec | None = N
         components["optimizer/states_paged"] = step.paged_optimizer_bytes
         notes += ("paged optimizer states live in CUDA unified memory: not counted in the "
                   "allocated or device totals (the driver can page them out to host RAM)",)
-    efficiency, time_note = _efficiency(gpu, dtype, speed)
+    efficiency, time_note = _efficiency(gpu, dtype, speed, host)
     notes += time_note
     components["runtime/allocator"] = allocator
     components["runtime/cuda_context"] = context
@@ -253,13 +294,19 @@ def plan(model: str | ModelSpec, gpu: str | GpuSpec, train: TrainSpec | None = N
     )
 
 
-def _efficiency(gpu: GpuSpec, dtype: str, speed: dict | None) -> tuple[roofline.Efficiency | None, tuple[str, ...]]:
+def _efficiency(gpu: GpuSpec, dtype: str, speed: dict | None,
+                host: str = roofline.DEFAULT_HOST) -> tuple[roofline.Efficiency | None, tuple[str, ...]]:
     """The time model's efficiency factors, calibrated for the GPU's family where CUDA rows
     exist, and the note that says which factors are used (None in fp32, with why)."""
     if dtype == "fp32":
         return None, ("no time planned in fp32: the catalog holds 16-bit peaks only",)
     cals = speed_calibration.load() if speed is None else speed
     cal = cals.get(gpu.family)
-    eff = roofline.DEFAULT.scaled(cal.factor) if cal else roofline.DEFAULT
+    eff = (roofline.DEFAULT.scaled(cal.factor) if cal else roofline.DEFAULT).on_host(host)
     note = (cal.describe(),) if cal else ((speed_calibration.none_note(gpu.family),) if speed is None else ())
+    if gpu.sustained_fraction < 1:
+        note += (f"time planned at {gpu.sustained_fraction:.0%} of {gpu.name}'s boost-clock peak: the clock a "
+                 "continuous GEMM sustains under its power limit (data/gpus.json, sustained_source)",)
+    if host != roofline.DEFAULT_HOST:
+        note += (f"host {host}: {roofline.host_named(host).why}",)
     return eff, note

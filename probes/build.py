@@ -184,7 +184,9 @@ def bnb_config(train: TrainSpec, precision: Precision):
     )
 
 
-def lora_config(train: TrainSpec):
+def lora_config(train: TrainSpec, exclude: tuple[str, ...] = ()):
+    """peft's LoraConfig of ``train``; ``exclude``: modules peft must leave alone
+    (:func:`routing_linears`)."""
     from peft import LoraConfig
 
     targets = list(train.target_modules)
@@ -194,6 +196,7 @@ def lora_config(train: TrainSpec):
         target_parameters=list(train.target_parameters) or None,
         lora_dropout=train.lora_dropout, bias="none", task_type="CAUSAL_LM",
         modules_to_save=list(train.modules_to_save) or None,
+        exclude_modules=list(exclude) or None,
         use_dora=train.is_dora, use_rslora=train.method == "rslora",
     )
 
@@ -306,12 +309,43 @@ def apply_method(model, train: TrainSpec):
     if train.is_adapter:
         if train.gradient_checkpointing:
             model.enable_input_require_grads()
-        model = get_peft_model(model, lora_config(train))
+        model = get_peft_model(model, lora_config(train, routing_linears(model)))
     else:
         model.requires_grad_(True)
     model.train()
     disable_bnb_cpu_fast_path(model)
     return model
+
+
+def routing_linears(model) -> tuple[str, ...]:
+    """The modules of ``model`` that are an ``nn.Linear`` by class but whose forward returns no
+    tensor: Llama-4's and Phi-3.5-MoE's routers (transformers 5.23 ``Llama4Router``,
+    ``PhimoeTopKRouter``) subclass nn.Linear and return the routing as a tuple.
+
+    peft wraps every nn.Linear all-linear finds, and its LoRA Linear adds the adapter's product
+    to the base layer's result (peft 0.21 ``lora.layer.Linear.forward``), which fails on a tuple
+    (``'tuple' object has no attribute 'dtype'``) in a real step as in a trace: a training
+    script has to leave them out (``LoraConfig(exclude_modules=...)``) to run at all, and so does
+    the builder. Each such class is found once, by running its forward on a meta input."""
+    found, verdict = [], {}
+    for name, module in model.named_modules():
+        cls = type(module)
+        if not (isinstance(module, torch.nn.Linear) and cls.forward is not torch.nn.Linear.forward
+                and cls.__module__.startswith("transformers.models.")):
+            continue
+        if cls not in verdict:
+            verdict[cls] = not isinstance(_meta_forward(module), torch.Tensor)
+        if verdict[cls]:
+            found.append(name)
+    return tuple(found)
+
+
+def _meta_forward(module: torch.nn.Linear):
+    """``module``'s forward on a one-token meta input, its parameters as meta tensors."""
+    params = {n: torch.empty_like(p, device="meta") for n, p in module.named_parameters()}
+    x = torch.empty(1, module.in_features, dtype=module.weight.dtype, device="meta")
+    with torch.no_grad():
+        return torch.func.functional_call(module, params, (x,))
 
 
 def disable_bnb_cpu_fast_path(model) -> None:
@@ -325,12 +359,17 @@ def disable_bnb_cpu_fast_path(model) -> None:
 def build(model: ModelSpec | ProbeModel, train: TrainSpec, device: str, weights: str | Path | None = None):
     """The model of ``train`` on ``device`` ("cpu", "cuda", or "meta" for the fake tracer)."""
     precision = resolve_precision(train, "fake" if device == "meta" else device)
+    model_type = probe_model(model).model_type
     with _quiet():
         model = load_base(model, train, precision, device, weights)
         # On meta, tensors peft / bitsandbytes create without a device (e.g. the empty
         # placeholder of Params4bit.__deepcopy__, used by QDoRA's init) must be meta too.
         with torch.device("meta") if device == "meta" else contextlib.nullcontext():
-            return apply_method(model, train)
+            model = apply_method(model, train)
+    # the kernels its steps run for the Mamba-2 / short-convolution layers (probes.mixer_kernels)
+    # (traced ops on the CPU and the fake tracer; a CUDA step runs the kernels transformers found)
+    model.probe_kernels = (model_type, train.kernels if device in ("cpu", "meta") else "torch", train.is_quantized)
+    return model
 
 
 @contextlib.contextmanager

@@ -23,6 +23,7 @@ from torch._subclasses.fake_tensor import is_fake
 
 from .build import Precision
 from .kernels import cuda_autocast_layer_norm
+from .mixer_kernels import fused_kernels
 
 BNB_OPTIMIZERS = {"adamw_8bit": "AdamW8bit", "paged_adamw_8bit": "PagedAdamW8bit",
                   "paged_adamw_32bit": "PagedAdamW32bit"}
@@ -100,7 +101,7 @@ def train_step(model, optimizer, ids: torch.Tensor, precision: Precision, scaler
     """
     # fp32 norms under CPU autocast, as a GPU keeps them, for the forward and for what
     # checkpointing recomputes in backward
-    with cuda_autocast_layer_norm(model):
+    with cuda_autocast_layer_norm(model), fused_kernels(*getattr(model, "probe_kernels", ("", "torch"))):
         on_phase("forward")
         loss = compute_loss(model, ids, precision)
         on_phase("backward")

@@ -44,11 +44,12 @@ ALL_LINEAR = ("all-linear",)
 FIELDS = ("model", "method", "batch_size", "seq_len", "rank", "target_modules", "gradient_checkpointing",
           "dtype", "precision", "optim", "peak_allocated_bytes", "forward_bytes", "backward_bytes",
           "optimizer_bytes", "peak_phase", "torch", "transformers", "peft", "bitsandbytes",
-          "lora_dropout", "attn_implementation", "modules_to_save", "num_gpus", "sharding", "quant_type", "double_quant")
+          "lora_dropout", "attn_implementation", "modules_to_save", "num_gpus", "sharding", "quant_type", "double_quant",
+          "kernels")
 # Columns added after the first tables (tier 6's settings, tier 7's several GPUs), and what the
 # rows made before them used: a table without some of them reads with these values.
 ADDED_DEFAULTS = {"lora_dropout": "0.0", "attn_implementation": "auto", "modules_to_save": "",
-                  "num_gpus": "1", "sharding": "none", "quant_type": "nf4", "double_quant": "1"}
+                  "num_gpus": "1", "sharding": "none", "quant_type": "nf4", "double_quant": "1", "kernels": "auto"}
 
 # A small fixed set CI re-traces in seconds: a 4-layer Llama-shaped model (hidden 256,
 # GQA 8/4 heads, vocabulary 4096), every method, with and without checkpointing.
@@ -76,7 +77,7 @@ class Config:
                 ",".join(t.target_modules) if t.is_adapter else "", t.gradient_checkpointing, t.dtype, t.precision,
                 t.lora_dropout if t.is_adapter else 0.0, t.attn_implementation,
                 ",".join(t.modules_to_save) if t.is_adapter else "", t.num_gpus, t.sharding, t.optim,
-                t.quant_type if t.is_quantized else "nf4", t.double_quant or not t.is_quantized)
+                t.quant_type if t.is_quantized else "nf4", t.double_quant or not t.is_quantized, t.kernels)
 
 
 def _grid(models, methods, ranks_targets, dtype="bf16", precision="autocast") -> list[Config]:
@@ -126,7 +127,7 @@ def parallel_tier() -> list[Config]:
 def supports(model_name: str, method: str) -> bool:
     """Whether peft can apply ``method`` with all-linear targets: it refuses DoRA on fused
     expert parameters, which its all-linear conversion targets on Mixtral and Qwen3-MoE."""
-    moe = spec_for(model_name).layer.moe
+    moe = spec_for(model_name).moe
     return not (method in ("dora", "qdora") and moe is not None and moe.peft_converts)
 
 
@@ -140,7 +141,8 @@ def matrix() -> list[Config]:
              + _grid(PRECISION_MODELS, ("full",), [(8, "all")], dtype="fp16", precision="mixed")
              + _grid(PRECISION_MODELS, ("full",), [(8, "all")], dtype="bf16", precision="pure"))
     tier5 = [c for c in _grid(ARCHITECTURE_MODELS, METHODS, [(8, "all")]) if supports(c.model, c.train.method)]
-    return tier1 + tier2 + tier3 + tier4 + tier5 + settings_tier() + parallel_tier() + dense_families_tier() + moe_families_tier()
+    return (tier1 + tier2 + tier3 + tier4 + tier5 + settings_tier() + parallel_tier() + dense_families_tier()
+            + moe_families_tier() + hybrid_families_tier())
 
 
 # Tier 8: today's dense families, one catalog model of each cut to 2 layers at its real widths
@@ -207,9 +209,12 @@ def with_layers(spec, layers: int, name: str):
     config = spec.hf_config()
     total = config["num_hidden_layers"]
     config["num_hidden_layers"] = layers
-    for key in ("layer_types", "no_rope_layers"):
+    keep = _kept_layers(spec, layers)
+    for key in ("layer_types", "no_rope_layers", "layers_block_type"):
         if isinstance(config.get(key), list):
-            config[key] = config[key][:layers]
+            config[key] = [config[key][i] for i in keep]
+    if isinstance(config.get("hybrid_override_pattern"), str):
+        config["hybrid_override_pattern"] = "".join(config["hybrid_override_pattern"][i] for i in keep)
     if config.get("num_kv_shared_layers"):
         # Gemma 4's KV-shared layers end the model: the cut keeps their share, rounded down, and
         # fewer where a shared layer's attention type would have no earlier layer (the last
@@ -220,6 +225,17 @@ def with_layers(spec, layers: int, name: str):
             shared -= 1
         config["num_kv_shared_layers"] = shared
     return model_from_config(config, name, spec.hf_id)
+
+
+def _kept_layers(spec, layers: int) -> list[int]:
+    """The layers a cut keeps: the first ``layers``; for a hybrid (kinds whose modules differ:
+    Mamba-2, short-convolution, attention-only, MLP-only layers) the first layer of each kind,
+    then the next ones in order, so that a few layers hold every kind."""
+    if len({k.layer.linears for k in spec.kinds}) < 2:
+        return list(range(layers))
+    keep = sorted(k.indices[0] for k in spec.kinds)[:layers]
+    keep += [i for i in range(spec.num_layers) if i not in keep][:layers - len(keep)]
+    return sorted(keep)
 
 
 def row_from_trace(cfg: Config, measurement, versions: dict) -> dict:
@@ -237,6 +253,7 @@ def row_from_trace(cfg: Config, measurement, versions: dict) -> dict:
         **{k: versions.get(f"{k}_version", "") for k in ("torch", "transformers", "peft", "bitsandbytes")},
         "num_gpus": t.num_gpus, "sharding": t.sharding,
         "quant_type": t.quant_type if t.is_quantized else "nf4", "double_quant": int(t.double_quant or not t.is_quantized),
+        "kernels": t.kernels,
     }
 
 
@@ -251,7 +268,8 @@ def config_of(row: dict) -> Config:
                       attn_implementation=row["attn_implementation"],
                       modules_to_save=tuple(row["modules_to_save"].split(",")) if row["modules_to_save"] else (),
                       num_gpus=int(row.get("num_gpus") or 1), sharding=row.get("sharding") or "none",
-                      quant_type=row.get("quant_type") or "nf4", double_quant=bool(int(row.get("double_quant") or 1)))
+                      quant_type=row.get("quant_type") or "nf4", double_quant=bool(int(row.get("double_quant") or 1)),
+                      kernels=row.get("kernels") or "auto")
     return Config(row["model"], train)
 
 
@@ -317,10 +335,37 @@ def append(row: dict, p: Path) -> None:
 # ---------------------------------------------------------------- tier 9: issue 18's mixture-of-experts families
 # Every new MoE family under every method peft accepts for it with all-linear targets (DoRA is
 # refused where all-linear reaches fused experts), batch {1, 4} x seq {512, 2048} x checkpointing,
-# cut to 2 layers at real widths (every layer of these models is alike).
-MOE_FAMILY_MODELS = ("qwen1.5-moe-a2.7b@2L", "olmoe-1b-7b@2L")
+# cut to 2 layers at real widths (every layer of these models is alike);
+# Llama 4 cut to four layers (Scout: three chunked RoPE layers and a full no-RoPE one; Maverick:
+# dense and MoE layers, RoPE and no-RoPE), Phi-3.5-MoE to two
+MOE_FAMILY_MODELS = ("qwen1.5-moe-a2.7b@2L", "olmoe-1b-7b@2L", "llama-4-scout@4L", "llama-4-maverick@4L",
+                     "phi-3.5-moe@2L")
 
 
 def moe_families_tier() -> list[Config]:
     return [c for c in _grid(MOE_FAMILY_MODELS, METHODS, [(8, "all")]) if supports(c.model, c.train.method)]
 
+
+
+# ---------------------------------------------------------------- tier 10: issue 19's hybrid families
+# Granite-4.0-H (Mamba-2 and attention layers, experts and a shared MLP), Nemotron-H (Mamba-2,
+# MLP-only and attention-only layers) and LFM2 (short-convolution and attention layers), each
+# cut to layers that hold every kind of it (:func:`with_layers`), under every method, on both
+# kernel paths (torch: transformers' torch fallback; fused: mamba-ssm / causal-conv1d, traced by
+# probes.mixer_kernels), checkpointing off / on, seq {512, 2048, 8192}, batch 1. Nemotron-H's
+# adapters name their targets: peft refuses LoRA on its Mamba out_proj, which all-linear reaches.
+HYBRID_FAMILY_MODELS = ("granite-4.0-h-tiny@2L", "nemotron-h-8b@3L", "lfm2-1.2b@2L")
+HYBRID_SEQS = (512, 2048, 8192)
+NEMOTRON_H_TARGETS = ("in_proj", "q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj")
+
+
+def hybrid_families_tier() -> list[Config]:
+    out = []
+    for seq, gc, kernels, method, model in itertools.product(HYBRID_SEQS, (False, True), ("torch", "fused"), METHODS,
+                                                             HYBRID_FAMILY_MODELS):
+        if kernels == "fused" and method in ("qlora", "qdora") and not model.startswith("lfm2"):
+            continue  # a 4-bit out_proj cannot reach the fused Mamba kernel (planner.memory.mixers.fused_refusal)
+        targets = NEMOTRON_H_TARGETS if model.startswith("nemotron-h") else ALL_LINEAR
+        out.append(Config(model, TrainSpec(method=method, rank=8, target_modules=targets, batch_size=1, seq_len=seq,
+                                           gradient_checkpointing=gc, dtype="bf16", kernels=kernels)))
+    return out

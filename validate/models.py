@@ -74,16 +74,17 @@ def logits(model, seed: int = 0) -> torch.Tensor:
 
 
 def lora_config(method: str = "lora", rank: int = 8, alpha: float | None = None,
-                targets="all-linear", parameters: tuple[str, ...] = ()):
+                targets="all-linear", parameters: tuple[str, ...] = (), exclude: tuple[str, ...] = ()):
     """The probes' peft LoraConfig for a planner method name (lora, rslora, dora; q* the same
     adapters); ``targets``: "all-linear" or a list of module names; ``parameters``: fused
-    parameters to adapt (peft's target_parameters)."""
+    parameters to adapt (peft's target_parameters); ``exclude``: modules left out
+    (probes.build.routing_linears)."""
     from planner import TrainSpec
     from probes.build import lora_config as probe_lora_config
 
     target_modules = (targets,) if isinstance(targets, str) else tuple(targets)
     return probe_lora_config(TrainSpec(method=method, rank=rank, alpha=alpha, target_modules=target_modules,
-                                       target_parameters=tuple(parameters)))
+                                       target_parameters=tuple(parameters)), exclude)
 
 
 @lru_cache(maxsize=None)

@@ -8,7 +8,8 @@ from planner.model.catalog import CatalogError, get_gpus, get_model, gpu_names, 
 from planner.cli.exits import fail
 from planner.fit import max_batch_size, max_seq_len, recommend
 from planner.plan import plan
-from planner.time.timing import total_hours
+from planner.time import roofline
+from planner.time.data import Data, data_step
 from planner.model.targets import UnsupportedMethod
 from planner.cli.options import adapter_options, parallel_options, parse_names, parse_targets, training_options
 from .recipe_options import recipe_option, recipe_settings, resolve_targets, with_notes, with_recipe
@@ -51,6 +52,15 @@ def output_options(f):
 @click.option("--dataset-tokens", type=int, default=None,
               help="Tokens in the training set: also plan the hours for the whole run (with --epochs).")
 @click.option("--epochs", type=int, default=1, show_default=True, help="Passes over --dataset-tokens.")
+@click.option("--mean-len", type=int, default=None,
+              help="The data's mean sample length in tokens (--seq-len is the longest): time padded batches "
+                   "or packed rows of real data; memory still plans the longest batch  [default: --seq-len]")
+@click.option("--packing/--no-packing", default=False, show_default=True,
+              help="Samples packed into full --seq-len rows (TRL packing), or each batch padded to its longest.")
+@click.option("--host", type=click.Choice(tuple(roofline.HOSTS)), default=roofline.DEFAULT_HOST, show_default=True,
+              help="The CPU that launches the step's eager ops: workstation (a desktop or server core, about "
+                   "10 us per op) or cloud-2vcpu (a 2-vCPU VM such as Colab's or Kaggle's, about 20 us); small "
+                   "models on fast GPUs wait on it.")
 @click.option("--calibrated/--no-calibrated", default=True, show_default=True,
               help="Use CUDA context and allocator terms, and the time model's efficiency factors, calibrated "
                    "from real GPU rows in data/probes where the GPU family has any (the output says so); else "
@@ -63,7 +73,8 @@ def output_options(f):
 @output_options
 def main(models, revision, recipe_paths, gpus, methods, rank, alpha, target_modules, target_parameters, lora_dropout, modules_to_save, batch_size, seq_len,
          gradient_checkpointing, dtype, precision, optim, quant_type, double_quant, attn_implementation,
-         num_gpus, sharding, offload, search_batch, search_seq, dataset_tokens, epochs, calibrated, plot_path,
+         kernels, num_gpus, sharding, offload, search_batch, search_seq, dataset_tokens, epochs, mean_len, packing, host,
+         calibrated, plot_path,
          list_models, list_gpus, fmt):
     """Predict the GPU memory of fine-tuning a model with full, LoRA, rsLoRA, QLoRA, DoRA and
     QDoRA, as a named breakdown, the step time and tokens per second, and say what fits and
@@ -77,6 +88,7 @@ def main(models, revision, recipe_paths, gpus, methods, rank, alpha, target_modu
       plan --model ./config.json --gpu all --method qlora --json
       plan --model 7b --gpu t4 --gpu rtx4090 --plot breakdown.png
       plan --model 7b --gpu a100-80gb --dataset-tokens 50000000 --epochs 3
+      plan --model qwen2.5-0.5b --gpu t4 --seq-len 1024 --mean-len 300 --batch-size 4 --host cloud-2vcpu
       plan --model 8b --gpu rtx4090 --num-gpus 2 --sharding fsdp
 
     Sizes are GiB (2^30 bytes), as nvidia-smi reports them.
@@ -103,12 +115,16 @@ def main(models, revision, recipe_paths, gpus, methods, rank, alpha, target_modu
         fail(f"--dataset-tokens must be at least 1, got {dataset_tokens}", prog="plan")
     if epochs < 1:
         fail(f"--epochs must be at least 1, got {epochs}", prog="plan")
+    if mean_len is not None and not 1 <= mean_len <= seq_len:
+        fail(f"--mean-len must be between 1 and --seq-len ({seq_len}), got {mean_len}", prog="plan")
+    data = Data(mean_len, packing)
+    shown = mean_len is not None or packing
     try:
         model_specs = [get_model(m, revision) for m in models]
         target_modules = resolve_targets(target_modules, model_specs, recipe_paths)
         base = TrainSpec(method=chosen[0], rank=rank, alpha=alpha, target_modules=parse_targets(target_modules),
                          target_parameters=parse_names(target_parameters),
-                         lora_dropout=lora_dropout, attn_implementation=attn_implementation,
+                         lora_dropout=lora_dropout, attn_implementation=attn_implementation, kernels=kernels,
                          modules_to_save=parse_names(modules_to_save),
                          batch_size=batch_size, seq_len=seq_len, gradient_checkpointing=gradient_checkpointing,
                          dtype=dtype, precision=precision, optim=optim, quant_type=quant_type,
@@ -123,19 +139,20 @@ def main(models, revision, recipe_paths, gpus, methods, rank, alpha, target_modu
                 for method in chosen:
                     train = base.with_(method=method)
                     try:
-                        planned = with_notes(plan(model, gpu, train, cals, cals), recipe_notes)
+                        planned = with_notes(plan(model, gpu, train, cals, cals, host), recipe_notes)
                     except UnsupportedMethod as exc:
                         if methods and "all" not in methods:
                             raise  # asked for by name: an error
                         skipped.setdefault(str(exc), None)
                         continue
-                    hours = (total_hours(planned.time, train, dataset_tokens, epochs)
-                             if dataset_tokens and planned.time else None)
+                    real = data_step(*planned.timing_inputs, data) if planned.timing_inputs else None
+                    hours = real.hours(dataset_tokens, epochs) if dataset_tokens and real else None
                     group.append(render.Report(
                         planned,
                         max_batch_size(model, gpu, train, calibrations=cals) if search_batch else None,
                         max_seq_len(model, gpu, train, calibrations=cals) if search_seq else None,
                         hours, (dataset_tokens, epochs) if dataset_tokens else None,
+                        real if shown else None,
                     ))
                 reports += group
                 if fmt == "table":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from planner.model.specs import ALL_LINEAR, ATTN_IMPLEMENTATIONS, OFFLOADS, PRECISIONS, QUANT_TYPES, SHARDINGS
+from planner.model.specs import ALL_LINEAR, ATTN_IMPLEMENTATIONS, KERNELS, OFFLOADS, PRECISIONS, QUANT_TYPES, SHARDINGS
 
 
 def parse_targets(value: str) -> tuple[str, ...]:
@@ -43,6 +43,12 @@ def training_options(f):
                      help="auto: what transformers picks for the model (SDPA; eager where the model needs it). "
                           "eager keeps seq x seq probabilities per layer; flash_attention_2 is planned as the "
                           "flash kernel (traced with SDPA's flash kernel on a CPU).")(f)
+    f = click.option("--kernels", default="auto", show_default=True, type=click.Choice(KERNELS),
+                     help="Kernels of the Mamba-2 and short-convolution layers (Granite-4.0-H, Nemotron-H, LFM2). "
+                          "torch: transformers' torch fallback (the chunked scan in torch ops, F.conv1d); fused: "
+                          "mamba-ssm's mamba_split_conv1d_scan_combined and causal-conv1d's causal_conv1d_fn; auto: "
+                          "what transformers picks when those packages are installed, the fused kernel where one "
+                          "exists (it looks them up at import and falls back to torch without them).")(f)
     f = click.option("--double-quant/--no-double-quant", default=True, show_default=True)(f)
     f = click.option("--quant-type", default="nf4", show_default=True, type=click.Choice(QUANT_TYPES))(f)
     f = click.option("--precision", default="autocast", show_default=True, type=click.Choice(PRECISIONS),

@@ -30,6 +30,8 @@ class Report:
     max_seq_len: int | None = None
     total_hours: float | None = None  # with --dataset-tokens: hours for the whole run
     dataset: tuple[int, int] | None = None  # (dataset tokens, epochs) the hours are for
+    data: object | None = None  # with --mean-len / --packing: planner.time.data.DataTime
+
 
     def to_dict(self) -> dict:
         out = self.plan.to_dict()
@@ -37,6 +39,8 @@ class Report:
             out["total_hours"] = self.total_hours
         if self.dataset is not None:
             out["dataset_tokens"], out["epochs"] = self.dataset
+        if self.data is not None:
+            out["data"] = self.data.to_dict()
         if self.max_batch_size is not None:
             out["max_batch_size"] = self.max_batch_size
         if self.max_seq_len is not None:
@@ -110,6 +114,12 @@ def table(model: ModelSpec, gpu: GpuSpec, train: TrainSpec, reports: list[Report
         lines.append(_row("tokens / s", [_fmt(p.tokens_per_second, "{:,.0f}") for p in plans], width))
         lines.append(_row("MFU", [_fmt(p.mfu, "{:.0%}") for p in plans], width))
         lines.append(_row("time bound by", [p.time.bound if p.time else "-" for p in plans], width))
+    if any(r.data is not None for r in reports):
+        lines.append(_row("padded length", [str(r.data.padded_len) if r.data else "-" for r in reports], width))
+        lines.append(_row("step time, real data (s)",
+                          [_fmt(r.data.step.step_seconds if r.data else None, "{:.3f}") for r in reports], width))
+        lines.append(_row("real tokens / s", [_fmt(r.data.real_tokens_per_second if r.data else None, "{:,.0f}")
+                                              for r in reports], width))
     run = next((r.dataset for r in reports if r.dataset is not None), None)
     if run is not None:
         lines.append(_row(f"hours for {run[0]:,} tok x {run[1]}", [_fmt(r.total_hours, "{:,.1f}") for r in reports],

@@ -319,7 +319,7 @@ def first_layer_backward_walk(model: ModelSpec, train: TrainSpec, prec: Precisio
                                       recompute_incoming_grads, rope_saved, trainable_bytes_per_param)
     from planner.model.architectures import MLP_INPUT_ROLES, ATTENTION_INPUT_ROLES
 
-    if train.method != "full" or model.layer.moe is not None or train.sharding not in ("none", "ddp", "fsdp"):
+    if train.method != "full" or model.moe is not None or train.sharding not in ("none", "ddp", "fsdp"):
         return ()
     t, h, layer = train.tokens, model.hidden_size, model.layer
     c, a, s, att = prec.compute, prec.hidden, prec.stream, prec.attention

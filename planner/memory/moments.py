@@ -290,16 +290,31 @@ def step_memory(model: ModelSpec, train: TrainSpec, dtype: str) -> StepMemory:
     chosen = {}
     for phase, moments in REGISTRY.items():
         candidates = []
-        for name, fn in moments:
-            values = fn(step)
-            if isinstance(values, list):
-                candidates += [_breakdown(member, **terms) for member, terms in values]
-            elif values is not None:
-                candidates.append(_breakdown(name, **values))
+        for at in _layer_views(step):
+            for name, fn in moments:
+                values = fn(at)
+                if isinstance(values, list):
+                    candidates += [_breakdown(member, **terms) for member, terms in values]
+                elif values is not None:
+                    candidates.append(_breakdown(name, **values))
         chosen[phase] = max(candidates, key=_total)
     return StepMemory(phases={phase: m.terms for phase, m in chosen.items()},
                       paged_optimizer_bytes=C.optimizer_states_paged(model, train, step.prec),
                       moments={phase: m.name for phase, m in chosen.items()})
+
+
+def _layer_views(step: Step) -> tuple[Step, ...]:
+    """The step, and where a model's kinds differ in their modules (the hybrids: Mamba-2, short
+    convolutions, attention-only and MLP-only layers), the step with each other kind's layer in
+    the last layer's place: its in-layer moments read that kind, beside every other layer's
+    saved set (a bound: the layers after it have not run yet when it does). Tracer, Nemotron-H-8B
+    widths cut to 3 layers (Mamba-2, MLP, attention), DoRA bs1x512: the MLP layer's DoRA norm
+    transient is the forward peak, 1.5 times what the attention layer's moment plans."""
+    kinds = step.model.kinds
+    if len(kinds) < 2 or len({k.layer.linears for k in kinds}) < 2:
+        return (step,)
+    last = step.model.num_layers - 1
+    return (step,) + tuple(replace(step, layer=k.indices[-1]) for k in kinds if k.indices[-1] != last)
 
 
 def clear_caches() -> None:
@@ -329,6 +344,17 @@ def _layer_module(s: Step):
     return dict(**s.persistent, activations__saved=saved, activations__autocast_weights=s.layer_copies,
                 transient__module=fwd.locals + fwd.working, transient__dequant=fwd.dequant,
                 transient__dora=fwd.dora, **s.parallel("in_layer"))
+
+
+@moment("forward", "layer_experts")
+def _layer_experts(s: Step):
+    """The last layer's experts forming their output where every expert sees every token (Llama 4)."""
+    before, working = s._last(C.dense_moe_forward_moment)
+    if not working:
+        return None
+    saved = s.saved - s.final_norm + before - (0 if s.gc else s.per_layer)
+    return dict(**s.persistent, activations__saved=saved, activations__autocast_weights=s.layer_copies,
+                transient__module=working, **s.parallel("in_layer"))
 
 
 @moment("forward", "layer_softmax")
@@ -472,12 +498,16 @@ def _first_layer_moe(s: Step):
     makes after the experts' (one GPU and DDP; tracer, OLMoE-1B-7B and Qwen3-30B-A3B 2 layers,
     LoRA all-linear with checkpointing, batch 2 x 512: layer 0's expert factor gradients,
     44 MiB for OLMoE, not yet there at the backward peak; the plan was 1.4% over with them)."""
-    first = s.first_view
+    # the first layer with experts (Llama 4 Maverick's first layer is dense: its second), every
+    # gradient made but its own and those of the dense layers before it
+    index = min(k.indices[0] for k in s.model.kinds if k.layer.moe is not None) if s.model.moe is not None else 0
+    first = replace(s, layer=index) if index else s.first_view
     values = _moe_part(first)
     if values is None:
         return None
-    pending = first.layer_grads if S.strategy(s.train).whole_gradients else 0
-    return dict(**s.persistent, grads=s.made - pending, activations__input_leaf=s.leaf, **values,
+    pending = (sum(replace(s, layer=j).layer_grads for j in range(index + 1))
+               if S.strategy(s.train).whole_gradients else 0)
+    return dict(**s.persistent, grads=s.made - pending, activations__input_leaf=s.leaf if not index else 0, **values,
                 **s.parallel("backward_end"))
 moment("backward", "first_layer_softmax")(_first_layer(_softmax_part))
 

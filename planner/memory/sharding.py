@@ -94,9 +94,8 @@ def unsharded_root(model: ModelSpec, train: TrainSpec, weight_bytes: int) -> int
 def layer_bytes(model: ModelSpec, train: TrainSpec, weight_bytes: int, packed: int) -> int:
     """One decoder layer's parameters, whole: base (``packed``: its 4-bit weights' bytes, else
     the stored dtype) and adapters (fp32)."""
-    layer = base_tensors(model, layer_only=True)
-    base = sum(t.numel for t in layer)
-    linear = sum(t.numel for t in layer if t.role == "linear")  # the same layer's (kinds may differ: Gemma 4)
+    base = sum(t.numel for t in base_tensors(model, layer_only=True))
+    linear = sum(t.numel for t in base_tensors(model, layer_only=True) if t.role == "linear")
     if variant(train).base.quantized:
         base_bytes = packed + (base - linear) * FP32
     else:

@@ -16,7 +16,8 @@ from functools import lru_cache
 from planner.model import counts
 from planner.model import targets
 from planner.model import inventory as inv
-from planner.model.architectures import ATTENTION_INPUT_ROLES, MLP_INPUT_ROLES, NORM_READER_ROLES, Linear, Norm
+from planner.model.architectures import (ATTENTION_INPUT_ROLES, ATTENTION_ROLES, MIXER_INPUT_ROLES, MLP_INPUT_ROLES,
+                                        NORM_READER_ROLES, Linear, Norm)
 from planner.model.specs import DTYPE_BYTES, ModelSpec, TrainSpec
 from planner.memory.variants import variant
 from planner.units import FP32, ceil_div
@@ -102,8 +103,8 @@ def weights_base(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
 
 @lru_cache(maxsize=256)
 def packed_layer_bytes(model: ModelSpec) -> int:
-    """One decoder layer's Linear weights packed to 4 bits (:func:`quantized_weight_bytes` each): the
-    layer of the largest kind (planner.model.inventory.one_layer), as FSDP gathers it."""
+    """One decoder layer's Linear weights packed to 4 bits (:func:`quantized_weight_bytes` each):
+    the largest kind's (:func:`planner.model.inventory.one_layer`), not every kind's summed."""
     return sum(quantized_weight_bytes(t.numel) for t in inv.one_layer(inv.base_tensors(model)) if t.role == "linear")
 
 
@@ -510,6 +511,8 @@ def moe_saved_parts(model: ModelSpec, train: TrainSpec, prec: Precision) -> dict
     parts = {tg.part for tg in adapted}
     experts_train = train.method == "full" or bool(parts & {"gate_up", "down"})
     router_train = train.method == "full" or "router" in parts
+    if moe.dispatch == "dense":
+        return dense_moe_saved_parts(model, train, prec, experts_train, router_train)
     if moe.activation == "clamped_swiglu":
         router = pairs * (8 + c)
         per_pair = (2 * h + 7 * i) * x + 24 + c + 8 if experts_train else (h + 6 * i) * x + 24 + c
@@ -518,6 +521,11 @@ def moe_saved_parts(model: ModelSpec, train: TrainSpec, prec: Precision) -> dict
         w = FP32 if moe.weights_fp32 else c
         per_pair = (2 * h + 4 * i) * x + 24 + w if experts_train else (h + 3 * i) * x + 24 + w
     router += t * h * x if router_train else 0
+    # Phi-3.5-MoE's input jitter (training only): the block and then its router multiply the normed
+    # input in place by uniform noise of its shape and dtype, and each product keeps its noise,
+    # 2*T*h in the norm output's dtype (tracer, Phi-3.5-MoE 2 layers LoRA bs1x512: two fp32
+    # [512, 4096] per layer, the plan 0.55% under without them)
+    router += 2 * t * h * norm_output_bytes(model, prec) if moe.jitter else 0
     weight = parameter_bytes(train, prec)
     # the factors' copies in the weight's dtype: none when the weight is fp32, the factors' own
     # dtype (QLoRA's fp32 experts: Tensor.to returns the factor itself; tracer, OLMoE-1B-7B 2
@@ -526,6 +534,112 @@ def moe_saved_parts(model: ModelSpec, train: TrainSpec, prec: Precision) -> dict
     merged = sum((tg.weight + (tg.experts * tg.rank * (tg.in_features + tg.out_features) if copies else 0)) * weight
                  for tg in adapted)
     return {"router": router, "experts": pairs * per_pair + 4 * moe.experts, "merged": merged}
+
+
+def dense_moe_saved_parts(model: ModelSpec, train: TrainSpec, prec: Precision, experts_train: bool,
+                          router_train: bool) -> dict[str, int]:
+    """:func:`moe_saved_parts` where every expert runs on every token (Llama 4's Llama4TextMoe,
+    transformers 5.23): the input repeated E times (E*T rows) and multiplied by each row's router
+    score, then two batched matmuls over the E experts (torch.bmm), whatever the routing.
+
+    - Router (Llama4Router): the top-k indices (T*k*8, kept by topk and by the scatter of the
+      chosen logits into a -inf row) and the fp32 sigmoid of that row (T*E*4); its input
+      (T*h*x) when its weight trains.
+    - Experts, R = E*T rows: the repeated input (R*h*x, kept by the product with the scores),
+      the scores' column (R, a copy of the transposed scores, in the matmul dtype m: the compute
+      dtype under autocast, else the stream's), the gate_up output (R*2I*m) and act(gate)
+      (R*I*m); trainable experts (full fine-tuning) also keep the scaled input and act(gate)*up,
+      the two matmuls' inputs (R*(h + I)*m).
+    - Under autocast with experts and router stored in another dtype than the compute dtype
+      (QLoRA's fp32, `mixed`'s fp32 masters), each matmul runs on a compute-dtype copy of its
+      weight and keeps it: E*(2I*h + I*h + h)*c a layer ("weight_copies").
+    Tracer (saved-tensor hooks on Llama4TextMoe, h 64, I 96, E 4, T 40): these tensors, bf16
+    frozen, bf16 trainable and fp32 under bf16 autocast."""
+    moe = model.layer.moe
+    t, h, i, x, c, e = train.tokens, model.hidden_size, moe.intermediate, prec.stream, prec.compute, moe.experts
+    m = c if prec.autocast else x
+    rows = t * e
+    router = t * moe.top_k * 8 + t * e * FP32 + (t * h * x if router_train else 0)
+    experts = rows * (h * x + m + 3 * i * m) + (rows * (h + i) * m if experts_train else 0)
+    copies = e * (3 * i * h + h) * c if prec.autocast and parameter_bytes(train, prec) != c else 0
+    return {"router": router, "experts": experts, "merged": 0, "weight_copies": copies}
+
+
+def dense_moe_backward_workspace(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
+    """The backward of experts that see every token (:func:`dense_moe_saved_parts`), R = E*T
+    rows, with the layer's saved set alive: in the matmul dtype m, the gradient of act(gate)*up
+    (R*I) and of its two factors (2*R*I) at once, 3*R*I*m; trained experts (full fine-tuning)
+    have made the down weight's gradient (E*I*h) and freed act(gate)*up, which only that
+    gradient needed: 2*R*I*m + E*I*h*g (tracer, Maverick 4 layers full with checkpointing, batch
+    4 x 2048: the first MoE layer's backward, the plan 7.4% under without either). With an fp32 stream (QLoRA) the
+    stream's gradients reach the experts as a m-byte copy of the output's gradient (R*h) beside
+    the gradient of act(gate)*up (R*I), the larger moment there: R*(h + I)*m. Tracer (byte
+    tracker on Llama4TextMoe, h 64 / 128, I 96 / 192, E 8 / 16, T 40): bf16 3*R*I*2 live at the
+    backward peak; fp32 under bf16 autocast R*(h + I)*2 live, the repeated fp32 input freed
+    before it (the plan then over by up to R*h*2). With checkpointing and an fp32 stream the
+    moment is the recomputed forward's second matmul: R*(h*(x + 2m) + I*m) above the recomputed
+    saved set (tracer, Maverick 4 layers QLoRA with checkpointing, batch 1 x 2048: the scaled
+    fp32 input, act(gate)*up, the down output and the output gradient's copy at the peak)."""
+    moe = model.layer.moe
+    x, c = prec.stream, prec.compute
+    m = c if prec.autocast else x
+    rows = train.tokens * moe.experts
+    # trained experts (full fine-tuning): the down weight's gradient, made before this moment
+    down_grad = moe.experts * moe.intermediate * model.hidden_size * trainable_bytes_per_param(train, prec) \
+        if train.method == "full" else 0
+    if x == m:
+        # trained, act(gate)*up (kept for the down weight's gradient) is freed when that is made
+        return rows * (2 if down_grad else 3) * moe.intermediate * m + down_grad
+    if train.gradient_checkpointing:
+        # the recomputed forward's second matmul, beside the output gradient's m-byte copy: the
+        # scaled input in the stream dtype, act(gate)*up and the down output, R*(h*(x + 2m) + I*m)
+        return rows * (model.hidden_size * (x + 2 * m) + moe.intermediate * m)
+    return rows * (model.hidden_size + moe.intermediate) * m
+
+
+def dense_moe_forward_moment(model: ModelSpec, train: TrainSpec, prec: Precision) -> tuple[int, int]:
+    """The last layer's forward at its experts' second matmul (dense dispatch,
+    :func:`dense_moe_saved_parts`), R = E*T rows: (what the layer holds before it, what the
+    experts are forming). Without checkpointing the layer has kept its saved set through the
+    experts' (:func:`layer_saved_sequence` up to "mlp"); with it, only the experts' locals: the
+    gate_up output (R*2I*m) and the down weight's compute-dtype copy where autocast makes one.
+    Forming: the scaled input in the stream dtype (R*h*x, a local of the experts' forward) and
+    act(gate)*up (R*I*m) unless trainable experts keep them, and the down output (R*h*m).
+    Tracer, Maverick 4 layers QLoRA batch 1 x 2048: the forward peak, 2.2% above the logits'
+    moment, with these three beside both MoE layers' saved sets. (0, 0) for other experts."""
+    moe = model.layer.moe
+    if moe is None or moe.dispatch != "dense":
+        return 0, 0
+    t, h, i, x, c = train.tokens, model.hidden_size, moe.intermediate, prec.stream, prec.compute
+    m = c if prec.autocast else x
+    rows = t * moe.experts
+    parts = moe_saved_parts(model, train, prec)
+    trained = train.method == "full"
+    working = rows * h * m + (0 if trained else rows * (h * x + i * m))
+    if train.gradient_checkpointing:
+        copy = moe.experts * i * h * c if parts["weight_copies"] else 0
+        return rows * 2 * i * m + copy, working
+    seq = layer_saved_sequence(model, train, prec)
+    before = sum(size for _, size in seq[:[name for name, _ in seq].index("mlp") + 1])
+    return before, working
+
+
+def qk_l2_norm_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
+    """Llama 4's qk-norm (Llama4TextL2Norm, no weight) on its RoPE layers, over each head of q
+    and k after RoPE: x.float() * rsqrt(mean(x^2) + eps) keeps the fp32 input and the fp32
+    rsqrt per head, T*(q_dim + kv_dim)*4 + T*(heads + kv_heads)*4 (its output, cast back, is
+    attention's input). Tracer (saved-tensor hooks, Llama4TextAttention layer 0): a fp32
+    [1, 40, 4, 16] and [1, 40, 4, 1] for q, the same for k."""
+    if not model.traits.qk_l2_norm:
+        return 0
+    return train.tokens * (model.q_dim + model.kv_dim + model.num_heads + model.num_kv_heads) * FP32
+
+
+def attn_temperature_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
+    """Llama 4's attention temperature on its no-RoPE layers: q times a per-position fp32 scale
+    (log1p(floor((pos + 1) / floor_scale)) * attn_scale + 1, expanded over the batch), which the
+    product keeps: seq*4."""
+    return train.seq_len * FP32 if model.traits.attn_temperature else 0
 
 
 def shared_expert_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
@@ -563,6 +677,10 @@ def moe_backward_workspace(model: ModelSpec, train: TrainSpec, prec: Precision) 
     32k vocabulary keeps small). 0 without LoRA on the experts (full fine-tuning's expert
     gradients are :func:`grads`)."""
     moe = model.layer.moe
+    if moe is None:
+        return 0
+    if moe.dispatch == "dense":
+        return dense_moe_backward_workspace(model, train, prec)
     by_part = {t.part: t for t in targets.targeted_parameters(model, train)}
     first = by_part.get("down") or by_part.get("gate_up")
     if moe is None or first is None:
@@ -656,19 +774,37 @@ def layer_saved_sequence(model: ModelSpec, train: TrainSpec, prec: Precision) ->
         return [("norm", norm_saved(model, train, prec, n)) for n in layer.norms_at(*sites)]
 
     seq = norms("attn_in")
-    seq += adapters(*ATTENTION_INPUT_ROLES)
-    seq += norms("q", "k", "v")
-    seq.append(("attention", attention_core_saved(model, train, prec)))
-    seq += adapters("o")
+    if layer.mixer is not None:  # a Mamba-2 or short-convolution layer (planner.memory.mixers)
+        from planner.memory.mixers import mixer_saved, runs_out_proj
+
+        seq += adapters(*MIXER_INPUT_ROLES)
+        seq.append(("mixer", mixer_saved(model, train, prec)))
+        seq += adapters(*(("ssm_out",) if runs_out_proj(model, train) else ()), "conv_out")
+    elif layer.by_role(*ATTENTION_ROLES):
+        seq += adapters(*ATTENTION_INPUT_ROLES)
+        seq += norms("q", "k", "v")
+        seq.append(("qk_l2_norm", qk_l2_norm_saved(model, train, prec) + attn_temperature_saved(model, train, prec)))
+        seq.append(("attention", attention_core_saved(model, train, prec)))
+        seq += adapters("o")
     seq += norms("attn_out", "mlp_in", "mlp_out")
     moe = layer.moe
-    if moe is not None and moe.shared_intermediate:
-        seq += adapters("shared_gate", "shared_up")
+    shared = []
+    if moe is not None and moe.shared_intermediate and not moe.shared_fused:
+        shared = adapters("shared_gate", "shared_up") + [("shared_expert", shared_expert_saved(model, train, prec))]
+        shared += adapters("shared_down")
+    if moe is not None and moe.shared_first:
+        seq += shared
+    if moe is not None and moe.shared_fused:  # Granite-4.0-H: the experts, then shared_mlp
+        seq.append(("mlp", mlp_core_saved(model, train, prec)))
+        seq += adapters("shared_gate_up")
         seq.append(("shared_expert", shared_expert_saved(model, train, prec)))
         seq += adapters("shared_down")
-    seq += adapters(*MLP_INPUT_ROLES)
-    seq.append(("mlp", mlp_core_saved(model, train, prec)))
-    seq += adapters("down")
+    elif moe is not None or layer.by_role(*MLP_INPUT_ROLES):
+        seq += adapters(*MLP_INPUT_ROLES)
+        seq.append(("mlp", mlp_core_saved(model, train, prec)))
+        seq += adapters("down")
+    if moe is not None and not moe.shared_first:  # Llama 4: after the routed experts
+        seq += shared
     if moe is not None and moe.shared_scale:
         seq += adapters("shared_scale")
         seq.append(("shared_output", shared_output_saved(model, train, prec)))
@@ -711,6 +847,8 @@ def rope_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
     """RoPE's cos and sin tables, kept by every layer's rotation (part of :func:`model_level_saved`):
     2*seq*rot*stream per attention type (fp32 where the rotary embedding returns fp32)."""
     traits = model.traits
+    if traits.rope == "complex":  # Llama 4: one complex64 (1, seq, rot/2) table, seq*rot*4
+        return train.seq_len * int(model.head_dim * traits.rotary_fraction) * FP32
     return 2 * train.seq_len * rope_widths(model) * (FP32 if traits.rope_fp32 else prec.stream)
 
 
@@ -853,6 +991,12 @@ def first_layer_unrecorded(model: ModelSpec, train: TrainSpec, prec: Precision) 
         return 0
     layer, t = model.layer, train.tokens
     roles = {lin.role for lin in layer.linears if lin.name in targets.targeted_names(model, train)}
+    if layer.mixer is not None or not layer.by_role(*ATTENTION_ROLES):
+        # a hybrid's first layer (a Mamba-2 or short-convolution mixer, or an MLP-only layer):
+        # with its input projection targeted everything after it needs a gradient and is kept
+        # (tracer, tiny LFM2 of two conv layers, LoRA: layer 0 keeps all but its input norm's);
+        # otherwise planned as kept (a bound)
+        return 0
     gq, gk, gv = ({r, "qkv"} & roles for r in ("q", "k", "v"))
     scores_grad = bool(gq or gk)
     out = sum(norm_saved(model, train, prec, n) for site, g in (("q", gq), ("k", gk)) if not g
@@ -967,12 +1111,13 @@ def autocast_weight_copies(model: ModelSpec, train: TrainSpec, prec: Precision) 
         return 0
     copies = counts.adapter_params(model, train) if train.is_adapter else 0
     # LoRA on fused parameters copies its factors itself (moe_saved), outside autocast
-    for view in model.by_kind():
-        copies -= view.num_layers * sum(t.params for t in targets.targeted_parameters(view, train))
-        if train.is_dora:  # the magnitude vectors are not matmul weights
-            copies -= view.num_layers * sum(lin.out_features
-                                            for lin in targets.targeted_linears(view, train.target_modules))
-    if train.is_dora:
+    # (summed kind by kind: Llama 4 Maverick's dense and MoE layers differ in both)
+    views = model.by_kind()
+    copies -= sum(v.num_layers * sum(t.params for t in targets.targeted_parameters(v, train))
+                  for v in views if v.moe is not None)
+    if train.is_dora:  # the magnitude vectors are not matmul weights
+        copies -= sum(v.num_layers * sum(lin.out_features for lin in targets.targeted_linears(v, train.target_modules))
+                      for v in views)
         copies -= sum(lin.out_features for lin in targets.targeted_root_linears(model, train.target_modules))
     if train.method == "full" or not train.gradient_checkpointing:
         copies += mixed_linear_copies(model, train)

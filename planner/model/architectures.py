@@ -26,7 +26,23 @@ scale      output scales the shared expert's (Qwen2-MoE)
 ple_gate   a per-layer input's gate: the layer's output (after  per_layer_input_gate (Gemma 4)
            the MLP's residual sum) -> the per-layer width p
 ple_proj   the gated per-layer input back to h (p -> h)         per_layer_projection (Gemma 4)
+shared_    the shared expert's gate and up fused (h -> 2*I_s)   shared_mlp.input_linear
+gate_up    (Granite-4.0 hybrids with experts)                   (Granite-4.0-H-Tiny)
+ssm_in     a Mamba-2 mixer's input projection: h -> z (gate,    mamba.in_proj, mixer.in_proj
+           d_inner), x B C (the conv input, d_inner + 2GN),
+           dt (one per head)
+ssm_out    a Mamba-2 mixer's output projection, d_inner -> h    mamba.out_proj
+conv_in    a short gated convolution's input projection,        conv.in_proj (LFM2)
+           h -> B, C, x (3h)
+conv_out   a short gated convolution's output projection        conv.out_proj (LFM2)
 =========  ===================================================  ==============================
+
+Mixers that are not attention (a layer's ``mixer``, planner.model.architectures.Mamba2 and
+ShortConv) also hold parameters that are not Linear weights: Mamba-2's depthwise conv1d weight
+(conv_dim, 1, K) and bias, A_log, D and dt_bias (one per head) and its gated RMSNorm's weight
+(d_inner); a short convolution's depthwise conv weight (h, 1, K) and optional bias. The
+inventory (planner.model.inventory) lists them; peft's all-linear adapts none of them (Conv1d
+is not a Linear) and bitsandbytes quantizes none (it swaps nn.Linear modules only).
 
 Sites of a norm: ``attn_in`` (before attention), ``attn_out`` (on the attention output:
 sandwich and post-norm layers), ``mlp_in``, ``mlp_out``, ``q`` / ``k`` (qk-norm), ``v`` (a
@@ -48,12 +64,15 @@ MLP_INPUT_ROLES = frozenset({"gate", "up", "gate_up", "fc_in"})
 NORM_READER_ROLES = ATTENTION_INPUT_ROLES | MLP_INPUT_ROLES
 ATTENTION_ROLES = ATTENTION_INPUT_ROLES | {"o"}
 # a mixture of experts' shared expert (a gated MLP beside the routed experts) and its gate
-SHARED_INPUT_ROLES = frozenset({"shared_gate", "shared_up"})
+SHARED_INPUT_ROLES = frozenset({"shared_gate", "shared_up", "shared_gate_up"})
 SHARED_ROLES = SHARED_INPUT_ROLES | {"shared_down", "shared_scale"}
+# the Linears of the mixers that are not attention: Mamba-2 (ssm_*) and short convolutions (conv_*)
+MIXER_INPUT_ROLES = frozenset({"ssm_in", "conv_in"})
+MIXER_ROLES = MIXER_INPUT_ROLES | {"ssm_out", "conv_out"}
 # Gemma 4's per-layer inputs (PLE): each layer gates a p-wide per-layer input by its own output
 PLE_ROLES = frozenset({"ple_gate", "ple_proj"})
 # every role the formulas know
-ROLES = tuple(sorted(NORM_READER_ROLES | ATTENTION_ROLES | SHARED_ROLES | PLE_ROLES | {"down"}))
+ROLES = tuple(sorted(NORM_READER_ROLES | ATTENTION_ROLES | SHARED_ROLES | MIXER_ROLES | PLE_ROLES | {"down"}))
 
 
 @dataclass(frozen=True)
@@ -112,6 +131,11 @@ class Traits:
     rope_tables: int = 1  # distinct cos/sin pairs per forward (Gemma-3: one per attention type)
     rope_fp32: bool = False  # the rotary embedding returns fp32 cos / sin (OLMo-2)
     sliding_window: int | None = None  # the window of a sliding-attention layer (its kind's trait)
+    # Llama 4 (modeling_llama4.Llama4TextAttention): "complex" where RoPE multiplies q and k as
+    # fp32 complex numbers (apply_rotary_emb), "none" on its no-RoPE layers; else "half" (rotate_half)
+    rope: str = "half"
+    qk_l2_norm: bool = False  # an L2 norm without weights over each head of q and k after RoPE (Llama 4's use_qk_norm)
+    attn_temperature: bool = False  # q times an fp32 per-position scale on no-RoPE layers (Llama 4's attn_temperature_tuning)
     # the norm computes x * pow(mean(x^2) + eps, -0.5) (Gemma 4): it keeps mean(x^2) + eps and its
     # power, two fp32 values per row, where rsqrt keeps one
     pow_norm: bool = False
@@ -144,16 +168,81 @@ class MoE:
     # width made of Linear modules (roles shared_gate / shared_up / shared_down); 0: none
     shared_intermediate: int = 0
     shared_scale: bool = False  # Qwen2-MoE: sigmoid(shared_expert_gate(x)) scales the shared expert's output
+    # how the router weighs the experts: "softmax" (softmax over every expert's logit, the top-k
+    # of it: Mixtral, Qwen3-MoE); "sigmoid" (Llama 4's Llama4Router: top-k of the logits, sigmoid
+    # of those scattered into a -inf row); "sparsemixer" (Phi-3.5-MoE: top-2 by two masked
+    # softmaxes with Gumbel sampling in training, transformers 5.23 modeling_phimoe.sparsemixer)
+    routing: str = "softmax"
+    # how the tokens reach the experts: "grouped" (transformers' grouped_mm path: the T*k
+    # (token, expert) pairs sorted by expert) or "dense" (Llama 4's Llama4TextMoe: every expert
+    # runs on every token, pre-scaled by its router score, 0 for the experts not chosen: E*T rows)
+    dispatch: str = "grouped"
+    jitter: bool = False  # Phi-3.5-MoE's input_jitter_noise: the MoE input times uniform noise, twice, in training
+    # the router is an nn.Linear subclass whose forward returns a tuple (Llama4Router,
+    # PhimoeTopKRouter): peft cannot wrap it, so all-linear leaves it out (probes.build.routing_linears)
+    router_tuple: bool = False
+    # the shared expert runs before the routed experts (Qwen2-MoE) or after them (Llama4TextMoe)
+    shared_first: bool = True
+    shared_fused: bool = False  # the shared expert's gate and up are one Linear (Granite-4.0-H's input_linear)
+    # the router's softmax runs over the top-k logits only, cast to the compute dtype
+    # (GraniteMoeHybridTopKRouter.forward), not over every expert's logit
+    router_topk_softmax: bool = False
+
+
+@dataclass(frozen=True)
+class Mamba2:
+    """A Mamba-2 mixer (Dao & Gu 2024, "Transformers are SSMs"; transformers 5.23
+    modeling_granitemoehybrid.GraniteMoeHybridMambaLayer, modeling_nemotron_h.NemotronHMamba2Mixer):
+    in_proj (role ssm_in) makes z (d_inner), xBC (conv_dim = d_inner + 2*G*N) and dt (H); a
+    depthwise causal conv1d of width K over xBC, then SiLU; the chunked selective scan over
+    H heads of P dims with G groups of N-dim B and C; y * silu(z) through a gated RMSNorm
+    (groups of d_inner / G); out_proj (role ssm_out)."""
+
+    heads: int  # H
+    head_dim: int  # P
+    state: int  # N
+    groups: int  # G
+    conv_kernel: int  # K
+    conv_bias: bool
+    chunk: int  # the scan's chunk length
+
+    @property
+    def inner(self) -> int:
+        """d_inner = H * P."""
+        return self.heads * self.head_dim
+
+    @property
+    def conv_dim(self) -> int:
+        return self.inner + 2 * self.groups * self.state
+
+    @property
+    def projection(self) -> int:
+        """in_proj's output width: z, xBC and dt."""
+        return self.inner + self.conv_dim + self.heads
+
+
+@dataclass(frozen=True)
+class ShortConv:
+    """LFM2's gated short convolution (transformers 5.23 modeling_lfm2.Lfm2ShortConv): in_proj
+    (role conv_in, h -> 3h) gives B, C, x; B*x runs through a depthwise causal conv of width K;
+    C times its output goes to out_proj (role conv_out)."""
+
+    width: int  # h
+    kernel: int  # K (conv_L_cache)
+    bias: bool
 
 
 @dataclass(frozen=True)
 class Layer:
-    """One decoder layer (every layer alike): its Linears in forward order, norms, traits."""
+    """One decoder layer (every layer of its kind alike): its Linears in forward order, norms,
+    traits, its mixture of experts and its mixer when that is not attention (Mamba-2, a short
+    convolution)."""
 
     linears: tuple[Linear, ...]
     norms: tuple[Norm, ...]
     traits: Traits = field(default_factory=Traits)
     moe: MoE | None = None
+    mixer: Mamba2 | ShortConv | None = None
 
     def by_role(self, *roles: str) -> tuple[Linear, ...]:
         return tuple(lin for lin in self.linears if lin.role in roles)
@@ -164,11 +253,17 @@ class Layer:
 
 # The layer kinds the formulas know. A model is a sequence of kinds (planner.model.specs.ModelSpec):
 # "decoder" where every layer is alike; "sliding_attention" and "full_attention" where some
-# layers attend within a window; "shared_kv_" ones where a layer reads an earlier layer's keys
-# and values (Gemma 4). A kind the formulas do not know is refused by name.
+# layers attend within a window ("chunked_attention": Llama 4's chunks); in the hybrids
+# (planner.model.hybrids) "mamba2" (a Mamba-2 mixer), "short_conv" (LFM2's gated short
+# convolution), "attention" (attention in a hybrid) and "mlp" (an MLP-only layer, Nemotron-H);
+# "shared_kv_" ones where a layer reads an earlier layer's keys and values (Gemma 4).
+# A kind the formulas do not know is refused by name.
 SHARED_KV_PREFIX = "shared_kv_"
-KNOWN_KINDS = ("decoder", "sliding_attention", "full_attention",
-               SHARED_KV_PREFIX + "sliding_attention", SHARED_KV_PREFIX + "full_attention")
+KNOWN_KINDS = ("decoder", "sliding_attention", "full_attention", "chunked_attention", "mamba2", "short_conv",
+               "attention", "mlp", SHARED_KV_PREFIX + "sliding_attention", SHARED_KV_PREFIX + "full_attention")
+# Where a model's layers differ in their MLP too (Llama 4 Maverick: a dense MLP between MoE
+# layers), a kind's name is its attention kind and its MLP kind joined by "/": "chunked_attention/dense"
+MLP_KINDS = ("dense", "moe")
 
 
 @dataclass(frozen=True)
@@ -204,7 +299,8 @@ class UnknownLayerKind(ValueError):
 def check_known(kinds: tuple[LayerKind, ...]) -> None:
     """Refuse, in one line naming it, a layer kind or a Linear role the formulas do not know."""
     for kind in kinds:
-        if kind.name not in KNOWN_KINDS:
+        attention, _, mlp = kind.name.partition("/")
+        if attention not in KNOWN_KINDS or (mlp and mlp not in MLP_KINDS):
             raise UnknownLayerKind(f"layer kind {kind.name!r} (layers {_span(kind.indices)}) is not planned yet "
                                    f"(planned kinds: {', '.join(KNOWN_KINDS)}); `probe --device fake` traces it")
         for lin in kind.layer.linears:
@@ -252,6 +348,11 @@ class Architecture:
     out_bias: bool | None = None  # o_proj's bias where the family fixes it (GLM-4: never), else as above
     head_dim_default: int | None = None  # head_dim when the config omits it (else hidden / heads)
     dropout_defaults: tuple[tuple[str, float], ...] = ()  # DROPOUT_FIELDS the family's config defaults above 0
+    # Llama 4's layers (see :func:`_llama4_kinds`): chunked-attention layers with RoPE and no-RoPE
+    # full-attention layers, MoE layers every interleave_moe_layer_step-th, the others a dense MLP
+    llama4_layers: bool = False
+    lm_head_bias_field: str | None = None  # the config field that gives lm_head a bias (Phi-3.5-MoE's lm_head_bias)
+    hybrid: str | None = None  # a hybrid family whose layer kinds planner.model.hybrids describes
     # "uniform": every kind has the model's widths; "gemma4": per-kind widths, KV-shared kinds and
     # per-layer inputs read from the config (:func:`_gemma4_kinds`)
     layout: str = "uniform"
@@ -333,6 +434,18 @@ TABLE: dict[str, Architecture] = {
     "gemma4_text": Architecture(norm_sites=SANDWICH, tie_default=True, layout="gemma4", head_dim_default=256,
                                 traits=Traits(norm="rms_fp32_out", placement="sandwich", qk_norm="head",
                                               rope_tables=2, pow_norm=True)),
+    # The hybrids (planner.model.hybrids): Mamba-2 or short-convolution layers between attention ones.
+    # Granite-4.0-H (modeling_granitemoehybrid.py): every layer a mixer (Mamba-2 or attention
+    # without RoPE, position_embedding_type "nope") then an MLP (shared_mlp, with experts beside it
+    # in H-Tiny / H-Small); Granite's embedding and residual multipliers.
+    "granitemoehybrid": Architecture(hybrid="granitemoehybrid", tie_default=True,
+                                     traits=Traits(embedding_multiplier=True, residual_multiplier=True)),
+    # Nemotron-H (modeling_nemotron_h.py): one block per layer, a norm then a Mamba-2 mixer, attention
+    # (no RoPE) or a relu2 MLP (layers_block_type or hybrid_override_pattern).
+    "nemotron_h": Architecture(hybrid="nemotron_h", head_dim_default=128, traits=Traits(rope_tables=0)),
+    # LFM2 (modeling_lfm2.py): a gated short convolution or attention with per-head q/k norms
+    # (layer_types or full_attn_idxs), each then a SwiGLU MLP (w1, w3, w2); RoPE.
+    "lfm2": Architecture(hybrid="lfm2", tie_default=True, traits=Traits(qk_norm="head")),
     "mixtral": Architecture(sliding="all", moe="mixtral"),
     # Qwen2-MoE (Qwen1.5-MoE): Qwen2's attention (q/k/v biases, the config's qkv_bias), routed
     # fused experts and a shared expert of Linear modules with its own sigmoid gate
@@ -347,6 +460,19 @@ TABLE: dict[str, Architecture] = {
     # norms multiply the weight in fp32 ((w * x_fp32).to(dtype)).
     "gpt_oss": Architecture(traits=Traits(norm="rms_fp32_out", eager_attention=True, attention_sinks=True),
                             sliding="alternate", attention_bias_default=True, moe="gpt_oss"),
+    # Llama 4's text decoder (transformers 5.23 modeling_llama4, configuration_llama4.Llama4TextConfig):
+    # Llama's pre-norm layer; three layers in four attend in chunks of attention_chunk_size with
+    # RoPE as fp32 complex products and (use_qk_norm) an L2 norm without weights over each head,
+    # every 4th (no_rope_layers) attends to everything without RoPE, q scaled per position
+    # (attn_temperature_tuning); MoE layers (every interleave_moe_layer_step-th: Scout all,
+    # Maverick every 2nd) have a shared expert of Linears beside experts that see every token
+    # (top-1 sigmoid routing), the others a dense gated MLP intermediate_size_mlp wide.
+    "llama4_text": Architecture(moe="llama4", llama4_layers=True, head_dim_default=128),
+    # Phi-3.5-MoE (modeling_phimoe.py): nn.LayerNorm with a bias before attention and MoE and at
+    # the end, q/k/v/o biases (attention_bias), 16 experts top-2 chosen by sparsemixer (Gumbel
+    # sampling in training), every layer in the sliding window when set, a bias on lm_head
+    # (lm_head_bias), and the MoE input times uniform noise in training (input_jitter_noise).
+    "phimoe": Architecture(traits=Traits(norm="layer"), moe="phimoe", sliding="all", lm_head_bias_field="lm_head_bias"),
 }
 SUPPORTED_MODEL_TYPES = tuple(sorted(TABLE))
 
@@ -393,6 +519,12 @@ def describe(arch: Architecture, config: dict, dims: Dims) -> tuple[LayerKind, .
     the family's rule)."""
     if arch.layout == "gemma4":
         return _gemma4_kinds(arch, config, dims)
+    if arch.llama4_layers:
+        return _llama4_kinds(arch, config, dims)
+    if arch.hybrid:
+        from planner.model import hybrids
+
+        return hybrids.describe(arch, config, dims)
     layer = _layer(arch, config, dims)
     window = config.get("sliding_window")
     sliding = _sliding_indices(arch, config, dims.layers) if isinstance(window, int) and window > 0 else ()
@@ -510,8 +642,58 @@ def _moe(kind: str, config: dict, dims: Dims) -> MoE:
                               "architecture table needs")
         return MoE(experts, top_k, inter, renormalize=bool(config.get("norm_topk_prob", False)),
                    shared_intermediate=shared, shared_scale=True)
+    if kind == "llama4":
+        # Llama4TextMoe: the shared expert is a Llama4TextMLP intermediate_size wide; peft's
+        # all-linear adapts its Linears, not the experts (and the router is left out: see
+        # probes.build.routing_linears)
+        return MoE(experts, top_k, inter, router="router", routing="sigmoid", dispatch="dense",
+                   shared_intermediate=inter, router_tuple=True, shared_first=False)
+    if kind == "phimoe":
+        # PhimoeSparseMoeBlock: its router is nn.Linear (left out of all-linear as Llama 4's);
+        # the experts keep the grouped_mm path
+        return MoE(experts, top_k, inter, router="router", routing="sparsemixer",
+                   jitter=bool(config.get("input_jitter_noise") or 0.0), router_tuple=True)
     return MoE(experts, top_k, inter, router="router", router_bias=True, expert_bias=True,
                activation="clamped_swiglu")
+
+
+def _llama4_kinds(arch: Architecture, config: dict, dims: Dims) -> tuple[LayerKind, ...]:
+    """Llama 4's decoder layers as kinds (transformers 5.23 Llama4TextConfig.__post_init__ and
+    Llama4TextDecoderLayer): a layer uses RoPE where no_rope_layers[i] is 1 (default: all but
+    every no_rope_layer_interval-th, 4), and those attend in chunks (layer_types
+    "chunked_attention", the chunk planned as a window: transformers builds an explicit mask
+    once the sequence reaches it, as for sliding layers), the others "full_attention"; a layer
+    is MoE when in moe_layers (default every interleave_moe_layer_step-th, from step - 1), else
+    a dense gated MLP intermediate_size_mlp wide. Kinds are named by attention, and by
+    "attention/mlp" where both MLP kinds occur (Maverick)."""
+    n = dims.layers
+    interval = config.get("no_rope_layer_interval") or 4
+    rope = config.get("no_rope_layers") or [int((i + 1) % interval != 0) for i in range(n)]
+    types = config.get("layer_types") or ["chunked_attention" if r else "full_attention" for r in rope]
+    step = config.get("interleave_moe_layer_step") or 1
+    moe_layers = config.get("moe_layers")
+    moe_layers = set(range(step - 1, n, step) if moe_layers is None else moe_layers)
+    dense_width = config.get("intermediate_size_mlp")
+    if len(moe_layers & set(range(n))) < n and not isinstance(dense_width, int):
+        raise LayoutError("config.json lacks the field 'intermediate_size_mlp', which the architecture table needs")
+    chunk = config.get("attention_chunk_size", 8192)
+    moe_layer = _layer(arch, config, dims)
+    dense_layer = _layer(replace(arch, moe=None), config, replace(dims, intermediate=dense_width or 0))
+    mixed = 0 < len(moe_layers & set(range(n))) < n
+    groups: dict[tuple[str, bool], list[int]] = {}
+    for i in range(n):
+        groups.setdefault((types[i], i in moe_layers), []).append(i)
+    kinds = []
+    for (attention, is_moe), indices in groups.items():
+        layer = moe_layer if is_moe else dense_layer
+        if attention == "chunked_attention":
+            traits = replace(layer.traits, rope="complex", qk_l2_norm=bool(config.get("use_qk_norm", True)),
+                             sliding_window=chunk if isinstance(chunk, int) and chunk > 0 else None)
+        else:
+            traits = replace(layer.traits, rope="none", attn_temperature=bool(config.get("attn_temperature_tuning", True)))
+        name = f"{attention}/{'moe' if is_moe else 'dense'}" if mixed else attention
+        kinds.append(LayerKind(name, replace(layer, traits=traits), tuple(indices)))
+    return tuple(kinds)
 
 
 def _sliding_indices(arch: Architecture, config: dict, layers: int) -> tuple[int, ...]:

@@ -135,6 +135,10 @@ def model_from_config(config: dict, name: str, hf_id: str | None = None,
     head_dim = config.get("head_dim") or arch.head_dim_default or hidden // heads  # the family's config default
     if not isinstance(head_dim, int) or head_dim < 1:
         raise CatalogError(f"{name}: head_dim {head_dim!r} must be a positive integer")
+    if arch.hybrid:
+        from planner.model.hybrids import intermediate
+
+        inter = intermediate(arch, config, inter)
     dims = Dims(hidden=hidden, intermediate=inter, heads=heads, kv_heads=kv_heads, head_dim=head_dim, layers=layers)
     return ModelSpec(
         name=name,
@@ -151,6 +155,7 @@ def model_from_config(config: dict, name: str, hf_id: str | None = None,
         max_position_embeddings=int(config.get("max_position_embeddings") or 4096),
         hf_id=hf_id,
         published_params=published_params,
+        lm_head_bias=bool(arch.lm_head_bias_field and config.get(arch.lm_head_bias_field)),
         config_json=json.dumps(config, sort_keys=True),
         notes=tuple(n for n in (dropout_note(arch, config),) if n),
         **_per_layer_inputs(arch, config, name),
@@ -237,6 +242,8 @@ def _catalog_gpu(key: str) -> GpuSpec:
         tflops_dense_16bit=e["tflops_dense_16bit"],
         family=e["family"],
         cuda_context_bytes=e["cuda_context_mib"] * MIB,
+        sm_count=e.get("sm_count", 0),
+        sustained_fraction=e.get("sustained_fraction", 1.0),
     )
 
 

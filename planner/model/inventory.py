@@ -31,6 +31,7 @@ from functools import lru_cache
 from math import prod
 
 from planner.memory.variants import variant
+from planner.model.architectures import Mamba2, ShortConv
 from planner.model import targets
 from planner.model.specs import ModelSpec, TrainSpec
 from planner.units import FP32, ceil_div
@@ -47,7 +48,7 @@ class Tensor:
     path: str
     shape: tuple[int, ...]
     role: str  # embedding, lm_head, final_norm, norm, linear, bias, router, router_bias, experts,
-    #            expert_bias, sinks, lora_A, lora_B, magnitude
+    #            expert_bias, sinks, conv, ssm, lora_A, lora_B, magnitude
     kind: str = "decoder"  # the layer kind that holds it, or ROOT
     layers: int = 1  # how many layers hold one (1 for the root's)
     treatment: str = "frozen"
@@ -98,6 +99,8 @@ def base_tensors(model: ModelSpec) -> tuple[Tensor, ...]:
         out.append(Tensor("norm.bias", (h,), "final_norm", ROOT))
     if not model.tie_word_embeddings:
         out.append(Tensor("lm_head.weight", (model.vocab_size, h), "lm_head", ROOT))
+        if model.lm_head_bias:
+            out.append(Tensor("lm_head.bias", (model.vocab_size,), "lm_head", ROOT))
     return tuple(out)
 
 
@@ -132,6 +135,7 @@ def _layer_tensors(model: ModelSpec, layer, kind: str, n: int) -> list[Tensor]:
                     tensor("mlp.experts.down_proj_bias", (e, h), "expert_bias")]
     if layer.traits.attention_sinks:
         out.append(tensor("self_attn.sinks", (model.num_heads,), "sinks"))
+    out += [tensor(path, shape, role) for path, shape, role in mixer_parameters(layer.mixer)]
     return out
 
 
@@ -157,6 +161,24 @@ def _per_layer_input_tensors(model: ModelSpec) -> list[Tensor]:
             *(Tensor(f"{lin.name}.weight", (lin.out_features, lin.in_features), "linear", ROOT)
               for lin in root_linears(model)),
             Tensor("per_layer_projection_norm.weight", (p,), "norm", ROOT)]
+def mixer_parameters(mixer) -> tuple[tuple[str, tuple[int, ...], str], ...]:
+    """The parameters of a non-attention mixer that are not Linear weights, as (path, shape,
+    role): Mamba-2's depthwise conv1d (conv_dim, 1, K) and its bias, dt_bias, A_log and D (one
+    per head, role "ssm") and the gated RMSNorm's weight (d_inner, role "norm"); a short
+    convolution's depthwise conv (h, 1, K) and bias (transformers 5.23
+    GraniteMoeHybridMambaLayer / NemotronHMamba2Mixer.__init__, Lfm2ShortConv.__init__)."""
+    if isinstance(mixer, Mamba2):
+        out = [("mamba.conv1d.weight", (mixer.conv_dim, 1, mixer.conv_kernel), "conv")]
+        if mixer.conv_bias:
+            out.append(("mamba.conv1d.bias", (mixer.conv_dim,), "conv"))
+        out += [(f"mamba.{name}", (mixer.heads,), "ssm") for name in ("dt_bias", "A_log", "D")]
+        return tuple(out) + (("mamba.norm.weight", (mixer.inner,), "norm"),)
+    if isinstance(mixer, ShortConv):
+        out = [("conv.conv.weight", (mixer.width, 1, mixer.kernel), "conv")]
+        if mixer.bias:
+            out.append(("conv.conv.bias", (mixer.width,), "conv"))
+        return tuple(out)
+    return ()
 
 
 # ---------------------------------------------------------------- what a method does to them
@@ -167,6 +189,7 @@ def _adapters(model: ModelSpec, train: TrainSpec, weight_bytes: int) -> list[Ten
     r = train.rank
     adapter = variant(train).adapter
     out = []
+    targets.targeted_parameters(model, train)  # refuses target_parameters on a model without experts
     for view in model.by_kind():
         kind, n = view.kinds[0].name, view.num_layers
 
@@ -175,7 +198,7 @@ def _adapters(model: ModelSpec, train: TrainSpec, weight_bytes: int) -> list[Ten
 
         for lin in targets.targeted_linears(view, train.target_modules):
             out += [tensor(f"{lin.name}.{name}", shape, role) for name, shape, role in adapter.tensors(lin, r)]
-        for tg in targets.targeted_parameters(view, train):
+        for tg in targets.targeted_parameters(view, train) if view.moe is not None else ():
             out += [tensor(f"mlp.{tg.name}.lora_A", (tg.rank * tg.experts, tg.in_features), "lora_A"),
                     tensor(f"mlp.{tg.name}.lora_B", (tg.out_features, tg.rank * tg.experts), "lora_B")]
     for lin in targets.targeted_root_linears(model, train.target_modules):
@@ -285,7 +308,7 @@ def of_kind(tensors, kind: str) -> tuple[Tensor, ...]:
 
 def one_layer(tensors) -> tuple[Tensor, ...]:
     """One layer's tensors: one copy of each tensor of the largest layer kind (the layer an
-    FSDP unit all-gathers; Gemma 4's kinds differ, the others' share one layout)."""
+    FSDP unit all-gathers: a hybrid's largest, a bound for its other kinds)."""
     sizes: dict[str, int] = {}
     for t in tensors:
         if t.kind != ROOT:

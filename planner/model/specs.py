@@ -29,6 +29,10 @@ PRECISIONS = ("autocast", "pure", "mixed")
 # attention kernels a training script can ask transformers for; "auto" is what transformers
 # picks for the model (SDPA, or eager where the model needs it: softcapping, sinks)
 ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "eager", "flash_attention_2")
+# kernels of the mixers that are not attention (Mamba-2, short convolutions): "torch" is
+# transformers' torch fallback, "fused" the kernel packages' fused ops (mamba-ssm, causal-conv1d),
+# "auto" what transformers picks when those packages are installed: fused where a kernel exists
+KERNELS = ("auto", "torch", "fused")
 ALL_LINEAR = "all-linear"
 # The modules a decoder's fine-tuning script trains whole beside the adapters (peft's
 # modules_to_save), each a vocab_size x hidden_size matrix.
@@ -64,6 +68,7 @@ class ModelSpec:
     max_position_embeddings: int
     hf_id: str | None = None
     published_params: int | None = None
+    lm_head_bias: bool = False  # an untied lm_head with a bias (Phi-3.5-MoE's lm_head_bias)
     config_json: str = field(default="{}", repr=False, compare=False)
     # what every plan of this model says about it (a Hub model: where its config came from,
     # its parameter count against the checkpoint's)
@@ -73,8 +78,7 @@ class ModelSpec:
     # embedding output (per_layer_model_projection); 0: none
     per_layer_input: int = 0
     per_layer_vocab: int = 0
-    # a kind's view (:meth:`by_kind`): the Linear names of every kind of the whole model, which a
-    # target name may match in another kind (Gemma 4's k_proj, absent from its KV-shared layers)
+    # a view's (:meth:`by_kind`) whole model's Linear names, which targets are checked against
     model_linear_names: tuple[str, ...] = field(default=(), repr=False, compare=False)
 
     @property
@@ -91,9 +95,10 @@ class ModelSpec:
 
     @property
     def layer(self) -> Layer:
-        """The first kind's layer (the first layer's). Kinds may differ in their attention window
-        and, in Gemma 4, in their widths and Linears: every per-layer term reads each kind's view
-        (:meth:`by_kind`, :meth:`kind_view`), and this layer only stands for the first layer."""
+        """The first kind's layout: the layout of every layer where the kinds differ only in their
+        attention window; a hybrid's kinds differ in their modules, and Gemma 4's in their widths
+        too, so their per-layer terms read each kind's view (:meth:`by_kind`, :meth:`kind_view`),
+        whose layer and widths are that kind's."""
         return self.kinds[0].layer
 
     def by_kind(self) -> tuple["ModelSpec", ...]:
@@ -120,9 +125,16 @@ class ModelSpec:
         return tuple(lin.name for lin in self.linears)
 
     @property
-    def every_linear_name(self) -> tuple[str, ...]:
-        """The Linear names of every kind (of the whole model, for a kind's view), in order."""
+    def all_linear_names(self) -> tuple[str, ...]:
+        """The Linear module names of every kind, in order, once each (kinds whose Linears
+        differ: Llama 4 Maverick's dense and MoE layers); a view's, its whole model's."""
         return self.model_linear_names or tuple(dict.fromkeys(lin.name for k in self.kinds for lin in k.layer.linears))
+
+    @property
+    def moe(self):
+        """The mixture of experts of the first kind that has one (None for a dense model, and
+        for a view of a dense kind)."""
+        return next((k.layer.moe for k in self.kinds if k.layer.moe is not None), None)
 
     @property
     def traits(self) -> Traits:
@@ -144,9 +156,8 @@ class ModelSpec:
 
 @lru_cache(maxsize=256)
 def _views(model: ModelSpec) -> tuple[ModelSpec, ...]:
-    names = model.every_linear_name
     return tuple(replace(model, name=f"{model.name}[{k.name}]", num_layers=k.count, kinds=(k,),
-                         model_linear_names=names,
+                         model_linear_names=model.all_linear_names,
                          head_dim=k.head_dim or model.head_dim, num_kv_heads=k.kv_heads or model.num_kv_heads,
                          intermediate_size=k.intermediate or model.intermediate_size) for k in model.kinds)
 
@@ -164,6 +175,11 @@ class GpuSpec:
     tflops_dense_16bit: float
     family: str
     cuda_context_bytes: int
+    # the time model's (planner.time.roofline): streaming multiprocessors (0: unknown, no wave
+    # quantization), and the fraction of the datasheet tensor peak a long continuous GEMM
+    # sustains under the board's power limit, beyond the large-GEMM efficiency (1.0: boost held)
+    sm_count: int = 0
+    sustained_fraction: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -186,6 +202,7 @@ class TrainSpec:
     double_quant: bool = True
     lora_dropout: float = 0.0  # peft's default
     attn_implementation: str = "auto"
+    kernels: str = "auto"  # KERNELS
     # peft's modules_to_save: whole modules trained beside the adapters ("embed_tokens", "lm_head")
     modules_to_save: tuple[str, ...] = ()
     num_gpus: int = 1  # data-parallel ranks; batch_size is per GPU
@@ -226,6 +243,8 @@ class TrainSpec:
         if self.attn_implementation not in ATTN_IMPLEMENTATIONS:
             problems.append(f"unknown attention implementation {self.attn_implementation!r} "
                             f"(choose from {', '.join(ATTN_IMPLEMENTATIONS)})")
+        if self.kernels not in KERNELS:
+            problems.append(f"unknown kernels {self.kernels!r} (choose from {', '.join(KERNELS)})")
         problems += self._parallel_problems()
         if problems:
             raise ValueError("; ".join(problems))

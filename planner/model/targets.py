@@ -25,7 +25,7 @@ def targeted_linears(model: ModelSpec, targets: tuple[str, ...]) -> tuple[Linear
     """
     if ALL_LINEAR in targets:
         return model.linears
-    known = model.every_linear_name + tuple(lin.name for lin in targeted_root_linears(model, (ALL_LINEAR,)))
+    known = model.all_linear_names + tuple(lin.name for lin in targeted_root_linears(model, (ALL_LINEAR,)))
     unknown = [t for t in targets if not any(_matches(name, t) for name in known)]
     if unknown:
         hints = []
@@ -101,7 +101,7 @@ def targeted_parameters(model: ModelSpec, train: TrainSpec) -> tuple[ParamTarget
     (``convert_peft_config_for_transformers``) to the router at rank r, gate_up at 2r (alpha
     doubled: its rank_pattern) and down at r; for gpt-oss all-linear stays on the attention.
     """
-    moe = model.layer.moe
+    moe = model.moe
     if not train.is_adapter:
         return ()
     if moe is None:
@@ -143,11 +143,42 @@ def trains_lm_head(train: TrainSpec) -> bool:
     return train.method == "full" or "lm_head" in train.modules_to_save
 
 
+# peft 0.21 refuses LoRA on these modules of these model types (tuners_utils.
+# _check_lora_target_modules_mamba): the fused Mamba kernel uses out_proj's weight itself
+# (mamba_split_conv1d_scan_combined), past any adapter, and conv1d is no Linear
+PEFT_MAMBA_TYPES = frozenset({"falcon_h1", "mamba", "mamba2", "falcon_mamba", "nemotron_h"})
+PEFT_MAMBA_REFUSED = frozenset({"out_proj", "conv1d"})
+
+
+def check_peft_refusals(model: ModelSpec, train: TrainSpec) -> None:
+    """Refuse (:class:`UnsupportedMethod`) what peft refuses: LoRA on a Mamba mixer's out_proj for
+    the model types peft lists, which all-linear reaches (Nemotron-H)."""
+    if not train.is_adapter or model.model_type not in PEFT_MAMBA_TYPES:
+        return
+    names = {lin.name for kind in model.kinds for lin in targeted_linears(replace_kinds(model, kind),
+                                                                          train.target_modules)}
+    refused = sorted(n for n in names if n.rsplit(".", 1)[-1] in PEFT_MAMBA_REFUSED)
+    if refused:
+        keep = ",".join(dict.fromkeys(n.rsplit(".", 1)[-1] for kind in model.kinds for n in
+                                      (lin.name for lin in kind.layer.linears)
+                                      if n.rsplit(".", 1)[-1] not in PEFT_MAMBA_REFUSED))
+        raise UnsupportedMethod(f"peft refuses LoRA on {', '.join(refused)} of {model.model_type} models (the fused "
+                                f"Mamba kernel uses out_proj's weight itself): name the targets, e.g. "
+                                f"--target-modules {keep}")
+
+
+def replace_kinds(model: ModelSpec, kind) -> ModelSpec:
+    """``model`` seen as one kind (its view, planner.model.specs.ModelSpec.by_kind)."""
+    return next(v for v, k in zip(model.by_kind(), model.kinds) if k is kind)
+
+
 def check_rank(model: ModelSpec, train: TrainSpec) -> None:
-    """A LoRA rank above min(in, out) of a targeted layer cannot add expressiveness: refuse it."""
+    """A LoRA rank above min(in, out) of a targeted layer cannot add expressiveness: refuse it;
+    and what peft refuses (:func:`check_peft_refusals`)."""
     if not train.is_adapter:
         return
-    for lin in targeted_linears(model, train.target_modules):
+    check_peft_refusals(model, train)
+    for lin in (lin for view in model.by_kind() for lin in targeted_linears(view, train.target_modules)):
         # Qwen2-MoE's shared-expert gate has one output: every rank exceeds it, peft adapts it
         # anyway under all-linear (lora_B (1, r)), so it is not a reason to refuse a plan
         if lin.role == "shared_scale":

@@ -56,7 +56,8 @@ Terms (keys):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
 
 from planner.memory.terms import Precision, precision, uses_eager
 from planner.memory.variants import variant
@@ -78,18 +79,70 @@ TERMS = ("forward/matmul", "backward/input_grad", "backward/weight_grad", "adapt
 # casts).
 # (an adapter's and a 4-bit weight's ops are their variants': planner.memory.variants)
 OPS_LAYER, OPS_MOE, OPS_HEAD = 40, 20, 10
+# GPU kernels the bytes of a term are spread over (small kernels stream below the bandwidth
+# ceiling: planner.time.roofline.memory_efficiency), counted from the same HF Llama layout:
+# a layer's forward runs about 28 elementwise kernels (two RMSNorms of 7, rotary 10, the
+# activation 2, residual adds 2, casts 5), the eager softmax path 6 (scale, mask, softmax,
+# dropout, casts), the loss 6 (upcast, log-softmax, gather, mean); per adapted Linear and
+# pass, peft's casts, scale and add 6, a 4-bit weight's dequantization and casts 3, DoRA's
+# norm and scaling 8.
+ELEMENTWISE_KERNELS, EAGER_SCORE_KERNELS, LOSS_KERNELS = 28, 6, 6
+LINEAR_KERNELS = {"adapters/elementwise": 6, "qlora/dequant": 3, "dora/weight_norm": 8}
 
 
-def _linears(model: ModelSpec):
-    return model.layer.linears
+def _windowless(kind) -> object:
+    """A kind's layer without its attention window (which only :func:`_attended_pairs` reads)."""
+    return replace(kind.layer, traits=replace(kind.layer.traits, sliding_window=None))
+
+
+@lru_cache(maxsize=256)
+def layer_views(model: ModelSpec) -> tuple[ModelSpec, ...]:
+    """The decoder layers to time, as views of the model (each a ModelSpec whose kinds and
+    num_layers are those of the layers it holds): every per-layer term is a sum over them.
+    Kinds whose layers differ only in their attention window share one view (their terms
+    but attention's are alike per layer, and attention sums its pairs over the view's
+    kinds); kinds that differ in anything else (their Linears, norms, MoE, traits) get a
+    view each (:meth:`ModelSpec.by_kind`, grouped)."""
+    groups: dict[object, list] = {}
+    for kind in model.kinds:
+        groups.setdefault(_windowless(kind), []).append(kind)
+    if len(groups) == 1:
+        return (model,)
+    return tuple(replace(model, name=f"{model.name}[{'+'.join(k.name for k in kinds)}]",
+                         num_layers=sum(k.count for k in kinds), kinds=tuple(kinds))
+                 for kinds in groups.values())
+
+
+def _adapted(view: ModelSpec, train: TrainSpec) -> tuple:
+    """The Linears of a view's layers that ``train``'s adapter targets; a named target that
+    one kind lacks (and another has) adapts nothing in that kind."""
+    try:
+        return targets.targeted_linears(view, train.target_modules)
+    except ValueError:
+        return tuple(lin for lin in view.linears if any(targets._matches(lin.name, t) for t in train.target_modules))
 
 
 def base_matmuls(model: ModelSpec, train: TrainSpec, prec: Precision) -> list[Work]:
     """forward/matmul, backward/input_grad, backward/weight_grad of the base Linears, the
     experts and lm_head (module docstring). Bytes: the weight (c per element: a 16-bit
     copy, dequantized or autocast) and the input and output activations."""
+    t, c = train.tokens, prec.compute
+    out: list[Work] = []
+    for view in layer_views(model):
+        out += _layer_matmuls(view, train, prec)
+    h, v = model.hidden_size, model.vocab_size
+    head = 2 * t * h * v, h * v * c + t * (h + v) * c
+    out.append(Work("forward/matmul", *head, R.MATMUL, shape=(t, v, h)))
+    out.append(Work("backward/input_grad", *head, R.MATMUL, shape=(t, h, v)))
+    if targets.trains_lm_head(train):  # full fine-tuning, or lm_head in modules_to_save
+        out.append(Work("backward/weight_grad", *head, R.MATMUL, shape=(v, h, t)))
+    return out
+
+
+def _layer_matmuls(model: ModelSpec, train: TrainSpec, prec: Precision) -> list[Work]:
+    """:func:`base_matmuls` of one view's decoder layers."""
     t, c, L = train.tokens, prec.compute, model.num_layers
-    shapes = [(lin.in_features, lin.out_features, 1) for lin in _linears(model)]
+    shapes = [(lin.in_features, lin.out_features, 1) for lin in model.linears]
     moe = model.layer.moe
     if moe is not None:  # router, then the top-k experts' gate_up and down per token
         h, i = model.hidden_size, moe.intermediate
@@ -100,16 +153,12 @@ def base_matmuls(model: ModelSpec, train: TrainSpec, prec: Precision) -> list[Wo
         weights = fan_in * fan_out * (moe.experts if k > 1 else 1)
         flops = L * 2 * t * k * fan_in * fan_out
         nbytes = L * (weights * c + t * k * (fan_in + fan_out) * c)
-        out.append(Work("forward/matmul", flops, nbytes, R.MATMUL, layer=True))
-        out.append(Work("backward/input_grad", flops, nbytes, R.MATMUL))
+        rows = max(1, t * k // moe.experts) if k > 1 else t  # tokens per expert, on average
+        out.append(Work("forward/matmul", flops, nbytes, R.MATMUL, layer=True, shape=(rows, fan_out, fan_in)))
+        out.append(Work("backward/input_grad", flops, nbytes, R.MATMUL, shape=(rows, fan_in, fan_out)))
         if full:
-            out.append(Work("backward/weight_grad", flops, nbytes + L * weights * (prec.weight - c), R.MATMUL))
-    h, v = model.hidden_size, model.vocab_size
-    head = 2 * t * h * v, h * v * c + t * (h + v) * c
-    out.append(Work("forward/matmul", *head, R.MATMUL))
-    out.append(Work("backward/input_grad", *head, R.MATMUL))
-    if targets.trains_lm_head(train):  # full fine-tuning, or lm_head in modules_to_save
-        out.append(Work("backward/weight_grad", *head, R.MATMUL))
+            out.append(Work("backward/weight_grad", flops, nbytes + L * weights * (prec.weight - c), R.MATMUL,
+                            shape=(fan_out, fan_in, rows)))
     return out
 
 
@@ -119,22 +168,29 @@ def adapter_work(model: ModelSpec, train: TrainSpec, prec: Precision) -> list[Wo
     planner.memory.variants), and LoRA on fused expert parameters (peft's ParamWrapper merges
     W + B@A each forward, 2*r*E*in*out FLOPs)."""
     method = variant(train)
-    c, L = prec.compute, model.num_layers
+    c = prec.compute
     out: list[Work] = []
-    for lin in targets.targeted_linears(model, train.target_modules):
-        out += method.adapter.work(lin, train, prec, L, method.base)
-    for p in targets.targeted_parameters(model, train):
-        merged = p.weight
-        out.append(Work("adapters/matmul", L * 2 * p.rank * merged, L * merged * 3 * c, R.SMALL_MATMUL, True, p.rank))
-        out.append(Work("adapters/matmul", L * 4 * p.rank * merged, L * merged * 6 * c, R.SMALL_MATMUL,
-                        narrow=p.rank))
+    for view in layer_views(model):
+        L = view.num_layers
+        for lin in _adapted(view, train):
+            out += _spread(method.adapter.work(lin, train, prec, L, method.base), L)
+        for p in targets.targeted_parameters(view, train):
+            merged = p.weight
+            out.append(Work("adapters/matmul", L * 2 * p.rank * merged, L * merged * 3 * c, R.SMALL_MATMUL, True,
+                            p.rank))
+            out.append(Work("adapters/matmul", L * 4 * p.rank * merged, L * merged * 6 * c, R.SMALL_MATMUL,
+                            narrow=p.rank))
     return out
 
 
-def _attended_pairs(model: ModelSpec, train: TrainSpec) -> float:
+def _attended_pairs(model: ModelSpec, train: TrainSpec, segment: int | None = None) -> float:
     """Causal (query, key) pairs per sequence summed over layers: s^2/2 for a full layer,
-    about s*w - w^2/2 for a layer attending within a sliding window w < s."""
+    about s*w - w^2/2 for a layer attending within a sliding window w < s. With ``segment``
+    (packed documents of that length, attended one by one: flash-attention's variable-length
+    path), a row of s tokens holds s/segment documents, each with its own pairs."""
     s = train.seq_len
+    if segment and segment < s:
+        return s / segment * _attended_pairs(model, train.with_(seq_len=segment))
     pairs = 0.0
     for kind in model.kinds:
         w = kind.layer.traits.sliding_window
@@ -142,47 +198,94 @@ def _attended_pairs(model: ModelSpec, train: TrainSpec) -> float:
     return pairs
 
 
-def attention_work(model: ModelSpec, train: TrainSpec, prec: Precision) -> list[Work]:
-    """attention/core (module docstring)."""
+def attention_work(model: ModelSpec, train: TrainSpec, prec: Precision, segment: int | None = None) -> list[Work]:
+    """attention/core (module docstring), summed over the layer views; a view without
+    attention projections (no q or qkv role) has none. ``segment``: packed documents' length
+    (:func:`_attended_pairs`)."""
+    return [w for view in layer_views(model) if view.layer.by_role("q", "qkv")
+            for w in _layer_attention(view, train, prec, segment)]
+
+
+def _layer_attention(model: ModelSpec, train: TrainSpec, prec: Precision, segment: int | None = None) -> list[Work]:
+    """:func:`attention_work` of one view's decoder layers."""
     b, s, c, L = train.batch_size, train.seq_len, prec.compute, model.num_layers
     qd, kvd, t = model.q_dim, model.kv_dim, train.tokens
     io = L * t * (2 * qd + 2 * kvd) * c
     if not uses_eager(model, train):
-        fwd = 4 * b * _attended_pairs(model, train) * qd  # = 2*b*s^2*q_dim per full layer
-        return [Work("attention/core", fwd, io, R.ATTENTION, layer=True),
-                Work("attention/core", 2.5 * fwd, 2 * io, R.ATTENTION)]
+        fwd = 4 * b * _attended_pairs(model, train, segment) * qd  # = 2*b*s^2*q_dim per full layer
+        seq = min(s, segment or s)
+        rows = b * model.num_heads * s // seq  # batch x heads x documents per row
+        return [Work("attention/core", fwd, io, R.ATTENTION, layer=True,
+                     attention=(seq, model.head_dim, True, False, rows)),
+                Work("attention/core", 2.5 * fwd, 2 * io, R.ATTENTION,
+                     attention=(seq, model.head_dim, True, True, rows))]
     fwd = L * 4 * b * s * s * qd
     scores = L * b * model.num_heads * s * s * (6 * c + 2 * FP32)
-    return [Work("attention/core", fwd, io, R.MATMUL, layer=True),
-            Work("attention/core", 0, scores, R.MEMORY, layer=True),
-            Work("attention/core", 2 * fwd, 2 * io, R.MATMUL),
-            Work("attention/core", 0, 2 * scores, R.MEMORY)]
+    per_head = (b * model.num_heads * s, s, model.head_dim)  # QK^T and PV, batched over heads
+    kernels = L * EAGER_SCORE_KERNELS
+    return [Work("attention/core", fwd, io, R.MATMUL, layer=True, shape=per_head),
+            Work("attention/core", 0, scores, R.MEMORY, layer=True, kernels=kernels),
+            Work("attention/core", 2 * fwd, 2 * io, R.MATMUL, shape=per_head),
+            Work("attention/core", 0, 2 * scores, R.MEMORY, kernels=2 * kernels)]
 
 
 def elementwise_work(model: ModelSpec, train: TrainSpec, prec: Precision) -> list[Work]:
     """elementwise/layers and loss/cross_entropy (module docstring)."""
-    t, c, L = train.tokens, prec.compute, model.num_layers
+    t, c = train.tokens, prec.compute
+    h, stream = model.hidden_size, prec.stream
+    final_norm = t * h * (4 * stream + 28)
+    v = model.vocab_size
+    views = layer_views(model)
+    layers = [_layer_elementwise(view, train, prec) for view in views]
+    out = [Work("elementwise/layers", 0, b, R.MEMORY, layer=True, kernels=view.num_layers * ELEMENTWISE_KERNELS)
+           for b, view in zip(layers, views)]
+    out += [Work("elementwise/layers", 0, 2 * b + (3 * final_norm if i == len(layers) - 1 else 0), R.MEMORY,
+                 kernels=2 * view.num_layers * ELEMENTWISE_KERNELS)
+            for i, (b, view) in enumerate(zip(layers, views))]
+    return out + [Work("loss/cross_entropy", 0, t * v * (c + 16) + t * v * (c + 12), R.MEMORY, kernels=LOSS_KERNELS)]
+
+
+def _mlp_width(model: ModelSpec) -> int:
+    """The width of a view's MLP activation per token: the top-k experts' for a mixture of
+    experts, else what the layer's down projection reads (its in_features; the config's
+    intermediate_size where the layer has none)."""
+    moe = model.layer.moe
+    if moe is not None:
+        return moe.top_k * moe.intermediate
+    down = model.layer.by_role("down")
+    return down[0].in_features if down else model.intermediate_size
+
+
+def _layer_elementwise(model: ModelSpec, train: TrainSpec, prec: Precision) -> float:
+    """Bytes of one view's decoder layers' elementwise ops, forward (module docstring)."""
+    t, L = train.tokens, model.num_layers
     h, hid, stream = model.hidden_size, prec.hidden, prec.stream
     heads = {"q": model.num_heads, "k": model.num_kv_heads}
     norms = sum(t * n.size * (heads.get(n.site, 1) if n.per_head else 1) for n in model.layer.norms)
     norm_bytes = norms * (4 * stream + 28)
     rope = t * (model.q_dim + model.kv_dim) * model.traits.rotary_fraction * 9 * hid
-    moe = model.layer.moe
-    inter = (moe.top_k * moe.intermediate) if moe is not None else model.intermediate_size
-    act = 5 * t * inter * hid
+    act = 5 * t * _mlp_width(model) * hid
     residual = 6 * t * h * stream
-    per_layer = norm_bytes + rope + act + residual
-    final_norm = t * h * (4 * stream + 28)
-    v = model.vocab_size
-    return [Work("elementwise/layers", 0, L * per_layer, R.MEMORY, layer=True),
-            Work("elementwise/layers", 0, 2 * L * per_layer + 3 * final_norm, R.MEMORY),
-            Work("loss/cross_entropy", 0, t * v * (c + 16) + t * v * (c + 12), R.MEMORY)]
+    return L * (norm_bytes + rope + act + residual)
 
 
 def dequant_work(model: ModelSpec, train: TrainSpec, prec: Precision) -> list[Work]:
     """The base treatment's work beside each matmul (qlora/dequant for 4-bit weights)."""
     base = variant(train).base
-    return [w for lin in _linears(model) for w in base.work(lin, train, prec, model.num_layers)]
+    return [w for view in layer_views(model) for lin in view.linears
+            for w in _spread(base.work(lin, train, prec, view.num_layers), view.num_layers)]
+
+
+def _spread(pieces: list[Work], layers: int) -> list[Work]:
+    """A Linear's memory-bound work over ``layers`` layers, as the kernels it launches
+    (LINEAR_KERNELS per layer and pass; a backward piece counts two passes)."""
+    out = []
+    for w in pieces:
+        per = LINEAR_KERNELS.get(w.term)
+        if w.kind == R.MEMORY and per and not w.kernels:
+            w = replace(w, kernels=layers * per * (1 if w.layer else 2))
+        out.append(w)
+    return out
 
 
 def optimizer_work(model: ModelSpec, train: TrainSpec, prec: Precision, grad_scaler: bool) -> list[Work]:
@@ -208,11 +311,14 @@ def dispatched_ops(model: ModelSpec, train: TrainSpec) -> int:
     """Eager ops one step launches (see OPS_*): forward, backward (2x), the recomputed
     forward under checkpointing, and the optimizer's foreach kernels (about 10)."""
     method = variant(train)
-    adapted = len(targets.targeted_linears(model, train.target_modules))
-    layer = (OPS_LAYER + (OPS_MOE if model.layer.moe is not None else 0) + adapted * method.adapter.ops(train)
-             + method.base.ops * len(_linears(model)))
     passes = 3 + (1 if train.gradient_checkpointing else 0)
-    return model.num_layers * layer * passes + 3 * OPS_HEAD + 10
+    ops = 0
+    for view in layer_views(model):
+        adapted = len(_adapted(view, train))
+        layer = (OPS_LAYER + (OPS_MOE if view.layer.moe is not None else 0) + adapted * method.adapter.ops(train)
+                 + method.base.ops * len(view.linears))
+        ops += view.num_layers * layer * passes
+    return ops + 3 * OPS_HEAD + 10
 
 
 @dataclass(frozen=True)
@@ -237,35 +343,35 @@ class StepTime:
     terms: dict = field(hash=False)
 
 
-def work(model: ModelSpec, train: TrainSpec, dtype: str) -> list[Work]:
-    """Every piece of work of one step, recomputation included."""
+def work(model: ModelSpec, train: TrainSpec, dtype: str, segment: int | None = None) -> list[Work]:
+    """Every piece of work of one step, recomputation included; ``segment``: the length of
+    the documents packed into each row, where attention sees them one by one."""
     prec = precision(train, dtype)
     pieces = (base_matmuls(model, train, prec) + adapter_work(model, train, prec)
-              + attention_work(model, train, prec) + elementwise_work(model, train, prec)
+              + attention_work(model, train, prec, segment) + elementwise_work(model, train, prec)
               + dequant_work(model, train, prec)
               + optimizer_work(model, train, prec, scheme(train, dtype).grad_scaler))
     if train.gradient_checkpointing:
-        pieces += [Work("recompute/forward", w.flops, w.nbytes, w.kind, narrow=w.narrow)
-                   for w in pieces if w.layer]
+        pieces += [replace(w, term="recompute/forward", layer=False) for w in pieces if w.layer]
     return pieces
 
 
 def step_time(model: ModelSpec, gpu: GpuSpec, train: TrainSpec, dtype: str,
-              eff: R.Efficiency = R.DEFAULT) -> StepTime | None:
+              eff: R.Efficiency = R.DEFAULT, segment: int | None = None) -> StepTime | None:
     """The roofline time of one step of ``train`` (resolved compute dtype ``dtype``) on
-    ``gpu``; None for an fp32 compute dtype (the catalog has 16-bit peaks only)."""
+    ``gpu``; None for an fp32 compute dtype (the catalog has 16-bit peaks only).
+    ``segment``: packed documents' length (:func:`work`)."""
     if dtype == "fp32":
         return None
-    pieces = work(model, train, dtype)
+    pieces = work(model, train, dtype, segment)
     terms: dict[str, dict] = {}
     compute_s = memory_s = 0.0
     for w in pieces:
-        sec = R.seconds(w.flops, w.nbytes, w.kind, gpu, eff, w.narrow)
+        sec, by_flops = R.work_seconds(w, gpu, eff)
         entry = terms.setdefault(w.term, {"flops": 0.0, "bytes": 0.0, "seconds": 0.0})
         entry["flops"] += w.flops
         entry["bytes"] += w.nbytes
         entry["seconds"] += sec
-        by_flops = R.seconds(w.flops, 0, w.kind, gpu, eff, w.narrow)
         compute_s, memory_s = (compute_s + sec, memory_s) if by_flops >= sec else (compute_s, memory_s + sec)
     gpu_s = sum(e["seconds"] for e in terms.values())
     dispatch_s = dispatched_ops(model, train) * eff.dispatch_seconds

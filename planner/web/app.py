@@ -183,8 +183,10 @@ def build() -> gr.Blocks:
                 with gr.Accordion("Searches, run length, calibration", open=False):
                     for name in ("search_batch", "search_seq"):
                         w[name] = gr.Checkbox(d[name], **named(name))
-                    for name in ("dataset_tokens", "epochs"):
+                    for name in ("dataset_tokens", "epochs", "mean_len"):
                         w[name] = gr.Number(d[name], precision=0, **named(name))
+                    w["packing"] = gr.Checkbox(d["packing"], **named("packing"))
+                    w["host"] = gr.Dropdown(choices("host"), value=d["host"], **named("host"))
                     w["calibrated"] = gr.Checkbox(d["calibrated"], **named("calibrated"))
             with gr.Column(scale=3, min_width=480):
                 error = gr.HTML("", elem_id="error")

@@ -26,7 +26,8 @@ from planner.model.targets import UnsupportedMethod
 from planner.fit import max_batch_size, max_seq_len, recommend
 from planner.cli.options import parse_names, parse_targets
 from planner.cli.render import Report, table, to_json
-from planner.time.timing import total_hours
+from planner.time import roofline
+from planner.time.data import Data, data_step
 
 __all__ = ["CatalogError", "METHODS", "Outcome", "catalog_model_keys", "check_range", "command_defaults",
            "command_options", "figure", "gpu_choices", "model_choices", "model_from_paste", "resolve_model", "run"]
@@ -128,7 +129,8 @@ class Outcome:
 
 
 def run(models: list, gpus: list[str], methods: tuple[str, ...], train: dict, *, search_batch: bool,
-        search_seq: bool, dataset_tokens: int | None, epochs: int, calibrated: bool) -> Outcome:
+        search_seq: bool, dataset_tokens: int | None, epochs: int, calibrated: bool, mean_len: int | None = None,
+        packing: bool = False, host: str = roofline.DEFAULT_HOST) -> Outcome:
     """Plan ``models`` x ``gpus`` (names) x ``methods`` as ``plan`` does.
 
     ``models`` are zero-argument callables that return a ModelSpec (or raise CatalogError),
@@ -146,6 +148,9 @@ def run(models: list, gpus: list[str], methods: tuple[str, ...], train: dict, *,
         raise ValueError(f"--dataset-tokens must be at least 1, got {dataset_tokens}")
     if epochs < 1:
         raise ValueError(f"--epochs must be at least 1, got {epochs}")
+    if mean_len is not None and not 1 <= mean_len <= train["seq_len"]:
+        raise ValueError(f"--mean-len must be between 1 and --seq-len ({train['seq_len']}), got {mean_len}")
+    data = Data(mean_len, packing)
     fields = dict(train)
     fields["target_modules"] = parse_targets(fields["target_modules"])
     fields["target_parameters"] = parse_names(fields["target_parameters"])
@@ -160,19 +165,20 @@ def run(models: list, gpus: list[str], methods: tuple[str, ...], train: dict, *,
             for method in chosen:
                 spec = base.with_(method=method)
                 try:
-                    planned = plan(model, gpu, spec, cals, cals)
+                    planned = plan(model, gpu, spec, cals, cals, host)
                 except UnsupportedMethod as exc:
                     if methods:
                         raise
                     skipped.setdefault(f"plan: skipped: {exc}", None)
                     continue
-                hours = (total_hours(planned.time, spec, dataset_tokens, epochs)
-                         if dataset_tokens and planned.time else None)
+                real = data_step(*planned.timing_inputs, data) if planned.timing_inputs else None
+                hours = real.hours(dataset_tokens, epochs) if dataset_tokens and real else None
                 group.append(Report(
                     planned,
                     max_batch_size(model, gpu, spec, calibrations=cals) if search_batch else None,
                     max_seq_len(model, gpu, spec, calibrations=cals) if search_seq else None,
                     hours, (dataset_tokens, epochs) if dataset_tokens else None,
+                    real if mean_len is not None or packing else None,
                 ))
             if not group:  # every method refused for this model: nothing to advise on
                 continue

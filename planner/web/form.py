@@ -44,6 +44,7 @@ LIMITS = {
     "alpha": 65536.0,
     "dataset_tokens": 10 ** 15,
     "epochs": 1000,
+    "mean_len": 131072,
 }
 
 
@@ -91,12 +92,12 @@ def _fields() -> tuple[Field, ...]:
              "double_quant": "bool", "attn_implementation": "choice", "num_gpus": "int",
              "sharding": "choice", "offload": "choice", "dtype": "choice", "optim": "choice",
              "search_batch": "bool", "search_seq": "bool", "dataset_tokens": "int", "epochs": "int",
-             "calibrated": "bool"}
+             "mean_len": "int", "packing": "bool", "host": "choice", "calibrated": "bool"}
     page_defaults = {"search_batch": True, "search_seq": True}  # the page shows the largest batch and seq
     for name, kind in kinds.items():
         default = page_defaults.get(name, given[name])
         out.append(Field(name, flag(name), kind, default, choices(name) if kind == "choice" else (),
-                         optional=name in ("alpha", "dataset_tokens")))
+                         optional=name in ("alpha", "dataset_tokens", "mean_len")))
     return tuple(out)
 
 
@@ -375,7 +376,8 @@ def plan(settings: dict) -> engine.Outcome:
                           () if tuple(settings["methods"]) == tuple(engine.METHODS) else tuple(settings["methods"]),
                           {k: settings[k] for k in TRAIN_FIELDS}, search_batch=settings["search_batch"],
                           search_seq=settings["search_seq"], dataset_tokens=settings["dataset_tokens"],
-                          epochs=settings["epochs"], calibrated=settings["calibrated"])
+                          epochs=settings["epochs"], calibrated=settings["calibrated"],
+                          mean_len=settings["mean_len"], packing=settings["packing"], host=settings["host"])
     except PageError:
         raise
     except ValueError as exc:  # CatalogError, the planner's checks: plan's own words

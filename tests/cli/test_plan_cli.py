@@ -157,14 +157,14 @@ def test_time_rows_and_hours_exactly():
     lines = result.stdout.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("step time (s)"))
     assert lines[start:start + 5] == [
-        "step time (s)                           0.577          0.845",
-        "tokens / s                                887            606",
-        "MFU                                       37%            25%",
-        "time bound by                         compute         memory",
-        "hours for 10,000,000 tok x 2              6.3            9.2",
+        "step time (s)                           0.918          1.192",
+        "tokens / s                                557            430",
+        "MFU                                       23%            18%",
+        "time bound by                         compute        compute",
+        "hours for 10,000,000 tok x 2             10.0           12.9",
     ]
     assert lines[-1] == ("recommendation: Memory-bound: use QLoRA (NF4, double quant), 10.1 GiB of 15.0 GiB. "
-                         "It runs at about 0.68x LoRA's speed; 16-bit LoRA needs 17.7 GiB.")
+                         "It runs at about 0.77x LoRA's speed; 16-bit LoRA needs 17.7 GiB.")
     assert ("note: time planned with the default efficiency factors: data/probes has no CUDA rows of the turing "
             "family with a step time") in lines
     # hours by hand: ceil(2e7 / 512) steps of the planned step
@@ -173,13 +173,13 @@ def test_time_rows_and_hours_exactly():
     assert payload["total_hours"] == pytest.approx(39063 * payload["step_seconds"] / 3600)
     assert (payload["dataset_tokens"], payload["epochs"]) == (10_000_000, 2)
     assert payload["tokens_per_second"] == pytest.approx(512 / payload["step_seconds"])
-    assert payload["time"]["bound"] == "memory" and "qlora/dequant" in payload["time"]["terms"]
+    assert payload["time"]["bound"] == "compute" and "qlora/dequant" in payload["time"]["terms"]
 
 
 def test_time_columns_in_csv_and_no_time_without_hours():
     rows = list(csv.DictReader(io.StringIO(run("--model", "7b", "--gpu", "t4", "--method", "lora", "--csv").stdout)))
-    assert float(rows[0]["step_seconds"]) == pytest.approx(0.577, abs=5e-4)
-    assert float(rows[0]["mfu"]) == pytest.approx(0.37, abs=5e-3)
+    assert float(rows[0]["step_seconds"]) == pytest.approx(0.918, abs=5e-4)
+    assert float(rows[0]["mfu"]) == pytest.approx(0.23, abs=5e-3)
     assert rows[0]["total_hours"] == ""
     assert "hours for" not in run("--model", "7b", "--gpu", "t4", "--method", "lora").stdout
 
@@ -216,3 +216,27 @@ def test_a_layer_kind_the_formulas_do_not_know_is_one_line_exit_2(monkeypatch):
         if code:
             assert result.stderr.count("\n") == 1 and "layer kind 'linear_attention'" in result.stderr
             assert "Traceback" not in result.output
+
+
+def test_mean_len_packing_and_host_in_json_and_table():
+    """--mean-len 300 at batch 4: rows padded to 625 (300 x H_4), 1200 real tokens a step; the
+    hours count real tokens; --packing fills 1024-token rows; --host cloud-2vcpu says so."""
+    args = ["--model", "qwen2.5-0.5b", "--gpu", "l4", "--method", "lora", "--seq-len", "1024", "--batch-size", "4"]
+    p = json.loads(run(*args, "--mean-len", "300", "--dataset-tokens", "1200000", "--json").stdout)["plans"][0]
+    assert p["data"]["padded_len"] == 625 and p["data"]["real_tokens_per_step"] == 1200
+    assert p["data"]["real_tokens_per_second"] == pytest.approx(1200 / p["data"]["step_seconds"])
+    assert p["total_hours"] == pytest.approx(1000 * p["data"]["step_seconds"] / 3600)
+    assert p["settings"]["seq_len"] == 1024  # memory plans the longest batch
+    packed = json.loads(run(*args, "--mean-len", "300", "--packing", "--json").stdout)["plans"][0]
+    assert packed["data"]["padded_len"] == 1024 and packed["data"]["real_tokens_per_step"] == 4096
+    assert packed["peak_allocated_bytes"] == p["peak_allocated_bytes"]
+    table = run(*args, "--mean-len", "300", "--host", "cloud-2vcpu").stdout
+    assert "padded length                             625" in table
+    assert any(line.startswith("note: host cloud-2vcpu: ") for line in table.splitlines())
+    assert "padded length" not in run(*args).stdout  # no data rows unless asked
+
+
+def test_mean_len_longer_than_seq_len_is_refused():
+    result = run("--model", "7b", "--seq-len", "512", "--mean-len", "600")
+    assert result.exit_code == 2
+    assert result.stderr == "plan: error: --mean-len must be between 1 and --seq-len (512), got 600\n"

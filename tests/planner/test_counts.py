@@ -45,6 +45,11 @@ def test_every_catalog_model_matches_its_published_total(name):
         # no exact published total was found: the entry says so and gives the rounded figure
         entry = _entry(name)
         assert "not found" in entry["_params_source"], name
+        if "vision_params" in entry:
+            # the text decoder of a multimodal checkpoint whose published total counts its vision
+            # tower too (counted by transformers, not the planner): within the round figure's 0.5%
+            assert _near(counts.total_params(model) + entry["vision_params"], entry["published_params_rounded"]), name
+            return
         if entry.get("published_effective_params_rounded"):
             # Gemma 4's "effective" count: the decoder without its per-layer embedding tables
             ple = model.per_layer_vocab * model.num_layers * model.per_layer_input
@@ -85,6 +90,21 @@ def test_gemma4_counts_fail_on_a_wrong_kind():
 
     cfg = get_model("gemma-4-e4b").hf_config()
     assert counts.total_params(model_from_config({**cfg, "num_kv_shared_layers": 0}, "x")) != _gemma4_e4b_by_hand()
+def _near(total: int, published: str, within: float = 0.005) -> bool:
+    """Whether ``total`` is within ``within`` of a round published figure such as "400B"."""
+    return published.endswith("B") and abs(total / (float(published[:-1]) * 1e9) - 1) < within
+
+
+def test_a_near_total_can_fail():
+    """Llama 4's totals (109B, 400B on the model card) hold the decoder and the vision tower: the
+    decoder alone, or Maverick with a dense MLP in every layer, misses them."""
+    maverick, vision = get_model("llama-4-maverick"), _entry("llama-4-maverick")["vision_params"]
+    assert _near(counts.total_params(maverick) + vision, "400B")
+    assert not _near(counts.total_params(get_model("llama-4-scout")), "109B")
+    from planner.model.catalog import model_from_config
+
+    every_layer_moe = model_from_config({**maverick.hf_config(), "interleave_moe_layer_step": 1}, "m")
+    assert not _near(counts.total_params(every_layer_moe) + vision, "400B")
 
 
 def test_a_rounded_total_can_fail():

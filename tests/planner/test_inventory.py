@@ -20,18 +20,17 @@ def formula_trained(model, train) -> int:
     """Trainable parameters by the papers' per-module formulas."""
     if train.method == "full":
         return counts.total_params(model)
-    def lora(linears):
-        return sum(train.rank * (lin.in_features + lin.out_features) + (lin.out_features if train.is_dora else 0)
-                   for lin in linears)
-
-    total = 0
-    for view in model.by_kind():  # the layers of each kind (Gemma 4's differ in their widths and Linears)
-        per_layer = lora(targeted_linears(view, train.target_modules))
-        per_layer += sum(p.experts * p.rank * (p.in_features + p.out_features) for p in targeted_parameters(view, train))
-        total += view.num_layers * per_layer
+    layers = 0
+    for view in model.by_kind():  # kind by kind: Llama 4 Maverick's dense and MoE layers differ, Gemma 4's widths
+        per_layer = sum(train.rank * (lin.in_features + lin.out_features) + (lin.out_features if train.is_dora else 0)
+                        for lin in targeted_linears(view, train.target_modules))
+        fused = targeted_parameters(view, train) if view.moe is not None else ()
+        per_layer += sum(p.experts * p.rank * (p.in_features + p.out_features) for p in fused)
+        layers += view.num_layers * per_layer
     # Linears outside the layers (Gemma 4's per_layer_model_projection)
-    total += lora(targeted_root_linears(model, train.target_modules))
-    return total + len(train.modules_to_save) * model.vocab_size * model.hidden_size
+    layers += sum(train.rank * (lin.in_features + lin.out_features) + (lin.out_features if train.is_dora else 0)
+                  for lin in targeted_root_linears(model, train.target_modules))
+    return layers + len(train.modules_to_save) * model.vocab_size * model.hidden_size
 
 
 @pytest.mark.parametrize("name", model_names())

@@ -99,6 +99,14 @@ MOE_FAMILIES = {
     "qwen2_moe": dict(moe_intermediate_size=64, shared_expert_intermediate_size=96, num_experts=8,
                       num_experts_per_tok=2),
     "olmoe": dict(intermediate_size=64, num_experts=8, num_experts_per_tok=2),
+    # Llama 4: four layers that hold every kind (dense and MoE, chunked RoPE and full no-RoPE),
+    # chunks shorter than the sequence, experts that see every token, a shared expert, a router
+    # that peft cannot wrap (left out of all-linear by the builder)
+    "llama4_text": dict(num_hidden_layers=4, intermediate_size=256, intermediate_size_mlp=384, num_local_experts=4,
+                        num_experts_per_tok=1, interleave_moe_layer_step=2, attention_chunk_size=32),
+    # Phi-3.5-MoE: LayerNorm with bias, q/k/v/o and lm_head biases, sparsemixer top-2, input jitter
+    "phimoe": dict(intermediate_size=64, num_local_experts=8, num_experts_per_tok=2, attention_bias=True,
+                   lm_head_bias=True, input_jitter_noise=0.01),
 }
 
 

@@ -40,3 +40,23 @@ def test_validate_builds_its_tiny_model_with_the_probes_builder(torch_stack):
     assert built.config._attn_implementation == "eager"
     for (name, a), (_, b) in zip(built.state_dict().items(), direct.state_dict().items()):
         assert torch_stack.equal(a, b), name
+
+
+TINY_ROUTED = dict(pad_token_id=0, vocab_size=256, hidden_size=64, intermediate_size=64, num_hidden_layers=2,
+                   num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_local_experts=4, num_experts_per_tok=1)
+
+
+@pytest.mark.parametrize("model_type,extra,expected", [
+    # Llama 4's and Phi-3.5-MoE's routers subclass nn.Linear and return a tuple: left out
+    ("llama4_text", dict(intermediate_size_mlp=96, interleave_moe_layer_step=2), ["model.layers.1.feed_forward.router"]),
+    ("phimoe", {}, ["model.layers.0.mlp.router", "model.layers.1.mlp.router"]),
+    # negative control: Mixtral's router is no nn.Linear, and its Linears and lm_head return tensors
+    ("mixtral", {}, []),
+])
+def test_routing_linears_are_the_tuple_returning_routers(torch_stack, model_type, extra, expected):
+    from planner.model.catalog import model_from_config
+    from probes.build import random_init, routing_linears
+
+    spec = model_from_config({"model_type": model_type, **TINY_ROUTED, **extra}, f"tiny-{model_type}")
+    model = random_init(spec, torch_stack.bfloat16, "meta")
+    assert list(routing_linears(model)) == expected

@@ -19,10 +19,26 @@ def test_matrix_size_by_hand():
     # tier 8: today's dense families, one model each x 5 methods x 8
     tier8 = len(B.DENSE_FAMILY_MODELS) * 5 * 8
     # tier 9: today's mixtures of experts x 5 methods x 8, less DoRA and QDoRA on OLMoE, whose
-    # all-linear peft converts to fused experts (2 x 8): 2 x 40 - 16 = 64
+    # all-linear peft converts to fused experts (2 x 8): 5 x 40 - 16 = 184 (Llama 4 and
+    # Phi-3.5-MoE keep DoRA: all-linear reaches no expert there)
     tier9 = len(B.MOE_FAMILY_MODELS) * 5 * 8 - 2 * 8
-    assert len(configs) == 440 + 1056 + 32 + 144 + 328 + 160 + 96 + tier8 + tier9 == 2400
+    # tier 10: the hybrids, 3 models x 5 methods x 2 kernel paths x 2 checkpointing x 3 seqs at batch 1 = 180,
+    # less QLoRA and QDoRA on the fused path of the two Mamba-2 families (2 x 2 x 2 x 3 = 24): 156
+    tier10 = len(B.HYBRID_FAMILY_MODELS) * 5 * 2 * 2 * 3 - 2 * 2 * 2 * 3
+    assert len(configs) == 440 + 1056 + 32 + 144 + 328 + 160 + 96 + tier8 + tier9 + tier10 == 2676
     assert len({c.key() for c in configs}) == len(configs)
+
+
+def test_hybrid_tier_cuts_hold_every_kind():
+    """A hybrid cut to a few layers keeps one of each kind (the first 2 layers of Granite-4.0-H
+    are both Mamba-2; its first attention layer is layer 5)."""
+    for model, kinds in (("granite-4.0-h-tiny@2L", ["mamba2", "attention"]),
+                         ("nemotron-h-8b@3L", ["mamba2", "mlp", "attention"]),
+                         ("lfm2-1.2b@2L", ["short_conv", "attention"])):
+        assert [k.name for k in B.spec_for(model).kinds] == kinds
+    assert [k.name for k in B.with_layers(B.get_model("llama-3.2-1b"), 2, "x").kinds] == ["decoder"]
+    kernels = {c.train.kernels for c in B.hybrid_families_tier()}
+    assert kernels == {"torch", "fused"} and {c.train.kernels for c in B.matrix()[:2360]} == {"auto"}
 
 
 def test_a_cut_gemma4_keeps_valid_kv_shared_layers():

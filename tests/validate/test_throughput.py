@@ -33,6 +33,14 @@ def test_a_row_planned_by_hand():
         iteration_seconds(st, 0)
 
 
+def test_summary_by_group_by_hand():
+    c = [TP.Compared({"method": "lora"}, 110.0, 100.0), TP.Compared({"method": "lora"}, 80.0, 100.0),
+         TP.Compared({"method": "lora"}, 100.0, 100.0), TP.Compared({"method": "full"}, 95.0, 100.0)]
+    got = TP.summary(c, lambda r: r["method"])
+    assert [g[:2] for g in got] == [("full", 1), ("lora", 3)]
+    assert got[1][2] == pytest.approx(0.10) and got[1][3] == pytest.approx(0.20)  # median of 0.1, 0.2, 0
+
+
 def test_ratio_pairs_match_only_equal_settings():
     base = {"source": "s", "model": "m", "batch_size": 1, "seq_len": 8, "gradient_checkpointing": True}
     c = [TP.Compared({**base, "method": "lora"}, 100.0, 200.0),
@@ -46,7 +54,10 @@ def test_ratio_pairs_match_only_equal_settings():
 
 def test_report_states_targets_and_sources():
     text = TP.markdown()
-    assert "Median |planned / published - 1| over 18 rows:" in text
-    assert "(target under 15%: met)" in text
-    assert "Ratios within 10%: 4 of 4; not checked (no published pair with stated settings): dora/lora, gc on/off." in text
+    assert "Median |planned / published - 1| over 24 rows:" in text
+    assert "(target under 10%: met)" in text and "(target under 25%: met)" in text
+    assert "| GPU | rows | median error | worst error |" in text and "| l40 | 2 |" in text
+    assert "| method | rows | median error | worst error |" in text and "| qlora | 2 |" in text
+    assert "Ratios within 5%: " in text
+    assert "of 6; not checked (no published pair with stated settings): dora/lora, gc on/off." in text
     assert "https://github.com/QwenLM/Qwen#profiling-of-memory-and-speed" in text

@@ -30,9 +30,15 @@ def target_sets(spec) -> dict[str, tuple[str, ...]]:
     """Named target-module sets for a model: all linear layers, attention q/v, the MLP (for a
     mixture of experts, whose MLP has no Linear, o_proj: its experts are in
     :func:`target_parameter_sets`)."""
-    names = spec.linear_names
-    attention = tuple(n for n in names if n in ("q_proj", "v_proj", "qkv_proj"))
-    mlp = tuple(n for n in names if n.split("_")[0] in ("gate", "up", "down")) or ("o_proj",)
+    # by role, over every kind (a hybrid's kinds differ: Granite-4.0-H's Mamba-2 layers have no q_proj),
+    # named as peft matches them (the module's own name: "self_attn.q_proj" -> "q_proj")
+    linears = [lin for kind in spec.kinds for lin in kind.layer.linears]
+
+    def named(*roles):
+        return tuple(dict.fromkeys(lin.name.rsplit(".", 1)[-1] for lin in linears if lin.role in roles))
+
+    attention = named("q", "v", "qkv")
+    mlp = named("gate", "up", "down", "gate_up", "fc_in") or named("o")
     return {"all-linear": ("all-linear",), "attention": attention, "mlp": mlp}
 
 
@@ -41,7 +47,7 @@ def target_parameter_sets(spec) -> dict[str, tuple[str, ...]]:
     experts (peft's target_parameters)."""
     from planner.model.targets import EXPERT_PARAMETERS
 
-    return {"mlp": EXPERT_PARAMETERS} if spec.layer.moe is not None else {}
+    return {"mlp": EXPERT_PARAMETERS} if spec.moe is not None else {}
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,8 @@ def peft_counts(name: str, config: Config) -> tuple[int, int]:
     """(trainable, total) from peft's get_nb_trainable_parameters on the meta-device model."""
     from peft import get_peft_model
 
+    from probes.build import routing_linears
+
     from ..baselines import spec_for
 
     spec = spec_for(name)
@@ -97,7 +105,8 @@ def peft_counts(name: str, config: Config) -> tuple[int, int]:
         with torch.device("meta"):  # adapters on meta too: no memory, no random init cost
             peft_model = get_peft_model(model, M.lora_config("dora" if config.dora else "lora", config.rank,
                                                              targets=list(targets) if targets != ("all-linear",)
-                                                             else "all-linear", parameters=parameters))
+                                                             else "all-linear", parameters=parameters,
+                                                             exclude=routing_linears(model)))
     except ValueError:  # peft refuses the method here (DoRA on fused expert parameters)
         return None
     return peft_model.get_nb_trainable_parameters()
@@ -113,6 +122,7 @@ def count_pairs(names, configs, planner_method_override: str | None = None, laye
     from planner import TrainSpec, get_model
     from planner.model import counts
     from planner.model.targets import UnsupportedMethod
+    from planner.model.targets import check_peft_refusals as targets_refused
 
     from ..baselines import spec_for
 
@@ -126,6 +136,8 @@ def count_pairs(names, configs, planner_method_override: str | None = None, laye
         name = f"{whole}@{layers}L" if layers else whole
         spec = spec_for(name)
         for config in configs:
+            if not target_sets(spec)[config.targets]:  # a cut hybrid without such modules (Nemotron-H@2L: no attention)
+                continue
             peft = peft_counts(name, config)
             targets = target_sets(spec)[config.targets]
             parameters = target_parameter_sets(spec).get(config.targets, ())
@@ -134,6 +146,7 @@ def count_pairs(names, configs, planner_method_override: str | None = None, laye
                                   target_parameters=parameters)
                 label = f"{name} {method} {config.targets} r{config.rank}"
                 try:
+                    targets_refused(spec, train)
                     planned = (counts.trainable_params(spec, train),
                                counts.total_params(spec) + counts.adapter_params(spec, train))
                 except UnsupportedMethod:
