@@ -314,17 +314,30 @@ def load(name: str) -> list[dict]:
     return rows
 
 
+def _upgrade(p: Path, header: tuple) -> None:
+    """Rewrite an older table with every column (FIELDS), its rows given the added columns' defaults."""
+    with open(p, newline="") as f:
+        rows = [{**ADDED_DEFAULTS, **row} for row in csv.DictReader(f)]
+    with open(p, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def append(row: dict, p: Path) -> None:
     """Append one row (creating the file with its header)."""
     new = not p.exists()
     if not new:
         with open(p, newline="") as f:
             header = tuple(next(csv.reader(f), ()))
-        if header != FIELDS and _known_header(header):  # an older table: write only its columns
-            row = {k: v for k, v in row.items() if k in header}
-            with open(p, "a", newline="") as f:
-                csv.DictWriter(f, fieldnames=header, lineterminator="\n").writerow(row)
-            return
+        if header != FIELDS and _known_header(header):
+            dropped = [k for k in FIELDS if k not in header and str(row[k]) != ADDED_DEFAULTS[k]]
+            if not dropped:  # an older table, and the row holds only defaults in its missing columns
+                row = {k: v for k, v in row.items() if k in header}
+                with open(p, "a", newline="") as f:
+                    csv.DictWriter(f, fieldnames=header, lineterminator="\n").writerow(row)
+                return
+            _upgrade(p, header)  # the row needs a newer column: the table takes every column first
     with open(p, "a", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=FIELDS, lineterminator="\n")
         if new:
