@@ -147,9 +147,11 @@ def matrix() -> list[Config]:
 
 
 # Tier 8: today's dense families, one catalog model of each cut to 2 layers at its real widths
-# (OLMo-3 and EXAONE-4 to 4: three sliding layers and a full one).
+# (OLMo-3 and EXAONE-4 to 4: three sliding layers and a full one; Gemma 4 E2B to 10: the fewest
+# of its 4:1 pattern whose last half, KV-shared, holds both attention types, so that every kind
+# is traced: sliding, full, and both KV-shared).
 DENSE_FAMILY_MODELS = ("starcoder2-3b@2L", "olmo-3-7b@4L", "glm-4-9b-0414@2L", "apertus-8b@2L", "exaone-4.0-32b@4L",
-                       "seed-oss-36b@2L")
+                       "seed-oss-36b@2L", "gemma-4-e2b@10L")
 
 
 def dense_families_tier() -> list[Config]:
@@ -210,6 +212,7 @@ def with_layers(spec, layers: int, name: str):
     from planner.model.catalog import model_from_config
 
     config = spec.hf_config()
+    total = config["num_hidden_layers"]
     config["num_hidden_layers"] = layers
     if isinstance(config.get("first_k_dense_replace"), int) and layers > 1:
         config["first_k_dense_replace"] = min(config["first_k_dense_replace"], layers - 1)
@@ -219,6 +222,15 @@ def with_layers(spec, layers: int, name: str):
             config[key] = [config[key][i] for i in keep]
     if isinstance(config.get("hybrid_override_pattern"), str):
         config["hybrid_override_pattern"] = "".join(config["hybrid_override_pattern"][i] for i in keep)
+    if config.get("num_kv_shared_layers"):
+        # Gemma 4's KV-shared layers end the model: the cut keeps their share, rounded down, and
+        # fewer where a shared layer's attention type would have no earlier layer (the last
+        # layer is full attention, as transformers forces it)
+        types = (config.get("layer_types") or [])[:-1] + ["full_attention"]
+        shared = config["num_kv_shared_layers"] * layers // total
+        while shared and set(types[layers - shared:]) - set(types[:layers - shared]):
+            shared -= 1
+        config["num_kv_shared_layers"] = shared
     return model_from_config(config, name, spec.hf_id)
 
 

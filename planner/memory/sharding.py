@@ -82,8 +82,12 @@ def unsharded_root(model: ModelSpec, train: TrainSpec, weight_bytes: int) -> int
     lm_head ((2 or 1) * V*h + h, in their stored dtype: fp32 under QLoRA's
     prepare_model_for_kbit_training), live from the start of forward to the end of backward:
     FSDP2 does not reshard the root after forward (tracer: [V, h] embedding and lm_head and the
-    final norm unsharded through backward, 262,400 bytes on the tiny Llama, at any N)."""
+    final norm unsharded through backward, 262,400 bytes on the tiny Llama, at any N). Every other
+    parameter outside the layers belongs to the root too (Gemma 4's per-layer input embedding,
+    projection and norm: the inventory's root tensors; their whole count, in that dtype)."""
     root = counts.embedding_params(model) + counts.lm_head_params(model) + model.hidden_size
+    root += sum(t.elements for t in inv.base_tensors(model)
+                if t.kind == inv.ROOT and t.role not in ("embedding", "lm_head", "final_norm"))
     return root * variant(train).base.parameter_bytes(weight_bytes)
 
 

@@ -285,12 +285,19 @@ def norm_saved(model: ModelSpec, train: TrainSpec, prec: Precision, norm: Norm |
             # keeps the whole output, the shared rope key with it (tracer, tiny DeepSeek-V3 QLoRA)
             return rows * (width + model.layer.mla.rope) * FP32 + rows * FP32 + (
                 rows * width * kept if train.method == "full" else 0)
-    elif norm is None or norm.site not in ("q", "k"):
+    elif norm is None or norm.site not in ("q", "k", "v"):
         rows, width, kept = t, model.hidden_size, prec.stream
     else:
         heads = model.num_heads if norm.site == "q" else model.num_kv_heads
         rows, width, kept = (t * heads if norm.per_head else t), norm.size, prec.hidden
-    saved = rows * width * FP32 + rows * FP32
+    # Gemma 4's x * pow(mean(x^2) + eps, -0.5) keeps mean + eps and its power (tracer, tiny Gemma 4:
+    # a [2, 48, 1] fp32 pow and add output per hidden norm)
+    saved = rows * width * FP32 + rows * FP32 * (2 if model.traits.pow_norm else 1)
+    if norm is not None and norm.site == "v" and not model.layer.by_role("v") and prec.hidden == FP32:
+        # no v_proj (Gemma 4's attention_k_eq_v): v_norm reads k_proj's output, which in fp32 both
+        # norms keep as their upcast (x.float() returns it): one tensor (tracer, Gemma 4 31B 2
+        # layers, QLoRA bs4x2048: the plan 0.14% over without this)
+        saved -= rows * width * FP32
     if model.traits.norm == "layer" and norm is None or (norm is not None and norm.bias):
         # nn.LayerNorm (native_layer_norm) keeps its input, under CUDA autocast its fp32 cast
         # (without autocast the input itself, in the stream's dtype), and fp32 mean and rstd
@@ -298,7 +305,7 @@ def norm_saved(model: ModelSpec, train: TrainSpec, prec: Precision, norm: Norm |
         return rows * width * (FP32 if prec.autocast else prec.stream) + 2 * rows * FP32
     if model.traits.norm == "centered":
         return centered_norm_saved(train, prec, rows, width, width * (norm.weight_heads if norm else 1))
-    if train.method == "full":
+    if train.method == "full" and (norm is None or norm.scale):  # a weightless norm has no weight gradient
         saved += rows * width * (FP32 if model.traits.norm == "rms_fp32_out" else kept)
     return saved
 
@@ -314,6 +321,47 @@ def centered_norm_saved(train: TrainSpec, prec: Precision, rows: int, width: int
     saved += weight * FP32 if parameter_bytes(train, prec) != FP32 else 0
     if train.method == "full":
         saved += rows * width * FP32
+    return saved
+
+
+def per_layer_inputs_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
+    """Gemma 4's per-layer inputs outside the layers (transformers 5.23
+    Gemma4TextModel.get_per_layer_inputs / project_per_layer_inputs): the combined per-layer
+    inputs, (projection + embedding) * 2^-1/2, T*L*p in the residual stream's dtype, which every layer's
+    product with its slice keeps (the slices are views of it); when the projection needs a
+    gradient (per_layer_model_projection targeted, or full fine-tuning) its norm over p keeps
+    its fp32 input and two fp32 values per row (T*L rows, :func:`norm_saved`) and the
+    projection's adapter its input (the adapter kind's ``saved``). Tracer, tiny Gemma 4 LoRA: one
+    bf16 [2, 48, 4, 8] product, the norm's fp32 [2, 48, 4, 8] input and [2, 48, 4, 1] pow / add
+    outputs. 0 without per-layer inputs."""
+    p = model.per_layer_input
+    if not p:
+        return 0
+    t, wide = train.tokens, model.num_layers * model.per_layer_input
+    saved = t * wide * prec.stream  # fp32 with an fp32 embedding (QLoRA, mixed): the sum takes its dtype
+    roots = targets.targeted_root_linears(model, train.target_modules) if train.is_adapter else ()
+    if roots or train.method == "full":
+        rows = t * model.num_layers
+        saved += rows * p * FP32 + rows * FP32 * (2 if model.traits.pow_norm else 1)
+        if train.method == "full":
+            saved += rows * p * FP32 + t * model.hidden_size * prec.compute  # the norm's product, the Linear's input
+    adapter = variant(train).adapter
+    return saved + sum(adapter.saved(lin, train, prec) for lin in roots)
+
+
+def per_layer_input_core_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
+    """What a Gemma 4 layer's per-layer input block keeps beside its Linears' adapters, one
+    layer: act(gate(x)) * per_layer_input keeps the gate output (which the activation keeps)
+    and act's output, 2*T*p*hidden; trained whole (full fine-tuning) also per_layer_projection's
+    input, the product, T*p*c, and the gate's input, the layer's output before the block
+    (T*h*c) (transformers 5.23 Gemma4TextDecoderLayer.forward). 0 without per-layer inputs."""
+    p = model.per_layer_input
+    if not p:
+        return 0
+    t = train.tokens
+    saved = 2 * t * p * prec.hidden
+    if train.method == "full":
+        saved += t * (p + model.hidden_size) * prec.compute
     return saved
 
 
@@ -354,7 +402,11 @@ def attention_core_saved(model: ModelSpec, train: TrainSpec, prec: Precision) ->
     t, c = train.tokens, prec.attention
     if model.layer.mla is not None:
         return mla_attention_saved(model, train, prec)
-    saved = t * (2 * model.q_dim + 2 * model.kv_dim) * c
+    # a KV-shared layer (Gemma 4) passes the keys and values an earlier layer made and keeps
+    kv = 0 if model.traits.kv_shared else 2 * model.kv_dim
+    if repeats_kv_unmasked(model, train, prec):  # k and v repeated to all heads: the kernel keeps those
+        kv = 2 * model.q_dim
+    saved = t * (2 * model.q_dim + kv) * c
     if model.layer.by_role("qkv") and prec.hidden == c:
         # Fused qkv (Phi-3): v is a slice of the qkv output, so keeping v keeps the whole
         # T*(q_dim + 2*kv_dim) storage alive (the tracker counts storages, as the allocator does).
@@ -413,6 +465,35 @@ def mla_attention_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> 
     v = t * heads * (mla.nope + mla.v if prec.hidden == c else mla.v) * c
     lse = train.batch_size * heads * ceil_div(train.seq_len, 32) * 32 * FP32
     return t * heads * (2 * mla.qk + mla.v) * c + v + lse
+
+
+SDPA_GQA_MAX_HEAD_DIM = 256  # transformers passes grouped k / v to SDPA natively only up to this head_dim
+
+
+def repeats_kv_unmasked(model: ModelSpec, train: TrainSpec, prec: Precision) -> bool:
+    """Whether SDPA gets k and v repeated to all heads although no mask is passed: transformers'
+    use_gqa_in_sdpa (integrations/sdpa_attention.py) passes grouped k / v natively only without
+    a mask and with head_dim <= 256, so a layer of wider heads (Gemma 4's full-attention layers,
+    512) repeats them (repeat_kv), T*q_dim each, and the kernel keeps the copies (tracer, Gemma 4
+    31B 2 layers, LoRA bs1x2048: two bf16 [1, 4, 8, 2048, 512] clones in the full layer). The
+    masked case (sliding layers past their window) is :func:`sliding_mask_saved`'s."""
+    return (not uses_eager(model, train) and copies_repeated_kv(model, prec)
+            and model.head_dim > SDPA_GQA_MAX_HEAD_DIM)
+
+
+def copies_repeated_kv(model: ModelSpec, prec: Precision) -> bool:
+    """Whether repeating k and v to all heads (transformers' repeat_kv: expand, then reshape)
+    makes new tensors the kernel keeps: with several kv heads the reshape copies; with one it
+    merges a size-1 dim with the expanded one and returns a view of the original, so nothing new
+    is kept (tracer, Gemma 4 E2B 10 layers and Gemma-3-1B 2 layers, LoRA, one kv head: no repeated
+    k / v in the masked sliding layers nor in E2B's 512-wide full layers), unless autocast casts
+    that view for the kernel (the attention dtype is not the projections': an fp32 hidden stream,
+    QLoRA) or the attention runs in fp32 (QLoRA without autocast, an fp32 model), either of which
+    materializes it (tracer, Gemma-3-1B 2 layers, QLoRA bs4x1600, autocast and pure: the plan
+    0.15% under without them)."""
+    if model.num_kv_heads >= model.num_heads:
+        return False
+    return model.num_kv_heads > 1 or prec.hidden != prec.attention or prec.attention == FP32
 
 
 def eager_fused_qkv_kept(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
@@ -843,7 +924,7 @@ def layer_saved_sequence(model: ModelSpec, train: TrainSpec, prec: Precision) ->
         seq += adapters(*ATTENTION_INPUT_ROLES)
         seq += norms("q_a", "kv_a")  # multi-head latent attention's latents, and their up-projections
         seq += adapters(*LATENT_ROLES)
-        seq += norms("q", "k")
+        seq += norms("q", "k", "v")
         seq.append(("qk_l2_norm", qk_l2_norm_saved(model, train, prec) + attn_temperature_saved(model, train, prec)))
         seq.append(("attention", attention_core_saved(model, train, prec)))
         seq += adapters("o")
@@ -869,6 +950,11 @@ def layer_saved_sequence(model: ModelSpec, train: TrainSpec, prec: Precision) ->
     if moe is not None and moe.shared_scale:
         seq += adapters("shared_scale")
         seq.append(("shared_output", shared_output_saved(model, train, prec)))
+    if layer.by_role("ple_gate"):
+        seq += adapters("ple_gate")
+        seq.append(("per_layer_input", per_layer_input_core_saved(model, train, prec)))
+        seq += adapters("ple_proj")
+        seq += norms("ple_out")
     seq.append(("linear_inputs", linear_inputs_saved(model, train, prec)))
     return tuple(seq)
 
@@ -896,17 +982,27 @@ def model_level_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> in
     rope = rope_saved(model, train, prec)
     final = norm_saved(model, train, prec)
     head_input = t * model.hidden_size * prec.compute if targets.trains_lm_head(train) else 0
-    return rope + final + head_input
+    return rope + final + head_input + per_layer_inputs_saved(model, train, prec)
 
 
 def rope_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
     """RoPE's cos and sin tables, kept by every layer's rotation (part of :func:`model_level_saved`):
     2*seq*rot*stream per attention type (fp32 where the rotary embedding returns fp32)."""
     traits = model.traits
-    rot = int(model.head_dim * traits.rotary_fraction)
     if traits.rope == "complex":  # Llama 4: one complex64 (1, seq, rot/2) table, seq*rot*4
-        return train.seq_len * rot * FP32
-    return traits.rope_tables * 2 * train.seq_len * rot * (FP32 if traits.rope_fp32 else prec.stream)
+        return train.seq_len * int(model.head_dim * traits.rotary_fraction) * FP32
+    return 2 * train.seq_len * rope_widths(model) * (FP32 if traits.rope_fp32 else prec.stream)
+
+
+def rope_widths(model: ModelSpec) -> int:
+    """The rotated dims per head of every RoPE table, summed: rope_tables x head_dim x
+    partial_rotary_factor; where the kinds have their own head_dim (Gemma 4), one table per
+    attention type at its kind's head_dim (its proportional RoPE returns cos / sin as wide as
+    the head: transformers 5.23 _compute_proportional_rope_parameters)."""
+    if not any(k.head_dim for k in model.kinds):
+        return model.traits.rope_tables * int(model.head_dim * model.traits.rotary_fraction)
+    widths = {k.attention_type: k.head_dim or model.head_dim for k in model.kinds}
+    return sum(int(w * model.traits.rotary_fraction) for w in widths.values())
 
 
 def step_small_bytes(model: ModelSpec, train: TrainSpec) -> int:
@@ -916,8 +1012,7 @@ def step_small_bytes(model: ModelSpec, train: TrainSpec) -> int:
     and its seed gradient (two fp32 scalars). Tracer, Phi-3-mini 2 layers full, 4 GPUs FSDP:
     a [3, 768] and a [768] int64 tensor, two [48] fp32 buffers and two fp32 scalars at the
     backward peak."""
-    rot = int(model.head_dim * model.traits.rotary_fraction)
-    return (train.tokens + train.seq_len) * 8 + model.traits.rope_tables * rot * FP32 + 2 * FP32
+    return (train.tokens + train.seq_len) * 8 + rope_widths(model) * FP32 + 2 * FP32
 
 
 def sliding_mask_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
@@ -931,9 +1026,13 @@ def sliding_mask_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> i
     if uses_eager(model, train):
         return 0
     s = train.seq_len
-    per_layer = train.batch_size * s * s * prec.compute + 2 * train.tokens * (model.q_dim - model.kv_dim) * prec.compute
-    return sum(kind.count * per_layer for kind in model.kinds
-               if kind.layer.traits.sliding_window and s >= kind.layer.traits.sliding_window)
+
+    def per_layer(view):  # a KV-shared layer repeats the keys and values it reads: all of it is new
+        kept = 0 if view.traits.kv_shared else view.kv_dim
+        repeated = 2 * train.tokens * (view.q_dim - kept) * prec.compute if copies_repeated_kv(view, prec) else 0
+        return train.batch_size * s * s * prec.compute + repeated
+    return sum(view.num_layers * per_layer(view) for view in model.by_kind()
+               if view.traits.sliding_window and s >= view.traits.sliding_window)
 
 
 def activations_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
@@ -952,6 +1051,7 @@ def activations_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> in
             # made once per forward: the checkpoints hold it until the end of backward (tracer,
             # tiny Llama asked for eager with checkpointing: 2*B*S^2 bf16, 4*B*S^2 under QLoRA)
             layers += train.batch_size * train.seq_len * train.seq_len * prec.stream
+        layers += shared_kv_kept(model, train, prec)
         if model.traits.embedding_multiplier and checkpoint_input_leaf(model, train, prec):
             # the embedding output that requires grad (autograd's leaf) stays beside its scaled
             # copy, layer 0's input (tracer, Granite-3.3-8B 4 layers, LoRA with checkpointing:
@@ -960,8 +1060,25 @@ def activations_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> in
     else:
         layers = (sum(view.num_layers * layer_saved(view, train, prec) for view in model.by_kind())
                   - first_norm_unrecorded(model, train, prec) - first_layer_unrecorded(model, train, prec)
-                  + sliding_mask_saved(model, train, prec))
+                  + sliding_mask_saved(model, train, prec) + shared_kv_kept(model, train, prec))
     return layers + model_level_saved(model, train, prec)
+
+
+def shared_kv_kept(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
+    """With gradient checkpointing, the keys and values a Gemma 4 model hands to its KV-shared
+    layers: the last layer of each attention type before them stores its rotated k and normed v
+    (transformers 5.23 Gemma4TextAttention, store_full_length_kv) in a dict the checkpointed
+    layers keep for their recomputation, 2*T*kv_dim per attention type (its kind's kv_dim) in
+    the projections' dtype (fp32 under QLoRA, whose k_proj returns the fp32 stream's dtype).
+    Tracer, tiny Gemma 4 LoRA with checkpointing: layer 0's [2, 48, 2, 16] and layer 1's
+    [2, 48, 1, 32] k and v alive through the step; E2B 10 layers QLoRA: fp32 [1, 2048, 1, 256]
+    and [1, 2048, 1, 512] ones. Without checkpointing the dict is gone once the forward returns
+    (the storing layer's kernel keeps what it keeps: :func:`attention_core_saved`). 0 without
+    KV-shared layers."""
+    if not train.gradient_checkpointing or not any(k.layer.traits.kv_shared for k in model.kinds):
+        return 0
+    stores = {view.kinds[0].attention_type: view.kv_dim for view in model.by_kind() if not view.traits.kv_shared}
+    return sum(2 * train.tokens * kv * prec.hidden for kv in stores.values())
 
 
 def first_norm_unrecorded(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
@@ -1141,6 +1258,8 @@ def autocast_weight_copies(model: ModelSpec, train: TrainSpec, prec: Precision) 
         if train.is_dora:  # the magnitude vectors are not matmul weights
             copies -= view.num_layers * sum(lin.out_features
                                             for lin in targets.targeted_linears(view, train.target_modules))
+    if train.is_dora:  # and of the Linears outside the layers (Gemma 4's per_layer_model_projection)
+        copies -= sum(lin.out_features for lin in targets.targeted_root_linears(model, train.target_modules))
     if train.method == "full" or not train.gradient_checkpointing:
         copies += mixed_linear_copies(model, train)
     return (copies - first_layer_uncopied(model, train, prec)) * prec.compute

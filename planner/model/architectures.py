@@ -23,6 +23,9 @@ shared_*   a mixture of experts' shared expert, beside the      mlp.shared_exper
            routed ones: shared_gate, shared_up, shared_down     up_proj, down_proj (Qwen2-MoE)
 shared_    the shared expert's sigmoid gate (h -> 1): its       mlp.shared_expert_gate
 scale      output scales the shared expert's (Qwen2-MoE)
+ple_gate   a per-layer input's gate: the layer's output (after  per_layer_input_gate (Gemma 4)
+           the MLP's residual sum) -> the per-layer width p
+ple_proj   the gated per-layer input back to h (p -> h)         per_layer_projection (Gemma 4)
 shared_    the shared expert's gate and up fused (h -> 2*I_s)   shared_mlp.input_linear
 gate_up    (Granite-4.0 hybrids with experts)                   (Granite-4.0-H-Tiny)
 ssm_in     a Mamba-2 mixer's input projection: h -> z (gate,    mamba.in_proj, mixer.in_proj
@@ -50,8 +53,10 @@ inventory (planner.model.inventory) lists them; peft's all-linear adapts none of
 is not a Linear) and bitsandbytes quantizes none (it swaps nn.Linear modules only).
 
 Sites of a norm: ``attn_in`` (before attention), ``attn_out`` (on the attention output:
-sandwich and post-norm layers), ``mlp_in``, ``mlp_out``, ``q`` / ``k`` (qk-norm), and
-``q_a`` / ``kv_a`` (multi-head latent attention's norms over its q and kv latents).
+sandwich and post-norm layers), ``mlp_in``, ``mlp_out``, ``q`` / ``k`` (qk-norm), ``v`` (a
+per-head norm of the values without a weight: Gemma 4's v_norm), ``ple_out`` (on the
+per-layer input's projection: Gemma 4's post_per_layer_input_norm), and ``q_a`` / ``kv_a``
+(multi-head latent attention's norms over its q and kv latents).
 
 Norm kinds (the ``norm`` trait): ``rms`` (transformers' RMSNorm: an fp32 upcast of its input,
 the product cast back), ``rms_fp32_out`` (the weight multiplies in fp32), ``layer``
@@ -78,8 +83,10 @@ SHARED_ROLES = SHARED_INPUT_ROLES | {"shared_down", "shared_scale"}
 # the Linears of the mixers that are not attention: Mamba-2 (ssm_*) and short convolutions (conv_*)
 MIXER_INPUT_ROLES = frozenset({"ssm_in", "conv_in"})
 MIXER_ROLES = MIXER_INPUT_ROLES | {"ssm_out", "conv_out"}
+# Gemma 4's per-layer inputs (PLE): each layer gates a p-wide per-layer input by its own output
+PLE_ROLES = frozenset({"ple_gate", "ple_proj"})
 # every role the formulas know
-ROLES = tuple(sorted(NORM_READER_ROLES | ATTENTION_ROLES | SHARED_ROLES | MIXER_ROLES | {"down"}))
+ROLES = tuple(sorted(NORM_READER_ROLES | ATTENTION_ROLES | SHARED_ROLES | MIXER_ROLES | PLE_ROLES | {"down"}))
 
 
 @dataclass(frozen=True)
@@ -114,6 +121,7 @@ class Norm:
     # heads with a weight of their own (Cohere's qk-norm: a (heads, head_dim) weight); 1: one
     # weight of ``size`` shared by every head
     weight_heads: int = 1
+    scale: bool = True  # False: no weight at all (Gemma 4's v_norm, with_scale=False)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -122,7 +130,7 @@ class Norm:
 
     @property
     def params(self) -> int:
-        return self.size * self.weight_heads * (2 if self.bias else 1)
+        return self.size * self.weight_heads * (2 if self.bias else 1) if self.scale else 0
 
 
 @dataclass(frozen=True)
@@ -168,6 +176,12 @@ class Traits:
     # the MLP's activation where its saved set is not a Linear output's alone: "xielu" (Apertus's
     # xIELU, with two learned scalars alpha_p and alpha_n per layer); "" for SiLU / GELU
     activation: str = ""
+    # the norm computes x * pow(mean(x^2) + eps, -0.5) (Gemma 4): it keeps mean(x^2) + eps and its
+    # power, two fp32 values per row, where rsqrt keeps one
+    pow_norm: bool = False
+    # the layer reads the keys and values an earlier layer of its attention type made (Gemma 4's
+    # num_kv_shared_layers): no k / v projections or norms of its own, and nothing of k, v kept twice
+    kv_shared: bool = False
 
 
 @dataclass(frozen=True)
@@ -313,9 +327,12 @@ class Layer:
 # the first layers have a dense MLP and the others a mixture of experts (first_k_dense_replace:
 # DeepSeek-V3, GLM-4.5), their Linears differ; in the hybrids (planner.model.hybrids) "mamba2"
 # (a Mamba-2 mixer), "short_conv" (LFM2's gated short convolution), "attention" (attention in a
-# hybrid) and "mlp" (an MLP-only layer, Nemotron-H). A kind the formulas do not know is refused by name.
+# hybrid) and "mlp" (an MLP-only layer, Nemotron-H); "shared_kv_" ones where a layer reads an
+# earlier layer's keys and values (Gemma 4). A kind the formulas do not know is refused by name.
+SHARED_KV_PREFIX = "shared_kv_"
 KNOWN_KINDS = ("decoder", "sliding_attention", "full_attention", "chunked_attention", "dense", "moe", "mamba2",
-               "short_conv", "attention", "mlp")
+               "short_conv", "attention", "mlp", SHARED_KV_PREFIX + "sliding_attention",
+               SHARED_KV_PREFIX + "full_attention")
 # Where a model's layers differ in their MLP too (Llama 4 Maverick: a dense MLP between MoE
 # layers), a kind's name is its attention kind and its MLP kind joined by "/": "chunked_attention/dense"
 MLP_KINDS = ("dense", "moe")
@@ -323,15 +340,28 @@ MLP_KINDS = ("dense", "moe")
 
 @dataclass(frozen=True)
 class LayerKind:
-    """One kind of decoder layer and the indices of the layers of that kind."""
+    """One kind of decoder layer and the indices of the layers of that kind.
+
+    ``head_dim``, ``kv_heads`` and ``intermediate`` are the kind's own widths where they differ
+    from the model's (Gemma 4's full-attention layers: head_dim 512 beside the sliding layers'
+    256, fewer kv heads; its KV-shared layers' double-wide MLP); None: the model's. The kind's
+    view of the model (ModelSpec.by_kind) carries them, so every per-layer term reads them."""
 
     name: str
     layer: Layer
     indices: tuple[int, ...]
+    head_dim: int | None = None
+    kv_heads: int | None = None
+    intermediate: int | None = None
 
     @property
     def count(self) -> int:
         return len(self.indices)
+
+    @property
+    def attention_type(self) -> str:
+        """The attention type (its RoPE table and mask): the name without the shared-KV prefix."""
+        return self.name.removeprefix(SHARED_KV_PREFIX)
 
 
 class UnknownLayerKind(ValueError):
@@ -404,6 +434,9 @@ class Architecture:
     qk_norm_field: str | None = None  # a config field that adds per-head q/k RMSNorms (GLM-4.5's use_qk_norm)
     head_dim_field: str | None = None  # the config field head_dim defaults to (DeepSeek-V3: qk_rope_head_dim)
     plain_names: tuple[str, str] = ("c_fc", "c_proj")  # a plain MLP's two Linears (Apertus: up_proj, down_proj)
+    # "uniform": every kind has the model's widths; "gemma4": per-kind widths, KV-shared kinds and
+    # per-layer inputs read from the config (:func:`_gemma4_kinds`)
+    layout: str = "uniform"
 
 
 SANDWICH = (("input_layernorm", "attn_in"), ("post_attention_layernorm", "attn_out"),
@@ -473,6 +506,17 @@ TABLE: dict[str, Architecture] = {
     # as transformers' docstring describes it only through layer_types (see _sliding_indices).
     "exaone4": Architecture(norm_sites=POST_NORM, sliding="pattern", sliding_pattern=4,
                             traits=Traits(placement="post", qk_norm="head")),
+    # Gemma 4 (modeling_gemma4.py, configuration_gemma4.py; the text decoder of the multimodal
+    # "gemma4" config too): Gemma-3's sandwich layer with per-head q/k norms and a weightless
+    # per-head v_norm; full-attention layers with their own head_dim (global_head_dim, default
+    # 512) and kv heads (num_global_key_value_heads, with attention_k_eq_v: no v_proj, v is k_proj's
+    # output), proportional RoPE there; the last num_kv_shared_layers layers read an earlier
+    # layer's keys and values (double-wide MLP with use_double_wide_mlp); per-layer inputs (PLE)
+    # gated into every layer. Its RMSNorm multiplies the weight in fp32 (no 1 +) and takes
+    # pow(mean + eps, -0.5) (see :func:`_gemma4_kinds`).
+    "gemma4_text": Architecture(norm_sites=SANDWICH, tie_default=True, layout="gemma4", head_dim_default=256,
+                                traits=Traits(norm="rms_fp32_out", placement="sandwich", qk_norm="head",
+                                              rope_tables=2, pow_norm=True)),
     # The hybrids (planner.model.hybrids): Mamba-2 or short-convolution layers between attention ones.
     # Granite-4.0-H (modeling_granitemoehybrid.py): every layer a mixer (Mamba-2 or attention
     # without RoPE, position_embedding_type "nope") then an MLP (shared_mlp, with experts beside it
@@ -596,6 +640,8 @@ def describe(arch: Architecture, config: dict, dims: Dims) -> tuple[LayerKind, .
     "full_attention" where some layers attend within a window (the config's layer_types, or
     the family's rule); "dense" and "moe" where the first first_k_dense_replace layers have a
     dense MLP before the mixture-of-experts layers (DeepSeek-V3, GLM-4.5)."""
+    if arch.layout == "gemma4":
+        return _gemma4_kinds(arch, config, dims)
     if arch.llama4_layers:
         return _llama4_kinds(arch, config, dims)
     if arch.hybrid:
@@ -725,6 +771,11 @@ def _mla_linears(mla: MLA, h: int, heads: int, bias: bool) -> tuple[Linear, ...]
 
 class LayoutError(ValueError):
     """A config the architecture table cannot describe (the message names the field)."""
+
+
+class NotPlannedLayout(LayoutError):
+    """A valid config whose layers the formulas do not plan yet (Gemma 4's mixture of experts):
+    the tracer measures it (`probe --device fake`)."""
 
 
 def _shared_expert(moe: MoE, h: int) -> tuple[Linear, ...]:
@@ -879,3 +930,158 @@ def _sliding_indices(arch: Architecture, config: dict, layers: int) -> tuple[int
                               "layer count needs the config's layer_types")
         return tuple(i for i in range(layers) if (i + 1) % pattern)
     return ()
+
+
+# ---------------------------------------------------------------- Gemma 4
+
+GEMMA4_DEFAULTS = {  # Gemma4TextConfig's defaults for the fields a config.json may omit (transformers 5.23)
+    "sliding_window": 512, "global_head_dim": 512, "num_kv_shared_layers": 0, "attention_k_eq_v": False,
+    "use_double_wide_mlp": False, "hidden_size_per_layer_input": 256, "vocab_size_per_layer_input": 262_144,
+    "attention_bias": False, "enable_moe_block": False,
+}
+GEMMA4_PATTERN = 6  # every 6th layer full when the config has no layer_types (Gemma4TextConfig.__post_init__)
+GEMMA4_MOE_FIELDS = ("num_experts", "top_k_experts", "moe_intermediate_size")
+
+
+def gemma4_field(config: dict, name: str):
+    """A Gemma 4 config field, or its Gemma4TextConfig default where the config omits it (an
+    explicit null stays None: "hidden_size_per_layer_input": null turns per-layer inputs off)."""
+    return config[name] if name in config else GEMMA4_DEFAULTS[name]
+
+
+def per_layer_input(config: dict) -> tuple[int, int]:
+    """Gemma 4's per-layer inputs (PLE): (hidden_size_per_layer_input p, vocab_size_per_layer_input);
+    (0, 0) where p is 0 or null (the 26B and 31B configs)."""
+    p = gemma4_field(config, "hidden_size_per_layer_input")
+    if not p:
+        return 0, 0
+    vocab = gemma4_field(config, "vocab_size_per_layer_input")
+    for name, value in (("hidden_size_per_layer_input", p), ("vocab_size_per_layer_input", vocab)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise LayoutError(f"config field {name!r} must be a positive integer, got {value!r}")
+    return p, vocab
+
+
+def _gemma4_types(config: dict, layers: int) -> list[str]:
+    """Each layer's attention type: the config's layer_types (as many as num_hidden_layers), else
+    every 6th full; the last layer is full either way (transformers forces it)."""
+    types = config.get("layer_types")
+    if types is None:
+        types = ["full_attention" if (i + 1) % GEMMA4_PATTERN == 0 else "sliding_attention" for i in range(layers)]
+    if not isinstance(types, list) or len(types) != layers:
+        count = len(types) if isinstance(types, list) else repr(types)
+        raise LayoutError(f"config field 'layer_types' lists {count} layer types, but num_hidden_layers is {layers}: "
+                          "they must agree")
+    unknown = sorted({str(t) for t in types} - {"sliding_attention", "full_attention"})
+    if unknown:
+        raise LayoutError(f"config field 'layer_types' has {', '.join(map(repr, unknown))}: Gemma 4 layers are "
+                          "sliding_attention or full_attention")
+    return list(types[:-1]) + ["full_attention"]
+
+
+def _gemma4_overrides(config: dict, dims: Dims, types: list[str]) -> dict[int, dict]:
+    """Each layer's head_dim and num_key_value_heads: the config's per_layer_config where given
+    (keys are layer indices, as transformers writes them), else global_head_dim on the full
+    layers and, with attention_k_eq_v, num_global_key_value_heads there
+    (Gemma4TextConfig.__post_init__)."""
+    given = config.get("per_layer_config")
+    if given is None:
+        head = gemma4_field(config, "global_head_dim")
+        kv = config.get("num_global_key_value_heads") if gemma4_field(config, "attention_k_eq_v") else None
+        full = {"head_dim": head} | ({"num_key_value_heads": kv} if kv is not None else {})
+        given = {i: full for i, t in enumerate(types) if t == "full_attention"}
+    if not isinstance(given, dict):
+        raise LayoutError(f"config field 'per_layer_config' must map layer indices to fields, got {given!r}")
+    out: dict[int, dict] = {}
+    for key, fields in given.items():
+        index = int(key) if isinstance(key, int) or str(key).isdigit() else None
+        if index is None or not 0 <= index < dims.layers:
+            raise LayoutError(f"config field 'per_layer_config' names layer {key!r}, but num_hidden_layers is "
+                              f"{dims.layers}: they must agree")
+        out[index] = fields if isinstance(fields, dict) else {}
+    widths = {}
+    for i in range(dims.layers):
+        fields = out.get(i, {})
+        d = fields.get("head_dim", dims.head_dim)
+        kv = fields.get("num_key_value_heads", dims.kv_heads)
+        for name, value in (("head_dim", d), ("num_key_value_heads", kv)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise LayoutError(f"config field 'per_layer_config' gives layer {i} {name} {value!r}: "
+                                  "a positive integer is needed")
+        if dims.heads % kv:
+            raise LayoutError(f"layer {i}'s num_key_value_heads {kv} must divide num_attention_heads {dims.heads}")
+        widths[i] = {"head_dim": d, "kv_heads": kv}
+    return widths
+
+
+def _gemma4_kinds(arch: Architecture, config: dict, dims: Dims) -> tuple[LayerKind, ...]:
+    """Gemma 4's decoder layers as kinds: sliding and full attention, and their KV-shared
+    counterparts (the last num_kv_shared_layers layers), each with its own widths.
+
+    transformers 5.23 modeling_gemma4: Gemma4TextAttention (q_proj, q_norm; unless KV-shared
+    k_proj, k_norm, a weightless v_norm and, unless attention_k_eq_v on a full layer, v_proj;
+    o_proj), Gemma4TextMLP (gate, up, down; twice intermediate_size on a KV-shared layer with
+    use_double_wide_mlp), Gemma4TextDecoderLayer (the four sandwich norms; with per-layer inputs
+    per_layer_input_gate, per_layer_projection and post_per_layer_input_norm)."""
+    if gemma4_field(config, "enable_moe_block"):
+        for name in GEMMA4_MOE_FIELDS:
+            if not isinstance(config.get(name), int):
+                raise LayoutError(f"config.json lacks the field {name!r}, which enable_moe_block needs")
+        raise NotPlannedLayout("Gemma 4's mixture-of-experts layers (enable_moe_block: a dense MLP and routed "
+                               "experts side by side) are not planned yet: use probe --device fake")
+    types = _gemma4_types(config, dims.layers)
+    widths = _gemma4_overrides(config, dims, types)
+    shared = gemma4_field(config, "num_kv_shared_layers") or 0
+    if not isinstance(shared, int) or not 0 <= shared < dims.layers:
+        raise LayoutError(f"config field 'num_kv_shared_layers' must be an integer from 0 to num_hidden_layers - 1 "
+                          f"({dims.layers - 1}), got {shared!r}")
+    first_shared = dims.layers - shared
+    if shared and set(types[first_shared:]) - set(types[:first_shared]):
+        raise LayoutError("config field 'num_kv_shared_layers': a KV-shared layer's attention type has no earlier "
+                          "layer to read keys and values from (layer_types)")
+    window = gemma4_field(config, "sliding_window")
+    groups: dict[str, list[int]] = {}
+    for i, t in enumerate(types):
+        groups.setdefault((SHARED_KV_PREFIX if i >= first_shared else "") + t, []).append(i)
+    p, _ = per_layer_input(config)
+    kinds = []
+    for name in sorted(groups, key=lambda n: groups[n][0]):
+        indices = tuple(groups[name])
+        sizes = {tuple(widths[i].values()) for i in indices}
+        if len(sizes) > 1:
+            raise NotPlannedLayout(f"config field 'per_layer_config' gives the {name} layers different head_dim / "
+                                   "num_key_value_heads: not planned yet (use probe --device fake)")
+        d, kv = sizes.pop()
+        is_shared = name.startswith(SHARED_KV_PREFIX)
+        inter = dims.intermediate * (2 if is_shared and gemma4_field(config, "use_double_wide_mlp") else 1)
+        full = name.endswith("full_attention")
+        layer = _gemma4_layer(arch, config, replace(dims, head_dim=d, kv_heads=kv, intermediate=inter), p,
+                              shared=is_shared, values=not (full and gemma4_field(config, "attention_k_eq_v")))
+        if not full:
+            layer = replace(layer, traits=replace(layer.traits, sliding_window=window))
+        kinds.append(LayerKind(name, layer, indices, head_dim=d if d != dims.head_dim else None,
+                               kv_heads=kv if kv != dims.kv_heads else None,
+                               intermediate=inter if inter != dims.intermediate else None))
+    return tuple(kinds)
+
+
+def _gemma4_layer(arch: Architecture, config: dict, dims: Dims, p: int, shared: bool, values: bool) -> Layer:
+    """One Gemma 4 layer of the given widths (see :func:`_gemma4_kinds`)."""
+    h, inter, d = dims.hidden, dims.intermediate, dims.head_dim
+    bias = bool(gemma4_field(config, "attention_bias"))
+    attention = (Linear("q_proj", h, dims.q_dim, bias, "q"),)
+    norms = tuple(Norm(name, site, h) for name, site in arch.norm_sites) + (Norm("q_norm", "q", d, per_head=True),)
+    if not shared:
+        attention += (Linear("k_proj", h, dims.kv_dim, bias, "k"),)
+        attention += (Linear("v_proj", h, dims.kv_dim, bias, "v"),) if values else ()
+        norms += (Norm("k_norm", "k", d, per_head=True), Norm("v_norm", "v", d, per_head=True, scale=False))
+    linears = attention + (Linear("o_proj", dims.q_dim, h, bias, "o"), Linear("gate_proj", h, inter, False, "gate"),
+                           Linear("up_proj", h, inter, False, "up"), Linear("down_proj", inter, h, False, "down"))
+    if p:
+        linears += (Linear("per_layer_input_gate", h, p, False, "ple_gate"),
+                    Linear("per_layer_projection", p, h, False, "ple_proj"))
+        norms += (Norm("post_per_layer_input_norm", "ple_out", h),)
+    changes = {"kv_shared": shared}
+    if config.get("final_logit_softcapping"):
+        changes["logit_softcapping"] = True
+    return Layer(linears=linears, norms=norms, traits=replace(arch.traits, **changes))

@@ -13,7 +13,7 @@ from pathlib import Path
 import data
 
 from planner.model.architectures import (SUPPORTED_MODEL_TYPES, TABLE, Dims, LayoutError, UnknownLayerKind, check_known,
-                                        describe, dropout_note)
+                                        describe, dropout_note, per_layer_input, NotPlannedLayout)
 from planner.model.specs import GpuSpec, ModelSpec
 
 MIB = 1 << 20
@@ -25,7 +25,8 @@ class CatalogError(ValueError):
 
 
 class UnknownArchitecture(CatalogError):
-    """A readable decoder config.json whose model_type the architecture table lacks.
+    """A readable decoder config.json whose model_type the architecture table lacks, or whose
+    layers it does not plan yet (architectures.NotPlannedLayout: Gemma 4's mixture of experts).
 
     ``config`` holds the config's fields, so that a caller which can build any model from its
     config (``probe --device fake``) can still go on without the planner.
@@ -167,7 +168,19 @@ def model_from_config(config: dict, name: str, hf_id: str | None = None,
         lm_head_bias=bool(arch.lm_head_bias_field and config.get(arch.lm_head_bias_field)),
         config_json=json.dumps(config, sort_keys=True),
         notes=tuple(n for n in (dropout_note(arch, config),) if n),
+        **_per_layer_inputs(arch, config, name),
     )
+
+
+def _per_layer_inputs(arch, config: dict, name: str) -> dict:
+    """Gemma 4's per-layer input widths (ModelSpec.per_layer_input, per_layer_vocab); none elsewhere."""
+    if arch.layout != "gemma4":
+        return {}
+    try:
+        p, vocab = per_layer_input(config)
+    except LayoutError as exc:
+        raise CatalogError(f"{name}: {exc}") from None
+    return {"per_layer_input": p, "per_layer_vocab": vocab}
 
 
 def _describe(arch, config: dict, dims: Dims, name: str):
@@ -175,6 +188,8 @@ def _describe(arch, config: dict, dims: Dims, name: str):
         kinds = describe(arch, config, dims)
         check_known(kinds)
         return kinds
+    except NotPlannedLayout as exc:  # the tracer measures what the table cannot plan yet
+        raise UnknownArchitecture(f"{name}: {exc}", name, config) from None
     except (LayoutError, UnknownLayerKind) as exc:
         raise CatalogError(f"{name}: {exc}") from None
 

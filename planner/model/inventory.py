@@ -93,6 +93,7 @@ def base_tensors(model: ModelSpec) -> tuple[Tensor, ...]:
     out = [Tensor("embed_tokens.weight", (model.vocab_size, h), "embedding", ROOT)]
     for kind in model.kinds:
         out += _layer_tensors(model, kind.layer, kind.name, kind.count)
+    out += _per_layer_input_tensors(model)
     out.append(Tensor("norm.weight", (h,), "final_norm", ROOT))
     if model.traits.norm == "layer":  # nn.LayerNorm's bias (StarCoder2)
         out.append(Tensor("norm.bias", (h,), "final_norm", ROOT))
@@ -112,6 +113,8 @@ def _layer_tensors(model: ModelSpec, layer, kind: str, n: int) -> list[Tensor]:
 
     out = []
     for norm in layer.norms:
+        if not norm.scale:  # a weightless norm (Gemma 4's v_norm)
+            continue
         out.append(tensor(f"{norm.name}.weight", norm.shape, "norm"))
         if norm.bias:
             out.append(tensor(f"{norm.name}.bias", norm.shape, "norm"))
@@ -138,6 +141,28 @@ def _layer_tensors(model: ModelSpec, layer, kind: str, n: int) -> list[Tensor]:
     return out
 
 
+def root_linears(model: ModelSpec) -> tuple:
+    """The Linear modules outside the decoder layers that peft's all-linear adapts (lm_head never
+    is): Gemma 4's per_layer_model_projection, h -> L*p (transformers 5.23
+    Gemma4TextModel.project_per_layer_inputs; tracer: all-linear puts LoRA on it)."""
+    from planner.model.architectures import Linear
+
+    if not model.per_layer_input:
+        return ()
+    return (Linear("per_layer_model_projection", model.hidden_size, model.num_layers * model.per_layer_input,
+                   False, "ple_model"),)
+
+
+def _per_layer_input_tensors(model: ModelSpec) -> list[Tensor]:
+    """Gemma 4's per-layer inputs outside the layers: the embedding (per_layer_vocab x L*p), the
+    projection of the embedding output (a Linear, L*p x h) and the norm over p after it."""
+    if not model.per_layer_input:
+        return []
+    p, wide = model.per_layer_input, model.num_layers * model.per_layer_input
+    return [Tensor("embed_tokens_per_layer.weight", (model.per_layer_vocab, wide), "ple_embedding", ROOT),
+            *(Tensor(f"{lin.name}.weight", (lin.out_features, lin.in_features), "linear", ROOT)
+              for lin in root_linears(model)),
+            Tensor("per_layer_projection_norm.weight", (p,), "norm", ROOT)]
 def mixer_parameters(mixer) -> tuple[tuple[str, tuple[int, ...], str], ...]:
     """The parameters of a non-attention mixer that are not Linear weights, as (path, shape,
     role): Mamba-2's depthwise conv1d (conv_dim, 1, K) and its bias, dt_bias, A_log and D (one
@@ -178,6 +203,9 @@ def _adapters(model: ModelSpec, train: TrainSpec, weight_bytes: int) -> list[Ten
         for tg in targets.targeted_parameters(view, train) if view.moe is not None else ():
             out += [tensor(f"mlp.{tg.name}.lora_A", (tg.rank * tg.experts, tg.in_features), "lora_A"),
                     tensor(f"mlp.{tg.name}.lora_B", (tg.out_features, tg.rank * tg.experts), "lora_B")]
+    for lin in targets.targeted_root_linears(model, train.target_modules):
+        out += [Tensor(f"{lin.name}.{name}", shape, role, ROOT, 1, "adapter", FP32)
+                for name, shape, role in adapter.tensors(lin, r)]
     for module in train.modules_to_save:
         out.append(Tensor(f"{module}.modules_to_save.weight", (model.vocab_size, model.hidden_size),
                           "embedding" if module == "embed_tokens" else "lm_head", ROOT, treatment="saved_copy",
@@ -220,7 +248,7 @@ def _inventory(model: ModelSpec, train: TrainSpec, weight_bytes: int) -> tuple[T
     if method.adapter.trains_base:
         return tuple(_treat(t, "trainable", weight_bytes) for t in base)
     if method.base.quantized:
-        out = [_treat(t, "4bit", 0) if t.role == "linear" and t.kind != ROOT
+        out = [_treat(t, "4bit", 0) if t.role == "linear"
                else _treat(t, "frozen", method.base.parameter_bytes(weight_bytes)) for t in base]
     else:
         out = [_treat(t, "frozen", weight_bytes) for t in base]

@@ -73,6 +73,11 @@ class ModelSpec:
     # what every plan of this model says about it (a Hub model: where its config came from,
     # its parameter count against the checkpoint's)
     notes: tuple[str, ...] = field(default=(), repr=False, compare=False)
+    # Gemma 4's per-layer inputs (PLE): p = hidden_size_per_layer_input values per token and
+    # layer, from an embedding of per_layer_vocab rows (L*p wide) and a Linear h -> L*p of the
+    # embedding output (per_layer_model_projection); 0: none
+    per_layer_input: int = 0
+    per_layer_vocab: int = 0
     # a view's (:meth:`by_kind`) whole model's Linear names, which targets are checked against
     model_linear_names: tuple[str, ...] = field(default=(), repr=False, compare=False)
 
@@ -91,13 +96,15 @@ class ModelSpec:
     @property
     def layer(self) -> Layer:
         """The first kind's layout: the layout of every layer where the kinds differ only in their
-        attention window; a hybrid's kinds differ in their modules, so its per-layer terms read
-        each kind's view (:meth:`by_kind`, :meth:`kind_view`), whose layer is that kind's."""
+        attention window; a hybrid's kinds differ in their modules, and Gemma 4's in their widths
+        too, so their per-layer terms read each kind's view (:meth:`by_kind`, :meth:`kind_view`),
+        whose layer and widths are that kind's."""
         return self.kinds[0].layer
 
     def by_kind(self) -> tuple["ModelSpec", ...]:
         """This model seen one kind at a time: a model of that kind's layers only (its
-        num_layers the kind's count), for the per-layer terms, which sum over the kinds."""
+        num_layers the kind's count, and its head_dim, kv heads and intermediate size the
+        kind's own where it has them), for the per-layer terms, which sum over the kinds."""
         if len(self.kinds) == 1:
             return (self,)
         return _views(self)
@@ -156,7 +163,9 @@ class ModelSpec:
 @lru_cache(maxsize=256)
 def _views(model: ModelSpec) -> tuple[ModelSpec, ...]:
     return tuple(replace(model, name=f"{model.name}[{k.name}]", num_layers=k.count, kinds=(k,),
-                         model_linear_names=model.all_linear_names) for k in model.kinds)
+                         model_linear_names=model.all_linear_names,
+                         head_dim=k.head_dim or model.head_dim, num_kv_heads=k.kv_heads or model.num_kv_heads,
+                         intermediate_size=k.intermediate or model.intermediate_size) for k in model.kinds)
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ def targeted_linears(model: ModelSpec, targets: tuple[str, ...]) -> tuple[Linear
     """
     if ALL_LINEAR in targets:
         return _unconverted(model, model.linears)
-    known = model.all_linear_names
+    known = model.all_linear_names + tuple(lin.name for lin in targeted_root_linears(model, (ALL_LINEAR,)))
     unknown = [t for t in targets if not any(_matches(name, t) for name in known)]
     if unknown:
         hints = []
@@ -51,6 +51,16 @@ def _unconverted(model: ModelSpec, linears: tuple[Linear, ...]) -> tuple[Linear,
 
 # the Linear roles of an MLP (a dense one's, a shared expert's)
 MLP_ROLES = MLP_INPUT_ROLES | SHARED_ROLES | {"down"}
+
+
+@lru_cache(maxsize=256)
+def targeted_root_linears(model: ModelSpec, targets: tuple[str, ...]) -> tuple[Linear, ...]:
+    """The Linear modules outside the decoder layers an adapter targets (planner.model.inventory.root_linears:
+    Gemma 4's per_layer_model_projection): all of them under ``all-linear``, else by name."""
+    from planner.model.inventory import root_linears
+
+    return tuple(lin for lin in root_linears(model)
+                 if ALL_LINEAR in targets or any(_matches(lin.name, t) for t in targets))
 
 
 def _matches(name: str, target: str) -> bool:

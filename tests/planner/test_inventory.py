@@ -11,7 +11,7 @@ from planner import TrainSpec, get_model, model_names
 from planner.memory import terms as C
 from planner.model import counts
 from planner.model import inventory as inv
-from planner.model.targets import UnsupportedMethod, targeted_linears, targeted_parameters
+from planner.model.targets import UnsupportedMethod, targeted_linears, targeted_parameters, targeted_root_linears
 
 METHODS = ("full", "lora", "rslora", "qlora", "dora", "qdora")
 
@@ -21,11 +21,14 @@ def formula_trained(model, train) -> int:
     if train.method == "full":
         return counts.total_params(model)
     layers = 0
-    for view in model.by_kind():  # each layer kind its own Linears (dense and MoE layers)
+    for view in model.by_kind():  # kind by kind: Llama 4 Maverick's dense and MoE layers differ, Gemma 4's widths
         per_layer = sum(train.rank * (lin.in_features + lin.out_features) + (lin.out_features if train.is_dora else 0)
                         for lin in targeted_linears(view, train.target_modules))
         per_layer += sum(p.experts * p.rank * (p.in_features + p.out_features) for p in targeted_parameters(view, train))
         layers += view.num_layers * per_layer
+    # Linears outside the layers (Gemma 4's per_layer_model_projection)
+    layers += sum(train.rank * (lin.in_features + lin.out_features) + (lin.out_features if train.is_dora else 0)
+                  for lin in targeted_root_linears(model, train.target_modules))
     return layers + len(train.modules_to_save) * model.vocab_size * model.hidden_size
 
 

@@ -6,7 +6,8 @@ bias, a plain c_fc -> gelu -> c_proj MLP, a bias on every Linear, tied embedding
 window shorter than the sequence; OLMo-3: sliding and full layers by its default layer_types; GLM-4: fused gate_up and partial
 rotary; EXAONE-4: post-norms, per-head qk-norm, no RoPE on its full layers; Cohere: attention and
 MLP in parallel from one centered LayerNorm, a qk-norm with a weight per head, scaled logits;
-Cohere-2: its sliding layers and full layers without RoPE; Apertus: xIELU's saved set). At real widths the planner is checked by the baseline
+Cohere-2: its sliding layers and full layers without RoPE; Apertus: xIELU's saved set; Gemma 4: full layers
+wider than the sliding ones, KV-shared layers, per-layer inputs). At real widths the planner is checked by the baseline
 matrix's tier 8 (validate.baselines) and the memory gate.
 """
 import pytest
@@ -39,6 +40,13 @@ FAMILIES = {
     # Apertus: a plain up_proj -> xIELU -> down_proj MLP (two learned scalars a layer), per-head
     # q/k RMSNorms, its norms named attention_layernorm / feedforward_layernorm
     "apertus": dict(),
+    # Gemma 4: every kind in four layers (sliding and full, then both KV-shared with a double-wide
+    # MLP), full layers with head_dim 32 and one kv head and no v_proj (attention_k_eq_v), per-layer
+    # inputs 8 wide, final-logit softcapping
+    "gemma4_text": dict(head_dim=16, global_head_dim=32, num_global_key_value_heads=1, attention_k_eq_v=True,
+                        sliding_window=32, num_hidden_layers=4, num_kv_shared_layers=2, use_double_wide_mlp=True,
+                        layer_types=["sliding_attention", "full_attention"] * 2, hidden_size_per_layer_input=8,
+                        vocab_size_per_layer_input=512, final_logit_softcapping=30.0),
 }
 BOUND = 0.03
 

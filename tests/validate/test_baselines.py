@@ -26,7 +26,7 @@ def test_matrix_size_by_hand():
     # tier 10: the hybrids, 3 models x 5 methods x 2 kernel paths x 2 checkpointing x 3 seqs at batch 1 = 180,
     # less QLoRA and QDoRA on the fused path of the two Mamba-2 families (2 x 2 x 2 x 3 = 24): 156
     tier10 = len(B.HYBRID_FAMILY_MODELS) * 5 * 2 * 2 * 3 - 2 * 2 * 2 * 3
-    assert len(configs) == 440 + 1056 + 32 + 144 + 328 + 160 + 96 + tier8 + tier9 + tier10 == 2932
+    assert len(configs) == 440 + 1056 + 32 + 144 + 328 + 160 + 96 + tier8 + tier9 + tier10 == 2972
     assert len({c.key() for c in configs}) == len(configs)
 
 
@@ -40,6 +40,16 @@ def test_hybrid_tier_cuts_hold_every_kind():
     assert [k.name for k in B.with_layers(B.get_model("llama-3.2-1b"), 2, "x").kinds] == ["decoder"]
     kernels = {c.train.kernels for c in B.hybrid_families_tier()}
     assert kernels == {"torch", "fused"} and {c.train.kernels for c in B.matrix()[:2360]} == {"auto"}
+
+
+def test_a_cut_gemma4_keeps_valid_kv_shared_layers():
+    """Gemma 4's KV-shared layers end the model: a cut keeps their share, rounded down, and fewer
+    where a shared layer's attention type would have no earlier layer (E2B: 4 sliding : 1 full)."""
+    kinds = {k.name: k.indices for k in B.spec_for("gemma-4-e2b@10L").kinds}
+    assert kinds == {"sliding_attention": (0, 1, 2, 3), "full_attention": (4,),
+                     "shared_kv_sliding_attention": (5, 6, 7, 8), "shared_kv_full_attention": (9,)}
+    # 20 of 35 shared gives 1 of 2, whose full layer would read from no earlier full layer: none
+    assert [k.name for k in B.spec_for("gemma-4-e2b@2L").kinds] == ["sliding_attention", "full_attention"]
 
 
 def test_precision_tier():

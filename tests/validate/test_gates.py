@@ -33,7 +33,8 @@ def test_memory_gate_negative_control_a_wrong_planner_term(memory_rows):
     head = "median |planned/traced - 1| is "
     assert result.failures[0].startswith(head)
     assert 4.0 < float(result.failures[0][len(head):].rstrip("%")) < 8.0  # 6% on ratios within ~1.3% of 1
-    assert "planned/traced 1.0" in result.failures[1]
+    worst = float(result.failures[1].rsplit("planned/traced ", 1)[1])
+    assert 1.05 < worst < 1.06 * 1.05  # the worst row, 6% above a ratio within the 5% bound
 
 
 def test_memory_gate_negative_control_one_wrong_configuration(memory_rows):

@@ -1,0 +1,130 @@
+"""Gemma 4's text decoder (transformers 5.23 modeling_gemma4 / configuration_gemma4): layer kinds
+with their own widths, KV-shared layers, per-layer inputs, and its bad configs refused in one line.
+
+Counts here are hand counts from the config; the tracer checks the layout against a real step
+(tests/probes/test_dense_families_traced.py) and the catalog sizes against transformers' own count
+(tests/planner/test_counts.py)."""
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from planner import TrainSpec
+from planner.cli.command import main as plan_main
+from planner.model import counts, inventory as inv
+from planner.model.catalog import CatalogError, model_from_config
+
+TINY = dict(model_type="gemma4_text", vocab_size=512, hidden_size=64, intermediate_size=160, num_hidden_layers=4,
+            num_attention_heads=4, num_key_value_heads=2, head_dim=16, global_head_dim=32,
+            num_global_key_value_heads=1, attention_k_eq_v=True, sliding_window=32, num_kv_shared_layers=2,
+            use_double_wide_mlp=True, layer_types=["sliding_attention", "full_attention"] * 2,
+            hidden_size_per_layer_input=8, vocab_size_per_layer_input=512)
+
+
+def test_kinds_carry_their_own_widths():
+    spec = model_from_config(TINY, "g4")
+    kinds = {k.name: k for k in spec.kinds}
+    assert {n: k.indices for n, k in kinds.items()} == {
+        "sliding_attention": (0,), "full_attention": (1,), "shared_kv_sliding_attention": (2,),
+        "shared_kv_full_attention": (3,)}
+    views = {v.kinds[0].name: v for v in spec.by_kind()}
+    full, shared_full = views["full_attention"], views["shared_kv_full_attention"]
+    assert (full.head_dim, full.num_kv_heads, full.q_dim, full.kv_dim, full.intermediate_size) == (32, 1, 128, 32, 160)
+    assert (shared_full.head_dim, shared_full.intermediate_size) == (32, 320)  # the double-wide MLP
+    assert views["sliding_attention"].q_dim == 64 and spec.head_dim == 16
+    # attention_k_eq_v: no v_proj on the full layers; KV-shared layers have neither k nor v
+    names = {n: [lin.name for lin in k.layer.by_role("q", "k", "v")] for n, k in kinds.items()}
+    assert names == {"sliding_attention": ["q_proj", "k_proj", "v_proj"], "full_attention": ["q_proj", "k_proj"],
+                     "shared_kv_sliding_attention": ["q_proj"], "shared_kv_full_attention": ["q_proj"]}
+    assert [n.site for n in kinds["sliding_attention"].layer.norms_at("q", "k", "v")] == ["q", "k", "v"]
+    assert kinds["shared_kv_sliding_attention"].layer.traits.kv_shared
+    # the kind's view reads its own head_dim in the per-head norms (negative control: the model's is 16)
+    assert full.layer.norms_at("q")[0].size == 32
+
+
+def test_total_is_a_hand_count():
+    h, p, v, layers = 64, 8, 512, 4
+    root = v * h + v * layers * p + layers * p * h + p + h
+    def layer(q_dim, kv_dim, d, inter, shared, values):
+        attn = 2 * h * q_dim + d + (0 if shared else h * kv_dim * (2 if values else 1) + d)
+        return attn + 3 * h * inter + 5 * h + 2 * h * p
+    total = root + layer(64, 32, 16, 160, False, True) + layer(128, 32, 32, 160, False, False) \
+        + layer(64, 32, 16, 320, True, True) + layer(128, 32, 32, 320, True, False)
+    assert counts.total_params(model_from_config(TINY, "g4")) == total
+
+
+def test_all_linear_adapts_the_per_layer_projection_too():
+    """peft's all-linear reaches per_layer_model_projection outside the layers (tracer); by name too."""
+    spec = model_from_config(TINY, "g4")
+    lora = inv.inventory(spec, TrainSpec(method="lora", rank=4), 2)
+    root = [t.path for t in lora if t.kind == inv.ROOT and t.treatment == "adapter"]
+    assert root == ["per_layer_model_projection.lora_A.weight", "per_layer_model_projection.lora_B.weight"]
+    only = inv.inventory(spec, TrainSpec(method="lora", rank=4, target_modules=("q_proj",)), 2)
+    assert not [t for t in only if t.kind == inv.ROOT and t.treatment == "adapter"]
+    # k_proj is targeted where a kind has it; the KV-shared kinds simply have none
+    k_only = inv.inventory(spec, TrainSpec(method="lora", rank=4, target_modules=("k_proj",)), 2)
+    assert {t.kind for t in k_only if t.treatment == "adapter"} == {"sliding_attention", "full_attention"}
+    # no per-layer inputs (the 31B's config): no root tensors beyond the embedding and final norm
+    plain = model_from_config({**TINY, "hidden_size_per_layer_input": 0}, "g4p")
+    assert [t.path for t in inv.base_tensors(plain) if t.kind == inv.ROOT] == ["embed_tokens.weight", "norm.weight"]
+
+
+def test_defaults_follow_the_config_class():
+    """Gemma4TextConfig's defaults where a config omits a field: every 6th layer full (the last
+    always), global_head_dim 512, per-layer inputs 256 wide; an explicit null turns them off."""
+    fields = {k: TINY[k] for k in ("model_type", "vocab_size", "hidden_size", "intermediate_size",
+                                   "num_attention_heads", "num_key_value_heads", "head_dim")}
+    spec = model_from_config({**fields, "num_hidden_layers": 8}, "g4d")
+    kinds = {k.name: k for k in spec.kinds}
+    assert kinds["full_attention"].indices == (5, 7) and kinds["full_attention"].head_dim == 512
+    assert (spec.per_layer_input, spec.per_layer_vocab) == (256, 262144)
+    off = model_from_config({**fields, "num_hidden_layers": 8, "hidden_size_per_layer_input": None}, "g4o")
+    assert off.per_layer_input == 0 and not off.layer.by_role("ple_gate")
+
+
+def test_the_multimodal_config_plans_its_text_decoder():
+    text = model_from_config(TINY, "g4")
+    outer = model_from_config({"model_type": "gemma4", "architectures": ["Gemma4ForConditionalGeneration"],
+                               "text_config": TINY, "vision_config": {"hidden_size": 32}}, "g4")
+    assert counts.total_params(outer) == counts.total_params(text)
+    assert [k.name for k in outer.kinds] == [k.name for k in text.kinds]
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"layer_types": ["sliding_attention", "full_attention"]},
+     "config field 'layer_types' lists 2 layer types, but num_hidden_layers is 4: they must agree"),
+    ({"per_layer_config": {"7": {"head_dim": 32}}},
+     "config field 'per_layer_config' names layer '7', but num_hidden_layers is 4: they must agree"),
+    ({"enable_moe_block": True, "num_experts": 8, "top_k_experts": 2},
+     "config.json lacks the field 'moe_intermediate_size', which enable_moe_block needs"),
+    ({"per_layer_config": {"1": {"head_dim": "wide"}}},
+     "config field 'per_layer_config' gives layer 1 head_dim 'wide': a positive integer is needed"),
+    ({"num_kv_shared_layers": 3, "layer_types": ["sliding_attention"] + ["full_attention"] * 3},
+     "a KV-shared layer's attention type has no earlier layer to read keys and values from"),
+])
+def test_bad_configs_exit_2_in_one_line(tmp_path, change, message):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({**TINY, **change}))
+    result = CliRunner().invoke(plan_main, ["--model", str(path), "--method", "lora", "--rank", "4"])
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr and result.stderr.count("\n") == 1
+    with pytest.raises(CatalogError):  # the library raises what the CLI prints
+        model_from_config({**TINY, **change}, "g4")
+    # negative control: the same config without the change plans
+    path.write_text(json.dumps(TINY))
+    assert CliRunner().invoke(plan_main, ["--model", str(path), "--method", "lora", "--rank", "4"]).exit_code == 0
+
+
+def test_moe_configs_are_refused_until_planned():
+    """The 26B-A4B's layers (a dense MLP and routed experts side by side) are refused as not planned,
+    as a model_type the table lacks is: `probe --device fake` then measures the config itself."""
+    from planner.model.catalog import UnknownArchitecture
+
+    config = {**TINY, "enable_moe_block": True, "num_experts": 8, "top_k_experts": 2, "moe_intermediate_size": 32}
+    with pytest.raises(UnknownArchitecture, match="not planned yet") as exc:
+        model_from_config(config, "g4m")
+    assert exc.value.config == config
+    # negative control: a config error is not passed on to the tracer
+    with pytest.raises(CatalogError) as bad:
+        model_from_config({**TINY, "layer_types": ["full_attention"]}, "g4b")
+    assert not isinstance(bad.value, UnknownArchitecture)
