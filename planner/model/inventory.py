@@ -47,7 +47,8 @@ class Tensor:
     path: str
     shape: tuple[int, ...]
     role: str  # embedding, lm_head, final_norm, norm, linear, bias, router, router_bias, experts,
-    #            expert_bias, sinks, lora_A, lora_B, magnitude
+    #            expert_bias, sinks, conv (a DeltaNet's conv1d), delta_param (its A_log, dt_bias),
+    #            lora_A, lora_B, magnitude
     kind: str = "decoder"  # the layer kind that holds it, or ROOT
     layers: int = 1  # how many layers hold one (1 for the root's)
     treatment: str = "frozen"
@@ -129,6 +130,14 @@ def _layer_tensors(model: ModelSpec, layer, kind: str, n: int) -> list[Tensor]:
                     tensor("mlp.experts.down_proj_bias", (e, h), "expert_bias")]
     if layer.traits.attention_sinks:
         out.append(tensor("self_attn.sinks", (model.num_heads,), "sinks"))
+    net = layer.deltanet
+    if net is not None:
+        # the Gated DeltaNet's depthwise conv1d (no bias), its per-value-head decay parameters and
+        # its gated RMSNorm over one value head (modeling_qwen3_5.Qwen3_5GatedDeltaNet.__init__)
+        out += [tensor("linear_attn.conv1d.weight", (net.conv_dim, 1, net.conv_kernel), "conv"),
+                tensor("linear_attn.dt_bias", (net.value_heads,), "delta_param"),
+                tensor("linear_attn.A_log", (net.value_heads,), "delta_param"),
+                tensor("linear_attn.norm.weight", (net.value_dim,), "norm")]
     return out
 
 
