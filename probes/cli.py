@@ -159,7 +159,7 @@ def notes(rows: list[dict], extra: tuple[str, ...] = ()) -> str:
               help='Print only {"rows": [...]} on stdout (bytes as integers).')
 @click.option("--force", is_flag=True, help="Measure on a GPU that other processes use.")
 def main(models, revision, recipe_paths, methods, rank, alpha, target_modules, target_parameters, lora_dropout, modules_to_save, batch_size, seq_len,
-         gradient_checkpointing, dtype, precision, optim, quant_type, double_quant, attn_implementation, num_gpus, sharding,
+         gradient_checkpointing, dtype, precision, optim, quant_type, double_quant, attn_implementation, kernels, num_gpus, sharding,
          offload, device, steps, warmup, weights, output, as_json, force):
     """Measure what fine-tuning really uses: build the model (random init from its config,
     or --weights), apply the method with peft / bitsandbytes as a training script
@@ -199,7 +199,7 @@ def main(models, revision, recipe_paths, methods, rank, alpha, target_modules, t
         target_modules = resolve_targets(target_modules, [s for s in specs if isinstance(s, ModelSpec)], recipe_paths)
         trains = [TrainSpec(method=m, rank=rank, alpha=alpha, target_modules=parse_targets(target_modules),
                             target_parameters=parse_names(target_parameters),
-                            lora_dropout=lora_dropout, attn_implementation=attn_implementation,
+                            lora_dropout=lora_dropout, attn_implementation=attn_implementation, kernels=kernels,
                          modules_to_save=parse_names(modules_to_save),
                             batch_size=b, seq_len=s, gradient_checkpointing=gradient_checkpointing,
                             dtype=dtype, precision=precision, optim=optim, quant_type=quant_type,

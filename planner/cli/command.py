@@ -62,7 +62,7 @@ def output_options(f):
 @click.option("--list-gpus", is_flag=True, help="List the catalog GPUs and exit.")
 @output_options
 def main(models, revision, recipe_paths, gpus, methods, rank, alpha, target_modules, target_parameters, lora_dropout, modules_to_save, batch_size, seq_len,
-         gradient_checkpointing, dtype, precision, optim, quant_type, double_quant, attn_implementation,
+         gradient_checkpointing, dtype, precision, optim, quant_type, double_quant, attn_implementation, kernels,
          num_gpus, sharding, offload, search_batch, search_seq, dataset_tokens, epochs, calibrated, plot_path,
          list_models, list_gpus, fmt):
     """Predict the GPU memory of fine-tuning a model with full, LoRA, rsLoRA, QLoRA, DoRA and
@@ -108,7 +108,7 @@ def main(models, revision, recipe_paths, gpus, methods, rank, alpha, target_modu
         target_modules = resolve_targets(target_modules, model_specs, recipe_paths)
         base = TrainSpec(method=chosen[0], rank=rank, alpha=alpha, target_modules=parse_targets(target_modules),
                          target_parameters=parse_names(target_parameters),
-                         lora_dropout=lora_dropout, attn_implementation=attn_implementation,
+                         lora_dropout=lora_dropout, attn_implementation=attn_implementation, kernels=kernels,
                          modules_to_save=parse_names(modules_to_save),
                          batch_size=batch_size, seq_len=seq_len, gradient_checkpointing=gradient_checkpointing,
                          dtype=dtype, precision=precision, optim=optim, quant_type=quant_type,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from planner.model.specs import ALL_LINEAR, ATTN_IMPLEMENTATIONS, OFFLOADS, PRECISIONS, QUANT_TYPES, SHARDINGS
+from planner.model.specs import ALL_LINEAR, ATTN_IMPLEMENTATIONS, KERNELS, OFFLOADS, PRECISIONS, QUANT_TYPES, SHARDINGS
 
 
 def parse_targets(value: str) -> tuple[str, ...]:
@@ -38,7 +38,13 @@ def adapter_options(f):
 
 
 def training_options(f):
-    """--gradient-checkpointing, --precision, --quant-type, --double-quant, --attn-implementation."""
+    """--gradient-checkpointing, --precision, --quant-type, --double-quant, --attn-implementation, --kernels."""
+    f = click.option("--kernels", default="auto", show_default=True, type=click.Choice(KERNELS),
+                     help="Kernels of a Gated DeltaNet layer (Qwen3.5, Qwen3-Next). torch: transformers' torch "
+                          "fallbacks (torch_chunk_gated_delta_rule, keeping its chunks' fp32 tensors); fused: "
+                          "flash-linear-attention's chunked gated delta rule and causal-conv1d; auto: what "
+                          "transformers picks when those packages are installed, fused, since a GPU user installs "
+                          "them as the model cards say. Models without such layers run no such kernel.")(f)
     f = click.option("--attn-implementation", default="auto", show_default=True, type=click.Choice(ATTN_IMPLEMENTATIONS),
                      help="auto: what transformers picks for the model (SDPA; eager where the model needs it). "
                           "eager keeps seq x seq probabilities per layer; flash_attention_2 is planned as the "

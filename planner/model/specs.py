@@ -29,6 +29,11 @@ PRECISIONS = ("autocast", "pure", "mixed")
 # attention kernels a training script can ask transformers for; "auto" is what transformers
 # picks for the model (SDPA, or eager where the model needs it: softcapping, sinks)
 ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "eager", "flash_attention_2")
+# the kernels of a model's non-attention token mixers (a Gated DeltaNet's delta rule and causal
+# conv1d): "torch", transformers' torch fallbacks (torch_chunk_gated_delta_rule, its causal_conv1d_fn);
+# "fused", flash-linear-attention's chunked kernels and causal-conv1d's; "auto", what transformers
+# picks when those packages are installed (fused: GPU users install them, as the model cards say)
+KERNELS = ("auto", "torch", "fused")
 ALL_LINEAR = "all-linear"
 # The modules a decoder's fine-tuning script trains whole beside the adapters (peft's
 # modules_to_save), each a vocab_size x hidden_size matrix.
@@ -167,6 +172,7 @@ class TrainSpec:
     double_quant: bool = True
     lora_dropout: float = 0.0  # peft's default
     attn_implementation: str = "auto"
+    kernels: str = "auto"  # KERNELS
     # peft's modules_to_save: whole modules trained beside the adapters ("embed_tokens", "lm_head")
     modules_to_save: tuple[str, ...] = ()
     num_gpus: int = 1  # data-parallel ranks; batch_size is per GPU
@@ -207,6 +213,8 @@ class TrainSpec:
         if self.attn_implementation not in ATTN_IMPLEMENTATIONS:
             problems.append(f"unknown attention implementation {self.attn_implementation!r} "
                             f"(choose from {', '.join(ATTN_IMPLEMENTATIONS)})")
+        if self.kernels not in KERNELS:
+            problems.append(f"unknown kernels {self.kernels!r} (choose from {', '.join(KERNELS)})")
         problems += self._parallel_problems()
         if problems:
             raise ValueError("; ".join(problems))
@@ -261,6 +269,18 @@ class TrainSpec:
     @property
     def is_dora(self) -> bool:
         return self.method in DORA_METHODS
+
+    def deltanet_kernels(self, model: "ModelSpec") -> str | None:
+        """The kernels ``model``'s Gated DeltaNet layers run: "torch" or "fused" (``auto`` is
+        fused, what transformers picks with flash-linear-attention and causal-conv1d installed);
+        None for a model without such layers. ValueError (one line) for ``fused`` asked of a
+        model that has none."""
+        if not any(k.layer.deltanet is not None for k in model.kinds):
+            if self.kernels == "fused":
+                raise ValueError(f"--kernels fused: {model.name} has no layer with a fused kernel (only Gated "
+                                 "DeltaNet layers have one: Qwen3.5, Qwen3-Next); use auto or torch")
+            return None
+        return "torch" if self.kernels == "torch" else "fused"
 
     def with_(self, **changes) -> "TrainSpec":
         return replace(self, **changes)
