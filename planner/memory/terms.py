@@ -16,7 +16,7 @@ from functools import lru_cache
 from planner.model import counts
 from planner.model import targets
 from planner.model import inventory as inv
-from planner.model.architectures import ATTENTION_INPUT_ROLES, MLP_INPUT_ROLES, NORM_READER_ROLES, Linear, Norm
+from planner.model.architectures import ATTENTION_INPUT_ROLES, DELTA_INPUT_ROLES, MLP_INPUT_ROLES, NORM_READER_ROLES, Linear, Norm
 from planner.model.specs import DTYPE_BYTES, ModelSpec, TrainSpec
 from planner.memory.variants import variant
 from planner.units import FP32, ceil_div
@@ -326,6 +326,10 @@ def attention_core_saved(model: ModelSpec, train: TrainSpec, prec: Precision) ->
     c here is :attr:`Precision.attention` (fp32 for 4-bit methods without autocast), and the
     probabilities :attr:`Precision.eager_probabilities`.
     """
+    if model.layer.deltanet is not None:  # a Gated DeltaNet layer's token mixer (planner.memory.deltanet)
+        from planner.memory import deltanet
+
+        return deltanet.core_saved(model, train, prec)
     t, c = train.tokens, prec.attention
     saved = t * (2 * model.q_dim + 2 * model.kv_dim) * c
     if model.layer.by_role("qkv") and prec.hidden == c:
@@ -524,6 +528,8 @@ def linear_inputs_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> 
         readers = 1 if moe else 2  # one attention input and one MLP input, shared
     mlp_inner = 0 if moe else model.intermediate_size
     attention_output_copy = t * model.q_dim * c if model.traits.rotary_concat or uses_eager(model, train) else 0
+    if model.layer.deltanet is not None:  # out_proj's input, the gated norm's output (a new tensor)
+        attention_output_copy = t * model.layer.deltanet.values * c
     return t * (readers * model.hidden_size + mlp_inner) * c + attention_output_copy
 
 
@@ -577,7 +583,9 @@ def layer_saved_sequence(model: ModelSpec, train: TrainSpec, prec: Precision) ->
     seq += adapters(*ATTENTION_INPUT_ROLES)
     seq += norms("q", "k")
     seq.append(("attention", attention_core_saved(model, train, prec)))
-    seq += adapters("o")
+    if layer.traits.output_gate:
+        seq.append(("output_gate", output_gate_saved(model, train, prec)))
+    seq += adapters("o", "delta_out")
     seq += norms("attn_out", "mlp_in", "mlp_out")
     moe = layer.moe
     if moe is not None and moe.shared_intermediate:
@@ -592,6 +600,14 @@ def layer_saved_sequence(model: ModelSpec, train: TrainSpec, prec: Precision) ->
         seq.append(("shared_output", shared_output_saved(model, train, prec)))
     seq.append(("linear_inputs", linear_inputs_saved(model, train, prec)))
     return tuple(seq)
+
+
+def output_gate_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
+    """A gated attention's output gate (Qwen3-Next, Qwen3.5: ``attn * sigmoid(gate)``, the gate
+    half of q_proj's output): the sigmoid's output, which the product keeps, T*q_dim in the
+    Linear outputs' dtype (the attention output it multiplies is the kernel's, kept already;
+    the product is o_proj's input, its adapter's or weight gradient's)."""
+    return train.tokens * model.q_dim * prec.hidden
 
 
 def layer_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
@@ -736,6 +752,8 @@ def first_layer_unrecorded(model: ModelSpec, train: TrainSpec, prec: Precision) 
     layer, t = model.layer, train.tokens
     roles = {lin.role for lin in layer.linears if lin.name in targets.targeted_names(model, train)}
     gq, gk, gv = ({r, "qkv"} & roles for r in ("q", "k", "v"))
+    if layer.deltanet is not None:  # a Gated DeltaNet keeps all of its set once a projection of its input is adapted
+        gq = gk = gv = roles & DELTA_INPUT_ROLES
     scores_grad = bool(gq or gk)
     out = sum(norm_saved(model, train, prec, n) for site, g in (("q", gq), ("k", gk)) if not g
               for n in layer.norms_at(site))
@@ -756,7 +774,7 @@ def first_layer_unrecorded(model: ModelSpec, train: TrainSpec, prec: Precision) 
             out += (0 if scores_grad else scores * FP32) + (0 if gv else scores * c)
     # a targeted module whose input needs no gradient keeps no dropout mask nor weight copy
     # (q, k and v: first_norm_unrecorded)
-    attention = bool(roles & (ATTENTION_INPUT_ROLES | {"o"}))
+    attention = bool(roles & (ATTENTION_INPUT_ROLES | {"o", "delta_out"}))
     no_grad_input = ({"o"} if not (gq or gk or gv) else set()) | (set() if attention else MLP_INPUT_ROLES)
     if not (attention or roles & MLP_INPUT_ROLES):
         no_grad_input.add("down")
