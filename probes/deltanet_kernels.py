@@ -16,7 +16,8 @@ kernels' autograd Functions keep for backward, with their shapes and dtypes:
   fp32 rstd per row; ``chunk_local_cumsum`` the fp32 cumulative g; ``chunk_gated_delta_rule_fwd_intra``
   (fla/ops/gated_delta_rule/chunk_fwd.py) the (B, T, H, 64) matrix A in k's dtype;
   ``ctx.save_for_backward(q, q_rstd, k, k_rstd, v, g, beta_raw, beta, A, initial_state, ...)``;
-  the output is ``o.to(q.dtype)``. Backward returns dq, dk, dv, dg, dbeta shaped as their inputs.
+  the output is ``o.to(q.dtype)``. Backward returns dq, dk, dv, dg, dbeta shaped as their inputs,
+  beside a workspace of the bytes its kernels hold at their peak (:func:`backward_workspace`).
 - ``causal_conv1d_fn`` (causal-conv1d, causal_conv1d/causal_conv1d_interface.py,
   ``CausalConv1dFn.forward``): SiLU inside the kernel, ``ctx.save_for_backward(x, weight, bias,
   seq_idx, initial_states)`` (x not copied when its channel stride is 1, as transformers'
@@ -88,16 +89,37 @@ def _(q, k, v, g, beta, scale):
             g.new_empty(b, t, h, dtype=torch.float32), k.new_empty(b, t, h, CHUNK))
 
 
+def backward_workspace(q: torch.Tensor, v: torch.Tensor) -> int:
+    """Bytes flash-linear-attention's backward holds at its peak beyond the gradients it
+    returns (fla/ops/gated_delta_rule/chunk.py, ``chunk_gated_delta_rule_bwd``, whose locals all
+    live until it returns): per (token, value head) in k's dtype, w and the w, k gradients
+    (``recompute_w_u_fwd``, ``chunk_bwd_dqkwg``, ``prepare_wy_repr_bwd``: dq, dk, dw, dk2, w:
+    5*dk), u, v_new and three v gradients (4*dv), db; in fp32 dg (one per key block of 64,
+    ``chunk_bwd_dqkwg``'s NK on a GPU tiling K by 64) and dg2; and per chunk the states h and
+    their gradients dh (``chunk_gated_delta_rule_fwd_h``, ``chunk_gated_delta_rule_bwd_dhu``:
+    2*B*N*H*dk*dv), less the returned gradients' own bytes."""
+    b, t, hk, dk = q.shape
+    h, dv = v.shape[2], v.shape[3]
+    c = q.element_size()
+    rows = b * t * h
+    chunks = -(-t // CHUNK)
+    peak = rows * ((5 * dk + 4 * dv + 1) * c + (-(-dk // 64) + 1) * 4) + 2 * b * chunks * h * dk * dv * c
+    returned = 2 * b * t * hk * dk * c + rows * (dv * c + 4 + c)
+    return max(peak - returned, 0)
+
+
 @torch.library.custom_op("ftmem_fla::chunk_gated_delta_rule_bwd", mutates_args=())
 def _chunk_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor,
-               beta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v), torch.zeros_like(g), torch.zeros_like(beta)
+               beta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                            torch.Tensor]:
+    return (torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v), torch.zeros_like(g), torch.zeros_like(beta),
+            torch.empty(backward_workspace(q, v), dtype=torch.uint8))
 
 
 @_chunk_bwd.register_fake
 def _(do, q, k, v, g, beta):
     return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(g),
-            torch.empty_like(beta))
+            torch.empty_like(beta), q.new_empty(backward_workspace(q, v), dtype=torch.uint8))
 
 
 def _chunk_setup(ctx, inputs, output):
@@ -109,7 +131,7 @@ def _chunk_setup(ctx, inputs, output):
 
 def _chunk_backward(ctx, do, *unused):
     qn, _, kn, _, vc, g_cum, beta, _ = ctx.saved_tensors
-    dq, dk, dv, dg, db = _chunk_bwd(do, qn, kn, vc, g_cum, beta)
+    dq, dk, dv, dg, db, _ = _chunk_bwd(do, qn, kn, vc, g_cum, beta)  # the workspace freed at once
     return dq, dk, dv, dg, db, None
 
 
