@@ -24,6 +24,13 @@ def targeted_linears(model: ModelSpec, targets: tuple[str, ...]) -> tuple[Linear
     layer (lm_head). Names are matched exactly against the layer's module names.
     """
     if ALL_LINEAR in targets:
+        moe = model.layer.moe
+        if moe is not None and moe.peft_converts and moe.shared_intermediate:
+            # peft's rewrite of all-linear for a converted family names gate_proj / up_proj /
+            # down_proj as the fused experts, so the shared expert's Linears of those names are
+            # left out; its sigmoid gate stays (tracer, tiny Qwen3-Next: LoRA on in_proj_qkvz,
+            # in_proj_ba, out_proj, q/k/v/o, the router, the experts and shared_expert_gate only)
+            return tuple(lin for lin in model.linears if lin.role not in ("shared_gate", "shared_up", "shared_down"))
         return model.linears
     known = model.linear_names
     unknown = [t for t in targets if not any(_matches(name, t) for name in known)]
