@@ -32,7 +32,21 @@ def targeted_linears(model: ModelSpec, targets: tuple[str, ...]) -> tuple[Linear
             # in_proj_ba, out_proj, q/k/v/o, the router, the experts and shared_expert_gate only)
             return tuple(lin for lin in model.linears if lin.role not in ("shared_gate", "shared_up", "shared_down"))
         return model.linears
-    known = model.linear_names
+    check_names(model, targets, all_names(model))
+    return tuple(lin for lin in model.linears if any(_matches(lin.name, t) for t in targets))
+
+
+def all_names(model: ModelSpec) -> tuple[str, ...]:
+    """The Linear names of every layer kind of ``model``, in order, once each."""
+    return tuple(dict.fromkeys(lin.name for kind in model.kinds for lin in kind.layer.linears))
+
+
+def check_names(model: ModelSpec, targets: tuple[str, ...], known: tuple[str, ...]) -> None:
+    """Refuse target module names that match none of ``known`` (the Linears of every kind of the
+    model), naming the closest. A view of one layer kind (ModelSpec.by_kind) checks nothing:
+    its whole model was checked (a hybrid's q_proj is in its full-attention kind only)."""
+    if ALL_LINEAR in targets or model.name.endswith("]"):
+        return
     unknown = [t for t in targets if not any(_matches(name, t) for name in known)]
     if unknown:
         hints = []
@@ -41,7 +55,6 @@ def targeted_linears(model: ModelSpec, targets: tuple[str, ...]) -> tuple[Linear
             hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
         raise ValueError(f"{model.name} has no module {', '.join(hints)}; "
                          f"its Linear modules are {', '.join(known)} (or use {ALL_LINEAR})")
-    return tuple(lin for lin in model.linears if any(_matches(lin.name, t) for t in targets))
 
 
 def _matches(name: str, target: str) -> bool:
@@ -144,10 +157,20 @@ def check_rank(model: ModelSpec, train: TrainSpec) -> None:
     """A LoRA rank above min(in, out) of a targeted layer cannot add expressiveness: refuse it."""
     if not train.is_adapter:
         return
+    check_names(model, train.target_modules, all_names(model))
+    for view in model.by_kind():
+        _check_rank(view, train)
+
+
+# Linears narrower than any usual rank that all-linear reaches and peft adapts anyway (lora_B (out, r)):
+# Qwen2-MoE's shared-expert gate (one output), a Gated DeltaNet's beta / decay projections (one
+# output per value head: 32 in Qwen3.5-35B-A3B, below a rank of 64)
+NARROW_ROLES = frozenset({"shared_scale", "delta_b", "delta_a", "delta_ba"})
+
+
+def _check_rank(model: ModelSpec, train: TrainSpec) -> None:
     for lin in targeted_linears(model, train.target_modules):
-        # Qwen2-MoE's shared-expert gate has one output: every rank exceeds it, peft adapts it
-        # anyway under all-linear (lora_B (1, r)), so it is not a reason to refuse a plan
-        if lin.role == "shared_scale":
+        if lin.role == "shared_scale" or (lin.role in NARROW_ROLES and ALL_LINEAR in train.target_modules):
             continue
         if train.rank > min(lin.in_features, lin.out_features):
             raise ValueError(f"rank {train.rank} is larger than {lin.name} "
