@@ -75,7 +75,8 @@ def _chunk_reference(q, k, v, g, beta, torch_chunk_gated_delta_rule):
     pad = (-t) % CHUNK
     g_cum = F.pad(g.float(), (0, 0, 0, pad)).reshape(b, -1, CHUNK, h).cumsum(2).reshape(b, -1, h)[:, :t].contiguous()
     a = torch.zeros(b, t, h, CHUNK, dtype=k.dtype)
-    return o.to(q.dtype), qn, q_rstd, kn, k_rstd, v.contiguous(), g_cum, a
+    # transformers' v is a slice of the conv output, never contiguous: input_guard copies it
+    return o.to(q.dtype), qn, q_rstd, kn, k_rstd, v.clone(memory_format=torch.contiguous_format), g_cum, a
 
 
 @_chunk_fwd.register_fake
