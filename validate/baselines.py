@@ -44,11 +44,12 @@ ALL_LINEAR = ("all-linear",)
 FIELDS = ("model", "method", "batch_size", "seq_len", "rank", "target_modules", "gradient_checkpointing",
           "dtype", "precision", "optim", "peak_allocated_bytes", "forward_bytes", "backward_bytes",
           "optimizer_bytes", "peak_phase", "torch", "transformers", "peft", "bitsandbytes",
-          "lora_dropout", "attn_implementation", "modules_to_save", "num_gpus", "sharding", "quant_type", "double_quant")
+          "lora_dropout", "attn_implementation", "modules_to_save", "num_gpus", "sharding", "quant_type", "double_quant",
+          "kernels")
 # Columns added after the first tables (tier 6's settings, tier 7's several GPUs), and what the
 # rows made before them used: a table without some of them reads with these values.
 ADDED_DEFAULTS = {"lora_dropout": "0.0", "attn_implementation": "auto", "modules_to_save": "",
-                  "num_gpus": "1", "sharding": "none", "quant_type": "nf4", "double_quant": "1"}
+                  "num_gpus": "1", "sharding": "none", "quant_type": "nf4", "double_quant": "1", "kernels": "auto"}
 
 # A small fixed set CI re-traces in seconds: a 4-layer Llama-shaped model (hidden 256,
 # GQA 8/4 heads, vocabulary 4096), every method, with and without checkpointing.
@@ -76,7 +77,7 @@ class Config:
                 ",".join(t.target_modules) if t.is_adapter else "", t.gradient_checkpointing, t.dtype, t.precision,
                 t.lora_dropout if t.is_adapter else 0.0, t.attn_implementation,
                 ",".join(t.modules_to_save) if t.is_adapter else "", t.num_gpus, t.sharding, t.optim,
-                t.quant_type if t.is_quantized else "nf4", t.double_quant or not t.is_quantized)
+                t.quant_type if t.is_quantized else "nf4", t.double_quant or not t.is_quantized, t.kernels)
 
 
 def _grid(models, methods, ranks_targets, dtype="bf16", precision="autocast") -> list[Config]:
@@ -140,7 +141,8 @@ def matrix() -> list[Config]:
              + _grid(PRECISION_MODELS, ("full",), [(8, "all")], dtype="fp16", precision="mixed")
              + _grid(PRECISION_MODELS, ("full",), [(8, "all")], dtype="bf16", precision="pure"))
     tier5 = [c for c in _grid(ARCHITECTURE_MODELS, METHODS, [(8, "all")]) if supports(c.model, c.train.method)]
-    return tier1 + tier2 + tier3 + tier4 + tier5 + settings_tier() + parallel_tier() + dense_families_tier() + moe_families_tier()
+    return (tier1 + tier2 + tier3 + tier4 + tier5 + settings_tier() + parallel_tier() + dense_families_tier()
+            + moe_families_tier() + deltanet_families_tier())
 
 
 # Tier 8: today's dense families, one catalog model of each cut to 2 layers at its real widths.
@@ -225,6 +227,7 @@ def row_from_trace(cfg: Config, measurement, versions: dict) -> dict:
         **{k: versions.get(f"{k}_version", "") for k in ("torch", "transformers", "peft", "bitsandbytes")},
         "num_gpus": t.num_gpus, "sharding": t.sharding,
         "quant_type": t.quant_type if t.is_quantized else "nf4", "double_quant": int(t.double_quant or not t.is_quantized),
+        "kernels": t.kernels,
     }
 
 
@@ -239,7 +242,8 @@ def config_of(row: dict) -> Config:
                       attn_implementation=row["attn_implementation"],
                       modules_to_save=tuple(row["modules_to_save"].split(",")) if row["modules_to_save"] else (),
                       num_gpus=int(row.get("num_gpus") or 1), sharding=row.get("sharding") or "none",
-                      quant_type=row.get("quant_type") or "nf4", double_quant=bool(int(row.get("double_quant") or 1)))
+                      quant_type=row.get("quant_type") or "nf4", double_quant=bool(int(row.get("double_quant") or 1)),
+                      kernels=row.get("kernels") or "auto")
     return Config(row["model"], train)
 
 
@@ -312,3 +316,23 @@ MOE_FAMILY_MODELS = ("qwen1.5-moe-a2.7b@2L", "olmoe-1b-7b@2L")
 def moe_families_tier() -> list[Config]:
     return [c for c in _grid(MOE_FAMILY_MODELS, METHODS, [(8, "all")]) if supports(c.model, c.train.method)]
 
+
+
+# ---------------------------------------------------------------- tier 10: issue 19's Gated DeltaNet hybrids
+# Qwen3.5 (dense), Qwen3.5-MoE and Qwen3-Next cut to 4 layers at real widths (three DeltaNet layers
+# and a gated full-attention one, the first four of their layer_types) under every method peft
+# accepts with all-linear, on both kernel paths (TrainSpec.kernels: the torch fallbacks and the
+# fused kernels' stand-ins, probes.deltanet_kernels), checkpointing off / on, batch 1 x seq
+# {512, 2048, 8192}: the torch path's chunk tables grow with the sequence, the fused one's do not.
+DELTANET_FAMILY_MODELS = ("qwen3.5-27b@4L", "qwen3.5-35b-a3b@4L", "qwen3-next-80b-a3b@4L")
+DELTANET_SEQS = (512, 2048, 8192)
+
+
+def deltanet_families_tier() -> list[Config]:
+    out = []
+    for seq, gc, kernels, method, model in itertools.product(DELTANET_SEQS, (False, True), ("torch", "fused"), METHODS,
+                                                              DELTANET_FAMILY_MODELS):
+        if supports(model, method):
+            out.append(Config(model, TrainSpec(method=method, rank=8, batch_size=1, seq_len=seq,
+                                               gradient_checkpointing=gc, dtype="bf16", kernels=kernels)))
+    return out

@@ -21,7 +21,10 @@ def test_matrix_size_by_hand():
     # tier 9: today's mixtures of experts x 5 methods x 8, less DoRA and QDoRA on OLMoE, whose
     # all-linear peft converts to fused experts (2 x 8): 2 x 40 - 16 = 64
     tier9 = len(B.MOE_FAMILY_MODELS) * 5 * 8 - 2 * 8
-    assert len(configs) == 440 + 1056 + 32 + 144 + 328 + 160 + 96 + tier8 + tier9 == 2360
+    # tier 10: the Gated DeltaNet hybrids x 5 methods x 2 kernel paths x 2 checkpointing x 3 seqs,
+    # less DoRA and QDoRA on Qwen3-Next, whose all-linear peft converts to fused experts (2 x 12)
+    tier10 = len(B.DELTANET_FAMILY_MODELS) * 5 * 12 - 2 * 12
+    assert len(configs) == 440 + 1056 + 32 + 144 + 328 + 160 + 96 + tier8 + tier9 + tier10 == 2516
     assert len({c.key() for c in configs}) == len(configs)
 
 
