@@ -122,3 +122,17 @@ def test_torch_path_grows_with_the_padded_chunks():
     step_torch = saved(65, "torch") - saved(64, "torch")
     assert step_torch > 50 * (saved(64, "torch") - saved(63, "torch"))  # a new chunk, not one token
     assert saved(65, "fused") - saved(64, "fused") == saved(64, "fused") - saved(63, "fused")
+
+
+def test_deltanet_time_terms_only_for_its_layers():
+    from planner.time.timing import deltanet_work
+
+    prec = terms.precision(TrainSpec(), "bf16")
+    assert deltanet_work(get_model("7b"), TrainSpec(), prec) == []
+    fused = deltanet_work(_tiny(), TrainSpec(seq_len=256), prec)
+    torch_path = deltanet_work(_tiny(), TrainSpec(seq_len=256, kernels="torch"), prec)
+    assert [w.term for w in fused] == ["deltanet/core"] * 2 and fused[0].layer and not fused[1].layer
+    assert fused[0].flops == torch_path[0].flops and torch_path[0].nbytes > fused[0].nbytes
+    # three DeltaNet layers of 256 tokens: conv 2*T*D*K + T*H*(4*64*dk + 2*64*dv + 6*dk*dv), by hand
+    per_layer = 2 * 256 * 128 * 4 + 256 * 4 * (4 * 64 * 16 + 2 * 64 * 16 + 6 * 16 * 16)
+    assert fused[0].flops == 3 * per_layer
