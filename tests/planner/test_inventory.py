@@ -20,10 +20,13 @@ def formula_trained(model, train) -> int:
     """Trainable parameters by the papers' per-module formulas."""
     if train.method == "full":
         return counts.total_params(model)
-    per_layer = sum(train.rank * (lin.in_features + lin.out_features) + (lin.out_features if train.is_dora else 0)
-                    for lin in targeted_linears(model, train.target_modules))
-    per_layer += sum(p.experts * p.rank * (p.in_features + p.out_features) for p in targeted_parameters(model, train))
-    return model.num_layers * per_layer + len(train.modules_to_save) * model.vocab_size * model.hidden_size
+    layers = 0
+    for view in model.by_kind():  # each layer kind (a hybrid's DeltaNet and attention layers differ)
+        per_layer = sum(train.rank * (lin.in_features + lin.out_features) + (lin.out_features if train.is_dora else 0)
+                        for lin in targeted_linears(view, train.target_modules))
+        per_layer += sum(p.experts * p.rank * (p.in_features + p.out_features) for p in targeted_parameters(view, train))
+        layers += view.num_layers * per_layer
+    return layers + len(train.modules_to_save) * model.vocab_size * model.hidden_size
 
 
 @pytest.mark.parametrize("name", model_names())
