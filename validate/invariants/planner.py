@@ -30,7 +30,9 @@ def target_sets(spec) -> dict[str, tuple[str, ...]]:
     """Named target-module sets for a model: all linear layers, attention q/v, the MLP (for a
     mixture of experts, whose MLP has no Linear, o_proj: its experts are in
     :func:`target_parameter_sets`)."""
-    names = spec.linear_names
+    from planner.model.targets import all_names
+
+    names = all_names(spec)  # every layer kind's (a hybrid's q_proj is in its full-attention layers)
     attention = tuple(n for n in names if n in ("q_proj", "v_proj", "qkv_proj"))
     mlp = tuple(n for n in names if n.split("_")[0] in ("gate", "up", "down")) or ("o_proj",)
     return {"all-linear": ("all-linear",), "attention": attention, "mlp": mlp}
