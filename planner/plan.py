@@ -185,12 +185,14 @@ def _as_gpu(gpu: str | GpuSpec) -> GpuSpec:
 
 def kernels_notes(model: ModelSpec, train: TrainSpec) -> tuple[str, ...]:
     """Which kernels the plan assumes for the Mamba-2 and short-convolution layers (a note), or
-    a ValueError when ``--kernels fused`` is asked of a model with no such layers."""
+    a ValueError when ``--kernels fused`` is asked of a model with no layer that has a fused kernel
+    (the Gated DeltaNet layers' note is the plan's own)."""
     mixers = [k for k in model.kinds if k.layer.mixer is not None]
     if not mixers:
-        if train.kernels == "fused":
-            raise ValueError(f"--kernels fused: {model.name} has no Mamba-2 or short-convolution layers, the only "
-                             "ones with fused kernels here (use --kernels auto or torch)")
+        if train.kernels == "fused" and not any(k.layer.deltanet is not None for k in model.kinds):
+            raise ValueError(f"--kernels fused: {model.name} has no layer with a fused kernel (the Gated DeltaNet, "
+                             "Mamba-2 and short-convolution layers of Qwen3.5, Qwen3-Next, Granite-4.0-H, Nemotron-H "
+                             "and LFM2 have one); use --kernels auto or torch")
         return ()
     from planner.memory.mixers import fused_refusal, kernels_path
 
@@ -224,6 +226,7 @@ def plan(model: str | ModelSpec, gpu: str | GpuSpec, train: TrainSpec | None = N
     train = train or TrainSpec()
     check_known(model.kinds)
     targets.check_rank(model, train)
+    path = train.deltanet_kernels(model)
     dtype, notes = resolve_dtype(train.dtype, gpu.bf16, gpu.name)
     notes = model.notes + notes + kernels_notes(model, train)
     if train.seq_len > model.max_position_embeddings:
@@ -244,6 +247,13 @@ def plan(model: str | ModelSpec, gpu: str | GpuSpec, train: TrainSpec | None = N
                   f"({model.intermediate_size}): a layer's backward can then outgrow the logits, a moment the "
                   "planner does not model in full; the plan may be low (by up to 5% with a 512-token vocabulary): "
                   "check it with probe --device fake",)
+    if path == "fused":
+        notes += ("Gated DeltaNet layers planned with the fused kernels (flash-linear-attention's chunked gated "
+                  "delta rule, causal-conv1d), what transformers runs with them installed (--kernels auto); "
+                  "--kernels torch plans its torch fallbacks",)
+    elif path == "torch":
+        notes += ("Gated DeltaNet layers planned with transformers' torch fallbacks (torch_chunk_gated_delta_rule, "
+                  "causal_conv1d_fn), what runs without flash-linear-attention and causal-conv1d",)
     if model.eager_attention:
         why = "attention sinks" if model.traits.attention_sinks else "attention logit softcapping"
         notes += (f"{model.name} uses {why}: planned with eager attention (seq x seq probabilities kept), "
@@ -293,7 +303,7 @@ def plan(model: str | ModelSpec, gpu: str | GpuSpec, train: TrainSpec | None = N
         "optim": train.optim, "gradient_checkpointing": train.gradient_checkpointing,
         "quant_type": train.quant_type, "double_quant": train.double_quant,
         "precision": train.precision, "lora_dropout": train.lora_dropout,
-        "attn_implementation": train.attn_implementation, "modules_to_save": list(train.modules_to_save),
+        "attn_implementation": train.attn_implementation, "kernels": train.kernels, "modules_to_save": list(train.modules_to_save),
     }
     if train.parallel:  # one-GPU plans keep exactly their settings
         settings.update(num_gpus=train.num_gpus, sharding=train.sharding, offload=train.offload)

@@ -14,6 +14,7 @@ from typing import Callable
 from planner import ModelSpec, TrainSpec
 
 from .build import ProbeModel, build, probe_model, resolve_precision
+from .deltanet_kernels import fused_kernels, wants_fused
 from .protocol import Measurement, measure_tracked
 from .step import make_optimizer, make_scaler, synthetic_batch
 
@@ -67,6 +68,7 @@ def measure(spec: ModelSpec | ProbeModel, train: TrainSpec, *, steps: int = 1, w
     model = build(spec, train, "cpu", weights)
     optimizer = make_optimizer(model.parameters(), train.optim, "cpu")
     ids = synthetic_batch(train.batch_size, train.seq_len, spec.vocab_size, "cpu")
-    return measure_tracked(model, optimizer, ids, precision, steps=steps, warmup=warmup,
-                           scaler=make_scaler(precision, "cpu", model.parameters()),
-                           force_flash=not spec.eager, tracker=tracker, on_step=on_step)
+    with fused_kernels(wants_fused(train)):
+        return measure_tracked(model, optimizer, ids, precision, steps=steps, warmup=warmup,
+                               scaler=make_scaler(precision, "cpu", model.parameters()),
+                               force_flash=not spec.eager, tracker=tracker, on_step=on_step)

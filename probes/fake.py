@@ -37,6 +37,7 @@ from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 from planner import ModelSpec, TrainSpec
 
 from .build import ProbeModel, build, probe_model
+from .deltanet_kernels import fused_kernels, wants_fused
 from .quant_state import replace_parts
 
 QUANT_ATTRS = ("blocksize", "compress_statistics", "quant_type", "quant_storage",
@@ -205,7 +206,7 @@ def trace(spec: ModelSpec | ProbeModel, train: TrainSpec, *, steps: int = 1, war
     model, mode = build_fake(spec, train)
     check_no_meta(model)
     ids = synthetic_batch(train.batch_size, train.seq_len, spec.vocab_size, "cpu")
-    with mode, plain_positions(), cuda_dropout():
+    with mode, plain_positions(), cuda_dropout(), fused_kernels(wants_fused(train)):
         fake_ids = mode.from_tensor(ids)
         optimizer = make_optimizer(model.parameters(), train.optim, "fake")
         scaler = make_scaler(precision, "fake", model.parameters())

@@ -143,7 +143,7 @@ def matrix() -> list[Config]:
              + _grid(PRECISION_MODELS, ("full",), [(8, "all")], dtype="bf16", precision="pure"))
     tier5 = [c for c in _grid(ARCHITECTURE_MODELS, METHODS, [(8, "all")]) if supports(c.model, c.train.method)]
     return (tier1 + tier2 + tier3 + tier4 + tier5 + settings_tier() + parallel_tier() + dense_families_tier()
-            + moe_families_tier() + hybrid_families_tier())
+            + moe_families_tier() + hybrid_families_tier() + deltanet_families_tier())
 
 
 # Tier 8: today's dense families, one catalog model of each cut to 2 layers at its real widths
@@ -389,4 +389,24 @@ def hybrid_families_tier() -> list[Config]:
         targets = NEMOTRON_H_TARGETS if model.startswith("nemotron-h") else ALL_LINEAR
         out.append(Config(model, TrainSpec(method=method, rank=8, target_modules=targets, batch_size=1, seq_len=seq,
                                            gradient_checkpointing=gc, dtype="bf16", kernels=kernels)))
+    return out
+
+
+# ---------------------------------------------------------------- tier 11: issue 19's Gated DeltaNet hybrids
+# Qwen3.5 (dense), Qwen3.5-MoE and Qwen3-Next cut to 4 layers at real widths (three DeltaNet layers
+# and a gated full-attention one, the first four of their layer_types) under every method peft
+# accepts with all-linear, on both kernel paths (TrainSpec.kernels: the torch fallbacks and the
+# fused kernels' stand-ins, probes.deltanet_kernels), checkpointing off / on, batch 1 x seq
+# {512, 2048, 8192}: the torch path's chunk tables grow with the sequence, the fused one's do not.
+DELTANET_FAMILY_MODELS = ("qwen3.5-27b@4L", "qwen3.5-35b-a3b@4L", "qwen3-next-80b-a3b@4L")
+DELTANET_SEQS = (512, 2048, 8192)
+
+
+def deltanet_families_tier() -> list[Config]:
+    out = []
+    for seq, gc, kernels, method, model in itertools.product(DELTANET_SEQS, (False, True), ("torch", "fused"), METHODS,
+                                                              DELTANET_FAMILY_MODELS):
+        if supports(model, method):
+            out.append(Config(model, TrainSpec(method=method, rank=8, batch_size=1, seq_len=seq,
+                                               gradient_checkpointing=gc, dtype="bf16", kernels=kernels)))
     return out

@@ -70,10 +70,19 @@ def _strategy(models: tuple[str, ...] = RANDOM_MODELS):
 
 def refused(model: str, train: TrainSpec) -> str | None:
     """Why the probe would refuse these settings, or None."""
-    from .baselines import supports
+    from .baselines import spec_for, supports
 
     if not supports(model, train.method):
         return "peft refuses DoRA on fused expert parameters"
+    if train.attn_implementation == "eager" and any(k.layer.mla is not None for k in spec_for(model).kinds):
+        return "eager attention with multi-head latent attention is not planned (the planner refuses it)"
+    if train.lora_dropout > 0 and train.is_adapter and spec_for(model).moe is not None:
+        from planner.model.targets import UnsupportedMethod, targeted_parameters
+
+        try:
+            targeted_parameters(spec_for(model), train)
+        except UnsupportedMethod as exc:  # LoRA dropout on fused experts (peft's ParamWrapper)
+            return str(exc)
     trained_fp16 = train.dtype == "fp16" and train.precision == "autocast" and (
         train.method == "full" or (train.modules_to_save and not train.is_quantized))
     if trained_fp16:

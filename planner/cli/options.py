@@ -38,17 +38,20 @@ def adapter_options(f):
 
 
 def training_options(f):
-    """--gradient-checkpointing, --precision, --quant-type, --double-quant, --attn-implementation."""
+    """--gradient-checkpointing, --precision, --quant-type, --double-quant, --attn-implementation, --kernels."""
     f = click.option("--attn-implementation", default="auto", show_default=True, type=click.Choice(ATTN_IMPLEMENTATIONS),
                      help="auto: what transformers picks for the model (SDPA; eager where the model needs it). "
                           "eager keeps seq x seq probabilities per layer; flash_attention_2 is planned as the "
                           "flash kernel (traced with SDPA's flash kernel on a CPU).")(f)
     f = click.option("--kernels", default="auto", show_default=True, type=click.Choice(KERNELS),
-                     help="Kernels of the Mamba-2 and short-convolution layers (Granite-4.0-H, Nemotron-H, LFM2). "
-                          "torch: transformers' torch fallback (the chunked scan in torch ops, F.conv1d); fused: "
-                          "mamba-ssm's mamba_split_conv1d_scan_combined and causal-conv1d's causal_conv1d_fn; auto: "
-                          "what transformers picks when those packages are installed, the fused kernel where one "
-                          "exists (it looks them up at import and falls back to torch without them).")(f)
+                     help="Kernels of the hybrids' recurrent layers: Gated DeltaNet (Qwen3.5, Qwen3-Next), Mamba-2 "
+                          "and short convolutions (Granite-4.0-H, Nemotron-H, LFM2). torch: transformers' torch "
+                          "fallbacks (torch_chunk_gated_delta_rule, Mamba-2's chunked scan in torch ops, F.conv1d), "
+                          "which keep per-chunk tensors; fused: flash-linear-attention's chunked gated delta rule, "
+                          "mamba-ssm's mamba_split_conv1d_scan_combined, causal-conv1d; auto: what transformers "
+                          "picks when those packages are installed (it looks them up at import and falls back to "
+                          "torch without them): fused where a kernel exists, since GPU users install them as the "
+                          "model cards say. Each plan says which path it assumes.")(f)
     f = click.option("--double-quant/--no-double-quant", default=True, show_default=True)(f)
     f = click.option("--quant-type", default="nf4", show_default=True, type=click.Choice(QUANT_TYPES))(f)
     f = click.option("--precision", default="autocast", show_default=True, type=click.Choice(PRECISIONS),

@@ -58,6 +58,7 @@ def header(model: ModelSpec, gpu: GpuSpec, train: TrainSpec, plan: Plan) -> str:
     s = plan.settings
     extra = "".join(f" {k}={v}" for k, v in (("lora_dropout", f"{s['lora_dropout']:g}"),
                                              ("attn_implementation", s["attn_implementation"]),
+                                             ("kernels", s.get("kernels", "auto")),
                                              ("modules_to_save", ",".join(s["modules_to_save"])))
                     if v not in ("0", "auto", ""))
     return (f"plan: model={model.name} gpu={gpu.name} ({gib(gpu.memory_bytes)} GiB) "

@@ -121,7 +121,7 @@ def layer_locals(model: ModelSpec, train: TrainSpec, prec: Precision, lin: Linea
         total += t * h * s  # the layer's input (the input norm kept an fp32 copy, not it)
     if not in_attention and (gc or s != FP32):
         total += t * h * s  # the attention block's sum
-    if role in ("o", "down"):
+    if role in ("o", "down", "delta_out"):
         total += t * h * s
     if gc and role == "up":
         total += t * model.intermediate_size * prec.hidden
@@ -215,7 +215,8 @@ def eager_scores(model: ModelSpec, train: TrainSpec) -> int:
     """batch * heads * seq * seq: the number of attention scores of one layer whose softmax
     runs eagerly; 0 for SDPA / flash and for attention with sinks (gpt-oss's own path,
     :func:`attention_core_saved`)."""
-    if not uses_eager(model, train) or model.traits.attention_sinks:
+    if (not uses_eager(model, train) or model.traits.attention_sinks or model.layer.deltanet is not None
+            or not model.layer.by_role("q", "qkv")):  # (a layer without attention: a Mamba-2 or MLP-only one)
         return 0
     return train.batch_size * model.num_heads * train.seq_len * train.seq_len
 

@@ -253,11 +253,24 @@ def step_context(model: ModelSpec, train: TrainSpec, dtype: str) -> Step:
     )
     grads = C.grads(model, train, prec)
     opt_transient = C.optimizer_transient(model, train, prec)
+    layer = _worst_last_layer(model, train, prec)
     if not train.parallel:
-        return Step(model, train, prec, persistent, grads, grads, opt_transient, _NO_PARALLEL)
+        return Step(model, train, prec, persistent, grads, grads, opt_transient, _NO_PARALLEL, layer)
     persistent, grads, end_grads, opt_transient, parallel = _per_gpu(model, train, prec, persistent, grads,
                                                                      opt_transient)
-    return Step(model, train, prec, persistent, grads, end_grads, opt_transient, parallel)
+    return Step(model, train, prec, persistent, grads, end_grads, opt_transient, parallel, layer)
+
+
+def _worst_last_layer(model: ModelSpec, train: TrainSpec, prec: C.Precision) -> int:
+    """The layer the in-layer moments of the step's end read (:attr:`Step.layer`): the last one,
+    or, where the kinds' layouts differ (a Gated DeltaNet hybrid), the last layer of the kind
+    that keeps the most (its recomputation and transients are the larger; backward reaches it a
+    layer or two after the last, with as good as the same state)."""
+    if len({k.layer.linears for k in model.kinds}) < 2:
+        return -1
+    views = model.by_kind()
+    worst = max(range(len(views)), key=lambda i: C.layer_saved(views[i], train, prec))
+    return model.kinds[worst].indices[-1]
 
 
 def _NO_PARALLEL(moment: str) -> dict[str, int]:  # one GPU: no parallel terms

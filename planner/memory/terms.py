@@ -16,8 +16,9 @@ from functools import lru_cache
 from planner.model import counts
 from planner.model import targets
 from planner.model import inventory as inv
-from planner.model.architectures import (ATTENTION_INPUT_ROLES, ATTENTION_ROLES, K_SIDE, LATENT_ROLES, MIXER_INPUT_ROLES,
-                                         MLP_INPUT_ROLES, NORM_READER_ROLES, Q_SIDE, V_SIDE, Linear, Norm)
+from planner.model.architectures import (ATTENTION_INPUT_ROLES, ATTENTION_ROLES, DELTA_INPUT_ROLES, K_SIDE, LATENT_ROLES,
+                                         MIXER_INPUT_ROLES, MLP_INPUT_ROLES, NORM_READER_ROLES, Q_SIDE, V_SIDE, Linear,
+                                         Norm)
 from planner.model.specs import DTYPE_BYTES, ModelSpec, TrainSpec
 from planner.memory.variants import variant
 from planner.units import FP32, ceil_div
@@ -399,6 +400,10 @@ def attention_core_saved(model: ModelSpec, train: TrainSpec, prec: Precision) ->
     c here is :attr:`Precision.attention` (fp32 for 4-bit methods without autocast), and the
     probabilities :attr:`Precision.eager_probabilities`.
     """
+    if model.layer.deltanet is not None:  # a Gated DeltaNet layer's token mixer (planner.memory.deltanet)
+        from planner.memory import deltanet
+
+        return deltanet.core_saved(model, train, prec)
     t, c = train.tokens, prec.attention
     if model.layer.mla is not None:
         return mla_attention_saved(model, train, prec)
@@ -731,6 +736,8 @@ def attn_temperature_saved(model: ModelSpec, train: TrainSpec, prec: Precision) 
     (log1p(floor((pos + 1) / floor_scale)) * attn_scale + 1, expanded over the batch), which the
     product keeps: seq*4."""
     return train.seq_len * FP32 if model.traits.attn_temperature else 0
+
+
 def sigmoid_router_saved(model: ModelSpec, train: TrainSpec, prec: Precision, trained: bool) -> tuple[int, int]:
     """DeepSeek-V3's router (GLM-4.5's alike; transformers 5.23 DeepseekV3TopkRouter): one MoE
     layer's saved set, and the bytes of one routing weight. The router casts its input and
@@ -860,6 +867,8 @@ def linear_inputs_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> 
     o = model.layer.by_role("o")
     o_in = o[0].in_features if o else model.q_dim  # (MLA: heads x v dims; a layer without attention copies nothing)
     attention_output_copy = t * o_in * c if model.traits.rotary_concat or uses_eager(model, train) else 0
+    if model.layer.deltanet is not None:  # out_proj's input, the gated norm's output (a new tensor)
+        attention_output_copy = t * model.layer.deltanet.values * c
     # MLA's q_b / kv_b keep their inputs, the latent norms' outputs
     latents = sum(lin.in_features for lin in model.layer.by_role("q_b", "kv_b"))
     return t * (readers * model.hidden_size + mlp_inner + latents) * c + attention_output_copy
@@ -927,7 +936,9 @@ def layer_saved_sequence(model: ModelSpec, train: TrainSpec, prec: Precision) ->
         seq += norms("q", "k", "v")
         seq.append(("qk_l2_norm", qk_l2_norm_saved(model, train, prec) + attn_temperature_saved(model, train, prec)))
         seq.append(("attention", attention_core_saved(model, train, prec)))
-        seq += adapters("o")
+        if layer.traits.output_gate:
+            seq.append(("output_gate", output_gate_saved(model, train, prec)))
+        seq += adapters("o", "delta_out")
     seq += norms("attn_out", "mlp_in", "mlp_out")
     moe = layer.moe
     shared = []
@@ -957,6 +968,14 @@ def layer_saved_sequence(model: ModelSpec, train: TrainSpec, prec: Precision) ->
         seq += norms("ple_out")
     seq.append(("linear_inputs", linear_inputs_saved(model, train, prec)))
     return tuple(seq)
+
+
+def output_gate_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
+    """A gated attention's output gate (Qwen3-Next, Qwen3.5: ``attn * sigmoid(gate)``, the gate
+    half of q_proj's output): the sigmoid's output, which the product keeps, T*q_dim in the
+    Linear outputs' dtype (the attention output it multiplies is the kernel's, kept already;
+    the product is o_proj's input, its adapter's or weight gradient's)."""
+    return train.tokens * model.q_dim * prec.hidden
 
 
 def layer_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
@@ -1140,6 +1159,8 @@ def first_layer_unrecorded(model: ModelSpec, train: TrainSpec, prec: Precision) 
         # otherwise planned as kept (a bound)
         return 0
     gq, gk, gv = (side & roles for side in (Q_SIDE, K_SIDE, V_SIDE))
+    if layer.deltanet is not None:  # a Gated DeltaNet keeps all of its set once a projection of its input is adapted
+        gq = gk = gv = roles & DELTA_INPUT_ROLES
     scores_grad = bool(gq or gk)
     out = sum(norm_saved(model, train, prec, n) for site, g in (("q", gq), ("k", gk)) if not g
               for n in layer.norms_at(site))

@@ -43,6 +43,15 @@ kv_a       the joint k / v down-projection to kv_lora_rank,     kv_a_proj_with_m
            plus the one rope key every head shares
 kv_b       every head's k nope dims and v dims, from the        kv_b_proj
            normed kv latent
+delta_qkv  a Gated DeltaNet's q, k, v projection from the       linear_attn.in_proj_qkv
+           normed input, into its depthwise causal conv1d       (Qwen3.5)
+delta_     the same with the output gate z fused (split after   linear_attn.in_proj_qkvz
+qkvz       it; z skips the conv)                                (Qwen3-Next)
+delta_z    the gate z of the DeltaNet's gated RMSNorm           linear_attn.in_proj_z
+delta_b,   the per-value-head write strength beta (sigmoid)     linear_attn.in_proj_b,
+delta_a    and decay input a (h -> value heads each)            in_proj_a (Qwen3.5)
+delta_ba   the two fused (split after it)                       linear_attn.in_proj_ba (Qwen3-Next)
+delta_out  the DeltaNet's output projection (value dim -> h)    linear_attn.out_proj
 =========  ===================================================  ==============================
 
 Mixers that are not attention (a layer's ``mixer``, planner.model.architectures.Mamba2 and
@@ -51,6 +60,13 @@ ShortConv) also hold parameters that are not Linear weights: Mamba-2's depthwise
 (d_inner); a short convolution's depthwise conv weight (h, 1, K) and optional bias. The
 inventory (planner.model.inventory) lists them; peft's all-linear adapts none of them (Conv1d
 is not a Linear) and bitsandbytes quantizes none (it swaps nn.Linear modules only).
+
+A Gated DeltaNet layer (Yang et al. 2024, "Gated Delta Networks"; transformers'
+modeling_qwen3_5.Qwen3_5GatedDeltaNet) also holds parameters that are not Linears: the
+conv1d's depthwise weight (conv_dim, 1, kernel) with conv_dim = 2*key_dim + value_dim, the
+per-value-head ``A_log`` and ``dt_bias``, and the gated RMSNorm's weight over one value head
+(:class:`DeltaNet`; the inventory lists them). Its full-attention layers (``output_gate``)
+double q_proj: half of its output is a per-element gate, ``attn * sigmoid(gate)``, before o_proj.
 
 Sites of a norm: ``attn_in`` (before attention), ``attn_out`` (on the attention output:
 sandwich and post-norm layers), ``mlp_in``, ``mlp_out``, ``q`` / ``k`` (qk-norm), ``v`` (a
@@ -67,13 +83,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-# (multi-head latent attention's q_a / kv_a read the normed input; q_b / kv_b their latent norms' outputs)
-ATTENTION_INPUT_ROLES = frozenset({"q", "k", "v", "qkv", "q_a", "kv_a"})
+# a Gated DeltaNet's projections of the layer's normed input, and its output projection
+DELTA_INPUT_ROLES = frozenset({"delta_qkv", "delta_qkvz", "delta_z", "delta_b", "delta_a", "delta_ba"})
+DELTA_ROLES = DELTA_INPUT_ROLES | {"delta_out"}
+# the token mixer's projections of the normed input: attention's (multi-head latent attention's
+# q_a / kv_a read the normed input; q_b / kv_b their latent norms' outputs), or a Gated DeltaNet's
+ATTENTION_INPUT_ROLES = frozenset({"q", "k", "v", "qkv", "q_a", "kv_a"}) | DELTA_INPUT_ROLES
 LATENT_ROLES = frozenset({"q_b", "kv_b"})
 MLP_INPUT_ROLES = frozenset({"gate", "up", "gate_up", "fc_in"})
 # Linears that read the layer's normed input (the attention and MLP inputs).
 NORM_READER_ROLES = ATTENTION_INPUT_ROLES | MLP_INPUT_ROLES
-ATTENTION_ROLES = ATTENTION_INPUT_ROLES | LATENT_ROLES | {"o"}
+ATTENTION_ROLES = ATTENTION_INPUT_ROLES | LATENT_ROLES | {"o", "delta_out"}
 # the attention modules whose gradients reach q, k and v (MLA's kv_a and kv_b make both k and v)
 Q_SIDE, K_SIDE, V_SIDE = (frozenset({"q", "qkv", "q_a", "q_b"}), frozenset({"k", "qkv", "kv_a", "kv_b"}),
                           frozenset({"v", "qkv", "kv_a", "kv_b"}))
@@ -182,6 +202,7 @@ class Traits:
     # the layer reads the keys and values an earlier layer of its attention type made (Gemma 4's
     # num_kv_shared_layers): no k / v projections or norms of its own, and nothing of k, v kept twice
     kv_shared: bool = False
+    output_gate: bool = False  # q_proj also makes a per-element gate: o_proj reads attn * sigmoid(gate) (Qwen3-Next)
 
 
 @dataclass(frozen=True)
@@ -302,6 +323,36 @@ class MLA:
 
 
 @dataclass(frozen=True)
+class DeltaNet:
+    """A Gated DeltaNet token mixer (transformers 5.23 modeling_qwen3_5.Qwen3_5GatedDeltaNet,
+    modeling_qwen3_next.Qwen3NextGatedDeltaNet): key heads of ``key_dim`` for q and k, value
+    heads of ``value_dim`` for v and the gate z, a depthwise causal conv1d of ``conv_kernel``
+    taps over q, k and v, the gated delta rule per value head, a gated RMSNorm over each value
+    head, out_proj. Its Linears are in :attr:`Layer.linears` with the ``delta_*`` roles."""
+
+    key_heads: int
+    value_heads: int
+    key_dim: int
+    value_dim: int
+    conv_kernel: int
+
+    @property
+    def keys(self) -> int:
+        """key_heads * key_dim: the width of q and of k."""
+        return self.key_heads * self.key_dim
+
+    @property
+    def values(self) -> int:
+        """value_heads * value_dim: the width of v, z and the output."""
+        return self.value_heads * self.value_dim
+
+    @property
+    def conv_dim(self) -> int:
+        """The conv1d's channels: q, k and v."""
+        return 2 * self.keys + self.values
+
+
+@dataclass(frozen=True)
 class Layer:
     """One decoder layer (every layer of its kind alike): its Linears in forward order, norms,
     traits, its mixture of experts and its mixer when that is not attention (Mamba-2, a short
@@ -313,6 +364,7 @@ class Layer:
     moe: MoE | None = None
     mixer: Mamba2 | ShortConv | None = None
     mla: MLA | None = None
+    deltanet: DeltaNet | None = None  # a Gated DeltaNet in place of attention (its kind "linear_attention")
 
     def by_role(self, *roles: str) -> tuple[Linear, ...]:
         return tuple(lin for lin in self.linears if lin.role in roles)
@@ -328,11 +380,12 @@ class Layer:
 # DeepSeek-V3, GLM-4.5), their Linears differ; in the hybrids (planner.model.hybrids) "mamba2"
 # (a Mamba-2 mixer), "short_conv" (LFM2's gated short convolution), "attention" (attention in a
 # hybrid) and "mlp" (an MLP-only layer, Nemotron-H); "shared_kv_" ones where a layer reads an
-# earlier layer's keys and values (Gemma 4). A kind the formulas do not know is refused by name.
+# earlier layer's keys and values (Gemma 4); "linear_attention": a Gated DeltaNet layer (Qwen3-Next,
+# Qwen3.5), beside their gated "full_attention" ones. A kind the formulas do not know is refused by name.
 SHARED_KV_PREFIX = "shared_kv_"
 KNOWN_KINDS = ("decoder", "sliding_attention", "full_attention", "chunked_attention", "dense", "moe", "mamba2",
                "short_conv", "attention", "mlp", SHARED_KV_PREFIX + "sliding_attention",
-               SHARED_KV_PREFIX + "full_attention")
+               SHARED_KV_PREFIX + "full_attention", "linear_attention")
 # Where a model's layers differ in their MLP too (Llama 4 Maverick: a dense MLP between MoE
 # layers), a kind's name is its attention kind and its MLP kind joined by "/": "chunked_attention/dense"
 MLP_KINDS = ("dense", "moe")
@@ -437,6 +490,12 @@ class Architecture:
     # "uniform": every kind has the model's widths; "gemma4": per-kind widths, KV-shared kinds and
     # per-layer inputs read from the config (:func:`_gemma4_kinds`)
     layout: str = "uniform"
+    # a hybrid of Gated DeltaNet ("linear_attention") and gated full-attention layers by the config's
+    # layer_types: "split" (Qwen3.5: in_proj_qkv, in_proj_z, in_proj_b, in_proj_a) or "fused"
+    # (Qwen3-Next: in_proj_qkvz, in_proj_ba); None: attention only
+    deltanet: str | None = None
+    # the config field of the dense MLP's width (Qwen3.5-MoE has no dense MLP and no intermediate_size)
+    intermediate_field: str = "intermediate_size"
 
 
 SANDWICH = (("input_layernorm", "attn_in"), ("post_attention_layernorm", "attn_out"),
@@ -548,6 +607,23 @@ TABLE: dict[str, Architecture] = {
     "apertus": Architecture(norm_sites=(("attention_layernorm", "attn_in"), ("feedforward_layernorm", "mlp_in")),
                             mlp="plain", plain_names=("up_proj", "down_proj"),
                             traits=Traits(qk_norm="head", activation="xielu")),
+    # Qwen3.5 / Qwen3-Next (modeling_qwen3_5.py, modeling_qwen3_5_moe.py, modeling_qwen3_next.py):
+    # layer_types mix Gated DeltaNet layers ("linear_attention") with full-attention ones (every
+    # full_attention_interval-th, 4 by default) whose q_proj also makes an output gate; per-head
+    # q/k norms; RoPE on partial_rotary_factor (0.25 by default) of each head, joined with
+    # torch.cat; every RMSNorm zero-centred, (1 + w) multiplied in fp32 (Gemma's); head_dim 256
+    # by default. Qwen3.5-MoE and Qwen3-Next: routed experts and a gated shared expert (Qwen2-MoE's).
+    "qwen3_5_text": Architecture(norm_sites=(("input_layernorm", "attn_in"), ("post_attention_layernorm", "mlp_in")),
+                                 deltanet="split", head_dim_default=256,
+                                 traits=Traits(norm="rms_fp32_out", qk_norm="head", rotary_concat=True,
+                                               rotary_fraction=0.25)),
+    "qwen3_5_moe_text": Architecture(deltanet="split", head_dim_default=256, moe="qwen3_5_moe",
+                                     intermediate_field="moe_intermediate_size",
+                                     traits=Traits(norm="rms_fp32_out", qk_norm="head", rotary_concat=True,
+                                                   rotary_fraction=0.25)),
+    "qwen3_next": Architecture(deltanet="fused", head_dim_default=256, moe="qwen_next",
+                               traits=Traits(norm="rms_fp32_out", qk_norm="head", rotary_concat=True,
+                                             rotary_fraction=0.25)),
     "mixtral": Architecture(sliding="all", moe="mixtral"),
     # Qwen2-MoE (Qwen1.5-MoE): Qwen2's attention (q/k/v biases, the config's qkv_bias), routed
     # fused experts and a shared expert of Linear modules with its own sigmoid gate
@@ -640,6 +716,8 @@ def describe(arch: Architecture, config: dict, dims: Dims) -> tuple[LayerKind, .
     "full_attention" where some layers attend within a window (the config's layer_types, or
     the family's rule); "dense" and "moe" where the first first_k_dense_replace layers have a
     dense MLP before the mixture-of-experts layers (DeepSeek-V3, GLM-4.5)."""
+    if arch.deltanet:
+        return _hybrid(arch, config, dims)
     if arch.layout == "gemma4":
         return _gemma4_kinds(arch, config, dims)
     if arch.llama4_layers:
@@ -778,6 +856,75 @@ class NotPlannedLayout(LayoutError):
     the tracer measures it (`probe --device fake`)."""
 
 
+HYBRID_TYPES = ("linear_attention", "full_attention")
+
+
+def _hybrid(arch: Architecture, config: dict, dims: Dims) -> tuple[LayerKind, ...]:
+    """A Gated DeltaNet hybrid's kinds: "linear_attention" layers (the DeltaNet, then the MLP)
+    and gated "full_attention" ones, by the config's layer_types, else every
+    full_attention_interval-th layer full (transformers' Qwen3_5TextConfig / Qwen3NextConfig
+    default, 4). A layer type the table does not know is refused, naming it."""
+    types = config.get("layer_types")
+    if not isinstance(types, list) or not types:
+        interval = config.get("full_attention_interval", 4)
+        if not isinstance(interval, int) or interval < 1:
+            raise LayoutError(f"config field 'full_attention_interval' must be a positive integer, got {interval!r}")
+        types = ["full_attention" if (i + 1) % interval == 0 else "linear_attention" for i in range(dims.layers)]
+    if len(types) < dims.layers:
+        raise LayoutError(f"config field 'layer_types' lists {len(types)} layers, num_hidden_layers is {dims.layers}")
+    for i, t in enumerate(types[:dims.layers]):
+        if t not in HYBRID_TYPES:
+            raise LayoutError(f"layer_types[{i}] is {t!r}, a layer type the architecture table does not know for "
+                              f"this family (known: {', '.join(HYBRID_TYPES)})")
+    full = _layer(arch, config, dims)
+    q = full.by_role("q")[0]
+    gated = replace(full, linears=tuple(replace(lin, out_features=2 * q.out_features) if lin is q else lin
+                                        for lin in full.linears),
+                    traits=replace(full.traits, output_gate=True))
+    linear = _deltanet_layer(arch, config, dims, full)
+    out = []
+    for name, layer in (("linear_attention", linear), ("full_attention", gated)):
+        indices = tuple(i for i, t in enumerate(types[:dims.layers]) if t == name)
+        if indices:
+            out.append(LayerKind(name, layer, indices))
+    return tuple(out)
+
+
+DELTANET_FIELDS = ("linear_num_key_heads", "linear_num_value_heads", "linear_key_head_dim", "linear_value_head_dim",
+                   "linear_conv_kernel_dim")
+DELTANET_DEFAULTS = {"linear_num_key_heads": 16, "linear_num_value_heads": 32, "linear_key_head_dim": 128,
+                     "linear_value_head_dim": 128, "linear_conv_kernel_dim": 4}  # the configs' class defaults
+
+
+def _deltanet_layer(arch: Architecture, config: dict, dims: Dims, full: Layer) -> Layer:
+    """A Gated DeltaNet layer: the full layer's norms (without the q/k norms) and MLP, its
+    attention replaced by the DeltaNet's Linears (no biases)."""
+    values = {}
+    for name in DELTANET_FIELDS:
+        value = config.get(name, DELTANET_DEFAULTS[name])
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise LayoutError(f"config field {name!r} must be a positive integer, got {value!r}")
+        values[name] = value
+    net = DeltaNet(values["linear_num_key_heads"], values["linear_num_value_heads"], values["linear_key_head_dim"],
+                   values["linear_value_head_dim"], values["linear_conv_kernel_dim"])
+    if net.value_heads % net.key_heads:
+        raise LayoutError(f"config field 'linear_num_value_heads' ({net.value_heads}) must be a multiple of "
+                          f"'linear_num_key_heads' ({net.key_heads})")
+    h, vh = dims.hidden, net.value_heads
+    if arch.deltanet == "fused":
+        mixer = (Linear("linear_attn.in_proj_qkvz", h, net.conv_dim + net.values, False, "delta_qkvz"),
+                 Linear("linear_attn.in_proj_ba", h, 2 * vh, False, "delta_ba"))
+    else:
+        mixer = (Linear("linear_attn.in_proj_qkv", h, net.conv_dim, False, "delta_qkv"),
+                 Linear("linear_attn.in_proj_z", h, net.values, False, "delta_z"),
+                 Linear("linear_attn.in_proj_b", h, vh, False, "delta_b"),
+                 Linear("linear_attn.in_proj_a", h, vh, False, "delta_a"))
+    mixer += (Linear("linear_attn.out_proj", net.values, h, False, "delta_out"),)
+    mlp = tuple(lin for lin in full.linears if lin.role not in ATTENTION_ROLES)
+    norms = tuple(n for n in full.norms if n.site not in ("q", "k"))
+    return replace(full, linears=mixer + mlp, norms=norms, deltanet=net)
+
+
 def _shared_expert(moe: MoE, h: int) -> tuple[Linear, ...]:
     """A mixture of experts' shared expert as Linear modules, in forward order (Qwen2-MoE runs
     it before the router, and its sigmoid gate after the routed experts)."""
@@ -800,14 +947,15 @@ def _moe(kind: str, config: dict, dims: Dims) -> MoE:
     ``target_parameters``); for gpt-oss it adapts the attention Linears only."""
     experts = config.get("num_local_experts") or config.get("num_experts") or config.get("n_routed_experts")
     top_k = config.get("num_experts_per_tok") or config.get("experts_per_token")
-    inter = config.get("moe_intermediate_size") if kind in ("qwen", "qwen2", "deepseek") else dims.intermediate
+    inter = config.get("moe_intermediate_size") if kind in ("qwen", "qwen2", "deepseek", "qwen_next", "qwen3_5_moe") \
+        else dims.intermediate
     for field_name, value in (("num_local_experts", experts), ("num_experts_per_tok", top_k),
                               ("moe_intermediate_size", inter)):
         if value is None:
             raise LayoutError(f"config.json lacks the field {field_name!r}, which the architecture table needs")
         if not isinstance(value, int) or value < 1:
             raise LayoutError(f"config field {field_name!r} must be a positive integer, got {value!r}")
-    if kind in ("qwen", "qwen2") and (config.get("mlp_only_layers") or (config.get("decoder_sparse_step") or 1) != 1):
+    if kind in ("qwen", "qwen2", "qwen_next", "qwen3_5_moe") and (config.get("mlp_only_layers") or (config.get("decoder_sparse_step") or 1) != 1):
         raise LayoutError("dense layers between the MoE layers (mlp_only_layers, decoder_sparse_step) are not "
                           "planned yet: use probe --device fake")
     if kind == "mixtral":
@@ -821,7 +969,7 @@ def _moe(kind: str, config: dict, dims: Dims) -> MoE:
         # transformers maps olmoe to the "qwen2_moe" conversion pattern: peft's all-linear adapts
         # the router and the fused experts (gate_up at 2r) as for Qwen3-MoE (tracer)
         return MoE(experts, top_k, inter, renormalize=bool(config.get("norm_topk_prob", False)), peft_converts=True)
-    if kind == "qwen2":
+    if kind in ("qwen2", "qwen_next", "qwen3_5_moe"):
         # peft 0.21 rewrites all-linear to the fused experts only for the model types transformers'
         # conversion_mapping sends to the "qwen2_moe" pattern; qwen2_moe itself is not one of them,
         # so all-linear adapts the attention and the shared expert's Linears (tracer)
@@ -829,8 +977,12 @@ def _moe(kind: str, config: dict, dims: Dims) -> MoE:
         if not isinstance(shared, int) or shared < 1:
             raise LayoutError("config.json lacks the field 'shared_expert_intermediate_size', which the "
                               "architecture table needs")
-        return MoE(experts, top_k, inter, renormalize=bool(config.get("norm_topk_prob", False)),
-                   shared_intermediate=shared, shared_scale=True)
+        # (transformers maps qwen3_next to that pattern: all-linear adapts its fused experts too;
+        # qwen3_5_moe is not mapped)
+        # Qwen3-Next's norm_topk_prob defaults to True; Qwen3.5-MoE's router always renormalizes
+        renormalize = kind == "qwen3_5_moe" or bool(config.get("norm_topk_prob", kind == "qwen_next"))
+        return MoE(experts, top_k, inter, renormalize=renormalize, shared_intermediate=shared, shared_scale=True,
+                   peft_converts=kind == "qwen_next")
     if kind == "llama4":
         # Llama4TextMoe: the shared expert is a Llama4TextMLP intermediate_size wide; peft's
         # all-linear adapts its Linears, not the experts (and the router is left out: see
@@ -883,6 +1035,8 @@ def _llama4_kinds(arch: Architecture, config: dict, dims: Dims) -> tuple[LayerKi
         name = f"{attention}/{'moe' if is_moe else 'dense'}" if mixed else attention
         kinds.append(LayerKind(name, replace(layer, traits=traits), tuple(indices)))
     return tuple(kinds)
+
+
 def _deepseek_moe(config: dict, experts: int, top_k: int, inter: int) -> MoE:
     """DeepSeek-V3's mixture of experts (GLM-4.5's alike; transformers 5.23 DeepseekV3MoE,
     Glm4MoeMoE): an fp32 sigmoid router with group-limited top-k (DeepseekV3TopkRouter), fused

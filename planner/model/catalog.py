@@ -135,7 +135,7 @@ def model_from_config(config: dict, name: str, hf_id: str | None = None,
             "any decoder transformers can build, exactly", name, config)
     vocab = _require_int(config, "vocab_size", name)
     hidden = _require_int(config, "hidden_size", name)
-    inter = _require_int(config, "intermediate_size", name)
+    inter = _require_int(config, arch.intermediate_field, name)
     layers = _require_int(config, "num_hidden_layers", name)
     heads = _require_int(config, "num_attention_heads", name)
     kv_heads = config.get("num_key_value_heads") or heads

@@ -48,7 +48,8 @@ class Tensor:
     path: str
     shape: tuple[int, ...]
     role: str  # embedding, lm_head, final_norm, norm, linear, bias, router, router_bias, experts,
-    #            expert_bias, sinks, activation, conv, ssm, lora_A, lora_B, magnitude
+    #            expert_bias, sinks, activation, conv (a DeltaNet's or Mamba-2's conv1d), ssm,
+    #            delta_param (a DeltaNet's A_log, dt_bias), lora_A, lora_B, magnitude
     kind: str = "decoder"  # the layer kind that holds it, or ROOT
     layers: int = 1  # how many layers hold one (1 for the root's)
     treatment: str = "frozen"
@@ -138,6 +139,14 @@ def _layer_tensors(model: ModelSpec, layer, kind: str, n: int) -> list[Tensor]:
     if layer.traits.attention_sinks:
         out.append(tensor("self_attn.sinks", (model.num_heads,), "sinks"))
     out += [tensor(path, shape, role) for path, shape, role in mixer_parameters(layer.mixer)]
+    net = layer.deltanet
+    if net is not None:
+        # the Gated DeltaNet's depthwise conv1d (no bias), its per-value-head decay parameters and
+        # its gated RMSNorm over one value head (modeling_qwen3_5.Qwen3_5GatedDeltaNet.__init__)
+        out += [tensor("linear_attn.conv1d.weight", (net.conv_dim, 1, net.conv_kernel), "conv"),
+                tensor("linear_attn.dt_bias", (net.value_heads,), "delta_param"),
+                tensor("linear_attn.A_log", (net.value_heads,), "delta_param"),
+                tensor("linear_attn.norm.weight", (net.value_dim,), "norm")]
     return out
 
 
@@ -163,6 +172,8 @@ def _per_layer_input_tensors(model: ModelSpec) -> list[Tensor]:
             *(Tensor(f"{lin.name}.weight", (lin.out_features, lin.in_features), "linear", ROOT)
               for lin in root_linears(model)),
             Tensor("per_layer_projection_norm.weight", (p,), "norm", ROOT)]
+
+
 def mixer_parameters(mixer) -> tuple[tuple[str, tuple[int, ...], str], ...]:
     """The parameters of a non-attention mixer that are not Linear weights, as (path, shape,
     role): Mamba-2's depthwise conv1d (conv_dim, 1, K) and its bias, dt_bias, A_log and D (one

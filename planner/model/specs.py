@@ -29,9 +29,12 @@ PRECISIONS = ("autocast", "pure", "mixed")
 # attention kernels a training script can ask transformers for; "auto" is what transformers
 # picks for the model (SDPA, or eager where the model needs it: softcapping, sinks)
 ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "eager", "flash_attention_2")
-# kernels of the mixers that are not attention (Mamba-2, short convolutions): "torch" is
-# transformers' torch fallback, "fused" the kernel packages' fused ops (mamba-ssm, causal-conv1d),
-# "auto" what transformers picks when those packages are installed: fused where a kernel exists
+# the kernels of a model's token mixers that are not attention (a Gated DeltaNet's delta rule,
+# Mamba-2's scan, short convolutions, their causal conv1d): "torch", transformers' torch fallbacks
+# (torch_chunk_gated_delta_rule, Mamba-2's torch_forward, ...); "fused", the kernel packages'
+# fused ops (flash-linear-attention, mamba-ssm, causal-conv1d); "auto", what transformers picks
+# when those packages are installed: fused where a kernel exists (GPU users install them, as the
+# model cards say)
 KERNELS = ("auto", "torch", "fused")
 ALL_LINEAR = "all-linear"
 # The modules a decoder's fine-tuning script trains whole beside the adapters (peft's
@@ -305,6 +308,15 @@ class TrainSpec:
     @property
     def is_dora(self) -> bool:
         return self.method in DORA_METHODS
+
+    def deltanet_kernels(self, model: "ModelSpec") -> str | None:
+        """The kernels ``model``'s Gated DeltaNet layers run: "torch" or "fused" (``auto`` is
+        fused, what transformers picks with flash-linear-attention and causal-conv1d installed);
+        None for a model without such layers (``fused`` asked of a model without any layer that
+        has a fused kernel is refused by planner.plan.kernels_notes)."""
+        if not any(k.layer.deltanet is not None for k in model.kinds):
+            return None
+        return "torch" if self.kernels == "torch" else "fused"
 
     def with_(self, **changes) -> "TrainSpec":
         return replace(self, **changes)

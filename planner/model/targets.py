@@ -24,7 +24,16 @@ def targeted_linears(model: ModelSpec, targets: tuple[str, ...]) -> tuple[Linear
     layer (lm_head). Names are matched exactly against the layer's module names.
     """
     if ALL_LINEAR in targets:
-        return _unconverted(model, model.linears)
+        if model.traits.peft_moe_conversion:
+            return _unconverted(model, model.linears)
+        moe = model.layer.moe
+        if moe is not None and moe.peft_converts and moe.shared_intermediate:
+            # peft's rewrite of all-linear for a converted family names gate_proj / up_proj /
+            # down_proj as the fused experts, so the shared expert's Linears of those names are
+            # left out; its sigmoid gate stays (tracer, tiny Qwen3-Next: LoRA on in_proj_qkvz,
+            # in_proj_ba, out_proj, q/k/v/o, the router, the experts and shared_expert_gate only)
+            return tuple(lin for lin in model.linears if lin.role not in ("shared_gate", "shared_up", "shared_down"))
+        return model.linears
     known = model.all_linear_names + tuple(lin.name for lin in targeted_root_linears(model, (ALL_LINEAR,)))
     unknown = [t for t in targets if not any(_matches(name, t) for name in known)]
     if unknown:
@@ -145,6 +154,11 @@ def targeted_parameters(model: ModelSpec, train: TrainSpec) -> tuple[ParamTarget
         raise UnsupportedMethod(f"peft refuses DoRA on fused expert parameters ({model.name}: "
                          f"{', '.join(t.name for t in out)}); adapt the attention only, e.g. "
                          f"--target-modules {','.join(model.linear_names)}")
+    if out and train.lora_dropout > 0:
+        # peft 0.21 lora.ParamWrapper.__init__: "lora.ParamWrapper does not work with lora_dropout != 0"
+        raise UnsupportedMethod(f"peft refuses LoRA dropout on fused expert parameters ({model.name}: "
+                                f"{', '.join(t.name for t in out)}): use --lora-dropout 0, or adapt the attention "
+                                f"only, e.g. --target-modules {','.join(model.linear_names)}")
     return tuple(out)
 
 
@@ -215,10 +229,19 @@ def check_rank(model: ModelSpec, train: TrainSpec) -> None:
     if not train.is_adapter:
         return
     check_peft_refusals(model, train)
-    for lin in (lin for view in model.by_kind() for lin in targeted_linears(view, train.target_modules)):
-        # Qwen2-MoE's shared-expert gate has one output: every rank exceeds it, peft adapts it
-        # anyway under all-linear (lora_B (1, r)), so it is not a reason to refuse a plan
-        if lin.role == "shared_scale":
+    for view in model.by_kind():
+        _check_rank(view, train)
+
+
+# Linears narrower than any usual rank that all-linear reaches and peft adapts anyway (lora_B (out, r)):
+# Qwen2-MoE's shared-expert gate (one output), a Gated DeltaNet's beta / decay projections (one
+# output per value head: 32 in Qwen3.5-35B-A3B, below a rank of 64)
+NARROW_ROLES = frozenset({"shared_scale", "delta_b", "delta_a", "delta_ba"})
+
+
+def _check_rank(model: ModelSpec, train: TrainSpec) -> None:
+    for lin in targeted_linears(model, train.target_modules):
+        if lin.role == "shared_scale" or (lin.role in NARROW_ROLES and ALL_LINEAR in train.target_modules):
             continue
         if train.rank > min(lin.in_features, lin.out_features):
             raise ValueError(f"rank {train.rank} is larger than {lin.name} "

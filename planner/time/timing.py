@@ -202,7 +202,7 @@ def attention_work(model: ModelSpec, train: TrainSpec, prec: Precision, segment:
     """attention/core (module docstring), summed over the layer views; a view without
     attention projections (no q or qkv role) has none. ``segment``: packed documents' length
     (:func:`_attended_pairs`)."""
-    return [w for view in layer_views(model) if view.layer.by_role("q", "qkv")
+    return [w for view in layer_views(model) if view.layer.by_role("q", "qkv", "q_b")
             for w in _layer_attention(view, train, prec, segment)]
 
 
@@ -343,13 +343,45 @@ class StepTime:
     terms: dict = field(hash=False)
 
 
+def deltanet_work(model: ModelSpec, train: TrainSpec, prec: Precision) -> list[Work]:
+    """``deltanet/core``: a Gated DeltaNet layer's conv1d and chunked delta rule (Yang et al. 2024,
+    "Gated Delta Networks", the chunkwise form), per layer of that kind, H value heads, dk / dv
+    their widths, C = 64 positions a chunk, D the conv's channels, K its taps:
+
+    - forward 2*T*D*K (the depthwise conv) + T*H*(4*C*dk + 2*C*dv + 6*dk*dv): within a chunk
+      K K^T and Q K^T (2*C*dk each) and the attention times the new values (2*C*dv); across
+      chunks the state read twice and its update (2*dk*dv each); backward twice that;
+    - bytes: the fused kernels read q, k, v, g, beta and write the output, T*(2*D + H*(8 + c))
+      forward, twice backward; the torch path moves its saved set (planner.memory.deltanet) as
+      well, written forward and read backward, at matmul speed for its small batched matmuls.
+    (Part of the step's work only for the kinds with a DeltaNet; attention_work counts the
+    others'.)"""
+    from planner.memory import deltanet
+
+    out = []
+    for view in model.by_kind():
+        net = view.layer.deltanet
+        if net is None:
+            continue
+        n, t, c = view.num_layers, train.tokens, prec.compute
+        flops = n * (2 * t * net.conv_dim * net.conv_kernel
+                     + t * net.value_heads * (4 * deltanet.CHUNK * net.key_dim + 2 * deltanet.CHUNK * net.value_dim
+                                              + 6 * net.key_dim * net.value_dim))
+        nbytes = n * t * (2 * net.conv_dim + net.value_heads * (8 + c))
+        if deltanet.kernels(model, train) == "torch":
+            nbytes += n * deltanet.torch_saved(view, train, prec)
+        kind = R.MATMUL if deltanet.kernels(model, train) == "torch" else R.ATTENTION
+        out += [Work("deltanet/core", flops, nbytes, kind, layer=True), Work("deltanet/core", 2 * flops, 2 * nbytes, kind)]
+    return out
+
+
 def work(model: ModelSpec, train: TrainSpec, dtype: str, segment: int | None = None) -> list[Work]:
     """Every piece of work of one step, recomputation included; ``segment``: the length of
     the documents packed into each row, where attention sees them one by one."""
     prec = precision(train, dtype)
     pieces = (base_matmuls(model, train, prec) + adapter_work(model, train, prec)
               + attention_work(model, train, prec, segment) + elementwise_work(model, train, prec)
-              + dequant_work(model, train, prec)
+              + dequant_work(model, train, prec) + deltanet_work(model, train, prec)
               + optimizer_work(model, train, prec, scheme(train, dtype).grad_scaler))
     if train.gradient_checkpointing:
         pieces += [replace(w, term="recompute/forward", layer=False) for w in pieces if w.layer]

@@ -208,13 +208,13 @@ def test_a_layer_kind_the_formulas_do_not_know_is_one_line_exit_2(monkeypatch):
     from planner import get_model
 
     mistral = get_model("mistral-7b")
-    odd = replace(mistral, kinds=(replace(mistral.kinds[0], name="linear_attention"),))
+    odd = replace(mistral, kinds=(replace(mistral.kinds[0], name="lightning_attention"),))
     for spec, code in ((odd, 2), (mistral, 0)):
         monkeypatch.setattr(cli, "get_model", lambda *args, spec=spec: spec)
         result = CliRunner().invoke(main, ["--model", "mistral-7b", "--gpu", "a100-80gb", "--method", "lora"])
         assert result.exit_code == code, result.output
         if code:
-            assert result.stderr.count("\n") == 1 and "layer kind 'linear_attention'" in result.stderr
+            assert result.stderr.count("\n") == 1 and "layer kind 'lightning_attention'" in result.stderr
             assert "Traceback" not in result.output
 
 

@@ -24,10 +24,12 @@ def test_every_entry_builds_a_layer_with_roles():
             fields.update(kv_lora_rank=32, qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16,
                           num_key_value_heads=4)
         model = spec(model_type, **fields)
-        roles = {lin.role for lin in model.linears}
-        assert roles >= {"o"}, model_type
-        assert model.layer.norms_at("q", "k") or model.traits.qk_norm == "none"
-        assert (model.layer.moe is None) == ("down" in roles), model_type
+        for kind in model.kinds:  # a Gated DeltaNet kind has out_proj (delta_out) and no qk-norm
+            layer = kind.layer
+            roles = {lin.role for lin in layer.linears}
+            assert roles >= {"o"} or (layer.deltanet and roles >= {"delta_out"}), model_type
+            assert layer.norms_at("q", "k") or layer.traits.qk_norm == "none" or layer.deltanet
+            assert (layer.moe is None) == ("down" in roles), model_type
 
 
 def test_split_fused_and_biased_layouts():
@@ -117,8 +119,8 @@ def test_an_unknown_layer_kind_or_role_is_refused_by_name():
 
     g3 = spec("gemma3_text", sliding_window=16, num_hidden_layers=7)
     check_known(g3.kinds)  # the catalog's kinds are known
-    odd = replace(g3.kinds[0], name="linear_attention")
-    with pytest.raises(UnknownLayerKind, match="layer kind 'linear_attention' \\(layers 0, 1, 2, 3, 4, 6\\)"):
+    odd = replace(g3.kinds[0], name="lightning_attention")
+    with pytest.raises(UnknownLayerKind, match="layer kind 'lightning_attention' \\(layers 0, 1, 2, 3, 4, 6\\)"):
         check_known((odd,))
     lin = replace(g3.kinds[0].layer.linears[0], role="in_proj_qkvz")
     strange = replace(g3.kinds[0], layer=replace(g3.kinds[0].layer, linears=(lin,)))

@@ -108,7 +108,7 @@ def test_nemotron_experts_layers_are_named_and_refused(tmp_path):
 
 def test_fused_kernels_on_a_model_without_them_exit_2():
     result = CliRunner().invoke(plan_main, ["--model", "7b", "--gpu", "h100", "--kernels", "fused"])
-    assert result.exit_code == 2 and "no Mamba-2 or short-convolution layers" in result.output
+    assert result.exit_code == 2 and "has no layer with a fused kernel" in result.output
     with pytest.raises(ValueError, match="unknown kernels"):
         TrainSpec(kernels="triton")
 

@@ -26,7 +26,10 @@ def test_matrix_size_by_hand():
     # tier 10: the hybrids, 3 models x 5 methods x 2 kernel paths x 2 checkpointing x 3 seqs at batch 1 = 180,
     # less QLoRA and QDoRA on the fused path of the two Mamba-2 families (2 x 2 x 2 x 3 = 24): 156
     tier10 = len(B.HYBRID_FAMILY_MODELS) * 5 * 2 * 2 * 3 - 2 * 2 * 2 * 3
-    assert len(configs) == 440 + 1056 + 32 + 144 + 328 + 160 + 96 + tier8 + tier9 + tier10 == 2972
+    # tier 11: the Gated DeltaNet hybrids x 5 methods x 2 kernel paths x 2 checkpointing x 3 seqs,
+    # less DoRA and QDoRA on Qwen3-Next, whose all-linear peft converts to fused experts (2 x 12)
+    tier11 = len(B.DELTANET_FAMILY_MODELS) * 5 * 12 - 2 * 12
+    assert len(configs) == 440 + 1056 + 32 + 144 + 328 + 160 + 96 + tier8 + tier9 + tier10 + tier11 == 3128
     assert len({c.key() for c in configs}) == len(configs)
 
 
