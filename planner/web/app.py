@@ -173,7 +173,7 @@ def build() -> gr.Blocks:
                     w["lora_dropout"] = gr.Number(d["lora_dropout"], **named("lora_dropout"))
                     w["modules_to_save"] = gr.Textbox(d["modules_to_save"], max_length=form.MAX_TEXT,
                                                       **named("modules_to_save"))
-                    for name in ("dtype", "precision", "optim", "quant_type", "attn_implementation"):
+                    for name in ("dtype", "precision", "optim", "quant_type", "attn_implementation", "kernels"):
                         w[name] = gr.Dropdown(choices(name), value=d[name], **named(name))
                     w["double_quant"] = gr.Checkbox(d["double_quant"], **named("double_quant"))
                 with gr.Accordion("Several GPUs", open=False):

@@ -89,7 +89,7 @@ def _fields() -> tuple[Field, ...]:
     kinds = {"rank": "int", "alpha": "float", "target_modules": "text", "target_parameters": "text",
              "lora_dropout": "float", "modules_to_save": "text", "batch_size": "int", "seq_len": "int",
              "gradient_checkpointing": "bool", "precision": "choice", "quant_type": "choice",
-             "double_quant": "bool", "attn_implementation": "choice", "num_gpus": "int",
+             "double_quant": "bool", "attn_implementation": "choice", "kernels": "choice", "num_gpus": "int",
              "sharding": "choice", "offload": "choice", "dtype": "choice", "optim": "choice",
              "search_batch": "bool", "search_seq": "bool", "dataset_tokens": "int", "epochs": "int",
              "mean_len": "int", "packing": "bool", "host": "choice", "calibrated": "bool"}
@@ -106,7 +106,7 @@ BY_NAME = {f.name: f for f in FIELDS}
 BY_KEY = {f.key: f for f in FIELDS}
 TRAIN_FIELDS = ("rank", "alpha", "target_modules", "target_parameters", "lora_dropout", "modules_to_save",
                 "batch_size", "seq_len", "gradient_checkpointing", "dtype", "precision", "optim", "quant_type",
-                "double_quant", "attn_implementation", "num_gpus", "sharding", "offload")
+                "double_quant", "attn_implementation", "kernels", "num_gpus", "sharding", "offload")
 TRUE, FALSE = ("1", "true", "on", "yes"), ("0", "false", "off", "no")
 INTEGER = re.compile(r"[+-]?\d{1,30}")
 

@@ -55,7 +55,9 @@ def test_ratio_pairs_match_only_equal_settings():
 def test_report_states_targets_and_sources():
     text = TP.markdown()
     assert "Median |planned / published - 1| over 24 rows:" in text
-    assert "(target under 10%: met)" in text and "(target under 25%: met)" in text
+    # the targets are stated with whether they are met (a report, not a gate: the L40's two rows are
+    # 30% off at its datasheet peak, data/gpus.json)
+    assert "(target under 10%: met)" in text and "(target under 25%: NOT met)" in text
     assert "| GPU | rows | median error | worst error |" in text and "| l40 | 2 |" in text
     assert "| method | rows | median error | worst error |" in text and "| qlora | 2 |" in text
     assert "Ratios within 5%: " in text
