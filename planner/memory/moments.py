@@ -601,8 +601,17 @@ def _layer_end(s: Step):
     options = []
     for layer in range(1, n):
         saved = s.saved - s.final_norm - (0 if s.gc else sum(kept[layer:]))
-        options.append(dict(**s.persistent, grads=S.fsdp_layer_shards(model, s.train, g, range(layer + 1, n)),
-                            activations__saved=saved, **s.parallel("backward_end", layer)))
+        grads = S.fsdp_layer_shards(model, s.train, g, range(layer + 1, n))
+        terms = s.parallel("backward_end", layer)
+        options.append(dict(**s.persistent, grads=grads, activations__saved=saved, **terms))
+        # full fine-tuning: the layer's backward walked block by block, as the first layer's
+        # (its own saved set partly kept, its gradients partly made), beside the earlier layers'
+        # saved sets (tracer, EXAONE-4.0-32B cut to 4 layers, full fp32 on 2 GPUs: a middle
+        # layer's MLP backward beside two layer-sized buffers and lm_head's gradient)
+        for _, kept_now, pending, work in M.first_layer_backward_walk(model.kind_view(layer), s.train, s.prec):
+            options.append(dict(**s.persistent, grads=grads, activations__saved=saved + kept_now,
+                                transient__recompute=work,
+                                **dict(terms, parallel__reduce_scatter=terms["parallel__reduce_scatter"] - pending)))
     return max(options, key=lambda v: sum(v.values()))
 
 
