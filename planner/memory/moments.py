@@ -656,7 +656,8 @@ MOMENTS = {phase: tuple(dict.fromkeys(member for name, _ in moments for member i
 # forward the last one lingers until the next copy-out: the running layer's own, and the
 # previous layer's too while the last layer is unsharded, before it runs; in backward a layer
 # prefetches the one before it, whose buffer is live while it runs; tracer) or ZeRO-3's
-# prefetch bucket; gradients not yet reduced at the end of backward (the running layer's);
+# prefetch bucket; gradients not yet reduced at the end of backward (the running layer's and,
+# full fine-tuning under FSDP, the root's);
 # DDP's buckets always. A model whose layer kinds differ (a dense first layer before the MoE
 # layers) all-gathers each layer at its own kind's size (tracer, DeepSeek-V3 cut to a dense and
 # a MoE layer, LoRA on 4 GPUs: the MoE layer's backward beside the dense layer's 1.09 GiB
@@ -669,11 +670,13 @@ _LIVE = {
     "first_layer": {"unsharded_root": 2, "unsharded_layer": (0,), "prefetch": (0,)},
     "in_layer": {"unsharded_root": 1, "unsharded_layer": (0,), "prefetch": (0,)},
     "backward_layer": {"unsharded_root": 1, "unsharded_layer": (0,), "prefetch": (-1,)},
-    # a layer's backward with every later layer's gradients made: the previous layer's prefetched
-    # buffer; in the first layer's, none is prefetched: the second layer's reduce-scatter input
-    # lingers (FSDP2 keeps it until the next reduce-scatter; full fine-tuning: that layer's
-    # gradients whole, its size; tracer, GLM-4.5-Air cut to a dense and two MoE layers, full
-    # fine-tuning on 2 GPUs: a MoE layer's 4.36 GiB beside the dense first layer's backward)
+    # a layer's backward, every later layer's gradients made: the previous layer's prefetched
+    # buffer and the next layer's reduce-scatter input, which FSDP2 keeps until the next
+    # reduce-scatter (counted at the next layer's whole size: full fine-tuning's gradients are
+    # that; an adapter's are far smaller, a bound); the first layer has no previous one, the last
+    # no next one (offsets outside the model are no layer; tracer, GLM-4.5-Air cut to a dense
+    # and two MoE layers, full fine-tuning on 2 GPUs: the dense first layer's backward beside
+    # the MoE layer's 4.36 GiB reduce-scatter input, no prefetched buffer)
     "backward_end": {"unsharded_root": 1, "unsharded_layer": (0,), "prefetch": (-1, 1), "reduce_scatter": (0,)},
     # the copy-out at the start of a layer's backward: its buffer until the copy is done
     "backward_start": {"unsharded_root": 1, "unsharded_layer": (0,), "prefetch": (0,)},
@@ -702,8 +705,8 @@ def _per_gpu(model: ModelSpec, train: TrainSpec, prec: C.Precision, persistent: 
         live = _LIVE[moment]
         out = {"parallel__unsharded_root": terms["unsharded_root"] * live.get("unsharded_root", 0)}
         for k in _LAYER_TERMS:
-            out[f"parallel__{k}"] = sum(kinds[kind_of[(layer + offset) % n]][k] for offset in live.get(k, ())
-                                        if 0 <= layer + offset < n or n == 1)
+            out[f"parallel__{k}"] = sum(kinds[kind_of[layer + offset]][k] for offset in live.get(k, ())
+                                        if 0 <= layer + offset < n)
         out["parallel__reduce_scatter"] += terms["root_grads"] * live.get("root_grads", 0)
         out["parallel__grad_buckets"] = terms["grad_buckets"]
         return out
