@@ -129,11 +129,9 @@ def moe_notes(model: ModelSpec, train: TrainSpec, dtype: str) -> tuple[str, ...]
     if view.traits.peft_moe_conversion and train.is_adapter and dropped:
         notes += ("peft converts the MLP module names (gate_proj, up_proj, down_proj) to the fused experts' "
                   f"target_parameters: no adapter on {' or '.join(dropped)}",)
-    if train.sharding in ("fsdp", "zero3") and len(model.kinds) > 1:
-        notes += ("the dense first layers are planned with the MoE layers' unsharded size (FSDP's all-gathered "
-                  "layer, its prefetch and reduce-scatter buffers are sized by the largest layer): an over-estimate "
-                  "while a dense layer runs (traced, GLM-4.5-Air cut to 2 dense + 1 MoE layers, full fine-tuning "
-                  "on 2 GPUs: planned 1.25x the trace; LoRA 1.07x)",)
+    if train.sharding == "zero3" and len(model.kinds) > 1:
+        notes += ("DeepSpeed ZeRO-3's gathered layer and prefetch bucket are planned at the largest layer kind's "
+                  "size while a smaller (dense) layer runs too: a bound (FSDP's are planned per layer kind)",)
     shared = [lin for lin in view.linears if lin.role in SHARED_ROLES]
     if shared and train.is_adapter:
         adapted = [lin.name for lin in shared if lin.name in targets.targeted_names(view, train)]

@@ -140,7 +140,7 @@ class Step:
     grads: int  # at the optimizer step
     end_grads: int  # at the end of backward (FSDP: the other layers' shards)
     opt_transient: int
-    parallel: Callable[[str], dict[str, int]]  # the parallel terms live at a moment (none on one GPU)
+    parallel: Callable[[str, int], dict[str, int]]  # the parallel terms live at a moment in a layer (none on one GPU)
     layer: int = -1  # the layer whose kind the in-layer terms read (:meth:`_last`): the last, or 0
 
     @cached_property
@@ -273,7 +273,7 @@ def _worst_last_layer(model: ModelSpec, train: TrainSpec, prec: C.Precision) -> 
     return model.kinds[worst].indices[-1]
 
 
-def _NO_PARALLEL(moment: str) -> dict[str, int]:  # one GPU: no parallel terms
+def _NO_PARALLEL(moment: str, layer: int) -> dict[str, int]:  # one GPU: no parallel terms
     return {}
 
 
@@ -345,7 +345,7 @@ def _loss(s: Step):
     """The end of forward: every saved activation, the decoder layers' and lm_head's
     autocast copies, the logits and their fp32 copies."""
     return dict(**s.persistent, activations__saved=s.saved, activations__autocast_weights=s.layer_copies + s.head_copy,
-                activations__logits=s._term(C.logits_forward), **s.parallel("at_loss"))
+                activations__logits=s._term(C.logits_forward), **s.parallel("at_loss", -1))
 
 
 @moment("forward", "layer_module")
@@ -356,7 +356,7 @@ def _layer_module(s: Step):
     saved = s.saved - s.final_norm + fwd.live + (0 if s.gc else fwd.before - s.per_layer)
     return dict(**s.persistent, activations__saved=saved, activations__autocast_weights=s.layer_copies,
                 transient__module=fwd.locals + fwd.working, transient__dequant=fwd.dequant,
-                transient__dora=fwd.dora, **s.parallel("in_layer"))
+                transient__dora=fwd.dora, **s.parallel("in_layer", s.layer))
 
 
 @moment("forward", "layer_experts")
@@ -367,7 +367,7 @@ def _layer_experts(s: Step):
         return None
     saved = s.saved - s.final_norm + before - (0 if s.gc else s.per_layer)
     return dict(**s.persistent, activations__saved=saved, activations__autocast_weights=s.layer_copies,
-                transient__module=working, **s.parallel("in_layer"))
+                transient__module=working, **s.parallel("in_layer", s.layer))
 
 
 @moment("forward", "layer_softmax")
@@ -376,7 +376,7 @@ def _layer_softmax(s: Step):
     eager = s._last(M.eager_forward_moment)
     saved = s.saved - s.final_norm + eager.live + eager.before + (0 if s.gc else -s.per_layer)
     return dict(**s.persistent, activations__saved=saved, activations__autocast_weights=s.layer_copies,
-                transient__module=eager.locals, transient__attention=eager.working, **s.parallel("in_layer"))
+                transient__module=eager.locals, transient__attention=eager.working, **s.parallel("in_layer", s.layer))
 
 
 @moment("forward", "layer_experts")
@@ -387,7 +387,7 @@ def _layer_experts(s: Step):
     if not work:
         return None
     return dict(**s.persistent, activations__saved=s.saved - s.final_norm, activations__autocast_weights=s.layer_copies,
-                transient__module=work, **s.parallel("in_layer"))
+                transient__module=work, **s.parallel("in_layer", s.layer))
 
 
 @moment("forward", "last_layer_unsharded")
@@ -398,7 +398,7 @@ def _last_layer_unsharded(s: Step):
         return None
     saved = s.saved - s.final_norm - (0 if s.gc else s.per_layer)
     return dict(**s.persistent, activations__saved=saved, activations__autocast_weights=s.layer_copies,
-                **s.parallel("layer_start"))
+                **s.parallel("layer_start", s.layer))
 
 
 @moment("forward", "first_layer_unsharded")
@@ -409,7 +409,7 @@ def _first_layer_unsharded(s: Step):
     if not s.train.parallel:
         return None
     embedded = s.train.tokens * s.model.hidden_size * s.prec.stream
-    return dict(**s.persistent, transient__module=embedded, **s.parallel("first_layer"))
+    return dict(**s.persistent, transient__module=embedded, **s.parallel("first_layer", 0))
 
 
 # ---------------------------------------------------------------- backward
@@ -420,7 +420,7 @@ def _logits_grad(s: Step):
     fine-tuning's first gradient (lm_head, or the tied embedding at the end) is small beside them."""
     return dict(**s.persistent, activations__saved=s.saved,
                 activations__autocast_weights=(0 if s.gc else s.back_copies) + s.head_copy,
-                activations__logits=s._term(C.logits_backward), **s.parallel("at_loss"))
+                activations__logits=s._term(C.logits_backward), **s.parallel("at_loss", -1))
 
 
 # The last layer's backward (lm_head's copy is gone by then) and the first layer's (every
@@ -458,7 +458,7 @@ def _last_layer(part):
         if values is None:
             return None
         return dict(**s.persistent, activations__saved=s.saved - s.final_norm,
-                    activations__autocast_weights=s.back_copies, **values, **s.parallel("backward_layer"))
+                    activations__autocast_weights=s.back_copies, **values, **s.parallel("backward_layer", s.layer))
     last_layer.__doc__ = f"The last layer's backward: {part.__name__.strip('_').replace('_', ' ')}."
     return last_layer
 
@@ -471,7 +471,7 @@ def _first_layer(part, walked: bool = False):
         if values is None:
             return None
         return dict(**s.persistent, grads=s.made, activations__input_leaf=s.leaf, **values,
-                    **s.parallel("backward_end"))
+                    **s.parallel("backward_end", 0))
     first_layer.__doc__ = f"The first layer's backward, every gradient made: {part.__name__.strip('_').replace('_', ' ')}."
     return first_layer
 
@@ -490,7 +490,7 @@ def _layer_dora(s: Step):
     # the gradients made before the recomputation in flight)
     return dict(**s.persistent, activations__saved=s.saved - s.final_norm if s.gc else s.saved - s.per_layer + kept,
                 activations__autocast_weights=s.back_copies, transient__recompute=kept + s.in_flight if s.gc else 0,
-                transient__dora_backward=workspace, **s.parallel("backward_layer"))
+                transient__dora_backward=workspace, **s.parallel("backward_layer", s.layer))
 
 
 @moment("backward", "layer_softmax")
@@ -500,7 +500,7 @@ def _layer_softmax_backward(s: Step):
     saved = s.saved - s.final_norm - (0 if s.gc else s.per_layer - kept)
     return dict(**s.persistent, activations__saved=saved, activations__autocast_weights=s.back_copies,
                 transient__recompute=(kept + s.in_flight) if s.gc else 0, transient__attention=work,
-                **s.parallel("backward_layer"))
+                **s.parallel("backward_layer", s.layer))
 
 
 def _softmax_part(s: Step):
@@ -532,7 +532,7 @@ def _first_layer_moe(s: Step):
     pending = (sum(replace(s, layer=j).layer_grads for j in range(index + 1))
                if S.strategy(s.train).whole_gradients else 0)
     return dict(**s.persistent, grads=s.made - pending, activations__input_leaf=s.leaf if not index else 0, **values,
-                **s.parallel("backward_end"))
+                **s.parallel("backward_end", index))
 moment("backward", "first_layer_softmax")(_first_layer(_softmax_part))
 
 
@@ -550,7 +550,7 @@ def _first_layer_walk(s: Step):
         return None
     out = []
     for name, kept, pending, work in s.walk:
-        terms = s.parallel("backward_end")
+        terms = s.parallel("backward_end", 0)
         grads = s.made
         if isinstance(S.strategy(s.train), S.FSDP):
             terms = dict(terms, parallel__reduce_scatter=terms["parallel__reduce_scatter"] - pending)
@@ -567,7 +567,52 @@ def _embedding(s: Step):
     lm_head's and their sum)."""
     return dict(**s.persistent, grads=S.strategy(s.train).grads_at_embedding(s.model, s.train, s.prec, s.end_grads),
                 transient__embedding_backward=s._term(C.embedding_backward_workspace),
-                **s.parallel("embedding_backward"))
+                **s.parallel("embedding_backward", 0))
+
+
+@moment("backward", "layer_unsharded")
+def _layer_unsharded_backward(s: Step):
+    """Several GPUs: the start of the last layer's backward, its parameters copied out of the
+    all-gather buffer, which exists until the copy is done, beside every activation kept
+    (tracer, GLM-4.5-Air cut to 2 dense + 1 MoE layers, LoRA on 2 GPUs: the MoE layer's
+    4.5 GiB buffer beside its unsharded parameters at the backward peak)."""
+    if not s.train.parallel:
+        return None
+    return dict(**s.persistent, activations__saved=s.saved - s.final_norm,
+                activations__autocast_weights=0 if s.gc else s.back_copies, **s.parallel("backward_start", s.layer))
+
+
+@moment("backward", "layer_end")
+def _layer_end(s: Step):
+    """Under FSDP, the end of a layer's backward (every layer after the first; the first's is
+    :func:`_first_layer_walk`'s): its gradients (and lm_head's) made whole, not yet
+    reduce-scattered, beside the later layers' gradient shards, the earlier layers' saved
+    sets and the previous layer's prefetched buffer. Where a later layer's kind is the larger
+    (a MoE layer after a dense first layer) this, not the first layer's, is backward's peak
+    (tracer, GLM-4.5-Air cut to 2 dense + 1 MoE layers, full fine-tuning on 2 GPUs: the MoE
+    layer's [128, 2816, 4096] and [128, 4096, 1408] gradients and lm_head's [151552, 4096] at
+    the backward peak; cut to 1 dense + 2 MoE layers, the middle one's, beside the last one's
+    reduce-scatter input and gradient shards). The largest of these moments."""
+    model, n = s.model, s.model.num_layers
+    if S.strategy(s.train).whole_gradients or n < 2 or S.fsdp_offloaded(s.train):
+        return None
+    g = S.grad_bytes(s.train, s.prec)
+    kept = [C.layer_saved(model.kind_view(j), s.train, s.prec) for j in range(n)]
+    options = []
+    for layer in range(1, n):
+        saved = s.saved - s.final_norm - (0 if s.gc else sum(kept[layer:]))
+        grads = S.fsdp_layer_shards(model, s.train, g, range(layer + 1, n))
+        terms = s.parallel("backward_end", layer)
+        options.append(dict(**s.persistent, grads=grads, activations__saved=saved, **terms))
+        # full fine-tuning: the layer's backward walked block by block, as the first layer's
+        # (its own saved set partly kept, its gradients partly made), beside the earlier layers'
+        # saved sets (tracer, EXAONE-4.0-32B cut to 4 layers, full fp32 on 2 GPUs: a middle
+        # layer's MLP backward beside two layer-sized buffers and lm_head's gradient)
+        for _, kept_now, pending, work in M.first_layer_backward_walk(model.kind_view(layer), s.train, s.prec):
+            options.append(dict(**s.persistent, grads=grads, activations__saved=saved + kept_now,
+                                transient__recompute=work,
+                                **dict(terms, parallel__reduce_scatter=terms["parallel__reduce_scatter"] - pending)))
+    return max(options, key=lambda v: sum(v.values()))
 
 
 @moment("backward", "first_layer_saved")
@@ -576,7 +621,7 @@ def _first_layer_saved(s: Step):
     gradients in flight."""
     if not (s.train.parallel and not s.gc) or s.walk:
         return None
-    return dict(**s.persistent, grads=s.made, activations__saved=s.per_layer, **s.parallel("backward_end"))
+    return dict(**s.persistent, grads=s.made, activations__saved=s.per_layer, **s.parallel("backward_end", 0))
 
 
 @moment("backward", "lm_head")
@@ -596,7 +641,7 @@ def _lm_head(s: Step):
 def _optimizer_step(s: Step):
     """optimizer.step(): every gradient and the optimizer's temporaries."""
     return dict(**s.persistent, grads=s.grads, activations__input_leaf=s.leaf,
-                optimizer__transient=s.opt_transient, **s.parallel("optimizer"))
+                optimizer__transient=s.opt_transient, **s.parallel("optimizer", 0))
 
 
 # The moments of one step a plan can peak at, by phase, in the order they are compared.
@@ -604,40 +649,64 @@ MOMENTS = {phase: tuple(dict.fromkeys(member for name, _ in moments for member i
            for phase, moments in REGISTRY.items()}
 
 
-# Which parallel terms are live at which moment of the step, and how many of each
-# (planner.memory.sharding): the root unit from forward to the end of backward; the running layer's
-# all-gathered parameters inside a layer; FSDP's all-gather buffers (the last one lingers until
-# the next copy-out: one at the loss, when backward starts and inside a layer, two when the last
-# layer is unsharded beside the previous one's buffer, before it runs; tracer) or ZeRO-3's prefetch bucket; gradients not yet
-# reduced at the end of backward; DDP's buckets always.
+# Which parallel terms are live at which moment of the step (planner.memory.sharding): the
+# root unit, how many times (from forward to the end of backward); the layers' terms by the
+# layers that hold them, as offsets from the layer the moment is in (the moment's ``layer``):
+# the running layer's all-gathered parameters inside a layer; FSDP's all-gather buffers (in
+# forward the last one lingers until the next copy-out: the running layer's own, and the
+# previous layer's too while the last layer is unsharded, before it runs; in backward a layer
+# prefetches the one before it, whose buffer is live while it runs; tracer) or ZeRO-3's
+# prefetch bucket; gradients not yet reduced at the end of backward (the running layer's and,
+# full fine-tuning under FSDP, the root's);
+# DDP's buckets always. A model whose layer kinds differ (a dense first layer before the MoE
+# layers) all-gathers each layer at its own kind's size (tracer, DeepSeek-V3 cut to a dense and
+# a MoE layer, LoRA on 4 GPUs: the MoE layer's backward beside the dense layer's 1.09 GiB
+# prefetched buffer, not a MoE layer's 21.7 GiB).
 _LIVE = {
-    "at_loss": {"unsharded_root": 1, "prefetch": 1},
-    "layer_start": {"unsharded_root": 1, "unsharded_layer": 1, "prefetch": 2},
+    "at_loss": {"unsharded_root": 1, "prefetch": (0,)},
+    "layer_start": {"unsharded_root": 1, "unsharded_layer": (0,), "prefetch": (0, -1)},
     # the root's buffer (its all-gather output, root-sized) is the lingering one here (tracer,
     # Llama-2-70B cut to 2 layers, QLoRA on 2 GPUs: two root + layer sized sets at the forward peak)
-    "first_layer": {"unsharded_root": 2, "unsharded_layer": 1, "prefetch": 1},
-    "in_layer": {"unsharded_root": 1, "unsharded_layer": 1, "prefetch": 1},
-    "backward_layer": {"unsharded_root": 1, "unsharded_layer": 1, "prefetch": 1},
-    "backward_end": {"unsharded_root": 1, "unsharded_layer": 1, "prefetch": 1, "reduce_scatter": 1},
+    "first_layer": {"unsharded_root": 2, "unsharded_layer": (0,), "prefetch": (0,)},
+    "in_layer": {"unsharded_root": 1, "unsharded_layer": (0,), "prefetch": (0,)},
+    "backward_layer": {"unsharded_root": 1, "unsharded_layer": (0,), "prefetch": (-1,)},
+    # a layer's backward, every later layer's gradients made: the previous layer's prefetched
+    # buffer and the next layer's reduce-scatter input, which FSDP2 keeps until the next
+    # reduce-scatter (counted at the next layer's whole size: full fine-tuning's gradients are
+    # that; an adapter's are far smaller, a bound); the first layer has no previous one, the last
+    # no next one (offsets outside the model are no layer; tracer, GLM-4.5-Air cut to a dense
+    # and two MoE layers, full fine-tuning on 2 GPUs: the dense first layer's backward beside
+    # the MoE layer's 4.36 GiB reduce-scatter input, no prefetched buffer)
+    "backward_end": {"unsharded_root": 1, "unsharded_layer": (0,), "prefetch": (-1, 1), "reduce_scatter": (0,)},
+    # the copy-out at the start of a layer's backward: its buffer until the copy is done
+    "backward_start": {"unsharded_root": 1, "unsharded_layer": (0,), "prefetch": (0,)},
     # a tied embedding's backward, after the first layer's: the root's gradients only
-    "embedding_backward": {"unsharded_root": 1, "prefetch": 1, "root_grads": 1},
+    "embedding_backward": {"unsharded_root": 1, "prefetch": (0,), "root_grads": 1},
     "optimizer": {},
 }
+_LAYER_TERMS = ("unsharded_layer", "prefetch", "reduce_scatter")
 
 
 def _per_gpu(model: ModelSpec, train: TrainSpec, prec: C.Precision, persistent: dict[str, int], grads: int,
              opt_transient: int):
     """One rank's persistent state, gradients (at the optimizer step, and at the end of
     backward) and optimizer transient under its sharding strategy (planner.memory.sharding),
-    and the parallel terms live at each moment (a function of the moment's name, :data:`_LIVE`)."""
+    and the parallel terms live at each moment (a function of the moment's name and the layer
+    it is in, :data:`_LIVE`)."""
     strategy = S.strategy(train)
     state = strategy.rank_state(model, train, prec, S.RankState(persistent, grads, grads, opt_transient))
-    terms = strategy.terms(model, train, prec)
+    kinds = {k.name: strategy.terms(model, train, prec, k.name) for k in model.kinds}
+    kind_of = {i: k.name for k in model.kinds for i in k.indices}
+    terms = next(iter(kinds.values()))  # the root's terms, whatever the kind
+    n = model.num_layers
 
-    def parallel(moment: str) -> dict[str, int]:
+    def parallel(moment: str, layer: int) -> dict[str, int]:
+        layer %= n
         live = _LIVE[moment]
-        out = {f"parallel__{k}": terms[k] * live.get(k, 0)
-               for k in ("unsharded_root", "unsharded_layer", "prefetch", "reduce_scatter")}
+        out = {"parallel__unsharded_root": terms["unsharded_root"] * live.get("unsharded_root", 0)}
+        for k in _LAYER_TERMS:
+            out[f"parallel__{k}"] = sum(kinds[kind_of[layer + offset]][k] for offset in live.get(k, ())
+                                        if 0 <= layer + offset < n)
         out["parallel__reduce_scatter"] += terms["root_grads"] * live.get("root_grads", 0)
         out["parallel__grad_buckets"] = terms["grad_buckets"]
         return out

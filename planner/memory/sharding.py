@@ -43,22 +43,32 @@ def shard(rows: int, numel: int, num_gpus: int) -> int:
     return -(-rows // num_gpus) * (numel // rows)
 
 
-def base_tensors(model: ModelSpec, layer_only: bool = False) -> tuple[Tensor, ...]:
-    """The base model's parameters (planner.model.inventory); one decoder layer's with ``layer_only``."""
+def _layer(tensors, kind: str | None) -> tuple[Tensor, ...]:
+    """One layer's tensors: of the layer kind ``kind``, or of the largest kind (None)."""
+    return inv.of_kind(tensors, kind) if kind is not None else inv.one_layer(tensors)
+
+
+def base_tensors(model: ModelSpec, layer_only: bool = False, kind: str | None = None) -> tuple[Tensor, ...]:
+    """The base model's parameters (planner.model.inventory); one decoder layer's with
+    ``layer_only`` (of the layer kind ``kind``, else of the largest)."""
     tensors = inv.base_tensors(model)
-    return inv.one_layer(tensors) if layer_only else tensors
+    return _layer(tensors, kind) if layer_only else tensors
 
 
-def adapter_tensors(model: ModelSpec, train: TrainSpec, layer_only: bool = False) -> tuple[Tensor, ...]:
-    """peft's adapter tensors of ``train`` (planner.model.inventory); one decoder layer's with ``layer_only``."""
+def adapter_tensors(model: ModelSpec, train: TrainSpec, layer_only: bool = False,
+                    kind: str | None = None) -> tuple[Tensor, ...]:
+    """peft's adapter tensors of ``train`` (planner.model.inventory); one decoder layer's with
+    ``layer_only`` (of the layer kind ``kind``, else of the largest)."""
     tensors = tuple(t for t in inv.inventory(model, train, FP32) if t.treatment == "adapter")
-    return inv.one_layer(tensors) if layer_only else tensors
+    return _layer(tensors, kind) if layer_only else tensors
 
 
-def trainable_tensors(model: ModelSpec, train: TrainSpec, layer_only: bool = False) -> tuple[Tensor, ...]:
-    """The tensors that train (planner.model.inventory); one decoder layer's with ``layer_only``."""
+def trainable_tensors(model: ModelSpec, train: TrainSpec, layer_only: bool = False,
+                      kind: str | None = None) -> tuple[Tensor, ...]:
+    """The tensors that train (planner.model.inventory); one decoder layer's with ``layer_only``
+    (of the layer kind ``kind``, else of the largest)."""
     tensors = inv.trained(inv.inventory(model, train, FP32))
-    return inv.one_layer(tensors) if layer_only else tensors
+    return _layer(tensors, kind) if layer_only else tensors
 
 
 def sharded(tensors, num_gpus: int) -> int:
@@ -91,17 +101,22 @@ def unsharded_root(model: ModelSpec, train: TrainSpec, weight_bytes: int) -> int
     return root * variant(train).base.parameter_bytes(weight_bytes)
 
 
-def layer_bytes(model: ModelSpec, train: TrainSpec, weight_bytes: int, packed: int) -> int:
-    """One decoder layer's parameters, whole: base (``packed``: its 4-bit weights' bytes, else
-    the stored dtype) and adapters (fp32)."""
-    layer = base_tensors(model, layer_only=True)
+def layer_bytes(model: ModelSpec, train: TrainSpec, weight_bytes: int, kind: str | None = None) -> int:
+    """One decoder layer's parameters, whole, of the layer kind ``kind`` (None: the largest
+    kind's): base (a 4-bit base's Linear weights packed, :func:`planner.memory.terms.
+    quantized_weight_bytes` each, its other parameters fp32; else the stored dtype) and
+    adapters (fp32). Kinds whose Linears differ (a dense first layer before the MoE layers)
+    all-gather different sizes."""
+    from planner.memory.terms import quantized_weight_bytes
+
+    layer = base_tensors(model, layer_only=True, kind=kind)
     base = sum(t.numel for t in layer)
-    linear = sum(t.numel for t in layer if t.role == "linear")  # the largest kind's Linear weights
     if variant(train).base.quantized:
-        base_bytes = packed + (base - linear) * FP32
+        linear = [t.numel for t in layer if t.role == "linear"]
+        base_bytes = sum(quantized_weight_bytes(n) for n in linear) + (base - sum(linear)) * FP32
     else:
         base_bytes = base * weight_bytes
-    return base_bytes + elements(adapter_tensors(model, train, layer_only=True)) * FP32
+    return base_bytes + elements(adapter_tensors(model, train, layer_only=True, kind=kind)) * FP32
 
 
 def _layer_params(model: ModelSpec, train: TrainSpec) -> int:
@@ -109,10 +124,10 @@ def _layer_params(model: ModelSpec, train: TrainSpec) -> int:
             + elements(adapter_tensors(model, train, layer_only=True)))
 
 
-def fsdp_layer_grads(model: ModelSpec, train: TrainSpec, grad_bytes: int) -> int:
-    """FSDP: one layer's unsharded gradients, before their reduce-scatter (part of
-    :meth:`FSDP.terms`' reduce_scatter)."""
-    return elements(trainable_tensors(model, train, layer_only=True)) * grad_bytes
+def fsdp_layer_grads(model: ModelSpec, train: TrainSpec, grad_bytes: int, kind: str | None = None) -> int:
+    """FSDP: one layer's unsharded gradients (of the layer kind ``kind``, else of the largest),
+    before their reduce-scatter (part of :meth:`FSDP.terms`' reduce_scatter)."""
+    return elements(trainable_tensors(model, train, layer_only=True, kind=kind)) * grad_bytes
 
 
 def fsdp_root_grads(model: ModelSpec, train: TrainSpec, grad_bytes: int) -> int:
@@ -132,6 +147,15 @@ def fsdp_grads_at_backward_end(model: ModelSpec, train: TrainSpec, grad_bytes: i
     first = next(k.name for k in model.kinds if 0 in k.indices)  # the first layer's kind
     first_layer = sharded(inv.of_kind(trainable_tensors(model, train), first), train.num_gpus)
     return fsdp_grads_after_layers(model, train, grad_bytes) - first_layer * grad_bytes
+
+
+def fsdp_layer_shards(model: ModelSpec, train: TrainSpec, grad_bytes: int, layers) -> int:
+    """FSDP: rank 0's gradient shards of the decoder layers ``layers`` (indices), each of its
+    own kind (those already reduce-scattered while a layer before them runs backward)."""
+    trainable = trainable_tensors(model, train)
+    kind_of = {i: k.name for k in model.kinds for i in k.indices}
+    per_kind = {k.name: sharded(inv.of_kind(trainable, k.name), train.num_gpus) for k in model.kinds}
+    return sum(per_kind[kind_of[i]] for i in layers) * grad_bytes
 
 
 def fsdp_grads_after_layers(model: ModelSpec, train: TrainSpec, grad_bytes: int) -> int:
@@ -226,8 +250,10 @@ class Strategy:
     def rank_state(self, model: ModelSpec, train: TrainSpec, prec, state: RankState) -> RankState:
         return state
 
-    def terms(self, model: ModelSpec, train: TrainSpec, prec) -> dict[str, int]:
-        """The parallel terms' sizes (one each; :data:`TERMS`)."""
+    def terms(self, model: ModelSpec, train: TrainSpec, prec, kind: str | None = None) -> dict[str, int]:
+        """The parallel terms' sizes (one each; :data:`TERMS`), those of a layer (the layer
+        all-gathered, its buffer, its gradients not yet reduced) for a layer of the kind ``kind``
+        (None: the largest kind's)."""
         return dict.fromkeys(TERMS, 0)
 
     def grads_at_embedding(self, model: ModelSpec, train: TrainSpec, prec, end_grads: int) -> int:
@@ -235,7 +261,8 @@ class Strategy:
         return end_grads
 
 
-def _grad_bytes(train: TrainSpec, prec) -> int:
+def grad_bytes(train: TrainSpec, prec) -> int:
+    """Bytes of one trained parameter's gradient (the adapters' fp32, or the trained weights' dtype)."""
     return variant(train).adapter.trained_bytes(prec.weight)
 
 
@@ -246,9 +273,9 @@ class DDP(Strategy):
 
     name: str = "ddp"
 
-    def terms(self, model, train, prec):
+    def terms(self, model, train, prec, kind=None):
         return dict(super().terms(model, train, prec),
-                    grad_buckets=ddp_grad_buckets(model, train, _grad_bytes(train, prec)))
+                    grad_buckets=ddp_grad_buckets(model, train, grad_bytes(train, prec)))
 
 
 @dataclass(frozen=True)
@@ -271,11 +298,11 @@ class FSDP(Strategy):
         if offloaded:
             return RankState(persistent, 0, 0, 0)
         return RankState(persistent, shard_fraction_bytes(state.grads, trainable, n),
-                         fsdp_grads_at_backward_end(model, train, _grad_bytes(train, prec)),
+                         fsdp_grads_at_backward_end(model, train, grad_bytes(train, prec)),
                          shard_fraction_bytes(state.opt_transient, trainable, n))
 
-    def terms(self, model, train, prec):
-        """The root (:func:`unsharded_root`) and one layer (:func:`layer_bytes`) all-gathered;
+    def terms(self, model, train, prec, kind=None):
+        """The root (:func:`unsharded_root`) and one layer of ``kind`` (:func:`layer_bytes`) all-gathered;
         the all-gather output buffer, about one layer (N times its padded shard): FSDP2 keeps the
         last all-gather's buffer until the next copy-out, so one is still there at the loss, and
         backward prefetches the next layer's (tracer: one layer-sized ``empty`` buffer at the loss
@@ -285,19 +312,19 @@ class FSDP(Strategy):
         torch.distributed.fsdp._fully_shard._fsdp_collectives, foreach_reduce; tracer, tiny
         Llama full, checkpointing: layer 0's weight gradients and lm_head's [V, h] gradient
         unsharded, the other layers' gradients sharded)."""
-        g = _grad_bytes(train, prec)
-        layer = layer_bytes(model, train, prec.weight, packed_layer(model, train))
+        g = grad_bytes(train, prec)
+        layer = layer_bytes(model, train, prec.weight, kind)
         root_grads = fsdp_root_grads(model, train, g)
         return dict(super().terms(model, train, prec), unsharded_root=unsharded_root(model, train, prec.weight),
                     unsharded_layer=layer, prefetch=layer,
-                    reduce_scatter=fsdp_layer_grads(model, train, g) + root_grads, root_grads=root_grads)
+                    reduce_scatter=fsdp_layer_grads(model, train, g, kind) + root_grads, root_grads=root_grads)
 
     def grads_at_embedding(self, model, train, prec, end_grads):
         """Every layer's shard, the first layer's too (:func:`fsdp_grads_after_layers`), unless
         the gradients live on the CPU."""
         if fsdp_offloaded(train):
             return end_grads
-        return fsdp_grads_after_layers(model, train, _grad_bytes(train, prec))
+        return fsdp_grads_after_layers(model, train, grad_bytes(train, prec))
 
 
 @dataclass(frozen=True)
@@ -321,7 +348,9 @@ class Zero(Strategy):
                           adapters__params=states["adapters/params"], optimizer__states=states["optimizer/states"])
         return RankState(persistent, states["grads"], states["grads"], states["optimizer/transient"])
 
-    def terms(self, model, train, prec):
+    def terms(self, model, train, prec, kind=None):
+        """ZeRO-3's gathered layer and prefetch bucket: the largest kind's, whatever ``kind``
+        (formulas, not traced)."""
         layer = _layer_params(model, train)
         gathered = layer * 2 if self.stage == 3 else 0
         prefetch = min(ZERO3_PREFETCH_BUCKET, layer) * 2 if self.stage == 3 else 0
@@ -337,9 +366,3 @@ def strategy(train: TrainSpec) -> Strategy:
     """The strategy of ``train.sharding``."""
     return STRATEGIES[train.sharding]
 
-
-def packed_layer(model: ModelSpec, train: TrainSpec) -> int:
-    """One layer's packed 4-bit weights' bytes for a 4-bit base, else 0."""
-    from planner.memory.terms import packed_layer_bytes
-
-    return packed_layer_bytes(model) if variant(train).base.quantized else 0

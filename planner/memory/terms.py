@@ -614,7 +614,7 @@ def moe_saved_parts(model: ModelSpec, train: TrainSpec, prec: Precision) -> dict
         router_train = False  # its input is counted above
     else:
         router = t * moe.experts * FP32 + pairs * 8 + ((pairs + t) * FP32 if moe.renormalize else 0)
-        w = FP32 if moe.weights_fp32 else c
+        w = routing_weight_bytes(model, prec)
         per_pair = (2 * h + 4 * i) * x + 24 + w if experts_train else (h + 3 * i) * x + 24 + w
     router += t * h * x if router_train else 0
     # Phi-3.5-MoE's input jitter (training only): the block and then its router multiply the normed
@@ -738,6 +738,16 @@ def attn_temperature_saved(model: ModelSpec, train: TrainSpec, prec: Precision) 
     return train.seq_len * FP32 if model.traits.attn_temperature else 0
 
 
+def routing_weight_bytes(model: ModelSpec, prec: Precision) -> int:
+    """Bytes of one routing weight of a mixture of experts: fp32 for Mixtral's (``weights_fp32``)
+    and for DeepSeek-V3's fp32 router without autocast (:func:`sigmoid_router_saved`), else the
+    compute dtype."""
+    moe = model.layer.moe
+    if moe.routing == "sigmoid_group":
+        return prec.compute if prec.autocast else FP32
+    return FP32 if moe.weights_fp32 and moe.activation != "clamped_swiglu" else prec.compute
+
+
 def sigmoid_router_saved(model: ModelSpec, train: TrainSpec, prec: Precision, trained: bool) -> tuple[int, int]:
     """DeepSeek-V3's router (GLM-4.5's alike; transformers 5.23 DeepseekV3TopkRouter): one MoE
     layer's saved set, and the bytes of one routing weight. The router casts its input and
@@ -753,7 +763,7 @@ def sigmoid_router_saved(model: ModelSpec, train: TrainSpec, prec: Precision, tr
     the router's LoRA (peft's ParamWrapper) keeps its merged weight instead of the weight's copy."""
     moe = model.layer.moe
     t, h, pairs = train.tokens, model.hidden_size, train.tokens * moe.top_k
-    r = prec.compute if prec.autocast else FP32
+    r = routing_weight_bytes(model, prec)
     lora = any(tg.part == "router" for tg in targets.targeted_parameters(model, train))
     weight = 0 if lora else moe.experts * h * r  # LoRA's merged weight (the "merged" part) is the one kept
     saved = weight + t * moe.experts * r + pairs * 8 + ((pairs + t) * r if moe.renormalize else 0)
@@ -835,7 +845,12 @@ def moe_forward_workspace(model: ModelSpec, train: TrainSpec, prec: Precision) -
         return 0
     t, h, x = train.tokens, model.hidden_size, prec.stream
     pairs = t * model.layer.moe.top_k
-    return moe_saved_parts(model, train, prec)["merged"] + (4 * pairs + 2 * t) * h * x + 24 * pairs
+    # the product with the routing weights and the unpermuted result take the wider of the two
+    # dtypes (type promotion: DeepSeek-V3's fp32 routing weights without autocast; tracer,
+    # DeepSeek-V3 cut to 2 layers, LoRA all-linear pure bf16 with checkpointing, batch 4 x 1920:
+    # two fp32 [61440, 7168] at the forward peak, the plan 3% under without them)
+    product = max(x, routing_weight_bytes(model, prec))
+    return moe_saved_parts(model, train, prec)["merged"] + ((2 * pairs * (x + product)) + 2 * t * x) * h + 24 * pairs
 
 
 def linear_inputs_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
