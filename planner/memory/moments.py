@@ -195,8 +195,11 @@ class Step:
 
     @cached_property
     def final_norm(self) -> int:
-        """The final norm's saved set: not run yet while the layers run."""
-        return C.norm_saved(self.model, self.train, self.prec)
+        """The final norm's saved set and a trained lm_head's input: not made yet while the
+        layers run forward, freed by lm_head's backward before theirs (tracer, tiny Llama LoRA
+        with eager attention, lm_head saved, batch 2 x 512: the bf16 T x h input gone at the
+        last layer's softmax backward, the peak)."""
+        return C.norm_saved(self.model, self.train, self.prec) + self._term(C.lm_head_input_saved)
 
     @cached_property
     def per_layer(self) -> int:
@@ -230,6 +233,13 @@ class Step:
     def walk(self) -> tuple:
         """Full fine-tuning's first layer backward, block by block (layer.first_layer_backward_walk)."""
         return self._first(M.first_layer_backward_walk)
+
+    @cached_property
+    def head_grads(self) -> int:
+        """A trained lm_head's gradient, there from lm_head's backward on (terms.lm_head_grad_kept):
+        in the last layer's backward moments; under FSDP the root's unsharded gradient is the
+        parallel terms'."""
+        return self._term(C.lm_head_grad_kept) if S.strategy(self.train).whole_gradients else 0
 
     @cached_property
     def made(self) -> int:
@@ -457,7 +467,7 @@ def _last_layer(part):
         values = part(s)
         if values is None:
             return None
-        return dict(**s.persistent, activations__saved=s.saved - s.final_norm,
+        return dict(**s.persistent, grads=s.head_grads, activations__saved=s.saved - s.final_norm,
                     activations__autocast_weights=s.back_copies, **values, **s.parallel("backward_layer"))
     last_layer.__doc__ = f"The last layer's backward: {part.__name__.strip('_').replace('_', ' ')}."
     return last_layer
@@ -488,7 +498,8 @@ def _layer_dora(s: Step):
     kept, workspace = s._last(M.adapter_backward_moment)
     # (with checkpointing: the recomputed module's DoRA output, the final norm's input freed and
     # the gradients made before the recomputation in flight)
-    return dict(**s.persistent, activations__saved=s.saved - s.final_norm if s.gc else s.saved - s.per_layer + kept,
+    return dict(**s.persistent, grads=s.head_grads,
+                activations__saved=s.saved - s.final_norm if s.gc else s.saved - s.per_layer + kept,
                 activations__autocast_weights=s.back_copies, transient__recompute=kept + s.in_flight if s.gc else 0,
                 transient__dora_backward=workspace, **s.parallel("backward_layer"))
 
@@ -498,7 +509,7 @@ def _layer_softmax_backward(s: Step):
     """Eager attention's softmax backward in the last layer."""
     kept, work = s.softmax_back
     saved = s.saved - s.final_norm - (0 if s.gc else s.per_layer - kept)
-    return dict(**s.persistent, activations__saved=saved, activations__autocast_weights=s.back_copies,
+    return dict(**s.persistent, grads=s.head_grads, activations__saved=saved, activations__autocast_weights=s.back_copies,
                 transient__recompute=(kept + s.in_flight) if s.gc else 0, transient__attention=work,
                 **s.parallel("backward_layer"))
 
