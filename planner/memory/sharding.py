@@ -126,6 +126,19 @@ def fsdp_root_grads(model: ModelSpec, train: TrainSpec, grad_bytes: int) -> int:
     return ((counts.lm_head_params(model) or counts.embedding_params(model)) + model.hidden_size) * grad_bytes
 
 
+def fsdp_layer_shards(model: ModelSpec, train: TrainSpec, grad_bytes: int, indices) -> int:
+    """FSDP: the gradient shards rank 0 holds of the decoder layers ``indices`` once their
+    reduce-scatters are done (each layer's tensors of its kind)."""
+    trainable = trainable_tensors(model, train)
+    kind_of = {i: k.name for k in model.kinds for i in k.indices}
+    return sum(sharded(inv.of_kind(trainable, kind_of[i]), train.num_gpus) for i in indices) * grad_bytes
+
+
+def fsdp_grad_bytes(train: TrainSpec, prec) -> int:
+    """Bytes per element of the gradients FSDP reduces."""
+    return _grad_bytes(train, prec)
+
+
 def fsdp_grads_at_backward_end(model: ModelSpec, train: TrainSpec, grad_bytes: int) -> int:
     """FSDP: the sharded gradients already there while the first layer's backward runs: every
     other layer's shard (the root's and the first layer's are still whole: :meth:`FSDP.terms`' reduce_scatter)."""
