@@ -211,9 +211,10 @@ def build_traced(spec: ProbeModel, train: TrainSpec, sharding: str):
 
 
 def trace(spec: ModelSpec | ProbeModel, train: TrainSpec, num_gpus: int, sharding: str, *,
-          steps: int = 1, warmup: int = 1):
+          steps: int = 1, warmup: int = 1, tracker=None):
     """Rank 0's memory of ``train`` on ``num_gpus`` GPUs under ``sharding``, traced on fake
-    tensors with the fake process group: a :class:`probes.protocol.Measurement`."""
+    tensors with the fake process group: a :class:`probes.protocol.Measurement`. ``tracker``
+    may be passed in (one with ``detail_at``, to list what is live at each phase's peak)."""
     from .build import probe_model, resolve_precision
     from .fake import allow_grouped_mm_in_any_dtype, cuda_dropout, plain_positions
     from .protocol import measure_tracked
@@ -236,7 +237,8 @@ def trace(spec: ModelSpec | ProbeModel, train: TrainSpec, num_gpus: int, shardin
             fake_ids = mode.from_tensor(ids)
             optimizer = make_optimizer(model.parameters(), train.optim, "fake")
             return measure_tracked(wrapped, optimizer, fake_ids, precision, steps=steps, warmup=warmup,
-                                   force_flash=not spec.eager, timed=False, state=state, resizes=True)
+                                   force_flash=not spec.eager, timed=False, state=state, resizes=True,
+                                   tracker=tracker)
 
 
 def measure(spec: ModelSpec | ProbeModel, train: TrainSpec, sharding: str, device: str, *,

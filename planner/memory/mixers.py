@@ -62,35 +62,55 @@ def mamba_fused_saved(m: Mamba2, train: TrainSpec, prec) -> int:
 
 def mamba_torch_saved(m: Mamba2, train: TrainSpec, prec) -> int:
     """transformers' torch path (GraniteMoeHybridMambaLayer.forward without a kernel:
-    causal_conv1d_fn's F.conv1d, mamba2_chunk_scan, the gated RMSNorm), under autocast, per op:
+    causal_conv1d_fn's F.conv1d, mamba2_chunk_scan, the gated RMSNorm), per op. Three dtypes
+    decide its bytes: x, in_proj's output (the Linear outputs' ``prec.hidden``: fp32 for a 4-bit
+    in_proj, which returns its fp32 input's dtype); w, the mixer's own parameters (the residual
+    stream's ``prec.stream``: fp32 for a 4-bit method, whose prepare_model_for_kbit_training casts
+    them, and under ``mixed``); and whether autocast runs, which casts the conv's and the einsums'
+    operands to c:
 
-    - the in_proj output (the conv reads a transposed split of it: its whole storage, T*proj*c);
-      the conv output with its K - 1 padding positions, kept by SiLU (b*conv_dim*(S + K - 1)*c);
-    - dt + dt_bias and softplus (2*T*H*c), dt.float() (T*H*4), x.float() (T*d*4), A (H*4);
+    - the conv: its input, the in_proj output's split (its whole storage, T*proj*x) where no cast
+      copies it (x = w and, under autocast, = c), else the copy it runs on (T*conv_dim*k, k = c under
+      autocast, else w), and under autocast the c copy of an fp32 conv weight (conv_dim*K*c); the
+      output with its K - 1 padding positions, kept by SiLU (b*conv_dim*(S + K - 1)*k);
+    - dt + dt_bias and softplus (2*T*H*x), dt.float() (T*H*4), A (H*4); x.float() (T*d*4), or
+      where x is fp32 the conv's fp32 output it is a view of (T*conv_dim*4);
     - per chunk scan: the two bool tril masks of each segment_sum (2*Q^2, 2*(n + 1)^2), exp of the
-      intra-chunk segsum L (b*H*n*Q^2*4), the einsums' bf16 operand copies (C and B: 2*T*H*N*c;
-      M and x: b*n*H*Q^2*c + T*d*c; B_decay and x: T*H*N*c + T*d*c; decay_chunk and states:
-      b*H*(n + 1)^2*c + b*H*(n + 1)*P*N*c; C and states: T*H*N*c + b*n*H*N*P*c), G
-      (b*n*Q^2*H*c), exp of the inter-chunk segsum (b*H*(n + 1)^2*4), the decays (2*T*H*4), the fp32
-      B (T*H*N*4), C times states (T*d*c);
-    - the gated RMSNorm: its fp32 input and gate, silu(gate), their product (4*T*d*4) and rstd
-      (T*G*4).
+      intra-chunk segsum L (b*H*n*Q^2*4), the einsums' operands, s bytes each (s = c under
+      autocast, which casts them; else fp32, mamba2_chunk_scan's own dtype): C and B (2*T*H*N*s),
+      M and x (b*n*H*Q^2*s + T*d*s), B_decay and x (T*H*N*s + T*d*s), states (b*H*(n + 1)*P*N*s)
+      and, under autocast only, decay_chunk's cast (b*H*(n + 1)^2*c), C and states
+      (T*H*N*s + b*n*H*N*P*s); G (b*n*Q^2*H*s), exp of the inter-chunk segsum (b*H*(n + 1)^2*4),
+      the decays (2*T*H*4), the fp32 B (T*H*N*4), C times states (T*d*s);
+    - the gated RMSNorm: its fp32 input (the scan's output, a view of its padded n*Q rows:
+      b*n*Q*d*4), silu(gate) and the product (2*T*d*4), gate.to(fp32) (T*d*4) unless x is fp32
+      (then the in_proj output itself, kept), and rstd (T*G*4).
 
-    Tracer (saved-tensor hooks), tiny Granite-4.0-H Mamba layer (h 128, H 8 x P 32, N 16, G 1,
-    Q 32), LoRA bf16 autocast, batch 1 x 64: 816,546 bytes, this sum to the byte. A sequence that
-    is not a multiple of Q pads each chunk tensor to n*Q (counted as such)."""
+    Tracer (saved-tensor hooks on the mixer), tiny Granite-4.0-H Mamba layer (h 128, H 8 x P 32,
+    N 16, G 1, Q 32), batch 1 x 64: LoRA bf16 autocast 816,546 bytes, this sum to the byte, and
+    LoRA pure bf16, QLoRA / QDoRA pure and autocast, LoRA mixed likewise, at 2 x 72 and 3 x 100
+    too (tests/probes/test_hybrids_traced.py). A sequence that is not a multiple of Q pads each
+    chunk tensor to n*Q (counted as such). Trained mixer parameters (full fine-tuning) keep more: not
+    counted (full fine-tuning runs the fused kernels unless asked for the torch path)."""
     b, t, c = train.batch_size, train.tokens, prec.compute
+    x, w, autocast = prec.hidden, prec.stream, prec.autocast
     h, p, n_state, d = m.heads, m.head_dim, m.state, m.inner
     q, n = m.chunk, ceil_div(train.seq_len, m.chunk)
-    conv = m.projection * t * c + b * m.conv_dim * (train.seq_len + m.conv_kernel - 1) * c
-    dt = 2 * t * h * c + t * h * FP32 + t * d * FP32 + h * FP32
     tp = b * n * q  # padded tokens
-    scan = (2 * q * q + b * h * n * q * q * FP32 + 2 * tp * h * n_state * c + b * n * q * q * h * c
-            + b * n * h * q * q * c + tp * d * c + 2 * tp * h * FP32 + tp * h * n_state * FP32
-            + tp * h * n_state * c + tp * d * c
-            + 2 * (n + 1) ** 2 + b * h * (n + 1) ** 2 * FP32 + b * h * (n + 1) * p * n_state * c
-            + b * h * (n + 1) ** 2 * c + tp * h * n_state * c + b * n * h * n_state * p * c + tp * d * c)
-    norm = 4 * t * d * FP32 + t * m.groups * FP32
+    k = c if autocast else w  # the conv runs in
+    viewed = x == w == k  # the conv reads in_proj's output itself
+    proj = t * m.projection * x if viewed or x == FP32 else 0
+    conv = (proj + (0 if viewed else t * m.conv_dim * k) + (m.conv_dim * m.conv_kernel * c if autocast and w != c else 0)
+            + b * m.conv_dim * (train.seq_len + m.conv_kernel - 1) * k)
+    dt = 2 * t * h * x + t * h * FP32 + h * FP32 + t * (m.conv_dim if x == FP32 else d) * FP32
+    s = c if autocast else FP32
+    scan = (2 * q * q + b * h * n * q * q * FP32 + 2 * tp * h * n_state * s + b * n * q * q * h * s
+            + b * n * h * q * q * s + tp * d * s + 2 * tp * h * FP32 + tp * h * n_state * FP32
+            + tp * h * n_state * s + tp * d * s
+            + 2 * (n + 1) ** 2 + b * h * (n + 1) ** 2 * FP32 + b * h * (n + 1) * p * n_state * s
+            + (b * h * (n + 1) ** 2 * c if autocast else 0) + tp * h * n_state * s + b * n * h * n_state * p * s
+            + tp * d * s)
+    norm = tp * d * FP32 + (2 + (x != FP32)) * t * d * FP32 + t * m.groups * FP32
     return conv + dt + scan + norm
 
 

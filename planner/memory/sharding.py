@@ -141,21 +141,25 @@ def fsdp_root_grads(model: ModelSpec, train: TrainSpec, grad_bytes: int) -> int:
     return ((counts.lm_head_params(model) or counts.embedding_params(model)) + model.hidden_size) * grad_bytes
 
 
+def fsdp_layer_shards(model: ModelSpec, train: TrainSpec, grad_bytes: int, indices) -> int:
+    """FSDP: the gradient shards rank 0 holds of the decoder layers ``indices`` once their
+    reduce-scatters are done (each layer's tensors of its kind)."""
+    trainable = trainable_tensors(model, train)
+    kind_of = {i: k.name for k in model.kinds for i in k.indices}
+    return sum(sharded(inv.of_kind(trainable, kind_of[i]), train.num_gpus) for i in indices) * grad_bytes
+
+
+def fsdp_grad_bytes(train: TrainSpec, prec) -> int:
+    """Bytes per element of the gradients FSDP reduces."""
+    return grad_bytes(train, prec)
+
+
 def fsdp_grads_at_backward_end(model: ModelSpec, train: TrainSpec, grad_bytes: int) -> int:
     """FSDP: the sharded gradients already there while the first layer's backward runs: every
     other layer's shard (the root's and the first layer's are still whole: :meth:`FSDP.terms`' reduce_scatter)."""
     first = next(k.name for k in model.kinds if 0 in k.indices)  # the first layer's kind
     first_layer = sharded(inv.of_kind(trainable_tensors(model, train), first), train.num_gpus)
     return fsdp_grads_after_layers(model, train, grad_bytes) - first_layer * grad_bytes
-
-
-def fsdp_layer_shards(model: ModelSpec, train: TrainSpec, grad_bytes: int, layers) -> int:
-    """FSDP: rank 0's gradient shards of the decoder layers ``layers`` (indices), each of its
-    own kind (those already reduce-scattered while a layer before them runs backward)."""
-    trainable = trainable_tensors(model, train)
-    kind_of = {i: k.name for k in model.kinds for i in k.indices}
-    per_kind = {k.name: sharded(inv.of_kind(trainable, k.name), train.num_gpus) for k in model.kinds}
-    return sum(per_kind[kind_of[i]] for i in layers) * grad_bytes
 
 
 def fsdp_grads_after_layers(model: ModelSpec, train: TrainSpec, grad_bytes: int) -> int:

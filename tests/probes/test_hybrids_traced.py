@@ -235,3 +235,73 @@ def test_a_real_step_with_the_fused_ops_equals_the_torch_path(torch_stack, model
     from transformers.models.granitemoehybrid import modeling_granitemoehybrid as mg
 
     assert mg.mamba2_split_conv1d_scan_combined.__module__.startswith("transformers")
+
+
+MAMBA_ONLY = dict(pad_token_id=0, vocab_size=512, hidden_size=128, intermediate_size=32, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=4096, layer_types=["mamba"], num_hidden_layers=1,
+                  shared_intermediate_size=48, num_local_experts=4, num_experts_per_tok=2, mamba_n_heads=8,
+                  mamba_d_head=32, mamba_d_state=16, mamba_n_groups=1, mamba_chunk_size=32,
+                  position_embedding_type="nope")
+
+
+def _mixer_saved_traced(torch, spec, train) -> int:
+    """The bytes the Mamba-2 mixer's forward keeps for backward on the torch path, on fake
+    tensors: every storage a saved-tensor hook sees inside the mixer, outside its in_proj and
+    out_proj (their adapters' inputs are the adapter kind's), less parameters and the mixer's input."""
+    from probes import fake
+    from probes.build import probe_model, resolve_precision
+    from probes.kernels import cuda_autocast_layer_norm
+    from probes.step import compute_loss, synthetic_batch
+
+    fake.allow_grouped_mm_in_any_dtype()
+    model, mode = fake.build_fake(probe_model(spec, train), train)
+    mixer = next(m for n, m in model.named_modules() if n.endswith("layers.0.mamba"))
+    params = {p.untyped_storage()._cdata for p in model.parameters()}
+    kept, state = {}, {"on": False, "depth": 0, "input": None}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if state["on"] and not state["depth"] and storage._cdata not in params | {state["input"]}:
+            kept[storage._cdata] = storage.nbytes()
+        return t
+
+    def enter(module, args, kwargs):
+        state["on"], state["input"] = True, (args[0] if args else kwargs["hidden_states"]).untyped_storage()._cdata
+
+    mixer.register_forward_pre_hook(enter, with_kwargs=True)
+    mixer.register_forward_hook(lambda *a: state.update(on=False))
+    for linear in (mixer.in_proj, mixer.out_proj):
+        linear.register_forward_pre_hook(lambda *a: state.update(depth=state["depth"] + 1))
+        linear.register_forward_hook(lambda *a: state.update(depth=state["depth"] - 1))
+    ids = synthetic_batch(train.batch_size, train.seq_len, spec.vocab_size, "cpu")
+    precision = resolve_precision(train, "fake")
+    with mode, fake.plain_positions(), cuda_autocast_layer_norm(model), \
+            torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        compute_loss(model, mode.from_tensor(ids), precision)
+    return sum(kept.values())
+
+
+@pytest.mark.slow
+def test_torch_path_mamba_saved_set_in_every_precision(torch_stack):
+    """The torch path's saved set (planner.memory.mixers.mamba_torch_saved) to the byte, traced
+    with saved-tensor hooks, where the three dtypes differ: in_proj's output (fp32 from a 4-bit
+    in_proj), the mixer's parameters (fp32 for a 4-bit method and under mixed) and autocast (the
+    einsums' operands cast to bf16, else mamba2_chunk_scan's fp32). Batch 2 x 72: the chunks are
+    padded (Q 32). Negative control: the autocast plan of a pure step is under its trace (the
+    Granite-4.0-H-Tiny QDoRA pure row was 5.4% under with it)."""
+    import dataclasses
+
+    import torch
+
+    from planner.memory import mixers, terms as C
+
+    spec = model_from_config({"model_type": "granitemoehybrid", **MAMBA_ONLY}, "tiny-granite-mamba")
+    view = spec.by_kind()[0]
+    for method, precision in (("qdora", "pure"), ("qlora", "autocast"), ("lora", "pure"), ("lora", "mixed")):
+        train = TrainSpec(method=method, precision=precision, dtype="bf16", rank=4, batch_size=2, seq_len=72,
+                          kernels="torch")
+        prec = C.precision(train, "bf16")
+        traced = _mixer_saved_traced(torch, spec, train)
+        assert mixers.mixer_saved(view, train, prec) == traced, (method, precision)
+        if precision == "pure":
+            assert mixers.mixer_saved(view, train, dataclasses.replace(prec, autocast=True)) < traced

@@ -88,3 +88,45 @@ def test_the_bound_can_fail(torch_stack):
     planned = plan(tiny(tied), "a100-80gb", train, calibrations={}).phases
     assert C.model_level_saved(tiny(tied), train, C.precision(train, "bf16")) >= head_input
     assert abs((planned["backward"] - head_input) / trace["backward"] - 1) >= BOUND
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["lora", "qlora"])
+def test_a_saved_lm_head_at_the_last_layers_backward(torch_stack, method):
+    """Eager attention at seq 512 with a 512-token vocabulary: the backward peak is the last
+    layer's softmax backward, after lm_head's. What saving lm_head adds there, planned, equals
+    what it adds traced to within Adam's 4-byte step counter: its copy, its optimizer states
+    and its gradient (terms.lm_head_grad_kept), its input already freed (moments.Step.final_norm).
+    Negative controls: without the gradient, or with the input still kept, the plans miss it by
+    V x h or T x h parameter-dtype / compute-dtype elements."""
+    from planner.memory import moments, terms as C
+
+    spec = model_from_config({"model_type": "llama", **BASE, "vocab_size": 512}, "tiny-llama-v512")
+
+    def run(modules=(), **patch):
+        from probes.fake import trace
+
+        train = TrainSpec(method=method, rank=8, batch_size=2, seq_len=512, dtype="bf16",
+                          attn_implementation="eager", modules_to_save=modules)
+        owners = {name: C if hasattr(C, name) else moments.Step for name in patch}
+        saved = {name: owners[name].__dict__[name] if owners[name] is moments.Step else getattr(C, name)
+                 for name in patch}
+        try:
+            for name, fn in patch.items():
+                setattr(owners[name], name, fn)
+            moments.clear_caches()
+            planned = plan(spec, "a100-80gb", train, calibrations={})
+        finally:
+            for name, fn in saved.items():
+                setattr(owners[name], name, fn)
+            moments.clear_caches()
+        assert planned.peak_moment == "layer_softmax"
+        return planned.phases["backward"], (trace(spec, train).phase_peaks["backward"] if not patch else None)
+
+    planned_without, traced_without = run()
+    planned_with, traced_with = run(("lm_head",))
+    assert abs((planned_with - planned_without) - (traced_with - traced_without)) <= 8
+    forgot_grad, _ = run(("lm_head",), lm_head_grad_kept=lambda *a: 0)
+    kept_input, _ = run(("lm_head",), final_norm=property(lambda s: C.norm_saved(s.model, s.train, s.prec)))
+    for wrong in (forgot_grad, kept_input):
+        assert abs((wrong - planned_without) - (traced_with - traced_without)) > 10_000
