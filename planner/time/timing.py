@@ -74,7 +74,7 @@ from planner.units import FP32
 
 TERMS = ("forward/matmul", "backward/input_grad", "backward/weight_grad", "adapters/matmul",
          "adapters/elementwise", "attention/core", "elementwise/layers", "loss/cross_entropy",
-         "recompute/forward", "dora/weight_norm", "dora/dropout_matmul", "qlora/dequant",
+         "recompute/forward", "dora/weight_norm", "dora/dropout_matmul", "qlora/dequant", "deltanet/core",
          "mixer/core", "optimizer/step")
 # eager PyTorch ops per decoder layer forward (HF Llama layout: two unfused RMSNorms of 7
 # ops, 7 projections, rotary 10, attention 2, activation 2, residual adds 2, views and casts

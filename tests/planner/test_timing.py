@@ -308,3 +308,15 @@ def test_mamba2_and_short_conv_mixers_are_timed_on_each_kernel_path():
 
     for plain in (get_model("llama-3.1-8b"), get_model("qwen3-next-80b-a3b")):  # attention, DeltaNet
         assert "mixer/core" not in timing.step_time(plain, a100, train, "bf16").terms
+
+
+def test_every_term_of_the_step_is_listed():
+    """The terms a plan lists sum to the step's GPU seconds: a term the list leaves out (the
+    DeltaNet's, a Mamba-2's) would be timed but not shown. Qwen3-Next (DeltaNet) and
+    granite-4.0-h-tiny (Mamba-2), with checkpointing."""
+    train = TrainSpec(method="lora", seq_len=512, gradient_checkpointing=True)
+    for name in ("qwen3-next-80b-a3b", "granite-4.0-h-tiny", "llama-3.1-8b"):
+        st = timing.step_time(get_model(name), get_gpu("a100-80gb"), train, "bf16")
+        assert sum(e["seconds"] for e in st.terms.values()) == pytest.approx(st.gpu_seconds, rel=1e-12)
+    assert "deltanet/core" in timing.step_time(get_model("qwen3-next-80b-a3b"), get_gpu("a100-80gb"), train,
+                                               "bf16").terms
