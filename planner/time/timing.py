@@ -392,8 +392,9 @@ def mixer_work(model: ModelSpec, train: TrainSpec, prec: Precision) -> list[Work
     - 2*T*D*K: the depthwise causal conv over x, B and C;
     - 2*T*Q*N per score head: C B^T within each chunk, on the fused path once per group (G
       score heads: mamba-ssm's ssd_combined.py, _mamba_chunk_scan_combined_fwd's
-      _bmm_chunk_fwd over ngroups), on the torch path once per head (H: transformers'
-      torch_forward repeats B and C to every head before its C*B product and sum);
+      _bmm_chunk_fwd over ngroups), on the torch path once per head (H: transformers 5.23
+      modeling_granitemoehybrid.mamba2_chunk_scan repeats B and C to every head before its
+      C B^T einsum);
     - 2*T*Q*P per head: those scores times x; 2*T*N*P per head: the chunk states (B^T x);
       2*T*N*P per head: C times the passed states (the state passing itself, (S/Q)*N*P per
       head, left out); Q is the config's chunk size (mamba_chunk_size / chunk_size, which
