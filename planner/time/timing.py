@@ -48,6 +48,9 @@ Terms (keys):
   per pass (Dettmers et al. 2023, QLoRA;
   bitsandbytes MatMul4Bit), and casts the fp32 hidden stream to and from the compute dtype,
   T*(in + out)*(4 + c) bytes per pass.
+- ``deltanet/core``: a Gated DeltaNet layer's conv and chunked delta rule (:func:`deltanet_work`).
+- ``mixer/core``: a Mamba-2 layer's conv and chunked scan, an LFM2 short convolution's gates
+  and conv (:func:`mixer_work`).
 - ``optimizer/step``: AdamW reads and writes parameters, gradients and two states:
   torch's foreach path makes 8 passes (4p + 2g + 14s bytes per parameter), the fused
   kernel one (2p + g + 4s); 8-bit states s = 1; SGD 2p + g. fp16's GradScaler unscales
@@ -71,7 +74,8 @@ from planner.units import FP32
 
 TERMS = ("forward/matmul", "backward/input_grad", "backward/weight_grad", "adapters/matmul",
          "adapters/elementwise", "attention/core", "elementwise/layers", "loss/cross_entropy",
-         "recompute/forward", "dora/weight_norm", "dora/dropout_matmul", "qlora/dequant", "optimizer/step")
+         "recompute/forward", "dora/weight_norm", "dora/dropout_matmul", "qlora/dequant", "deltanet/core",
+         "mixer/core", "optimizer/step")
 # eager PyTorch ops per decoder layer forward (HF Llama layout: two unfused RMSNorms of 7
 # ops, 7 projections, rotary 10, attention 2, activation 2, residual adds 2, views and casts
 # about 10); backward about twice; each adapted Linear adds 8 (cast, autocast casts, A, B,
@@ -375,6 +379,67 @@ def deltanet_work(model: ModelSpec, train: TrainSpec, prec: Precision) -> list[W
     return out
 
 
+def mixer_work(model: ModelSpec, train: TrainSpec, prec: Precision) -> list[Work]:
+    """``mixer/core``: the token mixers that are neither attention nor a DeltaNet, per layer of
+    their kind, on the kernel path :func:`planner.memory.mixers.kernels_path` picks (their
+    Linears are base_matmuls'). Backward twice the forward, as for :func:`deltanet_work`.
+
+    Mamba-2 (planner.model.architectures.Mamba2: H heads of P dims, N the state, G groups,
+    D = conv_dim channels, K taps, Q the chunk), the chunked state-space dual (SSD) algorithm
+    (Dao & Gu 2024, "Transformers are SSMs", section 6: diagonal blocks, chunk states, state
+    passing, output states; their cost section 6.3), forward:
+
+    - 2*T*D*K: the depthwise causal conv over x, B and C;
+    - 2*T*Q*N per score head: C B^T within each chunk, on the fused path once per group (G
+      score heads: mamba-ssm's ssd_combined.py, _mamba_chunk_scan_combined_fwd's
+      _bmm_chunk_fwd over ngroups), on the torch path once per head (H: transformers 5.23
+      modeling_granitemoehybrid.mamba2_chunk_scan repeats B and C to every head before its
+      C B^T einsum);
+    - 2*T*Q*P per head: those scores times x; 2*T*N*P per head: the chunk states (B^T x);
+      2*T*N*P per head: C times the passed states (the state passing itself, (S/Q)*N*P per
+      head, left out); Q is the config's chunk size (mamba_chunk_size / chunk_size, which
+      both paths use).
+
+    Bytes: the fused kernel (mamba_split_conv1d_scan_combined) reads the in_proj output and
+    writes the scan's output, T*(projection + inner)*c forward, twice backward, one fused
+    Triton kernel on tensor cores: priced as attention's fused kernels (R.ATTENTION, as
+    deltanet_work's fused path); the torch path writes its saved set forward and reads it
+    backward as well (planner.memory.mixers.mamba_torch_saved), its batched einsums at
+    matmul speed (R.MATMUL).
+
+    LFM2's short convolution (transformers 5.23 modeling_lfm2.Lfm2ShortConv.forward; h the
+    width, K the taps): B*x (T*h), the depthwise causal conv (2*T*h*K: causal-conv1d's
+    causal_conv1d_fn on the fused path, F.conv1d with K - 1 padding positions on the torch
+    path), C times its output (T*h): T*h*(2*K + 2) FLOPs, memory-bound elementwise work
+    (R.MEMORY) over four kernels: B*x reads two and writes one T*h*c tensor, the conv reads
+    one and writes one (torch: b*h*(S + K - 1)*c, its padded output), C*conv reads two and
+    writes one, the transpose to out_proj's layout reads and writes one: 10*T*h*c forward,
+    twice backward."""
+    from planner.memory import mixers
+    from planner.model.architectures import Mamba2, ShortConv
+
+    out = []
+    path = mixers.kernels_path(model, train)
+    for view in model.by_kind():
+        m, n, t, c = view.layer.mixer, view.num_layers, train.tokens, prec.compute
+        if isinstance(m, Mamba2):
+            scores = m.groups if path == "fused" else m.heads
+            flops = n * (2 * t * m.conv_dim * m.conv_kernel + 2 * t * m.chunk * m.state * scores
+                         + t * m.heads * (2 * m.chunk * m.head_dim + 4 * m.state * m.head_dim))
+            nbytes = n * t * (m.projection + m.inner) * c
+            if path == "torch":
+                nbytes += n * mixers.mamba_torch_saved(m, train, prec)
+            kind = R.MATMUL if path == "torch" else R.ATTENTION
+            out += [Work("mixer/core", flops, nbytes, kind, layer=True), Work("mixer/core", 2 * flops, 2 * nbytes, kind)]
+        elif isinstance(m, ShortConv):
+            flops = n * t * m.width * (2 * m.kernel + 2)
+            pad = train.batch_size * m.width * (m.kernel - 1) * c if path == "torch" else 0
+            nbytes = n * (10 * t * m.width * c + pad)
+            out += [Work("mixer/core", flops, nbytes, R.MEMORY, layer=True, kernels=4),
+                    Work("mixer/core", 2 * flops, 2 * nbytes, R.MEMORY, kernels=8)]
+    return out
+
+
 def work(model: ModelSpec, train: TrainSpec, dtype: str, segment: int | None = None) -> list[Work]:
     """Every piece of work of one step, recomputation included; ``segment``: the length of
     the documents packed into each row, where attention sees them one by one."""
@@ -382,6 +447,7 @@ def work(model: ModelSpec, train: TrainSpec, dtype: str, segment: int | None = N
     pieces = (base_matmuls(model, train, prec) + adapter_work(model, train, prec)
               + attention_work(model, train, prec, segment) + elementwise_work(model, train, prec)
               + dequant_work(model, train, prec) + deltanet_work(model, train, prec)
+              + mixer_work(model, train, prec)
               + optimizer_work(model, train, prec, scheme(train, dtype).grad_scaler))
     if train.gradient_checkpointing:
         pieces += [replace(w, term="recompute/forward", layer=False) for w in pieces if w.layer]

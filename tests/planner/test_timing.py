@@ -269,3 +269,54 @@ def test_a_target_one_kind_lacks_adapts_nothing_there(tiny):
     assert sum(w.flops for w in work if w.term == "adapters/matmul") == 6 * 4 * 2 * (8 + 8)
     # ops: 40 per layer, 8 for the one adapted Linear, three passes; lm_head and loss 30, optimizer 10
     assert timing.dispatched_ops(mixed, train) == (2 * 40 + 8) * 3 + 40
+
+
+def test_mamba2_and_short_conv_mixers_are_timed_on_each_kernel_path():
+    """granite-4.0-h-tiny: 36 Mamba-2 layers (4 of its 40 attend), H 48 heads of P 64, N 128,
+    G 1 group, conv over D = 2*48*64 + 2*1*128 = 3328 channels with K 4 taps, chunk Q 256.
+    Per layer forward, T tokens: 2*T*D*K (conv) + 2*T*Q*N per score head (C B^T: one group
+    on the fused path, every head on the torch path) + T*H*(2*Q*P + 4*N*P) (scores times x,
+    chunk states, output states); backward twice. lfm2-1.2b: 10 short-conv layers of h 2048,
+    K 3: T*h*(2*K + 2) forward, twice backward. The torch path moves more bytes; a model
+    without such mixers has no mixer/core term."""
+    t = 512
+    train = TrainSpec(method="lora", seq_len=t, gradient_checkpointing=False)
+    a100 = get_gpu("a100-80gb")
+    granite = get_model("granite-4.0-h-tiny")
+    rest = t * 48 * (2 * 256 * 64 + 4 * 128 * 64)
+    fused_fwd = 2 * t * 3328 * 4 + 2 * t * 256 * 128 * 1 + rest
+    torch_fwd = 2 * t * 3328 * 4 + 2 * t * 256 * 128 * 48 + rest
+    fused = timing.step_time(granite, a100, train.with_(kernels="fused"), "bf16")
+    torch_path = timing.step_time(granite, a100, train.with_(kernels="torch"), "bf16")
+    assert flops(fused, "mixer/core") == 3 * 36 * fused_fwd
+    assert flops(torch_path, "mixer/core") == 3 * 36 * torch_fwd
+    assert torch_path.terms["mixer/core"]["bytes"] > fused.terms["mixer/core"]["bytes"]
+    # fused bytes: in_proj output (2*3072 + 2*128 + 48 = 6448) read, scan output (3072) written, bf16
+    assert fused.terms["mixer/core"]["bytes"] == 3 * 36 * t * (6448 + 3072) * 2
+    # the term is part of the step: the step without it is shorter
+    assert fused.step_seconds > fused.step_seconds - fused.terms["mixer/core"]["seconds"] > 0
+    # checkpointing recomputes the mixer's forward
+    ckpt = timing.step_time(granite, a100, train.with_(kernels="fused", gradient_checkpointing=True), "bf16")
+    assert flops(ckpt, "recompute/forward") - flops(fused, "recompute/forward") >= 36 * fused_fwd
+
+    lfm2 = get_model("lfm2-1.2b")
+    conv_fused = timing.step_time(lfm2, a100, train.with_(kernels="fused"), "bf16")
+    conv_torch = timing.step_time(lfm2, a100, train.with_(kernels="torch"), "bf16")
+    assert flops(conv_fused, "mixer/core") == flops(conv_torch, "mixer/core") == 3 * 10 * t * 2048 * (2 * 3 + 2)
+    # the torch conv writes its K - 1 padding positions: 3 passes * 10 layers * b*h*(K - 1)*c
+    assert conv_torch.terms["mixer/core"]["bytes"] - conv_fused.terms["mixer/core"]["bytes"] == 3 * 10 * 2048 * 2 * 2
+
+    for plain in (get_model("llama-3.1-8b"), get_model("qwen3-next-80b-a3b")):  # attention, DeltaNet
+        assert "mixer/core" not in timing.step_time(plain, a100, train, "bf16").terms
+
+
+def test_every_term_of_the_step_is_listed():
+    """The terms a plan lists sum to the step's GPU seconds: a term the list leaves out (the
+    DeltaNet's, a Mamba-2's) would be timed but not shown. Qwen3-Next (DeltaNet) and
+    granite-4.0-h-tiny (Mamba-2), with checkpointing."""
+    train = TrainSpec(method="lora", seq_len=512, gradient_checkpointing=True)
+    for name in ("qwen3-next-80b-a3b", "granite-4.0-h-tiny", "llama-3.1-8b"):
+        st = timing.step_time(get_model(name), get_gpu("a100-80gb"), train, "bf16")
+        assert sum(e["seconds"] for e in st.terms.values()) == pytest.approx(st.gpu_seconds, rel=1e-12)
+    assert "deltanet/core" in timing.step_time(get_model("qwen3-next-80b-a3b"), get_gpu("a100-80gb"), train,
+                                               "bf16").terms
