@@ -94,7 +94,32 @@ def _gemma4_e4b_by_hand():
     return embeddings + 20 * layer(256, False) + 4 * layer(512, False) + 15 * layer(256, True) + 3 * layer(512, True)
 
 
-HAND_COUNTED = {"gemma-4-e4b": _gemma4_e4b_by_hand}
+def _command_r7b_by_hand():
+    """Command R7B from its config, term by term (transformers 5.23 modeling_cohere2): 32 layers
+    (the sliding and the full ones hold the same weights), h 4096, I 14336, 32 heads of 128, 8 kv
+    heads, no biases; one CohereLayerNorm (a weight, no bias) a layer that attention and the MLP
+    both read; a 256000-row tied embedding and a final norm. The card's "7B" is not this total
+    (about 8.03B), so nothing published compares."""
+    v, h, i, layers, heads, kv, d = 256000, 4096, 14336, 32, 32, 8, 128
+    attention = h * heads * d + 2 * h * kv * d + heads * d * h  # q_proj; k_proj, v_proj; o_proj
+    layer = attention + 3 * h * i + h  # gate, up, down; input_layernorm
+    return v * h + layers * layer + h
+
+
+def _starcoder2_15b_by_hand():
+    """StarCoder2-15B from its config, term by term (transformers 5.23 modeling_starcoder2): 40
+    layers, h 6144, I 24576, 48 heads of 128, 4 kv heads, a bias on every Linear (use_bias); two
+    LayerNorms a layer and a final one, each a weight and a bias; a 49152-row embedding and an
+    untied lm_head (no bias). The card's "15B" is not this total (about 15.96B)."""
+    v, h, i, layers, heads, kv, d = 49152, 6144, 24576, 40, 48, 4, 128
+    attention = (h * heads * d + heads * d) + 2 * (h * kv * d + kv * d) + (heads * d * h + h)  # q; k, v; o
+    mlp = (h * i + i) + (i * h + h)  # c_fc, c_proj
+    layer = attention + mlp + 2 * 2 * h  # input_layernorm, post_attention_layernorm
+    return 2 * v * h + layers * layer + 2 * h
+
+
+HAND_COUNTED = {"gemma-4-e4b": _gemma4_e4b_by_hand, "command-r7b": _command_r7b_by_hand,
+                "starcoder2-15b": _starcoder2_15b_by_hand}
 
 
 @pytest.mark.parametrize("name", sorted(HAND_COUNTED))
@@ -108,6 +133,24 @@ def test_gemma4_counts_fail_on_a_wrong_kind():
 
     cfg = get_model("gemma-4-e4b").hf_config()
     assert counts.total_params(model_from_config({**cfg, "num_kv_shared_layers": 0}, "x")) != _gemma4_e4b_by_hand()
+
+
+def test_command_r7b_counts_fail_on_an_untied_head():
+    """Negative control: Command R7B with its own lm_head (untied) misses the hand count."""
+    from planner.model.catalog import model_from_config
+
+    cfg = get_model("command-r7b").hf_config()
+    assert counts.total_params(model_from_config({**cfg, "tie_word_embeddings": False}, "x")) != _command_r7b_by_hand()
+    assert not _rounded(_command_r7b_by_hand(), "7B")  # why the card's 7B is not compared
+
+
+def test_starcoder2_15b_counts_fail_on_a_tied_head():
+    """Negative control: StarCoder2-15B with its lm_head tied to the embedding misses the hand count."""
+    from planner.model.catalog import model_from_config
+
+    cfg = get_model("starcoder2-15b").hf_config()
+    assert counts.total_params(model_from_config({**cfg, "tie_word_embeddings": True}, "x")) != _starcoder2_15b_by_hand()
+    assert not _rounded(_starcoder2_15b_by_hand(), "15B")  # why the card's 15B is not compared
 
 
 def test_a_near_total_can_fail():
