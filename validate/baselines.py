@@ -147,11 +147,11 @@ def matrix() -> list[Config]:
 
 
 # Tier 8: today's dense families, one catalog model of each cut to 2 layers at its real widths
-# (OLMo-3 and EXAONE-4 to 4: three sliding layers and a full one; Gemma 4 E2B to 10: the fewest
+# (OLMo-3, EXAONE-4 and Command-R7B to 4: three sliding layers and a full one; Gemma 4 E2B to 10: the fewest
 # of its 4:1 pattern whose last half, KV-shared, holds both attention types, so that every kind
 # is traced: sliding, full, and both KV-shared).
 DENSE_FAMILY_MODELS = ("starcoder2-3b@2L", "olmo-3-7b@4L", "glm-4-9b-0414@2L", "apertus-8b@2L", "exaone-4.0-32b@4L",
-                       "seed-oss-36b@2L", "gemma-4-e2b@10L")
+                       "seed-oss-36b@2L", "gemma-4-e2b@10L", "command-r7b@4L")
 
 
 def dense_families_tier() -> list[Config]:
