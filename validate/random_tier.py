@@ -140,6 +140,9 @@ def _first_draws() -> list:
 
     out, seen = [], set()
 
+    # collect's body repeats _keep's on purpose: derandomize seeds Hypothesis from a digest of the
+    # test function's source, so calling _keep here would draw other settings than the 308 rows of
+    # data/baselines/random.csv (checked: 140 of them drawn again)
     @settings(max_examples=SIZE, derandomize=True, database=None, deadline=None,
               suppress_health_check=list(HealthCheck))
     @given(_strategy())
