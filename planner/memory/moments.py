@@ -572,36 +572,6 @@ def _first_layer_walk(s: Step):
     return out
 
 
-@moment("backward", "middle_layer_walk", family=tuple(f"middle_layer_{name}" for name in WALK))
-def _middle_layer_walk(s: Step):
-    """FSDP, full fine-tuning without checkpointing, three layers or more: the walk of the last
-    layer but one (layer.first_layer_backward_walk at its kind), the layers below it keeping
-    their saved sets, the last layer's backward done: its shard of gradients made and its
-    reduce-scatter input (one layer's unsharded gradients) still there, FSDP2 holding it until
-    the next reduce-scatter (torch.distributed.fsdp._fully_shard._fsdp_param_group,
-    reduce_scatter_state), beside lm_head's whole gradient (root_grads), this layer's own
-    made so far and the next layer's all-gather prefetched. Tracer, EXAONE-4.0-32B 4 layers, full
-    fp32 on 2 GPUs, batch 3 x 1152: layer 2's MLP backward is the backward peak, two layer-sized
-    ``empty`` buffers and lm_head's [102400, 5120] gradient beside layers 0-1's saved sets (the
-    plan 3.7% under without this moment)."""
-    layers = s.model.num_layers
-    if not s.walk or s.gc or layers < 3 or not isinstance(S.strategy(s.train), S.FSDP):
-        return None
-    i = layers - 2
-    walk = M.first_layer_backward_walk(s.model.kind_view(i), s.train, s.prec)
-    above = sum(C.layer_saved(s.model.kind_view(j), s.train, s.prec) for j in range(i, layers))
-    below = s.saved - s.final_norm - above
-    g = S.fsdp_grad_bytes(s.train, s.prec)
-    done = S.fsdp_layer_shards(s.model, s.train, g, range(i + 1, layers))
-    # (the last layer's reduce-scatter input that FSDP2 holds is backward_end's next-layer term)
-    terms = s.parallel("backward_end", i)
-    in_flight = terms["parallel__reduce_scatter"]
-    return [(f"middle_layer_{name}", dict(**s.persistent, grads=done, activations__saved=below + kept,
-                                          transient__recompute=work,
-                                          **dict(terms, parallel__reduce_scatter=in_flight - pending)))
-            for name, kept, pending, work in walk]
-
-
 @moment("backward", "embedding")
 def _embedding(s: Step):
     """The input embedding's backward, after every layer's (a tied one's gradient beside

@@ -149,11 +149,6 @@ def fsdp_layer_shards(model: ModelSpec, train: TrainSpec, grad_bytes: int, indic
     return sum(sharded(inv.of_kind(trainable, kind_of[i]), train.num_gpus) for i in indices) * grad_bytes
 
 
-def fsdp_grad_bytes(train: TrainSpec, prec) -> int:
-    """Bytes per element of the gradients FSDP reduces."""
-    return grad_bytes(train, prec)
-
-
 def fsdp_grads_at_backward_end(model: ModelSpec, train: TrainSpec, grad_bytes: int) -> int:
     """FSDP: the sharded gradients already there while the first layer's backward runs: every
     other layer's shard (the root's and the first layer's are still whole: :meth:`FSDP.terms`' reduce_scatter)."""

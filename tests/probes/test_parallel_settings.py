@@ -78,9 +78,9 @@ def test_fsdp_full_fine_tuning_peaks_in_the_last_layer_but_one(torch_stack):
     """Three layers wide beside their tokens (h 512, I 2048, batch 2 x 64), full fine-tuning in
     fp32 on 2 GPUs: the backward peaks in layer 1's backward, where the last layer's
     reduce-scatter input still lingers beside its gradient shard and the layers below keep their
-    saved sets (moments._middle_layer_walk). Planned within 0.5% of the trace; negative control:
-    without that moment and layer_end the plan is more than 5% under (the first layer's walk is
-    what remains)."""
+    saved sets (moments._layer_end, which walks each later layer's backward block by block).
+    Planned within 0.5% of the trace; negative control: without that moment the plan is more than
+    5% under (the first layer's walk is what remains)."""
     from planner import plan
     from planner.memory import moments
     from probes import parallel
@@ -93,12 +93,10 @@ def test_fsdp_full_fine_tuning_peaks_in_the_last_layer_but_one(torch_stack):
                       sharding="fsdp")
     traced = parallel.trace(spec, train, 2, "fsdp").phase_peaks["backward"]
     planned = plan(spec, "a100-80gb", train, calibrations={})
-    assert planned.peak_moment.startswith("middle_layer_")
+    assert planned.peak_moment == "layer_end"
     assert abs(planned.phases["backward"] / traced - 1) < 0.005
     registry = moments.REGISTRY["backward"]
-    # (layer_end, the end of each later layer's backward, bounds the same moment from above: it
-    # goes too, or it stands in for the walk)
-    kept = [(name, fn) for name, fn in registry if name not in ("middle_layer_walk", "layer_end")]
+    kept = [(name, fn) for name, fn in registry if name != "layer_end"]
     try:
         moments.REGISTRY["backward"] = kept
         moments.clear_caches()
