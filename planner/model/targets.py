@@ -206,21 +206,14 @@ def check_peft_refusals(model: ModelSpec, train: TrainSpec) -> None:
     the model types peft lists, which all-linear reaches (Nemotron-H)."""
     if not train.is_adapter or model.model_type not in PEFT_MAMBA_TYPES:
         return
-    names = {lin.name for kind in model.kinds for lin in targeted_linears(replace_kinds(model, kind),
-                                                                          train.target_modules)}
+    names = {lin.name for view in model.by_kind() for lin in targeted_linears(view, train.target_modules)}
     refused = sorted(n for n in names if n.rsplit(".", 1)[-1] in PEFT_MAMBA_REFUSED)
     if refused:
-        keep = ",".join(dict.fromkeys(n.rsplit(".", 1)[-1] for kind in model.kinds for n in
-                                      (lin.name for lin in kind.layer.linears)
+        keep = ",".join(dict.fromkeys(n.rsplit(".", 1)[-1] for n in model.all_linear_names
                                       if n.rsplit(".", 1)[-1] not in PEFT_MAMBA_REFUSED))
         raise UnsupportedMethod(f"peft refuses LoRA on {', '.join(refused)} of {model.model_type} models (the fused "
                                 f"Mamba kernel uses out_proj's weight itself): name the targets, e.g. "
                                 f"--target-modules {keep}")
-
-
-def replace_kinds(model: ModelSpec, kind) -> ModelSpec:
-    """``model`` seen as one kind (its view, planner.model.specs.ModelSpec.by_kind)."""
-    return next(v for v, k in zip(model.by_kind(), model.kinds) if k is kind)
 
 
 def check_rank(model: ModelSpec, train: TrainSpec) -> None:
