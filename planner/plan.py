@@ -182,16 +182,27 @@ def _as_gpu(gpu: str | GpuSpec) -> GpuSpec:
 
 
 def kernels_notes(model: ModelSpec, train: TrainSpec) -> tuple[str, ...]:
-    """Which kernels the plan assumes for the Mamba-2 and short-convolution layers (a note), or
-    a ValueError when ``--kernels fused`` is asked of a model with no layer that has a fused kernel
-    (the Gated DeltaNet layers' note is the plan's own)."""
+    """Which kernels the plan assumes for the Gated DeltaNet, Mamba-2 and short-convolution
+    layers (a note each), or a ValueError when ``--kernels fused`` is asked of a model with no
+    layer that has a fused kernel."""
+    from planner.memory import deltanet
+
+    notes = ()
+    path = deltanet.kernels(model, train)
+    if path == "fused":
+        notes += ("Gated DeltaNet layers planned with the fused kernels (flash-linear-attention's chunked gated "
+                  "delta rule, causal-conv1d), what transformers runs with them installed (--kernels auto); "
+                  "--kernels torch plans its torch fallbacks",)
+    elif path == "torch":
+        notes += ("Gated DeltaNet layers planned with transformers' torch fallbacks (torch_chunk_gated_delta_rule, "
+                  "causal_conv1d_fn), what runs without flash-linear-attention and causal-conv1d",)
     mixers = [k for k in model.kinds if k.layer.mixer is not None]
     if not mixers:
         if train.kernels == "fused" and not any(k.layer.deltanet is not None for k in model.kinds):
             raise ValueError(f"--kernels fused: {model.name} has no layer with a fused kernel (the Gated DeltaNet, "
                              "Mamba-2 and short-convolution layers of Qwen3.5, Qwen3-Next, Granite-4.0-H, Nemotron-H "
                              "and LFM2 have one); use --kernels auto or torch")
-        return ()
+        return notes
     from planner.memory.mixers import fused_refusal, kernels_path
 
     refusal = fused_refusal(model, train)
@@ -205,7 +216,7 @@ def kernels_notes(model: ModelSpec, train: TrainSpec) -> tuple[str, ...]:
     if refusal:  # auto, 4-bit: the torch path, the one that runs
         why = (f" (--kernels auto: {refusal}, so a step with mamba-ssm installed fails; planned without it, on the "
                "torch path)")
-    return (f"{', '.join(k.name for k in mixers)} layers planned with {what}{why}",)
+    return notes + (f"{', '.join(k.name for k in mixers)} layers planned with {what}{why}",)
 
 
 def plan(model: str | ModelSpec, gpu: str | GpuSpec, train: TrainSpec | None = None,
@@ -224,7 +235,6 @@ def plan(model: str | ModelSpec, gpu: str | GpuSpec, train: TrainSpec | None = N
     train = train or TrainSpec()
     check_known(model.kinds)
     targets.check_rank(model, train)
-    path = train.deltanet_kernels(model)
     dtype, notes = resolve_dtype(train.dtype, gpu.bf16, gpu.name)
     notes = model.notes + notes + kernels_notes(model, train)
     if train.seq_len > model.max_position_embeddings:
@@ -245,13 +255,6 @@ def plan(model: str | ModelSpec, gpu: str | GpuSpec, train: TrainSpec | None = N
                   f"({model.intermediate_size}): a layer's backward can then outgrow the logits, a moment the "
                   "planner does not model in full; the plan may be low (by up to 5% with a 512-token vocabulary): "
                   "check it with probe --device fake",)
-    if path == "fused":
-        notes += ("Gated DeltaNet layers planned with the fused kernels (flash-linear-attention's chunked gated "
-                  "delta rule, causal-conv1d), what transformers runs with them installed (--kernels auto); "
-                  "--kernels torch plans its torch fallbacks",)
-    elif path == "torch":
-        notes += ("Gated DeltaNet layers planned with transformers' torch fallbacks (torch_chunk_gated_delta_rule, "
-                  "causal_conv1d_fn), what runs without flash-linear-attention and causal-conv1d",)
     if model.eager_attention:
         why = "attention sinks" if model.traits.attention_sinks else "attention logit softcapping"
         notes += (f"{model.name} uses {why}: planned with eager attention (seq x seq probabilities kept), "

@@ -216,5 +216,5 @@ def fused_kernels(enabled: bool = True):
 
 def wants_fused(train) -> bool:
     """Whether a step of ``train`` runs the fused kernels: ``auto`` and ``fused`` (planner:
-    TrainSpec.deltanet_kernels); models without Gated DeltaNet layers never call them."""
+    planner.memory.mixers.kernels_path); models without Gated DeltaNet layers never call them."""
     return train.kernels != "torch"

@@ -151,7 +151,7 @@ def matrix() -> list[Config]:
 # of its 4:1 pattern whose last half, KV-shared, holds both attention types, so that every kind
 # is traced: sliding, full, and both KV-shared).
 DENSE_FAMILY_MODELS = ("starcoder2-3b@2L", "olmo-3-7b@4L", "glm-4-9b-0414@2L", "apertus-8b@2L", "exaone-4.0-32b@4L",
-                       "seed-oss-36b@2L", "gemma-4-e2b@10L", "command-r7b@4L")
+                       "seed-oss-36b@2L", "gemma-4-e2b@10L", "command-r7b@4L", "ministral-3-3b@2L")
 
 
 def dense_families_tier() -> list[Config]:

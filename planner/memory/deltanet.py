@@ -36,8 +36,11 @@ CHUNK = 64  # the chunk both paths use (transformers' chunk_size default, fla's 
 
 
 def kernels(model, train) -> str | None:
-    """The path ``train`` plans for ``model``'s DeltaNet layers ("torch" or "fused"), None without any."""
-    return train.deltanet_kernels(model)
+    """The path ``train`` plans for ``model``'s DeltaNet layers ("torch" or "fused",
+    planner.memory.mixers.kernels_path), None without any."""
+    from planner.memory.mixers import kernels_path
+
+    return kernels_path(model, train) if any(k.layer.deltanet is not None for k in model.kinds) else None
 
 
 def core_saved(model, train, prec) -> int:

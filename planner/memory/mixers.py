@@ -13,9 +13,11 @@ from planner.units import FP32, ceil_div
 
 
 def kernels_path(model: ModelSpec, train: TrainSpec) -> str:
-    """"torch" or "fused": the kernels a plan assumes ("auto": fused, what transformers picks
-    with mamba-ssm and causal-conv1d installed; but the torch path for a 4-bit method on Mamba-2
-    layers, since the fused kernel cannot take out_proj's packed weight: :func:`fused_refusal`)."""
+    """"torch" or "fused": the kernels a plan assumes for the layers that have a fused kernel
+    (Mamba-2, short convolution, Gated DeltaNet). ``auto`` is fused, what transformers picks with
+    mamba-ssm, causal-conv1d and flash-linear-attention installed; but the torch path for a 4-bit
+    method on Mamba-2 layers, since the fused kernel cannot take out_proj's packed weight
+    (:func:`fused_refusal`)."""
     if train.kernels == "torch" or (train.kernels == "auto" and fused_refusal(model, train)):
         return "torch"
     return "fused"

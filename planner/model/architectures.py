@@ -190,9 +190,6 @@ class Traits:
     # gate_proj / up_proj / down_proj names become the fused experts' target_parameters, so no
     # Linear of an MLP role keeps an adapter in any layer (a dense layer's MLP, a shared expert's)
     peft_moe_conversion: bool = False
-    # the config field that turns on a per-head qk-norm with a weight per head (Cohere's
-    # use_qk_norm: q_norm (heads, head_dim), k_norm (kv_heads, head_dim)), "" where none does
-    qk_norm_field: str = ""
     # the MLP's activation where its saved set is not a Linear output's alone: "xielu" (Apertus's
     # xIELU, with two learned scalars alpha_p and alpha_n per layer); "" for SiLU / GELU
     activation: str = ""
@@ -484,7 +481,11 @@ class Architecture:
     dense_first_default: int | None = None
     # MoE config fields the family's config defaults when the config omits them
     moe_defaults: tuple[tuple[str, object], ...] = ()
-    qk_norm_field: str | None = None  # a config field that adds per-head q/k RMSNorms (GLM-4.5's use_qk_norm)
+    # a config field that adds per-head q/k norms (GLM-4.5's and Cohere's use_qk_norm), and whether
+    # each head has its own weight (Cohere: q_norm (heads, head_dim), k_norm (kv_heads, head_dim))
+    # or all heads share one of head_dim (GLM-4.5: the "head" qk_norm trait)
+    qk_norm_field: str | None = None
+    qk_norm_weight_per_head: bool = False
     head_dim_field: str | None = None  # the config field head_dim defaults to (DeepSeek-V3: qk_rope_head_dim)
     plain_names: tuple[str, str] = ("c_fc", "c_proj")  # a plain MLP's two Linears (Apertus: up_proj, down_proj)
     # "uniform": every kind has the model's widths; "gemma4": per-kind widths, KV-shared kinds and
@@ -595,7 +596,8 @@ TABLE: dict[str, Architecture] = {
     # a weight per head; the logits scaled by logit_scale; tied embeddings by default; o_proj's
     # bias with attention_bias.
     "cohere": Architecture(norm_sites=PARALLEL_NORM, tie_default=True,
-                           traits=Traits(norm="centered", placement="parallel", qk_norm_field="use_qk_norm")),
+                           qk_norm_field="use_qk_norm",
+                           qk_norm_weight_per_head=True, traits=Traits(norm="centered", placement="parallel")),
     # Cohere-2 (Command-R7B; modeling_cohere2.py): Cohere's layer without qk-norm; three sliding
     # layers (RoPE) then a full one (no RoPE: the q_proj / k_proj outputs go to attention,
     # the same bytes as the rotated ones), by layer_types or sliding_window_pattern (4).
@@ -788,8 +790,9 @@ def _layer(arch: Architecture, config: dict, dims: Dims, moe: bool = True) -> La
         mlp += (Linear(arch.plain_names[1] if arch.mlp == "plain" else "down_proj", inter, h, mlp_bias, "down"),)
     layer_norm = arch.traits.norm == "layer"
     norms = tuple(Norm(name, site, h, bias=layer_norm) for name, site in arch.norm_sites)
-    # the config field that turns per-head q/k norms on (GLM-4.5's use_qk_norm)
-    qk_norm = "head" if arch.qk_norm_field and config.get(arch.qk_norm_field) else arch.traits.qk_norm
+    # the config field that turns per-head q/k norms on (use_qk_norm)
+    qk_norm_on = bool(arch.qk_norm_field and config.get(arch.qk_norm_field))
+    qk_norm = "head" if qk_norm_on and not arch.qk_norm_weight_per_head else arch.traits.qk_norm
     if mla is not None:
         norms += tuple(Norm(name, site, size) for name, site, size in
                        (("q_a_layernorm", "q_a", mla.q_rank), ("kv_a_layernorm", "kv_a", mla.kv_rank)) if size)
@@ -797,7 +800,7 @@ def _layer(arch: Architecture, config: dict, dims: Dims, moe: bool = True) -> La
         norms += (Norm("q_norm", "q", dims.head_dim, per_head=True), Norm("k_norm", "k", dims.head_dim, per_head=True))
     elif arch.traits.qk_norm == "full":
         norms += (Norm("q_norm", "q", q_dim), Norm("k_norm", "k", kv_dim))
-    elif arch.traits.qk_norm_field and config.get(arch.traits.qk_norm_field):
+    elif qk_norm_on:  # a weight per head
         norms += (Norm("q_norm", "q", dims.head_dim, per_head=True, weight_heads=dims.heads),
                   Norm("k_norm", "k", dims.head_dim, per_head=True, weight_heads=dims.kv_heads))
     # the traits a config sets on top of its family's

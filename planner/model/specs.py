@@ -309,14 +309,5 @@ class TrainSpec:
     def is_dora(self) -> bool:
         return self.method in DORA_METHODS
 
-    def deltanet_kernels(self, model: "ModelSpec") -> str | None:
-        """The kernels ``model``'s Gated DeltaNet layers run: "torch" or "fused" (``auto`` is
-        fused, what transformers picks with flash-linear-attention and causal-conv1d installed);
-        None for a model without such layers (``fused`` asked of a model without any layer that
-        has a fused kernel is refused by planner.plan.kernels_notes)."""
-        if not any(k.layer.deltanet is not None for k in model.kinds):
-            return None
-        return "torch" if self.kernels == "torch" else "fused"
-
     def with_(self, **changes) -> "TrainSpec":
         return replace(self, **changes)

@@ -118,8 +118,19 @@ def _starcoder2_15b_by_hand():
     return 2 * v * h + layers * layer + 2 * h
 
 
+def _ministral3_8b_by_hand():
+    """Ministral 3 8B's text decoder from its config, term by term (transformers 5.23
+    modeling_ministral3): 34 layers, h 4096, I 14336, 32 heads of 128, 8 kv heads, no biases; two
+    RMSNorms a layer and a final one; a 131072-row embedding and an untied lm_head. The card's
+    "8.4B" is 1.06% under this total (about 8.49B), so nothing published compares."""
+    v, h, i, layers, heads, kv, d = 131072, 4096, 14336, 34, 32, 8, 128
+    attention = h * heads * d + 2 * h * kv * d + heads * d * h  # q_proj; k_proj, v_proj; o_proj
+    layer = attention + 3 * h * i + 2 * h  # gate, up, down; input and post-attention norms
+    return 2 * v * h + layers * layer + h
+
+
 HAND_COUNTED = {"gemma-4-e4b": _gemma4_e4b_by_hand, "command-r7b": _command_r7b_by_hand,
-                "starcoder2-15b": _starcoder2_15b_by_hand}
+                "starcoder2-15b": _starcoder2_15b_by_hand, "ministral-3-8b": _ministral3_8b_by_hand}
 
 
 @pytest.mark.parametrize("name", sorted(HAND_COUNTED))
@@ -151,6 +162,18 @@ def test_starcoder2_15b_counts_fail_on_a_tied_head():
     cfg = get_model("starcoder2-15b").hf_config()
     assert counts.total_params(model_from_config({**cfg, "tie_word_embeddings": True}, "x")) != _starcoder2_15b_by_hand()
     assert not _rounded(_starcoder2_15b_by_hand(), "15B")  # why the card's 15B is not compared
+
+
+def test_ministral3_counts_fail_on_a_wrong_tying():
+    """Negative control: with the 8B's lm_head tied (as the 3B's is) the count misses the hand
+    count by the head's 131072 x 4096, and the 3B untied misses the card's 3.4B."""
+    from planner.model.catalog import model_from_config
+
+    cfg = get_model("ministral-3-8b").hf_config()
+    tied = counts.total_params(model_from_config({**cfg, "tie_word_embeddings": True}, "x"))
+    assert tied == _ministral3_8b_by_hand() - 131072 * 4096
+    small = get_model("ministral-3-3b").hf_config()
+    assert not _rounded(counts.total_params(model_from_config({**small, "tie_word_embeddings": False}, "x")), "3.4B")
 
 
 def test_a_near_total_can_fail():
