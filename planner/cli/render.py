@@ -81,7 +81,8 @@ def table(model: ModelSpec, gpu: GpuSpec, train: TrainSpec, reports: list[Report
           recommendation: Recommendation | None) -> str:
     """Side-by-side breakdown (GiB, as nvidia-smi) of every method on one model and GPU."""
     plans = [r.plan for r in reports]
-    width = max(15, *(len(p.method) + 2 for p in plans))
+    # two spaces between columns, however wide a cell (a trillion-parameter total is 17 characters)
+    width = max(15, *(len(cell) + 2 for p in plans for cell in (p.method, f"{p.total_params:,}")))
     lines = [header(model, gpu, train, plans[0])]
     notes = dict.fromkeys(n for p in plans for n in p.notes)
     lines += [f"note: {n}" for n in notes]

@@ -91,6 +91,15 @@ def test_table_header_states_every_setting_and_counts():
     assert lines[-1].startswith("recommendation: LoRA fits")
 
 
+def test_table_columns_stay_apart_for_a_trillion_parameters():
+    """Kimi-K2's 1,026,408,209,408 parameters (17 characters) in two columns: each cell is its own
+    whitespace-separated field (a fixed 15-wide column ran them together)."""
+    result = run("--model", "kimi-k2", "--gpu", "h100-80gb", "--method", "full", "--method", "lora")
+    assert result.exit_code == 0
+    total = next(line for line in result.stdout.splitlines() if line.startswith("total params"))
+    assert total[30:].split() == ["1,026,408,209,408"] * 2
+
+
 def test_list_gpus_and_models():
     gpus = run("--list-gpus").stdout.splitlines()
     assert gpus[0].split()[:3] == ["t4", "15.00", "GiB"]
