@@ -52,7 +52,9 @@ def train_of(row: dict) -> TrainSpec:
                      lora_dropout=row.get("lora_dropout", 0.0), batch_size=row["batch_size"],
                      seq_len=row["seq_len"], gradient_checkpointing=row["gradient_checkpointing"],
                      dtype=row["dtype"], precision=row["precision"], optim=row["optim"],
-                     attn_implementation=row["attn_implementation"])
+                     attn_implementation=row["attn_implementation"],
+                     modules_to_save=tuple(m for m in row.get("modules_to_save", "").split(",") if m),
+                     double_quant=row.get("double_quant", True))
 
 
 def gpu_of(row: dict, table: dict) -> str:
@@ -88,22 +90,34 @@ def compare(table: dict | None = None) -> list[Compared]:
 def _setting(row: dict, *without: str) -> tuple:
     return tuple(sorted((k, str(v)) for k, v in row.items()
                         if k not in ("tokens_per_second", "note", "method", "precision", "rank", "alpha",
-                                     "lora_dropout", "target_modules", *without)))
+                                     "lora_dropout", "target_modules", "modules_to_save", *without)))
+
+
+ADAPTER_SETTINGS = ("rank", "alpha", "lora_dropout", "target_modules")
+
+
+def _same_adapter(a: dict, b: dict) -> bool:
+    """Two adapter rows compare only with the same adapter (rank, alpha, dropout, targets); a row
+    without an adapter (full fine-tuning) compares with any."""
+    if a["method"] == "full" or b["method"] == "full":
+        return True
+    return all(str(a.get(k)) == str(b.get(k)) for k in ADAPTER_SETTINGS)
 
 
 def ratio_pairs(compared: list[Compared]) -> list[dict]:
-    """Method pairs (and checkpointing on / off) of one source under otherwise equal settings:
-    planned ratio, published ratio, and |planned / published - 1|."""
+    """Method pairs (and checkpointing on / off) of one source under otherwise equal settings
+    (two adapter methods: the same adapter, :func:`_same_adapter`): planned ratio, published
+    ratio, and |planned / published - 1|."""
     out = []
     for a_method, b_method in RATIOS:
         for a in (c for c in compared if c.row["method"] == a_method):
             for b in (c for c in compared if c.row["method"] == b_method):
-                if _setting(a.row) == _setting(b.row):
+                if _setting(a.row) == _setting(b.row) and _same_adapter(a.row, b.row):
                     out.append(_pair(f"{a_method}/{b_method}", a, b))
     for a in (c for c in compared if c.row["gradient_checkpointing"]):
         for b in (c for c in compared if not c.row["gradient_checkpointing"]):
             if (_setting(a.row, "gradient_checkpointing") == _setting(b.row, "gradient_checkpointing")
-                    and a.row["method"] == b.row["method"]):
+                    and a.row["method"] == b.row["method"] and _same_adapter(a.row, b.row)):
                 out.append(_pair("gc on/off", a, b))
     return out
 

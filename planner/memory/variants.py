@@ -115,10 +115,14 @@ class FourBit(BaseTreatment):
     ops = OPS_QUANT
 
     def dequant_bytes(self, lin: Linear, train: TrainSpec, c: int) -> float:
-        """One dequantization of an n-element 4-bit weight: its codes (half a byte each) and one
-        absmax per 64-weight block read (1 byte double-quantized, else 4), n*c bytes written
-        (Dettmers et al. 2023, QLoRA; bitsandbytes MatMul4Bit)."""
-        absmax = 1 if train.double_quant else FP32
+        """One dequantization of an n-element 4-bit weight: its codes (half a byte each) read,
+        n*c bytes written, and one fp32 absmax per 64-weight block read (Dettmers et al. 2023,
+        QLoRA; bitsandbytes MatMul4Bit: the backward's functional.dequantize_4bit, the forward's
+        dequantize-then-linear path for more than 1,536 tokens). Double-quantized, the absmax
+        is first rebuilt per pass: its 8-bit codes read and fp32 written (dequantize_blockwise),
+        the offset added (fp32 read and written), then read by the 4-bit kernel: 1 + 4 + 8 + 4
+        = 17 bytes per block instead of 4."""
+        absmax = 17 if train.double_quant else FP32
         return lin.in_features * lin.out_features * (0.5 + absmax / 64 + c)
 
     def work(self, lin: Linear, train: TrainSpec, prec, layers: int) -> list[Work]:
@@ -248,14 +252,21 @@ class Lora(NoAdapter):
 
     def work(self, lin: Linear, train: TrainSpec, prec, layers: int, base: BaseTreatment) -> list[Work]:
         """adapters/matmul: A and B, 2*T*r*(in + out) forward, twice that backward (input and
-        weight gradients), as small matmuls. adapters/elementwise: peft casts the input to fp32
-        (the adapter dtype) and autocast back, scales and adds the output: T*in*(hidden + 8 + c)
-        + 5*T*out*c bytes forward, the same backward; dropout's mask and dropped fp32 input
-        T*in*9 more."""
+        weight gradients), as small matmuls on e-byte tensors (e: :func:`lora_input_bytes`).
+        adapters/elementwise: peft's LoRA forward (peft/tuners/lora/layer.py, Linear.forward)
+        casts the input to the adapter dtype (fp32: ``_cast_input_dtype``), adds
+        ``lora_B(lora_A(dropout(x))) * scaling`` to the base output and casts the sum back to
+        the base output's dtype (``result.to(torch_result_dtype)``). Under autocast lora_A casts
+        its input back to c and the adapter's outputs are c: T*in*(hidden + 8 + c) + 5*T*out*c
+        bytes forward. Without autocast the adapter runs in fp32: the scaled product is fp32, the
+        sum promotes to fp32 and is cast back: T*in*(hidden + 4) + T*out*(2*hidden + 20) (no
+        casts where the hidden stream is fp32 already, as QLoRA's). The same backward; dropout's
+        mask and dropped fp32 input T*in*9 more."""
         t, c, r, L = train.tokens, prec.compute, train.rank, layers
         i, o = lin.in_features, lin.out_features
-        fwd_bytes = c * t * (i + o + 2 * r)
-        ew = t * i * (prec.hidden + 8 + c) + 5 * t * o * c
+        e = lora_input_bytes(train, prec)
+        fwd_bytes = e * t * (i + o + 2 * r)
+        ew = t * i * self._cast_in_bytes(prec) + t * o * self._sum_bytes(prec)
         if train.lora_dropout:
             ew += t * i * (2 * FP32 + 1)  # the mask (bool) and the dropped fp32 input
         return [Work("adapters/matmul", L * 2 * t * r * (i + o), L * fwd_bytes, R.SMALL_MATMUL, True, r),
@@ -263,6 +274,22 @@ class Lora(NoAdapter):
                      R.SMALL_MATMUL, narrow=r),
                 Work("adapters/elementwise", 0, L * ew, R.MEMORY, layer=True),
                 Work("adapters/elementwise", 0, L * ew, R.MEMORY)]
+
+    @staticmethod
+    def _cast_in_bytes(prec) -> int:
+        """Bytes per input element of the adapter's input casts (:meth:`work`)."""
+        if prec.autocast:
+            return prec.hidden + 2 * FP32 + prec.compute
+        return prec.hidden + FP32 if prec.hidden != FP32 else 0
+
+    @staticmethod
+    def _sum_bytes(prec) -> int:
+        """Bytes per output element of scaling the adapter's output, adding it to the base output
+        and casting the sum back (:meth:`work`)."""
+        if prec.autocast:
+            return 5 * prec.compute
+        cast_back = prec.hidden + FP32 if prec.hidden != FP32 else 0
+        return 2 * FP32 + (prec.hidden + 2 * FP32) + cast_back
 
     def input_live(self, lin: Linear, train: TrainSpec, prec) -> int:
         """The module's input with peft's fp32 cast of it for the adapter (_cast_input_dtype; no

@@ -54,7 +54,10 @@ Terms (keys):
 - ``optimizer/step``: AdamW reads and writes parameters, gradients and two states:
   torch's foreach path makes 8 passes (4p + 2g + 14s bytes per parameter), the fused
   kernel one (2p + g + 4s); 8-bit states s = 1; SGD 2p + g. fp16's GradScaler unscales
-  and checks the gradients (3g).
+  and checks the gradients (3g). Gradient clipping, before every optimizer step (HF
+  Trainer's max_grad_norm defaults to 1.0; peft's and TRL's loops clip too): torch's
+  clip_grad_norm_ reads every gradient for its foreach norm and scales them all in place by
+  the clamped coefficient, which it applies even when the norm is below the bound (3g).
 """
 from __future__ import annotations
 
@@ -92,6 +95,9 @@ OPS_LAYER, OPS_MOE, OPS_HEAD = 40, 20, 10
 # norm and scaling 8.
 ELEMENTWISE_KERNELS, EAGER_SCORE_KERNELS, LOSS_KERNELS = 28, 6, 6
 LINEAR_KERNELS = {"adapters/elementwise": 6, "qlora/dequant": 3, "dora/weight_norm": 8}
+# gradient clipping (torch.nn.utils.clip_grad_norm_): the foreach norm reads each gradient, the
+# foreach multiply by the clamped coefficient reads and writes it: 3 passes over the gradients
+CLIP_PASSES = 3
 
 
 def _windowless(kind) -> object:
@@ -307,6 +313,7 @@ def optimizer_work(model: ModelSpec, train: TrainSpec, prec: Precision, grad_sca
             per = 2 * p + p + 4 * s
         if grad_scaler:
             per += 3 * p
+        per += CLIP_PASSES * p
         moved += tensor.elements * per
     return [Work("optimizer/step", 0, moved, R.MEMORY)]
 

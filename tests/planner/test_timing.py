@@ -78,10 +78,14 @@ def test_dora_and_qlora_terms_only_where_they_belong(tiny):
     assert "dora/dropout_matmul" not in dora.terms  # dropout 0: peft reuses the base result
     dropped = timing.step_time(tiny, T4, TrainSpec(method="dora", rank=2, seq_len=4, lora_dropout=0.1), "fp16")
     assert flops(dropped, "dora/dropout_matmul") == 2 * (2 * 4 * TINY_N)  # the base matmul again, and its dX
-    # QLoRA: each weight dequantized in forward and backward, n*(0.5 + 1/64 + 2) bytes, plus the
-    # fp32 <-> fp16 casts of the hidden stream, T*(in + out)*(4 + 2)
-    per_pass = TINY_N * (0.5 + 1 / 64 + 2) + 4 * TINY_IN_OUT * 6
+    # QLoRA: each weight dequantized in forward and backward, n*(0.5 + 17/64 + 2) bytes (the
+    # double-quantized absmax rebuilt in fp32 per pass: 1 read, 4 written, 4 + 4 for the offset,
+    # 4 read by the dequantization), plus the fp32 <-> fp16 casts of the hidden stream,
+    # T*(in + out)*(4 + 2); without double quantization the fp32 absmax is read as stored, 4/64
+    per_pass = TINY_N * (0.5 + 17 / 64 + 2) + 4 * TINY_IN_OUT * 6
     assert qlora.terms["qlora/dequant"]["bytes"] == pytest.approx(2 * per_pass)
+    single = timing.step_time(tiny, T4, TrainSpec(method="qlora", rank=2, seq_len=4, double_quant=False), "fp16")
+    assert single.terms["qlora/dequant"]["bytes"] == pytest.approx(2 * (per_pass - TINY_N * 13 / 64))
 
 
 def test_roofline_by_hand():

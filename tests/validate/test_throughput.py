@@ -52,14 +52,36 @@ def test_ratio_pairs_match_only_equal_settings():
     assert pairs[0]["error"] == pytest.approx(0.8 / 0.75 - 1)
 
 
+def test_adapter_pairs_need_the_same_adapter():
+    """DoRA against LoRA only with the same rank, alpha, dropout and targets; full fine-tuning
+    against any adapter row; checkpointing on / off of one adapter only."""
+    base = {"source": "s", "model": "m", "batch_size": 1, "seq_len": 8, "gradient_checkpointing": False}
+    qv = {"rank": 32, "alpha": 64, "lora_dropout": 0.0, "target_modules": "q_proj,v_proj"}
+    mlp = {"rank": 10, "alpha": 20, "lora_dropout": 0.0, "target_modules": "gate_proj,up_proj,down_proj"}
+    c = [TP.Compared({**base, **qv, "method": "lora"}, 100.0, 100.0),
+         TP.Compared({**base, **mlp, "method": "lora"}, 90.0, 90.0),
+         TP.Compared({**base, **qv, "method": "dora"}, 80.0, 80.0),
+         TP.Compared({**base, "method": "full"}, 30.0, 30.0),
+         TP.Compared({**base, **mlp, "method": "lora", "gradient_checkpointing": True}, 70.0, 70.0)]
+    pairs = TP.ratio_pairs(c)
+    assert [(p["pair"], round(p["planned"], 3)) for p in pairs] == [
+        ("dora/lora", 0.8), ("full/lora", 0.3), ("full/lora", 0.333), ("gc on/off", 0.778)]
+    # negative control: without the adapter check the DoRA row pairs with the MLP LoRA row too
+    assert TP._setting(c[2].row) == TP._setting(c[1].row) and not TP._same_adapter(c[2].row, c[1].row)
+
+
 def test_report_states_targets_and_sources():
+    table = TP.load()
     text = TP.markdown()
-    assert "Median |planned / published - 1| over 24 rows:" in text
+    assert f"Median |planned / published - 1| over {len(table['rows'])} rows:" in text
     # the targets are stated with whether they are met (a report, not a gate: the L40's two rows are
     # 30% off at its datasheet peak, data/gpus.json)
     assert "(target under 10%: met)" in text and "(target under 25%: NOT met)" in text
     assert "| GPU | rows | median error | worst error |" in text and "| l40 | 2 |" in text
-    assert "| method | rows | median error | worst error |" in text and "| qlora | 2 |" in text
+    for gpu in ("a100-80gb", "l4", "l40s"):  # the published set spans GPUs beside the A100
+        assert f"| {gpu} | " in text
+    assert "| method | rows | median error | worst error |" in text and "| qlora | " in text
+    assert "| dora/lora | peft-metamathqa-l40s |" in text
     assert "Ratios within 5%: " in text
-    assert "of 6; not checked (no published pair with stated settings): dora/lora, gc on/off." in text
+    assert "; not checked (no published pair with stated settings): gc on/off." in text
     assert "https://github.com/QwenLM/Qwen#profiling-of-memory-and-speed" in text
