@@ -6,13 +6,10 @@ import click
 from planner.cli import render
 from planner.model.catalog import CatalogError, get_gpus, get_model, gpu_names, model_names, get_gpu
 from planner.cli.exits import fail
-from planner.fit import max_batch_size, max_seq_len, recommend
-from planner.plan import plan
+from planner.cli.sweep import check_data_options, sweep
 from planner.time import roofline
-from planner.time.data import Data, data_step
-from planner.model.targets import UnsupportedMethod
 from planner.cli.options import adapter_options, parallel_options, parse_names, parse_targets, training_options
-from .recipe_options import recipe_option, recipe_settings, resolve_targets, with_notes, with_recipe
+from .recipe_options import recipe_option, recipe_settings, resolve_targets, with_recipe
 from planner.model.specs import DTYPES, METHODS, OPTIMIZERS, TrainSpec
 from planner.units import GIB
 
@@ -110,16 +107,8 @@ def main(models, revision, recipe_paths, gpus, methods, rank, alpha, target_modu
          batch_size, seq_len, gradient_checkpointing, dtype, precision, optim, quant_type, double_quant,
          attn_implementation, num_gpus, sharding, offload) = recipe_settings(p)
     chosen = METHODS if not methods or "all" in methods else tuple(dict.fromkeys(methods))
-    cals = None if calibrated else {}
-    if dataset_tokens is not None and dataset_tokens < 1:
-        fail(f"--dataset-tokens must be at least 1, got {dataset_tokens}", prog="plan")
-    if epochs < 1:
-        fail(f"--epochs must be at least 1, got {epochs}", prog="plan")
-    if mean_len is not None and not 1 <= mean_len <= seq_len:
-        fail(f"--mean-len must be between 1 and --seq-len ({seq_len}), got {mean_len}", prog="plan")
-    data = Data(mean_len, packing)
-    shown = mean_len is not None or packing
     try:
+        check_data_options(dataset_tokens, epochs, mean_len, seq_len)
         model_specs = [get_model(m, revision) for m in models]
         target_modules = resolve_targets(target_modules, model_specs, recipe_paths)
         base = TrainSpec(method=chosen[0], rank=rank, alpha=alpha, target_modules=parse_targets(target_modules),
@@ -129,37 +118,14 @@ def main(models, revision, recipe_paths, gpus, methods, rank, alpha, target_modu
                          batch_size=batch_size, seq_len=seq_len, gradient_checkpointing=gradient_checkpointing,
                          dtype=dtype, precision=precision, optim=optim, quant_type=quant_type,
                          double_quant=double_quant, num_gpus=num_gpus, sharding=sharding, offload=offload)
-        gpu_specs = get_gpus(gpus)
-        reports: list[render.Report] = []
-        blocks: list[str] = []
-        skipped: dict[str, None] = {}  # methods left out of "all", with why
-        for model in model_specs:
-            for gpu in gpu_specs:
-                group = []
-                for method in chosen:
-                    train = base.with_(method=method)
-                    try:
-                        planned = with_notes(plan(model, gpu, train, cals, cals, host), recipe_notes)
-                    except UnsupportedMethod as exc:
-                        if methods and "all" not in methods:
-                            raise  # asked for by name: an error
-                        skipped.setdefault(str(exc), None)
-                        continue
-                    real = data_step(*planned.timing_inputs, data) if planned.timing_inputs else None
-                    hours = real.hours(dataset_tokens, epochs) if dataset_tokens and real else None
-                    group.append(render.Report(
-                        planned,
-                        max_batch_size(model, gpu, train, calibrations=cals) if search_batch else None,
-                        max_seq_len(model, gpu, train, calibrations=cals) if search_seq else None,
-                        hours, (dataset_tokens, epochs) if dataset_tokens else None,
-                        real if shown else None,
-                    ))
-                reports += group
-                if fmt == "table":
-                    advice = recommend(model, gpu, base, [r.plan for r in group])
-                    blocks.append(render.table(model, gpu, base, group, advice))
+        outcome = sweep(model_specs, get_gpus(gpus), chosen, base, named=bool(methods) and "all" not in methods,
+                        search_batch=search_batch, search_seq=search_seq, dataset_tokens=dataset_tokens,
+                        epochs=epochs, calibrated=calibrated, mean_len=mean_len, packing=packing, host=host,
+                        notes=recipe_notes)
     except (CatalogError, ValueError) as exc:
         fail(str(exc), prog="plan")
+    reports = outcome.reports
+    skipped = outcome.skipped
     for why in skipped:
         click.echo(f"plan: skipped: {why}", err=True)
     if plot_path:
@@ -175,7 +141,7 @@ def main(models, revision, recipe_paths, gpus, methods, rank, alpha, target_modu
     elif fmt == "csv":
         click.echo(render.to_csv(reports), nl=False)
     else:
-        click.echo("\n\n".join(blocks))
+        click.echo("\n\n".join(g.table for g in outcome.groups))
 
 
 if __name__ == "__main__":  # pragma: no cover

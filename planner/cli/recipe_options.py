@@ -3,7 +3,6 @@ the command's settings (flags given beside it win). planner.recipes (and yaml) a
 only when a recipe is given, so that a plain `plan` starts as fast as before."""
 from __future__ import annotations
 
-from dataclasses import replace
 
 import click
 
@@ -66,8 +65,3 @@ def resolve_targets(target_modules: str, models, paths) -> str:
         raise ValueError("the recipe leaves target modules to peft, whose defaults differ between these models: "
                          "pass --target-modules")
     return found.pop()
-
-
-def with_notes(plan, notes: tuple[str, ...]):
-    """A plan with the recipe's notes first."""
-    return replace(plan, notes=notes + plan.notes) if notes else plan

@@ -7,27 +7,24 @@ and choices), the package's API (``plan``, ``TrainSpec``, the catalog), the sear
 advice of ``fit``, and ``render``'s JSON, so that the page's JSON is what ``plan --json``
 prints, byte for byte (a test runs both).
 
-``run`` repeats what the ``plan`` command does for its table and ``--json`` output (one
-report per model x GPU x method, the methods of "all" the libraries refuse left out with why,
-one recommendation per model x GPU), without click and without printing. Pure Python: no
-gradio, no I/O beyond the planner's own catalog.
+``run`` is the ``plan`` command's own sweep (planner.cli.sweep: one report per model x GPU x
+method, the methods of "all" the libraries refuse left out with why, one recommendation and
+table per model x GPU), from the page's settings. Pure Python: no gradio, no I/O beyond the
+planner's own catalog.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import replace
 from functools import lru_cache
 
 import data
-from planner import CatalogError, METHODS, TrainSpec, get_gpus, get_model, model_names, plan
+from planner import CatalogError, METHODS, TrainSpec, get_gpus, get_model, model_names
 from planner.model.catalog import model_from_config
 from planner.cli.command import main as plan_command
-from planner.model.targets import UnsupportedMethod
-from planner.fit import max_batch_size, max_seq_len, recommend
 from planner.cli.options import parse_names, parse_targets
-from planner.cli.render import Report, table, to_json
+from planner.cli.sweep import Outcome, check_data_options, sweep
 from planner.time import roofline
-from planner.time.data import Data, data_step
 
 __all__ = ["CatalogError", "METHODS", "Outcome", "catalog_model_keys", "check_range", "command_defaults",
            "command_options", "figure", "gpu_choices", "model_choices", "model_from_paste", "resolve_model", "run"]
@@ -99,92 +96,32 @@ def model_from_paste(config: dict, name: str):
     return model_from_config(config, name)
 
 
-@dataclass(frozen=True)
-class Group:
-    """The plans of one model x GPU, and the recommendation ``plan`` prints under its table."""
-
-    model: object  # ModelSpec
-    gpu: object  # GpuSpec
-    reports: tuple  # of render.Report
-    recommendation: object  # fit.Recommendation
-    table: str  # the table `plan` prints for this model and GPU
-
-
-@dataclass(frozen=True)
-class Outcome:
-    groups: tuple[Group, ...]
-    skipped: tuple[str, ...]  # "plan: skipped: ..." lines (methods of "all" the libraries refuse)
-
-    @property
-    def reports(self) -> list:
-        return [r for g in self.groups for r in g.reports]
-
-    @property
-    def plans(self) -> list:
-        return [r.plan for r in self.reports]
-
-    def json(self) -> str:
-        """What ``plan --json`` prints for these settings (without click.echo's newline)."""
-        return to_json(self.reports)
-
-
 def run(models: list, gpus: list[str], methods: tuple[str, ...], train: dict, *, search_batch: bool,
         search_seq: bool, dataset_tokens: int | None, epochs: int, calibrated: bool, mean_len: int | None = None,
         packing: bool = False, host: str = roofline.DEFAULT_HOST) -> Outcome:
-    """Plan ``models`` x ``gpus`` (names) x ``methods`` as ``plan`` does.
+    """Plan ``models`` x ``gpus`` (names) x ``methods`` as ``plan`` does (planner.cli.sweep).
 
     ``models`` are zero-argument callables that return a ModelSpec (or raise CatalogError),
     called after the settings are checked, in ``plan``'s order, so that the first bad input
     reported is the one ``plan`` reports.
 
     ``methods`` empty means every method, where a method the libraries refuse for the model is
-    skipped with why (as ``plan`` without --method); named methods raise instead. ``train`` holds
-    TrainSpec's fields as the command parses them (target_modules etc. still comma strings).
-    Raises CatalogError or ValueError with ``plan``'s message.
+    skipped with why (as ``plan`` without --method, its "plan: skipped: ..." line); named methods
+    raise instead. ``train`` holds TrainSpec's fields as the command parses them (target_modules
+    etc. still comma strings). Raises CatalogError or ValueError with ``plan``'s message.
     """
     chosen = METHODS if not methods else tuple(dict.fromkeys(methods))
-    cals = None if calibrated else {}
-    if dataset_tokens is not None and dataset_tokens < 1:
-        raise ValueError(f"--dataset-tokens must be at least 1, got {dataset_tokens}")
-    if epochs < 1:
-        raise ValueError(f"--epochs must be at least 1, got {epochs}")
-    if mean_len is not None and not 1 <= mean_len <= train["seq_len"]:
-        raise ValueError(f"--mean-len must be between 1 and --seq-len ({train['seq_len']}), got {mean_len}")
-    data = Data(mean_len, packing)
+    check_data_options(dataset_tokens, epochs, mean_len, train["seq_len"])
     fields = dict(train)
     fields["target_modules"] = parse_targets(fields["target_modules"])
     fields["target_parameters"] = parse_names(fields["target_parameters"])
     fields["modules_to_save"] = parse_names(fields["modules_to_save"])
     base = TrainSpec(method=chosen[0], **fields)
     model_specs = [resolve() for resolve in models]
-    gpu_specs = get_gpus(gpus)
-    groups, skipped = [], {}
-    for model in model_specs:
-        for gpu in gpu_specs:
-            group = []
-            for method in chosen:
-                spec = base.with_(method=method)
-                try:
-                    planned = plan(model, gpu, spec, cals, cals, host)
-                except UnsupportedMethod as exc:
-                    if methods:
-                        raise
-                    skipped.setdefault(f"plan: skipped: {exc}", None)
-                    continue
-                real = data_step(*planned.timing_inputs, data) if planned.timing_inputs else None
-                hours = real.hours(dataset_tokens, epochs) if dataset_tokens and real else None
-                group.append(Report(
-                    planned,
-                    max_batch_size(model, gpu, spec, calibrations=cals) if search_batch else None,
-                    max_seq_len(model, gpu, spec, calibrations=cals) if search_seq else None,
-                    hours, (dataset_tokens, epochs) if dataset_tokens else None,
-                    real if mean_len is not None or packing else None,
-                ))
-            if not group:  # every method refused for this model: nothing to advise on
-                continue
-            advice = recommend(model, gpu, base, [r.plan for r in group])
-            groups.append(Group(model, gpu, tuple(group), advice, table(model, gpu, base, group, advice)))
-    return Outcome(tuple(groups), tuple(skipped))
+    outcome = sweep(model_specs, get_gpus(gpus), chosen, base, named=bool(methods), search_batch=search_batch,
+                    search_seq=search_seq, dataset_tokens=dataset_tokens, epochs=epochs, calibrated=calibrated,
+                    mean_len=mean_len, packing=packing, host=host)
+    return replace(outcome, skipped=tuple(f"plan: skipped: {why}" for why in outcome.skipped))
 
 
 def figure(plans: list):
