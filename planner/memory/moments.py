@@ -11,7 +11,7 @@ planner.memory.terms, layer and sharding once for the step.
   module of the last layer (its transients beside what the earlier layers kept), or an
   all-gathered layer under FSDP;
 - backward: the logits' gradients with every activation kept, a layer's backward (its
-  recomputation, dequantization, DoRA's or the experts' workspace, eager attention's
+  recomputation, inside its grouped experts too, dequantization, DoRA's or the experts' workspace, eager attention's
   softmax), the first layer's with every gradient made, the embedding's, lm_head's;
 - optimizer: the step, every gradient and the optimizer's temporaries.
 
