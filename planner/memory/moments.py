@@ -11,8 +11,9 @@ planner.memory.terms, layer and sharding once for the step.
   module of the last layer (its transients beside what the earlier layers kept), or an
   all-gathered layer under FSDP;
 - backward: the logits' gradients with every activation kept, a layer's backward (its
-  recomputation, inside its grouped experts too, dequantization, DoRA's or the experts' workspace, eager attention's
-  softmax), the first layer's with every gradient made, the embedding's, lm_head's;
+  recomputation, inside its grouped experts too, dequantization, DoRA's or the experts'
+  workspace, eager attention's softmax), the first layer's with every gradient made, the
+  embedding's, lm_head's;
 - optimizer: the step, every gradient and the optimizer's temporaries.
 
 A plan reports its peak phase and moment (``peak_moment``), and its breakdown is that
