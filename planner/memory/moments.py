@@ -11,8 +11,9 @@ planner.memory.terms, layer and sharding once for the step.
   module of the last layer (its transients beside what the earlier layers kept), or an
   all-gathered layer under FSDP;
 - backward: the logits' gradients with every activation kept, a layer's backward (its
-  recomputation, dequantization, DoRA's or the experts' workspace, eager attention's
-  softmax), the first layer's with every gradient made, the embedding's, lm_head's;
+  recomputation, inside its grouped experts too, dequantization, DoRA's or the experts'
+  workspace, eager attention's softmax), the first layer's with every gradient made, the
+  embedding's, lm_head's;
 - optimizer: the step, every gradient and the optimizer's temporaries.
 
 A plan reports its peak phase and moment (``peak_moment``), and its breakdown is that
@@ -451,6 +452,16 @@ def _recompute_module_part(s: Step):
                 transient__dequant=rec.dequant, transient__dora=rec.dora)
 
 
+def _recompute_experts_part(s: Step):
+    """The recomputation inside grouped experts (terms.moe_recompute_locals): the layer's saved
+    set but what it saves after the experts (terms.saved_after_experts), the gradients in
+    flight and the experts' locals."""
+    experts = s._last(C.moe_recompute_locals)
+    if not experts:
+        return None
+    return dict(transient__recompute=s.recompute - s._last(C.saved_after_experts) + s.in_flight + experts)
+
+
 def _dequant_part(s: Step):
     return None if s.gc else dict(transient__dequant=s._last(C.dequant_transient))
 
@@ -488,6 +499,7 @@ def _first_layer(part, walked: bool = False):
 
 moment("backward", "layer_recompute")(_last_layer(_recompute_part))
 moment("backward", "layer_recompute_module")(_last_layer(_recompute_module_part))
+moment("backward", "layer_recompute_experts")(_last_layer(_recompute_experts_part))
 moment("backward", "layer_dequant")(_last_layer(_dequant_part))
 moment("backward", "layer_moe")(_last_layer(_moe_part))
 
@@ -526,24 +538,32 @@ moment("backward", "first_layer_recompute_module")(_first_layer(_recompute_modul
 moment("backward", "first_layer_dequant")(_first_layer(_dequant_part))
 
 
-@moment("backward", "first_layer_moe")
-def _first_layer_moe(s: Step):
-    """The first layer's experts' backward (LoRA on fused experts): the workspace of its
-    kind's down weight gradient, every gradient made but this layer's own, which its backward
-    makes after the experts' (one GPU and DDP; tracer, OLMoE-1B-7B and Qwen3-30B-A3B 2 layers,
-    LoRA all-linear with checkpointing, batch 2 x 512: layer 0's expert factor gradients,
-    44 MiB for OLMoE, not yet there at the backward peak; the plan was 1.4% over with them)."""
-    # the first layer with experts (Llama 4 Maverick's first layer is dense: its second), every
-    # gradient made but its own and those of the dense layers before it
-    index = min(k.indices[0] for k in s.model.kinds if k.layer.moe is not None) if s.model.moe is not None else 0
-    first = replace(s, layer=index) if index else s.first_view
-    values = _moe_part(first)
-    if values is None:
-        return None
-    pending = (sum(replace(s, layer=j).layer_grads for j in range(index + 1))
-               if S.strategy(s.train).whole_gradients else 0)
-    return dict(**s.persistent, grads=s.made - pending, activations__input_leaf=s.leaf if not index else 0, **values,
-                **s.parallel("backward_end", index))
+def _first_experts_layer(part):
+    """The first layer with experts' moment of ``part``, every gradient made but this layer's
+    own, which its backward makes after the experts' and after its recomputation (one GPU and
+    DDP; tracer, OLMoE-1B-7B and Qwen3-30B-A3B 2 layers, LoRA all-linear with checkpointing,
+    batch 2 x 512: layer 0's expert factor gradients, 44 MiB for OLMoE, not yet there at the
+    backward peak; the plan was 1.4% over with them)."""
+    def first_layer(s: Step):
+        # the first layer with experts (Llama 4 Maverick's first layer is dense: its second), every
+        # gradient made but its own and those of the dense layers before it
+        index = min(k.indices[0] for k in s.model.kinds if k.layer.moe is not None) if s.model.moe is not None else 0
+        first = replace(s, layer=index) if index else s.first_view
+        values = part(first)
+        if values is None:
+            return None
+        pending = (sum(replace(s, layer=j).layer_grads for j in range(index + 1))
+                   if S.strategy(s.train).whole_gradients else 0)
+        return dict(**s.persistent, grads=s.made - pending, activations__input_leaf=s.leaf if not index else 0,
+                    **values, **s.parallel("backward_end", index))
+    first_layer.__doc__ = f"The first layer with experts: {part.__name__.strip('_').replace('_', ' ')}."
+    return first_layer
+
+
+# the experts' backward (LoRA on fused experts: the workspace of its kind's down weight gradient)
+# and the recomputation inside them
+moment("backward", "first_layer_moe")(_first_experts_layer(_moe_part))
+moment("backward", "first_layer_recompute_experts")(_first_experts_layer(_recompute_experts_part))
 moment("backward", "first_layer_softmax")(_first_layer(_softmax_part))
 
 

@@ -601,7 +601,7 @@ def moe_saved_parts(model: ModelSpec, train: TrainSpec, prec: Precision) -> dict
     pairs = t * moe.top_k
     adapted = targets.targeted_parameters(model, train)
     parts = {tg.part for tg in adapted}
-    experts_train = train.method == "full" or bool(parts & {"gate_up", "down"})
+    experts_train = experts_trained(model, train)
     router_train = train.method == "full" or "router" in parts
     if moe.dispatch == "dense":
         return dense_moe_saved_parts(model, train, prec, experts_train, router_train)
@@ -630,6 +630,13 @@ def moe_saved_parts(model: ModelSpec, train: TrainSpec, prec: Precision) -> dict
     merged = sum((tg.weight + (tg.experts * tg.rank * (tg.in_features + tg.out_features) if copies else 0)) * weight
                  for tg in adapted)
     return {"router": router, "experts": pairs * per_pair + 4 * moe.experts, "merged": merged}
+
+
+def experts_trained(model: ModelSpec, train: TrainSpec) -> bool:
+    """Whether the experts' weights train (full fine-tuning, or LoRA on a fused expert weight):
+    then their grouped matmuls keep their inputs."""
+    return train.method == "full" or bool({tg.part for tg in targets.targeted_parameters(model, train)}
+                                          & {"gate_up", "down"})
 
 
 def dense_moe_saved_parts(model: ModelSpec, train: TrainSpec, prec: Precision, experts_train: bool,
@@ -851,6 +858,59 @@ def moe_forward_workspace(model: ModelSpec, train: TrainSpec, prec: Precision) -
     # two fp32 [61440, 7168] at the forward peak, the plan 3% under without them)
     product = max(x, routing_weight_bytes(model, prec))
     return moe_saved_parts(model, train, prec)["merged"] + ((2 * pairs * (x + product)) + 2 * t * x) * h + 24 * pairs
+
+
+def moe_recompute_locals(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
+    """With checkpointing, what a layer's recomputation holds beyond its saved set and the
+    gradient of its output while its grouped experts run again (transformers 5.23
+    integrations/moe.py grouped_mm_experts_forward), S = T*k pairs, p = the routing product's
+    bytes (the wider of the stream's and the routing weights'), n = the MoE input's
+    (:func:`norm_output_bytes`):
+
+    - the experts' Python locals that frozen experts do not keep: the gathered input (S*h*n,
+      alive to the end of the experts) and, while down's grouped matmul forms its output,
+      act(gate)*up (S*I*x) and down's gathered bias (S*h*x); trainable experts keep the first
+      two (:func:`moe_saved_parts`);
+    - at the unpermute that ends the experts, the routed output times the routing weights
+      (S*h*p), and the reordered copy too where the recomputation goes on past it (S*h*p);
+    - where the experts end the layer (no shared expert, no norm after the MLP), nothing the
+      layer saves lies between them and its output: backward reaches the unpermute first, with
+      the output's gradient already expanded to the pairs (S*h*p, the sum's gradient made
+      contiguous) before that asks for the recomputation, which stops there.
+
+    The larger of the two instants. Tracer, Phi-3.5-MoE 2 layers, QDoRA all-linear with
+    checkpointing, batch 4 x 2048: at down's grouped matmul in the last layer's recomputation
+    the fp32 [8192, 2, 4096] pair gradient, [16384, 4096] gathered input and [16384, 6400]
+    act(gate)*up beside the saved set, the backward peak, which the plan had 3.1% under
+    without them; Qwen1.5-MoE 2 layers (a shared expert, gated after the experts), QLoRA
+    batch 2 x 1024: three fp32 [8192, 2048] at the unpermute, no pair gradient. 0 without
+    checkpointing or grouped experts."""
+    moe = model.layer.moe
+    if not train.gradient_checkpointing or moe is None or moe.dispatch != "grouped":
+        return 0
+    h, x = model.hidden_size, prec.stream
+    pairs = train.tokens * moe.top_k
+    routed = pairs * h * max(x, routing_weight_bytes(model, prec))
+    frozen = not experts_trained(model, train)
+    gathered = pairs * h * norm_output_bytes(model, prec) if frozen else 0
+    down = (pairs * moe.intermediate * x if frozen else 0) + (pairs * h * x if moe.expert_bias else 0)
+    last = not moe.shared_intermediate and not model.layer.norms_at("mlp_out")
+    return gathered + (routed if last else 0) + max(down, routed * (1 if last else 2))
+
+
+def saved_after_experts(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
+    """What a layer saves after its routed experts (the entries of :func:`layer_saved_sequence`
+    after the MLP's, but the base Linears' inputs, which the earlier modules made): a shared
+    expert run after them (Granite-4.0-H's shared_mlp) and Qwen2-MoE's gated shared output, not
+    recomputed yet while the experts run again (tracer, Granite-4.0-H-Small 2 layers, QLoRA
+    all-linear with checkpointing, batch 2 x 4096: the backward peak at the unpermute of
+    :func:`moe_recompute_locals`, which the plan had 0.8% over with them, 0.3% under without).
+    0 without experts."""
+    seq = layer_saved_sequence(model, train, prec)
+    names = [name for name, _ in seq]
+    if model.layer.moe is None or "mlp" not in names:
+        return 0
+    return sum(size for name, size in seq[names.index("mlp") + 1:] if name != "linear_inputs")
 
 
 def linear_inputs_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
