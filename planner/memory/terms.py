@@ -536,6 +536,14 @@ def mlp_core_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
     return gates * train.tokens * model.intermediate_size * prec.hidden
 
 
+def dense_mlp_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
+    """A gated MLP beside a mixture of experts (Gemma 4's Gemma4TextMLP): its gate and up outputs
+    and act(gate), 3*T*I*hidden, as :func:`mlp_core_saved` for a dense layer, and when down_proj
+    is trained whole (full fine-tuning) its input act(gate)*up, T*I*c."""
+    t, i = train.tokens, model.intermediate_size
+    return 3 * t * i * prec.hidden + (t * i * prec.compute if train.method == "full" else 0)
+
+
 def mlp_backward_work(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
     """What the MLP's activation backward makes beyond the layer's saved set, one layer (the MLP
     block of full fine-tuning's first-layer walk, layer.first_layer_backward_walk), a = hidden
@@ -967,6 +975,11 @@ def layer_saved_sequence(model: ModelSpec, train: TrainSpec, prec: Precision) ->
         seq += adapters("shared_gate_up")
         seq.append(("shared_expert", shared_expert_saved(model, train, prec)))
         seq += adapters("shared_down")
+    elif moe is not None and moe.beside_dense:  # Gemma 4: the dense MLP, then the router and the experts
+        seq += adapters(*MLP_INPUT_ROLES)
+        seq.append(("dense_mlp", dense_mlp_saved(model, train, prec)))
+        seq += adapters("down", "router")
+        seq.append(("mlp", mlp_core_saved(model, train, prec)))
     elif moe is not None or layer.by_role(*MLP_INPUT_ROLES):
         seq += adapters(*MLP_INPUT_ROLES)
         seq.append(("mlp", mlp_core_saved(model, train, prec)))
