@@ -625,6 +625,7 @@ def moe_saved_parts(model: ModelSpec, train: TrainSpec, prec: Precision) -> dict
         w = routing_weight_bytes(model, prec)
         per_pair = (2 * h + 4 * i) * x + 24 + w if experts_train else (h + 3 * i) * x + 24 + w
     router += t * h * x if router_train else 0
+    router += router_module_saved(model, train, prec) if moe.router_linear else 0
     # Phi-3.5-MoE's input jitter (training only): the block and then its router multiply the normed
     # input in place by uniform noise of its shape and dtype, and each product keeps its noise,
     # 2*T*h in the norm output's dtype (tracer, Phi-3.5-MoE 2 layers LoRA bs1x512: two fp32
@@ -638,6 +639,36 @@ def moe_saved_parts(model: ModelSpec, train: TrainSpec, prec: Precision) -> dict
     merged = sum((tg.weight + (tg.experts * tg.rank * (tg.in_features + tg.out_features) if copies else 0)) * weight
                  for tg in adapted)
     return {"router": router, "experts": pairs * per_pair + 4 * moe.experts, "merged": merged}
+
+
+def router_module_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
+    """Gemma 4's router module beyond a softmax router's tensors, one layer (transformers 5.23
+    Gemma4TextRouter.forward): the renormalized top-k weights times per_expert_scale[top_k_index]
+    keeps the gathered scales, T*k in the parameter's dtype, when the weights need a gradient
+    (router.proj adapted, or full fine-tuning), and the fp32 weights themselves when the scales
+    train (T*k*4: the in-place renormalization's saved copy is the weights before it); a trained
+    ``scale`` (full fine-tuning) keeps the normed input it multiplies, T*h in the residual
+    stream's dtype (tracer, Gemma-4-26B-A4B cut to 2 and 4 layers, bs4x2048). Its projection's input is its
+    Linear's (the adapter kind's ``saved``; full fine-tuning: :func:`moe_saved_parts`'s router input)."""
+    moe = model.layer.moe
+    full = train.method == "full"
+    adapted = full or any(lin.role == "router" and lin.name in targets.targeted_names(model, train)
+                          for lin in model.layer.linears)
+    t = train.tokens
+    return (t * moe.top_k * parameter_bytes(train, prec) if adapted else 0) + (
+        t * (model.hidden_size * prec.stream + moe.top_k * FP32) if full else 0)
+
+
+def moe_input_norms_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
+    """The norms that read a Gemma 4 layer's residual beside pre_feedforward_layernorm (site
+    "moe_in": the router's weightless norm and pre_feedforward_layernorm_2), one layer: each as
+    :func:`norm_saved`, less its fp32 upcast where the residual stream is fp32 already (QLoRA,
+    `mixed`): ``x.float()`` returns the residual itself, which pre_feedforward_layernorm keeps
+    (tracer, Gemma-4-26B-A4B cut to 2 and 4 layers, QLoRA bs4x2048: two T*h*4 per layer fewer
+    than each norm's own upcast)."""
+    norms = model.layer.norms_at("moe_in")
+    shared = len(norms) * train.tokens * model.hidden_size * FP32 if prec.stream == FP32 else 0
+    return sum(norm_saved(model, train, prec, n) for n in norms) - shared
 
 
 def dense_moe_saved_parts(model: ModelSpec, train: TrainSpec, prec: Precision, experts_train: bool,
@@ -885,7 +916,9 @@ def linear_inputs_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> 
     if prec.autocast and norm_output_bytes(model, prec) != c:
         readers = len(model.layer.by_role(*NORM_READER_ROLES))
     else:  # one attention input and one MLP input, shared; one for both in a parallel layer
-        readers = 1 if moe or model.traits.placement == "parallel" else 2
+        # (Gemma 4's dense MLP beside the experts reads its own norm's output)
+        beside = moe and model.layer.moe.beside_dense
+        readers = 1 if (moe and not beside) or model.traits.placement == "parallel" else 2
     mlp_inner = 0 if moe else model.intermediate_size
     o = model.layer.by_role("o")
     o_in = o[0].in_features if o else model.q_dim  # (MLA: heads x v dims; a layer without attention copies nothing)
@@ -978,7 +1011,9 @@ def layer_saved_sequence(model: ModelSpec, train: TrainSpec, prec: Precision) ->
     elif moe is not None and moe.beside_dense:  # Gemma 4: the dense MLP, then the router and the experts
         seq += adapters(*MLP_INPUT_ROLES)
         seq.append(("dense_mlp", dense_mlp_saved(model, train, prec)))
-        seq += adapters("down", "router")
+        seq += adapters("down")
+        seq.append(("norm", moe_input_norms_saved(model, train, prec)))
+        seq += adapters("router")
         seq.append(("mlp", mlp_core_saved(model, train, prec)))
     elif moe is not None or layer.by_role(*MLP_INPUT_ROLES):
         seq += adapters(*MLP_INPUT_ROLES)

@@ -73,7 +73,9 @@ double q_proj: half of its output is a per-element gate, ``attn * sigmoid(gate)`
 Sites of a norm: ``attn_in`` (before attention), ``attn_out`` (on the attention output:
 sandwich and post-norm layers), ``mlp_in``, ``mlp_out``, ``q`` / ``k`` (qk-norm), ``v`` (a
 per-head norm of the values without a weight: Gemma 4's v_norm), ``ple_out`` (on the
-per-layer input's projection: Gemma 4's post_per_layer_input_norm), and ``q_a`` / ``kv_a``
+per-layer input's projection: Gemma 4's post_per_layer_input_norm), ``moe_in`` (a second
+norm of the MLP's input, read by the experts beside a dense MLP: Gemma 4's router.norm and
+pre_feedforward_layernorm_2), and ``q_a`` / ``kv_a``
 (multi-head latent attention's norms over its q and kv latents).
 
 Norm kinds (the ``norm`` trait): ``rms`` (transformers' RMSNorm: an fp32 upcast of its input,
@@ -1275,7 +1277,7 @@ def _gemma4_layer(arch: Architecture, config: dict, dims: Dims, p: int, shared: 
                            Linear("up_proj", h, inter, False, "up"), Linear("down_proj", inter, h, False, "down"))
     if moe is not None:
         linears += (Linear(f"{moe.router}.proj", h, moe.experts, False, "router"),)
-        norms += (Norm(f"{moe.router}.norm", "mlp_in", h, scale=False), Norm("pre_feedforward_layernorm_2", "mlp_in", h),
+        norms += (Norm(f"{moe.router}.norm", "moe_in", h, scale=False), Norm("pre_feedforward_layernorm_2", "moe_in", h),
                   Norm("post_feedforward_layernorm_1", "mlp_out", h), Norm("post_feedforward_layernorm_2", "mlp_out", h))
     if p:
         linears += (Linear("per_layer_input_gate", h, p, False, "ple_gate"),
