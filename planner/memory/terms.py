@@ -17,8 +17,8 @@ from planner.model import counts
 from planner.model import targets
 from planner.model import inventory as inv
 from planner.model.architectures import (ATTENTION_INPUT_ROLES, ATTENTION_ROLES, DELTA_INPUT_ROLES, K_SIDE, LATENT_ROLES,
-                                         MIXER_INPUT_ROLES, MLP_INPUT_ROLES, NORM_READER_ROLES, Q_SIDE, V_SIDE, Linear,
-                                         Norm)
+                                         MIXER_INPUT_ROLES, MLP_INPUT_ROLES, NORM_READER_ROLES, Q_SIDE, ROUTER_ROLES, V_SIDE,
+                                         Linear, Norm)
 from planner.model.specs import DTYPE_BYTES, ModelSpec, TrainSpec
 from planner.memory.variants import variant
 from planner.units import FP32, ceil_div
@@ -1249,13 +1249,13 @@ def first_layer_unrecorded(model: ModelSpec, train: TrainSpec, prec: Precision) 
     # a targeted module whose input needs no gradient keeps no dropout mask nor weight copy
     # (q, k and v: first_norm_unrecorded)
     attention = bool(roles & ATTENTION_ROLES)
-    no_grad_input = ({"o"} if not (gq or gk or gv) else set()) | (set() if attention else MLP_INPUT_ROLES)
+    no_grad_input = ({"o"} if not (gq or gk or gv) else set()) | (set() if attention else MLP_INPUT_ROLES | ROUTER_ROLES)
     if not (attention or roles & MLP_INPUT_ROLES):
         no_grad_input.add("down")
     adapter = variant(train).adapter
     out += sum(adapter.dropout_unrecorded(lin, train, prec) for lin in layer.linears
                if lin.role in no_grad_input and lin.role in roles)
-    if attention or layer.moe is not None:
+    if attention or (layer.moe is not None and not layer.moe.beside_dense):
         return out
     out += sum(norm_saved(model, train, prec, n) for n in layer.norms_at("attn_out", "mlp_in"))
     mlp = t * model.intermediate_size * prec.hidden
@@ -1263,7 +1263,31 @@ def first_layer_unrecorded(model: ModelSpec, train: TrainSpec, prec: Precision) 
         out += (0 if "gate" in roles else 2 * mlp) + (0 if "up" in roles else mlp)
     elif layer.by_role("gate_up") and "gate_up" not in roles:
         out += 3 * mlp  # a fused gate_up output (2I wide, both halves its storage) and act(gate)
+    if layer.moe is not None:
+        out += first_experts_unrecorded(model, train, prec, roles)
     return out
+
+
+def first_experts_unrecorded(model: ModelSpec, train: TrainSpec, prec: Precision, roles: set[str]) -> int:
+    """:func:`first_layer_unrecorded`'s share of Gemma 4's experts beside the dense MLP, when no
+    attention module is targeted (the residual they read needs no gradient): the router's norm
+    and pre_feedforward_layernorm_2 keep nothing (:func:`moe_input_norms_saved`), nor does the
+    dense MLP output's norm unless one of its Linears is targeted. With router.proj targeted the
+    routing weights need a gradient: of the experts (transformers' grouped_mm path) only the
+    product with them keeps the down output, and the gather and un-permutation their int64
+    indices; the gate_up output, act(gate), the gathered input's int64 index, the routing
+    weights and the group offsets are not kept, S*(3I*x + 8 + w) + 4E. Without it the whole
+    MoE branch keeps nothing (router, experts, the experts output's norm). Tracer, Gemma-4-26B-A4B
+    cut to 2 layers, LoRA on router.proj, on gate_proj, on both (bf16 autocast, batch 1 x 1856)."""
+    moe, t, x = model.layer.moe, train.tokens, prec.stream
+    pairs = t * moe.top_k
+    out_norm = norm_saved(model, train, prec, model.layer.norms_at("mlp_out")[0])
+    out = moe_input_norms_saved(model, train, prec)
+    out += 0 if roles & (MLP_INPUT_ROLES | {"down"}) else out_norm
+    if "router" in roles:
+        return out + pairs * (3 * moe.intermediate * x + 8 + routing_weight_bytes(model, prec)) + 4 * moe.experts
+    parts = moe_saved_parts(model, train, prec)
+    return out + parts["router"] + parts["experts"] + out_norm
 
 
 def checkpoint_input_leaf(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
@@ -1420,8 +1444,14 @@ def lm_head_autocast_copy(model: ModelSpec, train: TrainSpec, prec: Precision) -
 
 def softcap_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
     """Final-logit softcapping (Gemma-2: cap * tanh(logits / cap)) keeps tanh's output for
-    backward, T*V*c, from the loss until lm_head's backward; 0 for other models."""
-    return train.tokens * model.vocab_size * prec.compute if model.traits.logit_softcapping else 0
+    backward, T*V in the logits' dtype (:func:`logits_forward`: the compute dtype under
+    autocast, else lm_head's own, fp32 for QLoRA / QDoRA), from the loss until lm_head's
+    backward; 0 for other models (tracer, Gemma-4-31B and 26B-A4B cut to 2 layers, QLoRA pure
+    bf16, batch 1 x 1856: an fp32 [1, 1856, 262144] tanh output, the plan 6% under with a
+    16-bit one)."""
+    if not model.traits.logit_softcapping:
+        return 0
+    return train.tokens * model.vocab_size * (prec.compute if prec.autocast else parameter_bytes(train, prec))
 
 
 def logits_forward(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
