@@ -179,3 +179,20 @@ def test_bad_moe_configs_exit_2_in_one_line(tmp_path, change, message):
     assert message in result.stderr and result.stderr.count("\n") == 1
     path.write_text(json.dumps({**TINY, **MOE}))  # negative control
     assert CliRunner().invoke(plan_main, ["--model", str(path), "--method", "lora", "--rank", "4"]).exit_code == 0
+
+
+def test_moe_plan_notes_say_what_all_linear_and_qlora_do():
+    """The plan says all-linear adapts the dense MLP and router.proj but not the experts (naming
+    target_parameters instead), and under QLoRA that those Linears are packed, the experts fp32."""
+    from planner import plan
+
+    spec = model_from_config({**TINY, **MOE}, "g4m")
+    lora = " ".join(plan(spec, "h100", TrainSpec(method="lora", rank=4)).notes)
+    assert "router.proj" in lora and "never the fused experts" in lora and "4 bits" not in lora
+    qlora = " ".join(plan(spec, "h100", TrainSpec(method="qlora", rank=4)).notes)
+    assert "packs them to 4 bits while the experts stay fp32" in qlora
+    experts = plan(spec, "h100", TrainSpec(method="lora", rank=4,
+                                           target_parameters=("experts.gate_up_proj", "experts.down_proj"))).notes
+    assert "LoRA on the fused experts too" in " ".join(experts)
+    # negative control: the dense config says none of it
+    assert "router.proj" not in " ".join(plan(model_from_config(TINY, "g4"), "h100", TrainSpec(method="lora", rank=4)).notes)

@@ -16,20 +16,20 @@ TINY = dict(model_type="gemma4_text", pad_token_id=0, vocab_size=512, hidden_siz
             layer_types=["sliding_attention", "full_attention"], hidden_size_per_layer_input=0,
             final_logit_softcapping=30.0, enable_moe_block=True, num_experts=8, top_k_experts=2,
             moe_intermediate_size=32)
-BOUND = 0.03  # the architecture bound of tests/probes/test_architectures_traced.py
 
 
 def _spec(**change):
     return model_from_config({**TINY, **change}, "tiny-gemma4-moe")
 
 
+# QLoRA (4-bit attention, dense MLP and router.proj, fp32 experts and norms, LoRA on every
+# Linear; LoRA, byte-equal when run, is left out for the CI budget: the file stays under 20 s)
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["lora", "qlora"])
-def test_fake_trace_equals_cpu_step_to_the_byte(torch_stack, method):
+def test_fake_trace_equals_cpu_step_to_the_byte(torch_stack):
     from probes import cpu, fake
 
     spec = _spec()
-    train = TrainSpec(method=method, rank=4, batch_size=2, seq_len=48, dtype="bf16")
+    train = TrainSpec(method="qlora", rank=4, batch_size=2, seq_len=48, dtype="bf16")
     real, traced = cpu.measure(spec, train), fake.trace(spec, train)
     assert traced.peak_allocated_bytes == real.peak_allocated_bytes
     assert traced.phase_peaks == real.phase_peaks and traced.breakdown == real.breakdown
@@ -70,22 +70,11 @@ def test_all_linear_and_qlora_on_the_built_layer(torch_stack):
             assert params["experts.gate_up_proj"].dtype == torch.bfloat16
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("method,gc", [("lora", False), ("qlora", True), ("full", False), ("dora", True)])
-def test_planned_equals_traced_within_bound(torch_stack, method, gc):
-    from probes.fake import trace
-
-    spec = _spec(vocab_size=4096, hidden_size=128, intermediate_size=192, moe_intermediate_size=64)
-    train = TrainSpec(method=method, rank=8, batch_size=2, seq_len=64, dtype="bf16", gradient_checkpointing=gc)
-    planned = plan(spec, "a100-80gb", train, calibrations={}).peak_allocated_bytes
-    traced = trace(spec, train).peak_allocated_bytes
-    assert abs(planned / traced - 1) < BOUND, (planned, traced)
-
-
 # The 26B-A4B at its real widths, cut to its first layer (sliding) and a full one: the layers'
 # saved tensors dominate at batch 4 x 2048 without checkpointing (QLoRA's fp32 stream: the
 # router's norm and pre_feedforward_layernorm_2 share the residual's upcast; full fine-tuning:
-# the dense MLP's own input, the router scale's product). Measured: every case within 0.01%.
+# the dense MLP's own input, the router scale's product). Measured: every case within 0.01%
+# (the baseline matrix's tier 9 holds the rest: 40 rows, worst 0.03%).
 REAL = [("lora", False), ("qlora", False), ("full", False), ("qlora", True)]
 
 
