@@ -1255,6 +1255,7 @@ def _gemma4_moe(config: dict) -> MoE:
     experts, top_k = values["num_experts"], values["top_k_experts"]
     if top_k > experts:
         raise LayoutError(f"config field 'top_k_experts' ({top_k}) exceeds 'num_experts' ({experts})")
+    # (activation "swiglu": the gated act(gate) * up, whose saved set gelu_pytorch_tanh shares)
     return MoE(experts, top_k, values["moe_intermediate_size"], router="router", renormalize=True,
                weights_fp32=True, router_linear=True, beside_dense=True, prefix="")
 

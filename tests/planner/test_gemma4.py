@@ -196,3 +196,18 @@ def test_moe_plan_notes_say_what_all_linear_and_qlora_do():
     assert "LoRA on the fused experts too" in " ".join(experts)
     # negative control: the dense config says none of it
     assert "router.proj" not in " ".join(plan(model_from_config(TINY, "g4"), "h100", TrainSpec(method="lora", rank=4)).notes)
+
+
+def test_the_26b_a4b_active_count_is_the_cards():
+    """The catalog's 26B-A4B: 25.2B parameters in all (tests/planner/test_counts.py) and, with 8 of
+    its 128 experts per token, 3.8B active, the model card's figure (negative control: all experts
+    active is the total, not 3.8B)."""
+    from planner.model.catalog import get_model
+
+    spec = get_model("gemma-4-26b-a4b")
+    moe = spec.moe
+    experts = counts.role_params(spec, "experts")
+    active = counts.total_params(spec) - experts + experts * moe.top_k // moe.experts
+    assert (moe.experts, moe.top_k, moe.intermediate) == (128, 8, 704)
+    assert round(active / 1e9, 1) == 3.8
+    assert round(counts.total_params(spec) / 1e9, 1) == 25.2
