@@ -211,3 +211,20 @@ def test_the_26b_a4b_active_count_is_the_cards():
     assert (moe.experts, moe.top_k, moe.intermediate) == (128, 8, 704)
     assert round(active / 1e9, 1) == 3.8
     assert round(counts.total_params(spec) / 1e9, 1) == 25.2
+
+
+def test_softcapped_logits_keep_tanh_in_the_logits_dtype():
+    """Final-logit softcapping keeps tanh's output in the logits' dtype: the compute dtype under
+    autocast, lm_head's own without it (fp32 for QLoRA, whose tied embedding is fp32; tracer,
+    Gemma-4-26B-A4B and 31B cut to 2 layers, QLoRA pure bf16: an fp32 [1, 1856, 262144] tanh)."""
+    from planner.memory import terms as C
+
+    spec = model_from_config({**TINY, "final_logit_softcapping": 30.0}, "g4s")
+    t, v = 64, 512
+    for method, precision, size in (("qlora", "pure", 4), ("qlora", "autocast", 2), ("lora", "pure", 2)):
+        train = TrainSpec(method=method, rank=4, batch_size=1, seq_len=t, precision=precision)
+        assert C.softcap_saved(spec, train, C.precision(train, "bf16")) == t * v * size
+    # negative control: no softcapping, nothing kept
+    plain = model_from_config(TINY, "g4")
+    train = TrainSpec(method="qlora", rank=4, batch_size=1, seq_len=t, precision="pure")
+    assert C.softcap_saved(plain, train, C.precision(train, "bf16")) == 0
