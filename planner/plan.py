@@ -138,6 +138,14 @@ def moe_notes(model: ModelSpec, train: TrainSpec, dtype: str) -> tuple[str, ...]
         notes += (f"the shared expert (width {moe.shared_intermediate}) is made of nn.Linear modules: "
                   + (f"LoRA adapts {', '.join(adapted)}" if adapted else "not adapted by these targets")
                   + ("; bitsandbytes packs them to 4 bits" if train.is_quantized else ""),)
+    if moe.beside_dense and train.is_adapter:
+        # Gemma 4 (tracer, tests/probes/test_gemma4_moe_traced.py): gemma4 has no checkpoint-conversion
+        # pattern in peft 0.21, so all-linear keeps to the nn.Linear modules
+        routed = "LoRA on the fused experts too (target_parameters)" if experts else (
+            "never the fused experts (--target-parameters experts.gate_up_proj,experts.down_proj adapts them)")
+        notes += ("each layer runs its dense MLP (gate_proj, up_proj, down_proj) beside the routed experts; the "
+                  "router's projection (router.proj) is a plain nn.Linear: all-linear adapts both, " + routed
+                  + ("; bitsandbytes packs them to 4 bits while the experts stay fp32" if train.is_quantized else ""),)
     if model.model_type == "gpt_oss":
         notes += ("gpt-oss checkpoints ship MXFP4 experts, which bitsandbytes cannot load and which do not "
                   "train: planned with the experts dequantized to the compute dtype",)

@@ -358,9 +358,11 @@ def append(row: dict, p: Path) -> None:
 # cut to 2 layers at real widths (every layer of Qwen1.5-MoE, OLMoE and Phi-3.5-MoE is alike;
 # GLM-4.5's and DeepSeek-V3's cuts hold a dense layer and a MoE layer, see with_layers);
 # Llama 4 cut to four layers (Scout: three chunked RoPE layers and a full no-RoPE one; Maverick:
-# dense and MoE layers, RoPE and no-RoPE)
+# dense and MoE layers, RoPE and no-RoPE); Gemma-4-26B-A4B cut to two layers (a sliding one and the
+# full one transformers makes the last), its dense MLP beside the experts in each
 MOE_FAMILY_MODELS = ("qwen1.5-moe-a2.7b@2L", "olmoe-1b-7b@2L", "llama-4-scout@4L", "llama-4-maverick@4L",
-                     "phi-3.5-moe@2L", "glm-4.5-air@2L", "glm-4.5@2L", "deepseek-v3@2L", "kimi-k2@2L")
+                     "phi-3.5-moe@2L", "glm-4.5-air@2L", "glm-4.5@2L", "deepseek-v3@2L", "kimi-k2@2L",
+                     "gemma-4-26b-a4b@2L")
 
 
 def moe_families_tier() -> list[Config]:

@@ -17,8 +17,8 @@ from planner.model import counts
 from planner.model import targets
 from planner.model import inventory as inv
 from planner.model.architectures import (ATTENTION_INPUT_ROLES, ATTENTION_ROLES, DELTA_INPUT_ROLES, K_SIDE, LATENT_ROLES,
-                                         MIXER_INPUT_ROLES, MLP_INPUT_ROLES, NORM_READER_ROLES, Q_SIDE, V_SIDE, Linear,
-                                         Norm)
+                                         MIXER_INPUT_ROLES, MLP_INPUT_ROLES, NORM_READER_ROLES, Q_SIDE, ROUTER_ROLES, V_SIDE,
+                                         Linear, Norm)
 from planner.model.specs import DTYPE_BYTES, ModelSpec, TrainSpec
 from planner.memory.variants import variant
 from planner.units import FP32, ceil_div
@@ -536,6 +536,14 @@ def mlp_core_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
     return gates * train.tokens * model.intermediate_size * prec.hidden
 
 
+def dense_mlp_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
+    """A gated MLP beside a mixture of experts (Gemma 4's Gemma4TextMLP): its gate and up outputs
+    and act(gate), 3*T*I*hidden, as :func:`mlp_core_saved` for a dense layer, and when down_proj
+    is trained whole (full fine-tuning) its input act(gate)*up, T*I*c."""
+    t, i = train.tokens, model.intermediate_size
+    return 3 * t * i * prec.hidden + (t * i * prec.compute if train.method == "full" else 0)
+
+
 def mlp_backward_work(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
     """What the MLP's activation backward makes beyond the layer's saved set, one layer (the MLP
     block of full fine-tuning's first-layer walk, layer.first_layer_backward_walk), a = hidden
@@ -617,6 +625,7 @@ def moe_saved_parts(model: ModelSpec, train: TrainSpec, prec: Precision) -> dict
         w = routing_weight_bytes(model, prec)
         per_pair = (2 * h + 4 * i) * x + 24 + w if experts_train else (h + 3 * i) * x + 24 + w
     router += t * h * x if router_train else 0
+    router += router_module_saved(model, train, prec) if moe.router_linear else 0
     # Phi-3.5-MoE's input jitter (training only): the block and then its router multiply the normed
     # input in place by uniform noise of its shape and dtype, and each product keeps its noise,
     # 2*T*h in the norm output's dtype (tracer, Phi-3.5-MoE 2 layers LoRA bs1x512: two fp32
@@ -637,6 +646,36 @@ def experts_trained(model: ModelSpec, train: TrainSpec) -> bool:
     then their grouped matmuls keep their inputs."""
     return train.method == "full" or bool({tg.part for tg in targets.targeted_parameters(model, train)}
                                           & {"gate_up", "down"})
+
+
+def router_module_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
+    """Gemma 4's router module beyond a softmax router's tensors, one layer (transformers 5.23
+    Gemma4TextRouter.forward): the renormalized top-k weights times per_expert_scale[top_k_index]
+    keeps the gathered scales, T*k in the parameter's dtype, when the weights need a gradient
+    (router.proj adapted, or full fine-tuning), and the fp32 weights themselves when the scales
+    train (T*k*4: the in-place renormalization's saved copy is the weights before it); a trained
+    ``scale`` (full fine-tuning) keeps the normed input it multiplies, T*h in the residual
+    stream's dtype (tracer, Gemma-4-26B-A4B cut to 2 and 4 layers, bs4x2048). Its projection's input is its
+    Linear's (the adapter kind's ``saved``; full fine-tuning: :func:`moe_saved_parts`'s router input)."""
+    moe = model.layer.moe
+    full = train.method == "full"
+    adapted = full or any(lin.role == "router" and lin.name in targets.targeted_names(model, train)
+                          for lin in model.layer.linears)
+    t = train.tokens
+    return (t * moe.top_k * parameter_bytes(train, prec) if adapted else 0) + (
+        t * (model.hidden_size * prec.stream + moe.top_k * FP32) if full else 0)
+
+
+def moe_input_norms_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
+    """The norms that read a Gemma 4 layer's residual beside pre_feedforward_layernorm (site
+    "moe_in": the router's weightless norm and pre_feedforward_layernorm_2), one layer: each as
+    :func:`norm_saved`, less its fp32 upcast where the residual stream is fp32 already (QLoRA,
+    `mixed`): ``x.float()`` returns the residual itself, which pre_feedforward_layernorm keeps
+    (tracer, Gemma-4-26B-A4B cut to 2 and 4 layers, QLoRA bs4x2048: two T*h*4 per layer fewer
+    than each norm's own upcast)."""
+    norms = model.layer.norms_at("moe_in")
+    shared = len(norms) * train.tokens * model.hidden_size * FP32 if prec.stream == FP32 else 0
+    return sum(norm_saved(model, train, prec, n) for n in norms) - shared
 
 
 def dense_moe_saved_parts(model: ModelSpec, train: TrainSpec, prec: Precision, experts_train: bool,
@@ -937,7 +976,9 @@ def linear_inputs_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> 
     if prec.autocast and norm_output_bytes(model, prec) != c:
         readers = len(model.layer.by_role(*NORM_READER_ROLES))
     else:  # one attention input and one MLP input, shared; one for both in a parallel layer
-        readers = 1 if moe or model.traits.placement == "parallel" else 2
+        # (Gemma 4's dense MLP beside the experts reads its own norm's output)
+        beside = moe and model.layer.moe.beside_dense
+        readers = 1 if (moe and not beside) or model.traits.placement == "parallel" else 2
     mlp_inner = 0 if moe else model.intermediate_size
     o = model.layer.by_role("o")
     o_in = o[0].in_features if o else model.q_dim  # (MLA: heads x v dims; a layer without attention copies nothing)
@@ -1027,6 +1068,13 @@ def layer_saved_sequence(model: ModelSpec, train: TrainSpec, prec: Precision) ->
         seq += adapters("shared_gate_up")
         seq.append(("shared_expert", shared_expert_saved(model, train, prec)))
         seq += adapters("shared_down")
+    elif moe is not None and moe.beside_dense:  # Gemma 4: the dense MLP, then the router and the experts
+        seq += adapters(*MLP_INPUT_ROLES)
+        seq.append(("dense_mlp", dense_mlp_saved(model, train, prec)))
+        seq += adapters("down")
+        seq.append(("norm", moe_input_norms_saved(model, train, prec)))
+        seq += adapters("router")
+        seq.append(("mlp", mlp_core_saved(model, train, prec)))
     elif moe is not None or layer.by_role(*MLP_INPUT_ROLES):
         seq += adapters(*MLP_INPUT_ROLES)
         seq.append(("mlp", mlp_core_saved(model, train, prec)))
@@ -1261,13 +1309,13 @@ def first_layer_unrecorded(model: ModelSpec, train: TrainSpec, prec: Precision) 
     # a targeted module whose input needs no gradient keeps no dropout mask nor weight copy
     # (q, k and v: first_norm_unrecorded)
     attention = bool(roles & ATTENTION_ROLES)
-    no_grad_input = ({"o"} if not (gq or gk or gv) else set()) | (set() if attention else MLP_INPUT_ROLES)
+    no_grad_input = ({"o"} if not (gq or gk or gv) else set()) | (set() if attention else MLP_INPUT_ROLES | ROUTER_ROLES)
     if not (attention or roles & MLP_INPUT_ROLES):
         no_grad_input.add("down")
     adapter = variant(train).adapter
     out += sum(adapter.dropout_unrecorded(lin, train, prec) for lin in layer.linears
                if lin.role in no_grad_input and lin.role in roles)
-    if attention or layer.moe is not None:
+    if attention or (layer.moe is not None and not layer.moe.beside_dense):
         return out
     out += sum(norm_saved(model, train, prec, n) for n in layer.norms_at("attn_out", "mlp_in"))
     mlp = t * model.intermediate_size * prec.hidden
@@ -1275,7 +1323,31 @@ def first_layer_unrecorded(model: ModelSpec, train: TrainSpec, prec: Precision) 
         out += (0 if "gate" in roles else 2 * mlp) + (0 if "up" in roles else mlp)
     elif layer.by_role("gate_up") and "gate_up" not in roles:
         out += 3 * mlp  # a fused gate_up output (2I wide, both halves its storage) and act(gate)
+    if layer.moe is not None:
+        out += first_experts_unrecorded(model, train, prec, roles)
     return out
+
+
+def first_experts_unrecorded(model: ModelSpec, train: TrainSpec, prec: Precision, roles: set[str]) -> int:
+    """:func:`first_layer_unrecorded`'s share of Gemma 4's experts beside the dense MLP, when no
+    attention module is targeted (the residual they read needs no gradient): the router's norm
+    and pre_feedforward_layernorm_2 keep nothing (:func:`moe_input_norms_saved`), nor does the
+    dense MLP output's norm unless one of its Linears is targeted. With router.proj targeted the
+    routing weights need a gradient: of the experts (transformers' grouped_mm path) only the
+    product with them keeps the down output, and the gather and un-permutation their int64
+    indices; the gate_up output, act(gate), the gathered input's int64 index, the routing
+    weights and the group offsets are not kept, S*(3I*x + 8 + w) + 4E. Without it the whole
+    MoE branch keeps nothing (router, experts, the experts output's norm). Tracer, Gemma-4-26B-A4B
+    cut to 2 layers, LoRA on router.proj, on gate_proj, on both (bf16 autocast, batch 1 x 1856)."""
+    moe, t, x = model.layer.moe, train.tokens, prec.stream
+    pairs = t * moe.top_k
+    out_norm = norm_saved(model, train, prec, model.layer.norms_at("mlp_out")[0])
+    out = moe_input_norms_saved(model, train, prec)
+    out += 0 if roles & (MLP_INPUT_ROLES | {"down"}) else out_norm
+    if "router" in roles:
+        return out + pairs * (3 * moe.intermediate * x + 8 + routing_weight_bytes(model, prec)) + 4 * moe.experts
+    parts = moe_saved_parts(model, train, prec)
+    return out + parts["router"] + parts["experts"] + out_norm
 
 
 def checkpoint_input_leaf(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
@@ -1432,8 +1504,14 @@ def lm_head_autocast_copy(model: ModelSpec, train: TrainSpec, prec: Precision) -
 
 def softcap_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
     """Final-logit softcapping (Gemma-2: cap * tanh(logits / cap)) keeps tanh's output for
-    backward, T*V*c, from the loss until lm_head's backward; 0 for other models."""
-    return train.tokens * model.vocab_size * prec.compute if model.traits.logit_softcapping else 0
+    backward, T*V in the logits' dtype (:func:`logits_forward`: the compute dtype under
+    autocast, else lm_head's own, fp32 for QLoRA / QDoRA), from the loss until lm_head's
+    backward; 0 for other models (tracer, Gemma-4-31B and 26B-A4B cut to 2 layers, QLoRA pure
+    bf16, batch 1 x 1856: an fp32 [1, 1856, 262144] tanh output, the plan 6% under with a
+    16-bit one)."""
+    if not model.traits.logit_softcapping:
+        return 0
+    return train.tokens * model.vocab_size * (prec.compute if prec.autocast else parameter_bytes(train, prec))
 
 
 def logits_forward(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:

@@ -52,6 +52,8 @@ delta_b,   the per-value-head write strength beta (sigmoid)     linear_attn.in_p
 delta_a    and decay input a (h -> value heads each)            in_proj_a (Qwen3.5)
 delta_ba   the two fused (split after it)                       linear_attn.in_proj_ba (Qwen3-Next)
 delta_out  the DeltaNet's output projection (value dim -> h)    linear_attn.out_proj
+router     a mixture of experts' router where it is a plain     router.proj (Gemma 4)
+           nn.Linear (h -> E) inside a router module
 =========  ===================================================  ==============================
 
 Mixers that are not attention (a layer's ``mixer``, planner.model.architectures.Mamba2 and
@@ -71,7 +73,9 @@ double q_proj: half of its output is a per-element gate, ``attn * sigmoid(gate)`
 Sites of a norm: ``attn_in`` (before attention), ``attn_out`` (on the attention output:
 sandwich and post-norm layers), ``mlp_in``, ``mlp_out``, ``q`` / ``k`` (qk-norm), ``v`` (a
 per-head norm of the values without a weight: Gemma 4's v_norm), ``ple_out`` (on the
-per-layer input's projection: Gemma 4's post_per_layer_input_norm), and ``q_a`` / ``kv_a``
+per-layer input's projection: Gemma 4's post_per_layer_input_norm), ``moe_in`` (a second
+norm of the MLP's input, read by the experts beside a dense MLP: Gemma 4's router.norm and
+pre_feedforward_layernorm_2), and ``q_a`` / ``kv_a``
 (multi-head latent attention's norms over its q and kv latents).
 
 Norm kinds (the ``norm`` trait): ``rms`` (transformers' RMSNorm: an fp32 upcast of its input,
@@ -105,8 +109,11 @@ MIXER_INPUT_ROLES = frozenset({"ssm_in", "conv_in"})
 MIXER_ROLES = MIXER_INPUT_ROLES | {"ssm_out", "conv_out"}
 # Gemma 4's per-layer inputs (PLE): each layer gates a p-wide per-layer input by its own output
 PLE_ROLES = frozenset({"ple_gate", "ple_proj"})
+# a router that is a plain nn.Linear inside the router module (Gemma 4's router.proj, :attr:`MoE.router_linear`)
+ROUTER_ROLES = frozenset({"router"})
 # every role the formulas know
-ROLES = tuple(sorted(NORM_READER_ROLES | ATTENTION_ROLES | SHARED_ROLES | MIXER_ROLES | PLE_ROLES | {"down"}))
+ROLES = tuple(sorted(NORM_READER_ROLES | ATTENTION_ROLES | SHARED_ROLES | MIXER_ROLES | PLE_ROLES | ROUTER_ROLES
+                     | {"down"}))
 
 
 @dataclass(frozen=True)
@@ -255,6 +262,15 @@ class MoE:
     peft_names: tuple[str, str, str, str] = ("gate", "gate_proj", "up_proj", "down_proj")
     groups: int = 1  # n_group
     topk_groups: int = 1  # topk_group
+    # Gemma 4 (transformers 5.23 Gemma4TextRouter): the router module normalizes its input (an
+    # RMSNorm without a weight), scales it by its ``scale`` (h) and h^-1/2, projects it with a
+    # plain nn.Linear (``proj``, role "router" in Layer.linears: all-linear adapts it, 4-bit packs
+    # it) and scales the renormalized top-k weights by ``per_expert_scale`` (E)
+    router_linear: bool = False
+    # Gemma 4 (Gemma4TextDecoderLayer): the layer's dense MLP (its gate / up / down Linears) runs
+    # beside the experts, each output through its own norm before the two are summed
+    beside_dense: bool = False
+    prefix: str = "mlp."  # the experts' module path inside the layer ("" for Gemma 4's layers.N.experts)
 
 
 @dataclass(frozen=True)
@@ -855,7 +871,8 @@ class LayoutError(ValueError):
 
 
 class NotPlannedLayout(LayoutError):
-    """A valid config whose layers the formulas do not plan yet (Gemma 4's mixture of experts):
+    """A valid config whose layers the formulas do not plan yet (Gemma 4 layers of one kind with
+    different per_layer_config widths):
     the tracer measures it (`probe --device fake`)."""
 
 
@@ -1180,12 +1197,7 @@ def _gemma4_kinds(arch: Architecture, config: dict, dims: Dims) -> tuple[LayerKi
     o_proj), Gemma4TextMLP (gate, up, down; twice intermediate_size on a KV-shared layer with
     use_double_wide_mlp), Gemma4TextDecoderLayer (the four sandwich norms; with per-layer inputs
     per_layer_input_gate, per_layer_projection and post_per_layer_input_norm)."""
-    if gemma4_field(config, "enable_moe_block"):
-        for name in GEMMA4_MOE_FIELDS:
-            if not isinstance(config.get(name), int):
-                raise LayoutError(f"config.json lacks the field {name!r}, which enable_moe_block needs")
-        raise NotPlannedLayout("Gemma 4's mixture-of-experts layers (enable_moe_block: a dense MLP and routed "
-                               "experts side by side) are not planned yet: use probe --device fake")
+    moe = _gemma4_moe(config) if gemma4_field(config, "enable_moe_block") else None
     types = _gemma4_types(config, dims.layers)
     widths = _gemma4_overrides(config, dims, types)
     shared = gemma4_field(config, "num_kv_shared_layers") or 0
@@ -1213,7 +1225,8 @@ def _gemma4_kinds(arch: Architecture, config: dict, dims: Dims) -> tuple[LayerKi
         inter = dims.intermediate * (2 if is_shared and gemma4_field(config, "use_double_wide_mlp") else 1)
         full = name.endswith("full_attention")
         layer = _gemma4_layer(arch, config, replace(dims, head_dim=d, kv_heads=kv, intermediate=inter), p,
-                              shared=is_shared, values=not (full and gemma4_field(config, "attention_k_eq_v")))
+                              shared=is_shared, values=not (full and gemma4_field(config, "attention_k_eq_v")),
+                              moe=moe)
         if not full:
             layer = replace(layer, traits=replace(layer.traits, sliding_window=window))
         kinds.append(LayerKind(name, layer, indices, head_dim=d if d != dims.head_dim else None,
@@ -1222,8 +1235,37 @@ def _gemma4_kinds(arch: Architecture, config: dict, dims: Dims) -> tuple[LayerKi
     return tuple(kinds)
 
 
-def _gemma4_layer(arch: Architecture, config: dict, dims: Dims, p: int, shared: bool, values: bool) -> Layer:
-    """One Gemma 4 layer of the given widths (see :func:`_gemma4_kinds`)."""
+def _gemma4_moe(config: dict) -> MoE:
+    """Gemma 4's mixture of experts (enable_moe_block; transformers 5.23 Gemma4TextRouter,
+    Gemma4TextExperts, Gemma4TextDecoderLayer): num_experts fused experts moe_intermediate_size
+    wide (gate_up_proj (E, 2I, h), down_proj (E, h, I), layers.N.experts), top_k_experts of them
+    per token by an fp32 softmax over every expert, the top-k weights renormalized and scaled by
+    per_expert_scale (fp32 routing weights); the router module's projection is a plain nn.Linear.
+    The layer's dense MLP runs beside them (:attr:`MoE.beside_dense`). peft 0.21 converts no
+    target for gemma4 (transformers' conversion_mapping has no MoE pattern for it): all-linear
+    adapts the attention, the dense MLP and router.proj, never the experts (tracer)."""
+    values = {}
+    for name in GEMMA4_MOE_FIELDS:
+        value = config.get(name)
+        if value is None:
+            raise LayoutError(f"config.json lacks the field {name!r}, which enable_moe_block needs")
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise LayoutError(f"config field {name!r} must be a positive integer, got {value!r}")
+        values[name] = value
+    experts, top_k = values["num_experts"], values["top_k_experts"]
+    if top_k > experts:
+        raise LayoutError(f"config field 'top_k_experts' ({top_k}) exceeds 'num_experts' ({experts})")
+    # (activation "swiglu": the gated act(gate) * up, whose saved set gelu_pytorch_tanh shares)
+    return MoE(experts, top_k, values["moe_intermediate_size"], router="router", renormalize=True,
+               weights_fp32=True, router_linear=True, beside_dense=True, prefix="")
+
+
+def _gemma4_layer(arch: Architecture, config: dict, dims: Dims, p: int, shared: bool, values: bool,
+                  moe: MoE | None = None) -> Layer:
+    """One Gemma 4 layer of the given widths (see :func:`_gemma4_kinds`); with experts (``moe``)
+    also the router's Linear after the dense MLP's, the router's weightless norm and the three
+    norms of the MoE block (pre_feedforward_layernorm_2 before the experts,
+    post_feedforward_layernorm_1 / _2 on the dense MLP's and the experts' outputs)."""
     h, inter, d = dims.hidden, dims.intermediate, dims.head_dim
     bias = bool(gemma4_field(config, "attention_bias"))
     attention = (Linear("q_proj", h, dims.q_dim, bias, "q"),)
@@ -1234,6 +1276,10 @@ def _gemma4_layer(arch: Architecture, config: dict, dims: Dims, p: int, shared: 
         norms += (Norm("k_norm", "k", d, per_head=True), Norm("v_norm", "v", d, per_head=True, scale=False))
     linears = attention + (Linear("o_proj", dims.q_dim, h, bias, "o"), Linear("gate_proj", h, inter, False, "gate"),
                            Linear("up_proj", h, inter, False, "up"), Linear("down_proj", inter, h, False, "down"))
+    if moe is not None:
+        linears += (Linear(f"{moe.router}.proj", h, moe.experts, False, "router"),)
+        norms += (Norm(f"{moe.router}.norm", "moe_in", h, scale=False), Norm("pre_feedforward_layernorm_2", "moe_in", h),
+                  Norm("post_feedforward_layernorm_1", "mlp_out", h), Norm("post_feedforward_layernorm_2", "mlp_out", h))
     if p:
         linears += (Linear("per_layer_input_gate", h, p, False, "ple_gate"),
                     Linear("per_layer_projection", p, h, False, "ple_proj"))
@@ -1241,4 +1287,4 @@ def _gemma4_layer(arch: Architecture, config: dict, dims: Dims, p: int, shared: 
     changes = {"kv_shared": shared}
     if config.get("final_logit_softcapping"):
         changes["logit_softcapping"] = True
-    return Layer(linears=linears, norms=norms, traits=replace(arch.traits, **changes))
+    return Layer(linears=linears, norms=norms, traits=replace(arch.traits, **changes), moe=moe)

@@ -26,7 +26,7 @@ class CatalogError(ValueError):
 
 class UnknownArchitecture(CatalogError):
     """A readable decoder config.json whose model_type the architecture table lacks, or whose
-    layers it does not plan yet (architectures.NotPlannedLayout: Gemma 4's mixture of experts).
+    layers it does not plan yet (architectures.NotPlannedLayout: Gemma 4 kinds of unequal widths).
 
     ``config`` holds the config's fields, so that a caller which can build any model from its
     config (``probe --device fake``) can still go on without the planner.

@@ -126,14 +126,17 @@ def _layer_tensors(model: ModelSpec, layer, kind: str, n: int) -> list[Tensor]:
     moe = layer.moe
     if moe is not None:
         e, i = moe.experts, moe.intermediate
-        out.append(tensor(f"mlp.{moe.router}.weight", (e, h), "router"))
+        if moe.router_linear:  # Gemma 4: the projection is a Linear (above); the module's scales
+            out += [tensor(f"{moe.router}.scale", (h,), "router"), tensor(f"{moe.router}.per_expert_scale", (e,), "router")]
+        else:
+            out.append(tensor(f"mlp.{moe.router}.weight", (e, h), "router"))
         if moe.router_bias:
             out.append(tensor(f"mlp.{moe.router}.bias", (e,), "router_bias"))
-        out += [tensor("mlp.experts.gate_up_proj", (e, 2 * i, h), "experts"),
-                tensor("mlp.experts.down_proj", (e, h, i), "experts")]
+        out += [tensor(f"{moe.prefix}experts.gate_up_proj", (e, 2 * i, h), "experts"),
+                tensor(f"{moe.prefix}experts.down_proj", (e, h, i), "experts")]
         if moe.expert_bias:
-            out += [tensor("mlp.experts.gate_up_proj_bias", (e, 2 * i), "expert_bias"),
-                    tensor("mlp.experts.down_proj_bias", (e, h), "expert_bias")]
+            out += [tensor(f"{moe.prefix}experts.gate_up_proj_bias", (e, 2 * i), "expert_bias"),
+                    tensor(f"{moe.prefix}experts.down_proj_bias", (e, h), "expert_bias")]
     if layer.traits.activation == "xielu":  # transformers' XIELUActivation: alpha_p, alpha_n of shape (1,)
         out += [tensor("mlp.act_fn.alpha_p", (1,), "activation"), tensor("mlp.act_fn.alpha_n", (1,), "activation")]
     if layer.traits.attention_sinks:
@@ -212,8 +215,8 @@ def _adapters(model: ModelSpec, train: TrainSpec, weight_bytes: int) -> list[Ten
         for lin in targets.targeted_linears(view, train.target_modules):
             out += [tensor(f"{lin.name}.{name}", shape, role) for name, shape, role in adapter.tensors(lin, r)]
         for tg in targets.targeted_parameters(view, train) if view.moe is not None else ():
-            out += [tensor(f"mlp.{tg.name}.lora_A", (tg.rank * tg.experts, tg.in_features), "lora_A"),
-                    tensor(f"mlp.{tg.name}.lora_B", (tg.out_features, tg.rank * tg.experts), "lora_B")]
+            out += [tensor(f"{view.moe.prefix}{tg.name}.lora_A", (tg.rank * tg.experts, tg.in_features), "lora_A"),
+                    tensor(f"{view.moe.prefix}{tg.name}.lora_B", (tg.out_features, tg.rank * tg.experts), "lora_B")]
     for lin in targets.targeted_root_linears(model, train.target_modules):
         out += [Tensor(f"{lin.name}.{name}", shape, role, ROOT, 1, "adapter", FP32)
                 for name, shape, role in adapter.tensors(lin, r)]

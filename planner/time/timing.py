@@ -154,9 +154,10 @@ def _layer_matmuls(model: ModelSpec, train: TrainSpec, prec: Precision) -> list[
     t, c, L = train.tokens, prec.compute, model.num_layers
     shapes = [(lin.in_features, lin.out_features, 1) for lin in model.linears]
     moe = model.layer.moe
-    if moe is not None:  # router, then the top-k experts' gate_up and down per token
+    if moe is not None:  # router (unless a Linear above: Gemma 4's router.proj), the top-k experts' gate_up and down
         h, i = model.hidden_size, moe.intermediate
-        shapes += [(h, moe.experts, 1), (h, 2 * i, moe.top_k), (i, h, moe.top_k)]
+        shapes += [] if moe.router_linear else [(h, moe.experts, 1)]
+        shapes += [(h, 2 * i, moe.top_k), (i, h, moe.top_k)]
     full = train.method == "full"
     out: list[Work] = []
     for fan_in, fan_out, k in shapes:

@@ -115,16 +115,116 @@ def test_bad_configs_exit_2_in_one_line(tmp_path, change, message):
     assert CliRunner().invoke(plan_main, ["--model", str(path), "--method", "lora", "--rank", "4"]).exit_code == 0
 
 
-def test_moe_configs_are_refused_until_planned():
-    """The 26B-A4B's layers (a dense MLP and routed experts side by side) are refused as not planned,
-    as a model_type the table lacks is: `probe --device fake` then measures the config itself."""
-    from planner.model.catalog import UnknownArchitecture
+MOE = dict(enable_moe_block=True, num_experts=8, top_k_experts=2, moe_intermediate_size=32)
 
-    config = {**TINY, "enable_moe_block": True, "num_experts": 8, "top_k_experts": 2, "moe_intermediate_size": 32}
-    with pytest.raises(UnknownArchitecture, match="not planned yet") as exc:
-        model_from_config(config, "g4m")
-    assert exc.value.config == config
-    # negative control: a config error is not passed on to the tracer
-    with pytest.raises(CatalogError) as bad:
-        model_from_config({**TINY, "layer_types": ["full_attention"]}, "g4b")
-    assert not isinstance(bad.value, UnknownArchitecture)
+
+def test_moe_layers_hold_a_dense_mlp_beside_the_experts():
+    """enable_moe_block (the 26B-A4B): every layer keeps its dense MLP and adds a router whose
+    projection is a plain Linear (h -> E, role router), 3-D fused experts at layers.N.experts, the
+    router's weightless norm and three more norms (transformers 5.23 Gemma4TextDecoderLayer)."""
+    spec = model_from_config({**TINY, **MOE}, "g4m")
+    layer = {k.name: k for k in spec.kinds}["sliding_attention"].layer
+    mlp = [(lin.name, lin.role, lin.in_features, lin.out_features) for lin in layer.linears
+           if lin.role in ("gate", "up", "down", "router")]
+    assert mlp == [("gate_proj", "gate", 64, 160), ("up_proj", "up", 64, 160), ("down_proj", "down", 160, 64),
+                   ("router.proj", "router", 64, 8)]
+    assert [(n.name, n.site, n.scale) for n in layer.norms_at("moe_in", "mlp_out")] == [
+        ("post_feedforward_layernorm", "mlp_out", True), ("router.norm", "moe_in", False),
+        ("pre_feedforward_layernorm_2", "moe_in", True), ("post_feedforward_layernorm_1", "mlp_out", True),
+        ("post_feedforward_layernorm_2", "mlp_out", True)]
+    moe = layer.moe
+    assert (moe.experts, moe.top_k, moe.intermediate, moe.beside_dense, moe.router_linear) == (8, 2, 32, True, True)
+    paths = {t.path: t.shape for t in inv.base_tensors(spec) if t.kind == "sliding_attention"}
+    assert paths["layers.*.experts.gate_up_proj"] == (8, 64, 64) and paths["layers.*.experts.down_proj"] == (8, 64, 32)
+    assert paths["layers.*.router.scale"] == (64,) and paths["layers.*.router.per_expert_scale"] == (8,)
+    assert "layers.*.mlp.router.weight" not in paths and "layers.*.router.norm.weight" not in paths
+
+
+def test_moe_total_is_a_hand_count():
+    """The dense layers' count plus, per layer, router.proj (E*h), its scale (h) and per-expert
+    scale (E), the experts (E*3*I*h) and three norms (3h); negative control: the dense config's."""
+    h, e, i, layers = 64, 8, 32, 4
+    extra = e * h + h + e + e * 3 * i * h + 3 * h
+    dense = counts.total_params(model_from_config(TINY, "g4"))
+    assert counts.total_params(model_from_config({**TINY, **MOE}, "g4m")) == dense + layers * extra
+
+
+def test_all_linear_adapts_the_router_and_dense_mlp_not_the_experts():
+    """peft 0.21 has no checkpoint-conversion pattern for gemma4 (tracer, tests/probes/test_gemma4_moe_traced.py):
+    all-linear adapts router.proj and the dense MLP's Linears, and targets no expert parameter."""
+    from planner.model import targets
+
+    spec = model_from_config({**TINY, **MOE}, "g4m")
+    train = TrainSpec(method="lora", rank=4)
+    view = spec.by_kind()[0]
+    assert "router.proj" in targets.targeted_names(view, train)
+    assert targets.targeted_parameters(view, train) == ()
+    lora = inv.inventory(spec, train, 2)
+    assert not [t for t in lora if t.treatment == "adapter" and "experts" in t.path]
+    # QLoRA packs router.proj with the other Linears; the experts stay unpacked (fp32)
+    q = inv.inventory(spec, TrainSpec(method="qlora", rank=4), 2)
+    assert {t.treatment for t in q if t.path == "layers.*.router.proj.weight"} == {"4bit"}
+    assert {(t.treatment, t.dtype_bytes) for t in q if t.role == "experts"} == {("frozen", 4)}
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"top_k_experts": 9}, "config field 'top_k_experts' (9) exceeds 'num_experts' (8)"),
+    ({"num_experts": 0}, "config field 'num_experts' must be a positive integer, got 0"),
+])
+def test_bad_moe_configs_exit_2_in_one_line(tmp_path, change, message):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({**TINY, **MOE, **change}))
+    result = CliRunner().invoke(plan_main, ["--model", str(path), "--method", "lora", "--rank", "4"])
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr and result.stderr.count("\n") == 1
+    path.write_text(json.dumps({**TINY, **MOE}))  # negative control
+    assert CliRunner().invoke(plan_main, ["--model", str(path), "--method", "lora", "--rank", "4"]).exit_code == 0
+
+
+def test_moe_plan_notes_say_what_all_linear_and_qlora_do():
+    """The plan says all-linear adapts the dense MLP and router.proj but not the experts (naming
+    target_parameters instead), and under QLoRA that those Linears are packed, the experts fp32."""
+    from planner import plan
+
+    spec = model_from_config({**TINY, **MOE}, "g4m")
+    lora = " ".join(plan(spec, "h100", TrainSpec(method="lora", rank=4)).notes)
+    assert "router.proj" in lora and "never the fused experts" in lora and "4 bits" not in lora
+    qlora = " ".join(plan(spec, "h100", TrainSpec(method="qlora", rank=4)).notes)
+    assert "packs them to 4 bits while the experts stay fp32" in qlora
+    experts = plan(spec, "h100", TrainSpec(method="lora", rank=4,
+                                           target_parameters=("experts.gate_up_proj", "experts.down_proj"))).notes
+    assert "LoRA on the fused experts too" in " ".join(experts)
+    # negative control: the dense config says none of it
+    assert "router.proj" not in " ".join(plan(model_from_config(TINY, "g4"), "h100", TrainSpec(method="lora", rank=4)).notes)
+
+
+def test_the_26b_a4b_active_count_is_the_cards():
+    """The catalog's 26B-A4B: 25.2B parameters in all (tests/planner/test_counts.py) and, with 8 of
+    its 128 experts per token, 3.8B active, the model card's figure (negative control: all experts
+    active is the total, not 3.8B)."""
+    from planner.model.catalog import get_model
+
+    spec = get_model("gemma-4-26b-a4b")
+    moe = spec.moe
+    experts = counts.role_params(spec, "experts")
+    active = counts.total_params(spec) - experts + experts * moe.top_k // moe.experts
+    assert (moe.experts, moe.top_k, moe.intermediate) == (128, 8, 704)
+    assert round(active / 1e9, 1) == 3.8
+    assert round(counts.total_params(spec) / 1e9, 1) == 25.2
+
+
+def test_softcapped_logits_keep_tanh_in_the_logits_dtype():
+    """Final-logit softcapping keeps tanh's output in the logits' dtype: the compute dtype under
+    autocast, lm_head's own without it (fp32 for QLoRA, whose tied embedding is fp32; tracer,
+    Gemma-4-26B-A4B and 31B cut to 2 layers, QLoRA pure bf16: an fp32 [1, 1856, 262144] tanh)."""
+    from planner.memory import terms as C
+
+    spec = model_from_config({**TINY, "final_logit_softcapping": 30.0}, "g4s")
+    t, v = 64, 512
+    for method, precision, size in (("qlora", "pure", 4), ("qlora", "autocast", 2), ("lora", "pure", 2)):
+        train = TrainSpec(method=method, rank=4, batch_size=1, seq_len=t, precision=precision)
+        assert C.softcap_saved(spec, train, C.precision(train, "bf16")) == t * v * size
+    # negative control: no softcapping, nothing kept
+    plain = model_from_config(TINY, "g4")
+    train = TrainSpec(method="qlora", rank=4, batch_size=1, seq_len=t, precision="pure")
+    assert C.softcap_saved(plain, train, C.precision(train, "bf16")) == 0
