@@ -13,8 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from planner.model import targets
-from planner.model.architectures import ATTENTION_ROLES, Linear
-from planner.memory.terms import FP32, Precision, attention_core_saved, eager_fused_qkv_kept, layer_saved_sequence, uses_eager
+from planner.model.architectures import ATTENTION_ROLES, INDEXER_ROLES, Linear
+from planner.memory.terms import (FP32, Precision, attention_core_saved, eager_fused_qkv_kept, indexer_workspace,
+                                  layer_saved_sequence, uses_eager)
 from planner.memory.variants import NoAdapter, variant
 from planner.model.specs import ModelSpec, TrainSpec
 
@@ -188,6 +189,8 @@ def layer_transient(model: ModelSpec, train: TrainSpec, prec: Precision, recompu
     method = variant(train)
     best, best_total = (), 0  # the parts (live, before, locals, working, dequant, dora) of the worst moment
     for lin in model.linears:
+        if lin.role in INDEXER_ROLES:  # the indexer's moment is its scoring's (:func:`indexer_forward_moment`)
+            continue
         is_target = lin.name in targeted
         adapter = method.adapter if is_target else NO_ADAPTER
         live = adapter.input_live(lin, train, prec)
@@ -208,6 +211,13 @@ def layer_transient(model: ModelSpec, train: TrainSpec, prec: Precision, recompu
         elif dora >= dequant and dora and context + adapter.norm_context(lin, train, prec) + dora > best_total:
             made = adapter.norm_context(lin, train, prec)  # the base output, made before the norm
             best, best_total = (live + made, before, local, 0, 0, dora), context + made + dora
+    scoring = indexer_workspace(model, train, prec)
+    if scoring:  # DeepSeek-V3.2's indexer scoring every key, after the latent attention's modules
+        q = model.layer.by_role("index_q")[0]
+        before = saved_before(seq, "attention") if keeps else 0
+        local = recompute_locals(model, train, prec, q) if recompute else layer_locals(model, train, prec, q)
+        if before + local + scoring > best_total:
+            best, best_total = (0, before, local, scoring, 0, 0), before + local + scoring
     return LayerMoment(*best)
 
 

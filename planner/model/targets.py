@@ -229,7 +229,8 @@ def check_rank(model: ModelSpec, train: TrainSpec) -> None:
 # Linears narrower than any usual rank that all-linear reaches and peft adapts anyway (lora_B (out, r)):
 # Qwen2-MoE's shared-expert gate (one output), a Gated DeltaNet's beta / decay projections (one
 # output per value head: 32 in Qwen3.5-35B-A3B, below a rank of 64)
-NARROW_ROLES = frozenset({"shared_scale", "delta_b", "delta_a", "delta_ba"})
+# DeepSeek-V3.2's indexer key and head weights (128 and 64 wide: h -> index_head_dim, index_n_heads)
+NARROW_ROLES = frozenset({"shared_scale", "delta_b", "delta_a", "delta_ba", "index_k", "index_w"})
 
 
 def _check_rank(model: ModelSpec, train: TrainSpec) -> None:
