@@ -360,7 +360,8 @@ def append(row: dict, p: Path) -> None:
 # Llama 4 cut to four layers (Scout: three chunked RoPE layers and a full no-RoPE one; Maverick:
 # dense and MoE layers, RoPE and no-RoPE)
 MOE_FAMILY_MODELS = ("qwen1.5-moe-a2.7b@2L", "olmoe-1b-7b@2L", "llama-4-scout@4L", "llama-4-maverick@4L",
-                     "phi-3.5-moe@2L", "glm-4.5-air@2L", "glm-4.5@2L", "deepseek-v3@2L", "kimi-k2@2L")
+                     "phi-3.5-moe@2L", "glm-4.5-air@2L", "glm-4.5@2L", "deepseek-v3@2L", "kimi-k2@2L",
+                     "deepseek-v3.2-exp@2L")
 
 
 def moe_families_tier() -> list[Config]:

@@ -32,7 +32,8 @@ RANDOM_MODELS = ("qwen2.5-0.5b@2L", "llama-3.2-1b@2L", "llama-3.1-8b@2L", "mistr
 # GLM-4.5 and DeepSeek-V3 at 2: a dense and a MoE layer; the hybrids at 2: a mixer and attention)
 FAMILY_MODELS = ("starcoder2-3b@2L", "olmo-3-7b@4L", "glm-4-9b-0414@2L", "apertus-8b@2L", "exaone-4.0-32b@4L",
                  "seed-oss-36b@2L", "qwen1.5-moe-a2.7b@2L", "olmoe-1b-7b@2L", "llama-4-scout@4L", "phi-3.5-moe@2L",
-                 "glm-4.5-air@2L", "deepseek-v3@2L", "granite-4.0-h-tiny@2L", "lfm2-1.2b@2L", "command-r7b@4L")
+                 "glm-4.5-air@2L", "deepseek-v3@2L", "granite-4.0-h-tiny@2L", "lfm2-1.2b@2L", "command-r7b@4L",
+                 "deepseek-v3.2-exp@2L")
 FAMILY_DRAWS = 12  # per model, before refused draws are dropped
 RANDOM_METHODS = ("full", "lora", "rslora", "qlora", "dora", "qdora")
 RANDOM_OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "sgd")  # 8-bit / paged: CUDA only

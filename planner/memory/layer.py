@@ -216,9 +216,23 @@ def layer_transient(model: ModelSpec, train: TrainSpec, prec: Precision, recompu
         q = model.layer.by_role("index_q")[0]
         before = saved_before(seq, "attention") if keeps else 0
         local = recompute_locals(model, train, prec, q) if recompute else layer_locals(model, train, prec, q)
-        if before + local + scoring > best_total:
-            best, best_total = (0, before, local, scoring, 0, 0), before + local + scoring
+        made = latent_attention_made(model, train, prec)
+        if made + before + local + scoring > best_total:
+            best, best_total = (made, before, local, scoring, 0, 0), made + before + local + scoring
     return LayerMoment(*best)
+
+
+def latent_attention_made(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
+    """What multi-head latent attention's forward has made when its kernel has not run yet (DeepSeek-V3.2's
+    indexer runs there: transformers 5.23 DeepseekV32Attention.forward), H heads of q / k width qk (nope
+    + rope) and v width dv, in the Linear outputs' dtype a: q_b's output (its views are the forward's
+    locals), its rotated slice and q, their torch.cat; k, copied into a new tensor; kv_b's output,
+    whose slice v is: T*H*(3*qk + rope + nope + dv)*a (SDPA's autocast casts come later). Tracer,
+    DeepSeek-V3.2 widths cut to 2 layers, full fine-tuning with checkpointing, seq 8192: bf16 [8192,
+    24576], two [1, 128, 8192, 192], [1, 128, 8192, 64] and [8192, 32768] tensors beside the
+    indexer's scores at the forward peak."""
+    mla = model.layer.mla
+    return train.tokens * model.num_heads * (3 * mla.qk + mla.rope + mla.nope + mla.v) * prec.hidden
 
 
 def eager_scores(model: ModelSpec, train: TrainSpec) -> int:
