@@ -75,6 +75,12 @@ def refused(model: str, train: TrainSpec) -> str | None:
 
     if not supports(model, train.method):
         return "peft refuses DoRA on fused expert parameters"
+    from planner.model.targets import UnsupportedMethod, check_gradient_reached
+
+    try:
+        check_gradient_reached(spec_for(model), train)
+    except UnsupportedMethod as exc:  # adapters inside DeepSeek-V3.2's indexer only: backward fails
+        return str(exc)
     if train.attn_implementation == "eager" and any(k.layer.mla is not None for k in spec_for(model).kinds):
         return "eager attention with multi-head latent attention is not planned (the planner refuses it)"
     if train.lora_dropout > 0 and train.is_adapter and spec_for(model).moe is not None:

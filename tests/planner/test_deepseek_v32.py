@@ -163,3 +163,20 @@ def test_bad_indexer_fields_are_refused(fields, message):
 
     with pytest.raises(CatalogError, match=message):
         v32(**fields)
+
+
+def test_adapters_no_gradient_reaches_are_refused():
+    """LoRA on the indexer alone trains nothing (the loss has no grad_fn: backward fails): refused
+    in one line; with another target, a fused parameter or a saved module it is planned."""
+    from planner.model.targets import UnsupportedMethod
+
+    m = v32()
+    with pytest.raises(UnsupportedMethod, match="no gradient reaches the adapters on indexer.wk"):
+        targets.check_rank(m, train(target_modules=("wk",)))
+    targets.check_rank(m, train(target_modules=("wk", "q_a_proj")))
+    targets.check_rank(m, train(target_modules=("wk", "down_proj")))  # converted to the experts' down
+    targets.check_rank(m, train(target_modules=("wk",), modules_to_save=("lm_head",)))
+    result = CliRunner().invoke(__import__("planner.cli.command", fromlist=["main"]).main,
+                                ["--model", "deepseek-v3.2-exp", "--gpu", "h200", "--method", "lora",
+                                 "--target-modules", "wk,weights_proj"])
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1 and "no gradient reaches" in result.stderr
