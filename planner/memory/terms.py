@@ -1389,7 +1389,8 @@ def mixed_linear_copies(model: ModelSpec, train: TrainSpec) -> int:
     Linears (bitsandbytes dequantizes them itself)."""
     if train.precision != "mixed" or variant(train).base.quantized:
         return 0
-    return counts.linear_weight_params(model)
+    # (none of a Linear under torch.no_grad: DeepSeek-V3.2's indexer keeps no copy for backward)
+    return sum(t.elements for t in inv.base_tensors(model) if t.role in ("linear", "kept_linear") and t.grad)
 
 
 def backward_autocast_copies(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:

@@ -114,6 +114,10 @@ PLE_ROLES = frozenset({"ple_gate", "ple_proj"})
 # so they keep nothing for backward and neither they nor their adapters get a gradient
 INDEXER_ROLES = frozenset({"index_q", "index_k", "index_w"})
 INDEXER_SITES = frozenset({"index_k"})
+# Linears bitsandbytes leaves unquantized: transformers' 4-bit quantizer skips the modules a model
+# class keeps in fp32 (_keep_in_fp32_modules: DeepSeek-V3.2's indexer.weights_proj; tracer: a plain
+# nn.Linear, fp32 after prepare_model_for_kbit_training, beside 4-bit wq_b and wk)
+UNQUANTIZED_ROLES = frozenset({"index_w"})
 # every role the formulas know
 ROLES = tuple(sorted(NORM_READER_ROLES | ATTENTION_ROLES | SHARED_ROLES | MIXER_ROLES | PLE_ROLES | INDEXER_ROLES
                      | {"down"}))

@@ -38,7 +38,7 @@ from functools import lru_cache
 from math import prod
 
 from planner.memory.variants import variant
-from planner.model.architectures import INDEXER_ROLES, INDEXER_SITES, Mamba2, ShortConv
+from planner.model.architectures import INDEXER_ROLES, INDEXER_SITES, UNQUANTIZED_ROLES, Mamba2, ShortConv
 from planner.model import targets
 from planner.model.specs import ModelSpec, TrainSpec
 from planner.units import FP32, ceil_div
@@ -54,7 +54,8 @@ class Tensor:
 
     path: str
     shape: tuple[int, ...]
-    role: str  # embedding, lm_head, final_norm, norm, linear, bias, router, router_bias, experts,
+    role: str  # embedding, lm_head, final_norm, norm, linear, kept_linear (a Linear weight 4-bit
+    #            quantization leaves alone: architectures.UNQUANTIZED_ROLES), bias, router, router_bias, experts,
     #            expert_bias, sinks, activation, conv (a DeltaNet's or Mamba-2's conv1d), ssm,
     #            delta_param (a DeltaNet's A_log, dt_bias), lora_A, lora_B, magnitude
     kind: str = "decoder"  # the layer kind that holds it, or ROOT
@@ -136,7 +137,8 @@ def _layer_tensors(model: ModelSpec, layer, kind: str, n: int) -> list[Tensor]:
             out.append(tensor(f"{norm.name}.bias", norm.shape, "norm", grad))
     for lin in layer.linears:
         grad = lin.role not in INDEXER_ROLES
-        out.append(tensor(f"{lin.name}.weight", (lin.out_features, lin.in_features), "linear", grad))
+        role = "kept_linear" if lin.role in UNQUANTIZED_ROLES else "linear"
+        out.append(tensor(f"{lin.name}.weight", (lin.out_features, lin.in_features), role, grad))
         if lin.bias:
             out.append(tensor(f"{lin.name}.bias", (lin.out_features,), "bias", grad))
     moe = layer.moe
