@@ -159,8 +159,15 @@ def force_flash():
 # that saved set and those outputs, for the CPU (computed without autograd, its temporaries
 # inside the kernel as a GPU's are) and for fake tensors alike; :func:`unequal_head_dims` sends
 # SDPA calls with unequal q / v head dims to it inside a tracked step.
+# With a mask (DeepSeek-V3.2's sparse-attention mask, always passed), SDPA's composite first
+# makes the additive bias the kernel reads and keeps for backward (PyTorch's
+# aten/src/ATen/native/transformers/attention.cpp: convert_boolean_attn_mask_, a bool mask to
+# ``where(mask, 0, -inf)`` in q's dtype; preprocess_mask, the bias padded to a multiple of
+# :data:`BIAS_ALIGN` keys when its rows are not aligned, then expanded to every head as a view):
+# :func:`mask_bias` makes that tensor, the op keeps it.
 
 LSE_PAD = 32  # the memory-efficient kernel's logsumexp is padded to a multiple of 32 positions
+BIAS_ALIGN = 8  # preprocess_mask's mem_eff_alignment: a bias row padded to a multiple of 8 keys
 
 
 def _acc(t):
@@ -168,8 +175,10 @@ def _acc(t):
     return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
-def _math_attention(q, k, v, scale, is_causal):
+def _math_attention(q, k, v, scale, is_causal, bias=None):
     scores = torch.matmul(_acc(q), _acc(k).transpose(-2, -1)) * scale
+    if bias is not None:
+        scores = scores + _acc(bias)
     if is_causal:
         s, n = scores.shape[-2:]
         scores = scores.masked_fill(torch.ones(s, n, dtype=torch.bool, device=q.device).triu(n - s + 1), float("-inf"))
@@ -178,10 +187,11 @@ def _math_attention(q, k, v, scale, is_causal):
 
 @torch.library.custom_op("probes::efficient_attention", mutates_args=())
 def efficient_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
-                        is_causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                        is_causal: bool, bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention with the memory-efficient kernel's outputs: (batch, heads, seq, v dims) in q's
-    dtype and the fp32 logsumexp, (batch, heads, seq padded to :data:`LSE_PAD`)."""
-    scores = _math_attention(q, k, v, scale, is_causal)
+    dtype and the fp32 logsumexp, (batch, heads, seq padded to :data:`LSE_PAD`); ``bias``: the
+    additive (batch, heads, seq, keys) bias of a mask (:func:`mask_bias`), or None."""
+    scores = _math_attention(q, k, v, scale, is_causal, bias)
     lse = torch.logsumexp(scores, dim=-1)
     out = torch.matmul(torch.exp(scores - lse.unsqueeze(-1)), _acc(v)).to(q.dtype)
     b, h, s = lse.shape
@@ -191,7 +201,7 @@ def efficient_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale
 
 
 @efficient_attention.register_fake
-def _(q, k, v, scale, is_causal):
+def _(q, k, v, scale, is_causal, bias=None):
     b, h, s, _ = q.shape
     return (q.new_empty(b, h, s, v.shape[-1]),
             q.new_empty((b, h, -(-s // LSE_PAD) * LSE_PAD), dtype=torch.float32))
@@ -200,9 +210,10 @@ def _(q, k, v, scale, is_causal):
 @torch.library.custom_op("probes::efficient_attention_backward", mutates_args=())
 def efficient_attention_backward(grad: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                                  out: torch.Tensor, lse: torch.Tensor, scale: float,
-                                 is_causal: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The gradients of q, k and v (each in its input's dtype)."""
-    scores = _math_attention(q, k, v, scale, is_causal)
+                                 is_causal: bool, bias: torch.Tensor | None = None
+                                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The gradients of q, k and v (each in its input's dtype); the bias gets none (a mask's)."""
+    scores = _math_attention(q, k, v, scale, is_causal, bias)
     probs = torch.exp(scores - torch.logsumexp(scores, dim=-1, keepdim=True))
     g = _acc(grad)
     dv = torch.matmul(probs.transpose(-2, -1), g)
@@ -213,37 +224,55 @@ def efficient_attention_backward(grad: torch.Tensor, q: torch.Tensor, k: torch.T
 
 
 @efficient_attention_backward.register_fake
-def _(grad, q, k, v, out, lse, scale, is_causal):
+def _(grad, q, k, v, out, lse, scale, is_causal, bias=None):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
 def _setup(ctx, inputs, output):
-    q, k, v, scale, is_causal = inputs
-    ctx.save_for_backward(q, k, v, *output)
+    q, k, v, scale, is_causal, bias = inputs
+    ctx.save_for_backward(q, k, v, *output, *(() if bias is None else (bias,)))
     ctx.scale, ctx.is_causal = scale, is_causal
 
 
 def _backward(ctx, grad_out, grad_lse):
-    q, k, v, out, lse = ctx.saved_tensors
-    dq, dk, dv = efficient_attention_backward(grad_out, q, k, v, out, lse, ctx.scale, ctx.is_causal)
-    return dq, dk, dv, None, None
+    q, k, v, out, lse, *bias = ctx.saved_tensors
+    dq, dk, dv = efficient_attention_backward(grad_out, q, k, v, out, lse, ctx.scale, ctx.is_causal,
+                                              bias[0] if bias else None)
+    return dq, dk, dv, None, None, None
 
 
 efficient_attention.register_autograd(_backward, setup_context=_setup)
+
+
+def mask_bias(mask: torch.Tensor, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+    """The additive bias SDPA's composite hands the memory-efficient kernel for ``mask``: a bool
+    mask as ``where(mask, 0, -inf)`` in q's dtype (a float mask in q's dtype, as autocast casts
+    it), padded to :data:`BIAS_ALIGN` keys when a row's stride is not a multiple of it, and
+    expanded to (batch, heads, q seq, keys) as a view (attention.cpp's convert_boolean_attn_mask_,
+    preprocess_mask, pad_bias)."""
+    if mask.dtype == torch.bool:
+        bias = torch.where(mask, 0.0, torch.scalar_tensor(float("-inf"), dtype=query.dtype, device=mask.device))
+    else:
+        bias = mask.to(query.dtype)
+    if any(stride % BIAS_ALIGN for stride in bias.stride()[:-1]) or bias.stride(-1) != 1:
+        keys = bias.shape[-1]
+        bias = torch.nn.functional.pad(bias, (0, BIAS_ALIGN - keys % BIAS_ALIGN))[..., :keys]
+    return bias.expand(query.shape[0], query.shape[1], query.shape[2], key.shape[2])
 
 
 @contextlib.contextmanager
 def unequal_head_dims():
     """Inside the block, ``F.scaled_dot_product_attention`` with v heads narrower or wider than
     q / k heads runs :func:`efficient_attention` (what CUDA runs for them), its inputs cast to
-    the autocast dtype first as autocast casts SDPA's; every other call (and every call on CUDA,
+    the autocast dtype first as autocast casts SDPA's, a mask as the bias :func:`mask_bias`
+    makes; every other call (and every call on CUDA,
     which has the real kernel) is torch's own."""
     import torch.nn.functional as F
 
     original = F.scaled_dot_product_attention
 
     def sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
-        if query.shape[-1] == value.shape[-1] or attn_mask is not None or dropout_p or query.device.type == "cuda":
+        if query.shape[-1] == value.shape[-1] or dropout_p or query.device.type == "cuda":
             return original(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
                             scale=scale, enable_gqa=enable_gqa)
         if key.shape[1] != query.shape[1]:
@@ -251,8 +280,9 @@ def unequal_head_dims():
         if torch.is_autocast_enabled(query.device.type):
             dtype = torch.get_autocast_dtype(query.device.type)
             query, key, value = (t.to(dtype) for t in (query, key, value))
+        bias = None if attn_mask is None else mask_bias(attn_mask, query, key)
         return efficient_attention(query, key, value, query.shape[-1] ** -0.5 if scale is None else scale,
-                                   is_causal)[0]
+                                   is_causal, bias)[0]
 
     F.scaled_dot_product_attention = sdpa
     try:

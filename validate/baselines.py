@@ -362,7 +362,8 @@ def append(row: dict, p: Path) -> None:
 # full one transformers makes the last), its dense MLP beside the experts in each
 MOE_FAMILY_MODELS = ("qwen1.5-moe-a2.7b@2L", "olmoe-1b-7b@2L", "llama-4-scout@4L", "llama-4-maverick@4L",
                      "phi-3.5-moe@2L", "glm-4.5-air@2L", "glm-4.5@2L", "deepseek-v3@2L", "kimi-k2@2L",
-                     "gemma-4-26b-a4b@2L")
+                     "gemma-4-26b-a4b@2L",
+                     "deepseek-v3.2-exp@2L")
 
 
 def moe_families_tier() -> list[Config]:

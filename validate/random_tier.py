@@ -34,7 +34,8 @@ RANDOM_MODELS = ("qwen2.5-0.5b@2L", "llama-3.2-1b@2L", "llama-3.1-8b@2L", "mistr
 FAMILY_MODELS = ("starcoder2-3b@2L", "olmo-3-7b@4L", "glm-4-9b-0414@2L", "apertus-8b@2L", "exaone-4.0-32b@4L",
                  "seed-oss-36b@2L", "qwen1.5-moe-a2.7b@2L", "olmoe-1b-7b@2L", "llama-4-scout@4L", "phi-3.5-moe@2L",
                  "glm-4.5-air@2L", "deepseek-v3@2L", "granite-4.0-h-tiny@2L", "lfm2-1.2b@2L", "command-r7b@4L",
-                 "ministral-3-3b@2L", "gemma-4-26b-a4b@2L")
+                 "ministral-3-3b@2L", "gemma-4-26b-a4b@2L",
+                 "deepseek-v3.2-exp@2L")
 FAMILY_DRAWS = 12  # per model, before refused draws are dropped
 RANDOM_METHODS = ("full", "lora", "rslora", "qlora", "dora", "qdora")
 RANDOM_OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "sgd")  # 8-bit / paged: CUDA only
@@ -76,6 +77,12 @@ def refused(model: str, train: TrainSpec) -> str | None:
 
     if not supports(model, train.method):
         return "peft refuses DoRA on fused expert parameters"
+    from planner.model.targets import UnsupportedMethod, check_gradient_reached
+
+    try:
+        check_gradient_reached(spec_for(model), train)
+    except UnsupportedMethod as exc:  # adapters inside DeepSeek-V3.2's indexer only: backward fails
+        return str(exc)
     if train.attn_implementation == "eager" and any(k.layer.mla is not None for k in spec_for(model).kinds):
         return "eager attention with multi-head latent attention is not planned (the planner refuses it)"
     if train.lora_dropout > 0 and train.is_adapter and spec_for(model).moe is not None:

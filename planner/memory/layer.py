@@ -13,8 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from planner.model import targets
-from planner.model.architectures import ATTENTION_ROLES, Linear
-from planner.memory.terms import FP32, Precision, attention_core_saved, eager_fused_qkv_kept, layer_saved_sequence, uses_eager
+from planner.model.architectures import ATTENTION_ROLES, INDEXER_ROLES, Linear
+from planner.memory.terms import (FP32, Precision, attention_core_saved, eager_fused_qkv_kept, indexer_workspace,
+                                  layer_saved_sequence, uses_eager)
 from planner.memory.variants import NoAdapter, variant
 from planner.model.specs import ModelSpec, TrainSpec
 
@@ -188,6 +189,8 @@ def layer_transient(model: ModelSpec, train: TrainSpec, prec: Precision, recompu
     method = variant(train)
     best, best_total = (), 0  # the parts (live, before, locals, working, dequant, dora) of the worst moment
     for lin in model.linears:
+        if lin.role in INDEXER_ROLES:  # the indexer's moment is its scoring's (:func:`indexer_forward_moment`)
+            continue
         is_target = lin.name in targeted
         adapter = method.adapter if is_target else NO_ADAPTER
         live = adapter.input_live(lin, train, prec)
@@ -208,7 +211,28 @@ def layer_transient(model: ModelSpec, train: TrainSpec, prec: Precision, recompu
         elif dora >= dequant and dora and context + adapter.norm_context(lin, train, prec) + dora > best_total:
             made = adapter.norm_context(lin, train, prec)  # the base output, made before the norm
             best, best_total = (live + made, before, local, 0, 0, dora), context + made + dora
+    scoring = indexer_workspace(model, train, prec)
+    if scoring:  # DeepSeek-V3.2's indexer scoring every key, after the latent attention's modules
+        q = model.layer.by_role("index_q")[0]
+        before = saved_before(seq, "attention") if keeps else 0
+        local = recompute_locals(model, train, prec, q) if recompute else layer_locals(model, train, prec, q)
+        made = latent_attention_made(model, train, prec)
+        if made + before + local + scoring > best_total:
+            best, best_total = (made, before, local, scoring, 0, 0), made + before + local + scoring
     return LayerMoment(*best)
+
+
+def latent_attention_made(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
+    """What multi-head latent attention's forward has made when its kernel has not run yet (DeepSeek-V3.2's
+    indexer runs there: transformers 5.23 DeepseekV32Attention.forward), H heads of q / k width qk (nope
+    + rope) and v width dv, in the Linear outputs' dtype a: q_b's output (its views are the forward's
+    locals), its rotated slice and q, their torch.cat; k, copied into a new tensor; kv_b's output,
+    whose slice v is: T*H*(3*qk + rope + nope + dv)*a (SDPA's autocast casts come later). Tracer,
+    DeepSeek-V3.2 widths cut to 2 layers, full fine-tuning with checkpointing, seq 8192: bf16 [8192,
+    24576], two [1, 128, 8192, 192], [1, 128, 8192, 64] and [8192, 32768] tensors beside the
+    indexer's scores at the forward peak."""
+    mla = model.layer.mla
+    return train.tokens * model.num_heads * (3 * mla.qk + mla.rope + mla.nope + mla.v) * prec.hidden
 
 
 def eager_scores(model: ModelSpec, train: TrainSpec) -> int:

@@ -448,8 +448,9 @@ def _recompute_module_part(s: Step):
     if not s.gc:
         return None
     rec = s.rec
+    # (a recomputed module's working set: only DeepSeek-V3.2's indexer scoring has one there)
     return dict(transient__recompute=rec.live + rec.before + rec.locals + s.in_flight,
-                transient__dequant=rec.dequant, transient__dora=rec.dora)
+                transient__dequant=rec.dequant, transient__dora=rec.dora, transient__attention=rec.working)
 
 
 def _recompute_experts_part(s: Step):

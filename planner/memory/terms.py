@@ -469,7 +469,56 @@ def mla_attention_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> 
     # v keeps the kv_b output whole, unless autocast casts it (an fp32 hidden stream): its own copy
     v = t * heads * (mla.nope + mla.v if prec.hidden == c else mla.v) * c
     lse = train.batch_size * heads * ceil_div(train.seq_len, 32) * 32 * FP32
-    return t * heads * (2 * mla.qk + mla.v) * c + v + lse
+    return t * heads * (2 * mla.qk + mla.v) * c + v + lse + sparse_mask_bias(model, train, prec)
+
+
+def indexer_workspace(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
+    """DeepSeek-V3.2's indexer scoring every key, one layer, at its worst instant (transformers
+    5.23 DeepseekV32Indexer.forward, under torch.no_grad: none of it is kept for backward). With
+    H index heads of D dims (R of them rotated), a the Linear outputs' bytes and m the scoring
+    matmul's (the compute dtype under autocast, which casts its fp32 inputs; fp32 without it:
+    the indexer upcasts q and k itself):
+
+    - wq_b's output (T*H*D*a), alive behind the pass-through view of it, the rotated part
+      (T*H*R*a) and q, their torch.cat (T*H*D*a);
+    - ``q.float()`` (T*H*D*4, none when a is fp32) and autocast's m-byte cast of it (T*H*D*m,
+      under autocast only);
+    - torch.matmul's broadcast of the one key per token to every query: the (batch, seq, D, seq)
+      expansion reshaped to (batch * seq, D, seq) for bmm is a copy, B*S*D*S*m, when batch > 1 (at
+      batch 1 the reshape is a view of the expansion), beside the (batch, seq, H, seq) scores,
+      B*S*H*S*m; then the scaled and the rectified scores, 2*B*S*H*S*m;
+    - the key's own tensors, T*D each: wk's output, k_norm's fp32 output (CUDA autocast runs
+      layer_norm in fp32), its rotated and joined copies.
+    0 without an indexer. Tracer, DeepSeek-V3.2 widths cut to 2 layers: the forward peak of
+    full fine-tuning with checkpointing at seq 8192 (a 17.2 GB bf16 [8192, 128, 8192] copy)."""
+    idx = model.layer.indexer
+    if idx is None:
+        return 0
+    mla, t, s, a = model.layer.mla, train.tokens, train.seq_len, prec.hidden
+    m = prec.compute if prec.autocast else FP32
+    q = t * idx.heads * idx.head_dim
+    queries = 2 * q * a + t * idx.heads * mla.rope * a + q * ((FP32 if a != FP32 else 0) + (m if prec.autocast else 0))
+    scores = train.batch_size * s * s * idx.heads * m
+    broadcast = train.batch_size * s * s * idx.head_dim * m if train.batch_size > 1 else 0
+    return queries + max(broadcast + scores, 2 * scores - q * ((FP32 if a != FP32 else 0) + (m if prec.autocast else 0)))
+
+
+SPARSE_BIAS_ALIGN = 8  # PyTorch's preprocess_mask: a memory-efficient bias row padded to 8 keys
+
+
+def sparse_mask_bias(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
+    """DeepSeek-V3.2's attention mask as the memory-efficient kernel keeps it, one layer: the
+    indexer's top-k folded into the causal mask (a bool (batch, 1, seq, seq), always built:
+    transformers 5.23 DeepseekV32Model.forward passes allow_is_causal_skip=False) reaches SDPA,
+    whose composite turns it into an additive bias in the attention dtype, each row padded to a
+    multiple of 8 keys when the sequence is not (PyTorch's attention.cpp,
+    convert_boolean_attn_mask_ and preprocess_mask), which the kernel keeps for backward:
+    B*S*ceil8(S)*c. 0 without an indexer. Tracer, tiny DeepSeek-V3.2, seq 100: one bf16
+    [2, 1, 100, 104] tensor per layer, the [2, 1, 100, 100] view of it kept."""
+    if model.layer.indexer is None:
+        return 0
+    s = train.seq_len
+    return train.batch_size * s * ceil_div(s, SPARSE_BIAS_ALIGN) * SPARSE_BIAS_ALIGN * prec.attention
 
 
 SDPA_GQA_MAX_HEAD_DIM = 256  # transformers passes grouped k / v to SDPA natively only up to this head_dim
@@ -1472,7 +1521,8 @@ def mixed_linear_copies(model: ModelSpec, train: TrainSpec) -> int:
     Linears (bitsandbytes dequantizes them itself)."""
     if train.precision != "mixed" or variant(train).base.quantized:
         return 0
-    return counts.linear_weight_params(model)
+    # (none of a Linear under torch.no_grad: DeepSeek-V3.2's indexer keeps no copy for backward)
+    return sum(t.elements for t in inv.base_tensors(model) if t.role in ("linear", "kept_linear") and t.grad)
 
 
 def backward_autocast_copies(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:

@@ -54,6 +54,10 @@ delta_ba   the two fused (split after it)                       linear_attn.in_p
 delta_out  the DeltaNet's output projection (value dim -> h)    linear_attn.out_proj
 router     a mixture of experts' router where it is a plain     router.proj (Gemma 4)
            nn.Linear (h -> E) inside a router module
+index_q    DeepSeek-V3.2's sparse-attention indexer: its        indexer.wq_b
+           queries, every index head, from the normed q latent
+index_k    its one key per token, from the normed input         indexer.wk
+index_w    its per-head weights, from the normed input          indexer.weights_proj
 =========  ===================================================  ==============================
 
 Mixers that are not attention (a layer's ``mixer``, planner.model.architectures.Mamba2 and
@@ -75,8 +79,8 @@ sandwich and post-norm layers), ``mlp_in``, ``mlp_out``, ``q`` / ``k`` (qk-norm)
 per-head norm of the values without a weight: Gemma 4's v_norm), ``ple_out`` (on the
 per-layer input's projection: Gemma 4's post_per_layer_input_norm), ``moe_in`` (a second
 norm of the MLP's input, read by the experts beside a dense MLP: Gemma 4's router.norm and
-pre_feedforward_layernorm_2), and ``q_a`` / ``kv_a``
-(multi-head latent attention's norms over its q and kv latents).
+pre_feedforward_layernorm_2), ``q_a`` / ``kv_a`` (multi-head latent attention's norms over its q
+and kv latents) and ``index_k`` (DeepSeek-V3.2's indexer: an nn.LayerNorm with a bias over its keys).
 
 Norm kinds (the ``norm`` trait): ``rms`` (transformers' RMSNorm: an fp32 upcast of its input,
 the product cast back), ``rms_fp32_out`` (the weight multiplies in fp32), ``layer``
@@ -111,9 +115,17 @@ MIXER_ROLES = MIXER_INPUT_ROLES | {"ssm_out", "conv_out"}
 PLE_ROLES = frozenset({"ple_gate", "ple_proj"})
 # a router that is a plain nn.Linear inside the router module (Gemma 4's router.proj, :attr:`MoE.router_linear`)
 ROUTER_ROLES = frozenset({"router"})
+# DeepSeek-V3.2's sparse-attention indexer (:class:`Indexer`): its Linears run under torch.no_grad,
+# so they keep nothing for backward and neither they nor their adapters get a gradient
+INDEXER_ROLES = frozenset({"index_q", "index_k", "index_w"})
+INDEXER_SITES = frozenset({"index_k"})
+# Linears bitsandbytes leaves unquantized: transformers' 4-bit quantizer skips the modules a model
+# class keeps in fp32 (_keep_in_fp32_modules: DeepSeek-V3.2's indexer.weights_proj; tracer: a plain
+# nn.Linear, fp32 after prepare_model_for_kbit_training, beside 4-bit wq_b and wk)
+UNQUANTIZED_ROLES = frozenset({"index_w"})
 # every role the formulas know
 ROLES = tuple(sorted(NORM_READER_ROLES | ATTENTION_ROLES | SHARED_ROLES | MIXER_ROLES | PLE_ROLES | ROUTER_ROLES
-                     | {"down"}))
+                     | INDEXER_ROLES | {"down"}))
 
 
 @dataclass(frozen=True)
@@ -336,6 +348,21 @@ class MLA:
 
 
 @dataclass(frozen=True)
+class Indexer:
+    """DeepSeek-V3.2's sparse-attention indexer (DSA; transformers 5.23
+    modeling_deepseek_v32.DeepseekV32Indexer, DeepseekV32Attention.forward): ``heads`` index heads
+    of ``head_dim`` (their first qk_rope_head_dim dims rotated) score every key, one per token, and
+    each query keeps its ``topk`` best keys; the attention mask then masks every other key. Its
+    Linears (roles index_q, index_k, index_w) and k_norm (site index_k) run under torch.no_grad:
+    they keep nothing for backward, and no gradient reaches them or their adapters (no indexer
+    loss either: transformers trains only the main model through it)."""
+
+    heads: int  # index_n_heads
+    head_dim: int  # index_head_dim
+    topk: int  # index_topk
+
+
+@dataclass(frozen=True)
 class DeltaNet:
     """A Gated DeltaNet token mixer (transformers 5.23 modeling_qwen3_5.Qwen3_5GatedDeltaNet,
     modeling_qwen3_next.Qwen3NextGatedDeltaNet): key heads of ``key_dim`` for q and k, value
@@ -378,6 +405,7 @@ class Layer:
     mixer: Mamba2 | ShortConv | None = None
     mla: MLA | None = None
     deltanet: DeltaNet | None = None  # a Gated DeltaNet in place of attention (its kind "linear_attention")
+    indexer: Indexer | None = None  # DeepSeek-V3.2's sparse-attention indexer beside its latent attention
 
     def by_role(self, *roles: str) -> tuple[Linear, ...]:
         return tuple(lin for lin in self.linears if lin.role in roles)
@@ -513,6 +541,7 @@ class Architecture:
     deltanet: str | None = None
     # the config field of the dense MLP's width (Qwen3.5-MoE has no dense MLP and no intermediate_size)
     intermediate_field: str = "intermediate_size"
+    indexer: bool = False  # DeepSeek-V3.2's sparse-attention indexer beside the latent attention (:class:`Indexer`)
 
 
 SANDWICH = (("input_layernorm", "attn_in"), ("post_attention_layernorm", "attn_out"),
@@ -674,6 +703,14 @@ TABLE: dict[str, Architecture] = {
                                 moe_defaults=(("n_shared_experts", 1), ("n_group", 8), ("topk_group", 4),
                                               ("n_routed_experts", 256), ("num_experts_per_tok", 8)),
                                 traits=Traits(rotary_concat=True)),
+    # DeepSeek-V3.2 (modeling_deepseek_v32.py, configuration_deepseek_v32.py): DeepSeek-V3's layer
+    # with the sparse-attention indexer in every layer's attention (:class:`Indexer`, see _indexer);
+    # q always through its latent (no q_lora_rank None form).
+    "deepseek_v32": Architecture(attention="mla", moe="deepseek", dense_first_default=3,
+                                 head_dim_field="qk_rope_head_dim", indexer=True,
+                                 moe_defaults=(("n_shared_experts", 1), ("n_group", 8), ("topk_group", 4),
+                                               ("n_routed_experts", 256), ("num_experts_per_tok", 8)),
+                                 traits=Traits(rotary_concat=True)),
     "gpt_oss": Architecture(traits=Traits(norm="rms_fp32_out", eager_attention=True, attention_sinks=True),
                             sliding="alternate", attention_bias_default=True, moe="gpt_oss"),
     # Llama 4's text decoder (transformers 5.23 modeling_llama4, configuration_llama4.Llama4TextConfig):
@@ -781,8 +818,9 @@ def _layer(arch: Architecture, config: dict, dims: Dims, moe: bool = True) -> La
         attn_bias = mlp_bias = bool(config.get(arch.bias_field, arch.bias_default))
     qkv_bias = bool(config.get("qkv_bias", arch.qkv_bias)) or attn_bias
     mla = _mla(config, dims) if arch.attention == "mla" else None
+    indexer = _indexer(config, mla) if arch.indexer else None
     if mla is not None:
-        attention = _mla_linears(mla, h, dims.heads, attn_bias)
+        attention = _mla_linears(mla, h, dims.heads, attn_bias) + _indexer_linears(indexer, mla, h)
         q_dim = dims.heads * mla.v  # o_proj's input
     elif arch.attention == "fused":
         attention = (Linear("qkv_proj", h, q_dim + 2 * kv_dim, qkv_bias, "qkv"),)
@@ -812,6 +850,8 @@ def _layer(arch: Architecture, config: dict, dims: Dims, moe: bool = True) -> La
     if mla is not None:
         norms += tuple(Norm(name, site, size) for name, site, size in
                        (("q_a_layernorm", "q_a", mla.q_rank), ("kv_a_layernorm", "kv_a", mla.kv_rank)) if size)
+    if indexer is not None:
+        norms += (Norm("indexer.k_norm", "index_k", indexer.head_dim, bias=True),)
     if qk_norm == "head":
         norms += (Norm("q_norm", "q", dims.head_dim, per_head=True), Norm("k_norm", "k", dims.head_dim, per_head=True))
     elif arch.traits.qk_norm == "full":
@@ -832,7 +872,8 @@ def _layer(arch: Architecture, config: dict, dims: Dims, moe: bool = True) -> La
         changes["activation"] = ""  # Apertus with another hidden_act: transformers' ACT2FN one
     if arch.moe in PEFT_CONVERTED:
         changes["peft_moe_conversion"] = True
-    return Layer(linears=attention + mlp, norms=norms, traits=replace(arch.traits, **changes), moe=moe, mla=mla)
+    return Layer(linears=attention + mlp, norms=norms, traits=replace(arch.traits, **changes), moe=moe, mla=mla,
+                 indexer=indexer)
 
 
 def _mla(config: dict, dims: Dims) -> MLA:
@@ -864,6 +905,39 @@ def _mla_linears(mla: MLA, h: int, heads: int, bias: bool) -> tuple[Linear, ...]
         q = (Linear("q_a_proj", h, mla.q_rank, bias, "q_a"), Linear("q_b_proj", mla.q_rank, heads * mla.qk, False, "q_b"))
     return q + (Linear("kv_a_proj_with_mqa", h, mla.kv_rank + mla.rope, bias, "kv_a"),
                 Linear("kv_b_proj", mla.kv_rank, heads * (mla.nope + mla.v), False, "kv_b"))
+
+
+INDEXER_FIELDS = ("index_n_heads", "index_head_dim", "index_topk")
+
+
+def _indexer(config: dict, mla: MLA | None) -> Indexer:
+    """DeepSeek-V3.2's indexer from its config fields (configuration_deepseek_v32.py: index_n_heads,
+    index_head_dim, index_topk; each required here, none defaulted). It reads the q latent
+    (q_lora_rank must be set) and rotates its first qk_rope_head_dim dims."""
+    values = {}
+    for name in INDEXER_FIELDS:
+        value = config.get(name)
+        if value is None:
+            raise LayoutError(f"config.json lacks the field {name!r}, which the architecture table needs")
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise LayoutError(f"config field {name!r} must be a positive integer, got {value!r}")
+        values[name] = value
+    if mla is None or mla.q_rank is None:
+        raise LayoutError("config field 'q_lora_rank' must be a positive integer: DeepSeek-V3.2's attention and "
+                          "its indexer read the q latent")
+    if values["index_head_dim"] < mla.rope:
+        raise LayoutError(f"config field 'index_head_dim' {values['index_head_dim']} must be at least "
+                          f"qk_rope_head_dim {mla.rope}: the indexer rotates that many of its dims")
+    return Indexer(values["index_n_heads"], values["index_head_dim"], values["index_topk"])
+
+
+def _indexer_linears(indexer: Indexer | None, mla: MLA, h: int) -> tuple[Linear, ...]:
+    """The indexer's Linears (no biases), in forward order; none without an indexer."""
+    if indexer is None:
+        return ()
+    return (Linear("indexer.wq_b", mla.q_rank, indexer.heads * indexer.head_dim, False, "index_q"),
+            Linear("indexer.wk", h, indexer.head_dim, False, "index_k"),
+            Linear("indexer.weights_proj", h, indexer.heads, False, "index_w"))
 
 
 class LayoutError(ValueError):

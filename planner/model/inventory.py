@@ -13,6 +13,13 @@ adapter       LoRA's A and B, DoRA's magnitude, LoRA on a fused parameter (peft)
 saved_copy    peft's modules_to_save copy of embed_tokens / lm_head, trained whole
 ============  ==========================================================================
 
+A trained tensor whose module runs under ``torch.no_grad`` (DeepSeek-V3.2's sparse-attention
+indexer: its Linears, k_norm, and the adapters peft's all-linear puts on them) requires grad but
+gets no gradient (``grad`` False): it counts among the trainable parameters peft reports and
+DDP's buckets, but has no gradient and no optimizer state (torch's optimizers skip a parameter
+whose grad is None). Tracer, tiny DeepSeek-V3.2 after a real CPU step: grad None on every
+indexer tensor, LoRA and full fine-tuning alike.
+
 Every count of tensors sums this list: total and trainable parameters, the weights,
 adapters and gradients, each optimizer's states (bitsandbytes' 8-bit AdamW treats small
 tensors apart, so it needs the tensors, not a total), every sharded term (FSDP chunks each
@@ -31,7 +38,7 @@ from functools import lru_cache
 from math import prod
 
 from planner.memory.variants import variant
-from planner.model.architectures import Mamba2, ShortConv
+from planner.model.architectures import INDEXER_ROLES, INDEXER_SITES, UNQUANTIZED_ROLES, Mamba2, ShortConv
 from planner.model import targets
 from planner.model.specs import ModelSpec, TrainSpec
 from planner.units import FP32, ceil_div
@@ -47,13 +54,15 @@ class Tensor:
 
     path: str
     shape: tuple[int, ...]
-    role: str  # embedding, lm_head, final_norm, norm, linear, bias, router, router_bias, experts,
+    role: str  # embedding, lm_head, final_norm, norm, linear, kept_linear (a Linear weight 4-bit
+    #            quantization leaves alone: architectures.UNQUANTIZED_ROLES), bias, router, router_bias, experts,
     #            expert_bias, sinks, activation, conv (a DeltaNet's or Mamba-2's conv1d), ssm,
     #            delta_param (a DeltaNet's A_log, dt_bias), lora_A, lora_B, magnitude
     kind: str = "decoder"  # the layer kind that holds it, or ROOT
     layers: int = 1  # how many layers hold one (1 for the root's)
     treatment: str = "frozen"
     dtype_bytes: int = 2  # bytes per element as stored (a 4-bit weight: see :attr:`stored_bytes`)
+    grad: bool = True  # False: autograd never reaches it (its module runs under torch.no_grad)
 
     @property
     def numel(self) -> int:
@@ -72,6 +81,12 @@ class Tensor:
 
     @property
     def trained(self) -> bool:
+        """Whether it gets a gradient and optimizer state."""
+        return self.treatment in TRAINED and self.grad
+
+    @property
+    def requires_grad(self) -> bool:
+        """Whether it is trainable (peft's count), gradient or not."""
         return self.treatment in TRAINED
 
     @property
@@ -109,20 +124,23 @@ def _layer_tensors(model: ModelSpec, layer, kind: str, n: int) -> list[Tensor]:
     """The parameters of the ``n`` layers of one kind."""
     h = model.hidden_size
 
-    def tensor(path, shape, role):
-        return Tensor(f"layers.*.{path}", shape, role, kind, n)
+    def tensor(path, shape, role, grad=True):
+        return Tensor(f"layers.*.{path}", shape, role, kind, n, grad=grad)
 
     out = []
     for norm in layer.norms:
         if not norm.scale:  # a weightless norm (Gemma 4's v_norm)
             continue
-        out.append(tensor(f"{norm.name}.weight", norm.shape, "norm"))
+        grad = norm.site not in INDEXER_SITES
+        out.append(tensor(f"{norm.name}.weight", norm.shape, "norm", grad))
         if norm.bias:
-            out.append(tensor(f"{norm.name}.bias", norm.shape, "norm"))
+            out.append(tensor(f"{norm.name}.bias", norm.shape, "norm", grad))
     for lin in layer.linears:
-        out.append(tensor(f"{lin.name}.weight", (lin.out_features, lin.in_features), "linear"))
+        grad = lin.role not in INDEXER_ROLES
+        role = "kept_linear" if lin.role in UNQUANTIZED_ROLES else "linear"
+        out.append(tensor(f"{lin.name}.weight", (lin.out_features, lin.in_features), role, grad))
         if lin.bias:
-            out.append(tensor(f"{lin.name}.bias", (lin.out_features,), "bias"))
+            out.append(tensor(f"{lin.name}.bias", (lin.out_features,), "bias", grad))
     moe = layer.moe
     if moe is not None:
         e, i = moe.experts, moe.intermediate
@@ -209,11 +227,12 @@ def _adapters(model: ModelSpec, train: TrainSpec, weight_bytes: int) -> list[Ten
     for view in model.by_kind():
         kind, n = view.kinds[0].name, view.num_layers
 
-        def tensor(path, shape, role, kind=kind, n=n):
-            return Tensor(f"layers.*.{path}", shape, role, kind, n, "adapter", FP32)
+        def tensor(path, shape, role, kind=kind, n=n, grad=True):
+            return Tensor(f"layers.*.{path}", shape, role, kind, n, "adapter", FP32, grad)
 
         for lin in targets.targeted_linears(view, train.target_modules):
-            out += [tensor(f"{lin.name}.{name}", shape, role) for name, shape, role in adapter.tensors(lin, r)]
+            out += [tensor(f"{lin.name}.{name}", shape, role, grad=lin.role not in INDEXER_ROLES)
+                    for name, shape, role in adapter.tensors(lin, r)]
         for tg in targets.targeted_parameters(view, train) if view.moe is not None else ():
             out += [tensor(f"{view.moe.prefix}{tg.name}.lora_A", (tg.rank * tg.experts, tg.in_features), "lora_A"),
                     tensor(f"{view.moe.prefix}{tg.name}.lora_B", (tg.out_features, tg.rank * tg.experts), "lora_B")]
@@ -271,7 +290,7 @@ def _inventory(model: ModelSpec, train: TrainSpec, weight_bytes: int) -> tuple[T
 
 
 def _treat(t: Tensor, treatment: str, dtype_bytes: int) -> Tensor:
-    return Tensor(t.path, t.shape, t.role, t.kind, t.layers, treatment, dtype_bytes)
+    return Tensor(t.path, t.shape, t.role, t.kind, t.layers, treatment, dtype_bytes, t.grad)
 
 
 # ---------------------------------------------------------------- sums over it
@@ -282,8 +301,8 @@ class Sums:
 
     elements: dict  # treatment -> elements
     stored_bytes: dict  # treatment -> stored bytes
-    trained_elements: int
-    trained_bytes: int
+    trained_elements: int  # of every trainable tensor (peft's count), gradient or not
+    trained_bytes: int  # of the tensors that get a gradient (:attr:`Tensor.trained`)
 
 
 def sums(model: ModelSpec, train: TrainSpec, weight_bytes: int) -> Sums:
@@ -299,7 +318,8 @@ def _sums(model: ModelSpec, train: TrainSpec, weight_bytes: int) -> Sums:
     for t in tensors:
         elements_by[t.treatment] += t.elements
         bytes_by[t.treatment] += t.stored_bytes
-    return Sums(elements_by, bytes_by, sum(elements_by[k] for k in TRAINED), sum(bytes_by[k] for k in TRAINED))
+    return Sums(elements_by, bytes_by, sum(elements_by[k] for k in TRAINED),
+                sum(t.stored_bytes for t in tensors if t.trained))
 
 
 def elements(tensors, treatments=TREATMENTS) -> int:
@@ -333,4 +353,4 @@ def one_layer(tensors) -> tuple[Tensor, ...]:
 
 
 def _one(t: Tensor) -> Tensor:
-    return t if t.layers == 1 else Tensor(t.path, t.shape, t.role, t.kind, 1, t.treatment, t.dtype_bytes)
+    return t if t.layers == 1 else Tensor(t.path, t.shape, t.role, t.kind, 1, t.treatment, t.dtype_bytes, t.grad)

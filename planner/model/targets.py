@@ -12,7 +12,7 @@ import difflib
 from dataclasses import dataclass
 from functools import lru_cache
 
-from planner.model.architectures import MLP_INPUT_ROLES, SHARED_ROLES, Linear
+from planner.model.architectures import INDEXER_ROLES, MLP_INPUT_ROLES, SHARED_ROLES, Linear
 from planner.model.specs import ALL_LINEAR, ModelSpec, TrainSpec
 
 
@@ -216,12 +216,31 @@ def check_peft_refusals(model: ModelSpec, train: TrainSpec) -> None:
                                 f"--target-modules {keep}")
 
 
+def check_gradient_reached(model: ModelSpec, train: TrainSpec) -> None:
+    """Refuse (:class:`UnsupportedMethod`) adapters that no gradient reaches: targets inside
+    DeepSeek-V3.2's indexer only (it runs under torch.no_grad), no fused parameter, nothing in
+    modules_to_save. The loss then has no grad_fn and backward fails (tracer, a real CPU step of a
+    tiny DeepSeek-V3.2 with LoRA on indexer.wk alone: "element 0 of tensors does not require grad")."""
+    if not train.is_adapter or train.modules_to_save:
+        return
+    views = model.by_kind()
+    adapted = [lin for view in views for lin in targeted_linears(view, train.target_modules)]
+    if not adapted or any(lin.role not in INDEXER_ROLES for lin in adapted):
+        return
+    if any(targeted_parameters(view, train) for view in views) or targeted_root_linears(model, train.target_modules):
+        return
+    raise UnsupportedMethod(f"no gradient reaches the adapters on {', '.join(dict.fromkeys(l.name for l in adapted))}: "
+                            "DeepSeek-V3.2's indexer runs under torch.no_grad; target the attention or the experts too")
+
+
 def check_rank(model: ModelSpec, train: TrainSpec) -> None:
     """A LoRA rank above min(in, out) of a targeted layer cannot add expressiveness: refuse it;
-    and what peft refuses (:func:`check_peft_refusals`)."""
+    and what peft refuses (:func:`check_peft_refusals`), and adapters no gradient reaches
+    (:func:`check_gradient_reached`)."""
     if not train.is_adapter:
         return
     check_peft_refusals(model, train)
+    check_gradient_reached(model, train)
     for view in model.by_kind():
         _check_rank(view, train)
 
@@ -229,7 +248,8 @@ def check_rank(model: ModelSpec, train: TrainSpec) -> None:
 # Linears narrower than any usual rank that all-linear reaches and peft adapts anyway (lora_B (out, r)):
 # Qwen2-MoE's shared-expert gate (one output), a Gated DeltaNet's beta / decay projections (one
 # output per value head: 32 in Qwen3.5-35B-A3B, below a rank of 64)
-NARROW_ROLES = frozenset({"shared_scale", "delta_b", "delta_a", "delta_ba"})
+# DeepSeek-V3.2's indexer key and head weights (128 and 64 wide: h -> index_head_dim, index_n_heads)
+NARROW_ROLES = frozenset({"shared_scale", "delta_b", "delta_a", "delta_ba", "index_k", "index_w"})
 
 
 def _check_rank(model: ModelSpec, train: TrainSpec) -> None:

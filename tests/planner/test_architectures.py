@@ -20,9 +20,11 @@ def test_every_entry_builds_a_layer_with_roles():
             continue
         fields = {"moe_intermediate_size": 48, "num_experts": 8, "num_experts_per_tok": 2,
                   "shared_expert_intermediate_size": 64}
-        if model_type == "deepseek_v3":  # multi-head latent attention's fields, every head with its k / v
-            fields.update(kv_lora_rank=32, qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16,
-                          num_key_value_heads=4)
+        if model_type in ("deepseek_v3", "deepseek_v32"):  # multi-head latent attention's fields, every head
+            fields.update(kv_lora_rank=32, qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16,  # with its k / v
+                          num_key_value_heads=4, q_lora_rank=48)
+        if model_type == "deepseek_v32":  # and the sparse-attention indexer's
+            fields.update(index_n_heads=4, index_head_dim=16, index_topk=8)
         model = spec(model_type, **fields)
         for kind in model.kinds:  # a Gated DeltaNet kind has out_proj (delta_out) and no qk-norm
             layer = kind.layer

@@ -129,8 +129,25 @@ def _ministral3_8b_by_hand():
     return 2 * v * h + layers * layer + h
 
 
+def _deepseek_v32_exp_by_hand():
+    """DeepSeek-V3.2-Exp's 61 main layers from its config, term by term (transformers 5.23
+    modeling_deepseek_v32): DeepSeek-V3's layer (latent attention: q_a 7168 -> 1536, q_b -> 128 heads
+    of 192, kv_a -> 512 + 64, kv_b -> 128 x (128 + 128), o_proj; two latent norms, two layer norms;
+    3 dense MLPs 18432 wide, 58 MoE layers of 256 experts 2048 wide, a router and a shared expert)
+    plus every layer's indexer: wq_b 1536 -> 64 heads of 128, wk 7168 -> 128, k_norm (a LayerNorm,
+    weight and bias), weights_proj 7168 -> 64. Untied embedding and lm_head, the final norm."""
+    h, heads, v, e, i = 7168, 128, 129280, 256, 2048
+    attention = h * 1536 + 1536 * heads * 192 + h * (512 + 64) + 512 * heads * (128 + 128) + heads * 128 * h
+    indexer = 1536 * 64 * 128 + h * 128 + 2 * 128 + h * 64
+    norms = 1536 + 512 + 2 * h
+    moe = e * h + e * 3 * i * h + 3 * i * h
+    dense = 3 * 18432 * h
+    return 2 * v * h + h + 61 * (attention + indexer + norms) + 3 * dense + 58 * moe
+
+
 HAND_COUNTED = {"gemma-4-e4b": _gemma4_e4b_by_hand, "command-r7b": _command_r7b_by_hand,
-                "starcoder2-15b": _starcoder2_15b_by_hand, "ministral-3-8b": _ministral3_8b_by_hand}
+                "starcoder2-15b": _starcoder2_15b_by_hand, "ministral-3-8b": _ministral3_8b_by_hand,
+                "deepseek-v3.2-exp": _deepseek_v32_exp_by_hand}
 
 
 @pytest.mark.parametrize("name", sorted(HAND_COUNTED))
@@ -207,6 +224,19 @@ def test_deepseek_v3_main_model_by_hand():
     dense = 3 * 18432 * h
     assert counts.total_params(m) == 2 * v * h + h + 61 * (attention + norms) + 3 * dense + 58 * moe
     assert round(counts.total_params(m) / 1e9) == 671
+
+
+def test_deepseek_v32_is_deepseek_v3_plus_its_indexers():
+    """DeepSeek-V3.2-Exp's main model is DeepSeek-V3's (671B, the card's main-model figure) and 61
+    indexers of 13,959,424 parameters; the card's 685B adds the multi-token-prediction module, as
+    DeepSeek-V3's does (negative control: without the indexer the hand count is missed)."""
+    from planner.model.catalog import model_from_config
+
+    m = get_model("deepseek-v3.2-exp")
+    assert counts.total_params(m) - counts.total_params(get_model("deepseek-v3")) == 61 * 13_959_424
+    assert round(counts.total_params(m) / 1e9) == 672
+    as_v3 = model_from_config(dict(m.hf_config(), model_type="deepseek_v3"), "no-indexer")
+    assert counts.total_params(as_v3) != _deepseek_v32_exp_by_hand()
 
 
 def test_negative_control_a_wrong_config_misses_the_total():

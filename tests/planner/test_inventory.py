@@ -44,7 +44,8 @@ def test_trained_sum_equals_the_formulas_for_every_model_and_method(name):
             except UnsupportedMethod:
                 continue
             tensors = inv.inventory(model, train, 2)
-            assert sum(t.elements for t in inv.trained(tensors)) == expected == counts.trainable_params(model, train)
+            # (every trainable tensor, gradient or not: DeepSeek-V3.2's indexer gets none)
+            assert sum(t.elements for t in tensors if t.requires_grad) == expected == counts.trainable_params(model, train)
             checked += 1
     assert checked >= 8
 
