@@ -876,16 +876,24 @@ def _layer(arch: Architecture, config: dict, dims: Dims, moe: bool = True) -> La
                  indexer=indexer)
 
 
-def _mla(config: dict, dims: Dims) -> MLA:
-    """The latent attention of a DeepSeek-V3 config (configuration_deepseek_v3.py's fields)."""
+def _positive_ints(config: dict, names, needs: str = "the architecture table", defaults: dict | None = None,
+                   least: dict | None = None) -> dict[str, int]:
+    """The config's integer fields ``names`` (``defaults`` where omitted), each at least 1 (or
+    ``least[name]``); a LayoutError naming the first field that is missing or not such an integer."""
     values = {}
-    for name in ("kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"):
-        value = config.get(name)
+    for name in names:
+        value = config.get(name, (defaults or {}).get(name))
         if value is None:
-            raise LayoutError(f"config.json lacks the field {name!r}, which the architecture table needs")
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise LayoutError(f"config.json lacks the field {name!r}, which {needs} needs")
+        if not isinstance(value, int) or isinstance(value, bool) or value < (least or {}).get(name, 1):
             raise LayoutError(f"config field {name!r} must be a positive integer, got {value!r}")
         values[name] = value
+    return values
+
+
+def _mla(config: dict, dims: Dims) -> MLA:
+    """The latent attention of a DeepSeek-V3 config (configuration_deepseek_v3.py's fields)."""
+    values = _positive_ints(config, ("kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"))
     q_rank = config.get("q_lora_rank")
     if q_rank is not None and (not isinstance(q_rank, int) or isinstance(q_rank, bool) or q_rank < 1):
         raise LayoutError(f"config field 'q_lora_rank' must be a positive integer or null, got {q_rank!r}")
@@ -914,14 +922,7 @@ def _indexer(config: dict, mla: MLA | None) -> Indexer:
     """DeepSeek-V3.2's indexer from its config fields (configuration_deepseek_v32.py: index_n_heads,
     index_head_dim, index_topk; each required here, none defaulted). It reads the q latent
     (q_lora_rank must be set) and rotates its first qk_rope_head_dim dims."""
-    values = {}
-    for name in INDEXER_FIELDS:
-        value = config.get(name)
-        if value is None:
-            raise LayoutError(f"config.json lacks the field {name!r}, which the architecture table needs")
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise LayoutError(f"config field {name!r} must be a positive integer, got {value!r}")
-        values[name] = value
+    values = _positive_ints(config, INDEXER_FIELDS)
     if mla is None or mla.q_rank is None:
         raise LayoutError("config field 'q_lora_rank' must be a positive integer: DeepSeek-V3.2's attention and "
                           "its indexer read the q latent")
@@ -993,12 +994,7 @@ DELTANET_DEFAULTS = {"linear_num_key_heads": 16, "linear_num_value_heads": 32, "
 def _deltanet_layer(arch: Architecture, config: dict, dims: Dims, full: Layer) -> Layer:
     """A Gated DeltaNet layer: the full layer's norms (without the q/k norms) and MLP, its
     attention replaced by the DeltaNet's Linears (no biases)."""
-    values = {}
-    for name in DELTANET_FIELDS:
-        value = config.get(name, DELTANET_DEFAULTS[name])
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise LayoutError(f"config field {name!r} must be a positive integer, got {value!r}")
-        values[name] = value
+    values = _positive_ints(config, DELTANET_FIELDS, defaults=DELTANET_DEFAULTS)
     net = DeltaNet(values["linear_num_key_heads"], values["linear_num_value_heads"], values["linear_key_head_dim"],
                    values["linear_value_head_dim"], values["linear_conv_kernel_dim"])
     if net.value_heads % net.key_heads:
@@ -1140,14 +1136,7 @@ def _deepseek_moe(config: dict, experts: int, top_k: int, inter: int) -> MoE:
     (r) and the fused experts (gate_up 2r, down r) and drops every MLP Linear (the dense
     layers' and the shared experts': transformers maps both model types to the "qwen2_moe"
     conversion pattern; tracer)."""
-    values = {}
-    for name in ("n_shared_experts", "n_group", "topk_group"):
-        value = config.get(name)
-        if value is None:
-            raise LayoutError(f"config.json lacks the field {name!r}, which the architecture table needs")
-        if not isinstance(value, int) or isinstance(value, bool) or value < (0 if name == "n_shared_experts" else 1):
-            raise LayoutError(f"config field {name!r} must be a positive integer, got {value!r}")
-        values[name] = value
+    values = _positive_ints(config, ("n_shared_experts", "n_group", "topk_group"), least={"n_shared_experts": 0})
     if experts % values["n_group"] or values["topk_group"] > values["n_group"]:
         raise LayoutError(f"config fields 'n_group' {values['n_group']} and 'topk_group' {values['topk_group']} must "
                           f"split the {experts} experts into groups and choose among them")
@@ -1318,14 +1307,7 @@ def _gemma4_moe(config: dict) -> MoE:
     The layer's dense MLP runs beside them (:attr:`MoE.beside_dense`). peft 0.21 converts no
     target for gemma4 (transformers' conversion_mapping has no MoE pattern for it): all-linear
     adapts the attention, the dense MLP and router.proj, never the experts (tracer)."""
-    values = {}
-    for name in GEMMA4_MOE_FIELDS:
-        value = config.get(name)
-        if value is None:
-            raise LayoutError(f"config.json lacks the field {name!r}, which enable_moe_block needs")
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise LayoutError(f"config field {name!r} must be a positive integer, got {value!r}")
-        values[name] = value
+    values = _positive_ints(config, GEMMA4_MOE_FIELDS, needs="enable_moe_block")
     experts, top_k = values["num_experts"], values["top_k_experts"]
     if top_k > experts:
         raise LayoutError(f"config field 'top_k_experts' ({top_k}) exceeds 'num_experts' ({experts})")
