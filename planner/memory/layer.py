@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from planner.model import targets
 from planner.model.architectures import ATTENTION_ROLES, INDEXER_ROLES, Linear
 from planner.memory.terms import (FP32, Precision, attention_core_saved, eager_fused_qkv_kept, indexer_workspace,
-                                  layer_saved_sequence, uses_eager)
+                                  layer_saved_sequence, sink_softmax, uses_eager)
 from planner.memory.variants import NoAdapter, variant
 from planner.model.specs import ModelSpec, TrainSpec
 
@@ -245,7 +245,13 @@ def eager_scores(model: ModelSpec, train: TrainSpec) -> int:
     return train.batch_size * model.num_heads * train.seq_len * train.seq_len
 
 
-def eager_forward_moment(model: ModelSpec, train: TrainSpec, prec: Precision) -> LayerMoment:
+def has_sinks(model: ModelSpec, train: TrainSpec) -> bool:
+    """Whether a layer runs eager attention with sinks (:func:`planner.memory.terms.sink_softmax`)."""
+    return (uses_eager(model, train) and model.traits.attention_sinks and model.layer.deltanet is None
+            and bool(model.layer.by_role("q", "qkv")))
+
+
+def eager_forward_moment(model: ModelSpec, train: TrainSpec, prec: Precision, recompute: bool = False) -> LayerMoment:
     """Eager attention's softmax in a layer's forward (transformers' eager_attention_forward,
     ``softmax(scores + mask, dtype=float32)``): the masked scores (c bytes each), softmax's
     fp32 upcast of them and its fp32 output, (c + 8) bytes per score, beside q and the
@@ -255,16 +261,21 @@ def eager_forward_moment(model: ModelSpec, train: TrainSpec, prec: Precision) ->
     softmax, 10 bytes per score, at the forward peak. In an fp32 attention
     (:attr:`Precision.attention`) softmax makes no upcast: a + 4 bytes. A zero moment where
     :func:`eager_scores` is 0."""
-    scores = eager_scores(model, train)
-    if not scores:
-        return LayerMoment()
-    keeps = not train.gradient_checkpointing
+    if has_sinks(model, train):
+        sink = sink_softmax(model, train, prec)
+        live, working = sink.forward_rest, sink.forward
+    else:
+        scores = eager_scores(model, train)
+        if not scores:
+            return LayerMoment()
+        live = attention_core_saved(model, train, prec) - scores * prec.eager_probabilities
+        working = scores * (prec.attention + 2 * FP32 - (FP32 if prec.attention == FP32 else 0))
+    keeps = recompute or not train.gradient_checkpointing
     seq = layer_saved_sequence(model, train, prec)
     q = model.layer.by_role("q", "qkv")[0]
-    return LayerMoment(live=attention_core_saved(model, train, prec) - scores * prec.eager_probabilities,
+    return LayerMoment(live=live,
                        before=saved_before(seq, "attention") if keeps else 0,
-                       locals=layer_locals(model, train, prec, q),
-                       working=scores * (prec.attention + 2 * FP32 - (FP32 if prec.attention == FP32 else 0)))
+                       locals=layer_locals(model, train, prec, q), working=working)
 
 
 def eager_backward_moment(model: ModelSpec, train: TrainSpec, prec: Precision) -> tuple[int, int]:
@@ -277,11 +288,16 @@ def eager_backward_moment(model: ModelSpec, train: TrainSpec, prec: Precision) -
     eager with checkpointing, batch 1, seq 1024: the recomputed fp32 softmax and these two
     fp32 gradients, 12 bytes per score, at the backward peak). (0, 0) where
     :func:`eager_scores` is 0."""
-    scores = eager_scores(model, train)
-    if not scores:
-        return 0, 0
     seq = layer_saved_sequence(model, train, prec)
-    kept = saved_before(seq, "attention") + attention_core_saved(model, train, prec) - scores * (prec.eager_probabilities - FP32)
+    if has_sinks(model, train):
+        sink = sink_softmax(model, train, prec)
+        freed, work = sink.saved - sink.kept, sink.backward
+    else:
+        scores = eager_scores(model, train)
+        if not scores:
+            return 0, 0
+        freed, work = scores * (prec.eager_probabilities - FP32), 2 * scores * FP32
+    kept = saved_before(seq, "attention") + attention_core_saved(model, train, prec) - freed
     # that matmul's backward also freed v, and with it a fused qkv output it kept alive (tracer,
     # Phi-3-mini QLoRA pure fp32 eager, checkpointing, batch 1: no [1, 1664, 9216] qkv output
     # at the softmax backward, only v's [32, 1664, 96] gradient, which the T*q_dim of v stands for)
@@ -292,7 +308,7 @@ def eager_backward_moment(model: ModelSpec, train: TrainSpec, prec: Precision) -
         # recompute_incoming_grads) (tracer, tiny Phi-3 QLoRA pure fp32 eager, batch 1, seq 512:
         # one fp32 [1, 512, 128] gradient beside the softmax backward)
         kept += train.tokens * model.hidden_size * prec.stream
-    return kept, 2 * scores * FP32
+    return kept, work
 
 
 def first_layer_backward_walk(model: ModelSpec, train: TrainSpec, prec: Precision) -> tuple[tuple[str, int, int, int], ...]:

@@ -203,6 +203,14 @@ class Step:
         return C.norm_saved(self.model, self.train, self.prec) + self._term(C.lm_head_input_saved)
 
     @cached_property
+    def masks(self) -> int:
+        """Without checkpointing, the eager path's masks (terms.eager_masks), held by the model's
+        forward through the decoder loop: in the layers' forward moments (with it the
+        checkpoints hold them, in :attr:`saved`). Tracer, gpt-oss-20b 2 layers, QLoRA, batch 1 x
+        8192: two fp32 [1, 1, 8192, 8192] masks beside the second layer's softmax, the peak."""
+        return 0 if self.gc else self._term(C.eager_masks)
+
+    @cached_property
     def per_layer(self) -> int:
         return self._last(C.layer_saved)
 
@@ -364,7 +372,7 @@ def _layer_module(s: Step):
     """The last layer's worst per-module transient (before lm_head has run): that layer has
     kept only what came before the module; a checkpointed layer keeps nothing in its forward."""
     fwd = s.fwd
-    saved = s.saved - s.final_norm + fwd.live + (0 if s.gc else fwd.before - s.per_layer)
+    saved = s.saved - s.final_norm + fwd.live + (0 if s.gc else fwd.before - s.per_layer) + s.masks
     return dict(**s.persistent, activations__saved=saved, activations__autocast_weights=s.layer_copies,
                 transient__module=fwd.locals + fwd.working, transient__dequant=fwd.dequant,
                 transient__dora=fwd.dora, **s.parallel("in_layer", s.layer))
@@ -376,7 +384,7 @@ def _layer_experts(s: Step):
     before, working = s._last(C.dense_moe_forward_moment)
     if not working:
         return None
-    saved = s.saved - s.final_norm + before - (0 if s.gc else s.per_layer)
+    saved = s.saved - s.final_norm + before - (0 if s.gc else s.per_layer) + s.masks
     return dict(**s.persistent, activations__saved=saved, activations__autocast_weights=s.layer_copies,
                 transient__module=working, **s.parallel("in_layer", s.layer))
 
@@ -385,7 +393,7 @@ def _layer_experts(s: Step):
 def _layer_softmax(s: Step):
     """Eager attention's softmax in the last layer's forward."""
     eager = s._last(M.eager_forward_moment)
-    saved = s.saved - s.final_norm + eager.live + eager.before + (0 if s.gc else -s.per_layer)
+    saved = s.saved - s.final_norm + eager.live + eager.before + (0 if s.gc else -s.per_layer) + s.masks
     return dict(**s.persistent, activations__saved=saved, activations__autocast_weights=s.layer_copies,
                 transient__module=eager.locals, transient__attention=eager.working, **s.parallel("in_layer", s.layer))
 
@@ -498,7 +506,25 @@ def _first_layer(part, walked: bool = False):
     return first_layer
 
 
+def _recompute_softmax_part(s: Step):
+    """With checkpointing, the recomputation reaching eager attention's softmax: what the layer
+    kept before attention, attention's saved set but its scores, the forward's locals and score
+    tensors (layer.eager_forward_moment), beside the gradients in flight. It outgrows the softmax
+    backward where the forward holds as many score tensors as the backward (attention with sinks,
+    terms.sink_softmax: the recomputed layer's sum, cat and sub at the peak, tracer gpt-oss-20b
+    2 layers, QLoRA, batch 1 x 8192)."""
+    if not s.gc:
+        return None
+    eager = s._last(M.eager_forward_moment, recompute=True)
+    if not eager.working:
+        return None
+    in_flight = s.in_flight + s._last(C.moe_pair_gradient)
+    return dict(transient__recompute=eager.live + eager.before + eager.locals + in_flight,
+                transient__attention=eager.working)
+
+
 moment("backward", "layer_recompute")(_last_layer(_recompute_part))
+moment("backward", "layer_recompute_softmax")(_last_layer(_recompute_softmax_part))
 moment("backward", "layer_recompute_module")(_last_layer(_recompute_module_part))
 moment("backward", "layer_recompute_experts")(_last_layer(_recompute_experts_part))
 moment("backward", "layer_dequant")(_last_layer(_dequant_part))

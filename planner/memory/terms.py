@@ -422,27 +422,70 @@ def attention_core_saved(model: ModelSpec, train: TrainSpec, prec: Precision) ->
         return saved + lse
     scores = train.batch_size * model.num_heads * train.seq_len * train.seq_len
     if model.traits.attention_sinks:
-        # gpt-oss: the softmax runs over the scores and a sink column, in the compute dtype:
-        # the probabilities (seq + 1 columns), the row maxima's int64 indices and the output
-        # (tracer, tiny gpt-oss: q, repeated k and v, [b, heads, s, s + 1] probabilities,
-        # int64 [b, heads, s, 1] indices, the attention output).
-        probs = scores + train.batch_size * model.num_heads * train.seq_len
-        saved = 4 * t * model.q_dim * c + probs * c + train.batch_size * model.num_heads * train.seq_len * 8
-        if (train.is_quantized or train.precision == "mixed") and c != FP32:
-            # fp32 sinks (prepare_model_for_kbit_training, or fp32 master weights) make the joined
-            # scores fp32, and they are kept too (tracer, gpt-oss 2 layers, QLoRA, seq 2048:
-            # about 4 bytes per score per layer more than LoRA); in an fp32 attention (no
-            # autocast: QLoRA pure, dtype fp32) the probabilities are those fp32 ones, no
-            # second copy (tracer, gpt-oss-20b 2 layers, QLoRA pure fp32, seq 1088: one fp32
-            # [1, 64, 1088, 1089] softmax per layer)
-            saved += probs * FP32
-        return saved
+        # gpt-oss: the softmax runs over the scores and a sink column: the probabilities (seq + 1
+        # columns, :func:`sink_softmax`), the row maxima's int64 indices and the output (tracer,
+        # tiny gpt-oss: q, repeated k and v, [b, heads, s, s + 1] probabilities, int64
+        # [b, heads, s, 1] indices, the attention output).
+        sink = sink_softmax(model, train, prec)
+        return 4 * t * model.q_dim * c + sink.saved + train.batch_size * model.num_heads * train.seq_len * 8
     # the fp32 softmax and its c-byte copy, and with logit softcapping (Gemma-2) the tanh output
     # (tracer, tiny Llama asked for eager: 6*B*H*S^2 + c*T*(q_dim - 2*kv_dim) - 4*B*H*S more
     # than SDPA per layer, for lora, qlora and dora alike)
     softcapped = model.eager_attention
     return (3 * t * model.q_dim * c + scores * (prec.eager_probabilities + (c if softcapped else 0))
             + eager_fused_qkv_kept(model, train, prec))
+
+
+@dataclass(frozen=True)
+class SinkSoftmax:
+    """The score tensors of eager attention with sinks (gpt-oss), one layer, in bytes: what it
+    keeps for backward (``saved``), what its forward holds beside them at its peak (``forward``),
+    and at the softmax backward what it still keeps (``kept``) and its workspace (``backward``);
+    and attention's other tensors at the forward peak (``forward_rest``)."""
+
+    saved: int
+    forward: int
+    kept: int
+    backward: int
+    forward_rest: int  # attention's other tensors at the forward peak (q, k, v and their copies)
+
+
+def sink_softmax(model: ModelSpec, train: TrainSpec, prec: Precision) -> SinkSoftmax:
+    """Eager attention with a learned sink logit per head (transformers 5.23 modeling_gpt_oss.py,
+    eager_attention_forward): ``scores * scaling + mask`` (the sum, in a = the wider of the matmul's
+    dtype c, :attr:`Precision.attention`, and the mask's, the residual stream's), the sinks joined
+    as a last column (torch.cat), the row maximum subtracted, softmax in that joined dtype j, the
+    sink column dropped (a view) and cast to v's dtype for the matmul with v (under autocast,
+    a c-byte copy; none when j is c). j is fp32 when the sinks are (prepare_model_for_kbit_training
+    for 4-bit methods, fp32 master weights under `mixed`), else c. With P = B*H*S*(S+1) joined
+    scores and N = B*H*S*S:
+
+    - saved: the softmax output and its c-byte copy, P*j + P*c (the copy only when c != j);
+    - forward peak, at the subtraction (the sum still held by the forward's variable, the joined
+      logits and their difference): N*a + 2*P*j beside the saved set without its scores;
+    - softmax backward: the softmax output still kept (the copy is freed by the matmul's backward)
+      and two joined-width gradients (the softmax's input gradient with the sliced-back gradient
+      of its output, then with the max's zeros and scatter), 2*P*j;
+    - beside the forward peak: the rotated q and k, v and the repeated k and v (repeat_kv's
+      copies, where there are fewer kv heads), in the projections' dtype (the hidden stream's),
+      held by the forward's variables, and autocast's c-byte copies of q and the repeated k that
+      the first matmul keeps where that dtype is not c; the row maxima's int64 indices. Not yet
+      made: the matmul with v, its copy of v and the output.
+
+    Tracer, gpt-oss-20b 2 layers, QLoRA with checkpointing, batch 1 x 2048 and 8192: the
+    recomputed layer's fp32 [1, 64, S, S] sum, [1, 64, S, S + 1] cat and sub at the peak; the
+    softmax backward's fp32 softmax, slice_backward and _softmax_backward_data, then
+    _softmax_backward_data, new_zeros and scatter (bf16 under LoRA and full fine-tuning)."""
+    b, h, s, c = train.batch_size, model.num_heads, train.seq_len, prec.attention
+    scores, probs = b * h * s * s, b * h * s * (s + 1)
+    joined = FP32 if train.is_quantized or train.precision == "mixed" else c
+    copy = c if c != joined else 0
+    summed = max(c, prec.stream)
+    t, q, kv, hidden = train.tokens, model.q_dim, model.kv_dim, prec.hidden
+    repeated = 2 * t * q * hidden if model.num_kv_heads < model.num_heads else 0
+    rest = t * (q + 2 * kv) * hidden + repeated + (2 * t * q * c if hidden != c else 0) + b * h * s * 8
+    return SinkSoftmax(saved=probs * (joined + copy), forward=scores * summed + 2 * probs * joined,
+                       kept=probs * joined, backward=2 * probs * joined, forward_rest=rest)
 
 
 def mla_attention_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
@@ -983,7 +1026,21 @@ def moe_recompute_locals(model: ModelSpec, train: TrainSpec, prec: Precision) ->
     gathered = pairs * h * norm_output_bytes(model, prec) if frozen else 0
     down = (pairs * moe.intermediate * x if frozen else 0) + (pairs * h * x if moe.expert_bias else 0)
     last = not moe.shared_intermediate and not model.layer.norms_at("mlp_out")
-    return gathered + (routed if last else 0) + max(down, routed * (1 if last else 2))
+    return gathered + moe_pair_gradient(model, train, prec) + max(down, routed * (1 if last else 2))
+
+
+def moe_pair_gradient(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
+    """With checkpointing, where grouped experts end the layer (no shared expert, no norm after
+    the MLP), the layer output's gradient expanded to the T*k routed pairs, S*h*p (the sum's
+    gradient made contiguous, p as in :func:`moe_recompute_locals`): made before backward asks
+    for the recomputation, alive through all of it (tracer, gpt-oss-20b 2 layers, QLoRA with
+    checkpointing, batch 1 x 4096: an fp32 [4096, 4, 2880] clone beside the recomputed
+    attention's softmax). 0 otherwise."""
+    moe = model.layer.moe
+    if (not train.gradient_checkpointing or moe is None or moe.dispatch != "grouped" or moe.shared_intermediate
+            or model.layer.norms_at("mlp_out")):
+        return 0
+    return train.tokens * moe.top_k * model.hidden_size * max(prec.stream, routing_weight_bytes(model, prec))
 
 
 def saved_after_experts(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
@@ -1230,6 +1287,22 @@ def sliding_mask_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> i
                if view.traits.sliding_window and s >= view.traits.sliding_window)
 
 
+def eager_masks(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
+    """The explicit (batch, 1, seq, seq) masks the eager path adds to the scores, in the residual
+    stream's dtype, made once per forward: one per kind of attention among the layers (the
+    causal mask, and the sliding-window one where some layers slide: gpt-oss, Gemma-2 build
+    both, transformers' create_causal_mask and create_sliding_window_causal_mask). The forward
+    holds them through the decoder loop; with checkpointing the checkpoints hold them until the
+    end of backward. Tracer, tiny Llama asked for eager with checkpointing: 2*B*S^2 bf16,
+    4*B*S^2 under QLoRA; gpt-oss-20b 2 layers, QLoRA with checkpointing, batch 1 x 8192: two
+    fp32 [1, 1, 8192, 8192] masks at the peak (bf16 under LoRA)."""
+    if not uses_eager(model, train):
+        return 0
+    kinds = {bool(view.traits.sliding_window) for view in model.by_kind()
+             if view.layer.deltanet is None and view.layer.by_role("q", "qkv")}
+    return len(kinds) * train.batch_size * train.seq_len * train.seq_len * prec.stream
+
+
 def activations_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
     """All activations alive at the end of the forward.
 
@@ -1241,11 +1314,7 @@ def activations_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> in
     """
     if train.gradient_checkpointing:
         layers = model.num_layers * train.tokens * model.hidden_size * prec.stream
-        if train.attn_implementation == "eager":
-            # the eager path's explicit (batch, 1, seq, seq) mask in the residual stream's dtype,
-            # made once per forward: the checkpoints hold it until the end of backward (tracer,
-            # tiny Llama asked for eager with checkpointing: 2*B*S^2 bf16, 4*B*S^2 under QLoRA)
-            layers += train.batch_size * train.seq_len * train.seq_len * prec.stream
+        layers += eager_masks(model, train, prec)  # the checkpoints hold them until the end of backward
         layers += shared_kv_kept(model, train, prec)
         if model.traits.embedding_multiplier and checkpoint_input_leaf(model, train, prec):
             # the embedding output that requires grad (autograd's leaf) stays beside its scaled
