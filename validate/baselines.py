@@ -143,7 +143,7 @@ def matrix() -> list[Config]:
              + _grid(PRECISION_MODELS, ("full",), [(8, "all")], dtype="bf16", precision="pure"))
     tier5 = [c for c in _grid(ARCHITECTURE_MODELS, METHODS, [(8, "all")]) if supports(c.model, c.train.method)]
     return (tier1 + tier2 + tier3 + tier4 + tier5 + settings_tier() + parallel_tier() + dense_families_tier()
-            + moe_families_tier() + hybrid_families_tier() + deltanet_families_tier())
+            + moe_families_tier() + hybrid_families_tier() + deltanet_families_tier() + eager_long_tier())
 
 
 # Tier 8: today's dense families, one catalog model of each cut to 2 layers at its real widths
@@ -413,3 +413,19 @@ def deltanet_families_tier() -> list[Config]:
             out.append(Config(model, TrainSpec(method=method, rank=8, batch_size=1, seq_len=seq,
                                                gradient_checkpointing=gc, dtype="bf16", kernels=kernels)))
     return out
+
+
+# ---------------------------------------------------------------- tier 12: eager attention at long sequences
+# The models whose attention runs eagerly whatever the script asks (gpt-oss: sinks; Gemma-2: logit
+# softcapping), cut to 2 layers at real widths (a sliding and a full layer: both eager masks), under
+# full fine-tuning, LoRA and QLoRA, checkpointing off / on, batch 1 x seq {4096, 8192}: the seq x seq
+# score tensors, and with checkpointing the recomputation reaching the softmax, are the peaks.
+EAGER_LONG_MODELS = ("gpt-oss-20b@2L", "gemma-2-2b@2L")
+EAGER_LONG_SEQS = (4096, 8192)
+
+
+def eager_long_tier() -> list[Config]:
+    return [Config(model, TrainSpec(method=method, rank=8, batch_size=1, seq_len=seq, gradient_checkpointing=gc,
+                                    dtype="bf16"))
+            for model, seq, gc, method in itertools.product(EAGER_LONG_MODELS, EAGER_LONG_SEQS, (False, True),
+                                                            ("full", "lora", "qlora"))]

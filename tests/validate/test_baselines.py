@@ -29,7 +29,9 @@ def test_matrix_size_by_hand():
     # tier 11: the Gated DeltaNet hybrids x 5 methods x 2 kernel paths x 2 checkpointing x 3 seqs,
     # less DoRA and QDoRA on Qwen3-Next, whose all-linear peft converts to fused experts (2 x 12)
     tier11 = len(B.DELTANET_FAMILY_MODELS) * 5 * 12 - 2 * 12
-    assert len(configs) == 440 + 1056 + 32 + 144 + 328 + 160 + 96 + tier8 + tier9 + tier10 + tier11 == 3272
+    # tier 12: the eagerly attending models x 2 seqs x 2 checkpointing x 3 methods (full, LoRA, QLoRA)
+    tier12 = len(B.EAGER_LONG_MODELS) * 2 * 2 * 3
+    assert len(configs) == 440 + 1056 + 32 + 144 + 328 + 160 + 96 + tier8 + tier9 + tier10 + tier11 + tier12 == 3296
     assert len({c.key() for c in configs}) == len(configs)
 
 
