@@ -259,8 +259,10 @@ def eager_forward_moment(model: ModelSpec, train: TrainSpec, prec: Precision, re
     what the layer has kept before attention and its locals. Tracer, tiny Llama asked for
     eager with checkpointing, batch 1, seq 1024: the bf16 sum, the fp32 copy and the fp32
     softmax, 10 bytes per score, at the forward peak. In an fp32 attention
-    (:attr:`Precision.attention`) softmax makes no upcast: a + 4 bytes. A zero moment where
-    :func:`eager_scores` is 0."""
+    (:attr:`Precision.attention`) softmax makes no upcast: a + 4 bytes. With sinks (gpt-oss) the
+    score tensors and attention's other tensors are :func:`planner.memory.terms.sink_softmax`'s.
+    ``recompute``: the checkpointed layer's recomputation, which has kept what came before
+    attention. A zero moment where there is no eager softmax."""
     if has_sinks(model, train):
         sink = sink_softmax(model, train, prec)
         live, working = sink.forward_rest, sink.forward
@@ -286,8 +288,9 @@ def eager_backward_moment(model: ModelSpec, train: TrainSpec, prec: Precision) -
     bytes) and softmax's fp32 input gradient, 8 bytes per score (no cast is freed in an fp32
     attention, :attr:`Precision.eager_probabilities`) (tracer, tiny Llama asked for
     eager with checkpointing, batch 1, seq 1024: the recomputed fp32 softmax and these two
-    fp32 gradients, 12 bytes per score, at the backward peak). (0, 0) where
-    :func:`eager_scores` is 0."""
+    fp32 gradients, 12 bytes per score, at the backward peak). With sinks (gpt-oss) the
+    softmax output stays and the workspace is :func:`planner.memory.terms.sink_softmax`'s.
+    (0, 0) where there is no eager softmax."""
     seq = layer_saved_sequence(model, train, prec)
     if has_sinks(model, train):
         sink = sink_softmax(model, train, prec)
