@@ -375,6 +375,25 @@ def norm_output_bytes(model: ModelSpec, prec: Precision) -> int:
     return FP32 if model.traits.norm == "layer" and prec.autocast else prec.stream
 
 
+def layer_output_bytes(model: ModelSpec, prec: Precision) -> int:
+    """Bytes per element of a decoder layer's output, the next layer's input: the residual
+    stream's dtype, or fp32 for a mixture-of-experts layer behind an nn.LayerNorm under
+    autocast. The routed experts accumulate into a zeros tensor of their input's dtype (the
+    norm's fp32 output, :func:`norm_output_bytes`), so the MoE output and the residual sum
+    after it are fp32 (transformers modeling_phimoe.PhimoeExperts.forward,
+    ``torch.zeros_like(hidden_states)``; tracer, Phi-3.5-MoE 2 layers, LoRA autocast with
+    checkpointing, batch 4 x 2048: layer 1's checkpointed input an fp32 [4, 2048, 4096],
+    layer 0's the bf16 embedding)."""
+    return FP32 if model.layer.moe is not None and norm_output_bytes(model, prec) == FP32 else prec.stream
+
+
+def checkpoint_inputs(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
+    """The layers' inputs the checkpoints keep: the embedding output for layer 0 (the residual
+    stream's dtype) and each earlier layer's output for the others (:func:`layer_output_bytes`)."""
+    return train.tokens * model.hidden_size * (
+        prec.stream + sum(layer_output_bytes(model.kind_view(i), prec) for i in range(model.num_layers - 1)))
+
+
 def uses_eager(model: ModelSpec, train: TrainSpec) -> bool:
     """Whether attention runs transformers' eager path: the model needs it (softcapping,
     sinks) or the training script asks for it (``attn_implementation="eager"``). Anything
@@ -1191,7 +1210,7 @@ def activations_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> in
     :func:`precision`).
     """
     if train.gradient_checkpointing:
-        layers = model.num_layers * train.tokens * model.hidden_size * prec.stream
+        layers = checkpoint_inputs(model, train, prec)
         if train.attn_implementation == "eager":
             # the eager path's explicit (batch, 1, seq, seq) mask in the residual stream's dtype,
             # made once per forward: the checkpoints hold it until the end of backward (tracer,
@@ -1367,7 +1386,7 @@ def recompute_incoming_grads(model: ModelSpec, train: TrainSpec, prec: Precision
 
     Recomputation starts lazily, at the first backward node of the layer that needs one of its
     saved tensors; the gradients made before it are alive through it: the gradient of the
-    layer's output (T*h in the residual stream's dtype), and when DoRA targets down_proj, the last module,
+    layer's output (T*h in its dtype, :func:`layer_output_bytes`), and when DoRA targets down_proj, the last module,
     the fp32 gradients its output ops made before lora_B's backward asked for the
     recomputation: the magnitude scale's (T*h*4) and, when the hidden stream is 16-bit, the
     cast of the output back from fp32 (T*h*4 more). Tracer, Mistral-7B r8 all-linear, batch 4,
@@ -1384,7 +1403,7 @@ def recompute_incoming_grads(model: ModelSpec, train: TrainSpec, prec: Precision
     if not train.gradient_checkpointing:
         return 0
     t, h = train.tokens, model.hidden_size
-    grads = t * h * prec.stream
+    grads = t * h * layer_output_bytes(model, prec)
     if train.is_dora and any(lin.role == "down" for lin in targets.targeted_linears(model, train.target_modules)):
         grads += t * h * FP32 * (1 if prec.hidden == FP32 else 2)
         grads += 0 if prec.hidden == FP32 else t * h * prec.hidden  # the base output's gradient, cast back
