@@ -117,12 +117,27 @@ def mamba_torch_saved(m: Mamba2, train: TrainSpec, prec) -> int:
 
 
 def short_conv_saved(m: ShortConv, path: str, train: TrainSpec, prec) -> int:
-    """LFM2's gated short convolution (Lfm2ShortConv.forward): B*x keeps the in_proj output
-    (its chunks are views: T*3h*c), the conv keeps its input B*x (T*h*c) and C times the conv
-    output keeps that output: with torch's F.conv1d the padded one (b*h*(S + K - 1)*c), with
-    causal-conv1d's CausalConv1dFn (causal_conv1d/causal_conv1d_interface.py, the
-    ``ctx.save_for_backward(x, weight, bias, ...)`` at line 59: its input only) an unpadded
-    T*h*c output."""
+    """LFM2's gated short convolution (Lfm2ShortConv.forward), in three dtypes: x, in_proj's
+    output (the Linear outputs' ``prec.hidden``: fp32 for a 4-bit in_proj fed by its fp32 norm);
+    w, the conv weight's (the residual stream's ``prec.stream``: fp32 where
+    prepare_model_for_kbit_training casts it, and under ``mixed``); k, what the conv runs in.
+
+    B*x keeps the in_proj output (its chunks are views: T*3h*x). With causal-conv1d's
+    CausalConv1dFn (causal_conv1d/causal_conv1d_interface.py, the ``ctx.save_for_backward(x,
+    weight, bias, ...)`` at line 59: its input only, no autocast cast) the conv keeps its input
+    B*x (T*h*x) and C times its output keeps that unpadded output, allocated like its input
+    (T*h*x). transformers' torch causal_conv1d_fn casts B*x to w, and F.conv1d runs in k (c under
+    autocast, which casts its input and, where w is not c, its weight: h*K*c; else w): the conv
+    keeps its k-byte input (T*h*k) and its output is padded (b*h*(S + K - 1)*k); the output cast
+    back to x is that padded storage where k is x, else a new T*h*x tensor, which C times it
+    keeps. Tracer, LFM2-1.2B 2 layers, QLoRA autocast, batch 1 x 8192 (x = w = 4, k = 2): fused
+    an fp32 in_proj output, B*x and conv output; torch a bf16 conv input and an fp32 cast back
+    of the output (the plan 1.6% / 1.3% under when all were counted c bytes)."""
     t, c, h = train.tokens, prec.compute, m.width
-    pad = 0 if path == "fused" else train.batch_size * h * (m.kernel - 1) * c
-    return t * 3 * h * c + t * h * c + t * h * c + pad
+    x, w = prec.hidden, prec.stream
+    if path == "fused":
+        return t * 3 * h * x + 2 * t * h * x
+    k = c if prec.autocast else w
+    weight = h * m.kernel * c if prec.autocast and w != c else 0
+    out = train.batch_size * h * (train.seq_len + m.kernel - 1) * k if k == x else t * h * x
+    return t * 3 * h * x + t * h * k + weight + out
