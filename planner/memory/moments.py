@@ -470,7 +470,8 @@ def _moe_part(s: Step):
     workspace = s._last(C.moe_backward_workspace)
     if not workspace:
         return None
-    return dict(transient__recompute=s.recompute + s.in_flight if s.gc else 0, transient__moe_backward=workspace)
+    in_flight = s._last(C.experts_backward_incoming_grads)
+    return dict(transient__recompute=s.recompute + in_flight if s.gc else 0, transient__moe_backward=workspace)
 
 
 def _last_layer(part):

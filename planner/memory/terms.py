@@ -1381,6 +1381,19 @@ def checkpoint_input_leaf(model: ModelSpec, train: TrainSpec, prec: Precision) -
     return 2 * train.tokens * model.hidden_size * prec.stream
 
 
+def layer_output_roles(layer) -> tuple[str, ...]:
+    """The roles of the Linear whose output ends a layer (its first module in backward): the MLP's
+    down projection, or the shared expert's where the shared expert runs after the routed experts
+    and adds to their sum unscaled (Granite-4.0-H: modeling_granitemoehybrid's decoder layer adds
+    shared_mlp(x) to block_sparse_moe(x); Llama 4: Llama4TextMoe.forward adds the routed sum into
+    shared_expert(x)). Where the routed experts come last, no Linear ends the layer."""
+    moe = layer.moe
+    if moe is not None and moe.shared_intermediate and (moe.shared_fused or not moe.shared_first) \
+            and not moe.shared_scale:
+        return ("down", "shared_down")
+    return ("down",)
+
+
 def recompute_incoming_grads(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
     """Gradients in flight while checkpointing recomputes a layer.
 
@@ -1404,12 +1417,23 @@ def recompute_incoming_grads(model: ModelSpec, train: TrainSpec, prec: Precision
         return 0
     t, h = train.tokens, model.hidden_size
     grads = t * h * layer_output_bytes(model, prec)
-    if train.is_dora and any(lin.role == "down" for lin in targets.targeted_linears(model, train.target_modules)):
+    last = layer_output_roles(model.layer)
+    if train.is_dora and any(lin.role in last for lin in targets.targeted_linears(model, train.target_modules)):
         grads += t * h * FP32 * (1 if prec.hidden == FP32 else 2)
         grads += 0 if prec.hidden == FP32 else t * h * prec.hidden  # the base output's gradient, cast back
         if model.traits.residual_multiplier and prec.hidden == FP32:
             grads += t * h * FP32  # Granite: the MLP output's gradient, times the multiplier
     return grads
+
+
+def experts_backward_incoming_grads(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
+    """Gradients in flight at the routed experts' own backward, after the recomputation: the
+    layer output's (T*h, :func:`layer_output_bytes`). A shared expert that ends the layer
+    (:func:`layer_output_roles`, Llama 4) has run its backward by then, so its DoRA gradients
+    (:func:`recompute_incoming_grads`) are spent. 0 without checkpointing."""
+    if not train.gradient_checkpointing:
+        return 0
+    return train.tokens * model.hidden_size * layer_output_bytes(model, prec)
 
 
 def embedding_backward_workspace(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
