@@ -86,14 +86,17 @@ def mamba_torch_saved(m: Mamba2, train: TrainSpec, prec) -> int:
       the decays (2*T*H*4), the fp32 B (T*H*N*4), C times states (T*d*s);
     - the gated RMSNorm: its fp32 input (the scan's output, a view of its padded n*Q rows:
       b*n*Q*d*4), silu(gate) and the product (2*T*d*4), gate.to(fp32) (T*d*4) unless x is fp32
-      (then the in_proj output itself, kept), and rstd (T*G*4).
+      (then the in_proj output itself, kept), and rstd (T*G*4);
+    - trained mixer parameters (full fine-tuning): the products with them keep their other factor,
+      D's the padded fp32 x (b*n*Q*d*4), the gated norm weight's the normalized fp32 input (T*d*4),
+      A's dt (T*H*4), and exp(A_log) its output (H*4) (saved-tensor hooks, the tiny layer below,
+      full fine-tuning autocast, pure and mixed at 2 x 72: 348,704 bytes more than LoRA, these).
 
     Tracer (saved-tensor hooks on the mixer), tiny Granite-4.0-H Mamba layer (h 128, H 8 x P 32,
     N 16, G 1, Q 32), batch 1 x 64: LoRA bf16 autocast 816,546 bytes, this sum to the byte, and
     LoRA pure bf16, QLoRA / QDoRA pure and autocast, LoRA mixed likewise, at 2 x 72 and 3 x 100
     too (tests/probes/test_hybrids_traced.py). A sequence that is not a multiple of Q pads each
-    chunk tensor to n*Q (counted as such). Trained mixer parameters (full fine-tuning) keep more: not
-    counted (full fine-tuning runs the fused kernels unless asked for the torch path)."""
+    chunk tensor to n*Q (counted as such)."""
     b, t, c = train.batch_size, train.tokens, prec.compute
     x, w, autocast = prec.hidden, prec.stream, prec.autocast
     h, p, n_state, d = m.heads, m.head_dim, m.state, m.inner
@@ -113,7 +116,8 @@ def mamba_torch_saved(m: Mamba2, train: TrainSpec, prec) -> int:
             + (b * h * (n + 1) ** 2 * c if autocast else 0) + tp * h * n_state * s + b * n * h * n_state * p * s
             + tp * d * s)
     norm = tp * d * FP32 + (2 + (x != FP32)) * t * d * FP32 + t * m.groups * FP32
-    return conv + dt + scan + norm
+    trained = (tp * d + t * d + t * h + h) * FP32 if train.method == "full" else 0
+    return conv + dt + scan + norm + trained
 
 
 def short_conv_saved(m: ShortConv, path: str, train: TrainSpec, prec) -> int:
