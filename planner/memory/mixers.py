@@ -86,14 +86,17 @@ def mamba_torch_saved(m: Mamba2, train: TrainSpec, prec) -> int:
       the decays (2*T*H*4), the fp32 B (T*H*N*4), C times states (T*d*s);
     - the gated RMSNorm: its fp32 input (the scan's output, a view of its padded n*Q rows:
       b*n*Q*d*4), silu(gate) and the product (2*T*d*4), gate.to(fp32) (T*d*4) unless x is fp32
-      (then the in_proj output itself, kept), and rstd (T*G*4).
+      (then the in_proj output itself, kept), and rstd (T*G*4);
+    - trained mixer parameters (full fine-tuning): the products with them keep their other factor,
+      D's the padded fp32 x (b*n*Q*d*4), the gated norm weight's the normalized fp32 input (T*d*4),
+      A's dt (T*H*4), and exp(A_log) its output (H*4) (saved-tensor hooks, the tiny layer below,
+      full fine-tuning autocast, pure and mixed at 2 x 72: 348,704 bytes more than LoRA, these).
 
     Tracer (saved-tensor hooks on the mixer), tiny Granite-4.0-H Mamba layer (h 128, H 8 x P 32,
     N 16, G 1, Q 32), batch 1 x 64: LoRA bf16 autocast 816,546 bytes, this sum to the byte, and
     LoRA pure bf16, QLoRA / QDoRA pure and autocast, LoRA mixed likewise, at 2 x 72 and 3 x 100
     too (tests/probes/test_hybrids_traced.py). A sequence that is not a multiple of Q pads each
-    chunk tensor to n*Q (counted as such). Trained mixer parameters (full fine-tuning) keep more: not
-    counted (full fine-tuning runs the fused kernels unless asked for the torch path)."""
+    chunk tensor to n*Q (counted as such)."""
     b, t, c = train.batch_size, train.tokens, prec.compute
     x, w, autocast = prec.hidden, prec.stream, prec.autocast
     h, p, n_state, d = m.heads, m.head_dim, m.state, m.inner
@@ -113,16 +116,32 @@ def mamba_torch_saved(m: Mamba2, train: TrainSpec, prec) -> int:
             + (b * h * (n + 1) ** 2 * c if autocast else 0) + tp * h * n_state * s + b * n * h * n_state * p * s
             + tp * d * s)
     norm = tp * d * FP32 + (2 + (x != FP32)) * t * d * FP32 + t * m.groups * FP32
-    return conv + dt + scan + norm
+    trained = (tp * d + t * d + t * h + h) * FP32 if train.method == "full" else 0
+    return conv + dt + scan + norm + trained
 
 
 def short_conv_saved(m: ShortConv, path: str, train: TrainSpec, prec) -> int:
-    """LFM2's gated short convolution (Lfm2ShortConv.forward): B*x keeps the in_proj output
-    (its chunks are views: T*3h*c), the conv keeps its input B*x (T*h*c) and C times the conv
-    output keeps that output: with torch's F.conv1d the padded one (b*h*(S + K - 1)*c), with
-    causal-conv1d's CausalConv1dFn (causal_conv1d/causal_conv1d_interface.py, the
-    ``ctx.save_for_backward(x, weight, bias, ...)`` at line 59: its input only) an unpadded
-    T*h*c output."""
+    """LFM2's gated short convolution (Lfm2ShortConv.forward), in three dtypes: x, in_proj's
+    output (the Linear outputs' ``prec.hidden``: fp32 for a 4-bit in_proj fed by its fp32 norm);
+    w, the conv weight's (the residual stream's ``prec.stream``: fp32 where
+    prepare_model_for_kbit_training casts it, and under ``mixed``); k, what the conv runs in.
+
+    B*x keeps the in_proj output (its chunks are views: T*3h*x). With causal-conv1d's
+    CausalConv1dFn (causal_conv1d/causal_conv1d_interface.py, the ``ctx.save_for_backward(x,
+    weight, bias, ...)`` at line 59: its input only, no autocast cast) the conv keeps its input
+    B*x (T*h*x) and C times its output keeps that unpadded output, allocated like its input
+    (T*h*x). transformers' torch causal_conv1d_fn casts B*x to w, and F.conv1d runs in k (c under
+    autocast, which casts its input and, where w is not c, its weight: h*K*c; else w): the conv
+    keeps its k-byte input (T*h*k) and its output is padded (b*h*(S + K - 1)*k); the output cast
+    back to x is that padded storage where k is x, else a new T*h*x tensor, which C times it
+    keeps. Tracer, LFM2-1.2B 2 layers, QLoRA autocast, batch 1 x 8192 (x = w = 4, k = 2): fused
+    an fp32 in_proj output, B*x and conv output; torch a bf16 conv input and an fp32 cast back
+    of the output (the plan 1.6% / 1.3% under when all were counted c bytes)."""
     t, c, h = train.tokens, prec.compute, m.width
-    pad = 0 if path == "fused" else train.batch_size * h * (m.kernel - 1) * c
-    return t * 3 * h * c + t * h * c + t * h * c + pad
+    x, w = prec.hidden, prec.stream
+    if path == "fused":
+        return t * 3 * h * x + 2 * t * h * x
+    k = c if prec.autocast else w
+    weight = h * m.kernel * c if prec.autocast and w != c else 0
+    out = train.batch_size * h * (train.seq_len + m.kernel - 1) * k if k == x else t * h * x
+    return t * 3 * h * x + t * h * k + weight + out

@@ -463,6 +463,11 @@ def _recompute_module_part(s: Step):
                 transient__dequant=rec.dequant, transient__dora=rec.dora, transient__attention=rec.working)
 
 
+def _recompute_down_part(s: Step):
+    kept = s._last(M.down_backward_kept)
+    return dict(transient__recompute=kept + s.in_flight) if kept else None
+
+
 def _recompute_experts_part(s: Step):
     """The recomputation inside grouped experts (terms.moe_recompute_locals): the layer's saved
     set but what it saves after the experts (terms.saved_after_experts), the gradients in
@@ -481,7 +486,8 @@ def _moe_part(s: Step):
     workspace = s._last(C.moe_backward_workspace)
     if not workspace:
         return None
-    return dict(transient__recompute=s.recompute + s.in_flight if s.gc else 0, transient__moe_backward=workspace)
+    in_flight = s._last(C.experts_backward_incoming_grads)
+    return dict(transient__recompute=s.recompute + in_flight if s.gc else 0, transient__moe_backward=workspace)
 
 
 def _last_layer(part):
@@ -529,6 +535,7 @@ moment("backward", "layer_recompute")(_last_layer(_recompute_part))
 moment("backward", "layer_recompute_softmax")(_last_layer(_recompute_softmax_part))
 moment("backward", "layer_recompute_module")(_last_layer(_recompute_module_part))
 moment("backward", "layer_recompute_experts")(_last_layer(_recompute_experts_part))
+moment("backward", "layer_recompute_down")(_last_layer(_recompute_down_part))
 moment("backward", "layer_dequant")(_last_layer(_dequant_part))
 moment("backward", "layer_moe")(_last_layer(_moe_part))
 
@@ -564,6 +571,7 @@ def _softmax_part(s: Step):
 
 moment("backward", "first_layer_recompute")(_first_layer(_recompute_part, walked=True))
 moment("backward", "first_layer_recompute_module")(_first_layer(_recompute_module_part, walked=True))
+moment("backward", "first_layer_recompute_down")(_first_layer(_recompute_down_part))
 moment("backward", "first_layer_dequant")(_first_layer(_dequant_part))
 
 

@@ -375,6 +375,25 @@ def norm_output_bytes(model: ModelSpec, prec: Precision) -> int:
     return FP32 if model.traits.norm == "layer" and prec.autocast else prec.stream
 
 
+def layer_output_bytes(model: ModelSpec, prec: Precision) -> int:
+    """Bytes per element of a decoder layer's output, the next layer's input: the residual
+    stream's dtype, or fp32 for a mixture-of-experts layer behind an nn.LayerNorm under
+    autocast. The routed experts accumulate into a zeros tensor of their input's dtype (the
+    norm's fp32 output, :func:`norm_output_bytes`), so the MoE output and the residual sum
+    after it are fp32 (transformers modeling_phimoe.PhimoeExperts.forward,
+    ``torch.zeros_like(hidden_states)``; tracer, Phi-3.5-MoE 2 layers, LoRA autocast with
+    checkpointing, batch 4 x 2048: layer 1's checkpointed input an fp32 [4, 2048, 4096],
+    layer 0's the bf16 embedding)."""
+    return FP32 if model.layer.moe is not None and norm_output_bytes(model, prec) == FP32 else prec.stream
+
+
+def checkpoint_inputs(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
+    """The layers' inputs the checkpoints keep: the embedding output for layer 0 (the residual
+    stream's dtype) and each earlier layer's output for the others (:func:`layer_output_bytes`)."""
+    return train.tokens * model.hidden_size * (
+        prec.stream + sum(layer_output_bytes(model.kind_view(i), prec) for i in range(model.num_layers - 1)))
+
+
 def uses_eager(model: ModelSpec, train: TrainSpec) -> bool:
     """Whether attention runs transformers' eager path: the model needs it (softcapping,
     sinks) or the training script asks for it (``attn_implementation="eager"``). Anything
@@ -1313,7 +1332,7 @@ def activations_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> in
     :func:`precision`).
     """
     if train.gradient_checkpointing:
-        layers = model.num_layers * train.tokens * model.hidden_size * prec.stream
+        layers = checkpoint_inputs(model, train, prec)
         layers += eager_masks(model, train, prec)  # the checkpoints hold them until the end of backward
         layers += shared_kv_kept(model, train, prec)
         if model.traits.embedding_multiplier and checkpoint_input_leaf(model, train, prec):
@@ -1480,12 +1499,25 @@ def checkpoint_input_leaf(model: ModelSpec, train: TrainSpec, prec: Precision) -
     return 2 * train.tokens * model.hidden_size * prec.stream
 
 
+def layer_output_roles(layer) -> tuple[str, ...]:
+    """The roles of the Linear whose output ends a layer (its first module in backward): the MLP's
+    down projection, or the shared expert's where the shared expert runs after the routed experts
+    and adds to their sum unscaled (Granite-4.0-H: modeling_granitemoehybrid's decoder layer adds
+    shared_mlp(x) to block_sparse_moe(x); Llama 4: Llama4TextMoe.forward adds the routed sum into
+    shared_expert(x)). Where the routed experts come last, no Linear ends the layer."""
+    moe = layer.moe
+    if moe is not None and moe.shared_intermediate and (moe.shared_fused or not moe.shared_first) \
+            and not moe.shared_scale:
+        return ("down", "shared_down")
+    return ("down",)
+
+
 def recompute_incoming_grads(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
     """Gradients in flight while checkpointing recomputes a layer.
 
     Recomputation starts lazily, at the first backward node of the layer that needs one of its
     saved tensors; the gradients made before it are alive through it: the gradient of the
-    layer's output (T*h in the residual stream's dtype), and when DoRA targets down_proj, the last module,
+    layer's output (T*h in its dtype, :func:`layer_output_bytes`), and when DoRA targets down_proj, the last module,
     the fp32 gradients its output ops made before lora_B's backward asked for the
     recomputation: the magnitude scale's (T*h*4) and, when the hidden stream is 16-bit, the
     cast of the output back from fp32 (T*h*4 more). Tracer, Mistral-7B r8 all-linear, batch 4,
@@ -1502,13 +1534,24 @@ def recompute_incoming_grads(model: ModelSpec, train: TrainSpec, prec: Precision
     if not train.gradient_checkpointing:
         return 0
     t, h = train.tokens, model.hidden_size
-    grads = t * h * prec.stream
-    if train.is_dora and any(lin.role == "down" for lin in targets.targeted_linears(model, train.target_modules)):
+    grads = t * h * layer_output_bytes(model, prec)
+    last = layer_output_roles(model.layer)
+    if train.is_dora and any(lin.role in last for lin in targets.targeted_linears(model, train.target_modules)):
         grads += t * h * FP32 * (1 if prec.hidden == FP32 else 2)
         grads += 0 if prec.hidden == FP32 else t * h * prec.hidden  # the base output's gradient, cast back
         if model.traits.residual_multiplier and prec.hidden == FP32:
             grads += t * h * FP32  # Granite: the MLP output's gradient, times the multiplier
     return grads
+
+
+def experts_backward_incoming_grads(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
+    """Gradients in flight at the routed experts' own backward, after the recomputation: the
+    layer output's (T*h, :func:`layer_output_bytes`). A shared expert that ends the layer
+    (:func:`layer_output_roles`, Llama 4) has run its backward by then, so its DoRA gradients
+    (:func:`recompute_incoming_grads`) are spent. 0 without checkpointing."""
+    if not train.gradient_checkpointing:
+        return 0
+    return train.tokens * model.hidden_size * layer_output_bytes(model, prec)
 
 
 def embedding_backward_workspace(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:

@@ -297,7 +297,8 @@ def test_torch_path_mamba_saved_set_in_every_precision(torch_stack):
 
     spec = model_from_config({"model_type": "granitemoehybrid", **MAMBA_ONLY}, "tiny-granite-mamba")
     view = spec.by_kind()[0]
-    for method, precision in (("qdora", "pure"), ("qlora", "autocast"), ("lora", "pure"), ("lora", "mixed")):
+    for method, precision in (("qdora", "pure"), ("qlora", "autocast"), ("lora", "pure"), ("lora", "mixed"),
+                              ("full", "autocast")):
         train = TrainSpec(method=method, precision=precision, dtype="bf16", rank=4, batch_size=2, seq_len=72,
                           kernels="torch")
         prec = C.precision(train, "bf16")
