@@ -29,6 +29,7 @@ from planner.memory import terms as C
 from planner.memory import layer as M
 from planner.memory import sharding as S
 from planner.model import inventory as inv
+from planner.model.architectures import Linear
 from planner.model.specs import ModelSpec, TrainSpec
 
 from planner.units import PHASES
@@ -399,6 +400,24 @@ def _layer_experts(s: Step):
         return None
     return dict(**s.persistent, activations__saved=s.saved - s.final_norm, activations__autocast_weights=s.layer_copies,
                 transient__module=work, **s.parallel("in_layer", s.layer))
+
+
+@moment("forward", "layer_unpermute")
+def _layer_unpermute(s: Step):
+    """Without checkpointing, the end of the last layer's grouped experts: its saved set but what
+    it saves after them (terms.saved_after_experts), the decoder's locals of an MLP-side module
+    (layer.layer_locals: the embedding output, the layer's input, the attention block's sum)
+    and the routed output's product and reordered copy (terms.moe_unpermute_transient)."""
+    routed = s._last(C.moe_unpermute_transient)
+    if not routed:
+        return None
+    locals_ = s._last(M.layer_locals, lin=_EXPERTS)
+    saved = s.saved - s.final_norm - s._last(C.saved_after_experts)
+    return dict(**s.persistent, activations__saved=saved, activations__autocast_weights=s.layer_copies,
+                transient__module=locals_ + routed, **s.parallel("in_layer", s.layer))
+
+
+_EXPERTS = Linear("experts", 0, 0, role="experts")  # the fused experts: an MLP-side module, for layer_locals
 
 
 @moment("forward", "last_layer_unsharded")

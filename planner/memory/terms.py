@@ -986,6 +986,21 @@ def moe_recompute_locals(model: ModelSpec, train: TrainSpec, prec: Precision) ->
     return gathered + (routed if last else 0) + max(down, routed * (1 if last else 2))
 
 
+def moe_unpermute_transient(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
+    """Without checkpointing, the end of a layer's grouped experts (transformers 5.23
+    integrations/moe.py grouped_mm_experts_forward): the routed output times the routing
+    weights and its reordered copy, 2*S*h*p (S = T*k pairs, p the product's bytes: the wider of
+    the stream's and the routing weights'), beside the layer's saved set up to the experts.
+    Tracer, DeepSeek-V3 cut to 2 layers, LoRA fp16 pure on 2 GPUs (FSDP), batch 4 x 1600: two
+    fp32 [51200, 7168] at the forward peak (the all-gathered MoE layer beside them), which the
+    plan had 2.9% under without them. 0 with checkpointing (:func:`moe_forward_workspace`,
+    :func:`moe_recompute_locals`) or without grouped experts."""
+    moe = model.layer.moe
+    if train.gradient_checkpointing or moe is None or moe.dispatch != "grouped":
+        return 0
+    return 2 * train.tokens * moe.top_k * model.hidden_size * max(prec.stream, routing_weight_bytes(model, prec))
+
+
 def saved_after_experts(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
     """What a layer saves after its routed experts (the entries of :func:`layer_saved_sequence`
     after the MLP's, but the base Linears' inputs, which the earlier modules made): a shared
