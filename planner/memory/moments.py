@@ -412,6 +412,9 @@ def _layer_unpermute(s: Step):
     if not routed:
         return None
     locals_ = s._last(M.layer_locals, lin=_EXPERTS)
+    if s.layer % s.model.num_layers == C.first_targeted_layer(s.model, s.train):
+        # the first targeted layer's merged expert weight, not kept (terms.experts_merged_unkept)
+        routed += s._last(C.experts_merged_unkept)
     saved = s.saved - s.final_norm - s._last(C.saved_after_experts)
     return dict(**s.persistent, activations__saved=saved, activations__autocast_weights=s.layer_copies,
                 transient__module=locals_ + routed, **s.parallel("in_layer", s.layer))
@@ -488,6 +491,9 @@ def _dequant_part(s: Step):
 
 def _moe_part(s: Step):
     workspace = s._last(C.moe_backward_workspace)
+    if s.layer % s.model.num_layers == C.first_targeted_layer(s.model, s.train):
+        # the first targeted layer's merge backward, its merged weight not kept
+        workspace = max(workspace, s._last(C.moe_unkept_merge_backward))
     if not workspace:
         return None
     return dict(transient__recompute=s.recompute + s.in_flight if s.gc else 0, transient__moe_backward=workspace)
