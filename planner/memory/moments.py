@@ -568,6 +568,18 @@ moment("backward", "layer_dequant")(_last_layer(_dequant_part))
 moment("backward", "layer_moe")(_last_layer(_moe_part))
 
 
+@moment("backward", "layer_experts_grads")
+def _layer_experts_grads(s: Step):
+    """Full fine-tuning without checkpointing: the last layer's experts once their weight
+    gradients are formed, its saved set but what its backward has freed (terms.moe_full_backward_moment)."""
+    freed, made, work = s._last(C.moe_full_backward_moment)
+    if not made or not S.strategy(s.train).whole_gradients:
+        return None
+    return dict(**s.persistent, grads=s.head_grads + made, activations__saved=s.saved - s.final_norm - freed,
+                activations__autocast_weights=s.back_copies, transient__moe_backward=work,
+                **s.parallel("backward_layer", s.layer))
+
+
 @moment("backward", "layer_dora")
 def _layer_dora(s: Step):
     """An adapted module's own backward in the last layer (DoRA's fp32 gradients)."""

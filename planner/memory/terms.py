@@ -893,6 +893,30 @@ def shared_output_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> 
     return train.tokens * (model.hidden_size + 1) * prec.hidden
 
 
+def moe_full_backward_moment(model: ModelSpec, train: TrainSpec, prec: Precision) -> tuple[int, int, int]:
+    """Full fine-tuning without checkpointing, the last layer's grouped experts in backward once
+    gate_up's weight gradient is formed (transformers 5.23 grouped_mm_experts_forward run back):
+    (the layer's saved set already freed, the expert weight gradients made, the workspace).
+    Freed: the shared expert's set (its backward ran first) and the experts' but the gathered
+    input, which gate_up's weight gradient reads; made: every routed expert weight's gradient
+    (E*3*I*h, in the weights' dtype); workspace: the gradients of the gate_up output and of the
+    gathered input, S*(2I + h)*x, and the layer output's gradient in flight with its copy,
+    2*T*h*x. Tracer, DeepSeek-V3 cut to 2 layers, full bf16 autocast, batch 4 x 2048: the
+    [256, 4096, 7168] gradient beside the down one, [65536, 4096] and [65536, 7168] gradients and
+    the [65536, 7168] gathered input, the backward peak, which the plan had 5.4% under (its
+    embedding's moment). (0, 0, 0) with checkpointing, for adapters, or without grouped experts."""
+    moe = model.layer.moe
+    if (train.method != "full" or train.gradient_checkpointing or moe is None or moe.dispatch != "grouped"
+            or moe.activation == "clamped_swiglu"):
+        return 0, 0, 0
+    t, h, i, x = train.tokens, model.hidden_size, moe.intermediate, prec.stream
+    pairs = t * moe.top_k
+    freed = (shared_expert_saved(model, train, prec) + shared_output_saved(model, train, prec)
+             + moe_saved_parts(model, train, prec)["experts"] - pairs * h * x)
+    made = moe.experts * 3 * i * h * parameter_bytes(train, prec)
+    return freed, made, pairs * (2 * i + h) * x + 2 * t * h * x
+
+
 def moe_backward_workspace(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
     """The backward of a LoRA-wrapped fused expert weight: the grouped matmul's gradient with
     respect to the merged weight (E*in*out in the weight's dtype), which exists whole before
