@@ -28,7 +28,6 @@ from typing import Callable
 from planner.memory import terms as C
 from planner.memory import layer as M
 from planner.memory import sharding as S
-from planner.memory.variants import variant
 from planner.model import inventory as inv
 from planner.model.architectures import Linear
 from planner.model.specs import ModelSpec, TrainSpec
@@ -539,23 +538,14 @@ def _last_layer(part):
     return last_layer
 
 
-def _first_layer(part, walked: bool = False, before_own: bool = False):
+def _first_layer(part, walked: bool = False):
     """The first layer's moment of ``part``; a ``walked`` part gives way to the walk of full
-    fine-tuning's first layer with checkpointing (:func:`_first_layer_walk`). A part that comes
-    ``before_own`` gradients (the recomputation, which the layer's first backward node asks for)
-    has every gradient made but the first layer's own (whole gradients: one GPU, DDP). Tracer,
-    DeepSeek-V3.2-Exp cut to 2 layers, full fine-tuning pure bf16 with checkpointing, batch 1 x
-    2048: at layer 0's recomputed indexer scoring none of layer 0's gradients exist yet."""
+    fine-tuning's first layer with checkpointing (:func:`_first_layer_walk`)."""
     def first_layer(s: Step):
         values = None if walked and s.walk and s.gc else part(s.first_view)
         if values is None:
             return None
-        # (adapters' own gradients, small, stand for the transients of the layer's backward after
-        # the recomputation: a bound kept; tracer, Llama-3.2-1B 2 layers, QDoRA with checkpointing:
-        # the plan 0.02% further under without them)
-        trains_base = variant(s.train).adapter.trains_base
-        own = s.first_view.layer_grads if before_own and trains_base and S.strategy(s.train).whole_gradients else 0
-        return dict(**s.persistent, grads=s.made - own, activations__input_leaf=s.leaf, **values,
+        return dict(**s.persistent, grads=s.made, activations__input_leaf=s.leaf, **values,
                     **s.parallel("backward_end", 0))
     first_layer.__doc__ = f"The first layer's backward, every gradient made: {part.__name__.strip('_').replace('_', ' ')}."
     return first_layer
@@ -609,8 +599,8 @@ def _softmax_part(s: Step):
     return dict(activations__saved=kept, transient__attention=work)
 
 
-moment("backward", "first_layer_recompute")(_first_layer(_recompute_part, walked=True, before_own=True))
-moment("backward", "first_layer_recompute_module")(_first_layer(_recompute_module_part, walked=True, before_own=True))
+moment("backward", "first_layer_recompute")(_first_layer(_recompute_part, walked=True))
+moment("backward", "first_layer_recompute_module")(_first_layer(_recompute_module_part, walked=True))
 moment("backward", "first_layer_dequant")(_first_layer(_dequant_part))
 
 
