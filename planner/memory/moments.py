@@ -29,6 +29,7 @@ from planner.memory import terms as C
 from planner.memory import layer as M
 from planner.memory import sharding as S
 from planner.model import inventory as inv
+from planner.model.architectures import Linear
 from planner.model.specs import ModelSpec, TrainSpec
 
 from planner.units import PHASES
@@ -213,6 +214,34 @@ class Step:
         return 0 if self.gc else self._term(C.eager_masks)
 
     @cached_property
+    def unrun(self) -> int:
+        """The saved sets of the layers after :attr:`layer`, not made yet while it runs forward
+        (0 for the last layer): their checkpointed inputs with checkpointing, else their kinds'
+        saved sets, but what the layers up to the first targeted one do not keep where that
+        comes after :attr:`layer` (terms.leading_unrecorded). Tracer, DeepSeek-V3.2-Exp cut to
+        a dense and a MoE layer, LoRA bs1x8192: the dense layer 0's indexer scoring holds no
+        tensor of layer 1 (the plan 7.8% over the forward when it kept layer 1's set)."""
+        n = self.model.num_layers
+        index = self.layer % n
+        if index == n - 1:
+            return 0
+        if self.gc:  # layer j's checkpointed input is layer j-1's output (terms.checkpoint_inputs)
+            return self.train.tokens * self.model.hidden_size * sum(
+                C.layer_output_bytes(self.model.kind_view(j), self.prec) for j in range(index, n - 1))
+        views = [self.model.kind_view(j) for j in range(n)]
+        later = sum(C.layer_saved(views[j], self.train, self.prec) for j in range(index + 1, n))
+        if C.first_targeted_layer(self.model, self.train) > index:
+            up_to = sum(C.layer_saved(views[j], self.train, self.prec) for j in range(index + 1))
+            later -= max(0, self._term(C.leading_unrecorded) - up_to)
+        return later
+
+    @property
+    def forward_saved(self) -> int:
+        """What the forward has saved while :attr:`layer` runs, beside that layer's own set:
+        every activation but the final norm's and the later layers' (:attr:`unrun`)."""
+        return self.saved - self.final_norm - self.unrun
+
+    @cached_property
     def per_layer(self) -> int:
         return self._last(C.layer_saved)
 
@@ -340,15 +369,16 @@ def step_memory(model: ModelSpec, train: TrainSpec, dtype: str) -> StepMemory:
 def _layer_views(step: Step) -> tuple[Step, ...]:
     """The step, and where a model's kinds differ in their modules (the hybrids: Mamba-2, short
     convolutions, attention-only and MLP-only layers), the step with each other kind's layer in
-    the last layer's place: its in-layer moments read that kind, beside every other layer's
-    saved set (a bound: the layers after it have not run yet when it does). Tracer, Nemotron-H-8B
+    its own place: its in-layer moments read that kind, beside the saved sets of the layers
+    before it (:attr:`Step.unrun`: the layers after it have not run yet). Tracer, Nemotron-H-8B
     widths cut to 3 layers (Mamba-2, MLP, attention), DoRA bs1x512: the MLP layer's DoRA norm
     transient is the forward peak, 1.5 times what the attention layer's moment plans."""
     kinds = step.model.kinds
     if len(kinds) < 2 or len({k.layer.linears for k in kinds}) < 2:
         return (step,)
-    last = step.model.num_layers - 1
-    return (step,) + tuple(replace(step, layer=k.indices[-1]) for k in kinds if k.indices[-1] != last)
+    # every kind's last layer but the step's own (the step's may be another kind's: _worst_last_layer)
+    n = step.model.num_layers
+    return (step,) + tuple(replace(step, layer=k.indices[-1]) for k in kinds if k.indices[-1] % n != step.layer % n)
 
 
 def clear_caches() -> None:
@@ -374,19 +404,19 @@ def _layer_module(s: Step):
     """The last layer's worst per-module transient (before lm_head has run): that layer has
     kept only what came before the module; a checkpointed layer keeps nothing in its forward."""
     fwd = s.fwd
-    saved = s.saved - s.final_norm + fwd.live + (0 if s.gc else fwd.before - s.per_layer)
+    saved = s.forward_saved + fwd.live + (0 if s.gc else fwd.before - s.per_layer)
     return dict(**s.persistent, activations__saved=saved, activations__autocast_weights=s.layer_copies,
                 transient__module=fwd.locals + fwd.working, transient__dequant=fwd.dequant,
                 transient__dora=fwd.dora, **s.parallel("in_layer", s.layer))
 
 
-@moment("forward", "layer_experts")
-def _layer_experts(s: Step):
+@moment("forward", "layer_dense_experts")
+def _layer_dense_experts(s: Step):
     """The last layer's experts forming their output where every expert sees every token (Llama 4)."""
     before, working = s._last(C.dense_moe_forward_moment)
     if not working:
         return None
-    saved = s.saved - s.final_norm + before - (0 if s.gc else s.per_layer)
+    saved = s.forward_saved + before - (0 if s.gc else s.per_layer)
     return dict(**s.persistent, activations__saved=saved, activations__autocast_weights=s.layer_copies,
                 transient__module=working, **s.parallel("in_layer", s.layer))
 
@@ -395,7 +425,7 @@ def _layer_experts(s: Step):
 def _layer_softmax(s: Step):
     """Eager attention's softmax in the last layer's forward."""
     eager = s._last(M.eager_forward_moment)
-    saved = s.saved - s.final_norm + eager.live + eager.before + (0 if s.gc else -s.per_layer) + s.masks
+    saved = s.forward_saved + eager.live + eager.before + (0 if s.gc else -s.per_layer) + s.masks
     return dict(**s.persistent, activations__saved=saved, activations__autocast_weights=s.layer_copies,
                 transient__module=eager.locals, transient__attention=eager.working, **s.parallel("in_layer", s.layer))
 
@@ -407,8 +437,29 @@ def _layer_experts(s: Step):
     work = s._last(C.moe_forward_workspace)
     if not work:
         return None
-    return dict(**s.persistent, activations__saved=s.saved - s.final_norm, activations__autocast_weights=s.layer_copies,
+    return dict(**s.persistent, activations__saved=s.forward_saved, activations__autocast_weights=s.layer_copies,
                 transient__module=work, **s.parallel("in_layer", s.layer))
+
+
+@moment("forward", "layer_unpermute")
+def _layer_unpermute(s: Step):
+    """Without checkpointing, the end of the last layer's grouped experts: its saved set but what
+    it saves after them (terms.saved_after_experts), the decoder's locals of an MLP-side module
+    (layer.layer_locals: the embedding output, the layer's input, the attention block's sum)
+    and the routed output's product and reordered copy (terms.moe_unpermute_transient)."""
+    routed = s._last(C.moe_unpermute_transient)
+    if not routed:
+        return None
+    locals_ = s._last(M.layer_locals, lin=_EXPERTS)
+    if s.layer % s.model.num_layers == C.first_targeted_layer(s.model, s.train):
+        # the first targeted layer's merged expert weight, not kept (terms.experts_merged_unkept)
+        routed += s._last(C.experts_merged_unkept)
+    saved = s.forward_saved - s._last(C.saved_after_experts)
+    return dict(**s.persistent, activations__saved=saved, activations__autocast_weights=s.layer_copies,
+                transient__module=locals_ + routed, **s.parallel("in_layer", s.layer))
+
+
+_EXPERTS = Linear("experts", 0, 0, role="experts")  # the fused experts: an MLP-side module, for layer_locals
 
 
 @moment("forward", "last_layer_unsharded")
@@ -417,7 +468,7 @@ def _last_layer_unsharded(s: Step):
     all-gather buffers."""
     if not s.train.parallel:
         return None
-    saved = s.saved - s.final_norm - (0 if s.gc else s.per_layer)
+    saved = s.forward_saved - (0 if s.gc else s.per_layer)
     return dict(**s.persistent, activations__saved=saved, activations__autocast_weights=s.layer_copies,
                 **s.parallel("layer_start", s.layer))
 
@@ -484,6 +535,9 @@ def _dequant_part(s: Step):
 
 def _moe_part(s: Step):
     workspace = s._last(C.moe_backward_workspace)
+    if s.layer % s.model.num_layers == C.first_targeted_layer(s.model, s.train):
+        # the first targeted layer's merge backward, its merged weight not kept
+        workspace = max(workspace, s._last(C.moe_unkept_merge_backward))
     if not workspace:
         return None
     in_flight = s._last(C.experts_backward_incoming_grads)
@@ -538,6 +592,18 @@ moment("backward", "layer_recompute_experts")(_last_layer(_recompute_experts_par
 moment("backward", "layer_recompute_down")(_last_layer(_recompute_down_part))
 moment("backward", "layer_dequant")(_last_layer(_dequant_part))
 moment("backward", "layer_moe")(_last_layer(_moe_part))
+
+
+@moment("backward", "layer_experts_grads")
+def _layer_experts_grads(s: Step):
+    """Full fine-tuning without checkpointing: the last layer's experts once their weight
+    gradients are formed, its saved set but what its backward has freed (terms.moe_full_backward_moment)."""
+    freed, made, work = s._last(C.moe_full_backward_moment)
+    if not made or not S.strategy(s.train).whole_gradients:
+        return None
+    return dict(**s.persistent, grads=s.head_grads + made, activations__saved=s.saved - s.final_norm - freed,
+                activations__autocast_weights=s.back_copies, transient__moe_backward=work,
+                **s.parallel("backward_layer", s.layer))
 
 
 @moment("backward", "layer_dora")

@@ -18,7 +18,7 @@ from planner.model import targets
 from planner.model import inventory as inv
 from planner.model.architectures import (ATTENTION_INPUT_ROLES, ATTENTION_ROLES, DELTA_INPUT_ROLES, K_SIDE, LATENT_ROLES,
                                          MIXER_INPUT_ROLES, MLP_INPUT_ROLES, NORM_READER_ROLES, Q_SIDE, ROUTER_ROLES, V_SIDE,
-                                         Linear, Norm)
+                                         SHARED_ROLES, Linear, Norm)
 from planner.model.specs import DTYPE_BYTES, ModelSpec, TrainSpec
 from planner.memory.variants import variant
 from planner.units import FP32, ceil_div
@@ -955,6 +955,30 @@ def shared_output_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> 
     return train.tokens * (model.hidden_size + 1) * prec.hidden
 
 
+def moe_full_backward_moment(model: ModelSpec, train: TrainSpec, prec: Precision) -> tuple[int, int, int]:
+    """Full fine-tuning without checkpointing, the last layer's grouped experts in backward once
+    gate_up's weight gradient is formed (transformers 5.23 grouped_mm_experts_forward run back):
+    (the layer's saved set already freed, the expert weight gradients made, the workspace).
+    Freed: the shared expert's set (its backward ran first) and the experts' but the gathered
+    input, which gate_up's weight gradient reads; made: every routed expert weight's gradient
+    (E*3*I*h, in the weights' dtype); workspace: the gradients of the gate_up output and of the
+    gathered input, S*(2I + h)*x, and the layer output's gradient in flight with its copy,
+    2*T*h*x. Tracer, DeepSeek-V3 cut to 2 layers, full bf16 autocast, batch 4 x 2048: the
+    [256, 4096, 7168] gradient beside the down one, [65536, 4096] and [65536, 7168] gradients and
+    the [65536, 7168] gathered input, the backward peak, which the plan had 5.4% under (its
+    embedding's moment). (0, 0, 0) with checkpointing, for adapters, or without grouped experts."""
+    moe = model.layer.moe
+    if (train.method != "full" or train.gradient_checkpointing or moe is None or moe.dispatch != "grouped"
+            or moe.activation == "clamped_swiglu"):
+        return 0, 0, 0
+    t, h, i, x = train.tokens, model.hidden_size, moe.intermediate, prec.stream
+    pairs = t * moe.top_k
+    freed = (shared_expert_saved(model, train, prec) + shared_output_saved(model, train, prec)
+             + moe_saved_parts(model, train, prec)["experts"] - pairs * h * x)
+    made = moe.experts * 3 * i * h * parameter_bytes(train, prec)
+    return freed, made, pairs * (2 * i + h) * x + 2 * t * h * x
+
+
 def moe_backward_workspace(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
     """The backward of a LoRA-wrapped fused expert weight: the grouped matmul's gradient with
     respect to the merged weight (E*in*out in the weight's dtype), which exists whole before
@@ -983,6 +1007,21 @@ def moe_backward_workspace(model: ModelSpec, train: TrainSpec, prec: Precision) 
     # tensors at the backward peak, the plan 6.3% under without them)
     inputs = pairs * (2 * model.hidden_size + 2 * moe.intermediate) * x
     return max(down, inputs)
+
+
+def moe_unkept_merge_backward(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
+    """Where the merged expert weight is not kept (:func:`experts_merged_unkept`), peft's merge
+    backward: the merged weight's gradient (E*in*out in the weight's dtype) beside lora_B's
+    (E x out x r, the matmul's and its scaled copy, in the stream's dtype), no saved set of the
+    layer left to free. Tracer, DeepSeek-V3 cut to 2 layers, LoRA on the experts' down, batch
+    1 x 512: two bf16 [256, 7168, 16] beside the [256, 7168, 2048] weight gradient at the backward
+    peak. (Where the merged weight is kept, its release after the grouped matmul's backward
+    outweighs lora_B's gradient: :func:`moe_backward_workspace`.) 0 otherwise."""
+    if not experts_merged_unkept(model, train, prec):
+        return 0
+    by_part = {tg.part: tg for tg in targets.targeted_parameters(model, train)}
+    first = by_part.get("down") or by_part.get("gate_up")
+    return first.weight * parameter_bytes(train, prec) + 2 * first.experts * first.rank * first.out_features * prec.stream
 
 
 def moe_forward_workspace(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
@@ -1060,6 +1099,24 @@ def moe_pair_gradient(model: ModelSpec, train: TrainSpec, prec: Precision) -> in
             or model.layer.norms_at("mlp_out")):
         return 0
     return train.tokens * moe.top_k * model.hidden_size * max(prec.stream, routing_weight_bytes(model, prec))
+
+
+def moe_unpermute_transient(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
+    """Without checkpointing, the end of a layer's grouped experts (transformers 5.23
+    integrations/moe.py grouped_mm_experts_forward): the routed output times the routing
+    weights and its reordered copy, 2*S*h*p (S = T*k pairs, p the product's bytes: the wider of
+    the stream's and the routing weights'), beside the layer's saved set up to the experts.
+    Tracer, DeepSeek-V3 cut to 2 layers, LoRA fp16 pure on 2 GPUs (FSDP), batch 4 x 1600: two
+    fp32 [51200, 7168] at the forward peak (the all-gathered MoE layer beside them), which the
+    plan had 2.9% under without them. 0 with checkpointing (:func:`moe_forward_workspace`,
+    :func:`moe_recompute_locals`) or without grouped experts."""
+    moe = model.layer.moe
+    if train.gradient_checkpointing or moe is None or moe.dispatch != "grouped":
+        return 0
+    pairs, h = train.tokens * moe.top_k, model.hidden_size
+    # frozen experts keep no gathered input, but it lives to the end of the experts (moe_recompute_locals)
+    gathered = 0 if experts_trained(model, train) else pairs * h * norm_output_bytes(model, prec)
+    return gathered + 2 * pairs * h * max(prec.stream, routing_weight_bytes(model, prec))
 
 
 def saved_after_experts(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
@@ -1342,7 +1399,7 @@ def activations_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> in
             layers += train.tokens * model.hidden_size * prec.stream
     else:
         layers = (sum(view.num_layers * layer_saved(view, train, prec) for view in model.by_kind())
-                  - first_norm_unrecorded(model, train, prec) - first_layer_unrecorded(model, train, prec)
+                  - leading_unrecorded(model, train, prec)
                   + sliding_mask_saved(model, train, prec) + shared_kv_kept(model, train, prec))
     return layers + model_level_saved(model, train, prec)
 
@@ -1362,6 +1419,34 @@ def shared_kv_kept(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
         return 0
     stores = {view.kinds[0].attention_type: view.kv_dim for view in model.by_kind() if not view.traits.kv_shared}
     return sum(2 * train.tokens * kv * prec.hidden for kv in stores.values())
+
+
+def first_targeted_layer(model: ModelSpec, train: TrainSpec) -> int:
+    """The first decoder layer whose kind holds a targeted module or fused parameter: 0 but where
+    the first kinds hold none (DeepSeek-V3's dense first layers under targets only their experts
+    have: ``down_proj``, which peft rewrites to the experts' fused down; transformers 5.23
+    DeepseekV3MLP's own down_proj is then left alone)."""
+    if len(model.kinds) < 2 or not train.is_adapter:
+        return 0
+    held = [kind.indices[0] for view, kind in zip(model.by_kind(), model.kinds)
+            if targets.targeted_names(view, train) or targets.targeted_parameters(view, train)]
+    return min(held, default=0)
+
+
+def leading_unrecorded(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
+    """What the layers up to the first one holding a target (:func:`first_targeted_layer`) do
+    not keep: with a frozen embedding and no checkpointing nothing before the first adapter needs
+    a gradient, so the layers before it keep nothing at all, and that layer keeps what a first
+    layer keeps (:func:`first_norm_unrecorded`, :func:`first_layer_unrecorded`, read at its
+    kind). Tracer, DeepSeek-V3 cut to a dense and a MoE layer, LoRA on ``down_proj`` (the
+    experts' fused down only), batch 1 x 512: no tensor of the dense layer nor of the MoE
+    layer's attention, router or shared expert at the backward peak, and no merged down weight."""
+    first = first_targeted_layer(model, train)
+    view = model.kind_view(first) if first else model
+    if first and (targets.trains_embedding(train) or train.gradient_checkpointing or train.modules_to_save):
+        first, view = 0, model
+    before = sum(layer_saved(model.kind_view(i), train, prec) for i in range(first))
+    return before + first_norm_unrecorded(view, train, prec) + first_layer_unrecorded(view, train, prec)
 
 
 def first_norm_unrecorded(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
@@ -1452,8 +1537,10 @@ def first_layer_unrecorded(model: ModelSpec, train: TrainSpec, prec: Precision) 
     adapter = variant(train).adapter
     out += sum(adapter.dropout_unrecorded(lin, train, prec) for lin in layer.linears
                if lin.role in no_grad_input and lin.role in roles)
-    if attention or (layer.moe is not None and not layer.moe.beside_dense):
+    if attention:
         return out
+    if layer.moe is not None and not layer.moe.beside_dense:
+        return out + routed_experts_unrecorded(model, train, prec, roles)
     out += sum(norm_saved(model, train, prec, n) for n in layer.norms_at("attn_out", "mlp_in"))
     mlp = t * model.intermediate_size * prec.hidden
     if layer.by_role("gate", "up") and not layer.by_role("fc_in"):
@@ -1463,6 +1550,61 @@ def first_layer_unrecorded(model: ModelSpec, train: TrainSpec, prec: Precision) 
     if layer.moe is not None:
         out += first_experts_unrecorded(model, train, prec, roles)
     return out
+
+
+def routed_experts_unrecorded(model: ModelSpec, train: TrainSpec, prec: Precision, roles: set[str]) -> int:
+    """:func:`first_layer_unrecorded`'s share of a MoE layer (grouped experts in place of the
+    MLP) when no attention module is targeted: the MoE's input needs no gradient, so its norms
+    and, untargeted, the router and the shared expert keep nothing; a LoRA-merged fused weight
+    keeps no merged copy for its input's gradient (:func:`experts_merged_unkept`), and with down
+    alone targeted the experts keep only act(gate)*up for its weight gradient, the routing weights
+    for the down output's and the int64 indices: the gathered input, gate_up output, act(gate) and
+    down output, S*(2h + 3I)*x, are not kept. Tracer, DeepSeek-V3 cut to 2 layers, LoRA on
+    ``down_proj`` (the experts' down only), batch 1 x 512: layer 1 keeps [4096, 2048] act(gate)*up,
+    the routing weights and the factors' copies only. Other MoE layouts are left whole (a bound)."""
+    moe = model.layer.moe
+    parts_targeted = {tg.part for tg in targets.targeted_parameters(model, train)}
+    if not _experts_input_gradless(model, train, roles):
+        return 0
+    out = sum(norm_saved(model, train, prec, n) for n in model.layer.norms_at("attn_out", "mlp_in"))
+    parts = moe_saved_parts(model, train, prec)
+    out += parts["router"] + (0 if roles & SHARED_ROLES else shared_expert_saved(model, train, prec))
+    if "gate_up" not in parts_targeted:
+        out += train.tokens * moe.top_k * (2 * model.hidden_size + 3 * moe.intermediate) * prec.stream
+    by_part = {tg.part: tg for tg in targets.targeted_parameters(model, train)}
+    first = by_part.get("gate_up") or by_part.get("down")
+    return out + first.weight * parameter_bytes(train, prec)  # its merged weight (experts_merged_unkept)
+
+
+def experts_merged_unkept(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
+    """The LoRA-merged fused expert weight (peft's ParamWrapper, W + s*B@A) that the first
+    targeted layer's grouped matmul does not keep, its input needing no gradient (torch's
+    derivatives: a matmul keeps ``b`` only for ``a``'s gradient): the first fused part the experts
+    run (gate_up, else down), in the weight's dtype, and with down alone targeted the gathered
+    input and the down output (2*S*h*x); they still exist while the experts run (the forward's
+    end of the experts, planner.memory.moments). 0 where the layer's MoE input
+    needs a gradient (:func:`routed_experts_unrecorded`'s conditions)."""
+    if targets.trains_embedding(train) or train.gradient_checkpointing or not train.is_adapter or model.layer.moe is None:
+        return 0
+    roles = {lin.role for lin in model.layer.linears if lin.name in targets.targeted_names(model, train)}
+    if roles & ATTENTION_ROLES or not _experts_input_gradless(model, train, roles):
+        return 0
+    by_part = {tg.part: tg for tg in targets.targeted_parameters(model, train)}
+    first = by_part.get("gate_up") or by_part.get("down")
+    # with down alone targeted, the gathered input and the down output are not kept either, yet
+    # live to the end of the experts (tracer: two bf16 [4096, 7168] beside the merged weight)
+    locals_ = 0 if "gate_up" in by_part else 2 * train.tokens * model.layer.moe.top_k * model.hidden_size * prec.stream
+    return first.weight * parameter_bytes(train, prec) + locals_
+
+
+def _experts_input_gradless(model: ModelSpec, train: TrainSpec, roles: set[str]) -> bool:
+    """Whether a MoE layer (grouped experts in place of the MLP, LoRA on their fused weights
+    only) whose attention is untargeted reads an input that needs no gradient: no router nor
+    MLP-input module targeted (the layout :func:`routed_experts_unrecorded` plans)."""
+    moe = model.layer.moe
+    parts = {tg.part for tg in targets.targeted_parameters(model, train)}
+    return (moe.dispatch == "grouped" and not moe.beside_dense and moe.activation != "clamped_swiglu"
+            and not roles & (ROUTER_ROLES | MLP_INPUT_ROLES) and bool(parts) and parts <= {"gate_up", "down"})
 
 
 def first_experts_unrecorded(model: ModelSpec, train: TrainSpec, prec: Precision, roles: set[str]) -> int:
