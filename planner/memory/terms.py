@@ -1055,7 +1055,7 @@ def layer_saved_sequence(model: ModelSpec, train: TrainSpec, prec: Precision) ->
         if layer.traits.output_gate:
             seq.append(("output_gate", output_gate_saved(model, train, prec)))
         seq += adapters("o", "delta_out")
-    seq += norms("attn_out", "mlp_in", "mlp_out")
+    seq += norms("attn_out", "mlp_in")
     moe = layer.moe
     shared = []
     if moe is not None and moe.shared_intermediate and not moe.shared_fused:
@@ -1081,6 +1081,10 @@ def layer_saved_sequence(model: ModelSpec, train: TrainSpec, prec: Precision) ->
         seq += adapters("down")
     if moe is not None and not moe.shared_first:  # Llama 4: after the routed experts
         seq += shared
+    # the MLP output's norm (sandwich and post-norm layers) runs after the MLP: not made yet while
+    # down_proj runs (tracer, EXAONE-4.0-32B cut to 4 layers, DoRA with checkpointing, batch 4 x
+    # 2048: no fp32 post_feedforward_layernorm input at down_proj's weight norm in the recomputation)
+    seq += norms("mlp_out")
     if moe is not None and moe.shared_scale:
         seq += adapters("shared_scale")
         seq.append(("shared_output", shared_output_saved(model, train, prec)))
@@ -1385,6 +1389,17 @@ def recompute_incoming_grads(model: ModelSpec, train: TrainSpec, prec: Precision
         return 0
     t, h = train.tokens, model.hidden_size
     grads = t * h * prec.stream
+    if model.layer.norms_at("mlp_out"):
+        # a norm after the MLP (sandwich and post-norm layers): its backward reads its saved input
+        # first, so the recomputation starts before down_proj's output ops make any gradient
+        # (tracer, EXAONE-4.0-32B cut to 4 layers, DoRA bf16 autocast with checkpointing, batch 4
+        # x 2048: only the layer output's bf16 gradient in flight at down_proj's weight norm, the
+        # plan 3.9% over with DoRA's four). A norm that multiplies in fp32 and casts its output
+        # back (OLMo-2, Gemma) first makes the fp32 gradient of that cast (tracer, OLMo-3-7B cut
+        # to 4 layers, DoRA bf16 autocast with checkpointing, batch 1 x 512: a bf16 and an fp32
+        # [1, 512, 4096] gradient in flight)
+        cast_back = model.traits.norm == "rms_fp32_out" and prec.stream != FP32
+        return grads + (t * h * FP32 if cast_back else 0)
     if train.is_dora and any(lin.role == "down" for lin in targets.targeted_linears(model, train.target_modules)):
         grads += t * h * FP32 * (1 if prec.hidden == FP32 else 2)
         grads += 0 if prec.hidden == FP32 else t * h * prec.hidden  # the base output's gradient, cast back
