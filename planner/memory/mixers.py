@@ -92,8 +92,13 @@ def mamba_torch_saved(m: Mamba2, train: TrainSpec, prec) -> int:
     N 16, G 1, Q 32), batch 1 x 64: LoRA bf16 autocast 816,546 bytes, this sum to the byte, and
     LoRA pure bf16, QLoRA / QDoRA pure and autocast, LoRA mixed likewise, at 2 x 72 and 3 x 100
     too (tests/probes/test_hybrids_traced.py). A sequence that is not a multiple of Q pads each
-    chunk tensor to n*Q (counted as such). Trained mixer parameters (full fine-tuning) keep more: not
-    counted (full fine-tuning runs the fused kernels unless asked for the torch path)."""
+    chunk tensor to n*Q (counted as such).
+
+    Trained mixer parameters (full fine-tuning) keep more: D's product keeps the padded fp32 scan
+    input (b*n*Q*d*4), the gated norm's weight product its fp32 normalized input (T*d*4), out_proj
+    its input, the norm output cast to c (T*d*c), and dt_bias's sum an fp32 T*H (tracer,
+    Nemotron-H-8B cut to 3 layers, full bf16 autocast, torch path, batch 1 x 2048: 161 MiB more
+    than LoRA's Mamba-2 layer, these four; at 1 x 8192 the plan 2.3% under without them)."""
     b, t, c = train.batch_size, train.tokens, prec.compute
     x, w, autocast = prec.hidden, prec.stream, prec.autocast
     h, p, n_state, d = m.heads, m.head_dim, m.state, m.inner
@@ -113,7 +118,8 @@ def mamba_torch_saved(m: Mamba2, train: TrainSpec, prec) -> int:
             + (b * h * (n + 1) ** 2 * c if autocast else 0) + tp * h * n_state * s + b * n * h * n_state * p * s
             + tp * d * s)
     norm = tp * d * FP32 + (2 + (x != FP32)) * t * d * FP32 + t * m.groups * FP32
-    return conv + dt + scan + norm
+    trained = tp * d * FP32 + t * d * (FP32 + c) + t * h * FP32 if train.method == "full" else 0
+    return conv + dt + scan + norm + trained
 
 
 def short_conv_saved(m: ShortConv, path: str, train: TrainSpec, prec) -> int:

@@ -973,13 +973,19 @@ def linear_inputs_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> 
         return 0
     t, c = train.tokens, prec.compute
     moe = model.layer.moe is not None  # the MoE's input is counted in moe_saved
+    layer = model.layer
     if prec.autocast and norm_output_bytes(model, prec) != c:
-        readers = len(model.layer.by_role(*NORM_READER_ROLES))
+        readers = len(layer.by_role(*NORM_READER_ROLES))
     else:  # one attention input and one MLP input, shared; one for both in a parallel layer
-        # (Gemma 4's dense MLP beside the experts reads its own norm's output)
-        beside = moe and model.layer.moe.beside_dense
-        readers = 1 if (moe and not beside) or model.traits.placement == "parallel" else 2
-    mlp_inner = 0 if moe else model.intermediate_size
+        # (Gemma 4's dense MLP beside the experts reads its own norm's output); a hybrid's layer
+        # only those of the blocks it has (tracer, Nemotron-H-8B cut to 3 layers, full bf16, batch
+        # 1 x 8192: the Mamba-2 and attention layers keep one bf16 norm output, the MLP layer one
+        # and its down_proj input; the plan 2.7% over with two and the MLP's in every layer)
+        beside = moe and layer.moe.beside_dense
+        mixer_in = bool(layer.by_role(*ATTENTION_INPUT_ROLES, *MIXER_INPUT_ROLES))
+        mlp_in = bool(layer.by_role(*MLP_INPUT_ROLES)) and (not moe or beside)
+        readers = 1 if (moe and not beside) or model.traits.placement == "parallel" else mixer_in + mlp_in
+    mlp_inner = model.intermediate_size if layer.by_role("down") and not moe else 0
     o = model.layer.by_role("o")
     o_in = o[0].in_features if o else model.q_dim  # (MLA: heads x v dims; a layer without attention copies nothing)
     attention_output_copy = t * o_in * c if model.traits.rotary_concat or uses_eager(model, train) else 0
