@@ -28,14 +28,30 @@ def recompute_stop_extra(model: ModelSpec, train: TrainSpec, prec: Precision) ->
     for an adapter module, its base output (peft runs the base layer first; lora_A's output is
     the last tensor saved). Tracer, toy Llama (512-token vocabulary) LoRA, batch 4, seq 2048:
     down_proj's input and fp32 cast, its base output and the post-attention norm output are
-    live at the backward peak. 0 without checkpointing."""
+    live at the backward peak. Less what the layer saves after its last module, not made yet
+    there: the norms after it (:func:`saved_after_last_module`). 0 without checkpointing."""
     if not train.gradient_checkpointing:
         return 0
     last = model.linears[-1]
     targeted = last.name in targets.targeted_names(model, train)
-    live = (variant(train).adapter if targeted else NO_ADAPTER).input_live(last, train, prec)
+    adapter = variant(train).adapter if targeted else NO_ADAPTER
+    live = adapter.input_live(last, train, prec) + adapter.dropout_live(last, train, prec)
     base = train.tokens * last.out_features * prec.hidden if targeted else 0
-    return live + layer_locals(model, train, prec, last) + base
+    return live + layer_locals(model, train, prec, last) + base - saved_after_last_module(model, train, prec)
+
+
+def saved_after_last_module(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
+    """What a layer saves after its last Linear runs: the saved sets of the norms after it in
+    :func:`layer_saved_sequence` (sandwich and post-norm layers' MLP output norm), which a
+    moment inside that Linear does not hold yet (tracer, EXAONE-4.0-32B cut to 4 layers, LoRA
+    bf16 autocast, dropout 0.1, checkpointing, batch 2 x 1792 on 2 GPUs (FSDP): no fp32
+    post_feedforward_layernorm input at the recomputation's peak inside down_proj)."""
+    seq = layer_saved_sequence(model, train, prec)
+    names = {lin.name for lin in model.linears}
+    last = max((i for i, (name, _) in enumerate(seq) if name in names), default=None)
+    if last is None:
+        return 0
+    return sum(size for name, size in seq[last + 1:] if name == "norm")
 
 
 def adapter_backward_moment(model: ModelSpec, train: TrainSpec, prec: Precision) -> tuple[int, int]:
@@ -137,16 +153,31 @@ def layer_locals(model: ModelSpec, train: TrainSpec, prec: Precision, lin: Linea
     gc = train.gradient_checkpointing
     role = lin.role
     in_attention = role in ATTENTION_ROLES
+    kept = stream_saved(model, train, prec)
     total = 0 if gc else t * h * s  # inputs_embeds
-    if not gc and s != FP32:
+    if not gc and not kept:
         total += t * h * s  # the layer's input (the input norm kept an fp32 copy, not it)
-    if not in_attention and (gc or s != FP32):
+    if not in_attention and (gc or not kept):
         total += t * h * s  # the attention block's sum
-    if role in ("o", "down", "delta_out"):
-        total += t * h * s
+    if role in ("o", "down", "delta_out") and model.traits.placement != "post":
+        total += t * h * s  # (a post-norm block reads the residual stream itself, held already)
     if gc and role == "up":
         total += t * model.intermediate_size * prec.hidden
     return total
+
+
+def stream_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> bool:
+    """Whether the fp32 residual stream's tensors a layer's forward holds (its input, the
+    attention block's sum) are saved for backward anyway: a pre-norm's RMSNorm saves
+    ``x.to(float32)``, the tensor itself. A post-norm layer (OLMo-2, EXAONE-4) has no norm
+    before its blocks; the Linears reading the stream keep it only where they make no cast of it
+    (no autocast, no dropout). Tracer, EXAONE-4.0-32B cut to 4 layers, QDoRA bf16 autocast,
+    batch 4 x 512: the fp32 layer input and attention sum live beside the last layer's saved
+    set at down_proj's weight norm, no saved tensor of the same storage. False for a 16-bit
+    stream (its norms save their own fp32 copies)."""
+    if prec.stream != FP32:
+        return False
+    return model.traits.placement != "post" or (not prec.autocast and train.lora_dropout == 0)
 
 
 def recompute_locals(model: ModelSpec, train: TrainSpec, prec: Precision, lin: Linear) -> int:
@@ -160,7 +191,10 @@ def recompute_locals(model: ModelSpec, train: TrainSpec, prec: Precision, lin: L
     saved set (the plan 2.8% under without them); QDoRA, no tensor beyond it (the plan exact
     without them, 3.4% over with them)."""
     if prec.stream == FP32:
-        return 0
+        # (a post-norm layer's MLP holds the attention block's fp32 sum, unless it is saved:
+        # :func:`stream_saved`; tracer, EXAONE-4.0-32B QDoRA with checkpointing, batch 4 x 2048)
+        saved = stream_saved(model, train, prec) or lin.role in ATTENTION_ROLES
+        return 0 if saved else train.tokens * model.hidden_size * FP32
     return layer_locals(model, train, prec, lin)
 
 

@@ -1155,18 +1155,31 @@ def linear_inputs_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> 
         return 0
     t, c = train.tokens, prec.compute
     moe = model.layer.moe is not None  # the MoE's input is counted in moe_saved
+    layer = model.layer
     if prec.autocast and norm_output_bytes(model, prec) != c:
-        readers = len(model.layer.by_role(*NORM_READER_ROLES))
+        readers = len(layer.by_role(*NORM_READER_ROLES))
     else:  # one attention input and one MLP input, shared; one for both in a parallel layer
-        # (Gemma 4's dense MLP beside the experts reads its own norm's output)
-        beside = moe and model.layer.moe.beside_dense
-        readers = 1 if (moe and not beside) or model.traits.placement == "parallel" else 2
-    mlp_inner = 0 if moe else model.intermediate_size
+        # (Gemma 4's dense MLP beside the experts reads its own norm's output); a hybrid's layer
+        # only those of the blocks it has (tracer, Nemotron-H-8B cut to 3 layers, full bf16, batch
+        # 1 x 8192: the Mamba-2 and attention layers keep one bf16 norm output, the MLP layer one
+        # and its down_proj input; the plan 2.7% over with two and the MLP's in every layer)
+        beside = moe and layer.moe.beside_dense
+        mixer_in = bool(layer.by_role(*ATTENTION_INPUT_ROLES, *MIXER_INPUT_ROLES))
+        mlp_in = bool(layer.by_role(*MLP_INPUT_ROLES)) and (not moe or beside)
+        readers = 1 if (moe and not beside) or model.traits.placement == "parallel" else mixer_in + mlp_in
+    mlp_inner = model.intermediate_size if layer.by_role("down") and not moe else 0
     o = model.layer.by_role("o")
     o_in = o[0].in_features if o else model.q_dim  # (MLA: heads x v dims; a layer without attention copies nothing)
     attention_output_copy = t * o_in * c if model.traits.rotary_concat or uses_eager(model, train) else 0
     if model.layer.deltanet is not None:  # out_proj's input, the gated norm's output (a new tensor)
         attention_output_copy = t * model.layer.deltanet.values * c
+    if layer.by_role("ssm_out"):
+        from planner.memory.mixers import runs_out_proj
+
+        # the torch path's Mamba-2 out_proj keeps its input, the gated norm's output cast to c
+        # (tracer, Nemotron-H-8B cut to 3 layers, full bf16, torch path, batch 1 x 2048); the fused
+        # kernel runs out_proj inside itself and keeps zxbcdt instead (planner.memory.mixers)
+        attention_output_copy += t * layer.by_role("ssm_out")[0].in_features * c if runs_out_proj(model, train) else 0
     # MLA's q_b / kv_b keep their inputs, the latent norms' outputs
     latents = sum(lin.in_features for lin in model.layer.by_role("q_b", "kv_b"))
     return t * (readers * model.hidden_size + mlp_inner + latents) * c + attention_output_copy
@@ -1237,7 +1250,7 @@ def layer_saved_sequence(model: ModelSpec, train: TrainSpec, prec: Precision) ->
         if layer.traits.output_gate:
             seq.append(("output_gate", output_gate_saved(model, train, prec)))
         seq += adapters("o", "delta_out")
-    seq += norms("attn_out", "mlp_in", "mlp_out")
+    seq += norms("attn_out", "mlp_in")
     moe = layer.moe
     shared = []
     if moe is not None and moe.shared_intermediate and not moe.shared_fused:
@@ -1263,6 +1276,10 @@ def layer_saved_sequence(model: ModelSpec, train: TrainSpec, prec: Precision) ->
         seq += adapters("down")
     if moe is not None and not moe.shared_first:  # Llama 4: after the routed experts
         seq += shared
+    # the MLP output's norm (sandwich and post-norm layers) runs after the MLP: not made yet while
+    # down_proj runs (tracer, EXAONE-4.0-32B cut to 4 layers, DoRA with checkpointing, batch 4 x
+    # 2048: no fp32 post_feedforward_layernorm input at down_proj's weight norm in the recomputation)
+    seq += norms("mlp_out")
     if moe is not None and moe.shared_scale:
         seq += adapters("shared_scale")
         seq.append(("shared_output", shared_output_saved(model, train, prec)))
@@ -1530,7 +1547,11 @@ def first_layer_unrecorded(model: ModelSpec, train: TrainSpec, prec: Precision) 
             out += (0 if scores_grad else scores * FP32) + (0 if gv else scores * c)
     # a targeted module whose input needs no gradient keeps no dropout mask nor weight copy
     # (q, k and v: first_norm_unrecorded)
-    attention = bool(roles & ATTENTION_ROLES)
+    # (the MLP reads the attention block's output, unless the layer is parallel: Cohere's MLP reads
+    # the input norm's output beside attention, which needs no gradient; tracer, Command-R7B 4
+    # layers, QLoRA on v_proj, fp16 mixed, batch 2 x 768 on 2 GPUs (FSDP): layer 0 keeps no MLP
+    # tensor, the plan 1.8% over with them)
+    attention = bool(roles & ATTENTION_ROLES) and model.traits.placement != "parallel"
     no_grad_input = ({"o"} if not (gq or gk or gv) else set()) | (set() if attention else MLP_INPUT_ROLES | ROUTER_ROLES)
     if not (attention or roles & MLP_INPUT_ROLES):
         no_grad_input.add("down")
@@ -1677,6 +1698,17 @@ def recompute_incoming_grads(model: ModelSpec, train: TrainSpec, prec: Precision
         return 0
     t, h = train.tokens, model.hidden_size
     grads = t * h * layer_output_bytes(model, prec)
+    if model.layer.norms_at("mlp_out"):
+        # a norm after the MLP (sandwich and post-norm layers): its backward reads its saved input
+        # first, so the recomputation starts before down_proj's output ops make any gradient
+        # (tracer, EXAONE-4.0-32B cut to 4 layers, DoRA bf16 autocast with checkpointing, batch 4
+        # x 2048: only the layer output's bf16 gradient in flight at down_proj's weight norm, the
+        # plan 3.9% over with DoRA's four). A norm that multiplies in fp32 and casts its output
+        # back (OLMo-2, Gemma) first makes the fp32 gradient of that cast (tracer, OLMo-3-7B cut
+        # to 4 layers, DoRA bf16 autocast with checkpointing, batch 1 x 512: a bf16 and an fp32
+        # [1, 512, 4096] gradient in flight)
+        cast_back = model.traits.norm == "rms_fp32_out" and prec.stream != FP32
+        return grads + (t * h * FP32 if cast_back else 0)
     last = layer_output_roles(model.layer)
     if train.is_dora and any(lin.role in last for lin in targets.targeted_linears(model, train.target_modules)):
         grads += t * h * FP32 * (1 if prec.hidden == FP32 else 2)

@@ -172,6 +172,10 @@ class NoAdapter:
         """A module's input while it runs: T*in*hidden."""
         return train.tokens * lin.in_features * prec.hidden
 
+    def dropout_live(self, lin: Linear, train: TrainSpec, prec) -> int:
+        """A dropout output live beside the module's input while it runs: none."""
+        return 0
+
     def working_set(self, lin: Linear, train: TrainSpec, prec) -> int:
         """The outputs a module is forming while it runs: its base output (T*out*hidden)."""
         return train.tokens * lin.out_features * prec.hidden
@@ -262,7 +266,7 @@ class Lora(NoAdapter):
         sum promotes to fp32 and is cast back: T*in*(hidden + 4) + T*out*(2*hidden + 20) (no
         casts where the hidden stream is fp32 already, as QLoRA's). The same backward; dropout's
         mask and dropped fp32 input T*in*9 more."""
-        t, c, r, L = train.tokens, prec.compute, train.rank, layers
+        t, r, L = train.tokens, train.rank, layers
         i, o = lin.in_features, lin.out_features
         e = lora_input_bytes(train, prec)
         fwd_bytes = e * t * (i + o + 2 * r)
@@ -296,6 +300,16 @@ class Lora(NoAdapter):
         copy when the hidden stream is already fp32): T*in*(hidden [+ 4])."""
         cast = FP32 if prec.hidden != FP32 else 0
         return train.tokens * lin.in_features * (prec.hidden + cast)
+
+    def dropout_live(self, lin: Linear, train: TrainSpec, prec) -> int:
+        """With lora_dropout, the dropped fp32 input while lora_A casts it to the compute dtype
+        under autocast (T*in*4; without autocast it is lora_A's saved input, :meth:`saved`).
+        Tracer, EXAONE-4.0-32B cut to 4 layers, LoRA bf16 autocast, dropout 0.1, checkpointing,
+        batch 2 x 1792 on 2 GPUs (FSDP): down_proj's fp32 [2, 1792, 27392] dropout output beside
+        its bf16 copy at the backward peak, in the recomputation."""
+        if train.lora_dropout <= 0 or lora_input_bytes(train, prec) == FP32:
+            return 0
+        return train.tokens * lin.in_features * FP32
 
 
 @dataclass(frozen=True)
@@ -458,8 +472,14 @@ class Dora(Lora):
         ``result = self.base_layer(x)`` before the DoRA variant's forward, whose weight norm
         comes first, and holds it through (tracer, Mistral-7B 2 layers, DoRA bf16 autocast with
         checkpointing: down_proj's bf16 [8192, 4096] base output live beside the fp32 identity
-        of its weight norm in the recomputation)."""
-        return train.tokens * lin.out_features * prec.hidden
+        of its weight norm in the recomputation). With lora_dropout the DoRA variant's forward
+        holds the dropped fp32 input and its mask through the norm computation, T*in*(4 + 1)
+        (peft DoraLinearVariant.forward, ``x = dropout(x)``; tracer, EXAONE-4.0-32B cut to 4
+        layers, DoRA bf16 mixed, dropout 0.1, checkpointing, batch 1 x 1088 on 2 GPUs (DDP): an
+        fp32 and a bool [1, 1088, 27392] at down_proj's weight norm, the plan 0.8% under without
+        them)."""
+        dropped = train.tokens * lin.in_features * (FP32 + 1) if train.lora_dropout > 0 else 0
+        return train.tokens * lin.out_features * prec.hidden + dropped
 
     def norm_transient(self, lin: Linear, train: TrainSpec, prec) -> int:
         """peft's DoRA forward materializes dense matrices to compute ||W + s*B@A|| per row.

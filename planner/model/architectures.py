@@ -629,8 +629,10 @@ TABLE: dict[str, Architecture] = {
     "granitemoehybrid": Architecture(hybrid="granitemoehybrid", tie_default=True,
                                      traits=Traits(embedding_multiplier=True, residual_multiplier=True)),
     # Nemotron-H (modeling_nemotron_h.py): one block per layer, a norm then a Mamba-2 mixer, attention
-    # (no RoPE) or a relu2 MLP (layers_block_type or hybrid_override_pattern).
-    "nemotron_h": Architecture(hybrid="nemotron_h", head_dim_default=128, traits=Traits(rope_tables=0)),
+    # (no RoPE) or a relu2 MLP (layers_block_type or hybrid_override_pattern). Its NemotronHRMSNorm
+    # multiplies the weight in fp32 and casts the product back (OLMo-2's norm).
+    "nemotron_h": Architecture(hybrid="nemotron_h", head_dim_default=128,
+                               traits=Traits(rope_tables=0, norm="rms_fp32_out")),
     # LFM2 (modeling_lfm2.py): a gated short convolution or attention with per-head q/k norms
     # (layer_types or full_attn_idxs), each then a SwiGLU MLP (w1, w3, w2); RoPE.
     "lfm2": Architecture(hybrid="lfm2", tie_default=True, traits=Traits(qk_norm="head")),
