@@ -1145,7 +1145,7 @@ def _deepseek_moe(config: dict, experts: int, top_k: int, inter: int) -> MoE:
     return MoE(experts, top_k, inter, renormalize=bool(config.get("norm_topk_prob", True)), weights_fp32=True,
                peft_converts=True, shared_intermediate=values["n_shared_experts"] * inter,
                shared_name="shared_experts", routing="sigmoid_group", groups=values["n_group"],
-               topk_groups=values["topk_group"])
+               topk_groups=values["topk_group"], shared_first=False)
 
 
 # MoE kinds whose model types peft 0.21 converts (see Traits.peft_moe_conversion)

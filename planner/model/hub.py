@@ -27,6 +27,7 @@ HF_TOKEN), a missing repo, revision or config.json, offline and not cached, a ti
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -127,7 +128,7 @@ def resolve(repo_id: str, revision: str | None = None, env=None) -> ModelSpec:
     checkpoint dtype. Raises :class:`HubError` (one line)."""
     revision = revision or "main"
     settings = Settings.from_env(env)
-    import huggingface_hub as hf
+    hf = _import_hub()
 
     cached = hf.try_to_load_from_cache(repo_id, "config.json", cache_dir=settings.cache_dir, revision=revision)
     if isinstance(cached, str):
@@ -163,14 +164,49 @@ def _read_config(path: str, repo_id: str) -> dict:
     return config
 
 
+def _import_hub():
+    """huggingface_hub, imported without the time-out variables this module reads itself
+    (:class:`Settings`, seconds, passed to every call): the library parses them as integers
+    when it is imported (huggingface_hub/constants.py, HF_HUB_ETAG_TIMEOUT and
+    HF_HUB_DOWNLOAD_TIMEOUT via int()), so HF_HUB_ETAG_TIMEOUT=0.5 failed the import itself."""
+    import sys
+
+    if "huggingface_hub.constants" not in sys.modules:
+        kept = {key: os.environ.pop(key) for key in ("HF_HUB_ETAG_TIMEOUT", "HF_HUB_DOWNLOAD_TIMEOUT")
+                if key in os.environ}
+        try:
+            import huggingface_hub.constants  # noqa: F401 - the import that reads them
+        finally:
+            os.environ.update(kept)
+    import huggingface_hub
+
+    return huggingface_hub
+
+
+@contextlib.contextmanager
+def _online(s: Settings):
+    """huggingface_hub's offline switch as ``s`` reads it now, while the block runs: the library
+    reads HF_HUB_OFFLINE once, when it is imported (huggingface_hub/constants.py, HF_HUB_OFFLINE,
+    which is_offline_mode returns), so an environment set after that import would not reach it."""
+    from huggingface_hub import constants
+
+    before = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = s.offline
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
+
+
 def _download_config(hf, repo_id: str, revision: str, s: Settings) -> str:
     """config.json into the HF cache: the model's info first (a gated, missing or slow repo
     fails there at once, with no retry), then the file itself."""
     api = hf.HfApi(endpoint=s.endpoint, token=s.token)
     try:
-        api.model_info(repo_id, revision=revision, timeout=s.etag_timeout)
-        return hf.hf_hub_download(repo_id, "config.json", revision=revision, cache_dir=s.cache_dir,
-                                  endpoint=s.endpoint, token=s.token, etag_timeout=s.etag_timeout)
+        with _online(s):
+            api.model_info(repo_id, revision=revision, timeout=s.etag_timeout)
+            return hf.hf_hub_download(repo_id, "config.json", revision=revision, cache_dir=s.cache_dir,
+                                      endpoint=s.endpoint, token=s.token, etag_timeout=s.etag_timeout)
     except Exception as exc:  # noqa: BLE001 - every failure becomes one line
         raise _hub_error(hf, exc, repo_id, revision, s) from None
 
@@ -235,7 +271,8 @@ def _checkpoint(hf, repo_id: str, commit: str, s: Settings) -> tuple[Checkpoint 
     quiet = are_progress_bars_disabled()
     disable_progress_bars()  # one line per failure, and no bar on stderr
     try:
-        meta = api.get_safetensors_metadata(repo_id, revision=commit, timeout=s.download_timeout)
+        with _online(s):
+            meta = api.get_safetensors_metadata(repo_id, revision=commit, timeout=s.download_timeout)
     except NotASafetensorsRepoError:
         return None, "the repo has no safetensors weights (model.safetensors or its index)"
     except Exception as exc:  # noqa: BLE001 - a note, not a failure: the config is planned anyway

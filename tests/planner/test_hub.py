@@ -106,6 +106,43 @@ def test_the_cache_comes_first_then_offline_works(hub, monkeypatch):
                               f"the local HF cache ({hub.cache}): run once online, or unset HF_HUB_OFFLINE")
 
 
+def test_the_environment_now_decides_offline_not_the_import(hub, monkeypatch):
+    """huggingface_hub reads HF_HUB_OFFLINE once, at its import: a process that imported it
+    offline (an earlier resolve with HF_HUB_OFFLINE=1) still resolves online once the variable is
+    unset (the stand-in answers); the library's switch is as it was afterwards. Negative control:
+    the library's own switch, left on, refuses the request."""
+    import huggingface_hub as hf
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # as if imported with HF_HUB_OFFLINE=1
+    model = get_model("test-org/tiny-llama")
+    assert counts.total_params(model) == 202_048 and hub.requests
+    assert constants.HF_HUB_OFFLINE is True
+    served = len(hub.requests)
+    with pytest.raises(hf.errors.LocalEntryNotFoundError):  # offline, nothing cached there: no request
+        hf.hf_hub_download("test-org/tiny-llama", "config.json", cache_dir=str(hub.cache / "other"),
+                           endpoint=hub.url)
+    assert len(hub.requests) == served
+
+
+def test_a_fractional_timeout_does_not_break_the_import(hub):
+    """HF_HUB_ETAG_TIMEOUT=0.5 (seconds, as Settings reads it) in a fresh process, whose first
+    import of huggingface_hub parses it: the plan resolves from the stand-in. Negative control:
+    importing huggingface_hub itself under that variable fails."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_ETAG_TIMEOUT": "0.5", "HF_HUB_DOWNLOAD_TIMEOUT": "0.5"}
+    run = subprocess.run([sys.executable, "-m", "planner.cli", "--model", "test-org/tiny-llama", "--gpu", "t4",
+                          "--method", "lora", "--json"], env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert '"total_params": 202048' in run.stdout
+    control = subprocess.run([sys.executable, "-c", "import huggingface_hub.constants"], env=env,
+                             capture_output=True, text=True, timeout=120)
+    assert control.returncode != 0 and "invalid literal for int()" in control.stderr
+
+
 def test_offline_with_a_config_cached_but_no_count_says_so(hub, monkeypatch):
     import shutil
 
