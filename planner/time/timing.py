@@ -27,7 +27,8 @@ Terms (keys):
 - ``attention/core``: flash / SDPA: 2*b*s^2*q_dim forward (causal: half of QK^T and AV
   skipped), 2.5x that backward (Dao 2023: five matmuls backward against two forward);
   eager: 4*b*s^2*q_dim forward, twice backward, at matmul speed, plus its seq x seq tensors
-  written and read, b*heads*s^2*(6c + 8) bytes forward, twice backward.
+  written and read, b*heads*s^2*(6c + 8) bytes forward, twice backward. DeepSeek-V3.2's
+  indexer adds its scoring forward only (:func:`_indexer_scoring`); its Linears have no backward.
 - ``elementwise/layers``: HF's unfused RMSNorm (fp32 upcast: size*(4c + 28) bytes per norm),
   rotary (9 accesses of q and k), the gated activation (5*T*I) and the two residual adds
   (6*T*h), forward; twice that backward.
@@ -67,6 +68,7 @@ from functools import lru_cache
 
 from planner.memory.terms import Precision, precision, uses_eager
 from planner.memory.variants import variant
+from planner.model.architectures import INDEXER_ROLES
 from planner.model import inventory as inv
 from planner.model import targets
 from planner.model.precision import scheme
@@ -158,14 +160,18 @@ def _layer_matmuls(model: ModelSpec, train: TrainSpec, prec: Precision) -> list[
         h, i = model.hidden_size, moe.intermediate
         shapes += [] if moe.router_linear else [(h, moe.experts, 1)]
         shapes += [(h, 2 * i, moe.top_k), (i, h, moe.top_k)]
+    # the indexer's Linears (DeepSeek-V3.2) run under torch.no_grad: forward only
+    no_grad = [lin.role in INDEXER_ROLES for lin in model.linears] + [False] * (len(shapes) - len(model.linears))
     full = train.method == "full"
     out: list[Work] = []
-    for fan_in, fan_out, k in shapes:
+    for (fan_in, fan_out, k), forward_only in zip(shapes, no_grad):
         weights = fan_in * fan_out * (moe.experts if k > 1 else 1)
         flops = L * 2 * t * k * fan_in * fan_out
         nbytes = L * (weights * c + t * k * (fan_in + fan_out) * c)
         rows = max(1, t * k // moe.experts) if k > 1 else t  # tokens per expert, on average
         out.append(Work("forward/matmul", flops, nbytes, R.MATMUL, layer=True, shape=(rows, fan_out, fan_in)))
+        if forward_only:
+            continue
         out.append(Work("backward/input_grad", flops, nbytes, R.MATMUL, shape=(rows, fan_in, fan_out)))
         if full:
             out.append(Work("backward/weight_grad", flops, nbytes + L * weights * (prec.weight - c), R.MATMUL,
@@ -222,6 +228,7 @@ def _layer_attention(model: ModelSpec, train: TrainSpec, prec: Precision, segmen
     b, s, c, L = train.batch_size, train.seq_len, prec.compute, model.num_layers
     qd, kvd, t = model.q_dim, model.kv_dim, train.tokens
     io = L * t * (2 * qd + 2 * kvd) * c
+    indexer = _indexer_scoring(model, train)
     if not uses_eager(model, train):
         fwd = 4 * b * _attended_pairs(model, train, segment) * qd  # = 2*b*s^2*q_dim per full layer
         seq = min(s, segment or s)
@@ -229,7 +236,7 @@ def _layer_attention(model: ModelSpec, train: TrainSpec, prec: Precision, segmen
         return [Work("attention/core", fwd, io, R.ATTENTION, layer=True,
                      attention=(seq, model.head_dim, True, False, rows)),
                 Work("attention/core", 2.5 * fwd, 2 * io, R.ATTENTION,
-                     attention=(seq, model.head_dim, True, True, rows))]
+                     attention=(seq, model.head_dim, True, True, rows))] + indexer
     fwd = L * 4 * b * s * s * qd
     scores = L * b * model.num_heads * s * s * (6 * c + 2 * FP32)
     per_head = (b * model.num_heads * s, s, model.head_dim)  # QK^T and PV, batched over heads
@@ -237,7 +244,22 @@ def _layer_attention(model: ModelSpec, train: TrainSpec, prec: Precision, segmen
     return [Work("attention/core", fwd, io, R.MATMUL, layer=True, shape=per_head),
             Work("attention/core", 0, scores, R.MEMORY, layer=True, kernels=kernels),
             Work("attention/core", 2 * fwd, 2 * io, R.MATMUL, shape=per_head),
-            Work("attention/core", 0, 2 * scores, R.MEMORY, kernels=2 * kernels)]
+            Work("attention/core", 0, 2 * scores, R.MEMORY, kernels=2 * kernels)] + indexer
+
+
+def _indexer_scoring(model: ModelSpec, train: TrainSpec) -> list[Work]:
+    """DeepSeek-V3.2's indexer scoring, forward only (torch.no_grad; recomputed under
+    checkpointing), per layer (transformers 5.23 DeepseekV32Indexer.forward): every query's
+    index heads against every key, 2*b*s^2*heads*head_dim FLOPs as a batched matmul; its fp32
+    [b, s, heads, s] scores written and read twice (the scaled and the rectified copy) and the
+    weighted [b, s, s] sum, b*s^2*(16*heads + 8) bytes. None without an indexer."""
+    idx = model.layer.indexer
+    if idx is None:
+        return []
+    b, s, L = train.batch_size, train.seq_len, model.num_layers
+    flops = L * 2 * b * s * s * idx.heads * idx.head_dim
+    return [Work("attention/core", flops, 0, R.MATMUL, layer=True, shape=(b * s * idx.heads, s, idx.head_dim)),
+            Work("attention/core", 0, L * b * s * s * (16 * idx.heads + 8), R.MEMORY, layer=True)]
 
 
 def elementwise_work(model: ModelSpec, train: TrainSpec, prec: Precision) -> list[Work]:

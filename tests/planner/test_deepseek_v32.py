@@ -180,3 +180,38 @@ def test_adapters_no_gradient_reaches_are_refused():
                                 ["--model", "deepseek-v3.2-exp", "--gpu", "h200", "--method", "lora",
                                  "--target-modules", "wk,weights_proj"])
     assert result.exit_code == 2 and result.stderr.count("\n") == 1 and "no gradient reaches" in result.stderr
+
+
+def test_time_model_runs_the_indexer_forward_only_and_adds_its_scoring():
+    """DeepSeek-V3.2-Exp against DeepSeek-V3 (the same main model): the indexer's Linears add
+    forward matmuls only (torch.no_grad: no input or weight gradient, even under full
+    fine-tuning), and its scoring adds 2*b*s^2*heads*head_dim FLOPs a layer forward, by hand:
+    61 layers, 64 heads of 128. Negative control: counting the indexer's Linears backward
+    (as every other Linear) changes the backward sums."""
+    from planner import TrainSpec, get_model
+    from planner.time import timing
+
+    v3, v32 = get_model("deepseek-v3"), get_model("deepseek-v3.2-exp")
+    tr = TrainSpec(method="full", batch_size=2, seq_len=1024)
+    prec = C.precision(tr, "bf16")
+
+    def flops(model, term, fn):
+        return sum(w.flops for w in fn(model, tr, prec) if w.term == term)
+
+    t, h, q_rank = tr.tokens, 7168, 1536
+    indexer_linears = q_rank * 64 * 128 + h * 128 + h * 64  # wq_b, wk, weights_proj
+    for term in ("backward/input_grad", "backward/weight_grad"):
+        assert flops(v32, term, timing.base_matmuls) == flops(v3, term, timing.base_matmuls), term
+    assert (flops(v32, "forward/matmul", timing.base_matmuls) - flops(v3, "forward/matmul", timing.base_matmuls)
+            == 61 * 2 * t * indexer_linears)
+    scoring = 61 * 2 * tr.batch_size * tr.seq_len ** 2 * 64 * 128
+    assert (flops(v32, "attention/core", timing.attention_work)
+            - flops(v3, "attention/core", timing.attention_work)) == scoring
+
+    real = timing.INDEXER_ROLES
+    try:
+        timing.INDEXER_ROLES = frozenset()
+        assert flops(v32, "backward/input_grad", timing.base_matmuls) > flops(v3, "backward/input_grad",
+                                                                              timing.base_matmuls)
+    finally:
+        timing.INDEXER_ROLES = real
