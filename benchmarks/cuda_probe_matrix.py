@@ -63,7 +63,8 @@ def planned(spec, row: dict) -> dict:
     """The uncalibrated plan of a row's configuration on its plan_gpu: memory and step time."""
     train = TrainSpec(method=row["method"], rank=row["rank"], alpha=row["alpha"], batch_size=row["batch_size"],
                       seq_len=row["seq_len"], gradient_checkpointing=row["gradient_checkpointing"],
-                      dtype=row["dtype"], precision=row["precision"], optim=row["optim"])
+                      dtype=row["dtype"], precision=row["precision"], optim=row["optim"],
+                      kernels=row["kernels"])
     p = plan(spec, get_gpu(row["plan_gpu"]), train, calibrations={}, speed={})
     return {"alloc": p.peak_allocated_bytes, "used": p.device_used_bytes, "step": p.step_seconds}
 

@@ -210,7 +210,7 @@ class MemoryPlanCallback(TrainerCallback):
         self._pending = {}
 
     def append_row(self) -> None:
-        """The measurement as a results row (schema 2) appended to ``results``."""
+        """The measurement as a results row (:data:`probes.store.SCHEMA`) appended to ``results``."""
         import torch
 
         from . import store

@@ -40,16 +40,29 @@ def _gib(value) -> str:
     return f"{value / GIB:.2f}" if value >= GIB / 10 else f"{value / GIB:.4f}"
 
 
-def table(rows: list[dict]) -> str:
-    """The rows as a fixed-width text table (GiB = 2^30 bytes)."""
-    head = ("model", "method", "bs", "seq", "gc", "device", "status", "alloc GiB", "reserved",
-            "used", "fwd", "bwd", "optim", "step s", "tok/s", "planned", "ratio", "plan tok/s", "MFU")
+def has_kernel_layers(spec) -> bool:
+    """Whether a planner model has layers whose kernel path --kernels chooses (Gated DeltaNet,
+    Mamba-2, short convolution); False for a model the planner cannot plan (a ProbeModel)."""
+    return isinstance(spec, ModelSpec) and any(
+        k.layer.mixer is not None or k.layer.deltanet is not None for k in spec.kinds)
+
+
+def table(rows: list[dict], kernels: bool = False) -> str:
+    """The rows as a fixed-width text table (GiB = 2^30 bytes). A ``kernels`` column (after
+    ``gc``) when ``kernels`` is true (a hybrid model was probed) or a row ran other kernels than
+    auto; without it the table is the same as before the results table had the column."""
+    kernels = kernels or any((r.get("kernels") or "auto") != "auto" for r in rows)
+    head = ("model", "method", "bs", "seq", "gc", *(("kernels",) if kernels else ()), "device", "status",
+            "alloc GiB", "reserved", "used", "fwd", "bwd", "optim", "step s", "tok/s", "planned", "ratio",
+            "plan tok/s", "MFU")
+    left = head.index("status") + 1  # text columns left-aligned, figures right-aligned
     lines = []
     for r in rows:
         speed = measured_speed(r)
         lines.append((
             r["model"], r["method"], str(r["batch_size"]), str(r["seq_len"]),
-            "yes" if r["gradient_checkpointing"] else "no", r["device"], r["status"],
+            "yes" if r["gradient_checkpointing"] else "no",
+            *((r.get("kernels") or "auto",) if kernels else ()), r["device"], r["status"],
             _gib(r["peak_allocated_bytes"]), _gib(r["peak_reserved_bytes"]),
             _gib(r["device_used_bytes"]), _gib(r["forward_peak_bytes"]),
             _gib(r["backward_peak_bytes"]), _gib(r["optimizer_peak_bytes"]),
@@ -61,7 +74,7 @@ def table(rows: list[dict]) -> str:
             f"{speed[1]:.0%}" if speed else ("n/c" if r["device"] == "cpu" else "-"),
         ))
     widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(head)]
-    fmt = lambda cells: "  ".join(c.ljust(w) if i < 7 else c.rjust(w)  # noqa: E731
+    fmt = lambda cells: "  ".join(c.ljust(w) if i < left else c.rjust(w)  # noqa: E731
                                   for i, (c, w) in enumerate(zip(cells, widths)))
     out = [fmt(head), fmt(tuple("-" * w for w in widths)), *map(fmt, lines)]
     return "\n".join(out)
@@ -272,7 +285,7 @@ def main(models, revision, recipe_paths, methods, rank, alpha, target_modules, t
         for line in extra:
             click.echo(f"probe: note: {line}", err=True)
     else:
-        click.echo(table(rows))
+        click.echo(table(rows, kernels=any(has_kernel_layers(p.spec) for p in probes)))
         click.echo(notes(rows, extra))
         click.echo(f"appended {len(rows)} row(s) to {path}", err=True)
 

@@ -8,7 +8,10 @@ Appending never damages what is there:
 
 - the existing file is read as text (every cell a string), so old rows are written back
   exactly as they were, never re-formatted;
-- a file that is not a results table of this schema (other columns, unreadable, not CSV)
+- a table of an older schema (1 or 2) is read with the settings its rows were made with
+  (:data:`ADDED`), its own cells kept as text; appending writes it back under the current
+  header, each old row's cells (schema_version included) unchanged and the added columns filled;
+- a file that is not a results table of a known schema (other columns, unreadable, not CSV)
   raises :class:`StoreError` and is left untouched;
 - the new table is written to a temporary file in the same folder, flushed and fsynced,
   then renamed over the old one (``os.replace`` is atomic on POSIX and Windows): an
@@ -25,7 +28,7 @@ from pathlib import Path
 
 import data
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # (column, type) in file order. Types: str, int, float, bool, json (a JSON text cell).
 SCHEMA: tuple[tuple[str, str], ...] = (
@@ -49,6 +52,7 @@ SCHEMA: tuple[tuple[str, str], ...] = (
     ("target_parameters", "str"),
     ("lora_dropout", "float"),
     ("attn_implementation", "str"),
+    ("kernels", "str"),
     ("modules_to_save", "str"),
     ("num_gpus", "int"),
     ("sharding", "str"),
@@ -96,11 +100,19 @@ SCHEMA: tuple[tuple[str, str], ...] = (
 )
 COLUMNS = tuple(name for name, _ in SCHEMA)
 TYPES = dict(SCHEMA)
-# Schema 2 added six settings. Schema-1 rows were all made with their defaults, which an
-# older table gets on reading (as text; its other cells, schema_version included, unchanged).
+# The settings each schema added, with the value every row of an older table was made with:
+# an older table gets them on reading (as text; its other cells, schema_version included,
+# unchanged). Schema 2 added six settings, which schema-1 rows all had at their defaults.
+# Schema 3 added kernels (TrainSpec.kernels: the path of the hybrids' Gated DeltaNet, Mamba-2
+# and short-convolution layers); a probe without --kernels runs "auto", what transformers picks.
 ADDED_IN_2 = {"target_parameters": "", "lora_dropout": "0.0", "attn_implementation": "auto",
               "modules_to_save": "", "num_gpus": "1", "sharding": "none"}
-COLUMNS_1 = tuple(c for c in COLUMNS if c not in ADDED_IN_2)
+ADDED_IN_3 = {"kernels": "auto"}
+ADDED = {2: ADDED_IN_2, 3: ADDED_IN_3}
+COLUMNS_2 = tuple(c for c in COLUMNS if c not in ADDED_IN_3)
+COLUMNS_1 = tuple(c for c in COLUMNS_2 if c not in ADDED_IN_2)
+# The columns of each schema's table, in file order.
+COLUMNS_OF = {1: COLUMNS_1, 2: COLUMNS_2, SCHEMA_VERSION: COLUMNS}
 STATUSES = ("ok", "oom", "unsupported", "error")
 
 
@@ -184,10 +196,7 @@ def _read_text_table(path: Path):
         raise StoreError(f"{path.name}: not a readable probe results table "
                          f"({exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
                          "left unchanged (use --output to write elsewhere)") from None
-    if tuple(frame.columns) == COLUMNS_1 and set(frame["schema_version"]) <= {"1"}:
-        for name, default in ADDED_IN_2.items():
-            frame[name] = default
-        frame = frame[list(COLUMNS)]
+    frame = _upgraded(frame)
     if tuple(frame.columns) != COLUMNS:
         missing = [c for c in COLUMNS if c not in frame.columns]
         extra = [c for c in frame.columns if c not in COLUMNS]
@@ -196,9 +205,26 @@ def _read_text_table(path: Path):
                          f"{', '.join(map(str, extra[:5])) or 'none'}); left unchanged "
                          "(use --output to write elsewhere)")
     versions = set(frame["schema_version"])
-    if versions - {"1", str(SCHEMA_VERSION)}:
-        raise StoreError(f"{path.name}: schema_version {sorted(versions)} is not 1 or {SCHEMA_VERSION}; "
+    known = [str(v) for v in sorted(COLUMNS_OF)]
+    if versions - set(known):
+        raise StoreError(f"{path.name}: schema_version {sorted(versions)} is not one of {', '.join(known)}; "
                          "left unchanged")
+    return frame
+
+
+def _upgraded(frame):
+    """A table of an older schema (its columns exactly, its rows of that schema or older) with
+    the settings added since, at the values its rows were made with (:data:`ADDED`), in the
+    current column order; any other frame as it is (refused by the caller if not current)."""
+    for version, columns in COLUMNS_OF.items():
+        if version == SCHEMA_VERSION or tuple(frame.columns) != columns:
+            continue
+        if not set(frame["schema_version"]) <= {str(v) for v in range(1, version + 1)}:
+            return frame
+        for later in range(version + 1, SCHEMA_VERSION + 1):
+            for name, value in ADDED[later].items():
+                frame[name] = value
+        return frame[list(COLUMNS)]
     return frame
 
 

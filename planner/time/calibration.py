@@ -51,7 +51,8 @@ def _train(row: dict) -> TrainSpec:
                      gradient_checkpointing=_flag(row.get("gradient_checkpointing", "false")),
                      dtype=row.get("dtype") or "auto", precision=row.get("precision") or "autocast",
                      optim=row.get("optim") or "adamw_torch", quant_type=row.get("quant_type") or "nf4",
-                     double_quant=_flag(row.get("double_quant", "true")))
+                     double_quant=_flag(row.get("double_quant", "true")),
+                     kernels=row.get("kernels") or "auto")  # schema 3; older rows ran auto
 
 
 def planned_step(row: dict):

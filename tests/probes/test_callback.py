@@ -129,8 +129,8 @@ def test_cuda_readings_are_logged_with_their_ratio_and_a_row_appended(tiny_lora,
     callback.on_log(args, state, control, logs=later)
     assert later == {"loss": 0.5}  # logged once
     (row,) = store.load_rows(results)
-    assert (row["schema_version"], row["device"], row["status"], row["method"], row["seq_len"]) == (
-        2, "cuda", "ok", "lora", 64)
+    assert (row["schema_version"], row["device"], row["status"], row["method"], row["seq_len"], row["kernels"]) == (
+        3, "cuda", "ok", "lora", 64, "auto")
     assert (row["peak_allocated_bytes"], row["peak_reserved_bytes"], row["device_used_bytes"]) == (
         3 << 30, 4 << 30, 5 << 30)
     assert row["run_id"].startswith("trainer-") and row["device_name"] == "NVIDIA A10G"

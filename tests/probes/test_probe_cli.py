@@ -38,10 +38,30 @@ def test_table_output_and_help(llama_tiny_config, tmp_path, torch_stack):
                      "--output", str(tmp_path / "r.csv")])
     assert result.exit_code == 0, result.output
     assert "alloc GiB" in result.stdout and "planned" in result.stdout and " lora " in result.stdout
+    assert "kernels" not in result.stdout.splitlines()[0]  # a dense model: no kernels column
     help_text = invoke(["--help"]).stdout
     for flag in ("--device", "--batch-size", "--weights", "--output", "--json", "--force",
                  "--precision", "--gradient-checkpointing"):
         assert flag in help_text
+
+
+def test_a_hybrid_probe_shows_and_records_its_kernels(tmp_path, torch_stack):
+    """LFM2 (a short-convolution layer): the table gets a kernels column, the row says torch."""
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(dict(
+        model_type="lfm2", pad_token_id=0, vocab_size=512, hidden_size=64, intermediate_size=160,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        layer_types=["conv", "full_attention"], num_hidden_layers=2, block_multiple_of=16)))
+    out = tmp_path / "r.csv"
+    result = invoke(["--model", str(config), "--device", "fake", "--seq-len", "16", "--kernels", "torch",
+                     "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    head, _, row = result.stdout.splitlines()[:3]
+    assert head.split()[5] == "kernels" and row.split()[5] == "torch"
+    from probes import store
+
+    (saved,) = store.load_rows(out)
+    assert saved["kernels"] == "torch" and saved["status"] == "ok"
 
 
 @pytest.mark.parametrize("args, message", [

@@ -177,7 +177,7 @@ def test_a_schema_1_table_reads_with_the_settings_its_rows_used_and_upgrades_on_
     row = {**fake_row, "lora_dropout": 0.1, "modules_to_save": "lm_head"}
     store.append([row], path)
     record = {k: v for k, v in store.to_record({**fake_row, "schema_version": 1}).items()
-              if k not in store.ADDED_IN_2}
+              if k in store.COLUMNS_1}
     v1 = tmp_path / "v1.csv"
 
     def write_v1(cells):
@@ -193,7 +193,7 @@ def test_a_schema_1_table_reads_with_the_settings_its_rows_used_and_upgrades_on_
     assert (old["num_gpus"], old["sharding"]) == (1, "none")
     store.append([row], v1)
     old, new = store.load_rows(v1)
-    assert old["schema_version"] == 1 and new["schema_version"] == 2
+    assert old["schema_version"] == 1 and new["schema_version"] == 3
     assert (new["lora_dropout"], new["modules_to_save"]) == (0.1, "lm_head")
     write_v1({**record, "schema_version": "2"})  # negative control: a schema-2 row lacking columns
     with pytest.raises(store.StoreError, match="not a probe results table"):
