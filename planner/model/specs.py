@@ -5,7 +5,7 @@ Pure data: no arithmetic beyond derived sizes, no I/O (the catalog reads files).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from functools import lru_cache
 
 from planner.model.architectures import Layer, LayerKind, Linear, Traits
@@ -311,3 +311,26 @@ class TrainSpec:
 
     def with_(self, **changes) -> "TrainSpec":
         return replace(self, **changes)
+
+    @classmethod
+    def from_record(cls, row: dict) -> "TrainSpec":
+        """The settings of a results-table row, every cell text (probes.store: the column names
+        are these fields'): a missing or empty cell keeps the default (an older table's rows ran
+        it), lists are comma-separated, flags are true / false. Raises ValueError on bad values."""
+        values = {}
+        for f in fields(cls):
+            cell = row.get(f.name)
+            if cell is None or str(cell).strip() == "":
+                continue
+            text, default = str(cell).strip(), f.default
+            if isinstance(default, bool):
+                values[f.name] = text.lower() in ("1", "true", "yes", "on")
+            elif isinstance(default, tuple):
+                values[f.name] = tuple(part.strip() for part in text.split(",") if part.strip())
+            elif isinstance(default, int):
+                values[f.name] = int(float(text))
+            elif isinstance(default, float) or f.name == "alpha":
+                values[f.name] = float(text)
+            else:
+                values[f.name] = text
+        return cls(**values)

@@ -38,21 +38,10 @@ def none_note(family: str) -> str:
             f"{family} family with a step time")
 
 
-def _flag(value: str) -> bool:
-    return str(value).strip().lower() in ("1", "true", "yes", "on")
-
-
 def _train(row: dict) -> TrainSpec:
-    alpha = row.get("alpha")
-    return TrainSpec(method=row["method"], rank=int(row.get("rank") or 16),
-                     alpha=float(alpha) if alpha not in (None, "") else None,
-                     target_modules=tuple((row.get("target_modules") or "all-linear").split(",")),
-                     batch_size=int(row["batch_size"]), seq_len=int(row["seq_len"]),
-                     gradient_checkpointing=_flag(row.get("gradient_checkpointing", "false")),
-                     dtype=row.get("dtype") or "auto", precision=row.get("precision") or "autocast",
-                     optim=row.get("optim") or "adamw_torch", quant_type=row.get("quant_type") or "nf4",
-                     double_quant=_flag(row.get("double_quant", "true")),
-                     kernels=row.get("kernels") or "auto")  # schema 3; older rows ran auto
+    """The row's settings, every column the table has (an older table's missing ones at their
+    defaults, what its probes ran)."""
+    return TrainSpec.from_record(row)
 
 
 def planned_step(row: dict):

@@ -324,3 +324,31 @@ def test_every_term_of_the_step_is_listed():
         assert sum(e["seconds"] for e in st.terms.values()) == pytest.approx(st.gpu_seconds, rel=1e-12)
     assert "deltanet/core" in timing.step_time(get_model("qwen3-next-80b-a3b"), get_gpu("a100-80gb"), train,
                                                "bf16").terms
+
+
+def test_a_probe_row_is_replanned_with_every_setting_it_names():
+    """A results row (every cell text, as probes.store writes it) comes back as the TrainSpec
+    it ran: the settings the first schema lacked (dropout, attention, sharding, GPUs, kernels)
+    included; an older row's missing or empty cells are
+    the defaults. Negative control: the two rows, differing in those cells only, plan different
+    step times."""
+    from planner import TrainSpec
+
+    row = {"model": "qwen2.5-0.5b", "method": "lora", "rank": "8", "alpha": "16.0", "target_modules": "q_proj,v_proj",
+           "batch_size": "4", "seq_len": "1024", "gradient_checkpointing": "true", "dtype": "bf16",
+           "precision": "autocast", "optim": "adamw_torch_fused", "quant_type": "nf4", "double_quant": "false",
+           "target_parameters": "", "lora_dropout": "0.1", "attn_implementation": "eager",
+           "modules_to_save": "", "num_gpus": "2", "sharding": "fsdp", "kernels": "torch",
+           "plan_gpu": "a100-80gb", "status": "ok"}
+    assert S._train(row) == TrainSpec(method="lora", rank=8, alpha=16.0, target_modules=("q_proj", "v_proj"),
+                                      batch_size=4, seq_len=1024, gradient_checkpointing=True, dtype="bf16",
+                                      optim="adamw_torch_fused", double_quant=False, lora_dropout=0.1,
+                                      attn_implementation="eager", num_gpus=2,
+                                      sharding="fsdp", kernels="torch")
+    old = {k: v for k, v in row.items() if k not in ("lora_dropout", "attn_implementation", "modules_to_save",
+                                                     "num_gpus", "sharding", "kernels")}
+    old["target_parameters"] = ""
+    assert S._train(old) == TrainSpec(method="lora", rank=8, alpha=16.0, target_modules=("q_proj", "v_proj"),
+                                      batch_size=4, seq_len=1024, gradient_checkpointing=True, dtype="bf16",
+                                      optim="adamw_torch_fused", double_quant=False)
+    assert S.planned_step(row)[1].step_seconds != S.planned_step(old)[1].step_seconds
