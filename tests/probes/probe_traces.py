@@ -11,3 +11,17 @@ def traced(spec, train) -> dict:
     if key not in _traces:
         _traces[key] = trace(spec, train).phase_peaks
     return _traces[key]
+
+
+def planned_over_traced(spec, train, phase: str = "backward") -> float:
+    """The plan's ``phase`` (on an H100, no calibration, the moment caches cleared around it:
+    a test may patch a term) over the traced phase peak."""
+    from planner import plan
+    from planner.memory.moments import clear_caches
+
+    clear_caches()
+    try:
+        planned = plan(spec, "h100", train, calibrations={}).phases[phase]
+    finally:
+        clear_caches()
+    return planned / traced(spec, train)[phase]

@@ -20,13 +20,12 @@ import dataclasses
 
 import pytest
 
-from planner import TrainSpec, plan
+from planner import TrainSpec
 from planner.memory import mixers
 from planner.memory import terms as C
-from planner.memory.moments import clear_caches
 from planner.model.architectures import MLP_INPUT_ROLES
 
-from probe_traces import traced
+from probe_traces import planned_over_traced
 
 BOUND = 0.001
 CASES = [("nemotron-h-8b@3L", "torch"), ("nemotron-h-8b@3L", "fused"), ("granite-4.0-h-tiny@2L", "torch")]
@@ -37,12 +36,7 @@ def _ratio(name, kernels):
 
     spec = spec_for(name)
     train = TrainSpec(method="full", batch_size=1, seq_len=2048, dtype="bf16", kernels=kernels)
-    clear_caches()
-    try:
-        planned = plan(spec, "h100", train, calibrations={}).phases["backward"]
-    finally:
-        clear_caches()
-    return planned / traced(spec, train)["backward"]
+    return planned_over_traced(spec, train)
 
 
 @pytest.mark.slow

@@ -8,11 +8,10 @@ traced 1.0000 (one GPU; the 2-GPU row 1.0000), 1.021 (1.018) with layer 0's gate
 outputs counted."""
 import pytest
 
-from planner import TrainSpec, plan
+from planner import TrainSpec
 from planner.memory import terms as C
-from planner.memory.moments import clear_caches
 
-from probe_traces import traced
+from probe_traces import planned_over_traced
 
 BOUND = 0.001
 
@@ -23,12 +22,7 @@ def _ratio():
     spec = spec_for("command-r7b@4L")
     train = TrainSpec(method="qlora", rank=8, target_modules=("v_proj",), batch_size=2, seq_len=768, dtype="fp16",
                       precision="mixed", optim="sgd")
-    clear_caches()
-    try:
-        planned = plan(spec, "h100", train, calibrations={}).phases["backward"]
-    finally:
-        clear_caches()
-    return planned / traced(spec, train)["backward"]
+    return planned_over_traced(spec, train)
 
 
 @pytest.mark.slow

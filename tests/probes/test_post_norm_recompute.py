@@ -20,14 +20,13 @@ bound, 0.1%, is the one the other recomputation tests use (tests/probes/test_dor
 """
 import pytest
 
-from planner import TrainSpec, plan
+from planner import TrainSpec
 from planner.memory import layer as M
 from planner.memory import terms as C
-from planner.memory.moments import clear_caches
 from planner.memory.variants import Dora
 from planner.units import FP32
 
-from probe_traces import traced
+from probe_traces import planned_over_traced
 
 BOUND = 0.001
 
@@ -50,13 +49,7 @@ OLMO3_DORA = ("olmo-3-7b@4L", _train("dora", batch_size=1))  # (at 2 x 1024 its 
 
 def _ratio(case):
     name, train = case
-    spec = _spec(name)
-    clear_caches()
-    try:
-        planned = plan(spec, "h100", train, calibrations={}).phases["backward"]
-    finally:
-        clear_caches()
-    return planned / traced(spec, train)["backward"]
+    return planned_over_traced(_spec(name), train)
 
 
 @pytest.mark.slow
