@@ -535,11 +535,8 @@ def _dequant_part(s: Step):
 
 def _moe_part(s: Step):
     """The experts' backward (terms.moe_backward_workspace): with checkpointing beside the
-    recomputed saved set but what the layer saves after the experts (terms.saved_after_experts),
-    which a shared expert run after them (Llama 4, Granite-4.0-H) has freed in its own backward,
-    before the experts' (tracer, Llama-4-Scout cut to 4 layers, QDoRA on attention and the
-    shared expert with checkpointing, batch 4 x 1408: no shared-expert tensor at the experts'
-    backward peak; the plan 2.4% over with them)."""
+    recomputed saved set but what a shared expert run after dense experts has freed in its own
+    backward, before the experts' (terms.shared_freed_before_experts)."""
     workspace = s._last(C.moe_backward_workspace)
     if s.layer % s.model.num_layers == C.first_targeted_layer(s.model, s.train):
         # the first targeted layer's merge backward, its merged weight not kept
@@ -547,7 +544,7 @@ def _moe_part(s: Step):
     if not workspace:
         return None
     in_flight = s._last(C.experts_backward_incoming_grads)
-    recomputed = s.recompute - s._last(C.saved_after_experts) + in_flight if s.gc else 0
+    recomputed = s.recompute - s._last(C.shared_freed_before_experts) + in_flight if s.gc else 0
     return dict(transient__recompute=recomputed, transient__moe_backward=workspace)
 
 
