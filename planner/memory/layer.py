@@ -13,9 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from planner.model import targets
-from planner.model.architectures import ATTENTION_ROLES, INDEXER_ROLES, Linear
+from planner.model.architectures import ATTENTION_ROLES, INDEXER_ROLES, SHARED_ROLES, Linear
 from planner.memory.terms import (FP32, Precision, attention_core_saved, eager_fused_qkv_kept, indexer_workspace,
-                                  layer_saved_sequence, sink_softmax, uses_eager)
+                                  layer_saved_sequence, routed_outputs_held, sink_softmax, uses_eager)
 from planner.memory.variants import NoAdapter, variant
 from planner.model.specs import ModelSpec, TrainSpec
 
@@ -163,7 +163,12 @@ def layer_locals(model: ModelSpec, train: TrainSpec, prec: Precision, lin: Linea
         total += t * h * s  # (a post-norm block reads the residual stream itself, held already)
     if gc and role == "up":
         total += t * model.intermediate_size * prec.hidden
-    return total
+    return total + _routed_held(model, train, prec, lin)
+
+
+def _routed_held(model: ModelSpec, train: TrainSpec, prec: Precision, lin: Linear) -> int:
+    """A shared expert's module run after dense experts: their locals (terms.routed_outputs_held)."""
+    return routed_outputs_held(model, train, prec) if lin.role in SHARED_ROLES else 0
 
 
 def stream_saved(model: ModelSpec, train: TrainSpec, prec: Precision) -> bool:
@@ -194,7 +199,7 @@ def recompute_locals(model: ModelSpec, train: TrainSpec, prec: Precision, lin: L
         # (a post-norm layer's MLP holds the attention block's fp32 sum, unless it is saved:
         # :func:`stream_saved`; tracer, EXAONE-4.0-32B QDoRA with checkpointing, batch 4 x 2048)
         saved = stream_saved(model, train, prec) or lin.role in ATTENTION_ROLES
-        return 0 if saved else train.tokens * model.hidden_size * FP32
+        return (0 if saved else train.tokens * model.hidden_size * FP32) + _routed_held(model, train, prec, lin)
     return layer_locals(model, train, prec, lin)
 
 

@@ -534,6 +534,9 @@ def _dequant_part(s: Step):
 
 
 def _moe_part(s: Step):
+    """The experts' backward (terms.moe_backward_workspace): with checkpointing beside the
+    recomputed saved set but what a shared expert run after dense experts has freed in its own
+    backward, before the experts' (terms.shared_freed_before_experts)."""
     workspace = s._last(C.moe_backward_workspace)
     if s.layer % s.model.num_layers == C.first_targeted_layer(s.model, s.train):
         # the first targeted layer's merge backward, its merged weight not kept
@@ -541,7 +544,8 @@ def _moe_part(s: Step):
     if not workspace:
         return None
     in_flight = s._last(C.experts_backward_incoming_grads)
-    return dict(transient__recompute=s.recompute + in_flight if s.gc else 0, transient__moe_backward=workspace)
+    recomputed = s.recompute - s._last(C.shared_freed_before_experts) + in_flight if s.gc else 0
+    return dict(transient__recompute=recomputed, transient__moe_backward=workspace)
 
 
 def _last_layer(part):
