@@ -652,33 +652,51 @@ def _softmax_part(s: Step):
     return dict(activations__saved=kept, transient__attention=work)
 
 
+def _own_grads(s: Step, first: Step) -> tuple[str, int, int]:
+    """Where a first-layer moment counts the gradients of ``first``'s layer, and their bytes: all
+    of them, and its attention block's (inventory.attention_block): in ``grads`` where gradients
+    are whole (one GPU, DDP), in FSDP's unsharded ``parallel__reduce_scatter`` (in the gradient
+    dtype), else nowhere apart (ZeRO's partitions: 0)."""
+    strategy = S.strategy(s.train)
+    if strategy.whole_gradients:
+        return "grads", first.layer_grads, first.attention_grads
+    if isinstance(strategy, S.FSDP):
+        g = S.grad_bytes(s.train, s.prec)
+        return ("parallel__reduce_scatter", sum(t.elements for t in first._layer_tensors) * g,
+                sum(t.elements for t in inv.attention_block(first._kind.layer, first._layer_tensors)) * g)
+    return "grads", 0, 0
+
+
+def _less(values: dict, key: str, amount: int) -> dict:
+    return dict(values, **{key: values[key] - amount})
+
+
 @moment("backward", "first_layer_recompute")
 def _first_layer_recompute(s: Step):
     """The first layer's recomputed saved set and its backward, where the walk does not serve
     (:func:`_first_layer_walk`): the larger of two blocks, beside every other gradient made. The
     MLP (or experts) block: the whole recomputed set beside its own gradients; the attention block:
     the set but what the layer saved after attention (terms.saved_after_attention), freed by then,
-    beside all of the layer's gradients (one GPU and DDP, whose gradients are whole; tracer,
-    DeepSeek-V3.2 2 layers, full bf16 pure with checkpointing, batch 1 x 2048: the plan was 1.8%
-    over with every layer gradient beside the whole set)."""
+    beside all of the layer's gradients (:func:`_own_grads`; tracer, DeepSeek-V3.2 2 layers, full
+    bf16 pure with checkpointing, batch 1 x 2048: the plan was 1.8% over with every layer
+    gradient beside the whole set)."""
     if s.walk and s.gc:
         return None
     first = s.first_view
     whole = _recompute_part(first)["transient__recompute"]
-    own = first.layer_grads if S.strategy(s.train).whole_gradients else 0
-    mlp = own - first.attention_grads
     attention = whole - first._last(C.saved_after_attention) if s.gc else whole
-    grads, recomputed = max((s.made - own + mlp, whole), (s.made, attention), key=sum)
-    return dict(**s.persistent, grads=grads, activations__input_leaf=s.leaf, transient__recompute=recomputed,
-                **s.parallel("backward_end", 0))
+    key, own, attention_grads = _own_grads(s, first)
+    values = dict(**s.persistent, grads=s.made, activations__input_leaf=s.leaf, **s.parallel("backward_end", 0))
+    return max(_less(dict(values, transient__recompute=whole), key, attention_grads),
+               dict(values, transient__recompute=attention), key=lambda v: sum(v.values()))
 
 
 @moment("backward", "first_layer_recompute_module")
 def _first_layer_recompute_module(s: Step):
     """The first layer's recomputation inside a module (:func:`_recompute_module_part`), before
-    its backward has made any of its own gradients (one GPU and DDP; tracer, DeepSeek-V3.2
-    2 layers, full bf16 pure with checkpointing, batch 1 x 2048: the indexer's scoring
-    recomputed, the plan 1.8% over with layer 0's gradients there)."""
+    its backward has made any of its own gradients (where gradients are whole; tracer,
+    DeepSeek-V3.2 2 layers, full bf16 pure with checkpointing, batch 1 x 2048: the indexer's
+    scoring recomputed, the plan 1.8% over with layer 0's gradients there)."""
     values = None if s.walk and s.gc else _recompute_module_part(s.first_view)
     if values is None:
         return None
@@ -707,8 +725,13 @@ def _first_experts_layer(part):
             return None
         pending = (sum(replace(s, layer=j).layer_grads for j in range(index + 1))
                    if S.strategy(s.train).whole_gradients else 0)
-        return dict(**s.persistent, grads=s.made - pending, activations__input_leaf=s.leaf if not index else 0,
-                    **values, **s.parallel("backward_end", index))
+        out = dict(**s.persistent, grads=s.made - pending, activations__input_leaf=s.leaf if not index else 0,
+                   **values, **s.parallel("backward_end", index))
+        key, _, attention = _own_grads(s, first)
+        # FSDP: the layer's unsharded gradients, its experts' at most, its attention's made later
+        # (tracer, Qwen3-30B-A3B 2 layers, full bf16 autocast with checkpointing on 4 GPUs,
+        # batch 1 x 512: no attention gradient at the backward peak, 36 MiB of the plan's 0.94% over)
+        return _less(out, key, attention) if key != "grads" else out
     first_layer.__doc__ = f"The first layer with experts: {part.__name__.strip('_').replace('_', ' ')}."
     return first_layer
 
