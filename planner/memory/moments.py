@@ -693,16 +693,19 @@ def _first_layer_recompute(s: Step):
 
 @moment("backward", "first_layer_recompute_module")
 def _first_layer_recompute_module(s: Step):
-    """The first layer's recomputation inside a module (:func:`_recompute_module_part`), before
-    its backward has made any of its own gradients (where gradients are whole; tracer,
-    DeepSeek-V3.2 2 layers, full bf16 pure with checkpointing, batch 1 x 2048: the indexer's
-    scoring recomputed, the plan 1.8% over with layer 0's gradients there)."""
+    """The first layer's recomputation inside a module (:func:`_recompute_module_part`): before
+    its backward has made any of its own gradients (where gradients are whole), or, for the part
+    of the module's working set that its backward needs again (a 4-bit weight's dequantization,
+    DoRA's), in that backward, beside every gradient made. A module with no backward (DeepSeek-V3.2's
+    indexer, run under no_grad: its scoring, ``transient__attention``) only in the recomputation
+    (tracer, DeepSeek-V3.2 2 layers, full bf16 pure with checkpointing, batch 1 x 2048: the plan
+    was 1.8% over with layer 0's gradients beside the indexer's recomputed scoring)."""
     values = None if s.walk and s.gc else _recompute_module_part(s.first_view)
     if values is None:
         return None
     own = s.first_view.layer_grads if S.strategy(s.train).whole_gradients else 0
-    return dict(**s.persistent, grads=s.made - own, activations__input_leaf=s.leaf, **values,
-                **s.parallel("backward_end", 0))
+    out = dict(**s.persistent, grads=s.made, activations__input_leaf=s.leaf, **values, **s.parallel("backward_end", 0))
+    return max(dict(out, grads=s.made - own), dict(out, transient__attention=0), key=lambda v: sum(v.values()))
 
 
 moment("backward", "first_layer_recompute_down")(_first_layer(_recompute_down_part))
