@@ -572,11 +572,10 @@ def _last_layer(part):
     return last_layer
 
 
-def _first_layer(part, walked: bool = False):
-    """The first layer's moment of ``part``; a ``walked`` part gives way to the walk of full
-    fine-tuning's first layer with checkpointing (:func:`_first_layer_walk`)."""
+def _first_layer(part):
+    """The first layer's moment of ``part``."""
     def first_layer(s: Step):
-        values = None if walked and s.walk and s.gc else part(s.first_view)
+        values = part(s.first_view)
         if values is None:
             return None
         return dict(**s.persistent, grads=s.made, activations__input_leaf=s.leaf, **values,
