@@ -1168,6 +1168,19 @@ def saved_after_experts(model: ModelSpec, train: TrainSpec, prec: Precision) -> 
     return sum(size for name, size in seq[names.index("mlp") + 1:] if name != "linear_inputs")
 
 
+def saved_after_attention(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
+    """What a layer saves after its attention block (the entries of :func:`layer_saved_sequence`
+    after the attention's, or a mixer's, but the base Linears' inputs, which the earlier modules
+    made too): the norms after attention, the MLP's or the experts' saved set and what follows;
+    freed by the layer's backward before it reaches the attention block. The whole saved set
+    without an attention block."""
+    seq = layer_saved_sequence(model, train, prec)
+    names = {lin.name for lin in model.layer.by_role(*ATTENTION_ROLES)} | {"attention", "output_gate", "mixer"}
+    ends = [i for i, (name, _) in enumerate(seq) if name in names]
+    start = ends[-1] + 1 if ends else 0
+    return sum(size for name, size in seq[start:] if name != "linear_inputs")
+
+
 def shared_freed_before_experts(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
     """With checkpointing, what the experts' own backward no longer has of the recomputed layer:
     the shared expert's saved set (:func:`saved_after_experts`), where the shared expert runs

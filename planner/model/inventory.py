@@ -38,7 +38,7 @@ from functools import lru_cache
 from math import prod
 
 from planner.memory.variants import variant
-from planner.model.architectures import INDEXER_ROLES, INDEXER_SITES, UNQUANTIZED_ROLES, Mamba2, ShortConv
+from planner.model.architectures import ATTENTION_ROLES, INDEXER_ROLES, INDEXER_SITES, UNQUANTIZED_ROLES, Mamba2, ShortConv
 from planner.model import targets
 from planner.model.specs import ModelSpec, TrainSpec
 from planner.units import FP32, ceil_div
@@ -340,6 +340,19 @@ def trained(tensors) -> tuple[Tensor, ...]:
 def of_kind(tensors, kind: str) -> tuple[Tensor, ...]:
     """One copy of each tensor of a layer kind (``ROOT``: the tensors outside the layers)."""
     return tuple(_one(t) for t in tensors if t.kind == kind)
+
+
+ATTENTION_SITES = frozenset({"attn_in", "q", "k", "v", "q_a", "kv_a"})
+
+
+def attention_block(layer, tensors) -> tuple[Tensor, ...]:
+    """The tensors of ``layer``'s attention block, by role: the Linears of an attention role
+    (architectures.ATTENTION_ROLES), the norms at the attention's sites (its input norm, the
+    q/k/v and latent norms) and attention sinks; a layer's backward makes their gradients
+    after those of its MLP or experts (everything else of the layer)."""
+    modules = ({lin.name for lin in layer.linears if lin.role in ATTENTION_ROLES}
+               | {n.name for n in layer.norms if n.site in ATTENTION_SITES})
+    return tuple(t for t in tensors if t.role == "sinks" or t.path.removeprefix("layers.*.").rsplit(".", 1)[0] in modules)
 
 
 def one_layer(tensors) -> tuple[Tensor, ...]:

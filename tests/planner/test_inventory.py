@@ -95,3 +95,19 @@ def test_treatments_by_method():
     # 4-bit storage: two codes per byte
     packed = [t for t in q if t.treatment == "4bit"]
     assert sum(t.stored_bytes for t in packed) == sum(t.layers * -(-t.numel // 2) for t in packed)
+
+
+@pytest.mark.parametrize("name,expected", [
+    # Llama: q/k/v/o and the input norm (transformers LlamaDecoderLayer); not the MLP or its norm
+    ("llama-3.1-8b", {"q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight", "input_layernorm.weight"}),
+    # gpt-oss: also the attention biases and the sinks; not the router or the experts
+    ("gpt-oss-20b", {f"{p}_proj.{w}" for p in "qkvo" for w in ("weight", "bias")}
+     | {"self_attn.sinks", "input_layernorm.weight"}),
+])
+def test_attention_block_by_role(name, expected):
+    """The first layer's attention block, which its backward reaches last: by role and site."""
+    spec = get_model(name)
+    kind = spec.kinds[0]
+    tensors = inv.of_kind(inv.trained(inv.inventory(spec, TrainSpec(method="full"), 2)), kind.name)
+    got = {t.path.removeprefix("layers.*.") for t in inv.attention_block(kind.layer, tensors)}
+    assert got == expected
