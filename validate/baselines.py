@@ -265,19 +265,10 @@ def row_from_trace(cfg: Config, measurement, versions: dict) -> dict:
 
 
 def config_of(row: dict) -> Config:
-    """The configuration a baseline row was traced with."""
-    is_full = row["method"] == "full"
-    targets = tuple(row["target_modules"].split(",")) if row["target_modules"] else ALL_LINEAR
-    train = TrainSpec(method=row["method"], rank=int(row["rank"]) if not is_full else 16, target_modules=targets,
-                      batch_size=int(row["batch_size"]), seq_len=int(row["seq_len"]),
-                      gradient_checkpointing=bool(int(row["gradient_checkpointing"])), dtype=row["dtype"],
-                      precision=row["precision"], optim=row["optim"], lora_dropout=float(row["lora_dropout"]),
-                      attn_implementation=row["attn_implementation"],
-                      modules_to_save=tuple(row["modules_to_save"].split(",")) if row["modules_to_save"] else (),
-                      num_gpus=int(row.get("num_gpus") or 1), sharding=row.get("sharding") or "none",
-                      quant_type=row.get("quant_type") or "nf4", double_quant=bool(int(row.get("double_quant") or 1)),
-                      kernels=row.get("kernels") or "auto")
-    return Config(row["model"], train)
+    """The configuration a baseline row was traced with (its cells read as a results table's,
+    TrainSpec.from_record; a full fine-tuning row's rank is not a setting it ran with: the default)."""
+    cells = {**row, "rank": "" if row["method"] == "full" else row["rank"]}
+    return Config(row["model"], TrainSpec.from_record({k: str(v) for k, v in cells.items()}))
 
 
 MEMORY_TABLES = ("traced.csv", "random.csv")  # the tables the memory gate holds the planner to

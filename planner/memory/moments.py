@@ -165,8 +165,7 @@ class Step:
 
     @cached_property
     def _kind(self):
-        return self.model.kinds[0] if len(self.model.kinds) == 1 else next(
-            k for k in self.model.kinds if self.layer % self.model.num_layers in k.indices)
+        return self.model.kind_of(self.layer)
 
     @cached_property
     def _layer_tensors(self) -> tuple:
@@ -238,9 +237,8 @@ class Step:
         index = self.layer % n
         if index == n - 1:
             return 0
-        if self.gc:  # layer j's checkpointed input is layer j-1's output (terms.checkpoint_inputs)
-            return self.train.tokens * self.model.hidden_size * sum(
-                C.layer_output_bytes(self.model.kind_view(j), self.prec) for j in range(index, n - 1))
+        if self.gc:
+            return C.checkpoint_inputs(self.model, self.train, self.prec, first=index + 1)
         views = [self.model.kind_view(j) for j in range(n)]
         later = sum(C.layer_saved(views[j], self.train, self.prec) for j in range(index + 1, n))
         if C.first_targeted_layer(self.model, self.train) > index:

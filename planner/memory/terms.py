@@ -387,11 +387,12 @@ def layer_output_bytes(model: ModelSpec, prec: Precision) -> int:
     return FP32 if model.layer.moe is not None and norm_output_bytes(model, prec) == FP32 else prec.stream
 
 
-def checkpoint_inputs(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
-    """The layers' inputs the checkpoints keep: the embedding output for layer 0 (the residual
-    stream's dtype) and each earlier layer's output for the others (:func:`layer_output_bytes`)."""
-    return train.tokens * model.hidden_size * (
-        prec.stream + sum(layer_output_bytes(model.kind_view(i), prec) for i in range(model.num_layers - 1)))
+def checkpoint_inputs(model: ModelSpec, train: TrainSpec, prec: Precision, first: int = 0) -> int:
+    """The inputs the checkpoints keep of layers ``first`` on: the embedding output for layer 0
+    (the residual stream's dtype) and the layer before's output for the others
+    (:func:`layer_output_bytes`)."""
+    return train.tokens * model.hidden_size * sum(
+        layer_output_bytes(model.kind_view(j - 1), prec) if j else prec.stream for j in range(first, model.num_layers))
 
 
 def uses_eager(model: ModelSpec, train: TrainSpec) -> bool:
@@ -1161,11 +1162,9 @@ def saved_after_experts(model: ModelSpec, train: TrainSpec, prec: Precision) -> 
     all-linear with checkpointing, batch 2 x 4096: the backward peak at the unpermute of
     :func:`moe_recompute_locals`, which the plan had 0.8% over with them, 0.3% under without).
     0 without experts."""
-    seq = layer_saved_sequence(model, train, prec)
-    names = [name for name, _ in seq]
-    if model.layer.moe is None or "mlp" not in names:
+    if model.layer.moe is None:
         return 0
-    return sum(size for name, size in seq[names.index("mlp") + 1:] if name != "linear_inputs")
+    return _saved_after(layer_saved_sequence(model, train, prec), {"mlp"}, none_found=0)
 
 
 def saved_after_attention(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:
@@ -1174,11 +1173,18 @@ def saved_after_attention(model: ModelSpec, train: TrainSpec, prec: Precision) -
     made too): the norms after attention, the MLP's or the experts' saved set and what follows;
     freed by the layer's backward before it reaches the attention block. The whole saved set
     without an attention block."""
-    seq = layer_saved_sequence(model, train, prec)
     names = {lin.name for lin in model.layer.by_role(*ATTENTION_ROLES)} | {"attention", "output_gate", "mixer"}
+    return _saved_after(layer_saved_sequence(model, train, prec), names)
+
+
+def _saved_after(seq: list, names: set, none_found: int | None = None) -> int:
+    """The entries of a :func:`layer_saved_sequence` after the last one named in ``names``, but
+    the base Linears' inputs (the earlier modules made them): the whole sequence where none is
+    named, or ``none_found``."""
     ends = [i for i, (name, _) in enumerate(seq) if name in names]
-    start = ends[-1] + 1 if ends else 0
-    return sum(size for name, size in seq[start:] if name != "linear_inputs")
+    if not ends and none_found is not None:
+        return none_found
+    return sum(size for name, size in seq[ends[-1] + 1 if ends else 0:] if name != "linear_inputs")
 
 
 def shared_freed_before_experts(model: ModelSpec, train: TrainSpec, prec: Precision) -> int:

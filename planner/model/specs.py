@@ -112,12 +112,17 @@ class ModelSpec:
             return (self,)
         return _views(self)
 
+    def kind_of(self, index: int) -> LayerKind:
+        """The kind that holds layer ``index`` (negative counts from the end)."""
+        index %= self.num_layers
+        return next(k for k in self.kinds if index in k.indices)
+
     def kind_view(self, index: int) -> "ModelSpec":
         """The view (:meth:`by_kind`) of the kind that holds layer ``index`` (negative counts
         from the end): what a moment inside that layer reads."""
-        index %= self.num_layers
-        views = self.by_kind()
-        return next(v for v, k in zip(views, self.kinds) if index in k.indices) if len(views) > 1 else self
+        if len(self.kinds) == 1:
+            return self
+        return self.by_kind()[self.kinds.index(self.kind_of(index))]
 
     @property
     def moe_view(self) -> "ModelSpec | None":

@@ -154,17 +154,17 @@ def base_matmuls(model: ModelSpec, train: TrainSpec, prec: Precision) -> list[Wo
 def _layer_matmuls(model: ModelSpec, train: TrainSpec, prec: Precision) -> list[Work]:
     """:func:`base_matmuls` of one view's decoder layers."""
     t, c, L = train.tokens, prec.compute, model.num_layers
-    shapes = [(lin.in_features, lin.out_features, 1) for lin in model.linears]
+    # (fan_in, fan_out, experts per token, forward only: the indexer's Linears (DeepSeek-V3.2) run
+    # under torch.no_grad)
+    shapes = [(lin.in_features, lin.out_features, 1, lin.role in INDEXER_ROLES) for lin in model.linears]
     moe = model.layer.moe
     if moe is not None:  # router (unless a Linear above: Gemma 4's router.proj), the top-k experts' gate_up and down
         h, i = model.hidden_size, moe.intermediate
-        shapes += [] if moe.router_linear else [(h, moe.experts, 1)]
-        shapes += [(h, 2 * i, moe.top_k), (i, h, moe.top_k)]
-    # the indexer's Linears (DeepSeek-V3.2) run under torch.no_grad: forward only
-    no_grad = [lin.role in INDEXER_ROLES for lin in model.linears] + [False] * (len(shapes) - len(model.linears))
+        shapes += [] if moe.router_linear else [(h, moe.experts, 1, False)]
+        shapes += [(h, 2 * i, moe.top_k, False), (i, h, moe.top_k, False)]
     full = train.method == "full"
     out: list[Work] = []
-    for (fan_in, fan_out, k), forward_only in zip(shapes, no_grad):
+    for fan_in, fan_out, k, forward_only in shapes:
         weights = fan_in * fan_out * (moe.experts if k > 1 else 1)
         flops = L * 2 * t * k * fan_in * fan_out
         nbytes = L * (weights * c + t * k * (fan_in + fan_out) * c)
